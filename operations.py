@@ -1,0 +1,263 @@
+"""The LightNAS search space as data: the 22-layer layout and the op registry.
+
+Every other file (supernet, standalone network, latency-table builder,
+FLOPs/params tables) builds layers through this module, so the search space
+has one definition (LightNAS paper, Section 3; spec section 1).
+
+    >>> from operations import LAYOUT, SEARCHABLE_OPS, op
+    >>> block = op("MBK5E6", 24, 48, stride=2)
+
+Layer 0 is fixed to `MBK3E1`; layers 1..21 each choose one of the 7
+`SEARCHABLE_OPS`, in the index order used by one-hot encodings, the authors'
+latency MLP and the architecture parameters (a 21x7 matrix).
+"""
+
+import hashlib
+import json
+import re
+from typing import NamedTuple
+
+from torch import nn
+
+# Standalone networks use these BatchNorm settings (spec section 1); the
+# supernet reuses them with affine=False.
+BN_MOMENTUM = 0.1
+BN_EPS = 1e-3
+
+# Squeeze-and-excitation reduces the hidden width by this factor.
+SE_REDUCTION = 4
+
+# Channel counts are rounded to multiples of this after width scaling.
+CHANNEL_DIVISOR = 8
+
+
+class LayerSpec(NamedTuple):
+    """One row of the layout: a layer's shape, before width scaling."""
+
+    in_channels: int
+    out_channels: int
+    stride: int
+    input_size: int  # input height = width, for a 224x224 image
+
+
+INPUT_SIZE = 224
+STEM_CHANNELS = 16   # 3x3 conv, stride 2: 224 -> 112
+HEAD_CHANNELS = 1984  # 1x1 conv after the last block
+CLASSIFIER_HIDDEN = 1280  # Linear 1984 -> 1280 before the final Linear
+
+# The 22 layers (spec section 1 table). Layer 0 is fixed; 1..21 are searched.
+LAYOUT = (
+    LayerSpec(16, 16, 1, 112),    # 0: fixed MBK3E1, 112x112 in
+    LayerSpec(16, 24, 2, 112),    # 1: stage 2, 112x112 in
+    LayerSpec(24, 24, 1, 56),     # 2
+    LayerSpec(24, 48, 2, 56),     # 3: stage 3, 56x56 in
+    LayerSpec(48, 48, 1, 28),     # 4
+    LayerSpec(48, 48, 1, 28),     # 5
+    LayerSpec(48, 72, 2, 28),     # 6: stage 4, 28x28 in
+    LayerSpec(72, 72, 1, 14),     # 7
+    LayerSpec(72, 72, 1, 14),     # 8
+    LayerSpec(72, 72, 1, 14),     # 9
+    LayerSpec(72, 128, 1, 14),    # 10: stage 5, 14x14 in
+    LayerSpec(128, 128, 1, 14),   # 11
+    LayerSpec(128, 128, 1, 14),   # 12
+    LayerSpec(128, 160, 2, 14),   # 13: stage 6, 14x14 in
+    LayerSpec(160, 160, 1, 7),    # 14
+    LayerSpec(160, 160, 1, 7),    # 15
+    LayerSpec(160, 160, 1, 7),    # 16
+    LayerSpec(160, 176, 1, 7),    # 17: stage 7, 7x7 in
+    LayerSpec(176, 176, 1, 7),    # 18
+    LayerSpec(176, 176, 1, 7),    # 19
+    LayerSpec(176, 176, 1, 7),    # 20
+    LayerSpec(176, 384, 1, 7),    # 21: last block, 7x7 in
+)
+NUM_LAYERS = len(LAYOUT)
+NUM_SEARCHABLE_LAYERS = NUM_LAYERS - 1
+
+FIXED_FIRST_OP = "MBK3E1"
+SKIP = "SkipConnect"
+
+# Index order matters: it is the column order of alpha and of every one-hot.
+SEARCHABLE_OPS = ("MBK3E3", "MBK3E6", "MBK5E3", "MBK5E6", "MBK7E3", "MBK7E6", SKIP)
+NUM_OPS = len(SEARCHABLE_OPS)
+
+# The released "-SE" LightNets put SE on every MBConv from this layer on.
+SE_FIRST_LAYER = 13
+
+_MBCONV_NAME = re.compile(r"^MBK(?P<kernel>[357])E(?P<expansion>[136])(?P<se>SE)?$")
+
+
+class MBConvConfig(NamedTuple):
+    kernel_size: int
+    expansion: int
+    use_se: bool
+
+
+def parse_mbconv(name):
+    """Return the MBConvConfig an op name encodes, or None for SkipConnect
+    and unknown names."""
+    match = _MBCONV_NAME.match(name)
+    if match is None:
+        return None
+    return MBConvConfig(int(match["kernel"]), int(match["expansion"]), match["se"] is not None)
+
+
+def _registered_op_names():
+    """Every op name `op()` accepts: the searchable ops, the fixed first op,
+    their SE variants, and SkipConnect."""
+    mbconvs = [name for name in SEARCHABLE_OPS if name != SKIP] + [FIXED_FIRST_OP]
+    return tuple(mbconvs) + tuple(name + "SE" for name in mbconvs) + (SKIP,)
+
+
+OP_NAMES = _registered_op_names()
+
+
+def make_divisible(value, divisor=CHANNEL_DIVISOR):
+    """Round `value` to the nearest multiple of `divisor`, never going below
+    90% of it (the usual MobileNet rule)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def scaled_layout(width_mult=1.0):
+    """LAYOUT with every channel count scaled by `width_mult`."""
+    if width_mult == 1.0:
+        return LAYOUT
+    return tuple(
+        spec._replace(
+            in_channels=make_divisible(spec.in_channels * width_mult),
+            out_channels=make_divisible(spec.out_channels * width_mult),
+        )
+        for spec in LAYOUT
+    )
+
+
+def stem_channels(width_mult=1.0):
+    return make_divisible(STEM_CHANNELS * width_mult)
+
+
+def head_channels(width_mult=1.0):
+    # Like MobileNetV2's last layer, the head only ever grows with width.
+    return make_divisible(HEAD_CHANNELS * max(1.0, width_mult))
+
+
+def batch_norm(channels, affine=True):
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM, affine=affine)
+
+
+def conv_bn_relu6(in_channels, out_channels, kernel_size, stride, affine=True):
+    """Conv (bias-free, 'same' padding), BN, ReLU6: the stem, head and
+    projecting-skip unit, kept as a Sequential so its children are named
+    0, 1, 2 as in the released checkpoints."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
+        batch_norm(out_channels, affine),
+        nn.ReLU6(inplace=True),
+    )
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gating: pool, reduce, ReLU, expand, sigmoid, multiply.
+
+    The layers live in `self.se` so checkpoint names are `se.1.weight` and
+    `se.3.weight`, as released.
+    """
+
+    def __init__(self, channels):
+        super().__init__()
+        reduced = max(1, channels // SE_REDUCTION)
+        self.se = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, reduced, 1, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(reduced, channels, 1, bias=False),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x):
+        return x * self.se(x)
+
+
+class MBConv(nn.Module):
+    """MobileNetV2 inverted residual with kernel k and expansion e.
+
+    `main` holds, in order: [1x1 expand, BN, ReLU6] (only when e > 1),
+    kxk depthwise, BN, [SE], ReLU6, 1x1 project, BN. The residual is added
+    only when the block keeps the shape.
+    """
+
+    def __init__(self, in_channels, out_channels, stride, config, affine=True):
+        super().__init__()
+        hidden = round(in_channels * config.expansion)
+        layers = []
+        if config.expansion != 1:
+            layers += [
+                nn.Conv2d(in_channels, hidden, 1, bias=False),
+                batch_norm(hidden, affine),
+                nn.ReLU6(inplace=True),
+            ]
+        kernel = config.kernel_size
+        layers += [
+            nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False),
+            batch_norm(hidden, affine),
+        ]
+        if config.use_se:
+            layers.append(SqueezeExcite(hidden))
+        layers += [
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, out_channels, 1, bias=False),
+            batch_norm(out_channels, affine),
+        ]
+        self.main = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x):
+        out = self.main(x)
+        return x + out if self.use_residual else out
+
+
+class SkipConnect(nn.Module):
+    """Identity when the shape is kept, else a strided 1x1 conv-BN-ReLU6
+    projection (in `self.op`, so an identity skip has no parameters)."""
+
+    def __init__(self, in_channels, out_channels, stride, affine=True):
+        super().__init__()
+        if stride == 1 and in_channels == out_channels:
+            self.op = nn.Identity()
+        else:
+            self.op = conv_bn_relu6(in_channels, out_channels, 1, stride, affine)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+def op(name, in_channels, out_channels, stride, affine=True):
+    """Build the registered op `name`; `affine=False` gives the supernet's
+    BatchNorm without learnable scale and shift."""
+    if name == SKIP:
+        return SkipConnect(in_channels, out_channels, stride, affine)
+    config = parse_mbconv(name)
+    if config is None or name not in OP_NAMES:
+        raise KeyError(f"unknown op {name!r}; registered ops: {', '.join(OP_NAMES)}")
+    return MBConv(in_channels, out_channels, stride, config, affine)
+
+
+def with_se(name):
+    """The SE variant of an MBConv op name; SkipConnect has none."""
+    return name if name == SKIP or name.endswith("SE") else name + "SE"
+
+
+def search_space_hash():
+    """A short, stable fingerprint of the search space. Latency tables and
+    search checkpoints store it, so data made for another space is refused."""
+    description = {
+        "layout": [list(spec) for spec in LAYOUT],
+        "stem": STEM_CHANNELS,
+        "head": HEAD_CHANNELS,
+        "classifier_hidden": CLASSIFIER_HIDDEN,
+        "fixed_first_op": FIXED_FIRST_OP,
+        "searchable_ops": list(SEARCHABLE_OPS),
+    }
+    encoded = json.dumps(description, sort_keys=True).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
