@@ -248,6 +248,29 @@ def with_se(name):
     return name if name == SKIP or name.endswith("SE") else name + "SE"
 
 
+def arch_to_indices(arch_config):
+    """The searchable part of an arch_config as op indices (21 ints).
+
+    Takes the full 22-name list (layer 0 is dropped) or the 21 searchable
+    names. SE variants are not part of the searched space and are refused.
+    """
+    names = list(arch_config)
+    if len(names) == NUM_LAYERS:
+        names = names[1:]
+    if len(names) != NUM_SEARCHABLE_LAYERS:
+        raise ValueError(f"expected {NUM_LAYERS} or {NUM_SEARCHABLE_LAYERS} op names, got {len(names)}")
+    unknown = [name for name in names if name not in SEARCHABLE_OPS]
+    if unknown:
+        raise ValueError(f"not searchable ops: {', '.join(sorted(set(unknown)))}; "
+                         f"searchable: {', '.join(SEARCHABLE_OPS)}")
+    return [SEARCHABLE_OPS.index(name) for name in names]
+
+
+def indices_to_arch(indices):
+    """The full 22-name arch_config for 21 op indices."""
+    return [FIXED_FIRST_OP] + [SEARCHABLE_OPS[int(index)] for index in indices]
+
+
 def search_space_hash():
     """A short, stable fingerprint of the search space. Latency tables and
     search checkpoints store it, so data made for another space is refused."""

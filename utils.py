@@ -1,5 +1,5 @@
 """What the LightNAS scripts share: user-error handling, metrics, logging,
-seeding and atomic checkpoints.
+seeding, atomic checkpoints and distributed launching.
 
 Scripts end with `run_cli(main, get_args_parser())`, so bad input (a
 `UserError` raised anywhere) prints one line and exits with status 2:
@@ -8,20 +8,35 @@ Scripts end with `run_cli(main, get_args_parser())`, so bad input (a
     error: --model: unknown network 'LightNet-99ms'; registered: LightNet-20ms, ...
 """
 
+import dataclasses
 import logging
 import os
 import random
+import socket
 import sys
 import tempfile
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 USER_ERROR_EXIT_CODE = 2  # the same status argparse uses for bad arguments
 
 
 class UserError(Exception):
     """Bad input from the user: reported as one line, never a traceback."""
+
+
+def user_error_message(error):
+    """The one-line message of a UserError. One raised in a DataLoader worker
+    arrives re-wrapped, its message holding the worker's traceback; its
+    original message is that traceback's last line."""
+    message = str(error).strip()
+    if "\n" in message:
+        last_line = message.splitlines()[-1]
+        message = last_line.split(f"{UserError.__name__}: ", 1)[-1]
+    return message
 
 
 def run_cli(main, parser, argv=None):
@@ -31,7 +46,7 @@ def run_cli(main, parser, argv=None):
     try:
         main(args)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {user_error_message(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -158,3 +173,161 @@ def strip_module_prefix(state_dict):
     if all(key.startswith(prefix) for key in state_dict):
         return {key[len(prefix):]: value for key, value in state_dict.items()}
     return dict(state_dict)
+
+
+# -------------------------------------------------------------- distributed
+#
+# One process per GPU. `--gpus N` spawns N processes on this machine, as the
+# authors' scripts do; under torchrun (which sets RANK, LOCAL_RANK and
+# WORLD_SIZE) each process is already started and `launch` just runs it, so
+# multi-node runs use torchrun's own rendezvous options.
+
+
+def add_device_arguments(parser):
+    """The device options shared by the search and the retraining."""
+    group = parser.add_argument_group("devices")
+    group.add_argument("--gpus", type=int, default=1,
+                       help="processes to start on this machine, one per GPU (default: 1); "
+                            "under torchrun, use torchrun's --nproc_per_node instead")
+    group.add_argument("--visible", default=None,
+                       help="GPU ids to use, e.g. 0,1,2,3 (sets CUDA_VISIBLE_DEVICES; default: all)")
+    group.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                       help="auto: CUDA when available, else CPU; --device cpu with --gpus N "
+                            "runs N CPU processes with gloo (default: auto)")
+    return group
+
+
+def _under_torchrun():
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def resolve_device_type(args):
+    """Validate --device/--gpus/--visible and return "cuda" or "cpu".
+
+    Sets CUDA_VISIBLE_DEVICES from --visible before CUDA is first used.
+    """
+    if args.visible is not None:
+        ids = args.visible.split(",")
+        if not all(gpu_id.strip().isdigit() for gpu_id in ids):
+            raise UserError(f"--visible {args.visible!r}: expected GPU ids separated by commas, e.g. 0,1,2,3")
+        if len(ids) < args.gpus:
+            raise UserError(f"--visible lists {len(ids)} GPU(s) but --gpus is {args.gpus}")
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_id.strip() for gpu_id in ids)
+    if args.gpus < 1:
+        raise UserError("--gpus must be at least 1")
+    available = torch.cuda.device_count()
+    device_type = args.device if args.device != "auto" else ("cuda" if available else "cpu")
+    if device_type == "cuda":
+        needed = 1 if _under_torchrun() else args.gpus
+        if available < needed:
+            raise UserError(f"--gpus {args.gpus}: only {available} CUDA GPU(s) available"
+                            + ("" if available else "; use --device cpu to run on the CPU"))
+    elif args.device == "auto" and args.gpus > 1 and not _under_torchrun():
+        raise UserError(f"--gpus {args.gpus}: no CUDA GPU is available; add --device cpu to run "
+                        f"{args.gpus} CPU processes with gloo (slow; meant for testing)")
+    return device_type
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedContext:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self):
+        """Only this process writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+
+def init_distributed(device_type):
+    """Join the process group torchrun or `launch` set up (gloo on CPU,
+    NCCL on GPU); a single process needs none."""
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return DistributedContext(rank, local_rank, world_size, device)
+
+
+def cleanup_distributed():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor):
+    """Sum a tensor over all processes in place (no-op for one process)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def planned_world_size(args):
+    """How many processes the run will have, known before they start:
+    torchrun's WORLD_SIZE, else --gpus."""
+    return int(os.environ["WORLD_SIZE"]) if _under_torchrun() else args.gpus
+
+
+def broadcast_buffers(module, src=0):
+    """Give every process rank `src`'s buffers. DDP keeps parameters equal,
+    but each process updates BatchNorm running statistics with its own
+    batches; before evaluating, all should hold the statistics that rank 0
+    saves."""
+    if dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src)
+    return module
+
+
+def all_gather_objects(value):
+    """Every process's `value` (any picklable object), in rank order."""
+    if not dist.is_initialized():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def _free_local_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _spawned_process(local_rank, worker, args, world_size, port):
+    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        worker(args)
+    except UserError as error:
+        if local_rank == 0:
+            print(f"error: {user_error_message(error)}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def launch(worker, args, num_processes):
+    """Run `worker(args)` in `num_processes` processes on this machine (or
+    once, in this process, when there is one or torchrun started us)."""
+    if num_processes == 1 or _under_torchrun():
+        worker(args)
+        return
+    # When one process fails, torch logs a warning for each sibling it stops;
+    # the failing process's own message is the one line worth reading.
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
+    try:
+        mp.spawn(_spawned_process, args=(worker, args, num_processes, _free_local_port()),
+                 nprocs=num_processes, join=True)
+    except mp.ProcessExitedException as error:
+        # The failing process has already reported; exit with its status.
+        sys.exit(error.exit_code if error.exit_code and error.exit_code > 0 else 1)

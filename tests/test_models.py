@@ -227,3 +227,13 @@ def test_summary_prints_params_and_flops(capsys):
     assert f"({sum(p.numel() for p in model.parameters()):,})" in output
     assert "FLOPs: 393.8 M" in output
     assert output.count("\n") == 22 + 1 + 2  # header, 22 layers, params, FLOPs
+
+
+def test_arch_indices_round_trip():
+    arch = LIGHTNETS["LightNet-22ms"]
+    indices = operations.arch_to_indices(arch)
+    assert len(indices) == 21 and indices[0] == operations.SEARCHABLE_OPS.index("MBK7E6")
+    assert operations.indices_to_arch(indices) == arch
+    assert operations.arch_to_indices(arch[1:]) == indices
+    with pytest.raises(ValueError, match="not searchable"):
+        operations.arch_to_indices(LIGHTNETS["LightNet-22ms-SE"])

@@ -1,0 +1,417 @@
+"""The data side of LightNAS: ImageNet transforms, checked image folders, synthetic data.
+
+Shared by search_imagenet.py, train_imagenet.py and evaluate.py:
+
+* `build_train_transform` / `build_eval_transform`: the paper's ImageNet preprocessing.
+* `image_folder`: a torchvision ImageFolder for `root/split` that reports a wrong
+  `--dataset` or an undecodable image as a one-line `UserError`.
+* `write_synthetic_dataset` / `synthetic_dataset`: a small, learnable image set drawn
+  with numpy and Pillow, for demos and tests where ImageNet is not at hand (nothing
+  can be downloaded). Ten classes that differ in shape, orientation, texture and
+  colour, each image with its own position, scale, colours, background and noise.
+
+Example::
+
+    root = synthetic_dataset()   # generated on first use, cached in ~/.cache/lightnas
+    train_set = image_folder(root, "train", build_train_transform(64, hue=0.1))
+    val_set = image_folder(root, "val", build_eval_transform(64))
+"""
+
+import colorsys
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torchvision import datasets, transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from utils import UserError
+
+# Per-channel statistics of the ImageNet training images, the normalisation the
+# paper and every ImageNet-trained mobile network use.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Evaluation resizes the short side so that the centre crop keeps 87.5% of it:
+# the standard ImageNet protocol, 224 out of 256.
+EVAL_CROP_RATIO = 0.875
+
+DATASET_HINT = ("--dataset must point at a folder holding train/ and val/, each with one "
+                "sub-folder of images per class (see README, Preprocessing)")
+
+
+def build_train_transform(image_size=224, color_jitter=(0.4, 0.4, 0.4), hue=0.0):
+    """Training augmentation: random-resized crop, flip, colour jitter, normalise.
+    `color_jitter` is (brightness, contrast, saturation); the search uses hue=0.1,
+    the retraining hue=0."""
+    brightness, contrast, saturation = color_jitter
+    return transforms.Compose([
+        transforms.RandomResizedCrop(image_size),
+        transforms.RandomHorizontalFlip(),
+        transforms.ColorJitter(brightness, contrast, saturation, hue),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def build_eval_transform(image_size=224):
+    """Evaluation preprocessing: resize the short side (256 for 224), centre crop, normalise."""
+    return transforms.Compose([
+        transforms.Resize(round(image_size / EVAL_CROP_RATIO)),
+        transforms.CenterCrop(image_size),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def image_folder(root, split, transform=None):
+    """The ImageFolder at `root/split` (class = sub-folder, labels in sorted folder
+    order), after checking its layout so that a wrong path is a UserError."""
+    folder = Path(root) / split
+    check_image_folder(folder)
+    return datasets.ImageFolder(str(folder), transform=transform, loader=load_rgb_image)
+
+
+def check_image_folder(folder):
+    """Raise UserError unless `folder` holds class sub-folders that each hold an image."""
+    if not folder.is_dir():
+        raise UserError(f"dataset folder {folder} not found: {DATASET_HINT}")
+    try:
+        # Same rule as ImageFolder: every sub-folder, hidden or not, is a class.
+        class_folders = sorted(entry for entry in folder.iterdir() if entry.is_dir())
+    except OSError as error:
+        raise UserError(f"cannot read dataset folder {folder} ({error})") from error
+    if not class_folders:
+        raise UserError(f"dataset folder {folder} has no class sub-folders: {DATASET_HINT}")
+    for class_folder in class_folders:
+        if not holds_an_image(class_folder):
+            raise UserError(f"class folder {class_folder} holds no image file "
+                            f"({', '.join(IMG_EXTENSIONS)}): add its images or remove it")
+
+
+def holds_an_image(folder):
+    """Whether `folder` or any folder below it holds a file ImageFolder would load."""
+    for _, _, file_names in os.walk(folder, followlinks=True):
+        if any(name.lower().endswith(IMG_EXTENSIONS) for name in file_names):
+            return True
+    return False
+
+
+def load_rgb_image(path):
+    """Open an image as RGB; a file Pillow cannot decode is a UserError naming it."""
+    try:
+        with open(path, "rb") as file:
+            return Image.open(file).convert("RGB")
+    except (OSError, SyntaxError) as error:  # Pillow's errors for unreadable/corrupt files
+        message = f"cannot read image {path} ({error}): replace or delete the file"
+        raise UserError(message) from error
+
+
+# ---------------------------------------------------------------------------
+# Synthetic dataset
+
+# Bump when the drawing changes, so cached datasets of an older format are regenerated.
+SYNTHETIC_FORMAT_VERSION = 1
+SYNTHETIC_META_FILE = "synthetic.json"
+SPLIT_SEED_IDS = {"train": 0, "val": 1}
+
+# Sized for CPU demos: 64 px leaves a 2x2 map after the networks' 32x downsampling
+# and keeps stripes, checks and dots several pixels wide after the random-resized
+# crop; 10 x 150 training images keep an epoch at a few CPU seconds for a small net
+# yet give the search two halves to alternate between; 50 validation images per
+# class measure accuracy to about +-2 points. Generation takes a few seconds.
+DEFAULT_SYNTHETIC = dict(num_classes=10, train_per_class=150, val_per_class=50,
+                         image_size=64, seed=0)
+
+# Below this period (in pixels) stripes, checks and dots blur into flat colour.
+MIN_TEXTURE_PERIOD_PX = 4.0
+# Stripes identify their class by orientation, so they only tilt a little.
+STRIPE_MAX_TILT = np.radians(15)
+
+
+def coverage(distance):
+    """How much of each pixel lies inside a shape, from its signed distance (in
+    pixels) to the edge: a one-pixel ramp antialiases without supersampling."""
+    return np.clip(0.5 - distance, 0.0, 1.0)
+
+
+def local_frame(image_size, center, angle):
+    """Pixel-centre coordinates relative to `center`, rotated by `angle` radians."""
+    y, x = np.mgrid[0:image_size, 0:image_size].astype(np.float64) + 0.5
+    x, y = x - center[0], y - center[1]
+    cos, sin = np.cos(angle), np.sin(angle)
+    return cos * x + sin * y, -sin * x + cos * y
+
+
+def random_center(rng, image_size):
+    # Kept in the middle so that the evaluation centre crop does not cut the pattern.
+    return rng.uniform(0.3, 0.7, size=2) * image_size
+
+
+def random_shape_frame(rng, image_size):
+    """The frame of a shape at a random position, rotation and radius."""
+    u, v = local_frame(image_size, random_center(rng, image_size), rng.uniform(-np.pi, np.pi))
+    return u, v, rng.uniform(0.15, 0.28) * image_size
+
+
+def draw_disc(rng, image_size):
+    u, v, radius = random_shape_frame(rng, image_size)
+    return coverage(np.hypot(u, v) - radius)
+
+
+def draw_square(rng, image_size):
+    u, v, radius = random_shape_frame(rng, image_size)
+    return coverage(np.maximum(np.abs(u), np.abs(v)) - 0.85 * radius)
+
+
+def draw_triangle(rng, image_size):
+    u, v, radius = random_shape_frame(rng, image_size)
+    # Equilateral: inside all three edges, whose inradius is half the circumradius.
+    normals = np.pi / 2 + np.arange(3) * 2 * np.pi / 3
+    edges = [np.cos(a) * u + np.sin(a) * v for a in normals]
+    return coverage(np.maximum.reduce(edges) - radius / 2)
+
+
+def draw_ring(rng, image_size):
+    u, v, radius = random_shape_frame(rng, image_size)
+    half_width = rng.uniform(0.15, 0.25) * radius
+    return coverage(np.abs(np.hypot(u, v) - radius) - half_width)
+
+
+def draw_cross(rng, image_size):
+    u, v, radius = random_shape_frame(rng, image_size)
+    half_width = rng.uniform(0.22, 0.32) * radius
+    bar = np.maximum(np.abs(u) - radius, np.abs(v) - half_width)
+    upright = np.maximum(np.abs(u) - half_width, np.abs(v) - radius)
+    return coverage(np.minimum(bar, upright))
+
+
+def texture_period(rng, image_size, low, high):
+    return max(rng.uniform(low, high) * image_size, MIN_TEXTURE_PERIOD_PX)
+
+
+def stripes(rng, image_size, across):
+    """Bands of half a period each, varying along the coordinate `across`."""
+    period = texture_period(rng, image_size, 0.1, 0.16)
+    wave = np.sin(2 * np.pi * across / period + rng.uniform(0, 2 * np.pi))
+    return coverage(-wave * period / (2 * np.pi))
+
+
+def checkerboard(rng, image_size, u, v):
+    period = texture_period(rng, image_size, 0.12, 0.2)
+    phases = rng.uniform(0, 2 * np.pi, size=2)
+    wave = np.sin(2 * np.pi * u / period + phases[0]) * np.sin(2 * np.pi * v / period + phases[1])
+    return coverage(-wave * period / (2 * np.pi))
+
+
+def dots(rng, image_size, u, v):
+    period = texture_period(rng, image_size, 0.15, 0.22) + 1
+    radius = rng.uniform(0.22, 0.32) * period
+    offsets = rng.uniform(0, 1, size=2)
+    cell_u = (u / period + offsets[0]) % 1 - 0.5
+    cell_v = (v / period + offsets[1]) % 1 - 0.5
+    return coverage(np.hypot(cell_u, cell_v) * period - radius)
+
+
+def grain(rng, image_size, u, v):
+    return (rng.random((image_size, image_size)) < rng.uniform(0.3, 0.5)).astype(np.float64)
+
+
+def textured_patch(rng, image_size, texture, max_angle=np.pi):
+    """`texture(rng, image_size, u, v)` seen through an axis-aligned rectangle of
+    random position and size, the texture rotated by up to `max_angle`."""
+    center = random_center(rng, image_size)
+    half_width, half_height = rng.uniform(0.2, 0.34, size=2) * image_size
+    x, y = local_frame(image_size, center, 0.0)
+    inside = coverage(np.maximum(np.abs(x) - half_width, np.abs(y) - half_height))
+    u, v = local_frame(image_size, center, rng.uniform(-max_angle, max_angle))
+    return inside * texture(rng, image_size, u, v)
+
+
+def draw_horizontal_stripes(rng, image_size):
+    # Horizontal and vertical (not diagonal) so that a horizontal flip keeps the class.
+    return textured_patch(rng, image_size, lambda rng, size, u, v: stripes(rng, size, v),
+                          STRIPE_MAX_TILT)
+
+
+def draw_vertical_stripes(rng, image_size):
+    return textured_patch(rng, image_size, lambda rng, size, u, v: stripes(rng, size, u),
+                          STRIPE_MAX_TILT)
+
+
+def draw_checkerboard(rng, image_size):
+    return textured_patch(rng, image_size, checkerboard)
+
+
+def draw_dots(rng, image_size):
+    return textured_patch(rng, image_size, dots)
+
+
+def draw_grain(rng, image_size):
+    return textured_patch(rng, image_size, grain)
+
+
+# (name, function drawing the class's coverage mask in [0, 1]); the order is the label.
+SYNTHETIC_CLASSES = (
+    ("disc", draw_disc),
+    ("square", draw_square),
+    ("triangle", draw_triangle),
+    ("ring", draw_ring),
+    ("cross", draw_cross),
+    ("hstripes", draw_horizontal_stripes),
+    ("vstripes", draw_vertical_stripes),
+    ("checkerboard", draw_checkerboard),
+    ("dots", draw_dots),
+    ("grain", draw_grain),
+)
+
+
+def synthetic_class_folder(label):
+    """`class_03_ring`: the two-digit label first, so sorted order is label order."""
+    return f"class_{label:02d}_{SYNTHETIC_CLASSES[label][0]}"
+
+
+def hsv_colour(hue, saturation, value):
+    return np.array(colorsys.hsv_to_rgb(hue % 1.0, saturation, value))
+
+
+def foreground_colour(rng, label, dark_background):
+    # Each class leans towards its own hue, but the ranges overlap: colour is a
+    # hint, never the answer.
+    hue = label / len(SYNTHETIC_CLASSES) + rng.uniform(-0.2, 0.2)
+    value = rng.uniform(0.65, 1.0) if dark_background else rng.uniform(0.15, 0.45)
+    return hsv_colour(hue, rng.uniform(0.5, 1.0), value)
+
+
+def gradient_background(rng, image_size, dark_background):
+    """A linear gradient between two random colours, in a random direction."""
+    low, high = (0.05, 0.35) if dark_background else (0.7, 1.0)
+    colours = [hsv_colour(rng.uniform(0, 1), rng.uniform(0, 0.5), rng.uniform(low, high))
+               for _ in range(2)]
+    x, _ = local_frame(image_size, (image_size / 2, image_size / 2), rng.uniform(-np.pi, np.pi))
+    weight = np.clip(x / image_size + 0.5, 0, 1)[..., None]
+    return colours[0] * (1 - weight) + colours[1] * weight
+
+
+def render_synthetic_image(label, image_size, rng):
+    """One RGB uint8 image of class `label`: its pattern in a jittered colour over a
+    gradient background (contrast assured: one dark, the other light), plus noise."""
+    mask = SYNTHETIC_CLASSES[label][1](rng, image_size)[..., None]
+    dark_background = rng.random() < 0.5
+    image = (gradient_background(rng, image_size, dark_background) * (1 - mask)
+             + foreground_colour(rng, label, dark_background) * mask)
+    image += rng.normal(0.0, rng.uniform(0.01, 0.08), size=image.shape)
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def synthetic_image_rng(seed, split, label, index):
+    # Seeded per image, so an image does not depend on the order of generation.
+    return np.random.default_rng([seed, SPLIT_SEED_IDS[split], label, index])
+
+
+def synthetic_metadata(num_classes, train_per_class, val_per_class, image_size, seed):
+    """The synthetic.json content for these parameters, after checking them."""
+    params = dict(num_classes=num_classes, train_per_class=train_per_class,
+                  val_per_class=val_per_class, image_size=image_size, seed=seed)
+    for name, value in params.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise UserError(f"synthetic dataset: {name} must be an integer, got {value!r}")
+    if not 2 <= num_classes <= len(SYNTHETIC_CLASSES):
+        raise UserError(f"synthetic dataset: num_classes must be 2 to {len(SYNTHETIC_CLASSES)}, "
+                        f"got {num_classes}")
+    if min(train_per_class, val_per_class) < 1:
+        raise UserError("synthetic dataset: train_per_class and val_per_class must be at least 1")
+    if image_size < 16:
+        raise UserError(f"synthetic dataset: image_size must be at least 16 px, got {image_size}")
+    if seed < 0:
+        raise UserError(f"synthetic dataset: seed must be non-negative, got {seed}")
+    classes = [synthetic_class_folder(label) for label in range(num_classes)]
+    return dict(format_version=SYNTHETIC_FORMAT_VERSION, **params, classes=classes)
+
+
+def write_synthetic_dataset(root, num_classes=DEFAULT_SYNTHETIC["num_classes"],
+                            train_per_class=DEFAULT_SYNTHETIC["train_per_class"],
+                            val_per_class=DEFAULT_SYNTHETIC["val_per_class"],
+                            image_size=DEFAULT_SYNTHETIC["image_size"],
+                            seed=DEFAULT_SYNTHETIC["seed"]):
+    """Write `root/{train,val}/class_XX_name/NNNNN.png` and `root/synthetic.json`.
+
+    The same arguments give byte-identical files. The tree is built in a temporary
+    sibling folder and moved into place at the end, so an interrupted run never
+    leaves a half-written dataset; an existing synthetic dataset at `root` is
+    replaced, any other existing folder is refused."""
+    meta = synthetic_metadata(num_classes, train_per_class, val_per_class, image_size, seed)
+    root = Path(root)
+    if root.exists() and not (root / SYNTHETIC_META_FILE).is_file():
+        raise UserError(f"{root} exists and is not a synthetic dataset "
+                        f"(no {SYNTHETIC_META_FILE}): choose another folder or remove it")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp's private 0700 would make a shared cache unreadable
+        for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+            write_synthetic_split(staging / split, split, meta, per_class)
+        (staging / SYNTHETIC_META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        move_into_place(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root
+
+
+def write_synthetic_split(folder, split, meta, per_class):
+    for label, class_name in enumerate(meta["classes"]):
+        class_folder = folder / class_name
+        class_folder.mkdir(parents=True)
+        for index in range(per_class):
+            rng = synthetic_image_rng(meta["seed"], split, label, index)
+            pixels = render_synthetic_image(label, meta["image_size"], rng)
+            Image.fromarray(pixels).save(class_folder / f"{index:05d}.png")
+
+
+def move_into_place(staging, root):
+    """Rename the finished `staging` folder to `root`, replacing an old `root`."""
+    if root.exists():
+        # os.replace cannot overwrite a non-empty folder, but can an empty one:
+        # park the old dataset there, then delete it once the new one is in place.
+        parked = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+        os.replace(root, parked)
+        os.replace(staging, root)
+        shutil.rmtree(parked)
+    else:
+        os.replace(staging, root)
+
+
+def read_synthetic_metadata(root):
+    """The parsed synthetic.json of `root`, or None if it is missing or unreadable."""
+    try:
+        return json.loads((Path(root) / SYNTHETIC_META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def default_data_dir():
+    """Where generated datasets are cached: $LIGHTNAS_DATA, else ~/.cache/lightnas."""
+    return Path(os.environ.get("LIGHTNAS_DATA") or Path.home() / ".cache" / "lightnas").expanduser()
+
+
+def synthetic_dataset(root=None, num_classes=DEFAULT_SYNTHETIC["num_classes"],
+                      train_per_class=DEFAULT_SYNTHETIC["train_per_class"],
+                      val_per_class=DEFAULT_SYNTHETIC["val_per_class"],
+                      image_size=DEFAULT_SYNTHETIC["image_size"],
+                      seed=DEFAULT_SYNTHETIC["seed"]):
+    """The path of a ready synthetic dataset with these parameters, generated on
+    first use into a folder named after them under `root` (default:
+    `default_data_dir()`), regenerated if its synthetic.json does not match.
+    With several processes (distributed training), call it in one first."""
+    meta = synthetic_metadata(num_classes, train_per_class, val_per_class, image_size, seed)
+    name = (f"synthetic-v{SYNTHETIC_FORMAT_VERSION}-{num_classes}classes-{train_per_class}train-"
+            f"{val_per_class}val-{image_size}px-seed{seed}")
+    folder = Path(root if root is not None else default_data_dir()) / name
+    if read_synthetic_metadata(folder) != meta:
+        write_synthetic_dataset(folder, num_classes, train_per_class, val_per_class,
+                                image_size, seed)
+    return str(folder)  # a plain string: it ends up in saved arguments

@@ -1,0 +1,160 @@
+"""Top-1/top-5 accuracy of a LightNet on a dataset's whole `val/` folder.
+
+Loads the authors' released `.pth.tar` files (`{"state_dict": ...}` with
+`module.` prefixes) and the project's own checkpoints, and evaluates with the
+paper's transform (Resize 256, CenterCrop 224, ImageNet mean/std):
+
+    python3 evaluate.py --model LightNet-20ms --weights LightNet-20ms.pth.tar \
+        --dataset /path/to/imagenet --device cuda --batch_size 64
+
+prints, like the authors' script, `Total: 50000  Top1-Acc: ...  Top5-Acc: ...`.
+"""
+
+import argparse
+import os
+
+import torch
+from tqdm import tqdm
+
+import data
+import model_train
+from utils import UserError, all_reduce_sum, correct_counts, load_checkpoint, run_cli, strip_module_prefix
+
+CLASSIFIER_WEIGHT = "classifier.4.weight"  # its rows give num_classes
+
+
+def checkpoint_state_dict(checkpoint, path):
+    """The model weights inside a checkpoint, without wrapper prefixes.
+
+    Accepts `{"state_dict": ...}` (released and project checkpoints) and a
+    bare state_dict.
+    """
+    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict) or not all(torch.is_tensor(value) for value in state_dict.values()):
+        raise UserError(f"--weights: {path} holds no model state_dict")
+    return strip_module_prefix(state_dict)
+
+
+def load_weights(model, state_dict, path):
+    """Load weights strictly, turning a mismatch into one readable line."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    wrong_shape = [key for key in expected
+                   if key in state_dict and state_dict[key].shape != expected[key].shape]
+    if missing or unexpected or wrong_shape:
+        problems = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                    for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                        ("wrong shape", wrong_shape)) if keys]
+        raise UserError(f"--weights: {path} does not fit this architecture ({'; '.join(problems)}); "
+                        "check --model/--arch_config and --width_mult")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def resolve_architecture(args, checkpoint):
+    """--model or --arch_config, else the arch_config a project checkpoint
+    records."""
+    choice = args.model or args.arch_config
+    if choice is None:
+        choice = checkpoint.get("arch_config") if isinstance(checkpoint, dict) else None
+        if choice is None:
+            raise UserError("give --model or --arch_config: the checkpoint does not record its architecture")
+    return model_train.resolve_arch_config(choice)
+
+
+@torch.no_grad()
+def evaluate_counts(model, loader, device, progress=True):
+    """Exact counts over the loader: (images, top-1 hits, top-5 hits)."""
+    model.eval()
+    total = top1 = top5 = 0
+    for images, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        batch_top1, batch_top5 = correct_counts(model(images), targets, topk=(1, 5))
+        total += targets.size(0)
+        top1 += batch_top1
+        top5 += batch_top5
+    return total, top1, top5
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """This process's share of a dataset for exact distributed evaluation:
+    indices rank, rank + world_size, ... The shards of all processes
+    partition the dataset, with no padding and no index twice (unlike
+    DistributedSampler, which repeats samples to even out the shards)."""
+
+    def __init__(self, dataset_size, rank, world_size):
+        self.indices = range(rank, dataset_size, world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def evaluate_counts_distributed(model, loader, device, progress=True):
+    """`evaluate_counts` of this process's shard, summed over all processes:
+    exact over the whole dataset when every loader samples with a
+    ShardSampler. Every process must call it."""
+    counts = torch.tensor(evaluate_counts(model, loader, device, progress), dtype=torch.int64, device=device)
+    all_reduce_sum(counts)
+    total, top1, top5 = counts.tolist()
+    return total, top1, top5
+
+
+def format_result(total, top1, top5):
+    """The authors' output line, accuracies in percent."""
+    return f"Total: {total}  Top1-Acc: {100.0 * top1 / total:.3f}  Top5-Acc: {100.0 * top5 / total:.3f}"
+
+
+def resolve_device(name):
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description="Evaluate a LightNet on a dataset's val/ folder.")
+    architecture = parser.add_mutually_exclusive_group()
+    architecture.add_argument("--model", help="registered network, e.g. LightNet-20ms or LightNet-20ms-SE")
+    architecture.add_argument("--arch_config", help="the list string \"['MBK3E1', ...]\" or a search's arch.json")
+    parser.add_argument("--weights", required=True, help="checkpoint (.pth.tar): released or the project's own")
+    parser.add_argument("--dataset", required=True, help="folder holding val/ with one sub-folder per class")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="default: cuda when available, else cpu")
+    parser.add_argument("--batch_size", type=int, default=64, help="images per batch (default: 64)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="data-loading processes (default: min(8, CPU cores))")
+    parser.add_argument("--image_size", type=int, default=224,
+                        help="center-crop size; images are first resized to size/0.875 (default: 224)")
+    parser.add_argument("--width_mult", type=float, default=1.0, help="channel width multiplier (default: 1.0)")
+    return parser
+
+
+def main(args):
+    if args.batch_size < 1 or args.workers < 0 or args.image_size < 1:
+        raise UserError("--batch_size and --image_size must be positive and --workers non-negative")
+    device = resolve_device(args.device)
+    checkpoint = load_checkpoint(args.weights, what="--weights")
+    state_dict = checkpoint_state_dict(checkpoint, args.weights)
+    arch_config = resolve_architecture(args, checkpoint)
+    if CLASSIFIER_WEIGHT not in state_dict:
+        raise UserError(f"--weights: {args.weights} has no {CLASSIFIER_WEIGHT}; is it a LightNet checkpoint?")
+    num_classes = state_dict[CLASSIFIER_WEIGHT].shape[0]
+    model = model_train.LightNet(arch_config, num_classes=num_classes, width_mult=args.width_mult)
+    load_weights(model, state_dict, args.weights)
+
+    dataset = data.image_folder(args.dataset, "val", data.build_eval_transform(args.image_size))
+    if len(dataset.classes) != num_classes:
+        raise UserError(f"--dataset: val/ has {len(dataset.classes)} classes but the weights predict "
+                        f"{num_classes}; is this the dataset the network was trained on?")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
+                                         num_workers=args.workers, pin_memory=device.type == "cuda")
+    total, top1, top5 = evaluate_counts(model.to(device), loader, device)
+    print(format_result(total, top1, top5))
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

@@ -1,0 +1,266 @@
+"""Tests for data.py: the synthetic dataset, the image-folder checks and the transforms."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import transforms
+
+import data
+from utils import UserError
+
+SMALL = dict(num_classes=3, train_per_class=4, val_per_class=2, image_size=24, seed=0)
+
+
+def files_and_bytes(root):
+    return {str(path.relative_to(root)): path.read_bytes()
+            for path in sorted(Path(root).rglob("*")) if path.is_file()}
+
+
+def write_png(path, size=(20, 16)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (10, 200, 30)).save(path)
+
+
+# --- synthetic dataset -------------------------------------------------------
+
+def test_synthetic_dataset_is_byte_identical_for_the_same_seed(tmp_path):
+    first = files_and_bytes(data.write_synthetic_dataset(tmp_path / "a", **SMALL))
+    second = files_and_bytes(data.write_synthetic_dataset(tmp_path / "b", **SMALL))
+    assert first == second
+
+
+def test_another_seed_gives_other_images(tmp_path):
+    first = files_and_bytes(data.write_synthetic_dataset(tmp_path / "a", **SMALL))
+    second = files_and_bytes(data.write_synthetic_dataset(tmp_path / "b", **{**SMALL, "seed": 1}))
+    assert first.keys() == second.keys()
+    images = [name for name in first if name.endswith(".png")]
+    assert all(first[name] != second[name] for name in images)
+
+
+def test_synthetic_dataset_has_the_requested_layout(tmp_path):
+    root = data.write_synthetic_dataset(tmp_path / "synthetic", num_classes=4, train_per_class=3,
+                                        val_per_class=2, image_size=20, seed=5)
+    expected_classes = ["class_00_disc", "class_01_square", "class_02_triangle", "class_03_ring"]
+    for split, per_class in (("train", 3), ("val", 2)):
+        assert sorted(p.name for p in (root / split).iterdir()) == expected_classes
+        for class_name in expected_classes:
+            images = sorted((root / split / class_name).iterdir())
+            assert [p.name for p in images] == [f"{i:05d}.png" for i in range(per_class)]
+            with Image.open(images[0]) as image:
+                assert (image.format, image.mode, image.size) == ("PNG", "RGB", (20, 20))
+    meta = json.loads((root / "synthetic.json").read_text())
+    assert meta == dict(format_version=data.SYNTHETIC_FORMAT_VERSION, num_classes=4,
+                        train_per_class=3, val_per_class=2, image_size=20, seed=5,
+                        classes=expected_classes)
+    assert [p.name for p in tmp_path.iterdir()] == ["synthetic"]  # no staging folder left
+
+
+def test_synthetic_folders_load_with_labels_in_folder_order(tmp_path):
+    root = data.write_synthetic_dataset(tmp_path / "synthetic", **SMALL)
+    dataset = data.image_folder(root, "val", transforms.ToTensor())
+    assert dataset.classes == ["class_00_disc", "class_01_square", "class_02_triangle"]
+    assert dataset.targets == [0, 0, 1, 1, 2, 2]
+    image, label = dataset[5]
+    assert image.shape == (3, 24, 24) and label == 2
+
+
+@pytest.mark.parametrize("bad", [dict(num_classes=1), dict(num_classes=11), dict(train_per_class=0),
+                                 dict(image_size=8), dict(seed=-1), dict(image_size=32.0)])
+def test_bad_synthetic_parameters_are_user_errors(tmp_path, bad):
+    with pytest.raises(UserError, match="synthetic dataset"):
+        data.write_synthetic_dataset(tmp_path / "synthetic", **{**SMALL, **bad})
+
+
+def test_a_folder_that_is_not_synthetic_is_never_overwritten(tmp_path):
+    precious = tmp_path / "photos"
+    write_png(precious / "holiday.png")
+    message = f"{precious} exists and is not a synthetic dataset"
+    with pytest.raises(UserError, match=re.escape(message)):
+        data.write_synthetic_dataset(precious, **SMALL)
+    assert [p.name for p in precious.iterdir()] == ["holiday.png"]
+
+
+def test_interrupted_generation_leaves_the_old_dataset_and_no_partial_one(tmp_path, monkeypatch):
+    root = data.write_synthetic_dataset(tmp_path / "synthetic", **SMALL)
+    before = files_and_bytes(root)
+    calls = []
+
+    def render_then_fail(*args):
+        calls.append(args)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_render(*args)
+
+    real_render = data.render_synthetic_image
+    monkeypatch.setattr(data, "render_synthetic_image", render_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        data.write_synthetic_dataset(root, **{**SMALL, "seed": 1})
+    assert files_and_bytes(root) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["synthetic"]
+
+
+def test_synthetic_dataset_reuses_a_matching_cache_and_regenerates_a_stale_one(tmp_path,
+                                                                               monkeypatch):
+    writes = []
+    real_write = data.write_synthetic_dataset
+
+    def counting_write(*args, **kwargs):
+        writes.append(args)
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(data, "write_synthetic_dataset", counting_write)
+    root = Path(data.synthetic_dataset(tmp_path, **SMALL))
+    image = root / "train" / "class_00_disc" / "00000.png"
+    stamp = image.stat().st_mtime_ns
+    assert data.synthetic_dataset(tmp_path, **SMALL) == str(root)
+    assert len(writes) == 1 and image.stat().st_mtime_ns == stamp
+
+    meta_file = root / "synthetic.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "seed": 7}))
+    assert data.synthetic_dataset(tmp_path, **SMALL) == str(root)
+    assert len(writes) == 2
+    assert json.loads(meta_file.read_text())["seed"] == SMALL["seed"]
+
+    meta_file.write_text("{truncated")
+    data.synthetic_dataset(tmp_path, **SMALL)
+    assert len(writes) == 3 and data.read_synthetic_metadata(root)["seed"] == SMALL["seed"]
+
+
+def test_synthetic_dataset_names_its_folder_after_the_parameters(tmp_path):
+    first = Path(data.synthetic_dataset(tmp_path, **SMALL))
+    second = Path(data.synthetic_dataset(tmp_path, **{**SMALL, "seed": 3}))
+    assert first != second and first.parent == second.parent == tmp_path
+
+
+def test_synthetic_dataset_caches_under_lightnas_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTNAS_DATA", str(tmp_path / "cache"))
+    assert Path(data.synthetic_dataset(**SMALL)).parent == tmp_path / "cache"
+
+
+def tiny_cnn(num_classes):
+    def conv(inputs, outputs):
+        return nn.Sequential(nn.Conv2d(inputs, outputs, 3, stride=2, padding=1, bias=False),
+                             nn.BatchNorm2d(outputs), nn.ReLU())
+    return nn.Sequential(conv(3, 16), conv(16, 32), conv(32, 64), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(64, num_classes))
+
+
+def as_tensors(dataset):
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    return images, torch.tensor(dataset.targets)
+
+
+def test_a_tiny_cnn_learns_the_synthetic_dataset_well_above_chance(tmp_path):
+    num_classes = 10
+    root = data.write_synthetic_dataset(tmp_path / "synthetic", num_classes=num_classes,
+                                        train_per_class=30, val_per_class=20, image_size=32)
+    to_tensor = transforms.Compose([transforms.ToTensor(),
+                                    transforms.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)])
+    train_x, train_y = as_tensors(data.image_folder(root, "train", to_tensor))
+    val_x, val_y = as_tensors(data.image_folder(root, "val", to_tensor))
+
+    torch.manual_seed(0)
+    model = tiny_cnn(num_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(15):
+        model.train()
+        for batch in torch.randperm(len(train_y)).split(32):
+            loss = nn.functional.cross_entropy(model(train_x[batch]), train_y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(val_x).argmax(1) == val_y).float().mean().item()
+    assert accuracy > 2 / num_classes
+
+
+# --- image folders -----------------------------------------------------------
+
+def test_missing_split_folder_is_a_user_error_naming_it(tmp_path):
+    message = re.escape(f"dataset folder {tmp_path / 'train'} not found") + ".*--dataset"
+    with pytest.raises(UserError, match=message):
+        data.image_folder(tmp_path, "train", None)
+
+
+def test_split_folder_without_class_folders_is_a_user_error(tmp_path):
+    write_png(tmp_path / "val" / "stray.png")  # images directly in val/, not in class folders
+    message = f"dataset folder {tmp_path / 'val'} has no class sub-folders"
+    with pytest.raises(UserError, match=re.escape(message)):
+        data.image_folder(tmp_path, "val", None)
+
+
+def test_empty_class_folder_is_a_user_error_naming_it(tmp_path):
+    write_png(tmp_path / "train" / "n01" / "a.png")
+    (tmp_path / "train" / "n02").mkdir()
+    (tmp_path / "train" / "n02" / "notes.txt").write_text("not an image")
+    message = f"class folder {tmp_path / 'train' / 'n02'} holds no image"
+    with pytest.raises(UserError, match=re.escape(message)):
+        data.image_folder(tmp_path, "train", None)
+
+
+def test_images_in_nested_folders_count(tmp_path):
+    write_png(tmp_path / "train" / "n01" / "batch1" / "a.png")
+    assert len(data.image_folder(tmp_path, "train", None)) == 1
+
+
+def truncated_png(path):
+    write_png(path, size=(64, 64))
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def not_an_image(path):
+    path.write_bytes(b"this is not a png")
+
+
+@pytest.mark.parametrize("corrupt", [truncated_png, not_an_image])
+def test_undecodable_image_is_a_user_error_naming_the_file(tmp_path, corrupt):
+    write_png(tmp_path / "train" / "n01" / "good.png")
+    bad = tmp_path / "train" / "n01" / "bad.png"
+    corrupt(bad)
+    dataset = data.image_folder(tmp_path, "train", transforms.ToTensor())
+    assert dataset.samples[0][0] == str(bad)
+    with pytest.raises(UserError, match=re.escape(f"cannot read image {bad}")):
+        dataset[0]
+    assert dataset[1][0].shape == (3, 16, 20)
+
+
+def test_images_load_as_rgb(tmp_path):
+    path = tmp_path / "grey.png"
+    Image.new("L", (5, 4), 128).save(path)
+    assert data.load_rgb_image(path).mode == "RGB"
+
+
+# --- transforms --------------------------------------------------------------
+
+@pytest.mark.parametrize("image_size", [32, 224])
+def test_transforms_give_square_tensors(image_size):
+    image = Image.new("RGB", (300, 200), (10, 200, 30))
+    assert data.build_train_transform(image_size)(image).shape == (3, image_size, image_size)
+    assert data.build_eval_transform(image_size)(image).shape == (3, image_size, image_size)
+
+
+def test_eval_transform_normalises_the_imagenet_mean_to_zero():
+    mean_colour = tuple(round(255 * m) for m in data.IMAGENET_MEAN)
+    tensor = data.build_eval_transform(32)(Image.new("RGB", (40, 40), mean_colour))
+    assert tensor.abs().max() < 0.01
+
+
+def test_eval_transform_resizes_224_from_256():
+    resize = data.build_eval_transform(224).transforms[0]
+    assert isinstance(resize, transforms.Resize) and resize.size == 256
+    assert data.build_eval_transform(64).transforms[0].size == 73
+
+
+def test_train_transform_hue_is_the_callers_choice():
+    def jitter(transform):
+        return next(t for t in transform.transforms if isinstance(t, transforms.ColorJitter))
+    assert jitter(data.build_train_transform(64)).hue is None
+    assert jitter(data.build_train_transform(64, hue=0.1)).hue == pytest.approx((-0.1, 0.1))
+    assert jitter(data.build_train_transform(64, color_jitter=(0.2, 0.3, 0.4))).brightness == \
+        pytest.approx((0.8, 1.2))

@@ -1,0 +1,96 @@
+"""evaluate.py on released-format and project checkpoints."""
+
+import re
+
+import pytest
+import torch
+
+import data
+import evaluate
+from model_train import LIGHTNETS, LightNet
+from utils import run_cli, save_checkpoint
+
+IMAGE_SIZE = 32
+NUM_CLASSES = 4
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic") / "set"
+    data.write_synthetic_dataset(root, num_classes=NUM_CLASSES, train_per_class=2, val_per_class=9,
+                                 image_size=IMAGE_SIZE, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    network = LightNet(LIGHTNETS["LightNet-20ms"], num_classes=NUM_CLASSES)
+    # Random BN statistics make the untrained network's predictions differ
+    # from image to image, so top-1 is an informative number to compare.
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    return network.eval()
+
+
+def direct_counts(model, root):
+    dataset = data.image_folder(root, "val", data.build_eval_transform(IMAGE_SIZE))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=5)
+    return evaluate.evaluate_counts(model, loader, torch.device("cpu"), progress=False)
+
+
+def run_evaluate(arguments, capsys):
+    run_cli(evaluate.main, evaluate.get_args_parser(), arguments)
+    output = capsys.readouterr().out.strip().splitlines()[-1]
+    match = re.fullmatch(r"Total: (\d+)  Top1-Acc: ([\d.]+)  Top5-Acc: ([\d.]+)", output)
+    assert match, output
+    return int(match[1]), float(match[2]), float(match[3])
+
+
+def test_released_format_checkpoint_matches_direct_evaluation(model, dataset_root, tmp_path, capsys):
+    released = {"state_dict": {"module." + key: value for key, value in model.state_dict().items()}}
+    path = tmp_path / "LightNet-20ms.pth.tar"
+    torch.save(released, path)
+    total, top1, top5 = run_evaluate(["--model", "LightNet-20ms", "--weights", str(path), "--dataset",
+                                      str(dataset_root), "--image_size", str(IMAGE_SIZE), "--workers", "0",
+                                      "--batch_size", "4", "--device", "cpu"], capsys)
+    images, top1_hits, top5_hits = direct_counts(model, dataset_root)
+    assert total == images == NUM_CLASSES * 9
+    assert top1 == pytest.approx(100.0 * top1_hits / images, abs=1e-3)
+    assert top5 == pytest.approx(100.0 * top5_hits / images, abs=1e-3)
+    assert top5 == 100.0  # 4 classes: the top 5 always holds the answer
+
+
+def test_project_checkpoint_needs_no_architecture_option(model, dataset_root, tmp_path, capsys):
+    path = tmp_path / "best.pth.tar"
+    save_checkpoint({"state_dict": model.state_dict(), "arch_config": LIGHTNETS["LightNet-20ms"], "epoch": 3}, path)
+    total, top1, _ = run_evaluate(["--weights", str(path), "--dataset", str(dataset_root),
+                                   "--image_size", str(IMAGE_SIZE), "--workers", "0"], capsys)
+    images, top1_hits, _ = direct_counts(model, dataset_root)
+    assert total == images and top1 == pytest.approx(100.0 * top1_hits / images, abs=1e-3)
+
+
+@pytest.mark.parametrize("case", ["wrong architecture", "missing file", "no state_dict", "class mismatch"])
+def test_bad_weights_give_one_line(case, model, dataset_root, tmp_path, capsys):
+    path = tmp_path / "weights.pth.tar"
+    model_name = "LightNet-20ms"
+    if case == "wrong architecture":
+        torch.save({"state_dict": model.state_dict()}, path)
+        model_name, expected = "LightNet-30ms", "does not fit this architecture"
+    elif case == "missing file":
+        path, expected = tmp_path / "absent.pth.tar", "not found"
+    elif case == "no state_dict":
+        torch.save({"epoch": 1}, path)
+        expected = "holds no model state_dict"
+    else:
+        other = LightNet(LIGHTNETS["LightNet-20ms"], num_classes=7)
+        torch.save({"state_dict": other.state_dict()}, path)
+        expected = "val/ has 4 classes but the weights predict 7"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(evaluate.main, evaluate.get_args_parser(),
+                ["--model", model_name, "--weights", str(path), "--dataset", str(dataset_root), "--workers", "0"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and expected in error, error

@@ -1,0 +1,81 @@
+"""The shared helpers: errors, checkpoints, RNG state, device options."""
+
+import argparse
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import utils
+from utils import UserError
+
+
+def test_worker_wrapped_user_error_keeps_its_one_line():
+    wrapped = UserError("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                        "call last):\n  File \"x.py\", line 1, in f\nutils.UserError: cannot read image a.png")
+    assert utils.user_error_message(wrapped) == "cannot read image a.png"
+    assert utils.user_error_message(UserError("plain")) == "plain"
+
+
+def test_checkpoint_round_trip_restores_rng_streams(tmp_path):
+    path = tmp_path / "state.pth.tar"
+    utils.seed_everything(3)
+    utils.save_checkpoint({"rng": utils.rng_states(), "epoch": 4}, path)
+    expected = (random.random(), np.random.rand(), torch.rand(2))
+    utils.seed_everything(99)
+    loaded = utils.load_checkpoint(path)
+    utils.set_rng_states(loaded["rng"])
+    assert loaded["epoch"] == 4
+    actual = (random.random(), np.random.rand(), torch.rand(2))
+    assert actual[:2] == expected[:2] and torch.equal(actual[2], expected[2])
+
+
+def test_failed_save_leaves_the_previous_file(tmp_path):
+    path = tmp_path / "state.pth.tar"
+    utils.save_checkpoint({"epoch": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError):
+        utils.save_checkpoint({"epoch": 2, "bad": Unpicklable()}, path)
+    assert utils.load_checkpoint(path) == {"epoch": 1}
+    assert os.listdir(tmp_path) == ["state.pth.tar"]  # no temporary file left behind
+
+
+def test_load_checkpoint_errors_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        utils.load_checkpoint(tmp_path / "absent.pth.tar")
+    corrupt = tmp_path / "corrupt.pth.tar"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="could not be loaded"):
+        utils.load_checkpoint(corrupt)
+
+
+def test_strip_module_prefix_only_when_every_key_has_it():
+    assert utils.strip_module_prefix({"module.a": 1, "module.b": 2}) == {"a": 1, "b": 2}
+    assert utils.strip_module_prefix({"module.a": 1, "b": 2}) == {"module.a": 1, "b": 2}
+
+
+def _device_args(*argv):
+    parser = argparse.ArgumentParser()
+    utils.add_device_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without a GPU")
+def test_device_options_on_a_machine_without_gpu(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert utils.resolve_device_type(_device_args("--gpus", "1", "--visible", "0")) == "cpu"
+    assert utils.resolve_device_type(_device_args("--gpus", "2", "--device", "cpu")) == "cpu"
+    with pytest.raises(UserError, match="no CUDA GPU is available; add --device cpu"):
+        utils.resolve_device_type(_device_args("--gpus", "4", "--visible", "0,1,2,3"))
+    with pytest.raises(UserError, match="only 0 CUDA GPU"):
+        utils.resolve_device_type(_device_args("--device", "cuda"))
+    with pytest.raises(UserError, match="expected GPU ids"):
+        utils.resolve_device_type(_device_args("--visible", "0,a"))
+    with pytest.raises(UserError, match="lists 1 GPU"):
+        utils.resolve_device_type(_device_args("--gpus", "2", "--visible", "0", "--device", "cpu"))
