@@ -1,0 +1,151 @@
+"""What a supernet step costs next to one sampled standalone network.
+
+A single-path supernet step should cost what the sampled network costs
+(target ratio <= 1.15), and a warm-up step (7 paths covering every op) what 7
+standalone steps cost. Steps are timed interleaved, A B A B ..., so machine
+noise hits both sides alike; the median step time is reported. Peak memory
+is the peak resident set of a fresh process running a few steps of each.
+
+    python3 benchmarks/search_step_cost.py --batch_size 16 --image_size 224 --steps 10
+"""
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import operations  # noqa: E402
+from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths  # noqa: E402
+from model_train import LightNet  # noqa: E402
+
+NUM_CLASSES = 100
+
+
+def sgd(parameters):
+    return torch.optim.SGD(parameters, lr=0.01, momentum=0.9, weight_decay=3e-5)
+
+
+def make_steps(batch_size, image_size, seed=0):
+    """Step functions sharing one batch and one sampled path."""
+    torch.manual_seed(seed)
+    images = torch.randn(batch_size, 3, image_size, image_size)
+    targets = torch.randint(NUM_CLASSES, (batch_size,))
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    supernet = SuperNet(NUM_CLASSES).train()
+    path = gumbel_softmax_hard(supernet.alpha.detach(), 5.0, torch.Generator().manual_seed(seed)).argmax(-1)
+    standalone = LightNet(operations.indices_to_arch(path.tolist()), num_classes=NUM_CLASSES).train()
+    weight_optimizer, standalone_optimizer = sgd(supernet.weight_parameters()), sgd(standalone.parameters())
+    alpha_optimizer = torch.optim.Adam(supernet.arch_parameters(), lr=1e-3, betas=(0.5, 0.999))
+    generator = torch.Generator().manual_seed(seed)
+
+    def standalone_step():
+        standalone_optimizer.zero_grad(set_to_none=True)
+        criterion(standalone(images), targets).backward()
+        standalone_optimizer.step()
+
+    def supernet_weight_step(paths=(path,)):
+        weight_optimizer.zero_grad(set_to_none=True)
+        for sampled in paths:
+            criterion(supernet(images, one_hot_paths(sampled)), targets).backward()
+        weight_optimizer.step()
+
+    def supernet_warmup_step():
+        supernet_weight_step(warmup_paths(generator))
+
+    def seven_standalone_steps():
+        for _ in range(operations.NUM_OPS):
+            standalone_step()
+
+    def supernet_alpha_step():
+        for parameter in supernet.weight_parameters():
+            parameter.requires_grad_(False)
+        alpha_optimizer.zero_grad(set_to_none=True)
+        sample = gumbel_softmax_hard(supernet.alpha, 5.0, generator)
+        criterion(supernet(images, sample), targets).backward()
+        alpha_optimizer.step()
+        for parameter in supernet.weight_parameters():
+            parameter.requires_grad_(True)
+
+    return {
+        "standalone": standalone_step, "supernet": supernet_weight_step, "alpha": supernet_alpha_step,
+        "warmup": supernet_warmup_step, "standalone_x7": seven_standalone_steps,
+    }
+
+
+def timed_interleaved(functions, steps, warmup_steps=2):
+    """Median seconds per call of each function, calls interleaved."""
+    for _ in range(warmup_steps):
+        for function in functions.values():
+            function()
+    times = {name: [] for name in functions}
+    for _ in range(steps):
+        for name, function in functions.items():
+            started = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peak_memory_mib(step_name, args):
+    """Peak resident memory of a fresh process running 3 steps of one kind."""
+    command = [sys.executable, os.path.abspath(__file__), "--measure_memory", step_name,
+               "--batch_size", str(args.batch_size), "--image_size", str(args.image_size)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return float(output.strip().splitlines()[-1])
+
+
+def measure_memory_in_this_process(step_name, args):
+    step = make_steps(args.batch_size, args.image_size)[step_name]
+    for _ in range(3):
+        step()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)  # KiB on Linux
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_size", type=int, default=16, help="images per step (default: 16)")
+    parser.add_argument("--image_size", type=int, default=224, help="input size in pixels (default: 224)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per kind (default: 10)")
+    parser.add_argument("--warmup_steps", type=int, default=2, help="untimed steps first (default: 2)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--measure_memory", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(args):
+    torch.set_num_threads(args.threads)
+    if args.measure_memory:
+        measure_memory_in_this_process(args.measure_memory, args)
+        return
+    print(f"batch {args.batch_size}, {args.image_size}x{args.image_size}, {args.threads} threads, "
+          f"{args.steps} timed steps each, torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}")
+    steps = make_steps(args.batch_size, args.image_size)
+    single = timed_interleaved({name: steps[name] for name in ("standalone", "supernet", "alpha")},
+                               args.steps, args.warmup_steps)
+    warmup = timed_interleaved({name: steps[name] for name in ("standalone_x7", "warmup")},
+                               max(2, args.steps // 3), 1)
+    rows = [
+        ("standalone network step", single["standalone"], None),
+        ("supernet weight step (one path)", single["supernet"], single["supernet"] / single["standalone"]),
+        ("supernet alpha step (one path)", single["alpha"], single["alpha"] / single["standalone"]),
+        ("7 standalone steps", warmup["standalone_x7"], None),
+        ("supernet warm-up step (7 paths)", warmup["warmup"], warmup["warmup"] / warmup["standalone_x7"]),
+    ]
+    print(f"{'step':<34} {'median s':>9} {'ratio':>7}")
+    for name, seconds, ratio in rows:
+        print(f"{name:<34} {seconds:>9.3f} {'' if ratio is None else f'{ratio:7.3f}':>7}")
+    memory = {name: peak_memory_mib(name, args) for name in ("standalone", "supernet", "alpha", "warmup")}
+    print(f"{'peak resident memory':<34} {'MiB':>9} {'ratio':>7}")
+    for name, mib in memory.items():
+        print(f"{name:<34} {mib:>9.0f} {mib / memory['standalone']:>7.2f}")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,128 @@
+"""The LightNAS supernet: 21 searchable layers x 7 ops, single path, with
+hard Gumbel-softmax architecture weights (paper Section 3; spec section 4).
+
+Each step samples one op per layer; only the sampled ops run, so a step costs
+what one sampled network costs. When the architecture parameters `alpha`
+(21x7) need a gradient, each layer's output is multiplied by its one-hot
+weight, which is 1 in the forward pass and, through the straight-through
+estimator, carries the gradient of the relaxed sample back to alpha.
+
+    >>> net = SuperNet(num_classes=100)
+    >>> weights = gumbel_softmax_hard(net.alpha, tau=5.0)   # 21x7 one-hot
+    >>> logits = net(images, weights)
+    >>> net.derive()   # the argmax arch_config, 22 names
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import operations
+from operations import NUM_OPS, NUM_SEARCHABLE_LAYERS, SEARCHABLE_OPS
+
+ALPHA_INIT_SCALE = 1e-3  # alpha ~ 1e-3 * N(0, 1) (spec section 4)
+
+
+def gumbel_softmax_hard(alpha, tau, generator=None):
+    """A hard one-hot sample per row of `alpha`, straight-through.
+
+    Forward: the one-hot of argmax(log_softmax(alpha) + g), g ~ Gumbel(0, 1).
+    Backward: the gradient of softmax((log_softmax(alpha) + g) / tau).
+    `generator` makes the noise reproducible and equal on every process.
+    """
+    uniform = torch.rand(alpha.shape, generator=generator, device=alpha.device, dtype=alpha.dtype)
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(torch.finfo(alpha.dtype).tiny)))
+    soft = F.softmax((F.log_softmax(alpha, dim=-1) + gumbel) / tau, dim=-1)
+    hard = F.one_hot(soft.argmax(dim=-1), alpha.size(-1)).to(soft.dtype)
+    return hard - soft.detach() + soft
+
+
+def one_hot_paths(indices, device=None):
+    """Constant one-hot weights (no gradient) for given op indices (21)."""
+    indices = torch.as_tensor(indices, device=device)
+    return F.one_hot(indices, NUM_OPS).float()
+
+
+def warmup_paths(generator=None):
+    """Seven paths that together run every op of every layer once: per
+    layer, the ops in a random order without replacement (a 7x21 tensor of
+    op indices, one row per path)."""
+    orders = [torch.randperm(NUM_OPS, generator=generator) for _ in range(NUM_SEARCHABLE_LAYERS)]
+    return torch.stack(orders, dim=1)
+
+
+class SearchableLayer(nn.Module):
+    """One layer's 7 candidate ops; runs only the one selected."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.candidates = nn.ModuleList(
+            operations.op(name, spec.in_channels, spec.out_channels, spec.stride, affine=False)
+            for name in SEARCHABLE_OPS
+        )
+
+    def forward(self, x, op_index, weight=None):
+        out = self.candidates[op_index](x)
+        # Multiplying by the one-hot entry (exactly 1) changes nothing in the
+        # forward pass but routes the gradient to alpha; skip it when alpha
+        # needs no gradient, so a weight step costs one plain network.
+        return out if weight is None else out * weight
+
+
+class SuperNet(nn.Module):
+    """Stem, fixed layer 0, 21 searchable layers, head, classifier.
+
+    BatchNorm has no affine parameters (running statistics are kept), and
+    the classifier has no BatchNorm1d (spec section 4).
+    """
+
+    def __init__(self, num_classes, width_mult=1.0, dropout=0.2):
+        super().__init__()
+        layout = operations.scaled_layout(width_mult)
+        self.first_conv = operations.conv_bn_relu6(
+            3, operations.stem_channels(width_mult), 3, stride=2, affine=False)
+        first = layout[0]
+        self.first_block = operations.op(
+            operations.FIXED_FIRST_OP, first.in_channels, first.out_channels, first.stride, affine=False)
+        self.layers = nn.ModuleList(SearchableLayer(spec) for spec in layout[1:])
+        head = operations.head_channels(width_mult)
+        self.last_conv = operations.conv_bn_relu6(layout[-1].out_channels, head, 1, stride=1, affine=False)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Linear(head, operations.CLASSIFIER_HIDDEN, bias=False),
+            nn.ReLU6(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(operations.CLASSIFIER_HIDDEN, num_classes),
+        )
+        # Registered, so it is saved with the model; kept out of
+        # weight_parameters() so the two optimizers never overlap.
+        self.alpha = nn.Parameter(ALPHA_INIT_SCALE * torch.randn(NUM_SEARCHABLE_LAYERS, NUM_OPS))
+
+    def arch_parameters(self):
+        return [self.alpha]
+
+    def weight_parameters(self):
+        return [parameter for name, parameter in self.named_parameters() if name != "alpha"]
+
+    def forward(self, x, weights):
+        """Run the path that `weights` (21x7, one-hot rows) selects. If
+        `weights` requires grad, the output is differentiable in it."""
+        op_indices = weights.argmax(dim=-1).tolist()  # one device sync per step
+        route_gradient = weights.requires_grad
+        x = self.first_block(self.first_conv(x))
+        for layer_index, (layer, op_index) in enumerate(zip(self.layers, op_indices)):
+            weight = weights[layer_index, op_index] if route_gradient else None
+            x = layer(x, op_index, weight)
+        x = self.global_pool(self.last_conv(x)).flatten(1)
+        return self.classifier(x)
+
+    def op_probabilities(self):
+        """softmax(alpha) per layer, a 21x7 tensor without gradient."""
+        return F.softmax(self.alpha.detach(), dim=-1)
+
+    def derive_indices(self):
+        return self.alpha.detach().argmax(dim=-1).tolist()
+
+    def derive(self):
+        """The argmax architecture: 22 op names, `MBK3E1` first."""
+        return operations.indices_to_arch(self.derive_indices())

@@ -1,0 +1,722 @@
+"""The LightNAS search: one search lands a network on a latency target
+(paper Section 3, "you only search once"; spec section 4).
+
+The supernet's weights train on the dataset's `train/` split and the
+architecture parameters alpha on its `val/` split, with the loss
+
+    CE + lambda * (LAT(sample) / T - 1)
+
+where LAT is the differentiable latency of the hard Gumbel sample and lambda,
+a Lagrange multiplier, is learned by gradient ascent on the constraint: it
+grows while the argmax architecture is slower than T and shrinks (or resets)
+when it is faster, so no penalty weight has to be tuned and no search re-run.
+
+The authors' command (one GPU, ImageNet with 100 classes):
+
+    python3 search_imagenet.py --save search-target-latency-24ms --gpus 1 --visible 0 \
+        --target_latency 24 --dataset /path/to/dataset/
+
+Without --dataset it runs a short demo on the synthetic dataset (CPU, a few
+minutes). Several GPUs: `--gpus 4 --visible 0,1,2,3`, or
+`torchrun --nproc_per_node 4 search_imagenet.py ...`. The end-of-warm-up
+checkpoint (`warmup.pth.tar`) starts searches for other targets:
+
+    python3 search_imagenet.py --save search-22ms --target_latency 22 \
+        --resume search-target-latency-24ms/warmup.pth.tar --dataset /path/to/dataset/
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+import data
+import latency_predictor
+import operations
+from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
+from utils import (
+    AverageMeter, UserError, accuracy, add_device_arguments, all_reduce_sum, cleanup_distributed,
+    create_logger, init_distributed, launch, load_checkpoint, resolve_device_type, rng_states,
+    run_cli, save_checkpoint, seed_everything, set_rng_states,
+)
+
+CHECKPOINT_NAME = "checkpoint.pth.tar"
+WARMUP_CHECKPOINT_NAME = "warmup.pth.tar"
+CHECKPOINT_FORMAT = 1
+
+# The paper's search settings (spec section 4); they apply whenever --dataset
+# is given and the option is not set on the command line.
+PAPER_SCHEDULE = {
+    "epochs": 90,
+    "freeze_epochs": 10,            # weights only, all 7 ops per layer each batch
+    "batch_size_train": 128,
+    "batch_size_val": 128,
+    "image_size": 224,
+    "num_classes": 100,             # the searches ran on a 100-class ImageNet subset
+    "tradeoff_learning_rate": 5e-4,  # lambda's gradient-ascent step
+    "latch_epochs": 10,             # the last epochs, where alpha can freeze near T
+    "arch_lr_step": 20,             # alpha's lr halves every 20 epochs after the freeze
+    "tau_decay": 0.1,               # tau = tau_max * exp(-0.1 * (epoch - freeze))
+}
+
+# The demo without --dataset: the synthetic set at 32 px, short enough for a
+# 2-core CPU. Fewer alpha steps per epoch need a larger lambda step and a
+# faster tau/lr decay to play out the paper's schedule in 16 epochs.
+DEMO_SCHEDULE = {
+    "epochs": 16,
+    "freeze_epochs": 2,
+    "batch_size_train": 32,
+    "batch_size_val": 16,
+    "image_size": 32,
+    "num_classes": None,            # all classes of the synthetic set
+    "tradeoff_learning_rate": 2e-2,
+    "latch_epochs": 4,
+    "arch_lr_step": 4,
+    "tau_decay": 0.3,
+}
+# The demo's synthetic set: fewer images than the training demo's, so a warm-up
+# epoch (7 paths per batch) stays under a minute on 2 cores.
+DEMO_DATASET = {"train_per_class": 60, "val_per_class": 30}
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        description="LightNAS: search a network whose predicted latency lands on --target_latency.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run = parser.add_argument_group("run")
+    run.add_argument("--save", default="search-demo", help="output folder (log, metrics, arch.json, checkpoints)")
+    run.add_argument("--dataset", default=None,
+                     help="folder with train/ and val/ (ImageNet layout); omitted: the synthetic demo dataset "
+                          "with a short schedule")
+    run.add_argument("--resume", default=None,
+                     help="checkpoint (or save folder) to continue; a warmup.pth.tar starts a search for any target")
+    run.add_argument("--seed", type=int, default=10, help="random seed (paper: 10)")
+    run.add_argument("--stop_after_epoch", type=int, default=None,
+                     help="stop after this epoch (checkpoint kept), e.g. to fit a job's time limit; "
+                          "continue with --resume")
+    run.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loading processes")
+
+    target = parser.add_argument_group("target")
+    target.add_argument("--target_latency", type=float, default=24.0,
+                        help="the target T, in the predictor's unit (ms for latency tables)")
+    target.add_argument("--lut", default=None,
+                        help="cost predictor: a latency table (.json), the authors' MLP (.pth.tar), 'flops' or "
+                             "'params' (default: the Jetson AGX Xavier table)")
+    target.add_argument("--metric", default=None, choices=("latency", "energy", "flops", "params"),
+                        help="the constrained metric; checked against the predictor (default: the predictor's)")
+    target.add_argument("--strict", action="store_true",
+                        help="beyond the paper: repair the final architecture until it does not exceed the target")
+
+    schedule = parser.add_argument_group("schedule (paper values with --dataset; demo values without)")
+    for name, help_text in (("epochs", "total search epochs"),
+                            ("freeze_epochs", "warm-up epochs training weights only"),
+                            ("batch_size_train", "weight-step batch, total over processes"),
+                            ("batch_size_val", "alpha-step batch, total over processes"),
+                            ("latch_epochs", "last epochs in which alpha freezes once near the target"),
+                            ("arch_lr_step", "epochs between halvings of alpha's learning rate"),
+                            ("image_size", "training crop in pixels")):
+        schedule.add_argument(f"--{name}", type=int, default=None,
+                              help=f"{help_text} (paper: {PAPER_SCHEDULE[name]}, demo: {DEMO_SCHEDULE[name]})")
+    schedule.add_argument("--num_classes", type=int, default=None,
+                          help="use the first N classes of the dataset (paper: 100; demo: all synthetic classes)")
+    schedule.add_argument("--tradeoff_learning_rate", type=float, default=None,
+                          help="lambda's gradient-ascent step (paper: {tradeoff_learning_rate}, demo: {demo})".format(
+                              demo=DEMO_SCHEDULE["tradeoff_learning_rate"], **PAPER_SCHEDULE))
+    schedule.add_argument("--tau_decay", type=float, default=None,
+                          help="tau = tau_max * exp(-tau_decay * (epoch - freeze)) (paper: {tau_decay}, demo: {demo})".format(
+                              demo=DEMO_SCHEDULE["tau_decay"], **PAPER_SCHEDULE))
+
+    weights = parser.add_argument_group("supernet weights (SGD)")
+    weights.add_argument("--learning_rate", type=float, default=0.1, help="initial lr, cosine to 0")
+    weights.add_argument("--momentum", type=float, default=0.9)
+    weights.add_argument("--weight_decay", type=float, default=3e-5)
+    weights.add_argument("--grad_clip", type=float, default=5.0, help="gradient-norm clip")
+    weights.add_argument("--label_smooth", type=float, default=0.1)
+
+    arch = parser.add_argument_group("architecture (Adam) and lambda")
+    arch.add_argument("--arch_learning_rate", type=float, default=1e-3)
+    arch.add_argument("--arch_weight_decay", type=float, default=1e-3)
+    arch.add_argument("--tradeoff", type=float, default=0.0, help="initial lambda")
+    arch.add_argument("--tau_max", type=float, default=5.0, help="Gumbel temperature during the warm-up")
+    arch.add_argument("--latch_tolerance", type=float, default=0.15,
+                      help="|LAT - T| below which alpha's lr scales by |LAT/T - 1| in the last epochs (unit of T)")
+
+    add_device_arguments(parser)
+    return parser
+
+
+# ------------------------------------------------------------------ settings
+
+
+def resolve_schedule(args):
+    """Fill the schedule options the user left unset: the paper's values
+    with --dataset, the demo's without. Explicit values always win."""
+    defaults = PAPER_SCHEDULE if args.dataset else DEMO_SCHEDULE
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
+def validate_settings(args):
+    positive = ("epochs", "batch_size_train", "batch_size_val", "image_size", "arch_lr_step",
+                "target_latency", "tau_max", "learning_rate", "arch_learning_rate")
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name} must be positive")
+    if not 0 <= args.freeze_epochs < args.epochs:
+        raise UserError(f"--freeze_epochs must be in [0, --epochs), got {args.freeze_epochs} with {args.epochs} epochs")
+    if args.latch_epochs < 0 or args.tradeoff_learning_rate < 0 or args.workers < 0:
+        raise UserError("--latch_epochs, --tradeoff_learning_rate and --workers must be non-negative")
+    if args.num_classes is not None and args.num_classes < 2:
+        raise UserError("--num_classes must be at least 2")
+
+
+def check_target(predictor, target):
+    """Stop early when no architecture can meet the target."""
+    lowest, highest = predictor.feasible_range()
+    if not lowest <= target <= highest:
+        raise UserError(f"--target_latency {target:g} {predictor.unit} is outside what this search space can "
+                        f"reach on {predictor.identifier}: {lowest:.2f} to {highest:.2f} {predictor.unit}")
+
+
+# ----------------------------------------------------------------- schedules
+
+
+def tau_at(epoch, args):
+    """Gumbel temperature: tau_max during the warm-up, then exponential decay."""
+    if epoch < args.freeze_epochs:
+        return args.tau_max
+    return args.tau_max * math.exp(-args.tau_decay * (epoch - args.freeze_epochs))
+
+
+def scheduled_arch_lr(epoch, args):
+    """Alpha's lr: halved every `arch_lr_step` epochs after the warm-up, and
+    no longer changed in the last `latch_epochs` epochs."""
+    last_change_epoch = max(args.freeze_epochs, args.epochs - args.latch_epochs - 1)
+    halvings = (min(epoch, last_change_epoch) - args.freeze_epochs) // args.arch_lr_step
+    return args.arch_learning_rate * 0.5 ** max(0, halvings)
+
+
+def in_latch_window(epoch, args):
+    return epoch >= args.epochs - args.latch_epochs
+
+
+def update_lagrange_multiplier(tradeoff, cost, target, step):
+    """One gradient-ascent step on lambda, then truncation: a lambda that
+    pushes the wrong way (raises a too-slow network's latency or lowers a
+    too-fast one's) is reset to 0."""
+    tradeoff += step * (cost / target - 1.0)
+    if (cost > target and tradeoff < 0) or (cost < target and tradeoff > 0):
+        tradeoff = 0.0
+    return tradeoff
+
+
+@dataclasses.dataclass
+class SearchState:
+    """What the search carries from step to step besides the networks."""
+
+    tradeoff: float   # lambda
+    latched: bool = False  # alpha's lr follows |LAT/T - 1| from now on
+
+
+# ---------------------------------------------------------------------- data
+
+
+def keep_first_classes(dataset, num_classes, path):
+    """Restrict an ImageFolder to its first `num_classes` classes (sorted
+    folder names), as the searches on a 100-class ImageNet subset do."""
+    if num_classes is None:
+        return dataset
+    if len(dataset.classes) < num_classes:
+        raise UserError(f"--num_classes {num_classes}: {path} has only {len(dataset.classes)} classes")
+    dataset.samples = [sample for sample in dataset.samples if sample[1] < num_classes]
+    dataset.targets = [target for _, target in dataset.samples]
+    dataset.imgs = dataset.samples
+    dataset.classes = dataset.classes[:num_classes]
+    dataset.class_to_idx = {name: index for name, index in dataset.class_to_idx.items() if index < num_classes}
+    return dataset
+
+
+def build_datasets(args):
+    train_set = data.image_folder(args.dataset, "train", data.build_train_transform(args.image_size, hue=0.1))
+    val_set = data.image_folder(args.dataset, "val", data.build_eval_transform(args.image_size))
+    train_set = keep_first_classes(train_set, args.num_classes, os.path.join(args.dataset, "train"))
+    val_set = keep_first_classes(val_set, args.num_classes, os.path.join(args.dataset, "val"))
+    if train_set.classes != val_set.classes:
+        raise UserError(f"--dataset: train/ and val/ of {args.dataset} hold different class folders")
+    return train_set, val_set
+
+
+class EpochLoader:
+    """A DataLoader whose shuffling and augmentation depend only on (seed,
+    epoch, rank), so a resumed search sees the same batches as an
+    uninterrupted one."""
+
+    def __init__(self, dataset, batch_size, args, context, stream):
+        self.sampler = torch.utils.data.DistributedSampler(
+            dataset, num_replicas=context.world_size, rank=context.rank, shuffle=True,
+            seed=args.seed + stream, drop_last=True)
+        self.generator = torch.Generator()
+        self.base_seed = (args.seed * 1_000_003 + stream * 7919 + context.rank) % 2**62
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, sampler=self.sampler, num_workers=args.workers,
+            pin_memory=context.device.type == "cuda", drop_last=True, generator=self.generator)
+        if len(self.loader) == 0:
+            raise UserError(f"a split has {len(dataset)} images, fewer than one batch of {batch_size} per process")
+
+    def epoch(self, epoch):
+        self.sampler.set_epoch(epoch)
+        self.generator.manual_seed(self.base_seed + epoch)
+        return self.loader
+
+    def __len__(self):
+        return len(self.loader)
+
+
+# ------------------------------------------------------------------- passes
+
+
+def check_processes_agree(values, context):
+    """Every process must hold the same alpha and lambda; compare them
+    bit for bit (cheap: once per epoch) and stop if they differ."""
+    if not context.distributed:
+        return
+    gathered = [torch.empty_like(values) for _ in range(context.world_size)]
+    torch.distributed.all_gather(gathered, values)
+    if not all(torch.equal(gathered[0], other) for other in gathered[1:]):
+        raise RuntimeError("alpha or lambda differ between processes; the search cannot continue")
+
+
+def average_gradients(parameters, world_size):
+    """All-reduce the gradients that exist (every process runs the same
+    path, so the same parameters have gradients everywhere)."""
+    if world_size == 1:
+        return
+    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    flat = torch.cat([grad.reshape(-1) for grad in grads])
+    all_reduce_sum(flat).div_(world_size)
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
+class Searcher:
+    """Holds the supernet, optimizers and predictor; runs the three passes."""
+
+    def __init__(self, args, context, predictor, num_classes):
+        self.args = args
+        self.context = context
+        self.predictor = predictor
+        self.model = SuperNet(num_classes).to(context.device)
+        if context.distributed and context.device.type == "cuda":
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.weight_parameters = self.model.weight_parameters()
+        self.weight_optimizer = torch.optim.SGD(self.weight_parameters, args.learning_rate,
+                                                momentum=args.momentum, weight_decay=args.weight_decay)
+        self.weight_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.weight_optimizer, args.epochs)
+        self.arch_optimizer = torch.optim.Adam(self.model.arch_parameters(), args.arch_learning_rate,
+                                               betas=(0.5, 0.999), weight_decay=args.arch_weight_decay)
+        # The same stream on every process: all sample the same path.
+        self.arch_generator = torch.Generator(device=context.device).manual_seed(args.seed)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smooth)
+        self.state = SearchState(tradeoff=args.tradeoff)
+
+    def argmax_cost(self):
+        return self.predictor.cost(self.model.derive())
+
+    def _weight_step(self, images, targets, paths):
+        """Forward/backward every path in `paths`, then one SGD step."""
+        self.weight_optimizer.zero_grad(set_to_none=True)
+        losses, logits_first = [], None
+        for path in paths:
+            logits = self.model(images, one_hot_paths(path, self.context.device))
+            loss = self.criterion(logits, targets)
+            loss.backward()
+            losses.append(loss.detach())
+            logits_first = logits.detach() if logits_first is None else logits_first
+        average_gradients(self.weight_parameters, self.context.world_size)
+        nn.utils.clip_grad_norm_(self.weight_parameters, self.args.grad_clip)
+        self.weight_optimizer.step()
+        return torch.stack(losses).mean(), logits_first
+
+    def train_weights(self, loader, epoch, tau, warmup):
+        """One pass over train/: in the warm-up, the 7 paths that cover every
+        op of every layer per batch; after it, one hard sample per batch."""
+        self.model.train()
+        loss_meter, top1_meter = AverageMeter(), AverageMeter()
+        description = f"epoch {epoch + 1} {'warm-up' if warmup else 'weights'}"
+        for images, targets in tqdm(loader, desc=description, leave=False, disable=not self.context.is_main):
+            images = images.to(self.context.device, non_blocking=True)
+            targets = targets.to(self.context.device, non_blocking=True)
+            if warmup:
+                paths = warmup_paths(self._cpu_generator())
+            else:
+                with torch.no_grad():
+                    sample = gumbel_softmax_hard(self.model.alpha, tau, self.arch_generator)
+                paths = [sample.argmax(dim=-1)]
+            loss, logits = self._weight_step(images, targets, paths)
+            loss_meter.update(loss.item(), targets.size(0))
+            top1_meter.update(accuracy(logits, targets, topk=(1,))[0], targets.size(0))
+        return loss_meter.average, top1_meter.average
+
+    def _cpu_generator(self):
+        """randperm needs a CPU generator; derive one from the arch stream."""
+        seed = int(torch.randint(2**62, (1,), generator=self.arch_generator, device=self.arch_generator.device))
+        return torch.Generator().manual_seed(seed)
+
+    def train_alpha(self, loader, epoch, tau, history):
+        """One pass over val/ updating alpha; lambda after every step."""
+        args, state = self.args, self.state
+        self.model.train()
+        for parameter in self.weight_parameters:  # alpha's pass needs no weight gradients
+            parameter.requires_grad_(False)
+        loss_meter, top1_meter = AverageMeter(), AverageMeter()
+        scheduled_lr = scheduled_arch_lr(epoch, args)
+        cost = self.argmax_cost()
+        for images, targets in tqdm(loader, desc=f"epoch {epoch + 1} alpha", leave=False,
+                                    disable=not self.context.is_main):
+            images = images.to(self.context.device, non_blocking=True)
+            targets = targets.to(self.context.device, non_blocking=True)
+            if in_latch_window(epoch, args) and abs(cost - args.target_latency) < args.latch_tolerance:
+                state.latched = True
+            lr = scheduled_lr * abs(cost / args.target_latency - 1.0) if state.latched else scheduled_lr
+            for group in self.arch_optimizer.param_groups:
+                group["lr"] = lr
+
+            sample = gumbel_softmax_hard(self.model.alpha, tau, self.arch_generator)
+            logits = self.model(images, sample)
+            cross_entropy = self.criterion(logits, targets)
+            sample_cost = self.predictor.expected_cost(sample)
+            loss = cross_entropy + state.tradeoff * (sample_cost / args.target_latency - 1.0)
+            self.arch_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            average_gradients(self.model.arch_parameters(), self.context.world_size)
+            self.arch_optimizer.step()
+
+            cost = self.argmax_cost()
+            state.tradeoff = update_lagrange_multiplier(state.tradeoff, cost, args.target_latency,
+                                                        args.tradeoff_learning_rate)
+            history.append(cost)
+            loss_meter.update(cross_entropy.item(), targets.size(0))
+            top1_meter.update(accuracy(logits.detach(), targets, topk=(1,))[0], targets.size(0))
+        for parameter in self.weight_parameters:
+            parameter.requires_grad_(True)
+        return loss_meter.average, top1_meter.average, lr
+
+    # ------------------------------------------------------------ checkpoints
+
+    def checkpoint(self, epoch):
+        """Everything needed to continue after `epoch` exactly."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch + 1,
+            "state_dict": self.model.state_dict(),
+            "weight_optimizer": self.weight_optimizer.state_dict(),
+            "weight_scheduler": self.weight_scheduler.state_dict(),
+            "arch_optimizer": self.arch_optimizer.state_dict(),
+            "arch_generator": self.arch_generator.get_state(),
+            "tradeoff": self.state.tradeoff,
+            "latched": self.state.latched,
+            "tau": tau_at(epoch, self.args),
+            "rng": rng_states(),
+            "search_space_hash": operations.search_space_hash(),
+            "predictor": self.predictor.identifier,
+            "args": vars(self.args),
+        }
+
+    def restore(self, checkpoint):
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.weight_optimizer.load_state_dict(checkpoint["weight_optimizer"])
+        self.weight_scheduler.load_state_dict(checkpoint["weight_scheduler"])
+        self.arch_optimizer.load_state_dict(checkpoint["arch_optimizer"])
+        self.arch_generator.set_state(checkpoint["arch_generator"])
+        self.state = SearchState(tradeoff=checkpoint["tradeoff"], latched=checkpoint["latched"])
+        set_rng_states(checkpoint["rng"])
+        return checkpoint["epoch"]
+
+
+def resolve_resume_path(path):
+    if path is not None and os.path.isdir(path):
+        return os.path.join(path, CHECKPOINT_NAME)
+    return path
+
+
+def check_resume_compatible(checkpoint, args, predictor, num_classes, path):
+    """Refuse a checkpoint from another search space, dataset size or
+    schedule; a warm-up checkpoint may start a search for any target."""
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"--resume: {path} is not a search checkpoint of this project")
+    if checkpoint["search_space_hash"] != operations.search_space_hash():
+        raise UserError(f"--resume: {path} was made for a different search space")
+    saved = checkpoint["args"]
+    classifier = checkpoint["state_dict"]["classifier.3.weight"]
+    if classifier.shape[0] != num_classes:
+        raise UserError(f"--resume: {path} has {classifier.shape[0]} classes, this dataset {num_classes}")
+    for name in ("epochs", "freeze_epochs", "seed", "image_size", "batch_size_train", "batch_size_val"):
+        if saved[name] != getattr(args, name):
+            raise UserError(f"--resume: {path} used --{name} {saved[name]}, this run {getattr(args, name)}; "
+                            "use the same settings to continue")
+    is_warmup = checkpoint["epoch"] == args.freeze_epochs
+    same_target = saved["target_latency"] == args.target_latency and checkpoint["predictor"] == predictor.identifier
+    if not (is_warmup or same_target):
+        raise UserError(f"--resume: {path} searched for {saved['target_latency']:g} on {checkpoint['predictor']}; "
+                        f"to search for another target, start from its {WARMUP_CHECKPOINT_NAME}")
+
+
+# ------------------------------------------------------------------- outputs
+
+
+def repair_to_target(arch_config, probabilities, predictor, target):
+    """--strict: change single layers, the most probable replacement first
+    (the smallest saving among equals), until the cost is at most `target`;
+    then undo every change that is no longer needed."""
+    original = operations.arch_to_indices(arch_config)
+
+    def cost_of(indices):
+        return predictor.cost(operations.indices_to_arch(indices))
+
+    indices = list(original)
+    while cost_of(indices) > target:
+        current = cost_of(indices)
+        best = None
+        for layer, chosen in enumerate(indices):
+            for op_index in range(operations.NUM_OPS):
+                candidate = indices[:layer] + [op_index] + indices[layer + 1:]
+                saving = current - cost_of(candidate)
+                if op_index == chosen or saving <= 0:
+                    continue
+                rank = (float(probabilities[layer][op_index]), -saving)
+                if best is None or rank > best[0]:
+                    best = (rank, candidate)
+        indices = best[1]
+    for layer in range(len(indices)):
+        reverted = indices[:layer] + [original[layer]] + indices[layer + 1:]
+        if indices[layer] != original[layer] and cost_of(reverted) <= target:
+            indices = reverted
+    return operations.indices_to_arch(indices)
+
+
+def describe_cost(predictor, cost, target):
+    return f"{cost:.2f} {predictor.unit} (target {target:g}, {100.0 * (cost / target - 1):+.2f}%)"
+
+
+def write_json(path, content):
+    temporary = path + ".tmp"
+    with open(temporary, "w") as file:
+        json.dump(content, file, indent=2)
+        file.write("\n")
+    os.replace(temporary, path)
+
+
+def write_arch_json(args, searcher, predictor):
+    model = searcher.model
+    arch_config = model.derive()
+    cost = predictor.cost(arch_config)
+    result = {
+        "arch_config": arch_config,
+        "predicted": cost,
+        "target": args.target_latency,
+        "error_percent": 100.0 * (cost / args.target_latency - 1.0),
+        "metric": predictor.metric,
+        "unit": predictor.unit,
+        "predictor": predictor.identifier,
+        "search": {name: getattr(args, name) for name in (
+            "epochs", "freeze_epochs", "seed", "dataset", "num_classes", "image_size", "tradeoff_learning_rate")},
+        "tradeoff_final": searcher.state.tradeoff,
+    }
+    if args.strict:
+        repaired = repair_to_target(arch_config, model.op_probabilities().tolist(), predictor, args.target_latency)
+        result["unrepaired"] = {"arch_config": arch_config, "predicted": cost}
+        result["arch_config"] = repaired
+        result["predicted"] = predictor.cost(repaired)
+        result["error_percent"] = 100.0 * (result["predicted"] / args.target_latency - 1.0)
+    write_json(os.path.join(args.save, "arch.json"), result)
+    return result
+
+
+def write_plots(save_dir, metrics, predictor, target):
+    """Cost vs target, lambda and tau, and the op-probability heatmap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in metrics]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(epochs, [row["cost"] for row in metrics], marker="o", label="argmax architecture")
+    axis.axhline(target, color="black", linestyle="--", label=f"target {target:g}")
+    axis.set(xlabel="epoch", ylabel=f"predicted {predictor.metric} ({predictor.unit})", title=predictor.identifier)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(os.path.join(save_dir, "cost.png"), dpi=120)
+    plt.close(figure)
+
+    figure, left = plt.subplots(figsize=(6, 4))
+    left.plot(epochs, [row["tradeoff"] for row in metrics], color="tab:red", label="lambda")
+    left.set(xlabel="epoch", ylabel="lambda")
+    right = left.twinx()
+    right.plot(epochs, [row["tau"] for row in metrics], color="tab:blue", label="tau")
+    right.set_ylabel("tau")
+    figure.legend(loc="upper right")
+    figure.tight_layout()
+    figure.savefig(os.path.join(save_dir, "lambda_tau.png"), dpi=120)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 7))
+    image = axis.imshow(metrics[-1]["probabilities"], aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    axis.set(xticks=range(operations.NUM_OPS), yticks=range(operations.NUM_SEARCHABLE_LAYERS),
+             yticklabels=range(1, operations.NUM_LAYERS), ylabel="layer", title=f"op probabilities, epoch {epochs[-1]}")
+    axis.set_xticklabels(operations.SEARCHABLE_OPS, rotation=45, ha="right")
+    figure.colorbar(image)
+    figure.tight_layout()
+    figure.savefig(os.path.join(save_dir, "op_probabilities.png"), dpi=120)
+    plt.close(figure)
+
+
+def read_metrics(path, before_epoch):
+    """Rows of metrics.jsonl for epochs before `before_epoch` (a resumed
+    search drops rows of epochs it will redo)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as file:
+        rows = [json.loads(line) for line in file if line.strip()]
+    return [row for row in rows if row["epoch"] <= before_epoch]
+
+
+# ---------------------------------------------------------------------- main
+
+
+def search_worker(args):
+    """One process of the search (all processes run it)."""
+    context = init_distributed(args.device_type)
+    predictor = latency_predictor.load_predictor(args.lut, metric=args.metric)
+    logger = create_logger(args.save if context.is_main else None, name=f"search.rank{context.rank}")
+    if not context.is_main:
+        logger.disabled = True
+
+    train_set, val_set = build_datasets(args)
+    num_classes = len(train_set.classes)
+    seed_everything(args.seed)  # the same initial weights and alpha on every process
+    searcher = Searcher(args, context, predictor, num_classes)
+    seed_everything(args.seed + context.rank)  # then each its own augmentation and dropout
+    start_epoch = 0
+    resume_path = resolve_resume_path(args.resume)
+    if resume_path is not None:
+        checkpoint = load_checkpoint(resume_path, what="--resume")
+        check_resume_compatible(checkpoint, args, predictor, num_classes, resume_path)
+        start_epoch = searcher.restore(checkpoint)
+        if checkpoint["args"]["target_latency"] != args.target_latency:
+            searcher.state = SearchState(tradeoff=args.tradeoff)  # a new target starts a fresh lambda
+        logger.info(f"resumed from {resume_path} at epoch {start_epoch}")
+
+    per_process = {name: getattr(args, name) // context.world_size for name in ("batch_size_train", "batch_size_val")}
+    train_loader = EpochLoader(train_set, per_process["batch_size_train"], args, context, stream=0)
+    val_loader = EpochLoader(val_set, per_process["batch_size_val"], args, context, stream=1)
+    metrics_path = os.path.join(args.save, "metrics.jsonl")
+    metrics = read_metrics(metrics_path, start_epoch) if context.is_main else []
+
+    logger.info(f"searching {args.epochs} epochs ({args.freeze_epochs} warm-up) on {num_classes} classes, "
+                f"{len(train_set)} train / {len(val_set)} val images at {args.image_size} px, "
+                f"{context.world_size} process(es) on {context.device.type}; "
+                f"target {args.target_latency:g} {predictor.unit} on {predictor.identifier}")
+    for epoch in range(start_epoch, args.epochs):
+        started = time.time()
+        tau = tau_at(epoch, args)
+        warmup = epoch < args.freeze_epochs
+        train_loss, train_top1 = searcher.train_weights(train_loader.epoch(epoch), epoch, tau, warmup)
+        history = []
+        if warmup:
+            val_loss = val_top1 = None
+            arch_lr = scheduled_arch_lr(args.freeze_epochs, args)
+        else:
+            val_loss, val_top1, arch_lr = searcher.train_alpha(val_loader.epoch(epoch), epoch, tau, history)
+        searcher.weight_scheduler.step()
+        synchronized = torch.cat([searcher.model.alpha.detach().flatten(),
+                                  torch.tensor([searcher.state.tradeoff], device=context.device)])
+        check_processes_agree(synchronized, context)
+
+        cost = searcher.argmax_cost()
+        row = {
+            "epoch": epoch + 1, "tau": tau, "tradeoff": searcher.state.tradeoff, "arch_lr": arch_lr,
+            "weight_lr": searcher.weight_optimizer.param_groups[0]["lr"], "latched": searcher.state.latched,
+            "train_loss": train_loss, "train_top1": train_top1, "val_loss": val_loss, "val_top1": val_top1,
+            "arch_config": searcher.model.derive(), "cost": cost, "target": args.target_latency,
+            "step_costs": history, "probabilities": searcher.model.op_probabilities().tolist(),
+            "seconds": time.time() - started, "processes_checked_equal": context.world_size,
+        }
+        if context.is_main:
+            metrics.append(row)
+            write_json_lines(metrics_path, metrics)
+            state = searcher.checkpoint(epoch)
+            save_checkpoint(state, os.path.join(args.save, CHECKPOINT_NAME))
+            if epoch + 1 == args.freeze_epochs:
+                save_checkpoint(state, os.path.join(args.save, WARMUP_CHECKPOINT_NAME))
+            write_plots(args.save, metrics, predictor, args.target_latency)
+        accuracy_text = "" if warmup else f" | val loss {val_loss:.3f} top-1 {val_top1:.1f}"
+        logger.info(f"epoch {epoch + 1}/{args.epochs} | tau {tau:.3f} | lambda {searcher.state.tradeoff:.4f} | "
+                    f"train loss {train_loss:.3f} top-1 {train_top1:.1f}{accuracy_text} | "
+                    f"arch {describe_cost(predictor, cost, args.target_latency)} | {row['seconds']:.0f} s")
+        if args.stop_after_epoch is not None and epoch + 1 >= args.stop_after_epoch and epoch + 1 < args.epochs:
+            logger.info(f"stopped after epoch {epoch + 1} as asked; continue with "
+                        f"--resume {os.path.join(args.save, CHECKPOINT_NAME)}")
+            cleanup_distributed()
+            return
+
+    if context.is_main:
+        result = write_arch_json(args, searcher, predictor)
+        logger.info(f"architecture: {result['arch_config']}")
+        if args.strict:
+            unrepaired = result["unrepaired"]["predicted"]
+            logger.info(f"unrepaired argmax: {describe_cost(predictor, unrepaired, args.target_latency)}")
+        logger.info(f"predicted: {describe_cost(predictor, result['predicted'], args.target_latency)}; "
+                    f"written to {os.path.join(args.save, 'arch.json')}")
+    cleanup_distributed()
+
+
+def write_json_lines(path, rows):
+    temporary = path + ".tmp"
+    with open(temporary, "w") as file:
+        for row in rows:
+            file.write(json.dumps(row) + "\n")
+    os.replace(temporary, path)
+
+
+def prepare_save_folder(args):
+    """Refuse to overwrite another search unless it is being resumed."""
+    existing = os.path.join(args.save, CHECKPOINT_NAME)
+    resuming_here = args.resume is not None and os.path.abspath(resolve_resume_path(args.resume)) == \
+        os.path.abspath(existing)
+    if os.path.exists(existing) and not resuming_here:
+        raise UserError(f"--save {args.save} already holds a search; continue it with --resume {existing} "
+                        "or choose another --save")
+    os.makedirs(args.save, exist_ok=True)
+    write_json(os.path.join(args.save, "args.json"), vars(args))
+
+
+def main(args):
+    resolve_schedule(args)
+    validate_settings(args)
+    args.device_type = resolve_device_type(args)
+    for name in ("batch_size_train", "batch_size_val"):
+        if getattr(args, name) % args.gpus:
+            raise UserError(f"--{name} {getattr(args, name)} must be divisible by --gpus {args.gpus}")
+    predictor = latency_predictor.load_predictor(args.lut, metric=args.metric)
+    check_target(predictor, args.target_latency)
+    if args.resume is not None and not os.path.isfile(resolve_resume_path(args.resume)):
+        raise UserError(f"--resume: {args.resume} not found")
+    if args.dataset is None:
+        args.dataset = data.synthetic_dataset(**DEMO_DATASET)
+    prepare_save_folder(args)
+    launch(search_worker, args, args.gpus)
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

@@ -1,0 +1,165 @@
+"""The search end to end on a tiny synthetic dataset: the authors' command
+line, outputs, resume, two processes, infeasible targets and --strict."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import data
+import latency_predictor
+import model_train
+import search_imagenet
+from utils import load_checkpoint, run_cli
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_SCHEDULE = ["--epochs", "3", "--freeze_epochs", "1", "--latch_epochs", "1", "--arch_lr_step", "1",
+                 "--batch_size_train", "4", "--batch_size_val", "4", "--image_size", "32", "--workers", "0",
+                 "--tradeoff_learning_rate", "0.05"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    data.write_synthetic_dataset(root, num_classes=3, train_per_class=4, val_per_class=4, image_size=32, seed=0)
+    return str(root)
+
+
+def run_search(arguments):
+    run_cli(search_imagenet.main, search_imagenet.get_args_parser(), arguments)
+
+
+def read_metrics(save_dir):
+    with open(os.path.join(save_dir, "metrics.jsonl")) as file:
+        return [json.loads(line) for line in file]
+
+
+@pytest.fixture(scope="module")
+def finished_search(tiny_dataset, tmp_path_factory):
+    """The authors' command line, shortened by the schedule options."""
+    save = str(tmp_path_factory.mktemp("runs") / "search-target-latency-24ms")
+    run_search(["--save", save, "--gpus", "1", "--visible", "0", "--target_latency", "24",
+                "--dataset", tiny_dataset, "--num_classes", "3"] + TINY_SCHEDULE)
+    return save
+
+
+def test_authors_command_line_writes_every_output(finished_search):
+    names = set(os.listdir(finished_search))
+    assert {"log.txt", "args.json", "metrics.jsonl", "arch.json", "checkpoint.pth.tar", "warmup.pth.tar",
+            "cost.png", "lambda_tau.png", "op_probabilities.png"} <= names
+    rows = read_metrics(finished_search)
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert rows[0]["val_loss"] is None and rows[1]["val_loss"] is not None  # epoch 1 is the warm-up
+    assert len(rows[1]["probabilities"]) == 21 and all(abs(sum(p) - 1) < 1e-5 for p in rows[1]["probabilities"])
+    assert len(rows[2]["step_costs"]) == 3  # 12 val images / batch 4: one lambda update per alpha step
+    log = Path(finished_search, "log.txt").read_text()
+    assert "epoch 3/3" in log and "written to" in log
+
+
+def test_arch_json_round_trips_into_the_standalone_network(finished_search):
+    result = json.loads(Path(finished_search, "arch.json").read_text())
+    predictor = latency_predictor.load_predictor()
+    arch_config = model_train.resolve_arch_config(os.path.join(finished_search, "arch.json"))
+    assert arch_config == result["arch_config"] and arch_config[0] == "MBK3E1"
+    assert result["predicted"] == pytest.approx(predictor.cost(arch_config))
+    assert result["target"] == 24 and result["unit"] == "ms" and result["predictor"] == predictor.identifier
+    checkpoint = load_checkpoint(os.path.join(finished_search, "checkpoint.pth.tar"))
+    assert checkpoint["epoch"] == 3
+    alpha = checkpoint["state_dict"]["alpha"]
+    assert operations_names(alpha.argmax(-1).tolist()) == arch_config
+    model_train.LightNet(arch_config, num_classes=3)  # builds
+
+
+def operations_names(indices):
+    import operations
+
+    return operations.indices_to_arch(indices)
+
+
+def test_stop_and_resume_equals_an_uninterrupted_search(finished_search, tiny_dataset, tmp_path):
+    save = str(tmp_path / "interrupted")
+    common = ["--save", save, "--target_latency", "24", "--dataset", tiny_dataset, "--num_classes", "3"]
+    run_search(common + TINY_SCHEDULE + ["--stop_after_epoch", "2"])
+    assert len(read_metrics(save)) == 2 and not os.path.exists(os.path.join(save, "arch.json"))
+    run_search(common + TINY_SCHEDULE + ["--resume", save])
+    resumed = load_checkpoint(os.path.join(save, "checkpoint.pth.tar"))
+    uninterrupted = load_checkpoint(os.path.join(finished_search, "checkpoint.pth.tar"))
+    assert torch.equal(resumed["state_dict"]["alpha"], uninterrupted["state_dict"]["alpha"])
+    assert resumed["tradeoff"] == uninterrupted["tradeoff"]
+    assert torch.equal(resumed["state_dict"]["classifier.3.weight"], uninterrupted["state_dict"]["classifier.3.weight"])
+    assert [row["epoch"] for row in read_metrics(save)] == [1, 2, 3]
+
+
+def test_warmup_checkpoint_starts_a_search_for_another_target(finished_search, tiny_dataset, tmp_path):
+    save = str(tmp_path / "search-26ms")
+    run_search(["--save", save, "--target_latency", "26", "--dataset", tiny_dataset, "--num_classes", "3",
+                "--resume", os.path.join(finished_search, "warmup.pth.tar")] + TINY_SCHEDULE)
+    rows = read_metrics(save)
+    assert [row["epoch"] for row in rows] == [2, 3] and rows[-1]["target"] == 26
+    warmup = load_checkpoint(os.path.join(finished_search, "warmup.pth.tar"))
+    assert warmup["epoch"] == 1
+
+
+@pytest.mark.parametrize("case,arguments,message", [
+    ("infeasible", ["--target_latency", "1"], "outside what this search space can reach"),
+    ("resume missing", ["--resume", "nowhere/checkpoint.pth.tar"], "--resume: nowhere/checkpoint.pth.tar not found"),
+    ("divisible", ["--gpus", "3", "--device", "cpu", "--batch_size_train", "4"], "must be divisible by --gpus 3"),
+    ("freeze", ["--freeze_epochs", "3"], "--freeze_epochs must be in [0, --epochs)"),
+])
+def test_bad_settings_exit_2_with_one_line(case, arguments, message, tiny_dataset, tmp_path, capsys):
+    base = ["--save", str(tmp_path / "run"), "--dataset", tiny_dataset, "--num_classes", "3"] + TINY_SCHEDULE
+    with pytest.raises(SystemExit) as exit_info:
+        run_search(base + arguments)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and message in error, error
+
+
+def test_resume_from_another_target_is_refused(finished_search, tiny_dataset, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_search(["--save", str(tmp_path / "other"), "--target_latency", "22", "--dataset", tiny_dataset,
+                    "--num_classes", "3", "--resume", finished_search] + TINY_SCHEDULE)
+    assert "start from its warmup.pth.tar" in capsys.readouterr().err
+
+
+def test_existing_search_is_not_overwritten(finished_search, tiny_dataset, capsys):
+    with pytest.raises(SystemExit):
+        run_search(["--save", finished_search, "--dataset", tiny_dataset, "--num_classes", "3"] + TINY_SCHEDULE)
+    assert "already holds a search" in capsys.readouterr().err
+
+
+def test_two_processes_keep_alpha_and_lambda_identical(tiny_dataset, tmp_path):
+    save = tmp_path / "two-processes"
+    command = [sys.executable, str(REPO_ROOT / "search_imagenet.py"), "--save", str(save), "--device", "cpu",
+               "--gpus", "2", "--target_latency", "24", "--dataset", tiny_dataset, "--num_classes", "3"]
+    completed = subprocess.run(command + TINY_SCHEDULE, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    rows = read_metrics(save)
+    # check_processes_agree compares alpha and lambda bit for bit every epoch
+    assert [row["processes_checked_equal"] for row in rows] == [2, 2, 2]
+    assert "2 process(es)" in (save / "log.txt").read_text()
+
+
+def test_strict_repair_never_exceeds_the_target():
+    predictor = latency_predictor.load_predictor()
+    slowest = model_train.LIGHTNETS["LightNet-30ms"]
+    cost = predictor.cost(slowest)
+    target = cost - 1.5
+    uniform = [[1 / 7] * 7 for _ in range(21)]
+    repaired = search_imagenet.repair_to_target(slowest, uniform, predictor, target)
+    assert predictor.cost(repaired) <= target < cost
+    changed = [layer for layer, (old, new) in enumerate(zip(slowest, repaired)) if old != new]
+    assert changed
+    for layer in changed:  # every remaining change is needed
+        reverted = repaired[:layer] + [slowest[layer]] + repaired[layer + 1:]
+        assert predictor.cost(reverted) > target
+    # an architecture already under the target is left alone
+    assert search_imagenet.repair_to_target(slowest, uniform, predictor, cost + 1) == slowest
+    # the most probable replacement wins: make SkipConnect the favourite everywhere
+    favour_skip = [[0.05] * 6 + [0.7] for _ in range(21)]
+    repaired = search_imagenet.repair_to_target(slowest, favour_skip, predictor, target)
+    assert all(new == "SkipConnect" for old, new in zip(slowest, repaired) if old != new)

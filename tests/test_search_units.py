@@ -1,0 +1,174 @@
+"""The supernet and the search's update rules, one piece at a time."""
+
+import argparse
+import math
+
+import pytest
+import torch
+
+import operations
+from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
+from search_imagenet import (
+    DEMO_SCHEDULE, PAPER_SCHEDULE, in_latch_window, scheduled_arch_lr, tau_at, update_lagrange_multiplier,
+)
+
+SMALL_INPUT = 32
+
+
+@pytest.fixture(scope="module")
+def supernet():
+    torch.manual_seed(0)
+    return SuperNet(num_classes=5)
+
+
+def test_gumbel_sample_is_one_hot_and_straight_through():
+    generator = torch.Generator().manual_seed(0)
+    alpha = torch.randn(21, 7, requires_grad=True)
+    sample = gumbel_softmax_hard(alpha, tau=5.0, generator=generator)
+    assert torch.equal(sample.detach().sum(dim=-1), torch.ones(21))
+    assert set(sample.detach().unique().tolist()) == {0.0, 1.0}
+    # straight-through: the gradient is that of the soft sample, dense over ops
+    (sample * torch.arange(7.0)).sum().backward()
+    assert alpha.grad is not None and (alpha.grad != 0).sum() > 21
+
+
+def test_gumbel_argmax_follows_the_distribution():
+    generator = torch.Generator().manual_seed(1)
+    alpha = torch.log(torch.tensor([[0.7, 0.2, 0.1, 1e-9, 1e-9, 1e-9, 1e-9]]))
+    counts = torch.zeros(7)
+    for _ in range(4000):
+        counts += gumbel_softmax_hard(alpha, tau=1.0, generator=generator).detach()[0]
+    assert torch.allclose(counts / 4000, torch.tensor([0.7, 0.2, 0.1, 0, 0, 0, 0]), atol=0.03)
+
+
+def test_parameters_are_split(supernet):
+    arch_ids = {id(parameter) for parameter in supernet.arch_parameters()}
+    weight_ids = {id(parameter) for parameter in supernet.weight_parameters()}
+    assert arch_ids.isdisjoint(weight_ids)
+    assert arch_ids | weight_ids == {id(parameter) for parameter in supernet.parameters()}
+    assert supernet.alpha.shape == (21, 7) and supernet.alpha.abs().max() < 0.01
+    assert "alpha" in supernet.state_dict()
+
+
+def test_supernet_batchnorm_and_classifier(supernet):
+    norms = [module for module in supernet.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(not norm.affine and norm.track_running_stats for norm in norms)
+    assert not any(isinstance(module, torch.nn.BatchNorm1d) for module in supernet.modules())
+
+
+def test_only_sampled_ops_run(supernet):
+    calls = {}
+
+    def count(name):
+        def hook(module, inputs, output):
+            calls[name] = calls.get(name, 0) + 1
+        return hook
+
+    handles = [candidate.register_forward_hook(count((layer_index, op_index)))
+               for layer_index, layer in enumerate(supernet.layers)
+               for op_index, candidate in enumerate(layer.candidates)]
+    sample = gumbel_softmax_hard(supernet.alpha, tau=1.0, generator=torch.Generator().manual_seed(3))
+    supernet.train()
+    supernet(torch.randn(2, 3, SMALL_INPUT, SMALL_INPUT), sample)
+    for handle in handles:
+        handle.remove()
+    chosen = sample.argmax(dim=-1).tolist()
+    assert calls == {(layer, op): 1 for layer, op in enumerate(chosen)}
+
+
+def test_sampled_forward_passes_gradient_to_alpha_only_through_chosen_ops(supernet):
+    supernet.zero_grad()
+    sample = gumbel_softmax_hard(supernet.alpha, tau=1.0, generator=torch.Generator().manual_seed(4))
+    logits = supernet(torch.randn(2, 3, SMALL_INPUT, SMALL_INPUT), sample)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    assert supernet.alpha.grad is not None and torch.isfinite(supernet.alpha.grad).all()
+    assert (supernet.alpha.grad.abs().sum(dim=-1) > 0).all()  # every layer gets a gradient
+    chosen = sample.argmax(dim=-1).tolist()
+    for layer_index, layer in enumerate(supernet.layers):
+        for op_index, candidate in enumerate(layer.candidates):
+            grads = [parameter.grad for parameter in candidate.parameters()]
+            if op_index != chosen[layer_index]:
+                assert all(grad is None for grad in grads)
+
+
+def test_constant_paths_give_no_alpha_gradient(supernet):
+    supernet.zero_grad()
+    logits = supernet(torch.randn(2, 3, SMALL_INPUT, SMALL_INPUT), one_hot_paths([0] * 21))
+    logits.sum().backward()
+    assert supernet.alpha.grad is None
+
+
+def test_warmup_paths_cover_every_op_once():
+    paths = warmup_paths(torch.Generator().manual_seed(0))
+    assert paths.shape == (7, 21)
+    for layer in range(21):
+        assert sorted(paths[:, layer].tolist()) == list(range(7))
+    assert not torch.equal(paths, warmup_paths(torch.Generator().manual_seed(1)))
+
+
+def test_derive_is_argmax(supernet):
+    with torch.no_grad():
+        supernet.alpha.zero_()
+        supernet.alpha[:, 6] = 1.0
+        supernet.alpha[3, 2] = 2.0
+    arch = supernet.derive()
+    assert arch[0] == "MBK3E1" and len(arch) == 22
+    assert arch[4] == "MBK5E3" and arch.count("SkipConnect") == 20
+
+
+def test_latency_term_pushes_alpha_by_the_sign_of_lambda():
+    costs = torch.tensor([float(i) for i in range(7)])  # op i costs i
+    for tradeoff, cheaper in ((1.0, True), (-1.0, False)):
+        alpha = torch.zeros(21, 7, requires_grad=True)
+        optimizer = torch.optim.Adam([alpha], lr=0.05)
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(50):
+            sample = gumbel_softmax_hard(alpha, tau=1.0, generator=generator)
+            expected_cost = (sample * costs).sum()
+            loss = tradeoff * (expected_cost / 60.0 - 1.0)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        mean_cost = (torch.softmax(alpha.detach(), -1) * costs).sum(-1).mean()
+        assert (mean_cost < 2.5) if cheaper else (mean_cost > 3.5), (tradeoff, mean_cost)
+
+
+def test_lagrange_update_sign_and_truncation():
+    step = 5e-4
+    # too slow: lambda grows
+    assert update_lagrange_multiplier(0.0, 26.0, 24.0, step) == pytest.approx(step * (26 / 24 - 1))
+    # too fast: lambda falls below zero (pushes latency up)
+    assert update_lagrange_multiplier(0.0, 20.0, 24.0, step) == pytest.approx(step * (20 / 24 - 1))
+    # truncation: a positive lambda while too fast is reset, and vice versa
+    assert update_lagrange_multiplier(0.01, 20.0, 24.0, step) == 0.0
+    assert update_lagrange_multiplier(-0.01, 26.0, 24.0, step) == 0.0
+    # pushing the right way, it keeps accumulating
+    assert update_lagrange_multiplier(0.01, 26.0, 24.0, step) > 0.01
+
+
+def _schedule(**overrides):
+    values = dict(PAPER_SCHEDULE, tau_max=5.0, arch_learning_rate=1e-3)
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def test_tau_schedule():
+    args = _schedule()
+    assert tau_at(0, args) == tau_at(9, args) == 5.0
+    assert tau_at(10, args) == pytest.approx(5.0)
+    assert tau_at(20, args) == pytest.approx(5.0 * math.exp(-1.0))
+    assert tau_at(89, args) == pytest.approx(5.0 * math.exp(-7.9))
+
+
+def test_arch_lr_halves_every_20_epochs_and_not_in_the_last_10():
+    args = _schedule()
+    assert [scheduled_arch_lr(epoch, args) for epoch in (10, 29, 30, 49, 50, 69, 70, 89)] == \
+        pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4, 1.25e-4, 1.25e-4])
+    # with 100 epochs the halving due at epoch 90 falls in the last 10: skipped
+    longer = _schedule(epochs=100)
+    assert scheduled_arch_lr(95, longer) == scheduled_arch_lr(89, longer) == pytest.approx(1.25e-4)
+    assert not in_latch_window(79, args) and in_latch_window(80, args)
+
+
+def test_demo_schedule_names_match_paper_schedule():
+    assert set(DEMO_SCHEDULE) == set(PAPER_SCHEDULE)
