@@ -36,7 +36,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from typing import NamedTuple
 
@@ -49,7 +48,7 @@ import model_train
 import operations
 from operations import (FIXED_FIRST_OP, HEAD_CHANNELS, INPUT_SIZE, LAYOUT, NUM_LAYERS, NUM_OPS,
                         NUM_SEARCHABLE_LAYERS, SEARCHABLE_OPS, SKIP, STEM_CHANNELS, LayerSpec)
-from utils import UserError, load_checkpoint, run_cli
+from utils import UserError, load_checkpoint, run_cli, write_json
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LUT_DIR = os.path.join(REPO_ROOT, "latency_lut")
@@ -73,7 +72,6 @@ MLP_PREFIX = "mlp:"
 REQUIRED_METADATA = ("metric", "unit", "device", "runtime", "batch_size", "input_size", "num_classes",
                      "threads", "dtype", "protocol", "date", "search_space_hash", "source")
 
-TABLE_FILE_MODE = 0o644  # mkstemp makes 0600 files; tables are meant to be shared
 VALUE_DECIMALS = 6  # 1 ns for ms tables; exact for counts stored in millions
 SUM_TOLERANCE = 1e-4  # fixed components must add up to the fixed value (rounding slack)
 
@@ -279,18 +277,7 @@ def load_table(path):
 
 def write_table(table, path):
     """Write a table atomically: a crash leaves the old file, never half a new one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(table, file, indent=1)
-            file.write("\n")
-        os.chmod(temp_path, TABLE_FILE_MODE)
-        os.replace(temp_path, path)
-    except BaseException:
-        os.unlink(temp_path)
-        raise
+    write_json(path, table, indent=1)
 
 
 def _new_table(metadata, fixed, entries):

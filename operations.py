@@ -256,6 +256,8 @@ def arch_to_indices(arch_config):
     """
     names = list(arch_config)
     if len(names) == NUM_LAYERS:
+        if names[0] != FIXED_FIRST_OP:
+            raise ValueError(f"layer 0 must be {FIXED_FIRST_OP}, got {names[0]!r}")
         names = names[1:]
     if len(names) != NUM_SEARCHABLE_LAYERS:
         raise ValueError(f"expected {NUM_LAYERS} or {NUM_SEARCHABLE_LAYERS} op names, got {len(names)}")

@@ -44,7 +44,7 @@ from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_pa
 from utils import (
     AverageMeter, UserError, accuracy, add_device_arguments, all_reduce_sum, cleanup_distributed,
     create_logger, init_distributed, launch, load_checkpoint, resolve_device_type, rng_states,
-    run_cli, save_checkpoint, seed_everything, set_rng_states,
+    run_cli, save_checkpoint, seed_everything, set_rng_states, write_json, write_json_lines,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -61,14 +61,16 @@ PAPER_SCHEDULE = {
     "image_size": 224,
     "num_classes": 100,             # the searches ran on a 100-class ImageNet subset
     "tradeoff_learning_rate": 5e-4,  # lambda's gradient-ascent step
+    "arch_learning_rate": 1e-3,     # Adam on alpha
     "latch_epochs": 10,             # the last epochs, where alpha can freeze near T
     "arch_lr_step": 20,             # alpha's lr halves every 20 epochs after the freeze
     "tau_decay": 0.1,               # tau = tau_max * exp(-0.1 * (epoch - freeze))
 }
 
 # The demo without --dataset: the synthetic set at 32 px, short enough for a
-# 2-core CPU. Fewer alpha steps per epoch need a larger lambda step and a
-# faster tau/lr decay to play out the paper's schedule in 16 epochs.
+# 2-core CPU. About 250 alpha steps instead of the paper's ~3,000 need larger
+# alpha and lambda steps (or alpha never leaves its 1e-3 initialisation and
+# its argmax flips at random) and a faster tau/lr decay.
 DEMO_SCHEDULE = {
     "epochs": 16,
     "freeze_epochs": 2,
@@ -77,6 +79,7 @@ DEMO_SCHEDULE = {
     "image_size": 32,
     "num_classes": None,            # all classes of the synthetic set
     "tradeoff_learning_rate": 2e-2,
+    "arch_learning_rate": 1e-2,
     "latch_epochs": 4,
     "arch_lr_step": 4,
     "tau_decay": 0.3,
@@ -141,7 +144,9 @@ def get_args_parser():
     weights.add_argument("--label_smooth", type=float, default=0.1)
 
     arch = parser.add_argument_group("architecture (Adam) and lambda")
-    arch.add_argument("--arch_learning_rate", type=float, default=1e-3)
+    arch.add_argument("--arch_learning_rate", type=float, default=None,
+                      help="Adam's lr for alpha (paper: {arch_learning_rate}, demo: {demo})".format(
+                          demo=DEMO_SCHEDULE["arch_learning_rate"], **PAPER_SCHEDULE))
     arch.add_argument("--arch_weight_decay", type=float, default=1e-3)
     arch.add_argument("--tradeoff", type=float, default=0.0, help="initial lambda")
     arch.add_argument("--tau_max", type=float, default=5.0, help="Gumbel temperature during the warm-up")
@@ -508,14 +513,6 @@ def describe_cost(predictor, cost, target):
     return f"{cost:.2f} {predictor.unit} (target {target:g}, {100.0 * (cost / target - 1):+.2f}%)"
 
 
-def write_json(path, content):
-    temporary = path + ".tmp"
-    with open(temporary, "w") as file:
-        json.dump(content, file, indent=2)
-        file.write("\n")
-    os.replace(temporary, path)
-
-
 def write_arch_json(args, searcher, predictor):
     model = searcher.model
     arch_config = model.derive()
@@ -679,14 +676,6 @@ def search_worker(args):
         logger.info(f"predicted: {describe_cost(predictor, result['predicted'], args.target_latency)}; "
                     f"written to {os.path.join(args.save, 'arch.json')}")
     cleanup_distributed()
-
-
-def write_json_lines(path, rows):
-    temporary = path + ".tmp"
-    with open(temporary, "w") as file:
-        for row in rows:
-            file.write(json.dumps(row) + "\n")
-    os.replace(temporary, path)
 
 
 def prepare_save_folder(args):

@@ -8,7 +8,9 @@ Scripts end with `run_cli(main, get_args_parser())`, so bad input (a
     error: --model: unknown network 'LightNet-99ms'; registered: LightNet-20ms, ...
 """
 
+import contextlib
 import dataclasses
+import json
 import logging
 import os
 import random
@@ -139,19 +141,46 @@ def set_rng_states(states):
 # -------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(state, path):
-    """Write `state` to `path` atomically: a crash mid-write leaves the old
-    file (or none), never a truncated one."""
+@contextlib.contextmanager
+def atomic_write(path, binary=False):
+    """Open a temporary file beside `path` and, once the block succeeds,
+    move it over `path`: a crash mid-write leaves the old file (or none),
+    never a truncated one."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pth.tar")
+    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
+        with os.fdopen(handle, "wb" if binary else "w") as file:
+            yield file
+        os.chmod(temp_path, 0o666 & ~_current_umask())  # mkstemp's 0600 is too private for results
         os.replace(temp_path, path)
     except BaseException:
         os.unlink(temp_path)
         raise
+
+
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path, content, indent=2):
+    with atomic_write(path) as file:
+        json.dump(content, file, indent=indent)
+        file.write("\n")
+
+
+def write_json_lines(path, rows):
+    with atomic_write(path) as file:
+        for row in rows:
+            file.write(json.dumps(row) + "\n")
+
+
+def save_checkpoint(state, path):
+    """Write `state` to `path` atomically (see atomic_write)."""
+    with atomic_write(path, binary=True) as file:
+        torch.save(state, file)
 
 
 def load_checkpoint(path, what="checkpoint"):

@@ -235,5 +235,7 @@ def test_arch_indices_round_trip():
     assert len(indices) == 21 and indices[0] == operations.SEARCHABLE_OPS.index("MBK7E6")
     assert operations.indices_to_arch(indices) == arch
     assert operations.arch_to_indices(arch[1:]) == indices
+    with pytest.raises(ValueError, match="layer 0 must be MBK3E1"):
+        operations.arch_to_indices(["MBK3E1SE"] + arch[1:])
     with pytest.raises(ValueError, match="not searchable"):
         operations.arch_to_indices(LIGHTNETS["LightNet-22ms-SE"])
