@@ -340,8 +340,10 @@ def _spawned_process(local_rank, worker, args, world_size, port):
     try:
         worker(args)
     except UserError as error:
-        if local_rank == 0:
-            print(f"error: {user_error_message(error)}", file=sys.stderr)
+        # Any process may meet bad input (an unreadable image in its shard);
+        # each one that does says so, naming itself unless it is rank 0.
+        prefix = "" if local_rank == 0 else f"process {local_rank}: "
+        print(f"error: {prefix}{user_error_message(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
 
 

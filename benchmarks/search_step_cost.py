@@ -4,14 +4,14 @@ A single-path supernet step should cost what the sampled network costs
 (target ratio <= 1.15), and a warm-up step (7 paths covering every op) what 7
 standalone steps cost. Steps are timed interleaved, A B A B ..., so machine
 noise hits both sides alike; the median step time is reported. Peak memory
-is the peak resident set of a fresh process running a few steps of each.
+is the peak resident set (VmHWM) of a fresh process that builds only what one
+kind of step needs and runs three of them.
 
     python3 benchmarks/search_step_cost.py --batch_size 16 --image_size 224 --steps 10
 """
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,36 +32,41 @@ def sgd(parameters):
     return torch.optim.SGD(parameters, lr=0.01, momentum=0.9, weight_decay=3e-5)
 
 
-def make_steps(batch_size, image_size, seed=0):
-    """Step functions sharing one batch and one sampled path."""
+def make_steps(batch_size, image_size, kinds, seed=0):
+    """Step functions for `kinds` sharing one batch and one sampled path;
+    only the networks those kinds need are built (so a process measuring
+    peak memory holds nothing else)."""
     torch.manual_seed(seed)
     images = torch.randn(batch_size, 3, image_size, image_size)
     targets = torch.randint(NUM_CLASSES, (batch_size,))
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    supernet = SuperNet(NUM_CLASSES).train()
-    path = gumbel_softmax_hard(supernet.alpha.detach(), 5.0, torch.Generator().manual_seed(seed)).argmax(-1)
-    standalone = LightNet(operations.indices_to_arch(path.tolist()), num_classes=NUM_CLASSES).train()
-    weight_optimizer, standalone_optimizer = sgd(supernet.weight_parameters()), sgd(standalone.parameters())
-    alpha_optimizer = torch.optim.Adam(supernet.arch_parameters(), lr=1e-3, betas=(0.5, 0.999))
     generator = torch.Generator().manual_seed(seed)
+    path = torch.randint(operations.NUM_OPS, (operations.NUM_SEARCHABLE_LAYERS,), generator=generator)
+    steps = {}
 
-    def standalone_step():
-        standalone_optimizer.zero_grad(set_to_none=True)
-        criterion(standalone(images), targets).backward()
-        standalone_optimizer.step()
+    if {"standalone", "standalone_x7"} & set(kinds):
+        standalone = LightNet(operations.indices_to_arch(path.tolist()), num_classes=NUM_CLASSES).train()
+        standalone_optimizer = sgd(standalone.parameters())
+
+        def standalone_step():
+            standalone_optimizer.zero_grad(set_to_none=True)
+            criterion(standalone(images), targets).backward()
+            standalone_optimizer.step()
+
+        steps["standalone"] = standalone_step
+        steps["standalone_x7"] = lambda: [standalone_step() for _ in range(operations.NUM_OPS)]
+    if not {"supernet", "warmup", "alpha"} & set(kinds):
+        return steps
+
+    supernet = SuperNet(NUM_CLASSES).train()
+    weight_optimizer = sgd(supernet.weight_parameters())
+    alpha_optimizer = torch.optim.Adam(supernet.arch_parameters(), lr=1e-3, betas=(0.5, 0.999))
 
     def supernet_weight_step(paths=(path,)):
         weight_optimizer.zero_grad(set_to_none=True)
         for sampled in paths:
             criterion(supernet(images, one_hot_paths(sampled)), targets).backward()
         weight_optimizer.step()
-
-    def supernet_warmup_step():
-        supernet_weight_step(warmup_paths(generator))
-
-    def seven_standalone_steps():
-        for _ in range(operations.NUM_OPS):
-            standalone_step()
 
     def supernet_alpha_step():
         for parameter in supernet.weight_parameters():
@@ -73,10 +78,10 @@ def make_steps(batch_size, image_size, seed=0):
         for parameter in supernet.weight_parameters():
             parameter.requires_grad_(True)
 
-    return {
-        "standalone": standalone_step, "supernet": supernet_weight_step, "alpha": supernet_alpha_step,
-        "warmup": supernet_warmup_step, "standalone_x7": seven_standalone_steps,
-    }
+    steps["supernet"] = supernet_weight_step
+    steps["warmup"] = lambda: supernet_weight_step(warmup_paths(generator))
+    steps["alpha"] = supernet_alpha_step
+    return steps
 
 
 def timed_interleaved(functions, steps, warmup_steps=2):
@@ -96,16 +101,27 @@ def timed_interleaved(functions, steps, warmup_steps=2):
 def peak_memory_mib(step_name, args):
     """Peak resident memory of a fresh process running 3 steps of one kind."""
     command = [sys.executable, os.path.abspath(__file__), "--measure_memory", step_name,
-               "--batch_size", str(args.batch_size), "--image_size", str(args.image_size)]
+               "--batch_size", str(args.batch_size), "--image_size", str(args.image_size),
+               "--threads", str(args.threads)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return float(output.strip().splitlines()[-1])
 
 
 def measure_memory_in_this_process(step_name, args):
-    step = make_steps(args.batch_size, args.image_size)[step_name]
+    step = make_steps(args.batch_size, args.image_size, [step_name])[step_name]
     for _ in range(3):
         step()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)  # KiB on Linux
+    print(peak_resident_mib())
+
+
+def peak_resident_mib():
+    """This process's peak resident memory. VmHWM belongs to the address
+    space, which exec replaces; ru_maxrss would carry the parent's peak."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    raise RuntimeError("VmHWM not found in /proc/self/status (Linux only)")
 
 
 def get_args_parser():
@@ -126,7 +142,7 @@ def main(args):
         return
     print(f"batch {args.batch_size}, {args.image_size}x{args.image_size}, {args.threads} threads, "
           f"{args.steps} timed steps each, torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}")
-    steps = make_steps(args.batch_size, args.image_size)
+    steps = make_steps(args.batch_size, args.image_size, ["standalone", "supernet", "alpha", "warmup"])
     single = timed_interleaved({name: steps[name] for name in ("standalone", "supernet", "alpha")},
                                args.steps, args.warmup_steps)
     warmup = timed_interleaved({name: steps[name] for name in ("standalone_x7", "warmup")},

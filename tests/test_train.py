@@ -1,0 +1,406 @@
+"""train_imagenet.py: the authors' command line, DDP with gloo, exact
+evaluation, exact resume, the recipe's optimizer and schedule, ONNX export
+and one-line errors. Tiny synthetic datasets (32 px, 3 classes), CPU only."""
+
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import data
+import evaluate
+import train_imagenet
+import utils
+from model_train import LightNet, resolve_arch_config
+
+ARCH = "LightNet-24ms"
+# 24 training images; 9 val images: odd, so 2 processes get shards of 5 and 4.
+TINY = dict(num_classes=3, train_per_class=8, val_per_class=3, image_size=32, seed=0)
+TINY_VAL_IMAGES = TINY["num_classes"] * TINY["val_per_class"]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def preserved_environment():
+    """--visible sets CUDA_VISIBLE_DEVICES: keep it from leaking into other tests."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def one_thread():
+    # The CPU is shared with whatever else runs; with one thread, OpenMP does
+    # not spin against it, and runs to be compared use the same arithmetic.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _isolated():
+    with preserved_environment(), one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    return data.write_synthetic_dataset(tmp_path_factory.mktemp("data") / "tiny", **TINY)
+
+
+def parse(*argv):
+    return train_imagenet.get_args_parser().parse_args([str(value) for value in argv])
+
+
+def tiny_run(dataset, save, *extra):
+    """Options for a quick run: 1 epoch of 3 steps of 8 images at 32 px."""
+    return ["--dataset", dataset, "--save", save, "--arch_config", ARCH, "--epochs", 1, "--batch_size", 8,
+            "--image_size", 32, "--workers", 0, *extra]
+
+
+def train(*argv):
+    train_imagenet.main(parse(*argv))
+
+
+def read_metrics(save):
+    return [json.loads(line) for line in (Path(save) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def authors_run(tiny_dataset, tmp_path_factory):
+    """The README's training command, unchanged but for the dataset and the
+    sizes a CPU test can afford."""
+    save = tmp_path_factory.mktemp("runs") / "train-target-latency-24ms"
+    arch_list = str(resolve_arch_config(ARCH))  # "['MBK3E1', 'MBK3E3', ...]" as the README writes it
+    with preserved_environment(), one_thread():
+        train("--save", save, "--epochs", 2, "--gpus", 1, "--visible", 0, "--dataset", tiny_dataset,
+              "--arch_config", arch_list, "--batch_size", 8, "--image_size", 32, "--workers", 0)
+    return save
+
+
+# ------------------------------------------------------ the authors' command
+
+
+def test_authors_command_line_writes_metrics_checkpoints_log_and_curves(authors_run):
+    records = read_metrics(authors_run)
+    assert [record["epoch"] for record in records] == [1, 2]
+    for record in records:
+        assert record["val_images"] == TINY_VAL_IMAGES
+        assert math.isfinite(record["train_loss"]) and record["images_per_s"] > 0
+        assert 0 <= record["val_top1"] <= record["val_top5"] <= 100
+    assert (authors_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log = (authors_run / "log.txt").read_text()
+    assert "Params: 5.81 M" in log and "FLOPs:" in log and "epoch 2/2" in log
+
+    checkpoint = torch.load(authors_run / "checkpoint.pth.tar", weights_only=True)
+    assert checkpoint["epoch"] == 2 and checkpoint["arch_config"] == resolve_arch_config(ARCH)
+    assert checkpoint["args"]["epochs"] == 2 and len(checkpoint["rng_states"]) == 1
+    assert {"optimizer", "scheduler", "scaler", "best"} <= checkpoint.keys()
+
+
+def test_best_checkpoint_has_the_released_names_and_loads_in_evaluate_py(authors_run, tiny_dataset, capsys):
+    best = torch.load(authors_run / "best.pth.tar", weights_only=True)
+    released_names = LightNet(resolve_arch_config(ARCH), num_classes=TINY["num_classes"]).state_dict().keys()
+    assert best["state_dict"].keys() == released_names
+    best_top1 = max(record["val_top1"] for record in read_metrics(authors_run))
+    assert best["top1"] == best_top1
+
+    capsys.readouterr()
+    # No --model: the checkpoint records its arch_config.
+    evaluate.main(evaluate.get_args_parser().parse_args(
+        ["--weights", str(authors_run / "best.pth.tar"), "--dataset", str(tiny_dataset), "--device", "cpu",
+         "--workers", "0", "--image_size", "32"]))
+    assert f"Total: {TINY_VAL_IMAGES}  Top1-Acc: {best_top1:.3f}" in capsys.readouterr().out
+
+
+def test_evaluate_only_reproduces_the_recorded_accuracy_and_exports_onnx(authors_run, tiny_dataset, tmp_path,
+                                                                         capsys):
+    pytest.importorskip("onnxruntime")
+    best = torch.load(authors_run / "best.pth.tar", weights_only=True)
+    capsys.readouterr()
+    train("--evaluate", authors_run / "best.pth.tar", "--dataset", tiny_dataset, "--workers", 0,
+          "--export_onnx", tmp_path / "lightnet.onnx")
+    out = capsys.readouterr().out
+    assert f"Total: {TINY_VAL_IMAGES}  Top1-Acc: {best['top1']:.3f}" in out
+    assert "input 'images' Nx3x32x32" in out  # the size the checkpoint was trained at
+    assert (tmp_path / "lightnet.onnx").stat().st_size > 1_000_000
+
+
+# ------------------------------------------------------------- distributed
+
+
+def _train_and_save_replica(args):
+    """Runs in each spawned process: the script's own training, then every
+    rank (not just rank 0) saves its final weights for the test to compare."""
+    context = utils.init_distributed(args.device_type)
+    try:
+        model = train_imagenet.run(args, context)
+        torch.save(model.state_dict(), Path(args.save) / f"replica-{context.rank}.pt")
+    finally:
+        utils.cleanup_distributed()
+
+
+def test_two_gloo_processes_keep_replicas_identical_and_evaluate_every_image_once(tiny_dataset, tmp_path):
+    save = tmp_path / "ddp"
+    args = train_imagenet.prepare(parse(*tiny_run(tiny_dataset, save, "--device", "cpu", "--gpus", 2,
+                                                  "--batch_size", 4)))
+    utils.launch(_train_and_save_replica, args, 2)
+
+    replicas = [torch.load(save / f"replica-{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert all(torch.equal(replicas[0][name], replicas[1][name]) for name in replicas[0])
+    torch.manual_seed(0)
+    initial = LightNet(resolve_arch_config(ARCH), num_classes=TINY["num_classes"]).state_dict()
+    assert not torch.equal(replicas[0]["classifier.4.weight"], initial["classifier.4.weight"])  # it trained
+
+    (record,) = read_metrics(save)
+    assert record["val_images"] == TINY_VAL_IMAGES
+    checkpoint = torch.load(save / "checkpoint.pth.tar", weights_only=True)
+    assert len(checkpoint["rng_states"]) == 2  # each process's random streams, for an exact resume
+
+
+def test_runs_under_torchrun_with_only_rank_0_printing_and_writing(tiny_dataset, tmp_path):
+    save = tmp_path / "torchrun"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO_ROOT / "train_imagenet.py"), "--device", "cpu",
+               *map(str, tiny_run(tiny_dataset, save, "--batch_size", 4))]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("epoch 1/1 ") == 1 and "2 process(es) on cpu" in result.stdout
+    (record,) = read_metrics(save)
+    assert record["val_images"] == TINY_VAL_IMAGES
+    assert sorted(path.name for path in save.iterdir()) == [
+        "best.pth.tar", "checkpoint.pth.tar", "curves.png", "log.txt", "metrics.jsonl"]
+
+
+def test_shard_sampler_partitions_the_dataset():
+    shards = [list(evaluate.ShardSampler(9, rank, 2)) for rank in range(2)]
+    assert sorted(shards[0] + shards[1]) == list(range(9))
+    assert [len(evaluate.ShardSampler(9, rank, 4)) for rank in range(4)] == [3, 2, 2, 2]
+
+
+# ------------------------------------------------------------------ resume
+
+
+class Interrupted(Exception):
+    pass
+
+
+def without_timings(records):
+    timings = {"images_per_s", "data_wait", "epoch_s"}
+    return [{key: value for key, value in record.items() if key not in timings} for record in records]
+
+
+def test_resume_after_an_interruption_gives_the_weights_of_an_uninterrupted_run(tiny_dataset, tmp_path,
+                                                                               monkeypatch):
+    def run_options(save):
+        return tiny_run(tiny_dataset, save, "--epochs", 2, "--ema", "--ema_decay", 0.9)
+
+    train(*run_options(tmp_path / "straight"))
+
+    real_train_one_epoch = train_imagenet.train_one_epoch
+
+    def crash_in_second_epoch(training, loader, epoch, progress=False):
+        if epoch == 1:
+            raise Interrupted
+        return real_train_one_epoch(training, loader, epoch, progress)
+
+    monkeypatch.setattr(train_imagenet, "train_one_epoch", crash_in_second_epoch)
+    with pytest.raises(Interrupted):
+        train(*run_options(tmp_path / "interrupted"))
+    monkeypatch.setattr(train_imagenet, "train_one_epoch", real_train_one_epoch)
+    assert torch.load(tmp_path / "interrupted" / "checkpoint.pth.tar", weights_only=True)["epoch"] == 1
+    # Loading processes draw nothing from the training's random streams: the
+    # resumed run may use other --workers and still see the same images.
+    train(*run_options(tmp_path / "interrupted"), "--resume", tmp_path / "interrupted" / "checkpoint.pth.tar",
+          "--workers", 2)
+
+    straight, resumed = (torch.load(tmp_path / name / "checkpoint.pth.tar", weights_only=True)
+                         for name in ("straight", "interrupted"))
+    assert resumed["epoch"] == 2
+    for key in ("state_dict", "ema_state_dict"):
+        assert all(torch.equal(straight[key][name], resumed[key][name]) for name in straight[key])
+    for index, state in straight["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][index]["momentum_buffer"])
+    straight_metrics, resumed_metrics = (read_metrics(tmp_path / name) for name in ("straight", "interrupted"))
+    assert without_timings(straight_metrics) == without_timings(resumed_metrics)
+
+
+# -------------------------------------------------------------- the recipe
+
+
+def test_no_weight_decay_on_batchnorm_and_bias_parameters():
+    model = LightNet(resolve_arch_config(ARCH), num_classes=10)
+    decay, no_decay = train_imagenet.parameter_groups(model, train_imagenet.WEIGHT_DECAY)
+    assert decay["weight_decay"] == 4e-5 and no_decay["weight_decay"] == 0.0
+
+    expected_no_decay = set()
+    for module in model.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            expected_no_decay |= {id(p) for p in module.parameters(recurse=False)}
+        elif getattr(module, "bias", None) is not None:
+            expected_no_decay.add(id(module.bias))
+    assert {id(p) for p in no_decay["params"]} == expected_no_decay
+    weights = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert {id(p) for p in decay["params"]} == weights
+    assert len(weights) + len(expected_no_decay) == len(list(model.parameters()))
+
+
+def test_recipe_defaults_with_a_dataset_and_the_demo_without():
+    recipe = train_imagenet.resolve_schedule(parse("--dataset", "imagenet"))
+    assert (recipe.epochs, recipe.batch_size, recipe.image_size, recipe.lr, recipe.warmup_epochs) == (
+        360, 1024, 224, 0.5, 5)
+    assert (recipe.momentum, recipe.weight_decay, recipe.label_smoothing, recipe.dropout, recipe.grad_clip,
+            recipe.seed, recipe.amp, recipe.channels_last, recipe.compile, recipe.ema) == (
+        0.9, 4e-5, 0.1, 0.2, 5.0, 0, "none", False, False, False)
+    demo = train_imagenet.resolve_schedule(parse())
+    assert {name: getattr(demo, name) for name in train_imagenet.DEMO_SCHEDULE} == train_imagenet.DEMO_SCHEDULE
+    explicit = train_imagenet.resolve_schedule(parse("--epochs", 3, "--image_size", 96, "--no-channels_last"))
+    assert (explicit.epochs, explicit.image_size, explicit.channels_last) == (3, 96, False)
+    # --batch_size alone keeps the recipe's lr; --scale_lr applies the linear rule.
+    assert train_imagenet.resolve_schedule(parse("--dataset", "d", "--batch_size", 256)).lr == 0.5
+    assert train_imagenet.resolve_schedule(parse("--dataset", "d", "--batch_size", 256, "--scale_lr")).lr == 0.125
+
+
+STEPS_PER_EPOCH = 100
+
+
+def recipe_lr(epoch):
+    """The recipe's lr at (fractional) epoch: 5 epochs linear, then cosine."""
+    step = round(epoch * STEPS_PER_EPOCH)
+    warmup_steps, total_steps = 5 * STEPS_PER_EPOCH, 360 * STEPS_PER_EPOCH
+    if step < warmup_steps:
+        return 0.5 * (step + 1) / warmup_steps
+    return 0.25 * (1 + math.cos(math.pi * (step - warmup_steps) / (total_steps - warmup_steps)))
+
+
+@pytest.mark.parametrize("epoch, expected", [
+    (0, 0.5 / 500),            # the first step of the warm-up
+    (2.5, 0.5 * 251 / 500),    # half-way through the warm-up
+    (5, 0.5),                  # the peak, where the cosine starts
+    (182.5, 0.25),             # half-way through the cosine
+    (359.99, recipe_lr(359.99)),
+])
+def test_warmup_then_cosine_learning_rate_at_chosen_epochs(epoch, expected):
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.5)
+    scheduler = train_imagenet.build_scheduler(optimizer, 5, 360, STEPS_PER_EPOCH)
+    for _ in range(round(epoch * STEPS_PER_EPOCH)):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(recipe_lr(epoch), rel=1e-9, abs=1e-12)
+
+
+# fp16: the loss scaler skips the first steps while it calibrates; the
+# schedule still advances one step per batch, which torch warns about.
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_and_channels_last_train(tiny_dataset, tmp_path, amp):
+    train(*tiny_run(tiny_dataset, tmp_path / amp, "--amp", amp, "--channels_last"))
+    (record,) = read_metrics(tmp_path / amp)
+    assert math.isfinite(record["train_loss"]) and record["val_images"] == TINY_VAL_IMAGES
+    scaler = torch.load(tmp_path / amp / "checkpoint.pth.tar", weights_only=True)["scaler"]
+    assert bool(scaler) == (amp == "fp16")  # loss scaling only for fp16
+
+
+# ------------------------------------------------------------------- ONNX
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = LightNet(resolve_arch_config(ARCH), num_classes=5)
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        model.train()(torch.randn(4, 3, 32, 32))
+    path = tmp_path / "lightnet.onnx"
+    assert train_imagenet.export_onnx(model.eval(), path, image_size=32) < 1e-4
+
+    assert onnx.load(path).opset_import[0].version == train_imagenet.ONNX_OPSET
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (image_input,) = session.get_inputs()
+    assert image_input.name == "images" and image_input.shape[1:] == [3, 32, 32]
+    images = torch.randn(3, 3, 32, 32)  # another batch size than exported with
+    with torch.no_grad():
+        expected = model(images)
+    actual = torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    assert torch.allclose(actual, expected, atol=1e-4)
+
+
+# ----------------------------------------------------------------- errors
+
+
+def write_dataset_with(tmp_path, damage):
+    root = data.write_synthetic_dataset(tmp_path / "damaged", **TINY)
+    damage(root)
+    return root
+
+
+def empty_class_folder(root):
+    (root / "train" / "class_09_empty").mkdir()
+
+
+def unreadable_image(root):
+    (root / "train" / "class_00_disc" / "broken.png").write_bytes(b"not a png")
+
+
+def user_error(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        utils.run_cli(train_imagenet.main, train_imagenet.get_args_parser(), [str(value) for value in argv])
+    lines = capsys.readouterr().err.strip().splitlines()
+    return exit_info.value.code, lines
+
+
+@pytest.mark.parametrize("damage, message", [
+    (None, "not found"),
+    (empty_class_folder, "class_09_empty holds no image file"),
+    (unreadable_image, "cannot read image"),
+])
+def test_a_bad_dataset_gives_one_line(tmp_path, capsys, damage, message):
+    root = write_dataset_with(tmp_path, damage) if damage else tmp_path / "missing"
+    code, lines = user_error(capsys, tiny_run(root, tmp_path / "run", "--workers", 1))
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 4, reason="this machine has 4 GPUs")
+@pytest.mark.parametrize("options, message", [
+    (["--gpus", 4], "--gpus 4"),
+    (["--gpus", 4, "--device", "cuda"], "--gpus 4: only"),
+    (["--visible", "0,a"], "--visible '0,a': expected GPU ids"),
+    (["--visible", "0", "--gpus", 2, "--device", "cpu"], "--visible lists 1 GPU(s) but --gpus is 2"),
+    (["--device", "cpu", "--gpus", 3], "must divide evenly over 3 processes"),
+    (["--sync_bn", "--device", "cpu"], "--sync_bn needs CUDA"),
+    (["--arch_config", "LightNet-99ms"], "LightNet-99ms"),
+    (["--resume", "nowhere.pth.tar"], "--resume nowhere.pth.tar not found"),
+    (["--epochs", 0], "--epochs must be at least 1"),
+])
+def test_bad_options_give_one_line(tiny_dataset, tmp_path, capsys, options, message):
+    code, lines = user_error(capsys, tiny_run(tiny_dataset, tmp_path / "run") + options)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(authors_run, tiny_dataset,
+                                                                              tmp_path, capsys):
+    checkpoint = authors_run / "checkpoint.pth.tar"
+    cases = [
+        (["--resume", authors_run / "best.pth.tar"], "not a training checkpoint"),
+        (["--resume", checkpoint, "--arch_config", "LightNet-20ms"], "another --arch_config"),
+        (["--save", authors_run], "already holds checkpoint.pth.tar"),
+    ]
+    for options, message in cases:
+        argv = tiny_run(tiny_dataset, tmp_path / "run") + options
+        code, lines = user_error(capsys, argv)
+        assert code == 2 and len(lines) == 1 and message in lines[0], (options, lines)

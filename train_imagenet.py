@@ -1,0 +1,889 @@
+"""Retrain a searched LightNet from scratch on ImageNet with DistributedDataParallel.
+
+Stage two of LightNAS ("You Only Search Once", DAC 2022, experiments:
+retraining the searched networks; spec section 5): the network found by the search is
+trained from scratch for 360 epochs with SGD (lr 0.5 for a global batch of
+1024, momentum 0.9, weight decay 4e-5 except on biases and BatchNorm),
+5 epochs of linear warm-up then cosine decay, label smoothing 0.1, dropout
+0.2 and gradient clipping at norm 5; the checkpoint with the best val top-1
+is kept. The authors' command (4 GPUs on one machine) works unchanged:
+
+    python3 train_imagenet.py --save train-target-latency-24ms --epochs 360 --gpus 4 --visible 0,1,2,3 \\
+        --dataset /path/to/dataset/ --arch_config "['MBK3E1', 'MBK3E3', ...]"
+
+(the README's triple-quoted list works as is). `--arch_config` also takes a
+registered name (LightNet-24ms) or a search's arch.json. The same run under torchrun, one node with 4 GPUs:
+
+    torchrun --standalone --nproc_per_node 4 train_imagenet.py --save train-24ms \\
+        --dataset /path/to/dataset/ --arch_config LightNet-24ms
+
+and two nodes with 4 GPUs each (run on both nodes; HOST0 is the first node's
+address, reachable from the other; --save and --resume must be on a file
+system every node sees, only global rank 0 writes):
+
+    torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint HOST0:29500 \\
+        --rdzv_id lightnet24 train_imagenet.py --save train-24ms --dataset /path/to/dataset/ \\
+        --arch_config LightNet-24ms
+
+Under torchrun, leave --gpus at 1: torchrun starts the processes.
+
+Learning rate and batch: --batch_size is the GLOBAL batch, summed over all
+processes (each process takes batch_size / world size). Changing the number
+of GPUs therefore keeps the recipe's lr right. Changing --batch_size does
+not change --lr (0.5 is the recipe's value for 1024): pass --scale_lr to
+apply the linear scaling rule, lr = --lr x batch_size / 1024, or set --lr.
+
+Speed: each process has --workers loading processes (default: CPU cores /
+processes, at most 8) with page-locked memory, persistent workers and
+batches prepared ahead. Decoding an ImageNet JPEG and the random-resized
+crop cost a few ms per image and core, so a GPU training at thousands of
+images/s (--amp bf16 --channels_last, optionally --compile) needs 8 or more
+cores; the log's "data wait" says which share of each epoch waited for
+data. Evaluation always runs in fp32.
+
+Without --dataset, the script trains a demo on the project's synthetic
+dataset (10 classes, 1500 train / 500 val images of 64 px, generated on
+first use) with a short CPU schedule: LightNet-24ms, 20 epochs, batch 32,
+64 px, lr 0.04 after 5 warm-up epochs, channels_last. Measured on 2 CPU
+cores shared with other jobs (load average 2.5-4, OMP_NUM_THREADS=1):
+76.4% val top-1 (chance: 10%) in 5.5 minutes. Options given explicitly
+always win over both the demo and the recipe. On a CPU that other jobs
+share, set OMP_NUM_THREADS=1: OpenMP threads spin while waiting for a
+taken core (measured here: 95 s per demo epoch with 2 threads, 13 s with 1).
+
+Outputs in --save: log.txt, metrics.jsonl (one JSON object per epoch),
+checkpoint.pth.tar (every epoch, for --resume), best.pth.tar (best val
+top-1; `python3 evaluate.py --weights best.pth.tar --dataset ...` reads it),
+best_ema.pth.tar with --ema, and curves.png.
+"""
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+import data
+import evaluate
+import utils
+from model_train import DEFAULT_DROPOUT, LightNet, count_params_and_flops, resolve_arch_config
+from utils import UserError
+
+# ------------------------------------------------------------ the recipe
+# Spec section 5 (the authors' retraining recipe), unless said otherwise.
+RECIPE_EPOCHS = 360
+RECIPE_BATCH_SIZE = 1024  # global, over the 4 GPUs of the paper
+RECIPE_LR = 0.5  # for RECIPE_BATCH_SIZE images per step
+RECIPE_WARMUP_EPOCHS = 5  # linear warm-up, then cosine decay to 0
+RECIPE_IMAGE_SIZE = 224
+MOMENTUM = 0.9
+WEIGHT_DECAY = 4e-5  # none on biases and BatchNorm parameters
+LABEL_SMOOTHING = 0.1
+GRAD_CLIP_NORM = 5.0
+SEED = 0
+# Not in the paper: a common EMA decay for runs of several 100k steps.
+EMA_DECAY = 0.9999
+# ONNX opset 13: TensorRT 8.x, which JetPack 4.6 and 5.x ship on Jetson
+# AGX Xavier, parses it fully (ReLU6 becomes Clip, BatchNorm is folded).
+ONNX_OPSET = 13
+ONNX_INPUT, ONNX_OUTPUT = "images", "logits"
+ONNX_TOLERANCE = 1e-3  # largest |onnxruntime - PyTorch| logit difference accepted
+
+# Options whose default depends on the mode: the recipe whenever --dataset
+# is given, a short CPU demo on the synthetic dataset otherwise (measured on
+# 2 CPU cores: see the module docstring).
+RECIPE_SCHEDULE = dict(epochs=RECIPE_EPOCHS, batch_size=RECIPE_BATCH_SIZE, image_size=RECIPE_IMAGE_SIZE,
+                       lr=RECIPE_LR, warmup_epochs=RECIPE_WARMUP_EPOCHS, channels_last=False)
+DEMO_SCHEDULE = dict(epochs=20, batch_size=32, image_size=64, lr=0.04, warmup_epochs=5, channels_last=True)
+DEMO_ARCH = "LightNet-24ms"
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CHECKPOINT_FILE, BEST_FILE, BEST_EMA_FILE = "checkpoint.pth.tar", "best.pth.tar", "best_ema.pth.tar"
+METRICS_FILE, CURVES_FILE = "metrics.jsonl", "curves.png"
+PROGRESS_POSTFIX_STEPS = 20  # showing the loss costs a device sync: not every step
+MAX_DEFAULT_WORKERS = 8  # data-loading processes per training process
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        description="Retrain a LightNet from scratch (LightNAS stage two), on one or more GPUs or on CPU.",
+        epilog="Without --dataset: a demo on the synthetic dataset with "
+               + ", ".join(f"{name} {value}" for name, value in DEMO_SCHEDULE.items())
+               + f" and --arch_config {DEMO_ARCH}. Options marked 'recipe' take the paper's value "
+               "whenever --dataset is given.")
+    run = parser.add_argument_group("run")
+    run.add_argument("--save", default=None,
+                     help="output folder (default: the --resume checkpoint's folder, else train-<date>-<time>)")
+    run.add_argument("--arch_config", default=None,
+                     help="a registered name (e.g. LightNet-24ms), the list \"['MBK3E1', ...]\", or a "
+                          "search's arch.json (default: the checkpoint's with --resume/--evaluate; "
+                          f"{DEMO_ARCH} for the demo)")
+    run.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                     help=f"continue exactly from a {CHECKPOINT_FILE} written by this script")
+    run.add_argument("--evaluate", default=None, metavar="CHECKPOINT",
+                     help="only evaluate this checkpoint (released or the project's) on val/, then exit")
+    run.add_argument("--export_onnx", default=None, metavar="PATH",
+                     help="write the network to ONNX for TensorRT: after training the best weights, with "
+                          "--evaluate that checkpoint; input 'images' Nx3xSxS (S = --image_size, batch "
+                          "dynamic), output 'logits'; checked against PyTorch with onnxruntime")
+    run.add_argument("--onnx_opset", type=int, default=ONNX_OPSET,
+                     help=f"ONNX opset (default: {ONNX_OPSET}, parsed by TensorRT 8.x on Jetson)")
+    run.add_argument("--seed", type=int, default=SEED, help=f"random seed (default: {SEED})")
+
+    dataset = parser.add_argument_group("data")
+    dataset.add_argument("--dataset", default=None,
+                         help="folder with train/ and val/, one sub-folder per class (default: the synthetic "
+                              "demo dataset, generated on first use)")
+    dataset.add_argument("--image_size", type=int, default=None,
+                         help="training crop in pixels; evaluation resizes to size/0.875 and center-crops "
+                              f"(recipe: {RECIPE_IMAGE_SIZE})")
+    dataset.add_argument("--workers", type=int, default=None,
+                         help="data-loading processes per training process (default: CPU cores / processes "
+                              f"on this machine, at most {MAX_DEFAULT_WORKERS})")
+    dataset.add_argument("--prefetch_factor", type=int, default=2,
+                         help="batches each loading process prepares ahead (default: 2)")
+
+    recipe = parser.add_argument_group("recipe (spec section 5)")
+    recipe.add_argument("--epochs", type=int, default=None, help=f"training epochs (recipe: {RECIPE_EPOCHS})")
+    recipe.add_argument("--batch_size", type=int, default=None,
+                        help="GLOBAL batch over all processes; each takes batch_size / world size "
+                             f"(recipe: {RECIPE_BATCH_SIZE})")
+    recipe.add_argument("--lr", type=float, default=None,
+                        help=f"peak learning rate (recipe: {RECIPE_LR}, for a global batch of {RECIPE_BATCH_SIZE}); "
+                             "not changed by --batch_size unless --scale_lr")
+    recipe.add_argument("--scale_lr", action="store_true",
+                        help=f"linear scaling rule: use lr x batch_size / {RECIPE_BATCH_SIZE}")
+    recipe.add_argument("--warmup_epochs", type=float, default=None,
+                        help=f"linear warm-up epochs before the cosine decay (recipe: {RECIPE_WARMUP_EPOCHS})")
+    recipe.add_argument("--momentum", type=float, default=MOMENTUM, help=f"SGD momentum (default: {MOMENTUM})")
+    recipe.add_argument("--weight_decay", type=float, default=WEIGHT_DECAY,
+                        help=f"L2 on conv and linear weights; none on biases and BatchNorm (default: {WEIGHT_DECAY})")
+    recipe.add_argument("--label_smoothing", type=float, default=LABEL_SMOOTHING,
+                        help=f"(default: {LABEL_SMOOTHING})")
+    recipe.add_argument("--dropout", type=float, default=DEFAULT_DROPOUT,
+                        help=f"before the last Linear (default: {DEFAULT_DROPOUT})")
+    recipe.add_argument("--grad_clip", type=float, default=GRAD_CLIP_NORM,
+                        help=f"max gradient norm; 0 turns clipping off (default: {GRAD_CLIP_NORM})")
+    recipe.add_argument("--ema", action="store_true",
+                        help="also keep an exponential moving average of the weights, evaluated every epoch "
+                             f"and saved as {BEST_EMA_FILE}")
+    recipe.add_argument("--ema_decay", type=float, default=EMA_DECAY, help=f"per step (default: {EMA_DECAY})")
+
+    speed = parser.add_argument_group("speed (none changes the numerics unless given)")
+    speed.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none",
+                       help="mixed precision for the training forward pass (fp16 adds loss scaling); "
+                            "evaluation stays in fp32 (default: none)")
+    speed.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                       help="NHWC memory format for convolutions (recipe: off; demo: on, twice as fast on CPU)")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the training model")
+    speed.add_argument("--sync_bn", action="store_true",
+                       help="synchronise BatchNorm statistics over GPUs (CUDA only)")
+    utils.add_device_arguments(parser)
+    return parser
+
+
+# --------------------------------------------------------- input checking
+
+
+def resolve_schedule(args):
+    """Fill the options left unset with the recipe (--dataset given) or the
+    demo schedule (no --dataset); explicit values always win."""
+    defaults = RECIPE_SCHEDULE if args.dataset is not None else DEMO_SCHEDULE
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.scale_lr:
+        args.lr = args.lr * args.batch_size / RECIPE_BATCH_SIZE
+    return args
+
+
+def check_numbers(args, world_size):
+    checks = [
+        (args.epochs >= 1, "--epochs must be at least 1"),
+        (args.batch_size >= 1, "--batch_size must be at least 1"),
+        (args.image_size >= 32, "--image_size must be at least 32 (the network downsamples 32x)"),
+        (args.lr > 0, "--lr must be positive"),
+        (args.warmup_epochs >= 0, "--warmup_epochs must be non-negative"),
+        (0 <= args.momentum < 1, "--momentum must be in [0, 1)"),
+        (args.weight_decay >= 0, "--weight_decay must be non-negative"),
+        (0 <= args.label_smoothing < 1, "--label_smoothing must be in [0, 1)"),
+        (0 <= args.dropout < 1, "--dropout must be in [0, 1)"),
+        (args.grad_clip >= 0, "--grad_clip must be non-negative (0: no clipping)"),
+        (0 < args.ema_decay < 1, "--ema_decay must be in (0, 1)"),
+        (args.workers is None or args.workers >= 0, "--workers must be non-negative"),
+        (args.prefetch_factor >= 1, "--prefetch_factor must be at least 1"),
+        (args.seed >= 0, "--seed must be non-negative"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    if args.batch_size % world_size:
+        raise UserError(f"--batch_size {args.batch_size} is the global batch and must divide evenly "
+                        f"over {world_size} processes")
+    if args.batch_size // world_size < 2:
+        raise UserError(f"--batch_size {args.batch_size} gives {args.batch_size // world_size} image(s) per "
+                        "process; BatchNorm needs at least 2")
+
+
+def check_dataset(root, splits):
+    """Fail early, before any process starts, on a wrong --dataset: missing
+    or empty folders, class folders without images, different classes in
+    train/ and val/ (unreadable images are reported when first read)."""
+    classes = {split: data.image_folder(root, split).classes for split in splits}
+    if len(splits) == 2 and classes["train"] != classes["val"]:
+        raise UserError(f"--dataset {root}: train/ has {len(classes['train'])} classes and val/ "
+                        f"{len(classes['val'])}, or their names differ; both need the same class folders")
+
+
+def load_resume_checkpoint(args):
+    checkpoint = utils.load_checkpoint(args.resume, what="--resume")
+    required = ("state_dict", "arch_config", "optimizer", "scheduler", "epoch")
+    missing = [key for key in required if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise UserError(f"--resume: {args.resume} is not a training checkpoint of this script "
+                        f"(no {', '.join(missing)}); to evaluate weights use --evaluate")
+    return checkpoint
+
+
+def resolve_architecture(args, checkpoint):
+    """--arch_config, else the one a checkpoint records, else the demo's."""
+    if args.arch_config is not None:
+        arch_config = resolve_arch_config(args.arch_config)
+    elif checkpoint is not None and checkpoint.get("arch_config") is not None:
+        arch_config = resolve_arch_config(checkpoint["arch_config"])
+    elif args.dataset is None:
+        arch_config = resolve_arch_config(DEMO_ARCH)
+    else:
+        raise UserError("give --arch_config: a registered name such as LightNet-24ms, the list "
+                        "\"['MBK3E1', ...]\", or a search's arch.json")
+    if args.resume and checkpoint["arch_config"] != arch_config:
+        raise UserError(f"--resume: {args.resume} was trained with another --arch_config; "
+                        "resume with the same architecture or start a new run")
+    return arch_config
+
+
+def resolve_save_folder(args):
+    if args.save is None:
+        args.save = (os.path.dirname(os.path.abspath(args.resume)) if args.resume
+                     else time.strftime("train-%Y%m%d-%H%M%S"))
+    if not args.resume and os.path.exists(os.path.join(args.save, CHECKPOINT_FILE)):
+        raise UserError(f"--save {args.save} already holds {CHECKPOINT_FILE}: continue it with --resume "
+                        f"{os.path.join(args.save, CHECKPOINT_FILE)} or choose another --save")
+
+
+def prepare(args):
+    """Check and complete everything that comes from the user, before any
+    training process starts; returns the (plain) arguments every process
+    receives."""
+    if args.resume and args.evaluate:
+        raise UserError("give --resume or --evaluate, not both")
+    checkpoint = None
+    if args.resume:
+        checkpoint = load_resume_checkpoint(args)
+    elif args.evaluate:
+        checkpoint = utils.load_checkpoint(args.evaluate, what="--evaluate")
+        if not isinstance(checkpoint, dict):
+            raise UserError(f"--evaluate: {args.evaluate} holds no model state_dict")
+        if args.image_size is None and isinstance(checkpoint.get("image_size"), int):
+            args.image_size = checkpoint["image_size"]  # evaluate at the size it was trained at
+    resolve_schedule(args)
+    world_size = utils.planned_world_size(args)
+    if world_size < 1:
+        raise UserError("--gpus must be at least 1")
+    check_numbers(args, world_size)
+    args.device_type = utils.resolve_device_type(args)
+    if args.sync_bn and args.device_type != "cuda":
+        raise UserError("--sync_bn needs CUDA GPUs (SyncBatchNorm has no CPU implementation)")
+    args.arch_config = resolve_architecture(args, checkpoint)
+    if args.dataset is not None:
+        check_dataset(args.dataset, ("val",) if args.evaluate else ("train", "val"))
+    if args.export_onnx:
+        folder = os.path.dirname(os.path.abspath(args.export_onnx))
+        if not os.path.isdir(folder):
+            raise UserError(f"--export_onnx: folder {folder} does not exist")
+        import_onnx_checkers()  # now, not after days of training
+    if not args.evaluate:
+        resolve_save_folder(args)
+    return args
+
+
+def main(args):
+    prepare(args)
+    utils.launch(worker, args, args.gpus)
+
+
+# ------------------------------------------------------------------- data
+
+
+def sample_seed(seed, epoch, index):
+    """A well-mixed 63-bit seed for one sample in one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class EpochSeededDataset(torch.utils.data.Dataset):
+    """Draws each sample's augmentation from a generator seeded by (seed,
+    epoch, index) alone, so training images do not depend on the number of
+    loading processes and a resumed run sees exactly the images an
+    uninterrupted one would. Indexed by (epoch, index) pairs, which
+    EpochSampler yields: persistent workers never see `set_epoch`."""
+
+    def __init__(self, dataset, seed):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        # torchvision's random transforms draw from the global torch
+        # generator; fork it so the caller's stream (dropout) is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.dataset[index]
+
+
+class EpochSampler(torch.utils.data.DistributedSampler):
+    """DistributedSampler whose items carry the epoch: (epoch, index)."""
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, index) for index in super().__iter__())
+
+
+def processes_on_this_machine():
+    """Training processes sharing this machine's cores (torchrun sets
+    LOCAL_WORLD_SIZE; `launch` starts WORLD_SIZE processes here)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+
+
+def default_workers():
+    return max(1, min(MAX_DEFAULT_WORKERS, (os.cpu_count() or 1) // processes_on_this_machine()))
+
+
+def loader_options(args, device):
+    """Keep the model fed: parallel decoding, page-locked memory for
+    asynchronous copies to the GPU, workers kept alive between epochs and
+    batches prepared ahead."""
+    options = dict(num_workers=args.workers, pin_memory=device.type == "cuda",
+                   # own generator: creating an iterator must not draw from the
+                   # global one, or a resumed run would diverge
+                   generator=torch.Generator().manual_seed(args.seed))
+    if args.workers > 0:
+        options.update(persistent_workers=True, prefetch_factor=args.prefetch_factor)
+    return options
+
+
+def build_train_loader(root, args, context):
+    dataset = data.image_folder(root, "train", data.build_train_transform(args.image_size))
+    per_process_batch = args.batch_size // context.world_size
+    sampler = EpochSampler(dataset, num_replicas=context.world_size, rank=context.rank, shuffle=True,
+                           seed=args.seed)
+    # drop_last: a one-image final batch would break BatchNorm1d in training
+    loader = torch.utils.data.DataLoader(EpochSeededDataset(dataset, args.seed), batch_size=per_process_batch,
+                                         sampler=sampler, drop_last=True, **loader_options(args, context.device))
+    if len(loader) == 0:
+        raise UserError(f"train/ has {len(dataset)} images: fewer than one batch of {per_process_batch} per "
+                        "process; lower --batch_size")
+    return loader
+
+
+def build_val_loader(root, args, context):
+    dataset = data.image_folder(root, "val", data.build_eval_transform(args.image_size))
+    sampler = evaluate.ShardSampler(len(dataset), context.rank, context.world_size)
+    return torch.utils.data.DataLoader(dataset, batch_size=max(1, args.batch_size // context.world_size),
+                                       sampler=sampler, **loader_options(args, context.device))
+
+
+def demo_dataset(context):
+    """The synthetic dataset, generated by one process per machine while the
+    others wait (they would otherwise write the same folder at once)."""
+    if context.local_rank != 0:
+        barrier(context)
+    root = data.synthetic_dataset()
+    if context.local_rank == 0:
+        barrier(context)
+    return str(root)
+
+
+def barrier(context):
+    if context.distributed:
+        torch.distributed.barrier()
+
+
+# ------------------------------------------------------------------ model
+
+
+def parameter_groups(model, weight_decay):
+    """Weight decay on conv and linear weights only: biases and BatchNorm
+    weights and biases are exactly the parameters with at most one
+    dimension."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine_factor(step, warmup_steps, total_steps):
+    """Learning-rate multiplier of optimizer step `step` (from 0): linear
+    from 1/warmup_steps to 1 over the warm-up, then half a cosine to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_scheduler(optimizer, warmup_epochs, epochs, steps_per_epoch):
+    """Per-step schedule, so warm-up and decay are smooth within epochs."""
+    warmup_steps = round(warmup_epochs * steps_per_epoch)
+    total_steps = epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine_factor(step, warmup_steps, total_steps))
+
+
+class WeightEma:
+    """Exponential moving average of a model's parameters and buffers,
+    updated after every optimizer step; a plain LightNet, so its weights
+    save and load like the model's."""
+
+    def __init__(self, model, decay):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model):
+        for average, current in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if average.is_floating_point():
+                average.lerp_(current, 1.0 - self.decay)
+            else:
+                average.copy_(current)
+
+
+@dataclasses.dataclass
+class Training:
+    """Everything one training step needs."""
+
+    model: nn.Module  # the plain LightNet: what checkpoints and evaluation use
+    train_model: nn.Module  # the same, compiled and/or wrapped in DDP
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    ema: WeightEma | None
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    grad_clip: float
+
+
+def setup_training(args, context, num_classes, steps_per_epoch):
+    utils.seed_everything(args.seed)  # the same initial weights in every process
+    model = LightNet(args.arch_config, num_classes=num_classes, dropout=args.dropout)
+    if args.sync_bn and context.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model.to(context.device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(parameter_groups(model, args.weight_decay), lr=args.lr, momentum=args.momentum)
+    train_model = torch.compile(model) if args.compile else model
+    if context.distributed:
+        train_model = DistributedDataParallel(
+            train_model, device_ids=[context.local_rank] if context.device.type == "cuda" else None,
+            gradient_as_bucket_view=True)
+    return Training(
+        model=model, train_model=train_model, optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, args.warmup_epochs, args.epochs, steps_per_epoch),
+        scaler=torch.amp.GradScaler(context.device.type, enabled=args.amp == "fp16"),
+        criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
+        ema=WeightEma(model, args.ema_decay) if args.ema else None,
+        device=context.device, amp_dtype=AMP_DTYPES[args.amp], memory_format=memory_format,
+        grad_clip=args.grad_clip)
+
+
+# ------------------------------------------------------------------- loop
+
+
+def hit_counts(logits, targets, topk=(1, 5)):
+    """Like utils.correct_counts, but a tensor on the device, so a training
+    step needs no host-device synchronisation."""
+    max_k = min(max(topk), logits.size(1))
+    hits = logits.topk(max_k, dim=1).indices.eq(targets.unsqueeze(1))
+    return torch.stack([hits[:, :min(k, max_k)].any(dim=1).sum() for k in topk])
+
+
+@dataclasses.dataclass
+class EpochStats:
+    loss: float
+    top1: float
+    top5: float
+    images: int  # over all processes
+    seconds: float
+    data_wait: float  # fraction of the time this process waited for a batch
+
+    @property
+    def images_per_second(self):
+        return self.images / self.seconds
+
+
+def train_step(training, images, targets):
+    """One step: a single autocast region around forward and loss, loss
+    scaling only for fp16, gradients unscaled before clipping, one optimizer
+    step. Returns the loss and the logits."""
+    with torch.autocast(training.device.type, dtype=training.amp_dtype, enabled=training.amp_dtype is not None):
+        logits = training.train_model(images)
+        loss = training.criterion(logits, targets)
+    training.optimizer.zero_grad(set_to_none=True)
+    training.scaler.scale(loss).backward()
+    if training.grad_clip > 0:
+        training.scaler.unscale_(training.optimizer)
+        nn.utils.clip_grad_norm_(training.model.parameters(), training.grad_clip)
+    training.scaler.step(training.optimizer)
+    training.scaler.update()
+    training.scheduler.step()
+    if training.ema is not None:
+        training.ema.update(training.model)
+    return loss.detach(), logits.detach()
+
+
+def train_one_epoch(training, loader, epoch, progress=False):
+    training.train_model.train()
+    device = training.device
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss x images, top-1, top-5, images
+    waited = 0.0
+    batches = tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", disable=not progress, leave=False)
+    start = waiting_since = time.perf_counter()
+    for step, (images, targets) in enumerate(batches):
+        waited += time.perf_counter() - waiting_since
+        images = images.to(device, non_blocking=True, memory_format=training.memory_format)
+        targets = targets.to(device, non_blocking=True)
+        loss, logits = train_step(training, images, targets)
+        count = targets.size(0)
+        sums[0] += loss.double() * count
+        sums[1:3] += hit_counts(logits, targets)
+        sums[3] += count
+        if progress and step % PROGRESS_POSTFIX_STEPS == 0:
+            batches.set_postfix(loss=f"{loss.item():.3f}", lr=f"{training.optimizer.param_groups[0]['lr']:.4f}")
+        waiting_since = time.perf_counter()
+    utils.all_reduce_sum(sums)  # also waits for the device to finish
+    seconds = time.perf_counter() - start
+    loss_sum, top1, top5, images = sums.tolist()
+    return EpochStats(loss=loss_sum / images, top1=100.0 * top1 / images, top5=100.0 * top5 / images,
+                      images=int(images), seconds=seconds, data_wait=waited / seconds)
+
+
+def evaluate_model(model, loader, context, progress):
+    """Exact top-1/top-5 over the whole val set: each process evaluates its
+    own shard with rank 0's BatchNorm statistics, the counts are summed."""
+    utils.broadcast_buffers(model)
+    total, top1, top5 = evaluate.evaluate_counts_distributed(model, loader, context.device, progress)
+    return dict(images=total, top1=100.0 * top1 / total, top5=100.0 * top5 / total)
+
+
+# ------------------------------------------------------------------ state
+
+
+def checkpoint_state(training, args, num_classes, epoch, best, rng_states):
+    state = dict(state_dict=training.model.state_dict(), arch_config=list(args.arch_config),
+                 num_classes=num_classes, image_size=args.image_size, epoch=epoch,
+                 optimizer=training.optimizer.state_dict(), scheduler=training.scheduler.state_dict(),
+                 scaler=training.scaler.state_dict(), best=dict(best), rng_states=rng_states, args=vars(args))
+    if training.ema is not None:
+        state["ema_state_dict"] = training.ema.model.state_dict()
+    return state
+
+
+def weights_file(state_dict, args, num_classes, epoch, result):
+    """best.pth.tar: the released layout ({"state_dict": ...}, the released
+    parameter names, without the `module.` prefix) plus the architecture, so
+    evaluate.py needs no --model."""
+    return dict(state_dict=state_dict, arch_config=list(args.arch_config), num_classes=num_classes,
+                image_size=args.image_size, epoch=epoch, top1=result["top1"], top5=result["top5"])
+
+
+def restore(training, checkpoint, context, num_classes, logger):
+    """Load a training checkpoint; returns (epochs done, best results)."""
+    if checkpoint.get("num_classes") != num_classes:
+        raise UserError(f"--resume: the checkpoint predicts {checkpoint.get('num_classes')} classes but the "
+                        f"dataset has {num_classes}")
+    training.model.load_state_dict(checkpoint["state_dict"])
+    training.optimizer.load_state_dict(checkpoint["optimizer"])
+    training.scheduler.load_state_dict(checkpoint["scheduler"])
+    if training.scaler.is_enabled() and checkpoint.get("scaler"):
+        training.scaler.load_state_dict(checkpoint["scaler"])
+    if training.ema is not None:
+        if "ema_state_dict" in checkpoint:
+            training.ema.model.load_state_dict(checkpoint["ema_state_dict"])
+        else:
+            logger.info("the checkpoint has no EMA weights: the EMA starts from the resumed weights")
+            training.ema = WeightEma(training.model, training.ema.decay)
+    rng_states = checkpoint.get("rng_states") or []
+    if len(rng_states) == context.world_size:
+        utils.set_rng_states(rng_states[context.rank])
+    else:
+        logger.info(f"the checkpoint was written by {len(rng_states)} process(es), this run has "
+                    f"{context.world_size}: random streams are re-seeded, so the run is not bit-exact")
+        utils.seed_everything(checkpoint["epoch"] * 1000 + context.rank)
+    return checkpoint["epoch"], dict(checkpoint["best"])
+
+
+def log_changed_options(checkpoint, args, logger):
+    previous = checkpoint.get("args") or {}
+    ignored = {"resume", "save", "workers", "prefetch_factor", "gpus", "visible", "device"}
+    changed = [f"--{name} {previous[name]} -> {value}" for name, value in vars(args).items()
+               if name in previous and name not in ignored and previous[name] != value]
+    if changed:
+        logger.info("resuming with changed options: " + ", ".join(changed))
+
+
+def read_metrics(path):
+    if not os.path.isfile(path):
+        return []
+    with open(path) as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+def keep_metrics_until(path, epoch):
+    """Drop metrics of epochs after `epoch` (written before a crash, and
+    about to be run again)."""
+    records = [record for record in read_metrics(path) if record["epoch"] <= epoch]
+    with open(path, "w") as file:
+        file.writelines(json.dumps(record) + "\n" for record in records)
+
+
+def plot_curves(records, path):
+    """Loss, top-1 and learning rate per epoch, as a PNG."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display
+
+    epochs = [record["epoch"] for record in records]
+    figure = Figure(figsize=(15, 4))
+    loss_axes, accuracy_axes, lr_axes = figure.subplots(1, 3)
+    loss_axes.plot(epochs, [record["train_loss"] for record in records])
+    loss_axes.set(title="training loss", xlabel="epoch")
+    for key, label in (("train_top1", "train"), ("val_top1", "val"), ("ema_val_top1", "val, EMA")):
+        if all(key in record for record in records):
+            accuracy_axes.plot(epochs, [record[key] for record in records], label=label)
+    accuracy_axes.set(title="top-1 (%)", xlabel="epoch")
+    accuracy_axes.legend()
+    lr_axes.plot(epochs, [record["lr"] for record in records])
+    lr_axes.set(title="learning rate (epoch start)", xlabel="epoch")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+# ----------------------------------------------------------------- export
+
+
+def export_onnx(model, path, image_size, opset=ONNX_OPSET):
+    """Write `model` (eval mode, fp32, CPU) to ONNX with a dynamic batch
+    axis, check it with onnxruntime against PyTorch and return the largest
+    absolute logit difference."""
+    model = copy.deepcopy(model).float().cpu().eval()
+    example = torch.zeros(1, 3, image_size, image_size)
+    with warnings.catch_warnings():
+        # The TorchScript exporter (deprecated in favour of one that needs
+        # onnxscript): its opset-13 graphs are the ones TensorRT 8.x parses.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (example,), str(path), input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                          opset_version=opset, dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+                          dynamo=False)
+    return check_onnx(model, path, image_size)
+
+
+def import_onnx_checkers():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise UserError("--export_onnx checks the file with onnx and onnxruntime: "
+                        "pip install onnx onnxruntime") from None
+    return onnx, onnxruntime
+
+
+def check_onnx(model, path, image_size, batch_size=2):
+    onnx, onnxruntime = import_onnx_checkers()
+    onnx.checker.check_model(str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = torch.randn(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(images)
+    actual = torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: images.numpy()})[0])
+    difference = (actual - expected).abs().max().item()
+    if not difference <= ONNX_TOLERANCE:
+        raise RuntimeError(f"ONNX export of {path}: onnxruntime differs from PyTorch by {difference:.2e}")
+    return difference
+
+
+def export_weights(state_dict, args, num_classes, logger):
+    model = LightNet(args.arch_config, num_classes=num_classes, dropout=args.dropout)
+    model.load_state_dict(state_dict)
+    difference = export_onnx(model, args.export_onnx, args.image_size, args.onnx_opset)
+    logger.info(f"ONNX: wrote {args.export_onnx} (opset {args.onnx_opset}, input '{ONNX_INPUT}' "
+                f"Nx3x{args.image_size}x{args.image_size}, dynamic N); onnxruntime vs PyTorch: "
+                f"max |difference| {difference:.2e}")
+
+
+# ----------------------------------------------------------------- worker
+
+
+def worker(args):
+    """One training process (of --gpus N, or of torchrun's)."""
+    context = utils.init_distributed(args.device_type)
+    try:
+        return run(args, context)
+    finally:
+        utils.cleanup_distributed()
+
+
+def run(args, context):
+    """Train (or, with --evaluate, evaluate) in this process; returns the
+    trained plain model."""
+    if context.device.type == "cpu" and context.distributed:
+        # Processes sharing the CPU: one share of the cores each, not all each.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes_on_this_machine()))
+    if context.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels once
+    if args.workers is None:
+        args.workers = default_workers()
+    root = args.dataset if args.dataset is not None else demo_dataset(context)
+    if args.evaluate:
+        return evaluate_checkpoint(args, context, root, make_logger(context, None))
+    if context.is_main:
+        os.makedirs(args.save, exist_ok=True)
+    return fit(args, context, root, make_logger(context, args.save))
+
+
+def make_logger(context, save_dir):
+    if context.is_main:
+        return utils.create_logger(save_dir)
+    logger = logging.getLogger("lightnas.other_ranks")
+    logger.disabled = True  # only rank 0 prints
+    return logger
+
+
+def show_progress(context):
+    return context.is_main and sys.stderr.isatty()
+
+
+def log_setup(logger, args, context, training, num_classes, train_loader, val_loader):
+    params, macs = count_params_and_flops(training.model, args.image_size)
+    per_process = args.batch_size // context.world_size
+    logger.info(f"arch_config: {args.arch_config}")
+    logger.info(f"{num_classes} classes; Params: {params / 1e6:.2f} M; FLOPs: {macs / 1e6:.1f} M "
+                f"(multiply-accumulates at {args.image_size}x{args.image_size}, thop)")
+    logger.info(f"{context.world_size} process(es) on {context.device.type}; global batch {args.batch_size} = "
+                f"{context.world_size} x {per_process}; lr {args.lr:g}"
+                + (f" (--scale_lr: x {args.batch_size}/{RECIPE_BATCH_SIZE})" if args.scale_lr else
+                   f" (the recipe's {RECIPE_LR} is for a global batch of {RECIPE_BATCH_SIZE})"))
+    logger.info(f"{args.epochs} epoch(s) of {len(train_loader)} steps, {args.warmup_epochs:g} of warm-up; "
+                f"train {len(train_loader.dataset)} images, val {len(val_loader.dataset)}; amp {args.amp}, "
+                f"channels_last {args.channels_last}, compile {args.compile}, sync_bn {args.sync_bn}, "
+                f"EMA {args.ema_decay if args.ema else 'off'}; {args.workers} loading process(es) each")
+    logger.info(f"writing to {os.path.abspath(args.save)}")
+
+
+def fit(args, context, root, logger):
+    train_loader = build_train_loader(root, args, context)
+    val_loader = build_val_loader(root, args, context)
+    num_classes = len(train_loader.dataset.dataset.classes)
+    training = setup_training(args, context, num_classes, len(train_loader))
+    if context.is_main:
+        log_setup(logger, args, context, training, num_classes, train_loader, val_loader)
+    metrics_path = os.path.join(args.save, METRICS_FILE)
+    start_epoch, best = 0, dict(top1=-1.0, epoch=0, ema_top1=-1.0)
+    if args.resume:
+        checkpoint = utils.load_checkpoint(args.resume, what="--resume")
+        start_epoch, best = restore(training, checkpoint, context, num_classes, logger)
+        log_changed_options(checkpoint, args, logger)
+        logger.info(f"resumed from {args.resume} after epoch {start_epoch}")
+        if context.is_main:
+            keep_metrics_until(metrics_path, start_epoch)
+    else:
+        # Each process its own dropout stream; the weights are already equal.
+        utils.seed_everything(args.seed + context.rank)
+
+    for epoch in range(start_epoch, args.epochs):
+        train_loader.sampler.set_epoch(epoch)
+        lr = training.optimizer.param_groups[0]["lr"]
+        stats = train_one_epoch(training, train_loader, epoch, show_progress(context))
+        if not math.isfinite(stats.loss):
+            raise UserError(f"training diverged in epoch {epoch + 1} (loss {stats.loss}); resume from "
+                            f"{os.path.join(args.save, CHECKPOINT_FILE)} with a lower --lr")
+        val = evaluate_model(training.model, val_loader, context, show_progress(context))
+        ema_val = evaluate_model(training.ema.model, val_loader, context, False) if training.ema else None
+        rng_states = utils.all_gather_objects(utils.rng_states())
+        if context.is_main:
+            record_epoch(args, training, num_classes, epoch, lr, stats, val, ema_val, best, rng_states, logger)
+
+    if context.is_main:
+        logger.info(f"done: best val top-1 {best['top1']:.3f} at epoch {best['epoch']}; "
+                    f"weights in {os.path.join(args.save, BEST_FILE)}")
+        if args.export_onnx:
+            best_path = os.path.join(args.save, BEST_FILE)
+            export_weights(utils.load_checkpoint(best_path)["state_dict"], args, num_classes, logger)
+    return training.model
+
+
+def record_epoch(args, training, num_classes, epoch, lr, stats, val, ema_val, best, rng_states, logger):
+    """Rank 0, after each epoch: metrics, best weights, then the checkpoint
+    (last, so that a crash leaves a checkpoint that --resume continues)."""
+    done = epoch + 1
+    record = dict(epoch=done, lr=lr, train_loss=stats.loss, train_top1=stats.top1, train_top5=stats.top5,
+                  val_top1=val["top1"], val_top5=val["top5"], val_images=val["images"],
+                  images_per_s=stats.images_per_second, data_wait=stats.data_wait, epoch_s=stats.seconds)
+    if val["top1"] > best["top1"]:
+        best.update(top1=val["top1"], epoch=done)
+        utils.save_checkpoint(weights_file(training.model.state_dict(), args, num_classes, done, val),
+                              os.path.join(args.save, BEST_FILE))
+    if ema_val is not None:
+        record.update(ema_val_top1=ema_val["top1"], ema_val_top5=ema_val["top5"])
+        if ema_val["top1"] > best["ema_top1"]:
+            best["ema_top1"] = ema_val["top1"]
+            utils.save_checkpoint(weights_file(training.ema.model.state_dict(), args, num_classes, done, ema_val),
+                                  os.path.join(args.save, BEST_EMA_FILE))
+    with open(os.path.join(args.save, METRICS_FILE), "a") as file:
+        file.write(json.dumps(record) + "\n")
+    utils.save_checkpoint(checkpoint_state(training, args, num_classes, done, best, rng_states),
+                          os.path.join(args.save, CHECKPOINT_FILE))
+    plot_curves(read_metrics(os.path.join(args.save, METRICS_FILE)), os.path.join(args.save, CURVES_FILE))
+    ema_text = f"  EMA top-1 {ema_val['top1']:.2f}" if ema_val is not None else ""
+    logger.info(f"epoch {done}/{args.epochs}  lr {lr:.4f}  train loss {stats.loss:.4f} top-1 {stats.top1:.2f}  "
+                f"val top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} ({val['images']} images){ema_text}  "
+                f"{stats.images_per_second:.0f} img/s, data wait {100 * stats.data_wait:.0f}%  "
+                f"{stats.seconds:.0f} s  best {best['top1']:.2f} (epoch {best['epoch']})")
+
+
+def evaluate_checkpoint(args, context, root, logger):
+    """--evaluate: top-1/top-5 of a checkpoint over the whole val set,
+    printed like evaluate.py; then --export_onnx if given."""
+    checkpoint = utils.load_checkpoint(args.evaluate, what="--evaluate")
+    state_dict = evaluate.checkpoint_state_dict(checkpoint, args.evaluate)
+    if evaluate.CLASSIFIER_WEIGHT not in state_dict:
+        raise UserError(f"--evaluate: {args.evaluate} has no {evaluate.CLASSIFIER_WEIGHT}; is it a LightNet?")
+    num_classes = state_dict[evaluate.CLASSIFIER_WEIGHT].shape[0]
+    model = LightNet(args.arch_config, num_classes=num_classes, dropout=args.dropout)
+    evaluate.load_weights(model, state_dict, args.evaluate)
+    val_loader = build_val_loader(root, args, context)
+    if len(val_loader.dataset.classes) != num_classes:
+        raise UserError(f"--evaluate: val/ has {len(val_loader.dataset.classes)} classes but the weights "
+                        f"predict {num_classes}; give the --dataset they were trained on")
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model.to(context.device, memory_format=memory_format)
+    total, top1, top5 = evaluate.evaluate_counts_distributed(model, val_loader, context.device,
+                                                             show_progress(context))
+    logger.info(evaluate.format_result(total, top1, top5))
+    if args.export_onnx and context.is_main:
+        export_weights(state_dict, args, num_classes, logger)
+    return model
+
+
+if __name__ == "__main__":
+    utils.run_cli(main, get_args_parser())
