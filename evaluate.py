@@ -18,7 +18,9 @@ from tqdm import tqdm
 
 import data
 import model_train
-from utils import UserError, all_reduce_sum, correct_counts, load_checkpoint, run_cli, strip_module_prefix
+from utils import (
+    UserError, all_reduce_sum, correct_counts, load_checkpoint, resolve_device, run_cli, strip_module_prefix,
+)
 
 CLASSIFIER_WEIGHT = "classifier.4.weight"  # its rows give num_classes
 
@@ -106,12 +108,6 @@ def evaluate_counts_distributed(model, loader, device, progress=True):
 def format_result(total, top1, top5):
     """The authors' output line, accuracies in percent."""
     return f"Total: {total}  Top1-Acc: {100.0 * top1 / total:.3f}  Top5-Acc: {100.0 * top5 / total:.3f}"
-
-
-def resolve_device(name):
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
 
 
 def get_args_parser():

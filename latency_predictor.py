@@ -48,7 +48,7 @@ import model_train
 import operations
 from operations import (FIXED_FIRST_OP, HEAD_CHANNELS, INPUT_SIZE, LAYOUT, NUM_LAYERS, NUM_OPS,
                         NUM_SEARCHABLE_LAYERS, SEARCHABLE_OPS, SKIP, STEM_CHANNELS, LayerSpec)
-from utils import UserError, load_checkpoint, run_cli, write_json
+from utils import UserError, load_checkpoint, resolve_device, run_cli, write_json
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LUT_DIR = os.path.join(REPO_ROOT, "latency_lut")
@@ -679,18 +679,6 @@ def _entries_from_values(probes, values, num_classes):
     components = {key: by_key[key] for key in fixed_keys(num_classes)}
     entries = {key: by_key[key] for row in layer_keys() for key in row}
     return entries, components
-
-
-def resolve_device(name):
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device: unknown device {name!r}; use cpu or cuda") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device: {name!r} is not supported; use cpu or cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu")
-    return device
 
 
 @contextlib.contextmanager

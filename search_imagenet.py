@@ -27,13 +27,11 @@ checkpoint (`warmup.pth.tar`) starts searches for other targets:
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -44,7 +42,7 @@ from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_pa
 from utils import (
     AverageMeter, UserError, accuracy, add_device_arguments, all_reduce_sum, cleanup_distributed,
     create_logger, init_distributed, launch, load_checkpoint, resolve_device_type, rng_states,
-    run_cli, save_checkpoint, seed_everything, set_rng_states, write_json, write_json_lines,
+    read_json_lines, run_cli, save_checkpoint, seed_everything, set_rng_states, write_json, write_json_lines,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -578,16 +576,6 @@ def write_plots(save_dir, metrics, predictor, target):
     plt.close(figure)
 
 
-def read_metrics(path, before_epoch):
-    """Rows of metrics.jsonl for epochs before `before_epoch` (a resumed
-    search drops rows of epochs it will redo)."""
-    if not os.path.isfile(path):
-        return []
-    with open(path) as file:
-        rows = [json.loads(line) for line in file if line.strip()]
-    return [row for row in rows if row["epoch"] <= before_epoch]
-
-
 # ---------------------------------------------------------------------- main
 
 
@@ -618,7 +606,7 @@ def search_worker(args):
     train_loader = EpochLoader(train_set, per_process["batch_size_train"], args, context, stream=0)
     val_loader = EpochLoader(val_set, per_process["batch_size_val"], args, context, stream=1)
     metrics_path = os.path.join(args.save, "metrics.jsonl")
-    metrics = read_metrics(metrics_path, start_epoch) if context.is_main else []
+    metrics = read_json_lines(metrics_path, up_to_epoch=start_epoch) if context.is_main else []
 
     logger.info(f"searching {args.epochs} epochs ({args.freeze_epochs} warm-up) on {num_classes} classes, "
                 f"{len(train_set)} train / {len(val_set)} val images at {args.image_size} px, "

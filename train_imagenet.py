@@ -644,19 +644,10 @@ def log_changed_options(checkpoint, args, logger):
         logger.info("resuming with changed options: " + ", ".join(changed))
 
 
-def read_metrics(path):
-    if not os.path.isfile(path):
-        return []
-    with open(path) as file:
-        return [json.loads(line) for line in file if line.strip()]
-
-
 def keep_metrics_until(path, epoch):
     """Drop metrics of epochs after `epoch` (written before a crash, and
     about to be run again)."""
-    records = [record for record in read_metrics(path) if record["epoch"] <= epoch]
-    with open(path, "w") as file:
-        file.writelines(json.dumps(record) + "\n" for record in records)
+    utils.write_json_lines(path, utils.read_json_lines(path, up_to_epoch=epoch))
 
 
 def plot_curves(records, path):
@@ -853,7 +844,7 @@ def record_epoch(args, training, num_classes, epoch, lr, stats, val, ema_val, be
         file.write(json.dumps(record) + "\n")
     utils.save_checkpoint(checkpoint_state(training, args, num_classes, done, best, rng_states),
                           os.path.join(args.save, CHECKPOINT_FILE))
-    plot_curves(read_metrics(os.path.join(args.save, METRICS_FILE)), os.path.join(args.save, CURVES_FILE))
+    plot_curves(utils.read_json_lines(os.path.join(args.save, METRICS_FILE)), os.path.join(args.save, CURVES_FILE))
     ema_text = f"  EMA top-1 {ema_val['top1']:.2f}" if ema_val is not None else ""
     logger.info(f"epoch {done}/{args.epochs}  lr {lr:.4f}  train loss {stats.loss:.4f} top-1 {stats.top1:.2f}  "
                 f"val top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} ({val['images']} images){ema_text}  "

@@ -177,6 +177,17 @@ def write_json_lines(path, rows):
             file.write(json.dumps(row) + "\n")
 
 
+def read_json_lines(path, up_to_epoch=None):
+    """The rows of a metrics.jsonl file ([] if there is none); with
+    `up_to_epoch`, only rows of epochs up to it (a resumed run drops the rows
+    of epochs it is about to redo)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as file:
+        rows = [json.loads(line) for line in file if line.strip()]
+    return rows if up_to_epoch is None else [row for row in rows if row["epoch"] <= up_to_epoch]
+
+
 def save_checkpoint(state, path):
     """Write `state` to `path` atomically (see atomic_write)."""
     with atomic_write(path, binary=True) as file:
@@ -228,6 +239,19 @@ def add_device_arguments(parser):
 
 def _under_torchrun():
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def resolve_device(name):
+    """A single device named by the user (cpu or cuda), checked."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device: unknown device {name!r}; use cpu or cuda") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device: {name!r} is not supported; use cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu")
+    return device
 
 
 def resolve_device_type(args):

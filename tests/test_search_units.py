@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-import operations
 from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
 from search_imagenet import (
     DEMO_SCHEDULE, PAPER_SCHEDULE, in_latch_window, scheduled_arch_lr, tau_at, update_lagrange_multiplier,
