@@ -53,17 +53,6 @@ def load_weights(model, state_dict, path):
     model.load_state_dict(state_dict, strict=True)
 
 
-def resolve_architecture(args, checkpoint):
-    """--model or --arch_config, else the arch_config a project checkpoint
-    records."""
-    choice = args.model or args.arch_config
-    if choice is None:
-        choice = checkpoint.get("arch_config") if isinstance(checkpoint, dict) else None
-        if choice is None:
-            raise UserError("give --model or --arch_config: the checkpoint does not record its architecture")
-    return model_train.resolve_arch_config(choice)
-
-
 @torch.no_grad()
 def evaluate_counts(model, loader, device, progress=True):
     """Exact counts over the loader: (images, top-1 hits, top-5 hits)."""
@@ -129,27 +118,40 @@ def get_args_parser():
     return parser
 
 
-def main(args):
-    if args.batch_size < 1 or args.workers < 0 or args.image_size < 1:
-        raise UserError("--batch_size and --image_size must be positive and --workers non-negative")
-    device = resolve_device(args.device)
-    checkpoint = load_checkpoint(args.weights, what="--weights")
-    state_dict = checkpoint_state_dict(checkpoint, args.weights)
-    arch_config = resolve_architecture(args, checkpoint)
+def evaluate_weights(weights, dataset_root, arch_choice=None, device="cpu", batch_size=64, workers=0,
+                     image_size=224, width_mult=1.0, progress=True):
+    """Load `weights` into the network `arch_choice` (a name, list string or
+    arch.json; None: the one the checkpoint records) and count exactly over
+    `dataset_root`/val: (images, top-1 hits, top-5 hits)."""
+    device = resolve_device(device)
+    checkpoint = load_checkpoint(weights, what="--weights")
+    state_dict = checkpoint_state_dict(checkpoint, weights)
+    if arch_choice is None:
+        arch_choice = checkpoint.get("arch_config") if isinstance(checkpoint, dict) else None
+        if arch_choice is None:
+            raise UserError("give --model or --arch_config: the checkpoint does not record its architecture")
+    arch_config = model_train.resolve_arch_config(arch_choice)
     if CLASSIFIER_WEIGHT not in state_dict:
-        raise UserError(f"--weights: {args.weights} has no {CLASSIFIER_WEIGHT}; is it a LightNet checkpoint?")
+        raise UserError(f"--weights: {weights} has no {CLASSIFIER_WEIGHT}; is it a LightNet checkpoint?")
     num_classes = state_dict[CLASSIFIER_WEIGHT].shape[0]
-    model = model_train.LightNet(arch_config, num_classes=num_classes, width_mult=args.width_mult)
-    load_weights(model, state_dict, args.weights)
+    model = model_train.LightNet(arch_config, num_classes=num_classes, width_mult=width_mult)
+    load_weights(model, state_dict, weights)
 
-    dataset = data.image_folder(args.dataset, "val", data.build_eval_transform(args.image_size))
+    dataset = data.image_folder(dataset_root, "val", data.build_eval_transform(image_size))
     if len(dataset.classes) != num_classes:
         raise UserError(f"--dataset: val/ has {len(dataset.classes)} classes but the weights predict "
                         f"{num_classes}; is this the dataset the network was trained on?")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
-                                         num_workers=args.workers, pin_memory=device.type == "cuda")
-    total, top1, top5 = evaluate_counts(model.to(device), loader, device)
-    print(format_result(total, top1, top5))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=workers, pin_memory=device.type == "cuda")
+    return evaluate_counts(model.to(device), loader, device, progress)
+
+
+def main(args):
+    if args.batch_size < 1 or args.workers < 0 or args.image_size < 1:
+        raise UserError("--batch_size and --image_size must be positive and --workers non-negative")
+    counts = evaluate_weights(args.weights, args.dataset, args.model or args.arch_config, args.device,
+                              args.batch_size, args.workers, args.image_size, args.width_mult)
+    print(format_result(*counts))
 
 
 if __name__ == "__main__":

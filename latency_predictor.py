@@ -48,7 +48,7 @@ import model_train
 import operations
 from operations import (FIXED_FIRST_OP, HEAD_CHANNELS, INPUT_SIZE, LAYOUT, NUM_LAYERS, NUM_OPS,
                         NUM_SEARCHABLE_LAYERS, SEARCHABLE_OPS, SKIP, STEM_CHANNELS, LayerSpec)
-from utils import UserError, load_checkpoint, resolve_device, run_cli, write_json
+from utils import UserError, load_checkpoint, resolve_device, run_cli, write_csv, write_json
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LUT_DIR = os.path.join(REPO_ROOT, "latency_lut")
@@ -849,21 +849,27 @@ def build_latency_table(protocol, num_classes):
     return _new_table(metadata, fixed, entries)
 
 
-def network_probes(indices, num_classes):
-    return [Probe((arch_to_text(row),), model_train.LightNet(operations.indices_to_arch(row), num_classes=num_classes),
-                  (3, INPUT_SIZE, INPUT_SIZE)) for row in indices]
+def network_probes(arch_configs, num_classes):
+    return [Probe((" ".join(arch_config),), model_train.LightNet(arch_config, num_classes=num_classes),
+                  (3, INPUT_SIZE, INPUT_SIZE)) for arch_config in arch_configs]
 
 
-def measure_networks(indices, protocol, num_classes):
-    """End-to-end time of whole LightNets (ms): median and spread per
-    architecture, with the table builder's protocol."""
+def measure_arch_configs(arch_configs, protocol, num_classes):
+    """End-to-end time of whole networks (ms), any op of the registry
+    (SE included): median and spread per network, with the table builder's
+    protocol."""
     statistics = []
-    for start in range(0, len(indices), VALIDATE_CHUNK):
-        chunk = indices[start:start + VALIDATE_CHUNK]
+    for start in range(0, len(arch_configs), VALIDATE_CHUNK):
+        chunk = arch_configs[start:start + VALIDATE_CHUNK]
         samples = measure(network_probes(chunk, num_classes), protocol._replace(seed=protocol.seed + start),
                           desc=f"networks {start + 1}-{start + len(chunk)}")
         statistics += [sample_statistics(samples[:, index]) for index in range(len(chunk))]
     return statistics
+
+
+def measure_networks(indices, protocol, num_classes):
+    """measure_arch_configs for searchable-op index rows."""
+    return measure_arch_configs([operations.indices_to_arch(row) for row in indices], protocol, num_classes)
 
 
 # ------------------------------------------------------------ subcommands
@@ -948,13 +954,11 @@ def report_validation(predictor, indices, measured, out_dir):
         print("  calibrated:   " + format_summary(error_summary(calibrated, medians)))
     os.makedirs(out_dir, exist_ok=True)
     csv_path = os.path.join(out_dir, "validate.csv")
-    with open(csv_path, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["arch", "measured_ms"] + [f"measured_{name}_ms" for name in SPREAD_NAMES]
-                        + ["predicted_raw_ms", "predicted_ms"])
-        for row, entry, raw_ms, calibrated_ms in zip(indices, measured, raw, calibrated):
-            writer.writerow([arch_to_text(row), entry["value"]] + [entry[name] for name in SPREAD_NAMES]
-                            + [_rounded(raw_ms), _rounded(calibrated_ms)])
+    write_csv(csv_path, ["arch", "measured_ms"] + [f"measured_{name}_ms" for name in SPREAD_NAMES]
+              + ["predicted_raw_ms", "predicted_ms"],
+              [[arch_to_text(row), entry["value"]] + [entry[name] for name in SPREAD_NAMES]
+               + [_rounded(raw_ms), _rounded(calibrated_ms)]
+               for row, entry, raw_ms, calibrated_ms in zip(indices, measured, raw, calibrated)])
     png_path = os.path.join(out_dir, "validate.png")
     plot_validation(medians, raw, calibrated if is_calibrated else None, predictor.identifier, png_path)
     print(f"wrote {csv_path} and {png_path}")

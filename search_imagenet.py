@@ -48,6 +48,10 @@ from utils import (
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 WARMUP_CHECKPOINT_NAME = "warmup.pth.tar"
 CHECKPOINT_FORMAT = 1
+PENALTIES = ("lagrange", "fixed")
+# Figures are redrawn at most this often (and after the last epoch): live for
+# hour-long ImageNet epochs, not a tenth of a demo epoch's time.
+PLOT_INTERVAL_S = 60.0
 
 # The paper's search settings (spec section 4); they apply whenever --dataset
 # is given and the option is not set on the command line.
@@ -112,6 +116,12 @@ def get_args_parser():
                              "'params' (default: the Jetson AGX Xavier table)")
     target.add_argument("--metric", default=None, choices=("latency", "energy", "flops", "params"),
                         help="the constrained metric; checked against the predictor (default: the predictor's)")
+    target.add_argument("--penalty", choices=PENALTIES, default="lagrange",
+                        help="lagrange: the paper's learned multiplier (CE + lambda * (LAT/T - 1)); fixed: the "
+                             "baseline of earlier methods (FBNet, ProxylessNAS), CE + w * LAT/T with a hand-set w "
+                             "(--penalty_weight), no lambda and no latch")
+    target.add_argument("--penalty_weight", type=float, default=None,
+                        help="w for --penalty fixed (the paper needs none)")
     target.add_argument("--strict", action="store_true",
                         help="beyond the paper: repair the final architecture until it does not exceed the target")
 
@@ -179,6 +189,10 @@ def validate_settings(args):
         raise UserError("--latch_epochs, --tradeoff_learning_rate and --workers must be non-negative")
     if args.num_classes is not None and args.num_classes < 2:
         raise UserError("--num_classes must be at least 2")
+    if args.penalty == "fixed" and (args.penalty_weight is None or args.penalty_weight < 0):
+        raise UserError("--penalty fixed needs a non-negative --penalty_weight, e.g. --penalty_weight 0.1")
+    if args.penalty == "lagrange" and args.penalty_weight is not None:
+        raise UserError("--penalty_weight applies to --penalty fixed only; the paper's search learns lambda instead")
 
 
 def check_target(predictor, target):
@@ -335,6 +349,14 @@ class Searcher:
     def argmax_cost(self):
         return self.predictor.cost(self.model.derive())
 
+    def latency_penalty(self, sample_cost):
+        """The latency term of alpha's loss: the paper's Lagrangian, or the
+        fixed-weight penalty of earlier methods (the baseline)."""
+        target = self.args.target_latency
+        if self.args.penalty == "fixed":
+            return self.args.penalty_weight * sample_cost / target
+        return self.state.tradeoff * (sample_cost / target - 1.0)
+
     def _weight_step(self, images, targets, paths):
         """Forward/backward every path in `paths`, then one SGD step."""
         self.weight_optimizer.zero_grad(set_to_none=True)
@@ -388,7 +410,8 @@ class Searcher:
                                     disable=not self.context.is_main):
             images = images.to(self.context.device, non_blocking=True)
             targets = targets.to(self.context.device, non_blocking=True)
-            if in_latch_window(epoch, args) and abs(cost - args.target_latency) < args.latch_tolerance:
+            if (args.penalty == "lagrange" and in_latch_window(epoch, args)
+                    and abs(cost - args.target_latency) < args.latch_tolerance):
                 state.latched = True
             lr = scheduled_lr * abs(cost / args.target_latency - 1.0) if state.latched else scheduled_lr
             for group in self.arch_optimizer.param_groups:
@@ -397,16 +420,16 @@ class Searcher:
             sample = gumbel_softmax_hard(self.model.alpha, tau, self.arch_generator)
             logits = self.model(images, sample)
             cross_entropy = self.criterion(logits, targets)
-            sample_cost = self.predictor.expected_cost(sample)
-            loss = cross_entropy + state.tradeoff * (sample_cost / args.target_latency - 1.0)
+            loss = cross_entropy + self.latency_penalty(self.predictor.expected_cost(sample))
             self.arch_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(self.model.arch_parameters(), self.context.world_size)
             self.arch_optimizer.step()
 
             cost = self.argmax_cost()
-            state.tradeoff = update_lagrange_multiplier(state.tradeoff, cost, args.target_latency,
-                                                        args.tradeoff_learning_rate)
+            if args.penalty == "lagrange":
+                state.tradeoff = update_lagrange_multiplier(state.tradeoff, cost, args.target_latency,
+                                                            args.tradeoff_learning_rate)
             history.append(cost)
             loss_meter.update(cross_entropy.item(), targets.size(0))
             top1_meter.update(accuracy(logits.detach(), targets, topk=(1,))[0], targets.size(0))
@@ -468,9 +491,12 @@ def check_resume_compatible(checkpoint, args, predictor, num_classes, path):
             raise UserError(f"--resume: {path} used --{name} {saved[name]}, this run {getattr(args, name)}; "
                             "use the same settings to continue")
     is_warmup = checkpoint["epoch"] == args.freeze_epochs
-    same_target = saved["target_latency"] == args.target_latency and checkpoint["predictor"] == predictor.identifier
+    same_target = (saved["target_latency"] == args.target_latency and checkpoint["predictor"] == predictor.identifier
+                   and saved.get("penalty", "lagrange") == args.penalty
+                   and saved.get("penalty_weight") == args.penalty_weight)
     if not (is_warmup or same_target):
-        raise UserError(f"--resume: {path} searched for {saved['target_latency']:g} on {checkpoint['predictor']}; "
+        raise UserError(f"--resume: {path} searched for {saved['target_latency']:g} on {checkpoint['predictor']} "
+                        f"with the {saved.get('penalty', 'lagrange')} penalty; "
                         f"to search for another target, start from its {WARMUP_CHECKPOINT_NAME}")
 
 
@@ -524,7 +550,8 @@ def write_arch_json(args, searcher, predictor):
         "unit": predictor.unit,
         "predictor": predictor.identifier,
         "search": {name: getattr(args, name) for name in (
-            "epochs", "freeze_epochs", "seed", "dataset", "num_classes", "image_size", "tradeoff_learning_rate")},
+            "epochs", "freeze_epochs", "seed", "dataset", "num_classes", "image_size", "tradeoff_learning_rate",
+            "penalty", "penalty_weight")},
         "tradeoff_final": searcher.state.tradeoff,
     }
     if args.strict:
@@ -598,8 +625,8 @@ def search_worker(args):
         checkpoint = load_checkpoint(resume_path, what="--resume")
         check_resume_compatible(checkpoint, args, predictor, num_classes, resume_path)
         start_epoch = searcher.restore(checkpoint)
-        if checkpoint["args"]["target_latency"] != args.target_latency:
-            searcher.state = SearchState(tradeoff=args.tradeoff)  # a new target starts a fresh lambda
+        if checkpoint["epoch"] == args.freeze_epochs:
+            searcher.state = SearchState(tradeoff=args.tradeoff)  # a search from the warm-up starts a fresh lambda
         logger.info(f"resumed from {resume_path} at epoch {start_epoch}")
 
     per_process = {name: getattr(args, name) // context.world_size for name in ("batch_size_train", "batch_size_val")}
@@ -611,7 +638,8 @@ def search_worker(args):
     logger.info(f"searching {args.epochs} epochs ({args.freeze_epochs} warm-up) on {num_classes} classes, "
                 f"{len(train_set)} train / {len(val_set)} val images at {args.image_size} px, "
                 f"{context.world_size} process(es) on {context.device.type}; "
-                f"target {args.target_latency:g} {predictor.unit} on {predictor.identifier}")
+                f"target {args.target_latency:g} {predictor.unit} on {predictor.identifier}, {args.penalty} penalty")
+    plotted_at = -math.inf
     for epoch in range(start_epoch, args.epochs):
         started = time.time()
         tau = tau_at(epoch, args)
@@ -637,6 +665,7 @@ def search_worker(args):
             "step_costs": history, "probabilities": searcher.model.op_probabilities().tolist(),
             "seconds": time.time() - started, "processes_checked_equal": context.world_size,
         }
+        stop_here = (args.stop_after_epoch is not None and args.stop_after_epoch <= epoch + 1 < args.epochs)
         if context.is_main:
             metrics.append(row)
             write_json_lines(metrics_path, metrics)
@@ -644,12 +673,16 @@ def search_worker(args):
             save_checkpoint(state, os.path.join(args.save, CHECKPOINT_NAME))
             if epoch + 1 == args.freeze_epochs:
                 save_checkpoint(state, os.path.join(args.save, WARMUP_CHECKPOINT_NAME))
-            write_plots(args.save, metrics, predictor, args.target_latency)
+            if epoch + 1 == args.epochs or stop_here or time.time() - plotted_at >= PLOT_INTERVAL_S:
+                write_plots(args.save, metrics, predictor, args.target_latency)
+                plotted_at = time.time()
         accuracy_text = "" if warmup else f" | val loss {val_loss:.3f} top-1 {val_top1:.1f}"
-        logger.info(f"epoch {epoch + 1}/{args.epochs} | tau {tau:.3f} | lambda {searcher.state.tradeoff:.4f} | "
+        penalty_text = (f"w {args.penalty_weight:g} (fixed)" if args.penalty == "fixed"
+                        else f"lambda {searcher.state.tradeoff:.4f}")
+        logger.info(f"epoch {epoch + 1}/{args.epochs} | tau {tau:.3f} | {penalty_text} | "
                     f"train loss {train_loss:.3f} top-1 {train_top1:.1f}{accuracy_text} | "
                     f"arch {describe_cost(predictor, cost, args.target_latency)} | {row['seconds']:.0f} s")
-        if args.stop_after_epoch is not None and epoch + 1 >= args.stop_after_epoch and epoch + 1 < args.epochs:
+        if stop_here:
             logger.info(f"stopped after epoch {epoch + 1} as asked; continue with "
                         f"--resume {os.path.join(args.save, CHECKPOINT_NAME)}")
             cleanup_distributed()

@@ -9,6 +9,7 @@ Scripts end with `run_cli(main, get_args_parser())`, so bad input (a
 """
 
 import contextlib
+import csv
 import dataclasses
 import json
 import logging
@@ -169,6 +170,14 @@ def write_json(path, content, indent=2):
     with atomic_write(path) as file:
         json.dump(content, file, indent=indent)
         file.write("\n")
+
+
+def write_csv(path, header, rows):
+    """A CSV file with a header row, written atomically."""
+    with atomic_write(path) as file:
+        writer = csv.writer(file, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def write_json_lines(path, rows):

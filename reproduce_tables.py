@@ -1,0 +1,705 @@
+"""Rebuild the paper's tables and measure its central claim, in one command.
+
+    python3 reproduce_tables.py                 # full: about 15 minutes on a 2-core CPU
+    python3 reproduce_tables.py --quick         # CI-sized: under 3 minutes
+    python3 reproduce_tables.py --dataset /data/imagenet --weights_dir /data/lightnets    # + top-1/top-5
+    python3 reproduce_tables.py --search_dataset /data/imagenet100 --jobs 1 -- --gpus 1 --visible 0
+
+Table 1, "LightNets": the twelve released networks: params and FLOPs (thop),
+latency from the Jetson AGX Xavier table next to the authors' measurement,
+latency measured end to end on this machine next to the CPU table's
+prediction, and the published top-1/top-5; with --dataset and --weights_dir,
+also the accuracy we evaluate from the released weights.
+
+Table 2, "you only search once": for T = 20, 22, ..., 30 ms on the Jetson
+table, one LightNAS search per target, all branching from one shared warm-up,
+against the baseline of earlier methods (FBNet, ProxylessNAS): a fixed
+penalty, alpha's loss CE + w * LAT / T, swept over a grid of w. It counts the
+searches each needs before one lands within --tolerance of the target.
+
+The baseline's loss depends on w and T only through c = w / T (it is
+CE + c * LAT), and nothing else in its search depends on T. So one search per
+grid value c serves every target: at target T it is the search with weight
+w = c * T. The grid is run once, at --reference_target, and read for all six.
+
+By default the searches run the demo schedule on the synthetic dataset (CPU);
+--search_dataset runs the paper's schedule on your data (ImageNet-100 for the
+real thing; options after `--` go to every search_imagenet.py call).
+
+Everything goes into --out: report.md (the tables, machine, versions, table
+metadata), lightnets.csv, searches.csv, baseline_grid.csv, metadata.json, the
+figures (search_curves.png, baseline_grid.png, latency_accuracy.png), and
+every search's own folder. A run that stops can be started again with the
+same command: finished searches are kept, interrupted ones resume.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+import torch
+
+import data
+import evaluate
+import latency_predictor as lp
+import model_train
+import operations
+import search_imagenet
+from utils import UserError, read_json_lines, run_cli, write_csv, write_json
+
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+SEARCH_SCRIPT = os.path.join(REPO_ROOT, "search_imagenet.py")
+DEFAULT_CPU_LUT = os.path.join(lp.LUT_DIR, "cpu_amd_epyc_b1_t1.json")
+TARGETS = (20.0, 22.0, 24.0, 26.0, 28.0, 30.0)
+MEASURE_SEED = 3  # the end-to-end timing's input and order (the benchmarks use 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """How big a run is: the synthetic data, the search schedule, the
+    baseline grid and the number of timing rounds."""
+
+    name: str
+    dataset: dict       # data.synthetic_dataset parameters
+    schedule: dict      # search_imagenet schedule options
+    grid: tuple         # baseline c = w / T values (per ms), ascending
+    timing_rounds: int  # end-to-end rounds per LightNet
+
+
+# The search demo's data and schedule (search_imagenet.DEMO_*), for the full run.
+FULL = Mode("full", dict(search_imagenet.DEMO_DATASET), dict(search_imagenet.DEMO_SCHEDULE),
+            grid=(2.5e-5, 5e-5, 1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3), timing_rounds=30)
+# A CI-sized run: a smaller set at 16 px and 8 epochs (1 warm-up). Fewer
+# alpha steps need larger alpha and lambda steps, as in the demo.
+QUICK = Mode("quick", dict(train_per_class=16, val_per_class=16, image_size=32),
+             dict(search_imagenet.DEMO_SCHEDULE, epochs=8, freeze_epochs=1, batch_size_train=32,
+                  batch_size_val=8, image_size=16, tradeoff_learning_rate=5e-2, arch_learning_rate=2e-2,
+                  latch_epochs=3, arch_lr_step=2, tau_decay=0.5),
+             grid=(5e-5, 2e-4, 8e-4), timing_rounds=5)
+
+
+# ------------------------------------------------------------------ machine
+
+
+def package_version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def describe_machine():
+    cpu = lp.describe_device(torch.device("cpu"))
+    gpus = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
+    return {
+        "cpu": cpu["name"], "logical_cpus": cpu["logical_cpus"], "gpus": gpus or ["none"],
+        "os": platform.platform(), "python": platform.python_version(),
+        "packages": {name: package_version(name) for name in ("torch", "torchvision", "numpy", "thop", "matplotlib")},
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+
+
+def describe_table(predictor):
+    metadata = getattr(predictor, "metadata", {})
+    device = metadata.get("device", {})
+    return {"identifier": predictor.identifier, "device": device.get("name"), "date": metadata.get("date"),
+            "batch_size": metadata.get("batch_size"), "threads": metadata.get("threads"),
+            "source": metadata.get("source", {}).get("kind"), "calibrated": "calibration" in metadata}
+
+
+# ---------------------------------------------------------- table 1: LightNets
+
+
+def is_searchable(arch_config):
+    """The latency tables hold the 7 searchable ops; SE twins are outside."""
+    return all(name in operations.SEARCHABLE_OPS for name in arch_config[1:])
+
+
+def normalized(name):
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def find_weights(weights_dir, network):
+    """The released file for `network` in `weights_dir`: LightNet-20ms.pth.tar,
+    lightnet_20ms.pth, ... (case, dashes and underscores ignored)."""
+    wanted = normalized(network)
+    for entry in sorted(os.listdir(weights_dir)):
+        stem = re.sub(r"\.(pth\.tar|pth|pt|tar)$", "", entry)
+        if stem != entry and normalized(stem) == wanted:
+            return os.path.join(weights_dir, entry)
+    return None
+
+
+def evaluate_released(args, names):
+    """Our top-1/top-5 (percent) of each network whose weights are present."""
+    if not (args.dataset and args.weights_dir):
+        return {}
+    if not os.path.isdir(args.weights_dir):
+        raise UserError(f"--weights_dir {args.weights_dir} is not a folder")
+    results = {}
+    for name in names:
+        path = find_weights(args.weights_dir, name)
+        if path is None:
+            print(f"  {name}: no weights in {args.weights_dir}, skipped")
+            continue
+        total, top1, top5 = evaluate.evaluate_weights(path, args.dataset, name, args.device, args.eval_batch_size,
+                                                      args.workers)
+        results[name] = (100.0 * top1 / total, 100.0 * top5 / total, total)
+        print(f"  {name}: {evaluate.format_result(total, top1, top5)}", flush=True)
+    return results
+
+
+def lightnet_rows(jetson, cpu_table, timing_rounds, evaluated):
+    """One dict per registered LightNet with every column of table 1."""
+    names = list(model_train.LIGHTNETS)
+    arch_configs = [model_train.LIGHTNETS[name] for name in names]
+    protocol = lp.validation_protocol(cpu_table.metadata, "cpu", None, None, lp.DEFAULT_WARMUP_S, timing_rounds,
+                                      MEASURE_SEED)
+    print(f"timing {len(names)} networks end to end: batch {protocol.batch_size}, {protocol.threads} thread(s), "
+          f"{protocol.clock} clock, {timing_rounds} rounds", flush=True)
+    measured = lp.measure_arch_configs(arch_configs, protocol, cpu_table.metadata["num_classes"])
+    rows = []
+    for name, arch_config, timing in zip(names, arch_configs, measured):
+        params, flops = model_train.count_params_and_flops(model_train.LightNet(arch_config))
+        searchable = is_searchable(arch_config)
+        readme_top1, readme_top5 = model_train.README_ACCURACY.get(name, (None, None))
+        exact_top1, exact_top5 = model_train.EXACT_ACCURACY[name]
+        ours_top1, ours_top5, ours_images = evaluated.get(name, (None, None, None))
+        rows.append({
+            "model": name, "params_m": params / 1e6, "flops_m": flops / 1e6,
+            "jetson_table_ms": jetson.cost(arch_config) if searchable else None,
+            "readme_ms": model_train.README_LATENCY_MS.get(name),
+            "cpu_measured_ms": timing["value"],
+            "cpu_table_ms": cpu_table.cost(arch_config) if searchable else None,
+            "readme_top1": readme_top1, "readme_top5": readme_top5,
+            "exact_top1": exact_top1, "exact_top5": exact_top5,
+            "our_top1": ours_top1, "our_top5": ours_top5, "our_images": ours_images,
+        })
+    return rows
+
+
+# ------------------------------------------------------------ the searches
+
+
+@dataclasses.dataclass
+class SearchJob:
+    """One search_imagenet.py run and where it writes."""
+
+    name: str
+    folder: str
+    arguments: list
+    result_file: str  # present once the run is complete
+
+    def done(self):
+        return os.path.isfile(os.path.join(self.folder, self.result_file))
+
+
+def schedule_arguments(schedule):
+    return [item for name, value in schedule.items() if value is not None for item in (f"--{name}", str(value))]
+
+
+def plan_searches(args, mode, dataset):
+    """The warm-up job, one LightNAS job per target and one baseline job per
+    grid value; all share `common` search arguments."""
+    common = ["--dataset", dataset]
+    if not args.search_dataset:
+        classes = mode.dataset.get("num_classes", data.DEFAULT_SYNTHETIC["num_classes"])
+        common += schedule_arguments(dict(mode.schedule, num_classes=classes)) + ["--workers", "0"]
+    common += args.search_arguments  # last: the user's options win
+    settings = search_imagenet.get_args_parser().parse_args(common)
+    search_imagenet.resolve_schedule(settings)
+    searches = os.path.join(args.out, "searches")
+    warmup = SearchJob("warm-up", os.path.join(searches, "warmup"),
+                       common + ["--target_latency", str(args.targets[0]),
+                                 "--stop_after_epoch", str(settings.freeze_epochs)],
+                       search_imagenet.WARMUP_CHECKPOINT_NAME)
+    start = ["--resume", os.path.join(warmup.folder, search_imagenet.WARMUP_CHECKPOINT_NAME)]
+    lightnas = [SearchJob(f"LightNAS {target:g} ms", os.path.join(searches, f"lightnas-{target:g}ms"),
+                          common + ["--target_latency", str(target)] + start, "arch.json")
+                for target in args.targets]
+    baseline = [SearchJob(f"fixed penalty c={c:g}", os.path.join(searches, f"fixed-c{c:g}"),
+                          common + ["--target_latency", str(args.reference_target), "--penalty", "fixed",
+                                    "--penalty_weight", repr(c * args.reference_target)] + start, "arch.json")
+                for c in args.grid]
+    return warmup, lightnas, baseline, settings, common
+
+
+def check_plan(out, plan):
+    """A rerun continues only the run it started: same settings."""
+    path = os.path.join(out, "plan.json")
+    if os.path.isfile(path):
+        with open(path) as file:
+            previous = json.load(file)
+        if previous != plan:
+            changed = sorted(key for key in plan if previous.get(key) != plan[key])
+            raise UserError(f"--out {out} holds a run with other settings ({', '.join(changed)}); "
+                            "choose another --out, or delete it to start over")
+    write_json(path, plan)
+
+
+class JobRunner:
+    """Runs search jobs as child processes, `parallel` at a time, each
+    limited to `threads` CPU threads (several single-threaded searches use
+    a small CPU far better than one search on all cores)."""
+
+    def __init__(self, log_folder, parallel, threads):
+        self.log_folder = log_folder
+        self.parallel = parallel
+        self.environment = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        os.makedirs(log_folder, exist_ok=True)
+
+    def _start(self, job):
+        arguments = list(job.arguments)
+        if os.path.isfile(os.path.join(job.folder, search_imagenet.CHECKPOINT_NAME)):
+            arguments = _without_resume(arguments) + ["--resume", job.folder]  # interrupted: continue it
+        log_path = os.path.join(self.log_folder, os.path.basename(job.folder) + ".txt")
+        log = open(log_path, "w")
+        process = subprocess.Popen([sys.executable, SEARCH_SCRIPT, "--save", job.folder] + arguments,
+                                   stdout=log, stderr=subprocess.STDOUT, env=self.environment, cwd=REPO_ROOT)
+        return process, log, log_path, time.time()
+
+    def run(self, jobs, report):
+        """Run every job not done yet; `report(job, seconds)` after each."""
+        waiting = [job for job in jobs if not job.done()]
+        for job in jobs:
+            if job.done():
+                report(job, None)
+        running = {}
+        try:
+            while waiting or running:
+                while waiting and len(running) < self.parallel:
+                    job = waiting.pop(0)
+                    running[job.name] = (job,) + self._start(job)
+                time.sleep(0.5)
+                for name, (job, process, log, log_path, started) in list(running.items()):
+                    if process.poll() is None:
+                        continue
+                    log.close()
+                    del running[name]
+                    if process.returncode != 0 or not job.done():
+                        raise UserError(f"search '{job.name}' failed (exit {process.returncode}): "
+                                        f"{last_line(log_path)}; full output in {log_path}")
+                    report(job, time.time() - started)
+        finally:
+            for job, process, log, _, _ in running.values():
+                process.terminate()
+                process.wait()
+                log.close()
+
+
+def _without_resume(arguments):
+    index = arguments.index("--resume") if "--resume" in arguments else None
+    return arguments if index is None else arguments[:index] + arguments[index + 2:]
+
+
+def last_line(path):
+    with open(path, errors="replace") as file:
+        lines = [line.strip() for line in file.read().replace("\r", "\n").splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def search_result(job):
+    with open(os.path.join(job.folder, "arch.json")) as file:
+        result = json.load(file)
+    metrics = read_json_lines(os.path.join(job.folder, "metrics.jsonl"))
+    result["seconds"] = sum(row["seconds"] for row in metrics
+                            if row["epoch"] > result["search"]["freeze_epochs"])
+    result["metrics"] = metrics
+    return result
+
+
+def lightnas_rows(jobs, targets, tolerance):
+    rows = []
+    for job, target in zip(jobs, targets):
+        result = search_result(job)
+        rows.append({"target_ms": target, "predicted_ms": result["predicted"],
+                     "error_percent": result["error_percent"], "searches": 1,
+                     "within_tolerance": abs(result["error_percent"]) <= tolerance,
+                     "search_seconds": result["seconds"], "arch_config": " ".join(result["arch_config"])})
+    return rows
+
+
+def baseline_rows(jobs, grid):
+    rows = []
+    for job, c in zip(jobs, grid):
+        result = search_result(job)
+        rows.append({"c_per_ms": c, "predicted_ms": result["predicted"], "search_seconds": result["seconds"],
+                     "arch_config": " ".join(result["arch_config"])})
+    return rows
+
+
+def design_cost(lightnas, baseline, tolerance):
+    """Per target: LightNAS's one search against the grid sweep, which runs
+    in increasing w until a search lands within tolerance."""
+    rows = []
+    for row in lightnas:
+        target = row["target_ms"]
+        errors = [100.0 * (grid_row["predicted_ms"] / target - 1.0) for grid_row in baseline]
+        hit = next((index for index, error in enumerate(errors) if abs(error) <= tolerance), None)
+        closest = min(range(len(errors)), key=lambda index: abs(errors[index]))
+        rows.append({"target_ms": target, "lightnas_searches": 1, "lightnas_error_percent": row["error_percent"],
+                     "lightnas_within": row["within_tolerance"],
+                     "baseline_searches": hit + 1 if hit is not None else None,
+                     "baseline_grid_size": len(baseline),
+                     "baseline_closest_ms": baseline[closest]["predicted_ms"],
+                     "baseline_closest_error_percent": errors[closest],
+                     "baseline_closest_w": baseline[closest]["c_per_ms"] * target})
+    return rows
+
+
+# ------------------------------------------------------------------ figures
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def step_curve(metrics, warmup_metrics):
+    """(epoch positions, argmax latency) over a search, one point per alpha
+    step after the warm-up and one per warm-up epoch."""
+    xs = [row["epoch"] for row in warmup_metrics]
+    ys = [row["cost"] for row in warmup_metrics]
+    for row in metrics:
+        costs = row["step_costs"] or [row["cost"]]
+        xs += [row["epoch"] - 1 + (index + 1) / len(costs) for index in range(len(costs))]
+        ys += costs
+    return xs, ys
+
+
+def plot_search_curves(path, lightnas_jobs, baseline_jobs, targets, grid, warmup_metrics, reference_target):
+    plt = pyplot()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    colors = plt.cm.viridis([index / max(1, len(targets) - 1) for index in range(len(targets))])
+    for job, target, color in zip(lightnas_jobs, targets, colors):
+        metrics = [row for row in search_result(job)["metrics"] if row["epoch"] > len(warmup_metrics)]
+        left.plot(*step_curve(metrics, warmup_metrics), color=color, linewidth=1, label=f"T = {target:g} ms")
+        left.axhline(target, color=color, linestyle="--", linewidth=0.8)
+    left.set(title="LightNAS: one search per target (learned lambda)", xlabel="epoch",
+             ylabel="predicted latency of the argmax network (ms, Jetson table)")
+    left.legend(fontsize=8)
+    colors = plt.cm.plasma([index / max(1, len(grid) - 1) for index in range(len(grid))])
+    for job, c, color in zip(baseline_jobs, grid, colors):
+        metrics = [row for row in search_result(job)["metrics"] if row["epoch"] > len(warmup_metrics)]
+        right.plot(*step_curve(metrics, warmup_metrics), color=color, linewidth=1, label=f"w/T = {c:g} /ms")
+    for target in targets:
+        right.axhline(target, color="grey", linestyle="--", linewidth=0.6)
+    right.set(title="fixed penalty CE + w LAT/T: one search per w", xlabel="epoch")
+    right.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_baseline_grid(path, baseline, lightnas, tolerance):
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    axis.plot([row["c_per_ms"] for row in baseline], [row["predicted_ms"] for row in baseline], marker="o",
+              color="tab:red", label="fixed penalty: final latency")
+    for row in lightnas:
+        target = row["target_ms"]
+        axis.axhspan(target * (1 - tolerance / 100), target * (1 + tolerance / 100), color="tab:green", alpha=0.3)
+        axis.axhline(row["predicted_ms"], color="tab:green", linewidth=0.8)
+    axis.set_xscale("log")
+    axis.set(xlabel="penalty per ms, c = w / T (log)", ylabel="predicted latency (ms, Jetson table)",
+             title=f"fixed-penalty grid vs the targets (green bands: +/-{tolerance:g}%)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_latency_accuracy(path, rows, cpu_name):
+    plt = pyplot()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    published = [row for row in rows if row["readme_ms"] is not None]
+    left.plot([row["readme_ms"] for row in published], [row["readme_top1"] for row in published], marker="o",
+              label="authors: README latency and top-1")
+    evaluated = [row for row in published if row["our_top1"] is not None]
+    if evaluated:
+        left.plot([row["readme_ms"] for row in evaluated], [row["our_top1"] for row in evaluated], marker="x",
+                  linestyle="none", color="black", label="top-1 evaluated here")
+    for row in published:
+        left.annotate(row["model"].replace("LightNet-", ""), (row["readme_ms"], row["readme_top1"]), fontsize=7)
+    left.set(xlabel="latency on Jetson AGX Xavier, batch 8 (ms)", ylabel="ImageNet top-1 (%)",
+             title="LightNets: latency-accuracy (published)")
+    left.legend(fontsize=8)
+    for suffix, marker, label in (("", "o", "LightNets"), ("-SE", "^", "with SE")):
+        chosen = [row for row in rows if row["model"].endswith("ms" + suffix)]
+        right.plot([row["cpu_measured_ms"] for row in chosen], [row["exact_top1"] for row in chosen],
+                   marker=marker, linestyle="none", label=label)
+        for row in chosen:
+            right.annotate(row["model"].replace("LightNet-", ""), (row["cpu_measured_ms"], row["exact_top1"]),
+                           fontsize=7)
+    right.set(xlabel=f"latency measured here, batch 1 (ms)\n{cpu_name}", ylabel="ImageNet top-1, authors' exact (%)",
+              title="on this machine")
+    right.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+# ------------------------------------------------------------------ report
+
+
+def number(value, digits=2, signed=False):
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def lightnets_table(rows):
+    header = ["model", "params (M)", "FLOPs (M)", "Jetson table (ms)", "README (ms)", "diff (ms)",
+              "CPU measured (ms)", "CPU table (ms)", "diff (%)", "README top-1/5", "authors' exact top-1/5",
+              "ours top-1/5"]
+    body = []
+    for row in rows:
+        jetson_diff = (row["jetson_table_ms"] - row["readme_ms"]
+                       if row["jetson_table_ms"] is not None and row["readme_ms"] is not None else None)
+        cpu_diff = (100.0 * (row["cpu_table_ms"] / row["cpu_measured_ms"] - 1.0)
+                    if row["cpu_table_ms"] is not None else None)
+        readme = (f"{row['readme_top1']:.1f} / {row['readme_top5']:.1f}" if row["readme_top1"] is not None else "-")
+        ours = (f"{row['our_top1']:.3f} / {row['our_top5']:.3f}" if row["our_top1"] is not None else "-")
+        body.append([row["model"], number(row["params_m"]), number(row["flops_m"], 1), number(row["jetson_table_ms"]),
+                     number(row["readme_ms"], 1), number(jetson_diff, 2, signed=True), number(row["cpu_measured_ms"]),
+                     number(row["cpu_table_ms"]), number(cpu_diff, 1, signed=True), readme,
+                     f"{row['exact_top1']:.3f} / {row['exact_top5']:.3f}", ours])
+    return markdown_table(header, body)
+
+
+def searches_table(cost_rows, tolerance):
+    header = ["target (ms)", "LightNAS latency (ms)", "error (%)", "LightNAS searches",
+              f"fixed penalty: searches to land within {tolerance:g}%", "closest (ms)", "its error (%)", "its w"]
+    body = []
+    for row in cost_rows:
+        target = row["target_ms"]
+        lightnas_ms = target * (1 + row["lightnas_error_percent"] / 100)
+        needed = (str(row["baseline_searches"]) if row["baseline_searches"] is not None
+                  else f"not reached in {row['baseline_grid_size']}")
+        body.append([f"{target:g}", number(lightnas_ms), number(row["lightnas_error_percent"], 2, signed=True),
+                     "1" + ("" if row["lightnas_within"] else f" (outside {tolerance:g}%)"), needed,
+                     number(row["baseline_closest_ms"]), number(row["baseline_closest_error_percent"], 2, signed=True),
+                     f"{row['baseline_closest_w']:.3g}"])
+    return markdown_table(header, body)
+
+
+def grid_table(baseline, targets):
+    header = ["c = w/T (per ms)", f"w at {targets[0]:g} ms", f"w at {targets[-1]:g} ms", "final latency (ms)",
+              "search (s)"]
+    body = [[f"{row['c_per_ms']:g}", f"{row['c_per_ms'] * targets[0]:.3g}", f"{row['c_per_ms'] * targets[-1]:.3g}",
+             number(row["predicted_ms"]), f"{row['search_seconds']:.0f}"] for row in baseline]
+    return markdown_table(header, body)
+
+
+def summary_lines(cost_rows, baseline, lightnas, tolerance):
+    lightnas_hits = sum(row["lightnas_within"] for row in cost_rows)
+    baseline_hits = sum(row["baseline_searches"] is not None for row in cost_rows)
+    lightnas_errors = [abs(row["error_percent"]) for row in lightnas]
+    latencies = [row["predicted_ms"] for row in baseline]
+    return [
+        f"- LightNAS: {lightnas_hits} of {len(cost_rows)} targets within {tolerance:g}% with one search each "
+        f"({len(cost_rows)} searches; mean |error| {sum(lightnas_errors) / len(lightnas_errors):.2f}%, "
+        f"max {max(lightnas_errors):.2f}%).",
+        f"- Fixed penalty: {baseline_hits} of {len(cost_rows)} targets within {tolerance:g}% after the whole "
+        f"grid ({len(baseline)} searches, shared by all targets through c = w/T); its final latencies span "
+        f"{min(latencies):.2f}-{max(latencies):.2f} ms.",
+    ]
+
+
+def write_report(out, context):
+    sections = [
+        "# LightNAS: reproduced tables",
+        "",
+        f"Produced by `{context['command']}` on {context['date']} ({context['mode']} mode, "
+        f"{context['seconds'] / 60:.1f} min).",
+        "",
+        "Machine: " + ", ".join([
+            f"{context['machine']['cpu']} ({context['machine']['logical_cpus']} logical CPUs)",
+            f"GPU: {', '.join(context['machine']['gpus'])}", context["machine"]["os"],
+            f"Python {context['machine']['python']}"]
+            + [f"{name} {version}" for name, version in context["machine"]["packages"].items()]) + ".",
+        "",
+        f"Latency tables: Jetson `{context['jetson']['identifier']}` ({context['jetson']['device']}, batch "
+        f"{context['jetson']['batch_size']}, {context['jetson']['source']}); CPU `{context['cpu']['identifier']}` "
+        f"(built on {context['cpu']['device']}, batch {context['cpu']['batch_size']}, {context['cpu']['threads']} "
+        f"thread(s), {context['cpu']['date']}{', calibrated' if context['cpu']['calibrated'] else ''}).",
+        "",
+        "## Table 1: the LightNets",
+        "",
+        lightnets_table(context["lightnets"]),
+        "",
+        "Params and FLOPs (multiply-accumulates) at 224x224 by thop. Jetson table: our per-op table for the "
+        "authors' Jetson AGX Xavier latency model; README: the authors' measurement. CPU measured: this machine, "
+        "end to end, median of the rounds; CPU table: the table's prediction (calibrated). The tables hold the "
+        "seven searchable ops, so SE twins have no prediction. Accuracy: ImageNet val, 50,000 images.",
+    ]
+    if context["cpu_mismatch"]:
+        sections += ["", f"Note: the CPU table was built on {context['cpu']['device']}, this machine is "
+                     f"{context['machine']['cpu']}: its predictions are for that machine. Build one for this "
+                     "machine with `python3 latency_predictor.py build` and pass it as --cpu_table."]
+    sections += [
+        "",
+        "## Table 2: you only search once",
+        "",
+        f"Search: {context['search_description']}. One shared warm-up ({context['warmup_seconds']:.0f} s), then "
+        f"every search starts from it. Tolerance: {context['tolerance']:g}% of the target.",
+        "",
+        searches_table(context["design_cost"], context["tolerance"]),
+        "",
+        *summary_lines(context["design_cost"], context["baseline"], context["lightnas"], context["tolerance"]),
+        "",
+        "The fixed-penalty grid (alpha's loss CE + w * LAT/T = CE + c * LAT; searched once per c at "
+        f"{context['reference_target']:g} ms, which at target T is the search with w = c * T; swept in "
+        "increasing w):",
+        "",
+        grid_table(context["baseline"], context["targets"]),
+        "",
+        "Figures: `search_curves.png` (predicted latency per alpha step, every search), `baseline_grid.png` "
+        "(the grid's final latencies against the target bands), `latency_accuracy.png` (the LightNets).",
+    ]
+    if context["synthetic"]:
+        sections += ["", "On the synthetic demo data the supernet learns little in so few steps, so alpha's "
+                     "cross-entropy gradient is mostly noise: the fixed penalty's latency-vs-w curve is shaped by "
+                     "that noise, not by an accuracy trade-off. Run with --search_dataset on ImageNet-100 (GPU) "
+                     "for the real trade-off."]
+    with open(os.path.join(out, "report.md"), "w") as file:
+        file.write("\n".join(sections) + "\n")
+
+
+# -------------------------------------------------------------------- main
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="reproduce", help="output folder (default: reproduce)")
+    parser.add_argument("--quick", action="store_true", help="CI-sized run: tiny data and schedule, small grid")
+    parser.add_argument("--dataset", default=None, help="ImageNet (val/ is enough) to evaluate released weights")
+    parser.add_argument("--weights_dir", default=None, help="folder with the released LightNet .pth.tar files")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"),
+                        help="device for evaluating weights (default: cuda when available)")
+    parser.add_argument("--eval_batch_size", type=int, default=100, help="evaluation batch (default: 100)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="data-loading processes for evaluation (default: min(8, CPU cores))")
+    parser.add_argument("--cpu_table", default=DEFAULT_CPU_LUT,
+                        help="CPU latency table to compare with this machine's timings (default: the shipped one)")
+    parser.add_argument("--search_dataset", default=None,
+                        help="run the searches on this dataset with the paper's schedule (default: synthetic demo)")
+    parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS), help="targets in ms")
+    parser.add_argument("--grid", type=float, nargs="+", default=None,
+                        help="baseline penalties c = w/T in 1/ms, ascending (default: 8 values, 3 with --quick)")
+    parser.add_argument("--reference_target", type=float, default=25.0,
+                        help="the target the baseline grid runs at (its result does not depend on it)")
+    parser.add_argument("--tolerance", type=float, default=1.0, help="landed = |error| <= this percent (default 1)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="searches run at once (default: CPU cores)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per search (default: 1)")
+    parser.add_argument("search_arguments", nargs="*", help="after --: passed to every search_imagenet.py call")
+    return parser
+
+
+def validate(args, mode):
+    if args.jobs < 1 or args.threads < 1 or args.tolerance <= 0:
+        raise UserError("--jobs and --threads must be at least 1 and --tolerance positive")
+    if bool(args.dataset) != bool(args.weights_dir):
+        raise UserError("--dataset and --weights_dir go together: evaluating needs both the images and the weights")
+    args.grid = sorted(args.grid or mode.grid)
+    if min(args.grid) <= 0:
+        raise UserError("--grid values must be positive")
+    for flag in ("--save", "--target_latency", "--resume", "--penalty", "--penalty_weight", "--stop_after_epoch"):
+        if flag in args.search_arguments:
+            raise UserError(f"{flag} is set by reproduce_tables.py for each search; remove it after --")
+    jetson = lp.load_predictor(None)
+    for target in args.targets + [args.reference_target]:
+        search_imagenet.check_target(jetson, target)
+    return jetson
+
+
+def main(args):
+    started = time.time()
+    mode = QUICK if args.quick else FULL
+    jetson = validate(args, mode)
+    cpu_table = lp.table_predictor(args.cpu_table)
+    dataset = args.search_dataset or data.synthetic_dataset(**mode.dataset)
+    os.makedirs(args.out, exist_ok=True)
+    warmup, lightnas_jobs, baseline_jobs, settings, common = plan_searches(args, mode, dataset)
+    check_plan(args.out, {"mode": mode.name, "search_arguments": common, "targets": args.targets, "grid": args.grid,
+                          "reference_target": args.reference_target})
+
+    print("== Table 1: the LightNets ==", flush=True)
+    evaluated = evaluate_released(args, list(model_train.LIGHTNETS))
+    lightnets = lightnet_rows(jetson, cpu_table, mode.timing_rounds, evaluated)
+
+    print(f"== Table 2: one shared warm-up, {len(lightnas_jobs)} LightNAS searches, {len(baseline_jobs)} "
+          f"fixed-penalty searches ({args.jobs} at a time) ==", flush=True)
+    runner = JobRunner(os.path.join(args.out, "logs"), args.jobs, args.threads)
+    total_jobs = 1 + len(lightnas_jobs) + len(baseline_jobs)
+    finished = []
+
+    def report(job, seconds):
+        finished.append(job)
+        when = "kept from an earlier run" if seconds is None else f"{seconds:.0f} s"
+        outcome = "" if job is warmup else f": {search_result(job)['predicted']:.2f} ms"
+        print(f"[{len(finished)}/{total_jobs}] {job.name}{outcome} ({when})", flush=True)
+
+    runner.run([warmup], report)
+    runner.run(lightnas_jobs + baseline_jobs, report)
+
+    warmup_metrics = read_json_lines(os.path.join(warmup.folder, "metrics.jsonl"))[:settings.freeze_epochs]
+    lightnas = lightnas_rows(lightnas_jobs, args.targets, args.tolerance)
+    baseline = baseline_rows(baseline_jobs, args.grid)
+    cost_rows = design_cost(lightnas, baseline, args.tolerance)
+
+    plot_search_curves(os.path.join(args.out, "search_curves.png"), lightnas_jobs, baseline_jobs, args.targets,
+                       args.grid, warmup_metrics, args.reference_target)
+    plot_baseline_grid(os.path.join(args.out, "baseline_grid.png"), baseline, lightnas, args.tolerance)
+    machine = describe_machine()
+    plot_latency_accuracy(os.path.join(args.out, "latency_accuracy.png"), lightnets, machine["cpu"])
+
+    write_csv(os.path.join(args.out, "lightnets.csv"), list(lightnets[0]), [list(row.values()) for row in lightnets])
+    write_csv(os.path.join(args.out, "searches.csv"), list(cost_rows[0]) + ["arch_config"],
+              [list(row.values()) + [search["arch_config"]] for row, search in zip(cost_rows, lightnas)])
+    write_csv(os.path.join(args.out, "baseline_grid.csv"), list(baseline[0]), [list(row.values()) for row in baseline])
+    context = {
+        "command": "python3 " + " ".join(sys.argv), "date": datetime.date.today().isoformat(), "mode": mode.name,
+        "seconds": time.time() - started, "machine": machine, "jetson": describe_table(jetson),
+        "cpu": describe_table(cpu_table), "cpu_mismatch": cpu_table.metadata["device"]["name"] != machine["cpu"],
+        "lightnets": lightnets, "lightnas": lightnas, "baseline": baseline, "design_cost": cost_rows,
+        "tolerance": args.tolerance, "targets": args.targets, "reference_target": args.reference_target,
+        "warmup_seconds": sum(row["seconds"] for row in warmup_metrics),
+        "synthetic": args.search_dataset is None,
+        "search_description": describe_search(settings, dataset, args.search_dataset is None),
+    }
+    write_json(os.path.join(args.out, "metadata.json"), context)
+    write_report(args.out, context)
+    with open(os.path.join(args.out, "report.md")) as file:
+        print("\n" + file.read())
+    print(f"wrote {args.out}/ in {(time.time() - started) / 60:.1f} min")
+
+
+def describe_search(settings, dataset, synthetic):
+    what = "the synthetic demo dataset" if synthetic else dataset
+    return (f"{settings.epochs} epochs ({settings.freeze_epochs} warm-up) on {what}, {settings.image_size} px, "
+            f"batch {settings.batch_size_train}/{settings.batch_size_val}, alpha lr {settings.arch_learning_rate:g}, "
+            f"lambda step {settings.tradeoff_learning_rate:g}, seed {settings.seed}")
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

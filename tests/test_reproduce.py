@@ -1,0 +1,196 @@
+"""reproduce_tables.py: the quick mode end to end (as CI runs it), a rerun
+that keeps finished searches, the design-cost count, weights lookup and
+evaluation, bad input; and tools/make_imagenet100.py."""
+
+import csv
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluate
+import latency_predictor
+import model_train
+import reproduce_tables
+from tools import make_imagenet100
+from utils import run_cli
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(*arguments, cwd=REPO_ROOT):
+    return subprocess.run([sys.executable, *arguments], cwd=cwd, capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def read_csv(path):
+    with open(path) as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce") / "quick"
+    result = run_script("reproduce_tables.py", "--quick", "--out", str(out), "--jobs", "2")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return out, result.stdout
+
+
+def test_quick_mode_writes_both_tables_and_figures(quick_run):
+    out, stdout = quick_run
+    report = (out / "report.md").read_text()
+    assert "## Table 1: the LightNets" in report and "## Table 2: you only search once" in report
+    assert "quick mode" in report and "Machine:" in report
+    for figure in ("search_curves.png", "baseline_grid.png", "latency_accuracy.png"):
+        assert (out / figure).stat().st_size > 10_000
+
+    lightnets = {row["model"]: row for row in read_csv(out / "lightnets.csv")}
+    assert set(lightnets) == set(model_train.LIGHTNETS)
+    row = lightnets["LightNet-20ms"]
+    assert float(row["params_m"]) == pytest.approx(7.383808)
+    assert float(row["flops_m"]) == pytest.approx(362.1, abs=0.05)
+    jetson = latency_predictor.load_predictor(None)
+    assert float(row["jetson_table_ms"]) == pytest.approx(jetson.cost(model_train.LIGHTNETS["LightNet-20ms"]))
+    assert float(row["readme_ms"]) == 20.0 and float(row["exact_top1"]) == 74.996
+    assert lightnets["LightNet-20ms-SE"]["jetson_table_ms"] == ""  # SE ops are not in the tables
+    assert all(float(row["cpu_measured_ms"]) > 0 for row in lightnets.values())
+
+    searches = read_csv(out / "searches.csv")
+    assert [float(row["target_ms"]) for row in searches] == list(reproduce_tables.TARGETS)
+    # The learned multiplier lands every target; a 22-layer random
+    # architecture is typically several ms away.
+    assert all(abs(float(row["lightnas_error_percent"])) < 3.0 for row in searches)
+    grid = read_csv(out / "baseline_grid.csv")
+    assert [float(row["c_per_ms"]) for row in grid] == list(reproduce_tables.QUICK.grid)
+
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["machine"]["packages"]["torch"] == importlib.metadata.version("torch")
+    assert metadata["jetson"]["identifier"] == jetson.identifier
+    assert "Table 1" in stdout  # the report is printed too
+
+
+def test_rerun_keeps_finished_searches_and_refuses_other_settings(quick_run):
+    out, _ = quick_run
+    again = run_script("reproduce_tables.py", "--quick", "--out", str(out), "--jobs", "2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("kept from an earlier run") == 1 + 6 + 3
+
+    other = run_script("reproduce_tables.py", "--quick", "--out", str(out), "--grid", "1e-4")
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines() == [
+        f"error: --out {out} holds a run with other settings (grid); choose another --out, or delete it to start over"]
+
+
+def grid_row(c, latency):
+    return {"c_per_ms": c, "predicted_ms": latency}
+
+
+def test_design_cost_counts_searches_in_increasing_w():
+    lightnas = [{"target_ms": 20.0, "error_percent": 0.1, "within_tolerance": True},
+                {"target_ms": 24.0, "error_percent": -2.0, "within_tolerance": False}]
+    baseline = [grid_row(1e-4, 26.0), grid_row(2e-4, 20.1), grid_row(4e-4, 19.95)]
+    first, second = reproduce_tables.design_cost(lightnas, baseline, tolerance=1.0)
+    assert first["baseline_searches"] == 2  # 20.1 ms is the first within 1% of 20
+    assert first["baseline_closest_ms"] == 19.95
+    assert first["baseline_closest_w"] == pytest.approx(4e-4 * 20.0)
+    assert second["baseline_searches"] is None  # nothing within 1% of 24 ms
+    assert second["baseline_closest_ms"] == 26.0
+    assert second["baseline_closest_error_percent"] == pytest.approx(100 * (26 / 24 - 1))
+    assert second["baseline_grid_size"] == 3
+
+
+def test_find_weights_ignores_case_dashes_and_extension(tmp_path):
+    for name in ("LightNet-20ms.pth.tar", "lightnet_22ms.pth", "LightNet-20ms-SE.pth.tar", "notes.txt"):
+        (tmp_path / name).write_text("")
+    assert reproduce_tables.find_weights(tmp_path, "LightNet-20ms") == str(tmp_path / "LightNet-20ms.pth.tar")
+    assert reproduce_tables.find_weights(tmp_path, "LightNet-22ms") == str(tmp_path / "lightnet_22ms.pth")
+    assert reproduce_tables.find_weights(tmp_path, "LightNet-20ms-SE") == str(tmp_path / "LightNet-20ms-SE.pth.tar")
+    assert reproduce_tables.find_weights(tmp_path, "LightNet-24ms") is None
+
+
+def test_evaluate_released_uses_each_present_file(tmp_path, monkeypatch):
+    """Each network with a file is evaluated (by evaluate.py's function, tested
+    in test_evaluate.py) and its counts become percentages; others are skipped."""
+    (tmp_path / "LightNet-24ms.pth.tar").write_text("")
+    calls = []
+
+    def fake_evaluate(weights, dataset, arch_choice, device, batch_size, workers):
+        calls.append((weights, dataset, arch_choice, device, batch_size, workers))
+        return 1000, 750, 901
+
+    monkeypatch.setattr(evaluate, "evaluate_weights", fake_evaluate)
+    args = Namespace(dataset="/imagenet", weights_dir=str(tmp_path), device="cpu", eval_batch_size=50, workers=0)
+    results = reproduce_tables.evaluate_released(args, ["LightNet-20ms", "LightNet-24ms"])
+    assert results == {"LightNet-24ms": (75.0, 90.1, 1000)}
+    assert calls == [(str(tmp_path / "LightNet-24ms.pth.tar"), "/imagenet", "LightNet-24ms", "cpu", 50, 0)]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--dataset", "/data"], "error: --dataset and --weights_dir go together"),
+    (["--jobs", "0"], "error: --jobs and --threads must be at least 1"),
+    (["--grid", "0", "1e-3"], "error: --grid values must be positive"),
+    (["--targets", "50"], "error: --target_latency 50 ms is outside"),
+    (["--", "--penalty", "fixed"], "error: --penalty is set by reproduce_tables.py for each search"),
+])
+def test_bad_input_is_one_line_and_exit_2(arguments, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        run_cli(reproduce_tables.main, reproduce_tables.get_args_parser(),
+                ["--quick", "--out", str(tmp_path / "out")] + arguments)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message)
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------ ImageNet-100
+
+
+def fake_imagenet(root, num_classes):
+    names = [f"n{index:08d}" for index in range(num_classes)]
+    for split in ("train", "val"):
+        for name in names:
+            (root / split / name).mkdir(parents=True)
+            (root / split / name / f"{split}.JPEG").write_text(name)
+    return names
+
+
+@pytest.mark.parametrize("rule, expected", [("first", list(range(100))), ("spread", list(range(0, 1000, 10)))])
+def test_imagenet100_links_the_classes_of_its_rule(tmp_path, rule, expected):
+    names = fake_imagenet(tmp_path / "imagenet", 1000)
+    out = tmp_path / "imagenet100"
+    result = run_script(str(REPO_ROOT / "tools" / "make_imagenet100.py"), "--imagenet", str(tmp_path / "imagenet"),
+                        "--out", str(out), "--rule", rule)
+    assert result.returncode == 0, result.stderr
+    chosen = [names[index] for index in expected]
+    assert (out / "classes.txt").read_text().split() == chosen
+    for split in ("train", "val"):
+        assert sorted(os.listdir(out / split)) == chosen
+        assert (out / split / chosen[5]).is_symlink()
+        assert (out / split / chosen[5] / f"{split}.JPEG").read_text() == chosen[5]
+    assert not (tmp_path / "imagenet100.partial").exists()
+
+
+def test_imagenet100_refuses_bad_input(tmp_path):
+    fake_imagenet(tmp_path / "small", 50)
+    fake_imagenet(tmp_path / "full", 120)
+    (tmp_path / "out").mkdir()
+    cases = [
+        (["--imagenet", str(tmp_path / "small"), "--out", str(tmp_path / "a")], "has 50 classes"),
+        (["--imagenet", str(tmp_path / "full"), "--out", str(tmp_path / "out")], "already exists"),
+        (["--imagenet", str(tmp_path / "missing"), "--out", str(tmp_path / "b")], "is not a folder"),
+    ]
+    for arguments, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            run_cli(make_imagenet100.main, make_imagenet100.get_args_parser(), arguments)
+        assert stop.value.code == 2, message
+    (tmp_path / "full" / "val" / "n00000003").rename(tmp_path / "full" / "val" / "n99999999")
+    with pytest.raises(SystemExit):
+        run_cli(make_imagenet100.main, make_imagenet100.get_args_parser(),
+                ["--imagenet", str(tmp_path / "full"), "--out", str(tmp_path / "c")])
+    assert not (tmp_path / "c").exists() and not (tmp_path / "a").exists()
