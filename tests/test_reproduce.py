@@ -12,7 +12,6 @@ from argparse import Namespace
 from pathlib import Path
 
 import pytest
-import torch
 
 import evaluate
 import latency_predictor
@@ -92,8 +91,10 @@ def grid_row(c, latency):
 
 
 def test_design_cost_counts_searches_in_increasing_w():
-    lightnas = [{"target_ms": 20.0, "error_percent": 0.1, "within_tolerance": True},
-                {"target_ms": 24.0, "error_percent": -2.0, "within_tolerance": False}]
+    lightnas = [{"target_ms": 20.0, "predicted_ms": 20.02, "mlp_ms": None, "error_percent": 0.1,
+                 "within_tolerance": True},
+                {"target_ms": 24.0, "predicted_ms": 23.52, "mlp_ms": None, "error_percent": -2.0,
+                 "within_tolerance": False}]
     baseline = [grid_row(1e-4, 26.0), grid_row(2e-4, 20.1), grid_row(4e-4, 19.95)]
     first, second = reproduce_tables.design_cost(lightnas, baseline, tolerance=1.0)
     assert first["baseline_searches"] == 2  # 20.1 ms is the first within 1% of 20

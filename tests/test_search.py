@@ -109,6 +109,8 @@ def test_warmup_checkpoint_starts_a_search_for_another_target(finished_search, t
     ("resume missing", ["--resume", "nowhere/checkpoint.pth.tar"], "--resume: nowhere/checkpoint.pth.tar not found"),
     ("divisible", ["--gpus", "3", "--device", "cpu", "--batch_size_train", "4"], "must be divisible by --gpus 3"),
     ("freeze", ["--freeze_epochs", "3"], "--freeze_epochs must be in [0, --epochs)"),
+    ("fixed without w", ["--penalty", "fixed"], "--penalty fixed needs a non-negative --penalty_weight"),
+    ("w without fixed", ["--penalty_weight", "0.1"], "--penalty_weight applies to --penalty fixed only"),
 ])
 def test_bad_settings_exit_2_with_one_line(case, arguments, message, tiny_dataset, tmp_path, capsys):
     base = ["--save", str(tmp_path / "run"), "--dataset", tiny_dataset, "--num_classes", "3"] + TINY_SCHEDULE
@@ -124,6 +126,24 @@ def test_resume_from_another_target_is_refused(finished_search, tiny_dataset, tm
         run_search(["--save", str(tmp_path / "other"), "--target_latency", "22", "--dataset", tiny_dataset,
                     "--num_classes", "3", "--resume", finished_search] + TINY_SCHEDULE)
     assert "start from its warmup.pth.tar" in capsys.readouterr().err
+
+
+def test_fixed_penalty_baseline_needs_no_lambda_and_cannot_switch_on_resume(finished_search, tiny_dataset, tmp_path,
+                                                                          capsys):
+    save = str(tmp_path / "fixed")
+    options = ["--dataset", tiny_dataset, "--num_classes", "3", "--arch_learning_rate", "0.1"] + TINY_SCHEDULE
+    run_search(["--save", save, "--target_latency", "24", "--penalty", "fixed", "--penalty_weight", "50",
+                "--resume", os.path.join(finished_search, "warmup.pth.tar")] + options)
+    rows = read_metrics(save)
+    assert all(row["tradeoff"] == 0.0 and not row["latched"] for row in rows)
+    warmup_cost = read_metrics(finished_search)[0]["cost"]
+    with open(os.path.join(save, "arch.json")) as file:
+        result = json.load(file)
+    assert result["search"]["penalty"] == "fixed" and result["search"]["penalty_weight"] == 50
+    assert result["predicted"] < warmup_cost - 3.0  # a heavy fixed penalty only makes the network cheaper
+    with pytest.raises(SystemExit):
+        run_search(["--save", save, "--target_latency", "24", "--resume", save] + options)
+    assert "with the fixed penalty" in capsys.readouterr().err
 
 
 def test_existing_search_is_not_overwritten(finished_search, tiny_dataset, capsys):

@@ -2,10 +2,12 @@
 
 import argparse
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+import search_imagenet
 from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
 from search_imagenet import (
     DEMO_SCHEDULE, PAPER_SCHEDULE, in_latch_window, scheduled_arch_lr, tau_at, update_lagrange_multiplier,
@@ -130,6 +132,17 @@ def test_latency_term_pushes_alpha_by_the_sign_of_lambda():
             optimizer.step()
         mean_cost = (torch.softmax(alpha.detach(), -1) * costs).sum(-1).mean()
         assert (mean_cost < 2.5) if cheaper else (mean_cost > 3.5), (tradeoff, mean_cost)
+
+
+def test_alpha_loss_penalty_of_each_mode():
+    """Lagrange: lambda * (LAT/T - 1); fixed (the baseline): w * LAT/T."""
+    cost = torch.tensor(30.0)
+    lagrange = SimpleNamespace(args=SimpleNamespace(penalty="lagrange", target_latency=24.0),
+                               state=search_imagenet.SearchState(tradeoff=0.5))
+    assert float(search_imagenet.Searcher.latency_penalty(lagrange, cost)) == pytest.approx(0.5 * (30 / 24 - 1))
+    fixed = SimpleNamespace(args=SimpleNamespace(penalty="fixed", penalty_weight=0.2, target_latency=24.0),
+                            state=search_imagenet.SearchState(tradeoff=0.5))
+    assert float(search_imagenet.Searcher.latency_penalty(fixed, cost)) == pytest.approx(0.2 * 30 / 24)
 
 
 def test_lagrange_update_sign_and_truncation():

@@ -10,7 +10,7 @@ Class rule (`--rule`):
 - `first` (default): the first 100 class folders in sorted order (n01440764
   ... n01855672), exactly the classes `--num_classes 100` picks from full
   ImageNet, as the authors' search does. They are all animals (fish, birds,
-  amphibians, reptiles, ...).
+  amphibians, reptiles, arthropods).
 - `spread`: every 10th class folder in sorted order (indices 0, 10, ..., 990),
   which covers the whole WordNet range of ImageNet (animals, objects,
   scenes, food). Not the paper's setting.
