@@ -78,7 +78,9 @@ def test_rerun_keeps_finished_searches_and_refuses_other_settings(quick_run):
     out, _ = quick_run
     again = run_script("reproduce_tables.py", "--quick", "--out", str(out), "--jobs", "2")
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stdout.count("kept from an earlier run") == 1 + 6 + 3
+    progress = [line for line in again.stdout.splitlines() if line.startswith("[")]
+    assert len(progress) == 1 + 6 + 3 and all(line.endswith("(kept from an earlier run)") for line in progress)
+    assert "10 searches kept from an earlier run" in (out / "report.md").read_text()
 
     other = run_script("reproduce_tables.py", "--quick", "--out", str(out), "--grid", "1e-4")
     assert other.returncode == 2
