@@ -641,7 +641,8 @@ def validate(args, mode):
     args.grid = sorted(args.grid or mode.grid)
     if min(args.grid) <= 0:
         raise UserError("--grid values must be positive")
-    for flag in ("--save", "--target_latency", "--resume", "--penalty", "--penalty_weight", "--stop_after_epoch"):
+    for flag in ("--save", "--dataset", "--target_latency", "--resume", "--penalty", "--penalty_weight",
+                 "--stop_after_epoch"):
         if flag in args.search_arguments:
             raise UserError(f"{flag} is set by reproduce_tables.py for each search; remove it after --")
     jetson = lp.load_predictor(None)
