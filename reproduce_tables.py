@@ -145,16 +145,18 @@ def evaluate_released(args, names):
         return {}
     if not os.path.isdir(args.weights_dir):
         raise UserError(f"--weights_dir {args.weights_dir} is not a folder")
-    results = {}
+    results, missing = {}, []
     for name in names:
         path = find_weights(args.weights_dir, name)
         if path is None:
-            print(f"  {name}: no weights in {args.weights_dir}, skipped")
+            missing.append(name)
             continue
         total, top1, top5 = evaluate.evaluate_weights(path, args.dataset, name, args.device, args.eval_batch_size,
                                                       args.workers)
         results[name] = (100.0 * top1 / total, 100.0 * top5 / total, total)
         print(f"  {name}: {evaluate.format_result(total, top1, top5)}", flush=True)
+    if missing:
+        print(f"  no weights in {args.weights_dir} for {', '.join(missing)}: not evaluated")
     return results
 
 
@@ -532,7 +534,14 @@ def summary_lines(cost_rows, baseline, lightnas, tolerance):
 
 
 def kept_note(kept):
-    return f"; {kept} searches kept from an earlier run of the same command" if kept else ""
+    return f"; {kept} searches kept from an earlier run with the same settings" if kept else ""
+
+
+def our_accuracy_note(rows):
+    images = sorted({row["our_images"] for row in rows if row["our_images"] is not None})
+    if not images:
+        return "ours: not evaluated in this run (needs --dataset and --weights_dir)."
+    return f"ours: evaluated here on {' / '.join(f'{count:,}' for count in images)} val images."
 
 
 def write_report(out, context):
@@ -560,9 +569,8 @@ def write_report(out, context):
         "Params and FLOPs (multiply-accumulates) at 224x224 by thop. Jetson table: our per-op table for the "
         "authors' Jetson AGX Xavier latency model; README: the authors' measurement. CPU measured: this machine, "
         "end to end, median of the rounds; CPU table: the table's prediction (calibrated). The tables hold the "
-        "seven searchable ops, so SE twins have no prediction. Accuracy: ImageNet val, 50,000 images"
-        + ("." if any(row["our_top1"] is not None for row in context["lightnets"])
-           else "; ours: not evaluated in this run (needs --dataset and --weights_dir)."),
+        "seven searchable ops, so SE twins have no prediction. Accuracy: the authors' on ImageNet val (50,000 "
+        "images); " + our_accuracy_note(context["lightnets"]),
     ]
     if context["cpu_mismatch"]:
         sections += ["", f"Note: the CPU table was built on {context['cpu']['device']}, this machine is "

@@ -80,7 +80,7 @@ def test_rerun_keeps_finished_searches_and_refuses_other_settings(quick_run):
     assert again.returncode == 0, again.stderr[-2000:]
     progress = [line for line in again.stdout.splitlines() if line.startswith("[")]
     assert len(progress) == 1 + 6 + 3 and all(line.endswith("(kept from an earlier run)") for line in progress)
-    assert "10 searches kept from an earlier run" in (out / "report.md").read_text()
+    assert "10 searches kept from an earlier run with the same settings" in (out / "report.md").read_text()
 
     other = run_script("reproduce_tables.py", "--quick", "--out", str(out), "--grid", "1e-4")
     assert other.returncode == 2
@@ -106,6 +106,34 @@ def test_design_cost_counts_searches_in_increasing_w():
     assert second["baseline_closest_ms"] == 26.0
     assert second["baseline_closest_error_percent"] == pytest.approx(100 * (26 / 24 - 1))
     assert second["baseline_grid_size"] == 3
+
+
+def plan(tmp_path, search_dataset=None, search_arguments=()):
+    args = reproduce_tables.get_args_parser().parse_args(["--out", str(tmp_path)])
+    args.search_dataset, args.search_arguments = search_dataset, list(search_arguments)
+    args.grid = [1e-4, 4e-4]
+    return reproduce_tables.plan_searches(args, reproduce_tables.FULL, search_dataset or "/synthetic")
+
+
+def test_plan_on_synthetic_data_pins_the_demo_schedule(tmp_path):
+    warmup, lightnas, baseline, settings, common = plan(tmp_path)
+    assert common[:2] == ["--dataset", "/synthetic"] and common[-2:] == ["--workers", "0"]
+    assert settings.epochs == 16 and settings.num_classes == 10 and settings.tradeoff_learning_rate == 2e-2
+    assert warmup.arguments[-2:] == ["--stop_after_epoch", "2"]
+    warmup_checkpoint = os.path.join(warmup.folder, "warmup.pth.tar")
+    assert [job.arguments[-4:] for job in lightnas[:2]] == [
+        ["--target_latency", "20.0", "--resume", warmup_checkpoint],
+        ["--target_latency", "22.0", "--resume", warmup_checkpoint]]
+    assert baseline[1].arguments[len(common):] == [
+        "--target_latency", "25.0", "--penalty", "fixed", "--penalty_weight", repr(4e-4 * 25.0),
+        "--resume", warmup_checkpoint]
+
+
+def test_plan_on_a_real_dataset_keeps_the_paper_schedule_and_user_options(tmp_path):
+    warmup, lightnas, _, settings, common = plan(tmp_path, "/data/imagenet100", ["--gpus", "1", "--epochs", "30"])
+    assert common == ["--dataset", "/data/imagenet100", "--gpus", "1", "--epochs", "30"]
+    assert settings.epochs == 30 and settings.freeze_epochs == 10 and settings.tradeoff_learning_rate == 5e-4
+    assert warmup.arguments[-2:] == ["--stop_after_epoch", "10"]
 
 
 def test_find_weights_ignores_case_dashes_and_extension(tmp_path):
