@@ -143,8 +143,6 @@ def evaluate_released(args, names):
     """Our top-1/top-5 (percent) of each network whose weights are present."""
     if not (args.dataset and args.weights_dir):
         return {}
-    if not os.path.isdir(args.weights_dir):
-        raise UserError(f"--weights_dir {args.weights_dir} is not a folder")
     results, missing = {}, []
     for name in names:
         path = find_weights(args.weights_dir, name)
@@ -646,6 +644,9 @@ def validate(args, mode):
         raise UserError("--jobs and --threads must be at least 1 and --tolerance positive")
     if bool(args.dataset) != bool(args.weights_dir):
         raise UserError("--dataset and --weights_dir go together: evaluating needs both the images and the weights")
+    for name in ("dataset", "weights_dir"):
+        if getattr(args, name) and not os.path.isdir(getattr(args, name)):
+            raise UserError(f"--{name} {getattr(args, name)} is not a folder")
     args.grid = sorted(args.grid or mode.grid)
     if min(args.grid) <= 0:
         raise UserError("--grid values must be positive")
