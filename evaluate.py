@@ -37,6 +37,20 @@ def checkpoint_state_dict(checkpoint, path):
     return strip_module_prefix(state_dict)
 
 
+def weights_num_classes(state_dict, path, option):
+    """The number of classes a LightNet state_dict predicts."""
+    if CLASSIFIER_WEIGHT not in state_dict:
+        raise UserError(f"{option}: {path} has no {CLASSIFIER_WEIGHT}; is it a LightNet checkpoint?")
+    return state_dict[CLASSIFIER_WEIGHT].shape[0]
+
+
+def check_dataset_classes(dataset, num_classes, option):
+    """Weights and val/ must agree on the number of classes."""
+    if len(dataset.classes) != num_classes:
+        raise UserError(f"{option}: val/ has {len(dataset.classes)} classes but the weights predict "
+                        f"{num_classes}; is this the dataset the network was trained on?")
+
+
 def load_weights(model, state_dict, path):
     """Load weights strictly, turning a mismatch into one readable line."""
     expected = model.state_dict()
@@ -131,16 +145,12 @@ def evaluate_weights(weights, dataset_root, arch_choice=None, device="cpu", batc
         if arch_choice is None:
             raise UserError("give --model or --arch_config: the checkpoint does not record its architecture")
     arch_config = model_train.resolve_arch_config(arch_choice)
-    if CLASSIFIER_WEIGHT not in state_dict:
-        raise UserError(f"--weights: {weights} has no {CLASSIFIER_WEIGHT}; is it a LightNet checkpoint?")
-    num_classes = state_dict[CLASSIFIER_WEIGHT].shape[0]
+    num_classes = weights_num_classes(state_dict, weights, "--weights")
     model = model_train.LightNet(arch_config, num_classes=num_classes, width_mult=width_mult)
     load_weights(model, state_dict, weights)
 
     dataset = data.image_folder(dataset_root, "val", data.build_eval_transform(image_size))
-    if len(dataset.classes) != num_classes:
-        raise UserError(f"--dataset: val/ has {len(dataset.classes)} classes but the weights predict "
-                        f"{num_classes}; is this the dataset the network was trained on?")
+    check_dataset_classes(dataset, num_classes, "--dataset")
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda")
     return evaluate_counts(model.to(device), loader, device, progress)

@@ -55,6 +55,10 @@ LUT_DIR = os.path.join(REPO_ROOT, "latency_lut")
 # The search's default: the Jetson AGX Xavier (batch 8) table derived from the
 # authors' MLP, i.e. the device the published LightNets were searched for.
 DEFAULT_LUT = os.path.join(LUT_DIR, "jetson_agx_xavier_b8.json")
+# The shipped, calibrated CPU table (1 thread, batch 1), and the authors'
+# released latency MLP, read from ../shared/data beside the checkout.
+CPU_LUT = os.path.join(LUT_DIR, "cpu_amd_epyc_b1_t1.json")
+AUTHORS_MLP = os.path.join(REPO_ROOT, "..", "shared", "data", "lightnas_jetson_latency_mlp.pth.tar")
 
 TABLE_FORMAT = "lightnas-cost-table"
 TABLE_FORMAT_VERSION = 1

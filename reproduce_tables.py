@@ -57,8 +57,6 @@ from utils import UserError, read_json_lines, run_cli, write_csv, write_json
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 SEARCH_SCRIPT = os.path.join(REPO_ROOT, "search_imagenet.py")
-DEFAULT_CPU_LUT = os.path.join(lp.LUT_DIR, "cpu_amd_epyc_b1_t1.json")
-DEFAULT_MLP = os.path.join(REPO_ROOT, "..", "shared", "data", "lightnas_jetson_latency_mlp.pth.tar")
 TARGETS = (20.0, 22.0, 24.0, 26.0, 28.0, 30.0)
 MEASURE_SEED = 3  # the end-to-end timing's input and order (the benchmarks use 2)
 
@@ -317,12 +315,11 @@ def search_result(job):
     return result
 
 
-def lightnas_rows(jobs, targets, tolerance, mlp):
+def lightnas_rows(results, targets, tolerance, mlp):
     """One row per target; `mlp` (the authors' latency model, or None)
     cross-checks the table's prediction."""
     rows = []
-    for job, target in zip(jobs, targets):
-        result = search_result(job)
+    for result, target in zip(results, targets):
         rows.append({"target_ms": target, "predicted_ms": result["predicted"],
                      "mlp_ms": mlp.cost(result["arch_config"]) if mlp else None,
                      "error_percent": result["error_percent"], "searches": 1,
@@ -331,10 +328,9 @@ def lightnas_rows(jobs, targets, tolerance, mlp):
     return rows
 
 
-def baseline_rows(jobs, grid):
+def baseline_rows(results, grid):
     rows = []
-    for job, c in zip(jobs, grid):
-        result = search_result(job)
+    for result, c in zip(results, grid):
         rows.append({"c_per_ms": c, "predicted_ms": result["predicted"], "search_seconds": result["seconds"],
                      "arch_config": " ".join(result["arch_config"])})
     return rows
@@ -384,20 +380,20 @@ def step_curve(metrics, warmup_metrics):
     return xs, ys
 
 
-def plot_search_curves(path, lightnas_jobs, baseline_jobs, targets, grid, warmup_metrics):
+def plot_search_curves(path, lightnas_results, baseline_results, targets, grid, warmup_metrics):
     plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     colors = plt.cm.viridis([index / max(1, len(targets) - 1) for index in range(len(targets))])
-    for job, target, color in zip(lightnas_jobs, targets, colors):
-        metrics = [row for row in search_result(job)["metrics"] if row["epoch"] > len(warmup_metrics)]
+    for result, target, color in zip(lightnas_results, targets, colors):
+        metrics = [row for row in result["metrics"] if row["epoch"] > len(warmup_metrics)]
         left.plot(*step_curve(metrics, warmup_metrics), color=color, linewidth=1, label=f"T = {target:g} ms")
         left.axhline(target, color=color, linestyle="--", linewidth=0.8)
     left.set(title="LightNAS: one search per target (learned lambda)", xlabel="epoch",
              ylabel="predicted latency of the argmax network (ms, Jetson table)")
     left.legend(fontsize=8)
     colors = plt.cm.plasma([index / max(1, len(grid) - 1) for index in range(len(grid))])
-    for job, c, color in zip(baseline_jobs, grid, colors):
-        metrics = [row for row in search_result(job)["metrics"] if row["epoch"] > len(warmup_metrics)]
+    for result, c, color in zip(baseline_results, grid, colors):
+        metrics = [row for row in result["metrics"] if row["epoch"] > len(warmup_metrics)]
         right.plot(*step_curve(metrics, warmup_metrics), color=color, linewidth=1, label=f"w/T = {c:g} /ms")
     for target in targets:
         right.axhline(target, color="grey", linestyle="--", linewidth=0.6)
@@ -618,9 +614,9 @@ def get_args_parser():
     parser.add_argument("--eval_batch_size", type=int, default=100, help="evaluation batch (default: 100)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="data-loading processes for evaluation (default: min(8, CPU cores))")
-    parser.add_argument("--cpu_table", default=DEFAULT_CPU_LUT,
+    parser.add_argument("--cpu_table", default=lp.CPU_LUT,
                         help="CPU latency table to compare with this machine's timings (default: the shipped one)")
-    parser.add_argument("--mlp", default=DEFAULT_MLP,
+    parser.add_argument("--mlp", default=lp.AUTHORS_MLP,
                         help="the authors' latency MLP, to cross-check the searched networks (default: ../shared/data)")
     parser.add_argument("--search_dataset", default=None,
                         help="run the searches on this dataset with the paper's schedule (default: synthetic demo)")
@@ -682,7 +678,7 @@ def run_searches(args, warmup, lightnas_jobs, baseline_jobs):
     return len(kept)
 
 
-def write_outputs(out, context, lightnas_jobs, baseline_jobs, warmup_metrics):
+def write_outputs(out, context, lightnas_results, baseline_results, warmup_metrics):
     """CSV files, figures, metadata.json and report.md."""
     lightnets, lightnas, baseline, cost_rows = (context[name] for name in (
         "lightnets", "lightnas", "baseline", "design_cost"))
@@ -690,8 +686,8 @@ def write_outputs(out, context, lightnas_jobs, baseline_jobs, warmup_metrics):
     write_csv(os.path.join(out, "searches.csv"), list(cost_rows[0]) + ["arch_config"],
               [list(row.values()) + [search["arch_config"]] for row, search in zip(cost_rows, lightnas)])
     write_csv(os.path.join(out, "baseline_grid.csv"), list(baseline[0]), [list(row.values()) for row in baseline])
-    plot_search_curves(os.path.join(out, "search_curves.png"), lightnas_jobs, baseline_jobs, context["targets"],
-                       [row["c_per_ms"] for row in baseline], warmup_metrics)
+    plot_search_curves(os.path.join(out, "search_curves.png"), lightnas_results, baseline_results,
+                       context["targets"], [row["c_per_ms"] for row in baseline], warmup_metrics)
     plot_baseline_grid(os.path.join(out, "baseline_grid.png"), baseline, lightnas, context["tolerance"])
     plot_latency_accuracy(os.path.join(out, "latency_accuracy.png"), lightnets, context["machine"]["cpu"])
     write_json(os.path.join(out, "metadata.json"), context)
@@ -716,8 +712,10 @@ def main(args):
 
     warmup_metrics = read_json_lines(os.path.join(warmup.folder, "metrics.jsonl"))[:settings.freeze_epochs]
     mlp = lp.load_predictor(args.mlp) if os.path.isfile(args.mlp) else None
-    lightnas = lightnas_rows(lightnas_jobs, args.targets, args.tolerance, mlp)
-    baseline = baseline_rows(baseline_jobs, args.grid)
+    lightnas_results = [search_result(job) for job in lightnas_jobs]
+    baseline_results = [search_result(job) for job in baseline_jobs]
+    lightnas = lightnas_rows(lightnas_results, args.targets, args.tolerance, mlp)
+    baseline = baseline_rows(baseline_results, args.grid)
     machine = describe_machine()
     context = {
         "command": "python3 " + " ".join(sys.argv), "date": datetime.date.today().isoformat(), "mode": mode.name,
@@ -731,7 +729,7 @@ def main(args):
         "synthetic": args.search_dataset is None,
         "search_description": describe_search(settings, dataset, args.search_dataset is None),
     }
-    write_outputs(args.out, context, lightnas_jobs, baseline_jobs, warmup_metrics)
+    write_outputs(args.out, context, lightnas_results, baseline_results, warmup_metrics)
     with open(os.path.join(args.out, "report.md")) as file:
         print("\n" + file.read())
     print(f"wrote {args.out}/ in {(time.time() - started) / 60:.1f} min")

@@ -857,15 +857,11 @@ def evaluate_checkpoint(args, context, root, logger):
     printed like evaluate.py; then --export_onnx if given."""
     checkpoint = utils.load_checkpoint(args.evaluate, what="--evaluate")
     state_dict = evaluate.checkpoint_state_dict(checkpoint, args.evaluate)
-    if evaluate.CLASSIFIER_WEIGHT not in state_dict:
-        raise UserError(f"--evaluate: {args.evaluate} has no {evaluate.CLASSIFIER_WEIGHT}; is it a LightNet?")
-    num_classes = state_dict[evaluate.CLASSIFIER_WEIGHT].shape[0]
+    num_classes = evaluate.weights_num_classes(state_dict, args.evaluate, "--evaluate")
     model = LightNet(args.arch_config, num_classes=num_classes, dropout=args.dropout)
     evaluate.load_weights(model, state_dict, args.evaluate)
     val_loader = build_val_loader(root, args, context)
-    if len(val_loader.dataset.classes) != num_classes:
-        raise UserError(f"--evaluate: val/ has {len(val_loader.dataset.classes)} classes but the weights "
-                        f"predict {num_classes}; give the --dataset they were trained on")
+    evaluate.check_dataset_classes(val_loader.dataset, num_classes, "--evaluate")
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model.to(context.device, memory_format=memory_format)
     total, top1, top5 = evaluate.evaluate_counts_distributed(model, val_loader, context.device,

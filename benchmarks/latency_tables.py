@@ -22,8 +22,6 @@ import latency_predictor as lp  # noqa: E402  (needs the repo root on sys.path)
 import model_train  # noqa: E402
 from utils import UserError, run_cli  # noqa: E402
 
-DEFAULT_MLP = os.path.join(REPO_ROOT, "..", "shared", "data", "lightnas_jetson_latency_mlp.pth.tar")
-DEFAULT_CPU_LUT = os.path.join(lp.LUT_DIR, "cpu_amd_epyc_b1_t1.json")
 JETSON_ARCHS = 10000  # issue: Jetson table vs MLP on 10,000 random architectures
 CPU_ARCHS = 30  # issue: at least 30 measured architectures
 QUICK_JETSON_ARCHS = 1000
@@ -87,9 +85,9 @@ def get_args_parser():
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_JETSON_ARCHS} Jetson and {QUICK_CPU_ARCHS} CPU architectures, "
                              f"{QUICK_REPEATS} rounds")
-    parser.add_argument("--mlp", default=DEFAULT_MLP, help="the authors' latency MLP (default: ../shared/data)")
+    parser.add_argument("--mlp", default=lp.AUTHORS_MLP, help="the authors' latency MLP (default: ../shared/data)")
     parser.add_argument("--jetson_lut", default=lp.DEFAULT_LUT, help="Jetson table (default: the shipped one)")
-    parser.add_argument("--cpu_lut", default=DEFAULT_CPU_LUT, help="calibrated CPU table (default: the shipped one)")
+    parser.add_argument("--cpu_lut", default=lp.CPU_LUT, help="calibrated CPU table (default: the shipped one)")
     parser.add_argument("--repeats", type=int, default=lp.DEFAULT_VALIDATE_REPEATS,
                         help=f"rounds per CPU measurement (default: {lp.DEFAULT_VALIDATE_REPEATS})")
     parser.add_argument("--clock", choices=tuple(lp.CLOCKS), default=None,

@@ -23,7 +23,7 @@ import operations
 from operations import LAYOUT, NUM_OPS, NUM_SEARCHABLE_LAYERS, SEARCHABLE_OPS, SKIP
 from utils import UserError, run_cli
 
-MLP_PATH = os.path.join(lp.REPO_ROOT, "..", "shared", "data", "lightnas_jetson_latency_mlp.pth.tar")
+MLP_PATH = lp.AUTHORS_MLP
 needs_mlp = pytest.mark.skipif(not os.path.isfile(MLP_PATH), reason="../shared/data latency MLP not present")
 
 # The authors' MLP on the six LightNets (spec section 3), in ms.

@@ -164,7 +164,8 @@ def test_evaluate_released_uses_each_present_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("arguments, message", [
     (["--dataset", "/data"], "error: --dataset and --weights_dir go together"),
-    (["--dataset", "/no/such/imagenet", "--weights_dir", "/no/such/weights"], "error: --dataset /no/such/imagenet is not"),
+    (["--dataset", "/no/such/imagenet", "--weights_dir", "/no/such/weights"],
+     "error: --dataset /no/such/imagenet is not"),
     (["--jobs", "0"], "error: --jobs and --threads must be at least 1"),
     (["--grid", "0", "1e-3"], "error: --grid values must be positive"),
     (["--targets", "50"], "error: --target_latency 50 ms is outside"),

@@ -143,7 +143,8 @@ def test_fixed_penalty_baseline_needs_no_lambda_and_cannot_switch_on_resume(fini
     # expected cost under alpha's op probabilities both fall.
     predictor = latency_predictor.load_predictor(None)
     warmup_row = read_metrics(finished_search)[0]
-    expected_cost = [float(predictor.expected_cost(torch.tensor(row["probabilities"]))) for row in (warmup_row, rows[-1])]
+    expected_cost = [float(predictor.expected_cost(torch.tensor(row["probabilities"])))
+                     for row in (warmup_row, rows[-1])]
     assert result["predicted"] < warmup_row["cost"] - 1.0
     assert expected_cost[1] < expected_cost[0] - 2.0, expected_cost
     with pytest.raises(SystemExit):
