@@ -1,10 +1,16 @@
-"""The data side of LightNAS: ImageNet transforms, checked image folders, synthetic data.
+"""The data side of LightNAS: ImageNet transforms, checked image folders, the
+seeded loaders, synthetic data.
 
 Shared by search_imagenet.py, train_imagenet.py and evaluate.py:
 
 * `build_train_transform` / `build_eval_transform`: the paper's ImageNet preprocessing.
 * `image_folder`: a torchvision ImageFolder for `root/split` that reports a wrong
   `--dataset` or an undecodable image as a one-line `UserError`.
+* `seeded_loader`: the training loader of the search and the retraining, whose
+  shuffling and augmentation depend on (seed, epoch, image) only, never on the
+  number of loading processes or on an interruption.
+* `split_for_architecture`: a per-class split of `train/`, so that alpha can be
+  trained on images that no evaluation uses.
 * `write_synthetic_dataset` / `synthetic_dataset`: a small, learnable image set drawn
   with numpy and Pillow, for demos and tests where ImageNet is not at hand (nothing
   can be downloaded). Ten classes that differ in shape, orientation, texture and
@@ -25,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -52,6 +59,19 @@ def build_train_transform(image_size=224, color_jitter=(0.4, 0.4, 0.4), hue=0.0)
         transforms.RandomResizedCrop(image_size),
         transforms.RandomHorizontalFlip(),
         transforms.ColorJitter(brightness, contrast, saturation, hue),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def build_flip_transform(image_size):
+    """Light training augmentation for small images: resize, horizontal flip,
+    normalise. Random-resized crops of 32 px images of small objects often
+    cut the object out, which keeps short runs near chance."""
+    return transforms.Compose([
+        transforms.Resize(image_size),
+        transforms.CenterCrop(image_size),
+        transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
@@ -108,6 +128,109 @@ def load_rgb_image(path):
     except (OSError, SyntaxError) as error:  # Pillow's errors for unreadable/corrupt files
         message = f"cannot read image {path} ({error}): replace or delete the file"
         raise UserError(message) from error
+
+
+def keep_first_classes(dataset, num_classes, path):
+    """Restrict an ImageFolder to its first `num_classes` classes (sorted
+    folder names); None keeps them all."""
+    if num_classes is None:
+        return dataset
+    if len(dataset.classes) < num_classes:
+        raise UserError(f"--num_classes {num_classes}: {path} has only {len(dataset.classes)} classes")
+    dataset.samples = [sample for sample in dataset.samples if sample[1] < num_classes]
+    dataset.targets = [target for _, target in dataset.samples]
+    dataset.imgs = dataset.samples
+    dataset.classes = dataset.classes[:num_classes]
+    dataset.class_to_idx = {name: index for name, index in dataset.class_to_idx.items() if index < num_classes}
+    return dataset
+
+
+def split_for_architecture(targets, fraction, seed):
+    """Split image indices into (weights, architecture) parts: in every class
+    the same `fraction` goes to the architecture part (at least one image
+    each side), drawn by `seed` alone."""
+    generator = np.random.default_rng([seed, 0x5EA4C4])
+    by_class = {}
+    for index, target in enumerate(targets):
+        by_class.setdefault(target, []).append(index)
+    weight_part, arch_part = [], []
+    for target in sorted(by_class):
+        indices = np.array(by_class[target])
+        if len(indices) < 2:
+            raise UserError(f"--arch_split_from_train: class {target} of train/ has {len(indices)} image; "
+                            "each class needs at least 2 to split")
+        shuffled = generator.permutation(indices)
+        count = min(len(indices) - 1, max(1, round(fraction * len(indices))))
+        arch_part += sorted(shuffled[:count].tolist())
+        weight_part += sorted(shuffled[count:].tolist())
+    return weight_part, arch_part
+
+
+# ---------------------------------------------------------------------------
+# Seeded loading
+
+
+def sample_seed(seed, epoch, index):
+    """A well-mixed 63-bit seed for one sample in one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class EpochSeededDataset(torch.utils.data.Dataset):
+    """Draws each sample's augmentation from a generator seeded by (seed,
+    epoch, index) alone, so the images do not depend on the number of
+    loading processes and a resumed run sees exactly the images an
+    uninterrupted one would. Indexed by (epoch, index) pairs, which
+    EpochSampler yields: persistent workers never see `set_epoch`."""
+
+    def __init__(self, dataset, seed):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        # torchvision's random transforms draw from the global torch
+        # generator; fork it so the caller's stream (dropout) is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.dataset[index]
+
+
+class EpochSampler(torch.utils.data.DistributedSampler):
+    """DistributedSampler whose items carry the epoch: (epoch, index)."""
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, index) for index in super().__iter__())
+
+
+def loader_options(workers, device, seed, prefetch_factor=2):
+    """Keep the model fed: parallel decoding, page-locked memory for
+    asynchronous copies to the GPU, workers kept alive between epochs and
+    batches prepared ahead."""
+    options = dict(num_workers=workers, pin_memory=device.type == "cuda",
+                   # own generator: creating an iterator must not draw from the
+                   # global one, or a resumed run would diverge
+                   generator=torch.Generator().manual_seed(seed))
+    if workers > 0:
+        options.update(persistent_workers=True, prefetch_factor=prefetch_factor)
+    return options
+
+
+def seeded_loader(dataset, batch_size, seed, context, workers, prefetch_factor=2, what="train/"):
+    """A shuffled loader over this process's shard of `dataset` (batches of
+    `batch_size`, the last incomplete one dropped: a one-image batch would
+    break BatchNorm). Call `loader.sampler.set_epoch(epoch)` every epoch."""
+    sampler = EpochSampler(dataset, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=seed)
+    loader = torch.utils.data.DataLoader(EpochSeededDataset(dataset, seed), batch_size=batch_size, sampler=sampler,
+                                         drop_last=True,
+                                         **loader_options(workers, context.device, seed, prefetch_factor))
+    if len(loader) == 0:
+        raise UserError(f"{what} has {len(dataset)} images: fewer than one batch of {batch_size} per process; "
+                        "lower the batch size")
+    return loader
 
 
 # ---------------------------------------------------------------------------
@@ -396,6 +519,23 @@ def read_synthetic_metadata(root):
 def default_data_dir():
     """Where generated datasets are cached: $LIGHTNAS_DATA, else ~/.cache/lightnas."""
     return Path(os.environ.get("LIGHTNAS_DATA") or Path.home() / ".cache" / "lightnas").expanduser()
+
+
+def synthetic_dataset_once(context, **params):
+    """`synthetic_dataset(**params)` under several processes: generated by
+    one process per machine while the others wait (they would otherwise
+    write the same folder at once)."""
+    if context.local_rank != 0:
+        barrier(context)
+    root = synthetic_dataset(**params)
+    if context.local_rank == 0:
+        barrier(context)
+    return root
+
+
+def barrier(context):
+    if context.distributed:
+        torch.distributed.barrier()
 
 
 def synthetic_dataset(root=None, num_classes=DEFAULT_SYNTHETIC["num_classes"],

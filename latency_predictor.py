@@ -503,13 +503,9 @@ def _count_table(metric, num_classes):
 def _count(probe, metric):
     if metric == "params":
         return sum(parameter.numel() for parameter in probe.module.parameters())
-    from thop import profile
-
     # thop counts from shapes alone, so the meta device gives the same count
     # without computing anything.
-    module = probe.module.eval().to(COUNT_DEVICE)
-    macs, _ = profile(module, inputs=(torch.zeros(1, *probe.input_shape, device=COUNT_DEVICE),), verbose=False)
-    return int(macs)
+    return model_train.count_macs(probe.module.eval().to(COUNT_DEVICE), probe.input_shape, COUNT_DEVICE)
 
 
 def load_predictor(spec=None, metric=None):

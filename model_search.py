@@ -1,11 +1,13 @@
 """The LightNAS supernet: 21 searchable layers x 7 ops, single path, with
-hard Gumbel-softmax architecture weights (paper Section 3; spec section 4).
+hard Gumbel-softmax architecture weights (paper Section 3).
 
 Each step samples one op per layer; only the sampled ops run, so a step costs
 what one sampled network costs. When the architecture parameters `alpha`
-(21x7) need a gradient, each layer's output is multiplied by its one-hot
-weight, which is 1 in the forward pass and, through the straight-through
-estimator, carries the gradient of the relaxed sample back to alpha.
+(21x7) need a gradient, every entry of each layer's one-hot row enters the
+layer's output, as in the authors' release: the chosen entry multiplies the
+chosen op's output, the others are added as terms that are exactly zero.
+The forward pass is unchanged; through the straight-through estimator the
+chosen entry receives sum(dL/dout * op(x)) and each other entry sum(dL/dout).
 
     >>> net = SuperNet(num_classes=100)
     >>> weights = gumbel_softmax_hard(net.alpha, tau=5.0)   # 21x7 one-hot
@@ -20,7 +22,10 @@ from torch import nn
 import operations
 from operations import NUM_OPS, NUM_SEARCHABLE_LAYERS, SEARCHABLE_OPS
 
-ALPHA_INIT_SCALE = 1e-3  # alpha ~ 1e-3 * N(0, 1) (spec section 4)
+ALPHA_INIT_SCALE = 1e-3  # alpha ~ 1e-3 * N(0, 1) (paper Section 4)
+# The authors' supernet keeps PyTorch's BatchNorm eps; the standalone
+# networks use 1e-3 (operations.BN_EPS).
+SUPERNET_BN_EPS = 1e-5
 
 
 def gumbel_softmax_hard(alpha, tau, generator=None):
@@ -51,32 +56,62 @@ def warmup_paths(generator=None):
     return torch.stack(orders, dim=1)
 
 
-class SearchableLayer(nn.Module):
-    """One layer's 7 candidate ops; runs only the one selected."""
+def unchosen_entries(row, chosen):
+    """The sum of a one-hot row's entries other than `chosen`: exactly 0 in
+    the forward pass (each is (0 - soft) + soft), 1 in each one's gradient."""
+    return torch.cat([row[:chosen], row[chosen + 1:]]).sum()
 
-    def __init__(self, spec):
+
+def identity_shortcut(spec):
+    """The release's shared shortcut (its `eta` option): a 1x1 conv and BN
+    where the channels change, then 2x2 max pooling where the layer strides;
+    nothing where the layer keeps the shape."""
+    modules = []
+    if spec.in_channels != spec.out_channels:
+        modules += [nn.Conv2d(spec.in_channels, spec.out_channels, 1, bias=False),
+                    operations.batch_norm(spec.out_channels, affine=False)]
+    if spec.stride != 1:
+        # ceil_mode matches the strided ops' output size on odd maps (5 -> 3,
+        # 1 -> 1); on even maps it is the release's plain 2x2 pooling.
+        modules.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+    return nn.Sequential(*modules)
+
+
+class SearchableLayer(nn.Module):
+    """One layer's 7 candidate ops; runs only the one selected. With
+    `shortcut`, the layer also has the release's op-independent path, added
+    to the op's output with weight eta."""
+
+    def __init__(self, spec, shortcut=False):
         super().__init__()
         self.candidates = nn.ModuleList(
             operations.op(name, spec.in_channels, spec.out_channels, spec.stride, affine=False)
             for name in SEARCHABLE_OPS
         )
+        self.shortcut = identity_shortcut(spec) if shortcut else None
 
-    def forward(self, x, op_index, weight=None):
+    def forward(self, x, op_index, row=None, eta=0.0):
         out = self.candidates[op_index](x)
-        # Multiplying by the one-hot entry (exactly 1) changes nothing in the
-        # forward pass but routes the gradient to alpha; skip it when alpha
-        # needs no gradient, so a weight step costs one plain network.
-        return out if weight is None else out * weight
+        # Skipped when alpha needs no gradient, so a weight step costs one
+        # plain network.
+        if row is not None:
+            out = out * row[op_index] + unchosen_entries(row, op_index)
+        if eta:
+            out = out + eta * self.shortcut(x)
+        return out
 
 
 class SuperNet(nn.Module):
     """Stem, fixed layer 0, 21 searchable layers, head, classifier.
 
-    BatchNorm has no affine parameters (running statistics are kept), and
-    the classifier has no BatchNorm1d (spec section 4).
+    BatchNorm has no affine parameters (running statistics are kept) and eps
+    1e-5, the classifier has no BatchNorm1d, and the weights are initialised
+    as in the authors' release: He normal (fan-out) convolutions, N(0, 0.01)
+    linear weights, zero biases. `shortcuts=True` adds the release's eta
+    paths (see `identity_shortcut`); forward's `eta` weighs them.
     """
 
-    def __init__(self, num_classes, width_mult=1.0, dropout=0.2):
+    def __init__(self, num_classes, width_mult=1.0, dropout=0.2, shortcuts=False):
         super().__init__()
         layout = operations.scaled_layout(width_mult)
         self.first_conv = operations.conv_bn_relu6(
@@ -84,7 +119,7 @@ class SuperNet(nn.Module):
         first = layout[0]
         self.first_block = operations.op(
             operations.FIXED_FIRST_OP, first.in_channels, first.out_channels, first.stride, affine=False)
-        self.layers = nn.ModuleList(SearchableLayer(spec) for spec in layout[1:])
+        self.layers = nn.ModuleList(SearchableLayer(spec, shortcuts) for spec in layout[1:])
         head = operations.head_channels(width_mult)
         self.last_conv = operations.conv_bn_relu6(layout[-1].out_channels, head, 1, stride=1, affine=False)
         self.global_pool = nn.AdaptiveAvgPool2d(1)
@@ -94,6 +129,7 @@ class SuperNet(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(operations.CLASSIFIER_HIDDEN, num_classes),
         )
+        initialize_supernet(self)
         # Registered, so it is saved with the model; kept out of
         # weight_parameters() so the two optimizers never overlap.
         self.alpha = nn.Parameter(ALPHA_INIT_SCALE * torch.randn(NUM_SEARCHABLE_LAYERS, NUM_OPS))
@@ -104,15 +140,14 @@ class SuperNet(nn.Module):
     def weight_parameters(self):
         return [parameter for name, parameter in self.named_parameters() if name != "alpha"]
 
-    def forward(self, x, weights):
+    def forward(self, x, weights, eta=0.0):
         """Run the path that `weights` (21x7, one-hot rows) selects. If
         `weights` requires grad, the output is differentiable in it."""
         op_indices = weights.argmax(dim=-1).tolist()  # one device sync per step
         route_gradient = weights.requires_grad
         x = self.first_block(self.first_conv(x))
-        for layer_index, (layer, op_index) in enumerate(zip(self.layers, op_indices)):
-            weight = weights[layer_index, op_index] if route_gradient else None
-            x = layer(x, op_index, weight)
+        for layer, row, op_index in zip(self.layers, weights, op_indices):
+            x = layer(x, op_index, row if route_gradient else None, eta)
         x = self.global_pool(self.last_conv(x)).flatten(1)
         return self.classifier(x)
 
@@ -126,3 +161,18 @@ class SuperNet(nn.Module):
     def derive(self):
         """The argmax architecture: 22 op names, `MBK3E1` first."""
         return operations.indices_to_arch(self.derive_indices())
+
+
+def initialize_supernet(model):
+    """The release's supernet initialisation and BatchNorm eps. PyTorch's
+    fan-out of a depthwise conv counts every output channel (k*k*C, not
+    k*k), so those start smaller than in the standalone networks."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out")
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.01)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            module.eps = SUPERNET_BN_EPS

@@ -218,18 +218,27 @@ def build_lightnet(arch_config, **kwargs):
     return LightNet(resolve_arch_config(arch_config), **kwargs)
 
 
-def count_params_and_flops(model, input_size=operations.INPUT_SIZE):
-    """Parameters and multiply-accumulates of one image, as thop counts them
-    (thop calls MACs "FLOPs", and so do the LightNAS tables)."""
-    from thop import profile  # imported here: only summaries need it
+def count_macs(module, input_shape, device="cpu"):
+    """Multiply-accumulates of one image through `module`, as thop counts
+    them (thop calls MACs "FLOPs", and so do the LightNAS tables). thop
+    finds its counter by exact module type, so the depthwise conv subclass
+    is named to it."""
+    from thop import profile  # imported here: only summaries and count tables need it
+    from thop.vision.basic_hooks import count_convNd
 
+    image = torch.zeros(1, *input_shape, device=device)
+    macs, _ = profile(module, inputs=(image,), custom_ops={operations.DepthwiseConv2d: count_convNd},
+                      verbose=False)
+    return int(macs)
+
+
+def count_params_and_flops(model, input_size=operations.INPUT_SIZE):
+    """Parameters and multiply-accumulates of one image at `input_size`."""
     # thop attaches counters to the modules it profiles: work on a copy so
     # the caller's model and its state_dict stay clean.
     probe = copy.deepcopy(model).cpu().eval()
-    image = torch.zeros(1, 3, input_size, input_size)
-    macs, _ = profile(probe, inputs=(image,), verbose=False)
     params = sum(parameter.numel() for parameter in model.parameters())
-    return params, int(macs)
+    return params, count_macs(probe, (3, input_size, input_size))
 
 
 def describe(arch_config, width_mult=1.0):

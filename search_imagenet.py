@@ -27,6 +27,7 @@ checkpoint (`warmup.pth.tar`) starts searches for other targets:
 
 import argparse
 import dataclasses
+import hashlib
 import math
 import os
 import time
@@ -40,14 +41,14 @@ import latency_predictor
 import operations
 from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
 from utils import (
-    AverageMeter, UserError, accuracy, add_device_arguments, all_reduce_sum, cleanup_distributed,
+    AverageMeter, UserError, accuracy, add_device_arguments, all_gather_objects, all_reduce_sum, cleanup_distributed,
     create_logger, init_distributed, launch, load_checkpoint, resolve_device_type, rng_states,
     read_json_lines, run_cli, save_checkpoint, seed_everything, set_rng_states, write_json, write_json_lines,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 WARMUP_CHECKPOINT_NAME = "warmup.pth.tar"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the release's supernet init, BN eps, gradient routing and zero-filled gradients
 PENALTIES = ("lagrange", "fixed")
 # Figures are redrawn at most this often (and after the last epoch): live for
 # hour-long ImageNet epochs, not a tenth of a demo epoch's time.
@@ -67,12 +68,23 @@ PAPER_SCHEDULE = {
     "latch_epochs": 10,             # the last epochs, where alpha can freeze near T
     "arch_lr_step": 20,             # alpha's lr halves every 20 epochs after the freeze
     "tau_decay": 0.1,               # tau = tau_max * exp(-0.1 * (epoch - freeze))
+    "warmup_epochs": 0,             # the release's weight-lr warm-up option, off
+    "eta": 0.0,                     # the release's shared shortcut option, off
+    "eta_decay": "linear",          # (the release's: eta falls linearly to 0 over the search epochs)
+    "learning_rate": 0.1,           # SGD on the weights, cosine to 0
+    "augment": "release",           # RandomResizedCrop + flip + colour jitter, as the release
 }
 
 # The demo without --dataset: the synthetic set at 32 px, short enough for a
-# 2-core CPU. About 250 alpha steps instead of the paper's ~3,000 need larger
-# alpha and lambda steps (or alpha never leaves its 1e-3 initialisation and
-# its argmax flips at random) and a faster tau/lr decay.
+# 2-core CPU. A few hundred alpha steps instead of the paper's ~3,000 need
+# larger alpha and lambda steps (or alpha never leaves its 1e-3
+# initialisation and its argmax flips at random) and a faster tau/lr decay.
+# A single-path supernet whose every layer switches between 7 unrelated ops
+# does not learn in the ~1,000 weight steps a CPU affords (measured: loss at
+# chance after 650 steps, even with 2 ops per layer); the release's shared
+# shortcut (eta) gives the layers a common path and it learns within 100
+# steps. The demo keeps it at a constant eta, since the release's decay to 0
+# returns the supernet to chance in so few steps.
 DEMO_SCHEDULE = {
     "epochs": 16,
     "freeze_epochs": 2,
@@ -82,13 +94,17 @@ DEMO_SCHEDULE = {
     "num_classes": None,            # all classes of the synthetic set
     "tradeoff_learning_rate": 2e-2,
     "arch_learning_rate": 1e-2,
-    "latch_epochs": 6,              # 4 landed 5 of 6 targets within 1%, 6 all six
+    "latch_epochs": 6,
     "arch_lr_step": 4,
     "tau_decay": 0.3,
+    "warmup_epochs": 2,
+    "eta": 3.0,
+    "eta_decay": "none",
+    "learning_rate": 0.05,
+    "augment": "flip",              # random crops of 32 px images lose the small objects
 }
-# The demo's synthetic set: fewer images than the training demo's, so a warm-up
-# epoch (7 paths per batch) stays under a minute on 2 cores.
-DEMO_DATASET = {"train_per_class": 60, "val_per_class": 30}
+# The demo's synthetic set, generated at the demo's image size.
+DEMO_DATASET = {"train_per_class": 60, "val_per_class": 30, "image_size": 32}
 
 
 def get_args_parser():
@@ -132,7 +148,8 @@ def get_args_parser():
                             ("batch_size_val", "alpha-step batch, total over processes"),
                             ("latch_epochs", "last epochs in which alpha freezes once near the target"),
                             ("arch_lr_step", "epochs between halvings of alpha's learning rate"),
-                            ("image_size", "training crop in pixels")):
+                            ("image_size", "training crop in pixels"),
+                            ("warmup_epochs", "epochs of linear weight-lr warm-up (the release's option)")):
         schedule.add_argument(f"--{name}", type=int, default=None,
                               help=f"{help_text} (paper: {PAPER_SCHEDULE[name]}, demo: {DEMO_SCHEDULE[name]})")
     schedule.add_argument("--num_classes", type=int, default=None,
@@ -143,9 +160,27 @@ def get_args_parser():
     schedule.add_argument("--tau_decay", type=float, default=None,
                           help="tau = tau_max * exp(-tau_decay * (epoch - freeze)) (paper: {tau_decay}, demo: {demo})".format(
                               demo=DEMO_SCHEDULE["tau_decay"], **PAPER_SCHEDULE))
+    schedule.add_argument("--eta", type=float, default=None,
+                          help="weight of the release's op-independent shortcut added to every searchable layer "
+                               "(a 1x1 conv where channels change, max pooling where it strides) "
+                               "(paper: {eta}, demo: {demo})".format(demo=DEMO_SCHEDULE["eta"], **PAPER_SCHEDULE))
+    schedule.add_argument("--eta_decay", choices=("linear", "none"), default=None,
+                          help="linear: eta falls to 0 from the end of the warm-up to the last epoch, as in the "
+                               "release; none: constant (paper: {eta_decay}, demo: {demo})".format(
+                                   demo=DEMO_SCHEDULE["eta_decay"], **PAPER_SCHEDULE))
+    schedule.add_argument("--arch_split_from_train", type=float, default=None, metavar="FRACTION",
+                          help="beyond the paper: train alpha on this fraction of train/ (per class, fixed by "
+                               "--seed) and the weights on the rest, leaving val/ unseen by the search; "
+                               "default: alpha on val/, as the paper")
 
     weights = parser.add_argument_group("supernet weights (SGD)")
-    weights.add_argument("--learning_rate", type=float, default=0.1, help="initial lr, cosine to 0")
+    weights.add_argument("--learning_rate", type=float, default=None,
+                         help="initial lr, cosine to 0 (paper: {learning_rate}, demo: {demo})".format(
+                             demo=DEMO_SCHEDULE["learning_rate"], **PAPER_SCHEDULE))
+    weights.add_argument("--augment", choices=("release", "flip"), default=None,
+                         help="the weights' training augmentation: release = RandomResizedCrop + flip + colour "
+                              "jitter; flip = horizontal flip only (paper: {augment}, demo: {demo})".format(
+                                  demo=DEMO_SCHEDULE["augment"], **PAPER_SCHEDULE))
     weights.add_argument("--momentum", type=float, default=0.9)
     weights.add_argument("--weight_decay", type=float, default=3e-5)
     weights.add_argument("--grad_clip", type=float, default=5.0, help="gradient-norm clip")
@@ -181,8 +216,12 @@ def validate_settings(args):
     positive = ("epochs", "batch_size_train", "batch_size_val", "image_size", "arch_lr_step",
                 "target_latency", "tau_max", "learning_rate", "arch_learning_rate")
     for name in positive:
-        if getattr(args, name) <= 0:
+        if not getattr(args, name) > 0:  # also refuses NaN
             raise UserError(f"--{name} must be positive")
+    if not (args.eta >= 0 and args.warmup_epochs >= 0):
+        raise UserError("--eta and --warmup_epochs must be non-negative")
+    if args.arch_split_from_train is not None and not 0 < args.arch_split_from_train < 1:
+        raise UserError(f"--arch_split_from_train must be a fraction in (0, 1), e.g. 0.2; got {args.arch_split_from_train}")
     if not 0 <= args.freeze_epochs < args.epochs:
         raise UserError(f"--freeze_epochs must be in [0, --epochs), got {args.freeze_epochs} with {args.epochs} epochs")
     if args.latch_epochs < 0 or args.tradeoff_learning_rate < 0 or args.workers < 0:
@@ -211,6 +250,24 @@ def tau_at(epoch, args):
     if epoch < args.freeze_epochs:
         return args.tau_max
     return args.tau_max * math.exp(-args.tau_decay * (epoch - args.freeze_epochs))
+
+
+def eta_at(epoch, args):
+    """The shortcut's weight: eta during the warm-up, then (linear decay, as
+    in the release) falling to 0 at the last epoch."""
+    if args.eta_decay == "none" or epoch < args.freeze_epochs:
+        return args.eta
+    search_epochs = max(1, args.epochs - 1 - args.freeze_epochs)
+    return args.eta * max(0.0, 1.0 - (epoch - args.freeze_epochs) / search_epochs)
+
+
+def weight_lr_factor(epoch, args):
+    """The weights' lr multiplier in `epoch`: (epoch + 1) / warmup_epochs in
+    the warm-up (per epoch, as the release's option), cosine over all epochs
+    after it."""
+    if epoch < args.warmup_epochs:
+        return (epoch + 1) / args.warmup_epochs
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / args.epochs))
 
 
 def scheduled_arch_lr(epoch, args):
@@ -246,69 +303,43 @@ class SearchState:
 # ---------------------------------------------------------------------- data
 
 
-def keep_first_classes(dataset, num_classes, path):
-    """Restrict an ImageFolder to its first `num_classes` classes (sorted
-    folder names), as the searches on a 100-class ImageNet subset do."""
-    if num_classes is None:
-        return dataset
-    if len(dataset.classes) < num_classes:
-        raise UserError(f"--num_classes {num_classes}: {path} has only {len(dataset.classes)} classes")
-    dataset.samples = [sample for sample in dataset.samples if sample[1] < num_classes]
-    dataset.targets = [target for _, target in dataset.samples]
-    dataset.imgs = dataset.samples
-    dataset.classes = dataset.classes[:num_classes]
-    dataset.class_to_idx = {name: index for name, index in dataset.class_to_idx.items() if index < num_classes}
-    return dataset
-
-
 def build_datasets(args):
-    train_set = data.image_folder(args.dataset, "train", data.build_train_transform(args.image_size, hue=0.1))
-    val_set = data.image_folder(args.dataset, "val", data.build_eval_transform(args.image_size))
-    train_set = keep_first_classes(train_set, args.num_classes, os.path.join(args.dataset, "train"))
-    val_set = keep_first_classes(val_set, args.num_classes, os.path.join(args.dataset, "val"))
-    if train_set.classes != val_set.classes:
-        raise UserError(f"--dataset: train/ and val/ of {args.dataset} hold different class folders")
-    return train_set, val_set
+    """(weights' set, alpha's set, class names): train/ and val/ as in the
+    paper, or with --arch_split_from_train two disjoint parts of train/."""
+    def folder(split, transform):
+        dataset = data.image_folder(args.dataset, split, transform)
+        return data.keep_first_classes(dataset, args.num_classes, os.path.join(args.dataset, split))
 
-
-class EpochLoader:
-    """A DataLoader whose shuffling and augmentation depend only on (seed,
-    epoch, rank), so a resumed search sees the same batches as an
-    uninterrupted one."""
-
-    def __init__(self, dataset, batch_size, args, context, stream):
-        self.sampler = torch.utils.data.DistributedSampler(
-            dataset, num_replicas=context.world_size, rank=context.rank, shuffle=True,
-            seed=args.seed + stream, drop_last=True)
-        self.generator = torch.Generator()
-        self.base_seed = (args.seed * 1_000_003 + stream * 7919 + context.rank) % 2**62
-        self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, sampler=self.sampler, num_workers=args.workers,
-            pin_memory=context.device.type == "cuda", drop_last=True, generator=self.generator)
-        if len(self.loader) == 0:
-            raise UserError(f"a split has {len(dataset)} images, fewer than one batch of {batch_size} per process")
-
-    def epoch(self, epoch):
-        self.sampler.set_epoch(epoch)
-        self.generator.manual_seed(self.base_seed + epoch)
-        return self.loader
-
-    def __len__(self):
-        return len(self.loader)
+    if args.augment == "release":
+        train_transform = data.build_train_transform(args.image_size, hue=0.1)
+    else:
+        train_transform = data.build_flip_transform(args.image_size)
+    eval_transform = data.build_eval_transform(args.image_size)
+    train_set = folder("train", train_transform)
+    if args.arch_split_from_train is None:
+        arch_set = folder("val", eval_transform)
+        if train_set.classes != arch_set.classes:
+            raise UserError(f"--dataset: train/ and val/ of {args.dataset} hold different class folders")
+        return train_set, arch_set, train_set.classes
+    weight_part, arch_part = data.split_for_architecture(train_set.targets, args.arch_split_from_train, args.seed)
+    arch_view = folder("train", eval_transform)  # the same images, without augmentation
+    classes = train_set.classes
+    return torch.utils.data.Subset(train_set, weight_part), torch.utils.data.Subset(arch_view, arch_part), classes
 
 
 # ------------------------------------------------------------------- passes
 
 
-def check_processes_agree(values, context):
-    """Every process must hold the same alpha and lambda; compare them
-    bit for bit (cheap: once per epoch) and stop if they differ."""
-    if not context.distributed:
-        return
-    gathered = [torch.empty_like(values) for _ in range(context.world_size)]
-    torch.distributed.all_gather(gathered, values)
-    if not all(torch.equal(gathered[0], other) for other in gathered[1:]):
-        raise RuntimeError("alpha or lambda differ between processes; the search cannot continue")
+def search_state_per_process(searcher, context):
+    """Every process's (lambda, sha256 of its alpha's bytes), in rank order;
+    they must all be equal: the search stops if they are not (cheap: once
+    per epoch)."""
+    alpha = searcher.model.alpha.detach().cpu().contiguous()
+    own = (searcher.state.tradeoff, hashlib.sha256(alpha.numpy().tobytes()).hexdigest())
+    states = all_gather_objects(own)
+    if any(state != states[0] for state in states[1:]):
+        raise RuntimeError(f"alpha or lambda differ between processes ({states}); the search cannot continue")
+    return states
 
 
 def average_gradients(parameters, world_size):
@@ -332,13 +363,14 @@ class Searcher:
         self.args = args
         self.context = context
         self.predictor = predictor
-        self.model = SuperNet(num_classes).to(context.device)
+        self.model = SuperNet(num_classes, shortcuts=args.eta > 0).to(context.device)
         if context.distributed and context.device.type == "cuda":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.weight_parameters = self.model.weight_parameters()
         self.weight_optimizer = torch.optim.SGD(self.weight_parameters, args.learning_rate,
                                                 momentum=args.momentum, weight_decay=args.weight_decay)
-        self.weight_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.weight_optimizer, args.epochs)
+        self.weight_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.weight_optimizer, lambda epoch: weight_lr_factor(epoch, args))
         self.arch_optimizer = torch.optim.Adam(self.model.arch_parameters(), args.arch_learning_rate,
                                                betas=(0.5, 0.999), weight_decay=args.arch_weight_decay)
         # The same stream on every process: all sample the same path.
@@ -357,12 +389,15 @@ class Searcher:
             return self.args.penalty_weight * sample_cost / target
         return self.state.tradeoff * (sample_cost / target - 1.0)
 
-    def _weight_step(self, images, targets, paths):
+    def _weight_step(self, images, targets, paths, eta):
         """Forward/backward every path in `paths`, then one SGD step."""
-        self.weight_optimizer.zero_grad(set_to_none=True)
+        # Zero-filled, not None, as in the release: an op that has run once
+        # keeps receiving momentum and weight decay in the steps that do not
+        # sample it.
+        self.weight_optimizer.zero_grad(set_to_none=False)
         losses, logits_first = [], None
         for path in paths:
-            logits = self.model(images, one_hot_paths(path, self.context.device))
+            logits = self.model(images, one_hot_paths(path, self.context.device), eta)
             loss = self.criterion(logits, targets)
             loss.backward()
             losses.append(loss.detach())
@@ -372,7 +407,7 @@ class Searcher:
         self.weight_optimizer.step()
         return torch.stack(losses).mean(), logits_first
 
-    def train_weights(self, loader, epoch, tau, warmup):
+    def train_weights(self, loader, epoch, tau, eta, warmup):
         """One pass over train/: in the warm-up, the 7 paths that cover every
         op of every layer per batch; after it, one hard sample per batch."""
         self.model.train()
@@ -387,7 +422,7 @@ class Searcher:
                 with torch.no_grad():
                     sample = gumbel_softmax_hard(self.model.alpha, tau, self.arch_generator)
                 paths = [sample.argmax(dim=-1)]
-            loss, logits = self._weight_step(images, targets, paths)
+            loss, logits = self._weight_step(images, targets, paths, eta)
             loss_meter.update(loss.item(), targets.size(0))
             top1_meter.update(accuracy(logits, targets, topk=(1,))[0], targets.size(0))
         return loss_meter.average, top1_meter.average
@@ -397,7 +432,7 @@ class Searcher:
         seed = int(torch.randint(2**62, (1,), generator=self.arch_generator, device=self.arch_generator.device))
         return torch.Generator().manual_seed(seed)
 
-    def train_alpha(self, loader, epoch, tau, history):
+    def train_alpha(self, loader, epoch, tau, eta, history):
         """One pass over val/ updating alpha; lambda after every step."""
         args, state = self.args, self.state
         self.model.train()
@@ -418,7 +453,7 @@ class Searcher:
                 group["lr"] = lr
 
             sample = gumbel_softmax_hard(self.model.alpha, tau, self.arch_generator)
-            logits = self.model(images, sample)
+            logits = self.model(images, sample, eta)
             cross_entropy = self.criterion(logits, targets)
             loss = cross_entropy + self.latency_penalty(self.predictor.expected_cost(sample))
             self.arch_optimizer.zero_grad(set_to_none=True)
@@ -461,6 +496,12 @@ class Searcher:
     def restore(self, checkpoint):
         self.model.load_state_dict(checkpoint["state_dict"])
         self.weight_optimizer.load_state_dict(checkpoint["weight_optimizer"])
+        # An uninterrupted search holds zero gradients for every op that has
+        # run (see _weight_step); give them back, or the first steps after
+        # resuming would skip the momentum of the ops they do not sample.
+        for parameter in self.weight_parameters:
+            if "momentum_buffer" in self.weight_optimizer.state.get(parameter, {}):
+                parameter.grad = torch.zeros_like(parameter)
         self.weight_scheduler.load_state_dict(checkpoint["weight_scheduler"])
         self.arch_optimizer.load_state_dict(checkpoint["arch_optimizer"])
         self.arch_generator.set_state(checkpoint["arch_generator"])
@@ -486,7 +527,8 @@ def check_resume_compatible(checkpoint, args, predictor, num_classes, path):
     classifier = checkpoint["state_dict"]["classifier.3.weight"]
     if classifier.shape[0] != num_classes:
         raise UserError(f"--resume: {path} has {classifier.shape[0]} classes, this dataset {num_classes}")
-    for name in ("epochs", "freeze_epochs", "seed", "image_size", "batch_size_train", "batch_size_val"):
+    for name in ("epochs", "freeze_epochs", "seed", "image_size", "batch_size_train", "batch_size_val", "eta",
+                 "eta_decay", "warmup_epochs", "arch_split_from_train"):
         if saved[name] != getattr(args, name):
             raise UserError(f"--resume: {path} used --{name} {saved[name]}, this run {getattr(args, name)}; "
                             "use the same settings to continue")
@@ -551,7 +593,7 @@ def write_arch_json(args, searcher, predictor):
         "predictor": predictor.identifier,
         "search": {name: getattr(args, name) for name in (
             "epochs", "freeze_epochs", "seed", "dataset", "num_classes", "image_size", "tradeoff_learning_rate",
-            "penalty", "penalty_weight")},
+            "penalty", "penalty_weight", "eta", "eta_decay", "learning_rate", "augment", "arch_split_from_train")},
         "tradeoff_final": searcher.state.tradeoff,
     }
     if args.strict:
@@ -609,13 +651,18 @@ def write_plots(save_dir, metrics, predictor, target):
 def search_worker(args):
     """One process of the search (all processes run it)."""
     context = init_distributed(args.device_type)
+    if args.dataset is None:
+        args.dataset = data.synthetic_dataset_once(context, **DEMO_DATASET)
+    if context.is_main:  # only the main process writes; the others only read args.save
+        os.makedirs(args.save, exist_ok=True)
+        write_json(os.path.join(args.save, "args.json"), vars(args))
     predictor = latency_predictor.load_predictor(args.lut, metric=args.metric)
     logger = create_logger(args.save if context.is_main else None, name=f"search.rank{context.rank}")
     if not context.is_main:
         logger.disabled = True
 
-    train_set, val_set = build_datasets(args)
-    num_classes = len(train_set.classes)
+    train_set, arch_set, classes = build_datasets(args)
+    num_classes = len(classes)
     seed_everything(args.seed)  # the same initial weights and alpha on every process
     searcher = Searcher(args, context, predictor, num_classes)
     seed_everything(args.seed + context.rank)  # then each its own augmentation and dropout
@@ -629,41 +676,46 @@ def search_worker(args):
             searcher.state = SearchState(tradeoff=args.tradeoff)  # a search from the warm-up starts a fresh lambda
         logger.info(f"resumed from {resume_path} at epoch {start_epoch}")
 
-    per_process = {name: getattr(args, name) // context.world_size for name in ("batch_size_train", "batch_size_val")}
-    train_loader = EpochLoader(train_set, per_process["batch_size_train"], args, context, stream=0)
-    val_loader = EpochLoader(val_set, per_process["batch_size_val"], args, context, stream=1)
+    train_loader = data.seeded_loader(train_set, args.batch_size_train // context.world_size, args.seed, context,
+                                      args.workers, what="the weights' split")
+    arch_loader = data.seeded_loader(arch_set, args.batch_size_val // context.world_size, args.seed + 1, context,
+                                     args.workers, what="alpha's split")
     metrics_path = os.path.join(args.save, "metrics.jsonl")
     metrics = read_json_lines(metrics_path, up_to_epoch=start_epoch) if context.is_main else []
 
+    alpha_images = ("val/" if args.arch_split_from_train is None
+                    else f"{100 * args.arch_split_from_train:g}% of train/")
     logger.info(f"searching {args.epochs} epochs ({args.freeze_epochs} warm-up) on {num_classes} classes, "
-                f"{len(train_set)} train / {len(val_set)} val images at {args.image_size} px, "
+                f"{len(train_set)} images for the weights / {len(arch_set)} for alpha ({alpha_images}) "
+                f"at {args.image_size} px, eta {args.eta:g} ({args.eta_decay}), "
                 f"{context.world_size} process(es) on {context.device.type}; "
                 f"target {args.target_latency:g} {predictor.unit} on {predictor.identifier}, {args.penalty} penalty")
     plotted_at = -math.inf
     for epoch in range(start_epoch, args.epochs):
         started = time.time()
-        tau = tau_at(epoch, args)
+        tau, eta = tau_at(epoch, args), eta_at(epoch, args)
+        weight_lr = searcher.weight_optimizer.param_groups[0]["lr"]
         warmup = epoch < args.freeze_epochs
-        train_loss, train_top1 = searcher.train_weights(train_loader.epoch(epoch), epoch, tau, warmup)
+        train_loader.sampler.set_epoch(epoch)
+        train_loss, train_top1 = searcher.train_weights(train_loader, epoch, tau, eta, warmup)
         history = []
         if warmup:
             val_loss = val_top1 = None
             arch_lr = scheduled_arch_lr(args.freeze_epochs, args)
         else:
-            val_loss, val_top1, arch_lr = searcher.train_alpha(val_loader.epoch(epoch), epoch, tau, history)
+            arch_loader.sampler.set_epoch(epoch)
+            val_loss, val_top1, arch_lr = searcher.train_alpha(arch_loader, epoch, tau, eta, history)
         searcher.weight_scheduler.step()
-        synchronized = torch.cat([searcher.model.alpha.detach().flatten(),
-                                  torch.tensor([searcher.state.tradeoff], device=context.device)])
-        check_processes_agree(synchronized, context)
+        process_states = search_state_per_process(searcher, context)
 
         cost = searcher.argmax_cost()
         row = {
-            "epoch": epoch + 1, "tau": tau, "tradeoff": searcher.state.tradeoff, "arch_lr": arch_lr,
-            "weight_lr": searcher.weight_optimizer.param_groups[0]["lr"], "latched": searcher.state.latched,
+            "epoch": epoch + 1, "tau": tau, "eta": eta, "tradeoff": searcher.state.tradeoff, "arch_lr": arch_lr,
+            "weight_lr": weight_lr, "latched": searcher.state.latched,
             "train_loss": train_loss, "train_top1": train_top1, "val_loss": val_loss, "val_top1": val_top1,
             "arch_config": searcher.model.derive(), "cost": cost, "target": args.target_latency,
             "step_costs": history, "probabilities": searcher.model.op_probabilities().tolist(),
-            "seconds": time.time() - started, "processes_checked_equal": context.world_size,
+            "seconds": time.time() - started, "process_states": process_states,
         }
         stop_here = (args.stop_after_epoch is not None and args.stop_after_epoch <= epoch + 1 < args.epochs)
         if context.is_main:
@@ -699,7 +751,7 @@ def search_worker(args):
     cleanup_distributed()
 
 
-def prepare_save_folder(args):
+def check_save_folder(args):
     """Refuse to overwrite another search unless it is being resumed."""
     existing = os.path.join(args.save, CHECKPOINT_NAME)
     resuming_here = args.resume is not None and os.path.abspath(resolve_resume_path(args.resume)) == \
@@ -707,8 +759,6 @@ def prepare_save_folder(args):
     if os.path.exists(existing) and not resuming_here:
         raise UserError(f"--save {args.save} already holds a search; continue it with --resume {existing} "
                         "or choose another --save")
-    os.makedirs(args.save, exist_ok=True)
-    write_json(os.path.join(args.save, "args.json"), vars(args))
 
 
 def main(args):
@@ -722,9 +772,7 @@ def main(args):
     check_target(predictor, args.target_latency)
     if args.resume is not None and not os.path.isfile(resolve_resume_path(args.resume)):
         raise UserError(f"--resume: {args.resume} not found")
-    if args.dataset is None:
-        args.dataset = data.synthetic_dataset(**DEMO_DATASET)
-    prepare_save_folder(args)
+    check_save_folder(args)
     launch(search_worker, args, args.gpus)
 
 

@@ -47,7 +47,7 @@ def test_every_op_builds_with_expected_shape(name):
 def test_mbconv_structure_and_residual():
     block = operations.op("MBK5E6", 24, 24, stride=1)
     kinds = [type(layer).__name__ for layer in block.main]
-    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU6", "Conv2d", "BatchNorm2d", "ReLU6", "Conv2d", "BatchNorm2d"]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU6", "DepthwiseConv2d", "BatchNorm2d", "ReLU6", "Conv2d", "BatchNorm2d"]
     assert block.main[0].out_channels == 144 and block.main[3].kernel_size == (5, 5)
     assert block.main[3].groups == 144
     assert block.use_residual
@@ -56,7 +56,7 @@ def test_mbconv_structure_and_residual():
     # expansion 1 has no expand conv; SE sits after the depthwise BN
     first = operations.op("MBK3E1SE", 16, 16, stride=1)
     kinds = [type(layer).__name__ for layer in first.main]
-    assert kinds == ["Conv2d", "BatchNorm2d", "SqueezeExcite", "ReLU6", "Conv2d", "BatchNorm2d"]
+    assert kinds == ["DepthwiseConv2d", "BatchNorm2d", "SqueezeExcite", "ReLU6", "Conv2d", "BatchNorm2d"]
     bn = first.main[1]
     assert (bn.momentum, bn.eps) == (0.1, 1e-3)
 
@@ -239,3 +239,28 @@ def test_arch_indices_round_trip():
         operations.arch_to_indices(["MBK3E1SE"] + arch[1:])
     with pytest.raises(ValueError, match="not searchable"):
         operations.arch_to_indices(LIGHTNETS["LightNet-22ms-SE"])
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7, 8])
+def test_depthwise_conv_that_skips_padding_taps_equals_the_full_conv(kernel, stride, size):
+    full = torch.nn.Conv2d(6, 6, kernel, stride, kernel // 2, groups=6, bias=False)
+    cropped = operations.DepthwiseConv2d(6, 6, kernel, stride, kernel // 2, groups=6, bias=False)
+    cropped.load_state_dict(full.state_dict())
+    x = torch.randn(2, 6, size, size, requires_grad=True)
+    expected, got = full(x), cropped(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    got.square().sum().backward()
+    expected_input_grad = torch.autograd.grad(expected.square().sum(), x)[0]
+    torch.testing.assert_close(x.grad, expected_input_grad, rtol=1e-5, atol=1e-6)
+    (expected_weight_grad,) = torch.autograd.grad(full(x).square().sum(), full.weight)
+    torch.testing.assert_close(cropped.weight.grad, expected_weight_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_unreachable_taps_only_where_the_kernel_outgrows_the_map():
+    assert operations.unreachable_taps(size=1, kernel=7, stride=1, padding=3) == 3
+    assert operations.unreachable_taps(size=2, kernel=7, stride=1, padding=3) == 2
+    assert operations.unreachable_taps(size=2, kernel=7, stride=2, padding=3) == 2
+    assert operations.unreachable_taps(size=7, kernel=7, stride=1, padding=3) == 0
+    assert operations.unreachable_taps(size=56, kernel=3, stride=2, padding=1) == 0

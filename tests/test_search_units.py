@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import operations
 import search_imagenet
 from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
 from search_imagenet import (
@@ -184,3 +185,57 @@ def test_arch_lr_halves_every_20_epochs_and_not_in_the_last_10():
 
 def test_demo_schedule_names_match_paper_schedule():
     assert set(DEMO_SCHEDULE) == set(PAPER_SCHEDULE)
+
+
+def test_shortcut_adds_eta_times_a_path_shared_by_all_ops():
+    torch.manual_seed(0)
+    model = SuperNet(num_classes=5, shortcuts=True).eval()
+    x = torch.randn(2, 3, SMALL_INPUT, SMALL_INPUT)
+    path = one_hot_paths([6] * 21)  # all skips: only the shortcuts change anything
+    with torch.no_grad():
+        plain, with_shortcut = model(x, path, eta=0.0), model(x, path, eta=3.0)
+    assert not torch.allclose(plain, with_shortcut)
+    for layer, spec in zip(model.layers, operations.LAYOUT[1:]):
+        kinds = {type(module).__name__ for module in layer.shortcut.modules()}
+        assert ("Conv2d" in kinds) == (spec.in_channels != spec.out_channels)
+        assert ("MaxPool2d" in kinds) == (spec.stride != 1)
+    assert all(layer.shortcut is None for layer in SuperNet(num_classes=5).layers)
+
+
+def test_unchosen_entries_carry_alpha_gradient_as_in_the_release(supernet):
+    """Each unchosen entry of a row is added as a zero-valued term, so its
+    gradient is the sum of dL/dout; the chosen one gets sum(dL/dout * op(x))."""
+    layer = supernet.layers[3]
+    x = torch.randn(2, layer_input_channels(3), 4, 4)
+    row = torch.zeros(7)
+    row[2] = 1.0
+    row.requires_grad_(True)
+    out = layer(x, 2, row)
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward()
+    with torch.no_grad():
+        op_output = layer.candidates[2](x)
+    expected = torch.full((7,), float(upstream.sum()))
+    expected[2] = float((upstream * op_output).sum())
+    torch.testing.assert_close(row.grad, expected, rtol=1e-4, atol=1e-4)
+
+
+def layer_input_channels(layer_index):
+    return operations.LAYOUT[1 + layer_index].in_channels
+
+
+def test_eta_is_constant_or_falls_linearly_to_zero_at_the_last_epoch():
+    args = argparse.Namespace(eta=2.0, eta_decay="linear", epochs=10, freeze_epochs=2)
+    assert [search_imagenet.eta_at(epoch, args) for epoch in (0, 1, 2)] == [2.0, 2.0, 2.0]
+    assert search_imagenet.eta_at(9, args) == 0.0
+    assert search_imagenet.eta_at(5, args) == pytest.approx(2.0 * (1 - 3 / 7))
+    args.eta_decay = "none"
+    assert search_imagenet.eta_at(9, args) == 2.0
+
+
+def test_weight_lr_warms_up_per_epoch_then_follows_the_cosine():
+    args = argparse.Namespace(warmup_epochs=2, epochs=10)
+    assert [search_imagenet.weight_lr_factor(epoch, args) for epoch in (0, 1)] == [0.5, 1.0]
+    assert search_imagenet.weight_lr_factor(5, args) == pytest.approx(0.5)
+    assert search_imagenet.weight_lr_factor(2, argparse.Namespace(warmup_epochs=0, epochs=10)) == \
+        pytest.approx(0.5 * (1 + math.cos(math.pi * 0.2)))
