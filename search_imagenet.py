@@ -65,6 +65,7 @@ PAPER_SCHEDULE = {
     "num_classes": 100,             # the searches ran on a 100-class ImageNet subset
     "tradeoff_learning_rate": 5e-4,  # lambda's gradient-ascent step
     "arch_learning_rate": 1e-3,     # Adam on alpha
+    "arch_weight_decay": 1e-3,      # Adam's L2 term on alpha
     "latch_epochs": 10,             # the last epochs, where alpha can freeze near T
     "arch_lr_step": 20,             # alpha's lr halves every 20 epochs after the freeze
     "tau_decay": 0.1,               # tau = tau_max * exp(-0.1 * (epoch - freeze))
@@ -86,17 +87,18 @@ PAPER_SCHEDULE = {
 # steps. The demo keeps it at a constant eta, since the release's decay to 0
 # returns the supernet to chance in so few steps.
 DEMO_SCHEDULE = {
-    "epochs": 16,
+    "epochs": 30,
     "freeze_epochs": 2,
     "batch_size_train": 32,
     "batch_size_val": 16,
     "image_size": 32,
     "num_classes": None,            # all classes of the synthetic set
-    "tradeoff_learning_rate": 2e-2,
-    "arch_learning_rate": 1e-2,
-    "latch_epochs": 6,
-    "arch_lr_step": 4,
-    "tau_decay": 0.3,
+    "tradeoff_learning_rate": 3e-2,
+    "arch_learning_rate": 1e-1,
+    "arch_weight_decay": 0.0,       # 1e-3 is as large as alpha's gradient here and holds it uniform
+    "latch_epochs": 8,
+    "arch_lr_step": 6,
+    "tau_decay": 0.12,              # tau ends near 0.2: a smaller one freezes alpha before it reaches T
     "warmup_epochs": 2,
     "eta": 3.0,
     "eta_decay": "none",
@@ -190,7 +192,9 @@ def get_args_parser():
     arch.add_argument("--arch_learning_rate", type=float, default=None,
                       help="Adam's lr for alpha (paper: {arch_learning_rate}, demo: {demo})".format(
                           demo=DEMO_SCHEDULE["arch_learning_rate"], **PAPER_SCHEDULE))
-    arch.add_argument("--arch_weight_decay", type=float, default=1e-3)
+    arch.add_argument("--arch_weight_decay", type=float, default=None,
+                      help="Adam's L2 term on alpha (paper: {arch_weight_decay}, demo: {demo})".format(
+                          demo=DEMO_SCHEDULE["arch_weight_decay"], **PAPER_SCHEDULE))
     arch.add_argument("--tradeoff", type=float, default=0.0, help="initial lambda")
     arch.add_argument("--tau_max", type=float, default=5.0, help="Gumbel temperature during the warm-up")
     arch.add_argument("--latch_tolerance", type=float, default=0.15,
@@ -218,8 +222,8 @@ def validate_settings(args):
     for name in positive:
         if not getattr(args, name) > 0:  # also refuses NaN
             raise UserError(f"--{name} must be positive")
-    if not (args.eta >= 0 and args.warmup_epochs >= 0):
-        raise UserError("--eta and --warmup_epochs must be non-negative")
+    if not (args.eta >= 0 and args.warmup_epochs >= 0 and args.arch_weight_decay >= 0):
+        raise UserError("--eta, --warmup_epochs and --arch_weight_decay must be non-negative")
     if args.arch_split_from_train is not None and not 0 < args.arch_split_from_train < 1:
         raise UserError(f"--arch_split_from_train must be a fraction in (0, 1), e.g. 0.2; got {args.arch_split_from_train}")
     if not 0 <= args.freeze_epochs < args.epochs:
@@ -593,7 +597,7 @@ def write_arch_json(args, searcher, predictor):
         "predictor": predictor.identifier,
         "search": {name: getattr(args, name) for name in (
             "epochs", "freeze_epochs", "seed", "dataset", "num_classes", "image_size", "tradeoff_learning_rate",
-            "penalty", "penalty_weight", "eta", "eta_decay", "learning_rate", "augment", "arch_split_from_train")},
+            "penalty", "penalty_weight", "eta", "eta_decay", "learning_rate", "arch_learning_rate", "arch_weight_decay", "augment", "arch_split_from_train")},
         "tradeoff_final": searcher.state.tradeoff,
     }
     if args.strict:

@@ -150,6 +150,11 @@ def get_args_parser():
     dataset.add_argument("--workers", type=int, default=None,
                          help="data-loading processes per training process (default: CPU cores / processes "
                               f"on this machine, at most {MAX_DEFAULT_WORKERS})")
+    dataset.add_argument("--augment", choices=("recipe", "flip"), default="recipe",
+                         help="training augmentation: recipe = random-resized crop, flip, colour jitter; "
+                              "flip = resize and flip only, for short runs on small images, where random "
+                              "crops of small objects keep the network near chance (not in the paper; "
+                              "default: recipe)")
     dataset.add_argument("--prefetch_factor", type=int, default=2,
                          help="batches each loading process prepares ahead (default: 2)")
 
@@ -336,7 +341,11 @@ def default_workers():
 
 
 def build_train_loader(root, args, context):
-    dataset = data.image_folder(root, "train", data.build_train_transform(args.image_size))
+    if args.augment == "flip":
+        transform = data.build_flip_transform(args.image_size)
+    else:
+        transform = data.build_train_transform(args.image_size)
+    dataset = data.image_folder(root, "train", transform)
     return data.seeded_loader(dataset, args.batch_size // context.world_size, args.seed, context, args.workers,
                               args.prefetch_factor)
 
