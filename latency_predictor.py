@@ -1,5 +1,5 @@
 """Per-op cost lookup tables and the differentiable cost predictors of the
-LightNAS search (the latency model of spec section 3; the paper's LAT(alpha)).
+LightNAS search (the paper's latency model LAT(alpha), Section 3).
 
 A table (JSON, one file per device and metric, in `latency_lut/`) holds the
 cost of the fixed part of the network (stem, layer 0, head, classifier) and of
@@ -79,13 +79,13 @@ REQUIRED_METADATA = ("metric", "unit", "device", "runtime", "batch_size", "input
 VALUE_DECIMALS = 6  # 1 ns for ms tables; exact for counts stored in millions
 SUM_TOLERANCE = 1e-4  # fixed components must add up to the fixed value (rounding slack)
 
-# Authors' measurement set-up (spec section 3).
+# Authors' measurement set-up (their README and release).
 JETSON_BATCH_SIZE = 8
 JETSON_PROTOCOL = "per network: 5 warm-up runs, 6 timed runs, mean of the fastest two thirds (authors)"
 # The authors' MLP: one-hot of layers 1..21 (147) -> 128 -> 64 -> 1, ReLU.
 MLP_HIDDEN = (128, 64)
 
-# Additive fit of the MLP (spec section 3 measured 15,000 / 5,000 the same way).
+# Additive fit of the MLP (the authors measured 15,000 / 5,000 networks the same way).
 FIT_TRAIN_ARCHS = 15000
 FIT_HOLDOUT_ARCHS = 5000
 FIT_SEED = 0
@@ -622,7 +622,7 @@ def _mlp_metadata(mlp):
     metadata = _base_metadata("latency", JETSON_BATCH_SIZE, model_train.IMAGENET_CLASSES, threads=None)
     metadata.update(
         device={"type": "jetson", "name": "NVIDIA Jetson AGX Xavier",
-                "identified_by": "the LightNAS authors' release (README; spec section 3)"},
+                "identified_by": "the LightNAS authors' release (README)"},
         runtime={"name": "PyTorch on the Jetson (authors' measurement)", "fit_with_torch": torch.__version__},
         protocol={"description": JETSON_PROTOCOL},
         source={"kind": "derived", "from": "the authors' latency MLP (additive least-squares fit)",

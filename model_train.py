@@ -1,5 +1,5 @@
 """The standalone LightNet built from an `arch_config`, and the twelve
-released LightNets (LightNAS README; spec sections 1-2).
+released LightNets (LightNAS README).
 
 An `arch_config` names one op per layer (22 names, the first `MBK3E1` or
 `MBK3E1SE`). It may be given as a Python list, as the string form of the
@@ -26,7 +26,7 @@ import operations
 from operations import FIXED_FIRST_OP, NUM_LAYERS, OP_NAMES, SE_FIRST_LAYER
 from utils import UserError, run_cli
 
-DEFAULT_DROPOUT = 0.2  # spec section 5
+DEFAULT_DROPOUT = 0.2  # the paper's retraining recipe
 IMAGENET_CLASSES = 1000
 
 # The six searched networks, from the authors' training commands (README).
@@ -65,7 +65,7 @@ def _registry():
 
 LIGHTNETS = _registry()
 
-# Published results (README and spec section 2): latency measured on Jetson
+# Published results (the authors' README): latency measured on Jetson
 # AGX Xavier (batch 8) and ImageNet top-1/top-5 of the released weights.
 README_LATENCY_MS = {"LightNet-20ms": 20.0, "LightNet-22ms": 22.1, "LightNet-24ms": 23.9,
                      "LightNet-26ms": 26.1, "LightNet-28ms": 28.2, "LightNet-30ms": 30.1}
@@ -73,7 +73,7 @@ README_ACCURACY = {"LightNet-20ms": (75.0, 92.2), "LightNet-22ms": (75.2, 92.2),
                    "LightNet-24ms": (75.5, 92.3), "LightNet-26ms": (75.9, 92.6),
                    "LightNet-28ms": (76.1, 92.7), "LightNet-30ms": (76.4, 92.9)}
 # The released weights evaluated exactly on the 50,000 ImageNet val images
-# (top-1, top-5), for the twelve networks; spec section 2.
+# (top-1, top-5), for the twelve networks (the authors' release).
 EXACT_ACCURACY = {"LightNet-20ms": (74.996, 92.170), "LightNet-22ms": (75.230, 92.192),
                   "LightNet-24ms": (75.492, 92.342), "LightNet-26ms": (75.870, 92.576),
                   "LightNet-28ms": (76.068, 92.674), "LightNet-30ms": (76.392, 92.924),
@@ -200,7 +200,7 @@ class LightNet(nn.Module):
 
 def initialize_weights(model):
     """He fan-out normal for convs (n = k*k*out/groups), BN to identity,
-    Linear biases to zero (spec section 1)."""
+    Linear biases to zero (as the authors' release)."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             kernel_h, kernel_w = module.kernel_size

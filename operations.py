@@ -2,7 +2,7 @@
 
 Every other file (supernet, standalone network, latency-table builder,
 FLOPs/params tables) builds layers through this module, so the search space
-has one definition (LightNAS paper, Section 3; spec section 1).
+has one definition (LightNAS paper, Section 3).
 
     >>> from operations import LAYOUT, SEARCHABLE_OPS, op
     >>> block = op("MBK5E6", 24, 48, stride=2)
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Standalone networks use these BatchNorm settings (spec section 1); the
+# Standalone networks use these BatchNorm settings (the authors' release); the
 # supernet reuses them with affine=False.
 BN_MOMENTUM = 0.1
 BN_EPS = 1e-3
@@ -47,7 +47,7 @@ STEM_CHANNELS = 16   # 3x3 conv, stride 2: 224 -> 112
 HEAD_CHANNELS = 1984  # 1x1 conv after the last block
 CLASSIFIER_HIDDEN = 1280  # Linear 1984 -> 1280 before the final Linear
 
-# The 22 layers (spec section 1 table). Layer 0 is fixed; 1..21 are searched.
+# The 22 layers (the paper's search space). Layer 0 is fixed; 1..21 are searched.
 LAYOUT = (
     LayerSpec(16, 16, 1, 112),    # 0: fixed MBK3E1, 112x112 in
     LayerSpec(16, 24, 2, 112),    # 1: stage 2, 112x112 in

@@ -1,5 +1,5 @@
 """The LightNAS search: one search lands a network on a latency target
-(paper Section 3, "you only search once"; spec section 4).
+(paper Section 3, "you only search once"; settings from its Section 4).
 
 The supernet's weights train on the dataset's `train/` split and the
 architecture parameters alpha on its `val/` split, with the loss
@@ -54,7 +54,7 @@ PENALTIES = ("lagrange", "fixed")
 # hour-long ImageNet epochs, not a tenth of a demo epoch's time.
 PLOT_INTERVAL_S = 60.0
 
-# The paper's search settings (spec section 4); they apply whenever --dataset
+# The paper's search settings (its Section 4); they apply whenever --dataset
 # is given and the option is not set on the command line.
 PAPER_SCHEDULE = {
     "epochs": 90,

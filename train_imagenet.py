@@ -1,10 +1,12 @@
 """Retrain a searched LightNet from scratch on ImageNet with DistributedDataParallel.
 
 Stage two of LightNAS ("You Only Search Once", DAC 2022, experiments:
-retraining the searched networks; spec section 5): the network found by the search is
+retraining the searched networks): the network found by the search is
 trained from scratch for 360 epochs with SGD (lr 0.5 for a global batch of
 1024, momentum 0.9, weight decay 4e-5 except on biases and BatchNorm),
-5 epochs of linear warm-up then cosine decay, label smoothing 0.1, dropout
+5 epochs of linear warm-up (per step and for every parameter group; the
+release warms per epoch and only the conv/linear weights) then cosine
+decay, label smoothing 0.1, dropout
 0.2 and gradient clipping at norm 5; the checkpoint with the best val top-1
 is kept. The authors' command (4 GPUs on one machine) works unchanged:
 
@@ -158,7 +160,7 @@ def get_args_parser():
     dataset.add_argument("--prefetch_factor", type=int, default=2,
                          help="batches each loading process prepares ahead (default: 2)")
 
-    recipe = parser.add_argument_group("recipe (spec section 5)")
+    recipe = parser.add_argument_group("recipe (the paper's retraining)")
     recipe.add_argument("--epochs", type=int, default=None, help=f"training epochs (recipe: {RECIPE_EPOCHS})")
     recipe.add_argument("--batch_size", type=int, default=None,
                         help="GLOBAL batch over all processes; each takes batch_size / world size "

@@ -1,4 +1,4 @@
-"""Figures for the latency tables (spec section 3): how well the shipped
+"""Figures for the latency tables: how well the shipped
 tables predict what they stand for.
 
 1. The Jetson AGX Xavier table against the authors' MLP on random

@@ -1,4 +1,4 @@
-"""Tests of the cost tables and predictors (latency_predictor.py; spec section 3).
+"""Tests of the cost tables and predictors (latency_predictor.py).
 
 CPU only and fast: timing tests use tiny repeat counts. Tests that need the
 authors' MLP skip when ../shared/data is absent.
@@ -26,7 +26,7 @@ from utils import UserError, run_cli
 MLP_PATH = lp.AUTHORS_MLP
 needs_mlp = pytest.mark.skipif(not os.path.isfile(MLP_PATH), reason="../shared/data latency MLP not present")
 
-# The authors' MLP on the six LightNets (spec section 3), in ms.
+# The authors' MLP on the six LightNets, in ms.
 MLP_REFERENCE_MS = {"LightNet-20ms": 19.97, "LightNet-22ms": 22.02, "LightNet-24ms": 23.94,
                     "LightNet-26ms": 26.00, "LightNet-28ms": 28.09, "LightNet-30ms": 30.02}
 MLP_TOLERANCE_MS = 0.01  # the reference values are given to 0.01 ms

@@ -227,3 +227,37 @@ def test_imagenet100_refuses_bad_input(tmp_path):
         run_cli(make_imagenet100.main, make_imagenet100.get_args_parser(),
                 ["--imagenet", str(tmp_path / "full"), "--out", str(tmp_path / "c")])
     assert not (tmp_path / "c").exists() and not (tmp_path / "a").exists()
+
+
+def test_imagenet100_arch_split_holds_out_the_images_the_search_split_picks(tmp_path):
+    """--arch_split: val/ is exactly the part of train/ that
+    --arch_split_from_train gives alpha for the same seed, train/ the rest,
+    and ImageNet's val/ appears only as test/."""
+    import torchvision
+
+    import data
+    root = tmp_path / "imagenet"
+    names = fake_imagenet(root, 100)
+    for name in names[:100]:
+        for index in range(9):
+            (root / "train" / name / f"img{index}.JPEG").write_text(f"{name}/{index}")
+    out = tmp_path / "imagenet100"
+    result = run_script(str(REPO_ROOT / "tools" / "make_imagenet100.py"), "--imagenet", str(root),
+                        "--out", str(out), "--arch_split", "0.3", "--seed", "4")
+    assert result.returncode == 0, result.stderr
+
+    full_train = torchvision.datasets.DatasetFolder(str(root / "train"), loader=str, extensions=(".jpeg",))
+    chosen = [(path, target) for path, target in full_train.samples if target < 100]
+    _, arch_part = data.split_for_architecture([target for _, target in chosen], 0.3, 4)
+    expected_alpha = sorted(os.path.relpath(chosen[index][0], root / "train") for index in arch_part)
+
+    def linked(split):
+        return sorted(os.path.relpath(os.path.join(folder, file), out / split)
+                      for folder, _, files in os.walk(out / split) for file in files)
+
+    assert linked("val") == expected_alpha
+    assert sorted(set(linked("train")) | set(linked("val"))) == sorted(
+        os.path.relpath(path, root / "train") for path, _ in chosen)
+    assert not set(linked("train")) & set(linked("val"))
+    assert len(expected_alpha) == 100 * 3  # 0.3 of 10 images per class
+    assert sorted(os.listdir(out / "test")) == names[:100] and (out / "test" / names[0]).is_symlink()

@@ -19,7 +19,21 @@ Class rule (`--rule`):
 
 Each class folder of the subset is a symlink to the full dataset's folder
 (train/ and val/), so nothing is copied; classes.txt lists the chosen
-classes. The subset is built in a temporary folder and renamed at the end:
+classes.
+
+Which classes the authors searched on is not known: their release searches
+on whatever 100-class folder it is given and names no class list. `first`
+is what `--num_classes 100` picks from full ImageNet, nothing more.
+
+`--arch_split FRACTION` (beyond the paper) leaves ImageNet's val/ out of the
+search altogether: train/ holds the weights' part of ImageNet's training
+images, val/ the held-out part alpha is trained on (FRACTION of every class,
+drawn by `--seed`; the same images as `search_imagenet.py
+--arch_split_from_train FRACTION --seed SEED` on the unsplit subset), and
+test/ links ImageNet's val/ classes for the final evaluation only. Every
+search, ours or the authors' release, then runs unchanged on the folder
+without seeing the images that report the accuracy. Those two folders link
+single images (about 1,300 links per class). The subset is built in a temporary folder and renamed at the end:
 an interrupted run leaves no half-built subset.
 """
 
@@ -30,6 +44,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from data import split_for_architecture  # noqa: E402
 from utils import UserError, run_cli  # noqa: E402
 
 SPLITS = ("train", "val")
@@ -55,17 +70,47 @@ def choose_classes(classes, rule, count=NUM_CLASSES):
     return classes[::stride][:count]
 
 
-def build_subset(imagenet, out, classes):
-    """Write out/{train,val}/<class> symlinks and out/classes.txt, atomically."""
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # ImageFolder's
+
+
+def build_subset(imagenet, out, classes, arch_split=None, seed=0):
+    """Write the subset's symlinks and out/classes.txt, atomically."""
     partial = out.rstrip(os.sep) + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
-    for split in SPLITS:
-        os.makedirs(os.path.join(partial, split))
-        for name in classes:
-            os.symlink(os.path.abspath(os.path.join(imagenet, split, name)), os.path.join(partial, split, name))
+    os.makedirs(partial)
+    if arch_split is None:
+        for split in SPLITS:
+            link_class_folders(os.path.join(imagenet, split), os.path.join(partial, split), classes)
+    else:
+        link_train_split(os.path.join(imagenet, "train"), partial, classes, arch_split, seed)
+        link_class_folders(os.path.join(imagenet, "val"), os.path.join(partial, "test"), classes)
     with open(os.path.join(partial, "classes.txt"), "w") as file:
         file.write("\n".join(classes) + "\n")
     os.rename(partial, out)
+
+
+def link_class_folders(source, destination, classes):
+    os.makedirs(destination)
+    for name in classes:
+        os.symlink(os.path.abspath(os.path.join(source, name)), os.path.join(destination, name))
+
+
+def link_train_split(train, out, classes, fraction, seed):
+    """out/train: the weights' images, out/val: alpha's, per image, in the
+    order ImageFolder lists them (classes sorted, files sorted)."""
+    images, targets = [], []
+    for target, name in enumerate(classes):
+        files = sorted(entry.name for entry in os.scandir(os.path.join(train, name))
+                       if entry.name.lower().endswith(IMAGE_EXTENSIONS))
+        images += [(name, file) for file in files]
+        targets += [target] * len(files)
+    weight_part, arch_part = split_for_architecture(targets, fraction, seed)
+    for split, indices in (("train", weight_part), ("val", arch_part)):
+        for name in classes:
+            os.makedirs(os.path.join(out, split, name))
+        for index in indices:
+            name, file = images[index]
+            os.symlink(os.path.abspath(os.path.join(train, name, file)), os.path.join(out, split, name, file))
 
 
 def get_args_parser():
@@ -75,6 +120,11 @@ def get_args_parser():
     parser.add_argument("--rule", choices=RULES, default="first",
                         help="first: the first 100 sorted classes, as the paper's search (default); "
                              "spread: every 10th sorted class")
+    parser.add_argument("--arch_split", type=float, default=None, metavar="FRACTION",
+                        help="beyond the paper: val/ = this fraction of each class's training images (for "
+                             "alpha), train/ = the rest, test/ = ImageNet's val/ (see above)")
+    parser.add_argument("--seed", type=int, default=10,
+                        help="draws --arch_split's images (default: 10, the search's default --seed)")
     return parser
 
 
@@ -84,12 +134,16 @@ def main(args):
         missing = sorted(set(train_classes) ^ set(val_classes))
         raise UserError(f"--imagenet: train/ and val/ hold different classes (e.g. {', '.join(missing[:3])}); "
                         "prepare val/ with preprocess_val_dataset.sh first")
+    if args.arch_split is not None and not 0 < args.arch_split < 1:
+        raise UserError(f"--arch_split must be a fraction in (0, 1), e.g. 0.2; got {args.arch_split}")
     if os.path.exists(args.out):
         raise UserError(f"--out {args.out} already exists; remove it or choose another folder")
     classes = choose_classes(train_classes, args.rule)
-    build_subset(args.imagenet, args.out, classes)
+    build_subset(args.imagenet, args.out, classes, args.arch_split, args.seed)
+    split = ("" if args.arch_split is None else
+             f"; val/ = {args.arch_split:g} of train/ (seed {args.seed}) for alpha, test/ = ImageNet's val/")
     print(f"{args.out}: {len(classes)} classes ({args.rule} rule: {classes[0]} ... {classes[-1]}) linked from "
-          f"{args.imagenet}; search with --dataset {args.out}")
+          f"{args.imagenet}{split}; search with --dataset {args.out}")
 
 
 if __name__ == "__main__":
