@@ -212,6 +212,8 @@ def plan_searches(args, mode, dataset):
     if not args.search_dataset:
         classes = mode.dataset.get("num_classes", data.DEFAULT_SYNTHETIC["num_classes"])
         common += schedule_arguments(dict(mode.schedule, num_classes=classes)) + ["--workers", "0"]
+    # Table 2 counts the searches that land by themselves: no landing step.
+    common += ["--land_within", "0"]
     common += args.search_arguments  # last: the user's options win
     settings = search_imagenet.get_args_parser().parse_args(common)
     search_imagenet.resolve_schedule(settings)

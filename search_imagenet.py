@@ -74,6 +74,7 @@ PAPER_SCHEDULE = {
     "eta_decay": "linear",          # (the release's: eta falls linearly to 0 over the search epochs)
     "learning_rate": 0.1,           # SGD on the weights, cosine to 0
     "augment": "release",           # RandomResizedCrop + flip + colour jitter, as the release
+    "land_within": 0.0,             # the argmax as it is
 }
 
 # The demo without --dataset: the synthetic set at 32 px, short enough for a
@@ -104,6 +105,9 @@ DEMO_SCHEDULE = {
     "eta_decay": "none",
     "learning_rate": 0.05,
     "augment": "flip",              # random crops of 32 px images lose the small objects
+    # A concentrated alpha moves its argmax in jumps of up to 5 ms in ~250
+    # alpha steps, and the raw argmax missed T by 1-3.4% in 3 of 9 runs.
+    "land_within": 1.0,
 }
 # The demo's synthetic set, generated at the demo's image size.
 DEMO_DATASET = {"train_per_class": 60, "val_per_class": 30, "image_size": 32}
@@ -140,6 +144,11 @@ def get_args_parser():
                              "(--penalty_weight), no lambda and no latch")
     target.add_argument("--penalty_weight", type=float, default=None,
                         help="w for --penalty fixed (the paper needs none)")
+    target.add_argument("--land_within", type=float, default=None, metavar="PERCENT",
+                        help="beyond the paper: if the final argmax misses the target by more than PERCENT, "
+                             "change single layers (the most probable op that brings the cost closer "
+                             "first) until it does not; arch.json keeps the raw argmax too "
+                             "(paper: 0 = off, demo: {demo})".format(demo=DEMO_SCHEDULE["land_within"]))
     target.add_argument("--strict", action="store_true",
                         help="beyond the paper: repair the final architecture until it does not exceed the target")
 
@@ -222,8 +231,8 @@ def validate_settings(args):
     for name in positive:
         if not getattr(args, name) > 0:  # also refuses NaN
             raise UserError(f"--{name} must be positive")
-    if not (args.eta >= 0 and args.warmup_epochs >= 0 and args.arch_weight_decay >= 0):
-        raise UserError("--eta, --warmup_epochs and --arch_weight_decay must be non-negative")
+    if not (args.eta >= 0 and args.warmup_epochs >= 0 and args.arch_weight_decay >= 0 and args.land_within >= 0):
+        raise UserError("--eta, --warmup_epochs, --arch_weight_decay and --land_within must be non-negative")
     if args.arch_split_from_train is not None and not 0 < args.arch_split_from_train < 1:
         raise UserError(f"--arch_split_from_train must be a fraction in (0, 1), e.g. 0.2; got {args.arch_split_from_train}")
     if not 0 <= args.freeze_epochs < args.epochs:
@@ -579,6 +588,34 @@ def repair_to_target(arch_config, probabilities, predictor, target):
     return operations.indices_to_arch(indices)
 
 
+def land_within(arch_config, probabilities, predictor, target, tolerance):
+    """--land_within: while the cost misses `target` by more than the
+    fraction `tolerance`, make the single-layer change that brings it closer
+    with the most probable op (the closest among equals). Every change
+    shrinks the miss, so this ends; it stops early if no change helps."""
+    indices = list(operations.arch_to_indices(arch_config))
+
+    def miss(candidate):
+        return abs(predictor.cost(operations.indices_to_arch(candidate)) - target)
+
+    while miss(indices) > tolerance * target:
+        current = miss(indices)
+        best = None
+        for layer in range(len(indices)):
+            for op_index in range(operations.NUM_OPS):
+                candidate = indices[:layer] + [op_index] + indices[layer + 1:]
+                candidate_miss = miss(candidate)
+                if candidate_miss >= current:
+                    continue
+                rank = (float(probabilities[layer][op_index]), -candidate_miss)
+                if best is None or rank > best[0]:
+                    best = (rank, candidate)
+        if best is None:
+            break
+        indices = best[1]
+    return operations.indices_to_arch(indices)
+
+
 def describe_cost(predictor, cost, target):
     return f"{cost:.2f} {predictor.unit} (target {target:g}, {100.0 * (cost / target - 1):+.2f}%)"
 
@@ -597,14 +634,22 @@ def write_arch_json(args, searcher, predictor):
         "predictor": predictor.identifier,
         "search": {name: getattr(args, name) for name in (
             "epochs", "freeze_epochs", "seed", "dataset", "num_classes", "image_size", "tradeoff_learning_rate",
-            "penalty", "penalty_weight", "eta", "eta_decay", "learning_rate", "arch_learning_rate", "arch_weight_decay", "augment", "arch_split_from_train")},
+            "penalty", "penalty_weight", "eta", "eta_decay", "learning_rate", "arch_learning_rate", "arch_weight_decay", "augment", "arch_split_from_train",
+            "land_within", "strict")},
         "tradeoff_final": searcher.state.tradeoff,
     }
+    final = arch_config
+    probabilities = model.op_probabilities().tolist()
+    if args.land_within:
+        final = land_within(final, probabilities, predictor, args.target_latency, args.land_within / 100.0)
     if args.strict:
-        repaired = repair_to_target(arch_config, model.op_probabilities().tolist(), predictor, args.target_latency)
+        final = repair_to_target(final, probabilities, predictor, args.target_latency)
+    if final != arch_config:
         result["unrepaired"] = {"arch_config": arch_config, "predicted": cost}
-        result["arch_config"] = repaired
-        result["predicted"] = predictor.cost(repaired)
+        result["changed_layers"] = [layer for layer, (raw, changed) in enumerate(zip(arch_config, final))
+                                    if raw != changed]
+        result["arch_config"] = final
+        result["predicted"] = predictor.cost(final)
         result["error_percent"] = 100.0 * (result["predicted"] / args.target_latency - 1.0)
     write_json(os.path.join(args.save, "arch.json"), result)
     return result
@@ -747,9 +792,10 @@ def search_worker(args):
     if context.is_main:
         result = write_arch_json(args, searcher, predictor)
         logger.info(f"architecture: {result['arch_config']}")
-        if args.strict:
+        if "unrepaired" in result:
             unrepaired = result["unrepaired"]["predicted"]
-            logger.info(f"unrepaired argmax: {describe_cost(predictor, unrepaired, args.target_latency)}")
+            logger.info(f"raw argmax: {describe_cost(predictor, unrepaired, args.target_latency)}; changed "
+                        f"layer(s) {result['changed_layers']} (--land_within/--strict)")
         logger.info(f"predicted: {describe_cost(predictor, result['predicted'], args.target_latency)}; "
                     f"written to {os.path.join(args.save, 'arch.json')}")
     cleanup_distributed()

@@ -180,6 +180,23 @@ def test_two_processes_keep_alpha_and_lambda_identical(tiny_dataset, tmp_path):
     assert "2 process(es)" in (save / "log.txt").read_text()
 
 
+@pytest.mark.parametrize("offset", [-2.0, +2.5])
+def test_landing_brings_a_missed_argmax_within_tolerance_from_either_side(offset):
+    predictor = latency_predictor.load_predictor()
+    start = model_train.LIGHTNETS["LightNet-24ms"]
+    target = predictor.cost(start) + offset  # the argmax misses by about 10%
+    uniform = [[1 / 7] * 7 for _ in range(21)]
+    landed = search_imagenet.land_within(start, uniform, predictor, target, 0.01)
+    assert abs(predictor.cost(landed) / target - 1) <= 0.01
+    assert landed[0] == start[0] and len(landed) == len(start)
+    # a net already within the tolerance is left alone
+    assert search_imagenet.land_within(start, uniform, predictor, predictor.cost(start) * 1.005, 0.01) == start
+    # the most probable op wins: with SkipConnect the favourite, every change to a cheaper op is a skip
+    favour_skip = [[0.05] * 6 + [0.7] for _ in range(21)]
+    landed = search_imagenet.land_within(start, favour_skip, predictor, predictor.cost(start) - 2.0, 0.01)
+    assert all(new == "SkipConnect" for old, new in zip(start, landed) if old != new)
+
+
 def test_strict_repair_never_exceeds_the_target():
     predictor = latency_predictor.load_predictor()
     slowest = model_train.LIGHTNETS["LightNet-30ms"]
