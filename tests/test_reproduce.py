@@ -117,8 +117,9 @@ def plan(tmp_path, search_dataset=None, search_arguments=()):
 
 def test_plan_on_synthetic_data_pins_the_demo_schedule(tmp_path):
     warmup, lightnas, baseline, settings, common = plan(tmp_path)
-    assert common[:2] == ["--dataset", "/synthetic"] and common[-2:] == ["--workers", "0"]
-    assert settings.epochs == 16 and settings.num_classes == 10 and settings.tradeoff_learning_rate == 2e-2
+    assert common[:2] == ["--dataset", "/synthetic"] and common[-4:] == ["--workers", "0", "--land_within", "0"]
+    assert settings.epochs == 30 and settings.num_classes == 10 and settings.tradeoff_learning_rate == 3e-2
+    assert settings.land_within == 0  # Table 2 counts what the search lands by itself
     assert warmup.arguments[-2:] == ["--stop_after_epoch", "2"]
     warmup_checkpoint = os.path.join(warmup.folder, "warmup.pth.tar")
     assert [job.arguments[-4:] for job in lightnas[:2]] == [
@@ -131,7 +132,7 @@ def test_plan_on_synthetic_data_pins_the_demo_schedule(tmp_path):
 
 def test_plan_on_a_real_dataset_keeps_the_paper_schedule_and_user_options(tmp_path):
     warmup, lightnas, _, settings, common = plan(tmp_path, "/data/imagenet100", ["--gpus", "1", "--epochs", "30"])
-    assert common == ["--dataset", "/data/imagenet100", "--gpus", "1", "--epochs", "30"]
+    assert common == ["--dataset", "/data/imagenet100", "--land_within", "0", "--gpus", "1", "--epochs", "30"]
     assert settings.epochs == 30 and settings.freeze_epochs == 10 and settings.tradeoff_learning_rate == 5e-4
     assert warmup.arguments[-2:] == ["--stop_after_epoch", "10"]
 
