@@ -39,6 +39,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -62,6 +63,7 @@ RETRAIN = {"epochs": 40, "batch_size": 16, "lr": 0.05, "warmup_epochs": 3, "imag
 LATENCY_TOLERANCE = 0.01  # random networks lie within +-1% of the target
 MAX_DRAWS = 1_000_000
 BN_CALIBRATION_BATCHES = 10
+PRINT_LOCK = threading.Lock()  # retrainings finish on several threads
 
 
 def get_args_parser():
@@ -155,7 +157,8 @@ def retrain(arch_config, name, seed, dataset, args):
         run_logged(command, folder + ".log", threads=1)
         records = finished_records(folder, args.retrain_epochs)
     top1 = records[-1]["val_top1"]
-    print(f"  {name} seed {seed}: final val top-1 {top1:.1f}%", flush=True)
+    with PRINT_LOCK:
+        print(f"  {name} seed {seed}: final val top-1 {top1:.1f}%", flush=True)
     return top1
 
 
