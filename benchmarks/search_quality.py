@@ -36,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -147,7 +148,7 @@ def retrain(arch_config, name, seed, dataset, args):
     records = finished_records(folder, args.retrain_epochs)
     if records is None:
         if os.path.exists(folder):
-            subprocess.run(["rm", "-rf", folder], check=True)  # an interrupted run: start it again
+            shutil.rmtree(folder)  # an interrupted run: start it again
         os.makedirs(os.path.dirname(folder), exist_ok=True)
         command = [sys.executable, "train_imagenet.py", "--save", folder, "--dataset", dataset,
                    "--arch_config", json.dumps(arch_config), "--seed", str(seed), "--workers", "0",
@@ -331,7 +332,8 @@ def main(args):
     check_args(args)
     started = time.time()
     arch_result, search_folder = search(args)
-    dataset = json.load(open(os.path.join(search_folder, "args.json")))["dataset"]
+    with open(os.path.join(search_folder, "args.json")) as file:
+        dataset = json.load(file)["dataset"]
     candidates, draws = random_architectures(args.random_nets, args.target, args.sample_seed)
     print(f"{len(candidates)} random architectures within 1% of {args.target:g} ms ({draws} draws)", flush=True)
 
