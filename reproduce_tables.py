@@ -16,6 +16,9 @@ table, one LightNAS search per target, all branching from one shared warm-up,
 against the baseline of earlier methods (FBNet, ProxylessNAS): a fixed
 penalty, alpha's loss CE + w * LAT / T, swept over a grid of w. It counts the
 searches each needs before one lands within --tolerance of the target.
+Every network either method finds is then retrained from scratch with the
+short CPU recipe (retraining.py; --retrain_epochs) so that its accuracy
+stands beside its latency.
 
 The baseline's loss depends on w and T only through c = w / T (it is
 CE + c * LAT), and nothing else in its search depends on T. So one search per
@@ -44,6 +47,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -52,6 +56,7 @@ import evaluate
 import latency_predictor as lp
 import model_train
 import operations
+import retraining
 import search_imagenet
 from utils import UserError, read_json_lines, run_cli, write_csv, write_json
 
@@ -71,18 +76,20 @@ class Mode:
     schedule: dict      # search_imagenet schedule options
     grid: tuple         # baseline c = w / T values (per ms), ascending
     timing_rounds: int  # end-to-end rounds per LightNet
+    retrain_epochs: int  # short from-scratch retraining of each found network
 
 
 # The search demo's data and schedule (search_imagenet.DEMO_*), for the full run.
 FULL = Mode("full", dict(search_imagenet.DEMO_DATASET), dict(search_imagenet.DEMO_SCHEDULE),
-            grid=(2.5e-5, 5e-5, 1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3), timing_rounds=30)
+            grid=(2.5e-5, 5e-5, 1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3), timing_rounds=30,
+            retrain_epochs=retraining.SHORT_RECIPE["epochs"])
 # A CI-sized run: a smaller set at 16 px and 8 epochs (1 warm-up). Fewer
 # alpha steps need larger alpha and lambda steps, as in the demo.
 QUICK = Mode("quick", dict(train_per_class=16, val_per_class=16, image_size=32),
              dict(search_imagenet.DEMO_SCHEDULE, epochs=8, freeze_epochs=1, batch_size_train=32,
                   batch_size_val=8, image_size=16, tradeoff_learning_rate=5e-2, arch_learning_rate=2e-2,
                   latch_epochs=3, arch_lr_step=2, tau_decay=0.5),
-             grid=(5e-5, 2e-4, 8e-4), timing_rounds=5)
+             grid=(5e-5, 2e-4, 8e-4), timing_rounds=5, retrain_epochs=1)
 
 
 # ------------------------------------------------------------------ machine
@@ -317,25 +324,51 @@ def search_result(job):
     return result
 
 
-def lightnas_rows(results, targets, tolerance, mlp):
+def lightnas_rows(results, targets, tolerance, mlp, retrained):
     """One row per target; `mlp` (the authors' latency model, or None)
-    cross-checks the table's prediction."""
+    cross-checks the table's prediction; `retrained`: each network's
+    retrained top-1 (None when not retrained)."""
     rows = []
-    for result, target in zip(results, targets):
+    for result, target, top1 in zip(results, targets, retrained):
         rows.append({"target_ms": target, "predicted_ms": result["predicted"],
                      "mlp_ms": mlp.cost(result["arch_config"]) if mlp else None,
                      "error_percent": result["error_percent"], "searches": 1,
                      "within_tolerance": abs(result["error_percent"]) <= tolerance,
+                     "retrained_top1": top1,
                      "search_seconds": result["seconds"], "arch_config": " ".join(result["arch_config"])})
     return rows
 
 
-def baseline_rows(results, grid):
+def baseline_rows(results, grid, retrained):
     rows = []
-    for result, c in zip(results, grid):
-        rows.append({"c_per_ms": c, "predicted_ms": result["predicted"], "search_seconds": result["seconds"],
-                     "arch_config": " ".join(result["arch_config"])})
+    for result, c, top1 in zip(results, grid, retrained):
+        rows.append({"c_per_ms": c, "predicted_ms": result["predicted"], "retrained_top1": top1,
+                     "search_seconds": result["seconds"], "arch_config": " ".join(result["arch_config"])})
     return rows
+
+
+def retrain_found_networks(args, dataset, jobs, results):
+    """Each found network's top-1 after the short from-scratch retraining
+    (`retraining.SHORT_RECIPE`, seed 0), identical networks trained once;
+    a list of None when --retrain_epochs is 0."""
+    if args.retrain_epochs == 0:
+        return [None] * len(results)
+    folders = {}
+    for job, result in zip(jobs, results):
+        folders.setdefault(tuple(result["arch_config"]),
+                           os.path.join(args.out, "retrain", os.path.basename(job.folder)))
+    print(f"== retraining the {len(folders)} distinct found networks from scratch ({args.retrain_epochs} epochs, "
+          f"{args.jobs} at a time) ==", flush=True)
+
+    def retrain(item):
+        arch_config, folder = item
+        top1 = retraining.retrain(list(arch_config), folder, dataset, seed=0, epochs=args.retrain_epochs)
+        print(f"  {os.path.basename(folder)}: val top-1 {top1:.1f}%", flush=True)
+        return top1
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        top1 = dict(zip(folders, pool.map(retrain, folders.items())))
+    return [top1[tuple(result["arch_config"])] for result in results]
 
 
 def design_cost(lightnas, baseline, tolerance):
@@ -350,11 +383,13 @@ def design_cost(lightnas, baseline, tolerance):
         rows.append({"target_ms": target, "lightnas_ms": row["predicted_ms"], "lightnas_mlp_ms": row["mlp_ms"],
                      "lightnas_searches": 1, "lightnas_error_percent": row["error_percent"],
                      "lightnas_within": row["within_tolerance"],
+                     "lightnas_retrained_top1": row["retrained_top1"],
                      "baseline_searches": hit + 1 if hit is not None else None,
                      "baseline_grid_size": len(baseline),
                      "baseline_closest_ms": baseline[closest]["predicted_ms"],
                      "baseline_closest_error_percent": errors[closest],
-                     "baseline_closest_w": baseline[closest]["c_per_ms"] * target})
+                     "baseline_closest_w": baseline[closest]["c_per_ms"] * target,
+                     "baseline_closest_retrained_top1": baseline[closest]["retrained_top1"]})
     return rows
 
 
@@ -418,6 +453,26 @@ def plot_baseline_grid(path, baseline, lightnas, tolerance):
     axis.set_xscale("log")
     axis.set(xlabel="penalty per ms, c = w / T (log)", ylabel="predicted latency (ms, Jetson table)",
              title=f"fixed-penalty grid vs the targets (green bands: +/-{tolerance:g}%)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_found_networks(path, lightnas, baseline, retrain_epochs):
+    """Retrained top-1 against predicted latency: what each method's
+    searches found, with the targets marked."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    axis.plot([row["predicted_ms"] for row in lightnas], [row["retrained_top1"] for row in lightnas], marker="*",
+              markersize=11, linestyle="none", color="tab:green", label="LightNAS, one search per target")
+    axis.plot([row["predicted_ms"] for row in baseline], [row["retrained_top1"] for row in baseline], marker="o",
+              linestyle="none", color="tab:red", label="fixed penalty, one search per w")
+    for row in lightnas:
+        axis.axvline(row["target_ms"], color="grey", linestyle=":", linewidth=0.7)
+    axis.set(xlabel="predicted latency (ms, Jetson table); dotted: targets",
+             ylabel=f"val top-1 after {retrain_epochs} epochs from scratch (%)",
+             title="found networks, retrained with the short CPU recipe")
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -489,26 +544,28 @@ def lightnets_table(rows):
 
 
 def searches_table(cost_rows, tolerance):
-    header = ["target (ms)", "LightNAS latency (ms)", "error (%)", "authors' MLP (ms)", "LightNAS searches",
-              f"fixed penalty: searches to land within {tolerance:g}%", "closest (ms)", "its error (%)", "its w"]
+    header = ["target (ms)", "LightNAS latency (ms)", "error (%)", "authors' MLP (ms)", "retrained top-1 (%)",
+              "LightNAS searches", f"fixed penalty: searches to land within {tolerance:g}%", "closest (ms)",
+              "its error (%)", "its w", "its retrained top-1 (%)"]
     body = []
     for row in cost_rows:
         target = row["target_ms"]
         needed = (str(row["baseline_searches"]) if row["baseline_searches"] is not None
                   else f"not reached in {row['baseline_grid_size']}")
         body.append([f"{target:g}", number(row["lightnas_ms"]), number(row["lightnas_error_percent"], 2, signed=True),
-                     number(row["lightnas_mlp_ms"]),
+                     number(row["lightnas_mlp_ms"]), number(row["lightnas_retrained_top1"], 1),
                      "1" + ("" if row["lightnas_within"] else f" (outside {tolerance:g}%)"), needed,
                      number(row["baseline_closest_ms"]), number(row["baseline_closest_error_percent"], 2, signed=True),
-                     f"{row['baseline_closest_w']:.3g}"])
+                     f"{row['baseline_closest_w']:.3g}", number(row["baseline_closest_retrained_top1"], 1)])
     return markdown_table(header, body)
 
 
 def grid_table(baseline, targets):
     header = ["c = w/T (per ms)", f"w at {targets[0]:g} ms", f"w at {targets[-1]:g} ms", "final latency (ms)",
-              "search (s)"]
+              "retrained top-1 (%)", "search (s)"]
     body = [[f"{row['c_per_ms']:g}", f"{row['c_per_ms'] * targets[0]:.3g}", f"{row['c_per_ms'] * targets[-1]:.3g}",
-             number(row["predicted_ms"]), f"{row['search_seconds']:.0f}"] for row in baseline]
+             number(row["predicted_ms"]), number(row["retrained_top1"], 1), f"{row['search_seconds']:.0f}"]
+            for row in baseline]
     return markdown_table(header, body)
 
 
@@ -527,6 +584,21 @@ def summary_lines(cost_rows, baseline, lightnas, tolerance):
     ] + ([f"- Targets above {max(latencies):.2f} ms lie above every search of the grid: a fixed penalty only "
           "pushes latency down, so a weaker one would be needed, found by more searches."]
          if any(row["target_ms"] * (1 - tolerance / 100) > max(latencies) for row in cost_rows) else [])
+
+
+def retrained_lines(lightnas, baseline, retrain_epochs):
+    """What the retrained accuracies say, or why there are none."""
+    if not retrain_epochs:
+        return ["- Found networks not retrained (--retrain_epochs 0); retrain one with train_imagenet.py."]
+
+    def span(rows):
+        values = [row["retrained_top1"] for row in rows]
+        return f"{min(values):.1f}-{max(values):.1f}% (mean {sum(values) / len(values):.1f}%)"
+    epochs = f"{retrain_epochs} epoch{'s' if retrain_epochs != 1 else ''}"
+    return [f"- Retrained from scratch ({epochs} of the short CPU recipe, seed 0, val top-1): "
+            f"LightNAS networks {span(lightnas)}, fixed-penalty networks {span(baseline)}. One seed each: "
+            "benchmarks/search_quality.py measures this recipe's seed-to-seed spread (several points), so "
+            "differences of a few points between single networks are noise."]
 
 
 def kept_note(kept):
@@ -582,6 +654,7 @@ def write_report(out, context):
         searches_table(context["design_cost"], context["tolerance"]),
         "",
         *summary_lines(context["design_cost"], context["baseline"], context["lightnas"], context["tolerance"]),
+        *retrained_lines(context["lightnas"], context["baseline"], context["retrain_epochs"]),
         "",
         "The fixed-penalty grid (alpha's loss CE + w * LAT/T = CE + c * LAT; searched once per c at "
         f"{context['reference_target']:g} ms, which at target T is the search with w = c * T; swept in "
@@ -590,7 +663,8 @@ def write_report(out, context):
         grid_table(context["baseline"], context["targets"]),
         "",
         "Figures: `search_curves.png` (predicted latency per alpha step, every search), `baseline_grid.png` "
-        "(the grid's final latencies against the target bands), `latency_accuracy.png` (the LightNets).",
+        "(the grid's final latencies against the target bands), `found_networks.png` (the found networks' "
+        "retrained top-1 against their latency), `latency_accuracy.png` (the LightNets).",
     ]
     if context["synthetic"]:
         sections += ["", "On the synthetic demo data the supernet learns, but alpha's cross-entropy gradient is "
@@ -634,6 +708,10 @@ def get_args_parser():
     parser.add_argument("--jobs", type=int, default=None,
                         help="searches run at once (default: CPU cores / --threads; 1 with --search_dataset)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per search (default: 1)")
+    parser.add_argument("--retrain_epochs", type=int, default=None,
+                        help="retrain every found network from scratch this many epochs with the short CPU recipe "
+                             f"(default: {FULL.retrain_epochs}, {QUICK.retrain_epochs} with --quick, 0 = none, "
+                             "and 0 with --search_dataset)")
     parser.add_argument("search_arguments", nargs="*", help="after --: passed to every search_imagenet.py call")
     return parser
 
@@ -641,8 +719,11 @@ def get_args_parser():
 def validate(args, mode):
     if args.jobs is None:
         args.jobs = 1 if args.search_dataset else max(1, (os.cpu_count() or 1) // max(1, args.threads))
-    if args.jobs < 1 or args.threads < 1 or args.tolerance <= 0:
-        raise UserError("--jobs and --threads must be at least 1 and --tolerance positive")
+    if args.retrain_epochs is None:
+        args.retrain_epochs = 0 if args.search_dataset else mode.retrain_epochs
+    if args.jobs < 1 or args.threads < 1 or args.tolerance <= 0 or args.retrain_epochs < 0:
+        raise UserError("--jobs and --threads must be at least 1, --tolerance positive and --retrain_epochs "
+                        "not negative")
     if bool(args.dataset) != bool(args.weights_dir):
         raise UserError("--dataset and --weights_dir go together: evaluating needs both the images and the weights")
     for name in ("dataset", "weights_dir"):
@@ -694,6 +775,8 @@ def write_outputs(out, context, lightnas_results, baseline_results, warmup_metri
     plot_search_curves(os.path.join(out, "search_curves.png"), lightnas_results, baseline_results,
                        context["targets"], [row["c_per_ms"] for row in baseline], warmup_metrics)
     plot_baseline_grid(os.path.join(out, "baseline_grid.png"), baseline, lightnas, context["tolerance"])
+    if context["retrain_epochs"]:
+        plot_found_networks(os.path.join(out, "found_networks.png"), lightnas, baseline, context["retrain_epochs"])
     plot_latency_accuracy(os.path.join(out, "latency_accuracy.png"), lightnets, context["machine"]["cpu"])
     write_json(os.path.join(out, "metadata.json"), context)
     write_report(out, context)
@@ -708,7 +791,7 @@ def main(args):
     os.makedirs(args.out, exist_ok=True)
     warmup, lightnas_jobs, baseline_jobs, settings, common = plan_searches(args, mode, dataset)
     check_plan(args.out, {"mode": mode.name, "search_arguments": common, "targets": args.targets, "grid": args.grid,
-                          "reference_target": args.reference_target})
+                          "reference_target": args.reference_target, "retrain_epochs": args.retrain_epochs})
 
     print("== Table 1: the LightNets ==", flush=True)
     evaluated = evaluate_released(args, list(model_train.LIGHTNETS))
@@ -719,8 +802,10 @@ def main(args):
     mlp = lp.load_predictor(args.mlp) if os.path.isfile(args.mlp) else None
     lightnas_results = [search_result(job) for job in lightnas_jobs]
     baseline_results = [search_result(job) for job in baseline_jobs]
-    lightnas = lightnas_rows(lightnas_results, args.targets, args.tolerance, mlp)
-    baseline = baseline_rows(baseline_results, args.grid)
+    retrained = retrain_found_networks(args, dataset, lightnas_jobs + baseline_jobs,
+                                       lightnas_results + baseline_results)
+    lightnas = lightnas_rows(lightnas_results, args.targets, args.tolerance, mlp, retrained[:len(lightnas_jobs)])
+    baseline = baseline_rows(baseline_results, args.grid, retrained[len(lightnas_jobs):])
     machine = describe_machine()
     context = {
         "command": "python3 " + " ".join(sys.argv), "date": datetime.date.today().isoformat(), "mode": mode.name,
@@ -730,6 +815,7 @@ def main(args):
         "lightnets": lightnets, "lightnas": lightnas, "baseline": baseline,
         "design_cost": design_cost(lightnas, baseline, args.tolerance),
         "tolerance": args.tolerance, "targets": args.targets, "reference_target": args.reference_target,
+        "retrain_epochs": args.retrain_epochs,
         "warmup_seconds": sum(row["seconds"] for row in warmup_metrics),
         "synthetic": args.search_dataset is None,
         "search_description": describe_search(settings, dataset, args.search_dataset is None),

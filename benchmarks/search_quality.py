@@ -14,8 +14,8 @@ table this script
    statistics recomputed for that path on training batches first, as in
    single-path one-shot NAS), on the images alpha was searched on;
 4. retrains the searched network and every random one from scratch with one
-   short recipe on the same data (`train_imagenet.py`: 32 px, resize+flip
-   augmentation, see RETRAIN below), with several seeds;
+   short recipe on the same data (`retraining.SHORT_RECIPE`: train_imagenet.py
+   at 32 px, resize+flip augmentation), with several seeds;
 5. prints and writes `search_quality.json` and `search_quality.png`: top-1
    per architecture (mean, std over seeds), the searched network's rank and
    percentile among the random ones, the spread across architectures next
@@ -36,9 +36,7 @@ import argparse
 import json
 import math
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -52,15 +50,12 @@ sys.path.insert(0, REPO)
 import data  # noqa: E402
 import latency_predictor  # noqa: E402
 import operations  # noqa: E402
+import retraining  # noqa: E402
 import search_imagenet  # noqa: E402
 import utils  # noqa: E402
 from model_search import SuperNet, one_hot_paths  # noqa: E402
 from utils import UserError  # noqa: E402
 
-# The short retraining recipe used for every network (not the paper's 360
-# epochs on ImageNet): SGD with 3 warm-up epochs then cosine, batch 16, the
-# search's 32 px images with resize+flip augmentation.
-RETRAIN = {"epochs": 40, "batch_size": 16, "lr": 0.05, "warmup_epochs": 3, "image_size": 32, "augment": "flip"}
 LATENCY_TOLERANCE = 0.01  # random networks lie within +-1% of the target
 MAX_DRAWS = 1_000_000
 BN_CALIBRATION_BATCHES = 10
@@ -74,7 +69,7 @@ def get_args_parser():
     parser.add_argument("--random_nets", type=int, default=8, help="random architectures within +-1%% of T")
     parser.add_argument("--seeds", type=int, default=2, help="retraining seeds per architecture")
     parser.add_argument("--quick", action="store_true", help="4 random nets, 2 seeds (about a third of the time)")
-    parser.add_argument("--retrain_epochs", type=int, default=RETRAIN["epochs"])
+    parser.add_argument("--retrain_epochs", type=int, default=retraining.SHORT_RECIPE["epochs"])
     parser.add_argument("--search_seed", type=int, default=0, help="the search's --seed")
     parser.add_argument("--sample_seed", type=int, default=0, help="seed of the random architectures")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
@@ -100,21 +95,7 @@ def check_target_reachable(target):
                         f"({lowest:.2f} to {highest:.2f} ms)")
 
 
-# ------------------------------------------------------------ subprocesses
-
-
-def run_logged(command, log_path, threads=None):
-    """Run a project script, its output into `log_path`; a failure stops the
-    benchmark with the log's last line."""
-    environment = dict(os.environ)
-    if threads is not None:
-        environment["OMP_NUM_THREADS"] = str(threads)
-    with open(log_path, "w") as log:
-        result = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    if result.returncode != 0:
-        with open(log_path) as log:
-            lines = [line.strip() for line in log if line.strip()]
-        raise UserError(f"{' '.join(command[1:3])} failed: {lines[-1] if lines else 'no output'} (log: {log_path})")
+# --------------------------------------------------------- search, retrain
 
 
 def search(args):
@@ -127,8 +108,9 @@ def search(args):
             raise UserError(f"{folder} holds an unfinished or different search; remove it or choose another --out")
         print(f"searching for {args.target:g} ms ...", flush=True)
         started = time.time()
-        run_logged([sys.executable, "search_imagenet.py", "--target_latency", str(args.target),
-                    "--seed", str(args.search_seed), "--save", folder], os.path.join(args.out, "search.log"))
+        command = [sys.executable, "search_imagenet.py", "--target_latency", str(args.target),
+                   "--seed", str(args.search_seed), "--save", folder]
+        retraining.run_logged(command, os.path.join(args.out, "search.log"))
         print(f"  done in {time.time() - started:.0f} s", flush=True)
     with open(arch_path) as file:
         return json.load(file), folder
@@ -145,30 +127,10 @@ def finished_search(arch_path, args):
 def retrain(arch_config, name, seed, dataset, args):
     """Final val top-1 of one retraining (reused if already finished)."""
     folder = os.path.join(args.out, "retrain", f"{name}-seed{seed}")
-    records = finished_records(folder, args.retrain_epochs)
-    if records is None:
-        if os.path.exists(folder):
-            shutil.rmtree(folder)  # an interrupted run: start it again
-        os.makedirs(os.path.dirname(folder), exist_ok=True)
-        command = [sys.executable, "train_imagenet.py", "--save", folder, "--dataset", dataset,
-                   "--arch_config", json.dumps(arch_config), "--seed", str(seed), "--workers", "0",
-                   "--epochs", str(args.retrain_epochs), "--batch_size", str(RETRAIN["batch_size"]),
-                   "--lr", str(RETRAIN["lr"]), "--warmup_epochs", str(RETRAIN["warmup_epochs"]),
-                   "--image_size", str(RETRAIN["image_size"]), "--augment", RETRAIN["augment"], "--channels_last"]
-        run_logged(command, folder + ".log", threads=1)
-        records = finished_records(folder, args.retrain_epochs)
-    top1 = records[-1]["val_top1"]
+    top1 = retraining.retrain(arch_config, folder, dataset, seed, args.retrain_epochs)
     with PRINT_LOCK:
         print(f"  {name} seed {seed}: final val top-1 {top1:.1f}%", flush=True)
     return top1
-
-
-def finished_records(folder, epochs):
-    path = os.path.join(folder, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return None
-    records = utils.read_json_lines(path)
-    return records if len(records) == epochs else None
 
 
 # ------------------------------------------------------------ architectures
@@ -363,7 +325,7 @@ def main(args):
         "percentile": summary["percentile"],
         "kendall_tau": summary["kendall_tau"],
         "summary": summary,
-        "retrain": dict(RETRAIN, epochs=args.retrain_epochs, seeds=args.seeds),
+        "retrain": dict(retraining.SHORT_RECIPE, epochs=args.retrain_epochs, seeds=args.seeds),
         "search": arch_result.get("search", {}),
         "random_draws": draws,
         "seconds": time.time() - started,

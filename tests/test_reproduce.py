@@ -46,7 +46,7 @@ def test_quick_mode_writes_both_tables_and_figures(quick_run):
     report = (out / "report.md").read_text()
     assert "## Table 1: the LightNets" in report and "## Table 2: you only search once" in report
     assert "quick mode" in report and "Machine:" in report
-    for figure in ("search_curves.png", "baseline_grid.png", "latency_accuracy.png"):
+    for figure in ("search_curves.png", "baseline_grid.png", "found_networks.png", "latency_accuracy.png"):
         assert (out / figure).stat().st_size > 10_000
 
     lightnets = {row["model"]: row for row in read_csv(out / "lightnets.csv")}
@@ -67,6 +67,12 @@ def test_quick_mode_writes_both_tables_and_figures(quick_run):
     assert all(abs(float(row["lightnas_error_percent"])) < 3.0 for row in searches)
     grid = read_csv(out / "baseline_grid.csv")
     assert [float(row["c_per_ms"]) for row in grid] == list(reproduce_tables.QUICK.grid)
+    # every found network retrained once (1 epoch in quick mode), its top-1 beside its latency
+    distinct = {row["arch_config"] for row in searches} | {row["arch_config"] for row in grid}
+    assert len(list((out / "retrain").glob("*/metrics.jsonl"))) == len(distinct)
+    assert all(0 <= float(row["lightnas_retrained_top1"]) <= 100 for row in searches)
+    assert all(0 <= float(row["retrained_top1"]) <= 100 for row in grid)
+    assert "Retrained from scratch (1 epoch of the short CPU recipe" in report
 
     metadata = json.loads((out / "metadata.json").read_text())
     assert metadata["machine"]["packages"]["torch"] == importlib.metadata.version("torch")
@@ -88,20 +94,40 @@ def test_rerun_keeps_finished_searches_and_refuses_other_settings(quick_run):
         f"error: --out {out} holds a run with other settings (grid); choose another --out, or delete it to start over"]
 
 
+def test_found_networks_are_retrained_once_each_in_order(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_retrain(arch_config, folder, dataset, seed, epochs):
+        calls.append((tuple(arch_config), os.path.basename(folder), seed, epochs))
+        return float(len(calls))
+
+    monkeypatch.setattr(reproduce_tables.retraining, "retrain", fake_retrain)
+    args = Namespace(out=str(tmp_path), retrain_epochs=7, jobs=1)
+    jobs = [Namespace(folder=str(tmp_path / name)) for name in ("lightnas-20ms", "fixed-a", "fixed-b")]
+    results = [{"arch_config": ["A"]}, {"arch_config": ["B"]}, {"arch_config": ["A"]}]
+    top1 = reproduce_tables.retrain_found_networks(args, "/data", jobs, results)
+    assert calls == [(("A",), "lightnas-20ms", 0, 7), (("B",), "fixed-a", 0, 7)]  # "A" trained once
+    assert top1 == [1.0, 2.0, 1.0]
+    args.retrain_epochs = 0
+    assert reproduce_tables.retrain_found_networks(args, "/data", jobs, results) == [None, None, None]
+
+
 def grid_row(c, latency):
-    return {"c_per_ms": c, "predicted_ms": latency}
+    return {"c_per_ms": c, "predicted_ms": latency, "retrained_top1": 100 * c}
 
 
 def test_design_cost_counts_searches_in_increasing_w():
     lightnas = [{"target_ms": 20.0, "predicted_ms": 20.02, "mlp_ms": None, "error_percent": 0.1,
-                 "within_tolerance": True},
+                 "within_tolerance": True, "retrained_top1": 31.0},
                 {"target_ms": 24.0, "predicted_ms": 23.52, "mlp_ms": None, "error_percent": -2.0,
-                 "within_tolerance": False}]
+                 "within_tolerance": False, "retrained_top1": None}]
     baseline = [grid_row(1e-4, 26.0), grid_row(2e-4, 20.1), grid_row(4e-4, 19.95)]
     first, second = reproduce_tables.design_cost(lightnas, baseline, tolerance=1.0)
     assert first["baseline_searches"] == 2  # 20.1 ms is the first within 1% of 20
     assert first["baseline_closest_ms"] == 19.95
     assert first["baseline_closest_w"] == pytest.approx(4e-4 * 20.0)
+    assert first["lightnas_retrained_top1"] == 31.0
+    assert first["baseline_closest_retrained_top1"] == pytest.approx(4e-2)  # the closest network's
     assert second["baseline_searches"] is None  # nothing within 1% of 24 ms
     assert second["baseline_closest_ms"] == 26.0
     assert second["baseline_closest_error_percent"] == pytest.approx(100 * (26 / 24 - 1))
@@ -168,6 +194,8 @@ def test_evaluate_released_uses_each_present_file(tmp_path, monkeypatch):
     (["--dataset", "/no/such/imagenet", "--weights_dir", "/no/such/weights"],
      "error: --dataset /no/such/imagenet is not"),
     (["--jobs", "0"], "error: --jobs and --threads must be at least 1"),
+    (["--retrain_epochs", "-1"], "error: --jobs and --threads must be at least 1, --tolerance positive and "
+                                 "--retrain_epochs not negative"),
     (["--grid", "0", "1e-3"], "error: --grid values must be positive"),
     (["--targets", "50"], "error: --target_latency 50 ms is outside"),
     (["--", "--penalty", "fixed"], "error: --penalty is set by reproduce_tables.py for each search"),
