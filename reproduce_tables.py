@@ -53,6 +53,7 @@ import torch
 
 import data
 import evaluate
+import latency_build
 import latency_predictor as lp
 import model_train
 import operations
@@ -103,7 +104,7 @@ def package_version(name):
 
 
 def describe_machine():
-    cpu = lp.describe_device(torch.device("cpu"))
+    cpu = latency_build.describe_device(torch.device("cpu"))
     gpus = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
     return {
         "cpu": cpu["name"], "logical_cpus": cpu["logical_cpus"], "gpus": gpus or ["none"],
@@ -167,11 +168,11 @@ def lightnet_rows(jetson, cpu_table, timing_rounds, evaluated):
     """One dict per registered LightNet with every column of table 1."""
     names = list(model_train.LIGHTNETS)
     arch_configs = [model_train.LIGHTNETS[name] for name in names]
-    protocol = lp.validation_protocol(cpu_table.metadata, "cpu", None, None, lp.DEFAULT_WARMUP_S, timing_rounds,
+    protocol = latency_build.validation_protocol(cpu_table.metadata, "cpu", None, None, latency_build.DEFAULT_WARMUP_S, timing_rounds,
                                       MEASURE_SEED)
     print(f"timing {len(names)} networks end to end: batch {protocol.batch_size}, {protocol.threads} thread(s), "
           f"{protocol.clock} clock, {timing_rounds} rounds", flush=True)
-    measured = lp.measure_arch_configs(arch_configs, protocol, cpu_table.metadata["num_classes"])
+    measured = latency_build.measure_arch_configs(arch_configs, protocol, cpu_table.metadata["num_classes"])
     rows = []
     for name, arch_config, timing in zip(names, arch_configs, measured):
         params, flops = model_train.count_params_and_flops(model_train.LightNet(arch_config))

@@ -18,7 +18,8 @@ import sys
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-import latency_predictor as lp  # noqa: E402  (needs the repo root on sys.path)
+import latency_build  # noqa: E402  (needs the repo root on sys.path)
+import latency_predictor as lp  # noqa: E402
 import model_train  # noqa: E402
 from utils import UserError, run_cli  # noqa: E402
 
@@ -28,7 +29,7 @@ QUICK_JETSON_ARCHS = 1000
 QUICK_CPU_ARCHS = 5
 QUICK_REPEATS = 5
 # Fresh architectures: the Jetson fit used seed 0 (lp.FIT_SEED), the shipped
-# CPU calibration seed 1 (lp.VALIDATE_SEED).
+# CPU calibration seed 1 (latency_build.VALIDATE_SEED).
 BENCHMARK_SEED = 2
 
 
@@ -40,7 +41,7 @@ def jetson_figures(jetson, mlp_path, num_archs):
     else:
         mlp = lp.load_predictor(mlp_path)
         indices = lp.sample_architectures(num_archs, BENCHMARK_SEED)
-        summary = lp.error_summary(jetson.costs(indices), mlp.costs(indices))
+        summary = latency_build.error_summary(jetson.costs(indices), mlp.costs(indices))
         print(f"{num_archs} random architectures: mean |diff| {summary['mean_abs_pct']:.3f}%, "
               f"p95 {summary['p95_abs_pct']:.3f}%, max {summary['max_abs_pct']:.3f}%")
         low, high = mlp.feasible_range()
@@ -68,16 +69,16 @@ def cpu_figures(cpu_lut, num_archs, repeats, warmup_s, clock):
         raise UserError(f"{cpu_lut} has no calibration; run `latency_predictor.py validate` and `calibrate` first")
     print(f"calibration: {calibration['scale']:.4f} x table + {calibration['offset']:.4f} ms, fitted on "
           f"{calibration['num_measurements']} measurements ({', '.join(calibration['fitted_on'])})")
-    print(f"  on those:  before {lp.format_summary(calibration['before'])}")
-    print(f"             after  {lp.format_summary(calibration['after'])}")
-    protocol = lp.validation_protocol(metadata, "cpu", None, clock, warmup_s, repeats, BENCHMARK_SEED)
+    print(f"  on those:  before {latency_build.format_summary(calibration['before'])}")
+    print(f"             after  {latency_build.format_summary(calibration['after'])}")
+    protocol = latency_build.validation_protocol(metadata, "cpu", None, clock, warmup_s, repeats, BENCHMARK_SEED)
     print(f"measuring {num_archs} fresh random architectures end to end (seed {BENCHMARK_SEED}, {repeats} rounds, "
           f"{protocol.clock} clock; 1-min load average {os.getloadavg()[0]:.2f})", flush=True)
     indices = lp.sample_architectures(num_archs, BENCHMARK_SEED)
-    measured = lp.measure_networks(indices, protocol, metadata["num_classes"])
+    measured = latency_build.measure_networks(indices, protocol, metadata["num_classes"])
     medians = [entry["value"] for entry in measured]
-    print(f"  held out:  before {lp.format_summary(lp.error_summary(predictor.raw_costs(indices), medians))}")
-    print(f"             after  {lp.format_summary(lp.error_summary(predictor.costs(indices), medians))}")
+    print(f"  held out:  before {latency_build.format_summary(latency_build.error_summary(predictor.raw_costs(indices), medians))}")
+    print(f"             after  {latency_build.format_summary(latency_build.error_summary(predictor.costs(indices), medians))}")
 
 
 def get_args_parser():
@@ -88,12 +89,12 @@ def get_args_parser():
     parser.add_argument("--mlp", default=lp.AUTHORS_MLP, help="the authors' latency MLP (default: ../shared/data)")
     parser.add_argument("--jetson_lut", default=lp.DEFAULT_LUT, help="Jetson table (default: the shipped one)")
     parser.add_argument("--cpu_lut", default=lp.CPU_LUT, help="calibrated CPU table (default: the shipped one)")
-    parser.add_argument("--repeats", type=int, default=lp.DEFAULT_VALIDATE_REPEATS,
-                        help=f"rounds per CPU measurement (default: {lp.DEFAULT_VALIDATE_REPEATS})")
-    parser.add_argument("--clock", choices=tuple(lp.CLOCKS), default=None,
+    parser.add_argument("--repeats", type=int, default=latency_build.DEFAULT_VALIDATE_REPEATS,
+                        help=f"rounds per CPU measurement (default: {latency_build.DEFAULT_VALIDATE_REPEATS})")
+    parser.add_argument("--clock", choices=tuple(latency_build.CLOCKS), default=None,
                         help="CPU timer for the end-to-end measurement (default: the table's)")
-    parser.add_argument("--warmup_s", type=float, default=lp.DEFAULT_WARMUP_S,
-                        help=f"time-based warm-up in seconds (default: {lp.DEFAULT_WARMUP_S})")
+    parser.add_argument("--warmup_s", type=float, default=latency_build.DEFAULT_WARMUP_S,
+                        help=f"time-based warm-up in seconds (default: {latency_build.DEFAULT_WARMUP_S})")
     return parser
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import latency_build
 import latency_predictor as lp
 import model_train
 import operations
@@ -43,7 +44,7 @@ def one_hot_weights(indices, dtype=torch.float32):
 
 
 def run(argv):
-    lp.main(lp.get_args_parser().parse_args(argv))
+    latency_build.main(latency_build.get_args_parser().parse_args(argv))
 
 
 def write_json(path, content):
@@ -84,7 +85,7 @@ def test_the_jetson_table_ships_and_is_the_default():
     assert lp.DEFAULT_LUT == os.path.join(lp.LUT_DIR, "jetson_agx_xavier_b8.json")
     predictor = lp.load_predictor()
     assert (predictor.metric, predictor.unit) == ("latency", "ms")
-    assert predictor.metadata["batch_size"] == lp.JETSON_BATCH_SIZE
+    assert predictor.metadata["batch_size"] == latency_build.JETSON_BATCH_SIZE
     assert predictor.identifier == f"jetson_agx_xavier_b8.json@{operations.search_space_hash()}"
 
 
@@ -265,7 +266,7 @@ def test_count_tables_equal_thop_on_the_whole_network(seed):
     flops, params = lp.load_predictor("flops"), lp.load_predictor("params")
     assert (flops.unit, params.unit) == ("M", "M")
     arch_config = operations.indices_to_arch(lp.sample_architectures(1, seed=seed)[0])
-    with lp.torch_threads(1):
+    with latency_build.torch_threads(1):
         true_params, true_macs = model_train.count_params_and_flops(model_train.LightNet(arch_config))
     assert flops.cost(arch_config) * 1e6 == pytest.approx(true_macs, abs=0.5)
     assert params.cost(arch_config) * 1e6 == pytest.approx(true_params, abs=0.5)
@@ -372,7 +373,7 @@ def test_arch_config_with_se_or_wrong_first_layer_is_refused():
 
 def test_cli_reports_a_user_error_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as caught:
-        run_cli(lp.main, lp.get_args_parser(),
+        run_cli(latency_build.main, latency_build.get_args_parser(),
                 ["predict", "--lut", str(tmp_path / "absent.json"), "--arch_config", "LightNet-24ms"])
     assert caught.value.code == 2
     error = capsys.readouterr().err
@@ -422,7 +423,7 @@ def test_thread_clock_needs_one_cpu_thread(tmp_path):
 
 def test_validate_then_calibrate(built_table, tmp_path, capsys):
     out_dir = tmp_path / "validate"
-    num_archs = lp.MIN_CALIBRATION_ARCHS
+    num_archs = latency_build.MIN_CALIBRATION_ARCHS
     run(["validate", "--lut", built_table, "--device", "cpu", "--num_archs", str(num_archs), "--repeats", "1",
          "--warmup_s", "0", "--out_dir", str(out_dir)])
     output = capsys.readouterr().out
@@ -431,7 +432,7 @@ def test_validate_then_calibrate(built_table, tmp_path, capsys):
         rows = list(csv.DictReader(file))
     assert len(rows) == num_archs
     predictor = lp.load_predictor(built_table)
-    indices = lp.sample_architectures(num_archs, lp.VALIDATE_SEED)
+    indices = lp.sample_architectures(num_archs, latency_build.VALIDATE_SEED)
     assert [lp.text_to_arch(row["arch"]) for row in rows] == indices.tolist()
     np.testing.assert_allclose([float(row["predicted_raw_ms"]) for row in rows], predictor.raw_costs(indices),
                                atol=1e-6)
