@@ -168,8 +168,8 @@ def lightnet_rows(jetson, cpu_table, timing_rounds, evaluated):
     """One dict per registered LightNet with every column of table 1."""
     names = list(model_train.LIGHTNETS)
     arch_configs = [model_train.LIGHTNETS[name] for name in names]
-    protocol = latency_build.validation_protocol(cpu_table.metadata, "cpu", None, None, latency_build.DEFAULT_WARMUP_S, timing_rounds,
-                                      MEASURE_SEED)
+    protocol = latency_build.validation_protocol(cpu_table.metadata, "cpu", None, None,
+                                                 latency_build.DEFAULT_WARMUP_S, timing_rounds, MEASURE_SEED)
     print(f"timing {len(names)} networks end to end: batch {protocol.batch_size}, {protocol.threads} thread(s), "
           f"{protocol.clock} clock, {timing_rounds} rounds", flush=True)
     measured = latency_build.measure_arch_configs(arch_configs, protocol, cpu_table.metadata["num_classes"])

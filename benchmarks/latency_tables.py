@@ -77,8 +77,9 @@ def cpu_figures(cpu_lut, num_archs, repeats, warmup_s, clock):
     indices = lp.sample_architectures(num_archs, BENCHMARK_SEED)
     measured = latency_build.measure_networks(indices, protocol, metadata["num_classes"])
     medians = [entry["value"] for entry in measured]
-    print(f"  held out:  before {latency_build.format_summary(latency_build.error_summary(predictor.raw_costs(indices), medians))}")
-    print(f"             after  {latency_build.format_summary(latency_build.error_summary(predictor.costs(indices), medians))}")
+    for label, predicted in (("  held out:  before", predictor.raw_costs(indices)),
+                             ("             after ", predictor.costs(indices))):
+        print(f"{label} {latency_build.format_summary(latency_build.error_summary(predicted, medians))}")
 
 
 def get_args_parser():
