@@ -42,7 +42,7 @@ import operations
 from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
 from utils import (
     AverageMeter, UserError, accuracy, add_device_arguments, all_gather_objects, all_reduce_sum, cleanup_distributed,
-    create_logger, init_distributed, launch, load_checkpoint, resolve_device_type, rng_states,
+    create_logger, frozen, init_distributed, launch, load_checkpoint, resolve_device_type, rng_states,
     read_json_lines, run_cli, save_checkpoint, seed_everything, set_rng_states, write_json, write_json_lines,
 )
 
@@ -449,41 +449,43 @@ class Searcher:
         """One pass over val/ updating alpha; lambda after every step."""
         args, state = self.args, self.state
         self.model.train()
-        for parameter in self.weight_parameters:  # alpha's pass needs no weight gradients
-            parameter.requires_grad_(False)
         loss_meter, top1_meter = AverageMeter(), AverageMeter()
         scheduled_lr = scheduled_arch_lr(epoch, args)
+        lr = scheduled_lr
         cost = self.argmax_cost()
-        for images, targets in tqdm(loader, desc=f"epoch {epoch + 1} alpha", leave=False,
-                                    disable=not self.context.is_main):
-            images = images.to(self.context.device, non_blocking=True)
-            targets = targets.to(self.context.device, non_blocking=True)
-            if (args.penalty == "lagrange" and in_latch_window(epoch, args)
-                    and abs(cost - args.target_latency) < args.latch_tolerance):
-                state.latched = True
-            lr = scheduled_lr * abs(cost / args.target_latency - 1.0) if state.latched else scheduled_lr
-            for group in self.arch_optimizer.param_groups:
-                group["lr"] = lr
-
-            sample = gumbel_softmax_hard(self.model.alpha, tau, self.arch_generator)
-            logits = self.model(images, sample, eta)
-            cross_entropy = self.criterion(logits, targets)
-            loss = cross_entropy + self.latency_penalty(self.predictor.expected_cost(sample))
-            self.arch_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(self.model.arch_parameters(), self.context.world_size)
-            self.arch_optimizer.step()
-
-            cost = self.argmax_cost()
-            if args.penalty == "lagrange":
-                state.tradeoff = update_lagrange_multiplier(state.tradeoff, cost, args.target_latency,
-                                                            args.tradeoff_learning_rate)
-            history.append(cost)
-            loss_meter.update(cross_entropy.item(), targets.size(0))
-            top1_meter.update(accuracy(logits.detach(), targets, topk=(1,))[0], targets.size(0))
-        for parameter in self.weight_parameters:
-            parameter.requires_grad_(True)
+        with frozen(self.weight_parameters):  # alpha's pass needs no weight gradients
+            for images, targets in tqdm(loader, desc=f"epoch {epoch + 1} alpha", leave=False,
+                                        disable=not self.context.is_main):
+                images = images.to(self.context.device, non_blocking=True)
+                targets = targets.to(self.context.device, non_blocking=True)
+                if (args.penalty == "lagrange" and in_latch_window(epoch, args)
+                        and abs(cost - args.target_latency) < args.latch_tolerance):
+                    state.latched = True
+                lr = scheduled_lr * abs(cost / args.target_latency - 1.0) if state.latched else scheduled_lr
+                cross_entropy, logits = self.alpha_step(images, targets, tau, eta, lr)
+                cost = self.argmax_cost()
+                if args.penalty == "lagrange":
+                    state.tradeoff = update_lagrange_multiplier(state.tradeoff, cost, args.target_latency,
+                                                                args.tradeoff_learning_rate)
+                history.append(cost)
+                loss_meter.update(cross_entropy.item(), targets.size(0))
+                top1_meter.update(accuracy(logits.detach(), targets, topk=(1,))[0], targets.size(0))
         return loss_meter.average, top1_meter.average, lr
+
+    def alpha_step(self, images, targets, tau, eta, lr):
+        """One Adam step on alpha for CE + the latency penalty of a sampled
+        path; returns the cross-entropy and the logits."""
+        for group in self.arch_optimizer.param_groups:
+            group["lr"] = lr
+        sample = gumbel_softmax_hard(self.model.alpha, tau, self.arch_generator)
+        logits = self.model(images, sample, eta)
+        cross_entropy = self.criterion(logits, targets)
+        loss = cross_entropy + self.latency_penalty(self.predictor.expected_cost(sample))
+        self.arch_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(self.model.arch_parameters(), self.context.world_size)
+        self.arch_optimizer.step()
+        return cross_entropy, logits
 
     # ------------------------------------------------------------ checkpoints
 

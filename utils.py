@@ -14,10 +14,12 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
 import random
 import socket
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -204,15 +206,37 @@ def save_checkpoint(state, path):
 
 
 def load_checkpoint(path, what="checkpoint"):
-    """Load a checkpoint safely (tensors and plain containers only); a
-    missing or unreadable file is a UserError."""
+    """Load a checkpoint safely (tensors and plain containers only). A
+    missing, unreadable, truncated or foreign file is a UserError; any other
+    exception is a bug and propagates."""
     if not os.path.isfile(path):
         raise UserError(f"{what} {path} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a bad file
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning adds nothing to the error
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{what} {path} could not be loaded (not a checkpoint of tensors and plain containers; "
+                        "anything else, such as code, is refused)") from None
+    except EOFError:
+        raise UserError(f"{what} {path} could not be loaded (the file is empty or cut short)") from None
+    except (RuntimeError, OSError, ValueError) as error:  # a damaged archive, an unreadable file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"{what} {path} could not be loaded ({reason})") from None
+
+
+@contextlib.contextmanager
+def frozen(parameters):
+    """Within the block, `parameters` need no gradient; afterwards (also
+    after an exception) they need one again."""
+    parameters = list(parameters)
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in parameters:
+            parameter.requires_grad_(True)
 
 
 def strip_module_prefix(state_dict):

@@ -17,8 +17,10 @@ from search_imagenet import (
 SMALL_INPUT = 32
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def supernet():
+    """A fresh supernet per test: tests change its alpha, gradients and
+    BatchNorm statistics, so sharing one would make them order-dependent."""
     torch.manual_seed(0)
     return SuperNet(num_classes=5)
 

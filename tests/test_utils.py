@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import pickle
 import random
 
 import numpy as np
@@ -46,13 +47,49 @@ def test_failed_save_leaves_the_previous_file(tmp_path):
     assert os.listdir(tmp_path) == ["state.pth.tar"]  # no temporary file left behind
 
 
+class RunsCode:
+    """A pickle that would run a shell command when loaded."""
+
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
 def test_load_checkpoint_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
         utils.load_checkpoint(tmp_path / "absent.pth.tar")
     corrupt = tmp_path / "corrupt.pth.tar"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="could not be loaded"):
+    with pytest.raises(UserError, match="not a checkpoint of tensors and plain containers"):
         utils.load_checkpoint(corrupt)
+    malicious = tmp_path / "malicious.pth.tar"
+    with open(malicious, "wb") as file:
+        pickle.dump(RunsCode(), file)
+    with pytest.raises(UserError, match="such as code, is refused"):
+        utils.load_checkpoint(malicious)
+    empty = tmp_path / "empty.pth.tar"
+    empty.write_bytes(b"")
+    with pytest.raises(UserError, match="empty or cut short"):
+        utils.load_checkpoint(empty)
+    good = tmp_path / "good.pth.tar"
+    torch.save({"weights": torch.zeros(1000)}, good)
+    truncated = tmp_path / "truncated.pth.tar"
+    truncated.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(UserError, match="could not be loaded"):
+        utils.load_checkpoint(truncated)
+
+
+def test_load_checkpoint_lets_a_bug_through(tmp_path, monkeypatch):
+    """Only a bad file is the user's problem: an error of the program itself
+    keeps its traceback."""
+    path = tmp_path / "good.pth.tar"
+    torch.save({"epoch": 1}, path)
+
+    def broken_load(*args, **kwargs):
+        raise TypeError("load() got an unexpected keyword argument")
+
+    monkeypatch.setattr(utils.torch, "load", broken_load)
+    with pytest.raises(TypeError):
+        utils.load_checkpoint(path)
 
 
 def test_strip_module_prefix_only_when_every_key_has_it():
@@ -79,3 +116,12 @@ def test_device_options_on_a_machine_without_gpu(monkeypatch):
         utils.resolve_device_type(_device_args("--visible", "0,a"))
     with pytest.raises(UserError, match="lists 1 GPU"):
         utils.resolve_device_type(_device_args("--gpus", "2", "--visible", "0", "--device", "cpu"))
+
+
+def test_frozen_restores_gradients_even_after_an_error():
+    weights = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.ones(3))]
+    with pytest.raises(RuntimeError):
+        with utils.frozen(weights):
+            assert not any(weight.requires_grad for weight in weights)
+            raise RuntimeError("interrupted step")
+    assert all(weight.requires_grad for weight in weights)
