@@ -81,7 +81,7 @@ from model_train import DEFAULT_DROPOUT, LightNet, count_params_and_flops, resol
 from utils import UserError
 
 # ------------------------------------------------------------ the recipe
-# Spec section 5 (the authors' retraining recipe), unless said otherwise.
+# The paper's retraining recipe (its experiments; the authors' training command), unless said otherwise.
 RECIPE_EPOCHS = 360
 RECIPE_BATCH_SIZE = 1024  # global, over the 4 GPUs of the paper
 RECIPE_LR = 0.5  # for RECIPE_BATCH_SIZE images per step
@@ -449,14 +449,6 @@ def setup_training(args, context, num_classes, steps_per_epoch):
 # ------------------------------------------------------------------- loop
 
 
-def hit_counts(logits, targets, topk=(1, 5)):
-    """Like utils.correct_counts, but a tensor on the device, so a training
-    step needs no host-device synchronisation."""
-    max_k = min(max(topk), logits.size(1))
-    hits = logits.topk(max_k, dim=1).indices.eq(targets.unsqueeze(1))
-    return torch.stack([hits[:, :min(k, max_k)].any(dim=1).sum() for k in topk])
-
-
 @dataclasses.dataclass
 class EpochStats:
     loss: float
@@ -505,7 +497,7 @@ def train_one_epoch(training, loader, epoch, progress=False):
         loss, logits = train_step(training, images, targets)
         count = targets.size(0)
         sums[0] += loss.double() * count
-        sums[1:3] += hit_counts(logits, targets)
+        sums[1:3] += utils.hit_counts(logits, targets)
         sums[3] += count
         if progress and step % PROGRESS_POSTFIX_STEPS == 0:
             batches.set_postfix(loss=f"{loss.item():.3f}", lr=f"{training.optimizer.param_groups[0]['lr']:.4f}")

@@ -77,13 +77,18 @@ class AverageMeter:
         return self.sum / max(1, self.count)
 
 
-def correct_counts(logits, targets, topk=(1, 5)):
-    """Number of samples whose target is among the top-k logits, per k
-    (k is capped at the number of classes)."""
+def hit_counts(logits, targets, topk=(1, 5)):
+    """Number of samples whose target is among the top-k logits, per k (k
+    capped at the number of classes), as one tensor on the logits' device:
+    counting needs no host-device synchronisation."""
     max_k = min(max(topk), logits.size(1))
-    top_predictions = logits.topk(max_k, dim=1).indices
-    hits = top_predictions.eq(targets.unsqueeze(1))
-    return [int(hits[:, : min(k, max_k)].any(dim=1).sum()) for k in topk]
+    hits = logits.topk(max_k, dim=1).indices.eq(targets.unsqueeze(1))
+    return torch.stack([hits[:, :min(k, max_k)].any(dim=1).sum() for k in topk])
+
+
+def correct_counts(logits, targets, topk=(1, 5)):
+    """`hit_counts` as Python ints."""
+    return [int(count) for count in hit_counts(logits, targets, topk)]
 
 
 def accuracy(logits, targets, topk=(1, 5)):

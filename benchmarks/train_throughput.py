@@ -2,8 +2,8 @@
 script's own loop (its DataLoader pipeline: decode, RandomResizedCrop, flip,
 ColorJitter, normalise, in --workers processes) against a bare
 forward/backward/step loop on one in-memory batch of the same images, for
-the same network and batch, measured side by side in one run (spec
-section 5's recipe; the paper's LightNet-24ms).
+the same network and batch, measured side by side in one run (the paper's
+retraining recipe; LightNet-24ms).
 
 Data: the project's synthetic dataset drawn at 256 px (PNG), cropped to
 224 px as ImageNet images are; ImageNet's larger JPEGs cost a few ms more
