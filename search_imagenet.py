@@ -41,13 +41,14 @@ import latency_predictor
 import operations
 from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
 from utils import (
-    AverageMeter, UserError, accuracy, add_device_arguments, all_gather_objects, all_reduce_sum, cleanup_distributed,
-    create_logger, frozen, init_distributed, launch, load_checkpoint, resolve_device_type, rng_states,
-    read_json_lines, run_cli, save_checkpoint, seed_everything, set_rng_states, write_json, write_json_lines,
+    AverageMeter, MetricsFile, UserError, accuracy, add_device_arguments, all_gather_objects, all_reduce_sum,
+    cleanup_distributed, frozen, init_distributed, launch, load_checkpoint, resolve_device_type, rng_states, run_cli,
+    run_logger, save_checkpoint, seed_everything, set_rng_states, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 WARMUP_CHECKPOINT_NAME = "warmup.pth.tar"
+METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_FORMAT = 2  # 2: the release's supernet init, BN eps, gradient routing and zero-filled gradients
 PENALTIES = ("lagrange", "fixed")
 # Figures are redrawn at most this often (and after the last epoch): live for
@@ -707,9 +708,7 @@ def search_worker(args):
         os.makedirs(args.save, exist_ok=True)
         write_json(os.path.join(args.save, "args.json"), vars(args))
     predictor = latency_predictor.load_predictor(args.lut, metric=args.metric)
-    logger = create_logger(args.save if context.is_main else None, name=f"search.rank{context.rank}")
-    if not context.is_main:
-        logger.disabled = True
+    logger = run_logger(context, args.save, "search")
 
     train_set, arch_set, classes = build_datasets(args)
     num_classes = len(classes)
@@ -730,8 +729,7 @@ def search_worker(args):
                                       args.workers, what="the weights' split")
     arch_loader = data.seeded_loader(arch_set, args.batch_size_val // context.world_size, args.seed + 1, context,
                                      args.workers, what="alpha's split")
-    metrics_path = os.path.join(args.save, "metrics.jsonl")
-    metrics = read_json_lines(metrics_path, up_to_epoch=start_epoch) if context.is_main else []
+    metrics = MetricsFile(os.path.join(args.save, METRICS_NAME), start_epoch) if context.is_main else None
 
     alpha_images = ("val/" if args.arch_split_from_train is None
                     else f"{100 * args.arch_split_from_train:g}% of train/")
@@ -770,13 +768,12 @@ def search_worker(args):
         stop_here = (args.stop_after_epoch is not None and args.stop_after_epoch <= epoch + 1 < args.epochs)
         if context.is_main:
             metrics.append(row)
-            write_json_lines(metrics_path, metrics)
             state = searcher.checkpoint(epoch)
             save_checkpoint(state, os.path.join(args.save, CHECKPOINT_NAME))
             if epoch + 1 == args.freeze_epochs:
                 save_checkpoint(state, os.path.join(args.save, WARMUP_CHECKPOINT_NAME))
             if epoch + 1 == args.epochs or stop_here or time.time() - plotted_at >= PLOT_INTERVAL_S:
-                write_plots(args.save, metrics, predictor, args.target_latency)
+                write_plots(args.save, metrics.rows, predictor, args.target_latency)
                 plotted_at = time.time()
         accuracy_text = "" if warmup else f" | val loss {val_loss:.3f} top-1 {val_top1:.1f}"
         penalty_text = (f"w {args.penalty_weight:g} (fixed)" if args.penalty == "fixed"

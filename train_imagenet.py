@@ -61,7 +61,6 @@ best_ema.pth.tar with --ema, and curves.png.
 import argparse
 import copy
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -573,12 +572,6 @@ def log_changed_options(checkpoint, args, logger):
         logger.info("resuming with changed options: " + ", ".join(changed))
 
 
-def keep_metrics_until(path, epoch):
-    """Drop metrics of epochs after `epoch` (written before a crash, and
-    about to be run again)."""
-    utils.write_json_lines(path, utils.read_json_lines(path, up_to_epoch=epoch))
-
-
 def plot_curves(records, path):
     """Loss, top-1 and learning rate per epoch, as a PNG."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display
@@ -675,18 +668,10 @@ def run(args, context):
         args.workers = default_workers()
     root = args.dataset if args.dataset is not None else data.synthetic_dataset_once(context)
     if args.evaluate:
-        return evaluate_checkpoint(args, context, root, make_logger(context, None))
+        return evaluate_checkpoint(args, context, root, utils.run_logger(context, None, "train"))
     if context.is_main:
         os.makedirs(args.save, exist_ok=True)
-    return fit(args, context, root, make_logger(context, args.save))
-
-
-def make_logger(context, save_dir):
-    if context.is_main:
-        return utils.create_logger(save_dir)
-    logger = logging.getLogger("lightnas.other_ranks")
-    logger.disabled = True  # only rank 0 prints
-    return logger
+    return fit(args, context, root, utils.run_logger(context, args.save, "train"))
 
 
 def show_progress(context):
@@ -717,18 +702,17 @@ def fit(args, context, root, logger):
     training = setup_training(args, context, num_classes, len(train_loader))
     if context.is_main:
         log_setup(logger, args, context, training, num_classes, train_loader, val_loader)
-    metrics_path = os.path.join(args.save, METRICS_FILE)
     start_epoch, best = 0, dict(top1=-1.0, epoch=0, ema_top1=-1.0)
     if args.resume:
         checkpoint = utils.load_checkpoint(args.resume, what="--resume")
         start_epoch, best = restore(training, checkpoint, context, num_classes, logger)
         log_changed_options(checkpoint, args, logger)
         logger.info(f"resumed from {args.resume} after epoch {start_epoch}")
-        if context.is_main:
-            keep_metrics_until(metrics_path, start_epoch)
     else:
         # Each process its own dropout stream; the weights are already equal.
         utils.seed_everything(args.seed + context.rank)
+    run = (RunRecord(args, num_classes, logger, utils.MetricsFile(os.path.join(args.save, METRICS_FILE), start_epoch),
+                     best) if context.is_main else None)
 
     for epoch in range(start_epoch, args.epochs):
         train_loader.sampler.set_epoch(epoch)
@@ -741,7 +725,7 @@ def fit(args, context, root, logger):
         ema_val = evaluate_model(training.ema.model, val_loader, context, False) if training.ema else None
         rng_states = utils.all_gather_objects(utils.rng_states())
         if context.is_main:
-            record_epoch(args, training, num_classes, epoch, lr, stats, val, ema_val, best, rng_states, logger)
+            record_epoch(run, training, epoch, lr, stats, val, ema_val, rng_states)
 
     if context.is_main:
         logger.info(f"done: best val top-1 {best['top1']:.3f} at epoch {best['epoch']}; "
@@ -752,9 +736,21 @@ def fit(args, context, root, logger):
     return training.model
 
 
-def record_epoch(args, training, num_classes, epoch, lr, stats, val, ema_val, best, rng_states, logger):
+@dataclasses.dataclass
+class RunRecord:
+    """What the main process keeps of a training run between epochs."""
+
+    args: argparse.Namespace
+    num_classes: int
+    logger: logging.Logger
+    metrics: utils.MetricsFile
+    best: dict  # best val top-1 so far, its epoch, the best EMA top-1
+
+
+def record_epoch(run, training, epoch, lr, stats, val, ema_val, rng_states):
     """Rank 0, after each epoch: metrics, best weights, then the checkpoint
     (last, so that a crash leaves a checkpoint that --resume continues)."""
+    args, num_classes, best = run.args, run.num_classes, run.best
     done = epoch + 1
     record = dict(epoch=done, lr=lr, train_loss=stats.loss, train_top1=stats.top1, train_top5=stats.top5,
                   val_top1=val["top1"], val_top5=val["top5"], val_images=val["images"],
@@ -769,16 +765,15 @@ def record_epoch(args, training, num_classes, epoch, lr, stats, val, ema_val, be
             best["ema_top1"] = ema_val["top1"]
             utils.save_checkpoint(weights_file(training.ema.model.state_dict(), args, num_classes, done, ema_val),
                                   os.path.join(args.save, BEST_EMA_FILE))
-    with open(os.path.join(args.save, METRICS_FILE), "a") as file:
-        file.write(json.dumps(record) + "\n")
+    run.metrics.append(record)
     utils.save_checkpoint(checkpoint_state(training, args, num_classes, done, best, rng_states),
                           os.path.join(args.save, CHECKPOINT_FILE))
-    plot_curves(utils.read_json_lines(os.path.join(args.save, METRICS_FILE)), os.path.join(args.save, CURVES_FILE))
+    plot_curves(run.metrics.rows, os.path.join(args.save, CURVES_FILE))
     ema_text = f"  EMA top-1 {ema_val['top1']:.2f}" if ema_val is not None else ""
-    logger.info(f"epoch {done}/{args.epochs}  lr {lr:.4f}  train loss {stats.loss:.4f} top-1 {stats.top1:.2f}  "
-                f"val top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} ({val['images']} images){ema_text}  "
-                f"{stats.images_per_second:.0f} img/s, data wait {100 * stats.data_wait:.0f}%  "
-                f"{stats.seconds:.0f} s  best {best['top1']:.2f} (epoch {best['epoch']})")
+    run.logger.info(f"epoch {done}/{args.epochs}  lr {lr:.4f}  train loss {stats.loss:.4f} top-1 {stats.top1:.2f}  "
+                    f"val top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} ({val['images']} images){ema_text}  "
+                    f"{stats.images_per_second:.0f} img/s, data wait {100 * stats.data_wait:.0f}%  "
+                    f"{stats.seconds:.0f} s  best {best['top1']:.2f} (epoch {best['epoch']})")
 
 
 def evaluate_checkpoint(args, context, root, logger):

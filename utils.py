@@ -107,6 +107,7 @@ def create_logger(save_dir=None, name="lightnas"):
     logger.handlers.clear()
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    logger.disabled = False
     formatter = logging.Formatter("%(asctime)s %(message)s", "%m/%d %H:%M:%S")
     handlers = [logging.StreamHandler(sys.stdout)]
     if save_dir is not None:
@@ -114,6 +115,16 @@ def create_logger(save_dir=None, name="lightnas"):
     for handler in handlers:
         handler.setFormatter(formatter)
         logger.addHandler(handler)
+    return logger
+
+
+def run_logger(context, save_dir, name):
+    """A run's logger in this process: the main process prints (and, given
+    `save_dir`, appends to its log.txt); every other process is silent."""
+    if context.is_main:
+        return create_logger(save_dir, name)
+    logger = logging.getLogger(f"{name}.rank{context.rank}")
+    logger.disabled = True
     return logger
 
 
@@ -202,6 +213,21 @@ def read_json_lines(path, up_to_epoch=None):
     with open(path) as file:
         rows = [json.loads(line) for line in file if line.strip()]
     return rows if up_to_epoch is None else [row for row in rows if row["epoch"] <= up_to_epoch]
+
+
+class MetricsFile:
+    """A run's metrics.jsonl: one JSON object per epoch, rewritten atomically
+    after each. A run resumed after `resume_epoch` keeps the rows up to it
+    (rows of later epochs were written before an interruption and are about
+    to be redone); a fresh run starts empty."""
+
+    def __init__(self, path, resume_epoch=0):
+        self.path = path
+        self.rows = read_json_lines(path, up_to_epoch=resume_epoch) if resume_epoch else []
+
+    def append(self, row):
+        self.rows.append(row)
+        write_json_lines(self.path, self.rows)
 
 
 def save_checkpoint(state, path):

@@ -125,3 +125,16 @@ def test_frozen_restores_gradients_even_after_an_error():
             assert not any(weight.requires_grad for weight in weights)
             raise RuntimeError("interrupted step")
     assert all(weight.requires_grad for weight in weights)
+
+
+def test_metrics_file_keeps_rows_up_to_the_resumed_epoch(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    metrics = utils.MetricsFile(path)
+    for epoch in (1, 2, 3):
+        metrics.append({"epoch": epoch, "loss": 1.0 / epoch})
+    assert [row["epoch"] for row in utils.read_json_lines(path)] == [1, 2, 3]
+    resumed = utils.MetricsFile(path, resume_epoch=2)  # epoch 3 is about to be redone
+    assert [row["epoch"] for row in resumed.rows] == [1, 2]
+    resumed.append({"epoch": 3, "loss": 0.5})
+    assert [row["loss"] for row in utils.read_json_lines(path)] == [1.0, 0.5, 0.5]
+    assert utils.MetricsFile(path).rows == []  # a fresh run does not inherit an old run's rows
