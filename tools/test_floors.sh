@@ -6,8 +6,9 @@
 #   tools/test_floors.sh                # venv in .floors-venv/ (ignored by git)
 #   tools/test_floors.sh /tmp/floors    # venv elsewhere
 #
-# Needs the package registry (torch alone is a few GB). The Python floor is
-# checked separately on every run of the suite: tests/test_utils.py parses
+# Wheels only (a floor that needs a compiler does not count). Needs the
+# package registry (torch alone is a few GB). The Python floor is
+# checked separately on every run of the suite: tests/test_floors.py parses
 # every file with Python 3.10's grammar.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,6 @@ venv="${1:-.floors-venv}"
 python3 -m venv "$venv"
 grep -v '^#' requirements.txt | sed -E 's/>=/==/' > "$venv/floors.txt"
 echo "installing the floors:" $(cat "$venv/floors.txt")
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$venv/floors.txt"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: -r "$venv/floors.txt"
 "$venv/bin/python" -m pip list --format=freeze | grep -iE '^(torch|torchvision|numpy|pillow|thop|tqdm|matplotlib|onnx|onnxruntime|pytest)=='
 "$venv/bin/python" -m pytest -q tests
