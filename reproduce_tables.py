@@ -1,7 +1,7 @@
 """Rebuild the paper's tables and measure its central claim, in one command.
 
-    python3 reproduce_tables.py                 # full: about 16 minutes on a 2-core CPU
-    python3 reproduce_tables.py --quick         # CI-sized: under 3 minutes
+    python3 reproduce_tables.py                 # full (the README gives its time on 2 cores)
+    python3 reproduce_tables.py --quick         # CI-sized: a few minutes
     python3 reproduce_tables.py --dataset /data/imagenet --weights_dir /data/lightnets    # + top-1/top-5
     python3 reproduce_tables.py --search_dataset /data/imagenet100 --jobs 1 -- --gpus 1 --visible 0
 

@@ -46,11 +46,11 @@ data. Evaluation always runs in fp32.
 Without --dataset, the script trains a demo on the project's synthetic
 dataset (10 classes, 1500 train / 500 val images of 64 px, generated on
 first use) with a short CPU schedule: LightNet-24ms, 20 epochs, batch 32,
-64 px, lr 0.04 after 5 warm-up epochs, channels_last. Measured on 2 CPU
-cores: 58.8% val top-1 (chance: 10%) in 2.5 minutes. Options given explicitly
+64 px, lr 0.04 after 5 warm-up epochs, channels_last (its accuracy and
+time on 2 CPU cores are in the README). Options given explicitly
 always win over both the demo and the recipe. On a CPU that other jobs
 share, set OMP_NUM_THREADS=1: OpenMP threads spin while waiting for a
-taken core (measured here: 95 s per demo epoch with 2 threads, 13 s with 1).
+taken core, which made a demo epoch several times slower here.
 
 Outputs in --save: log.txt, metrics.jsonl (one JSON object per epoch),
 checkpoint.pth.tar (every epoch, for --resume), best.pth.tar (best val

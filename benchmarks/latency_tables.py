@@ -7,7 +7,7 @@ tables predict what they stand for.
    after its calibration, on architectures the calibration never saw.
 3. The CPU table's build time (read from its metadata, not rebuilt).
 
-    python3 benchmarks/latency_tables.py            # about 2 minutes on a quiet 2-core CPU
+    python3 benchmarks/latency_tables.py            # a few minutes on a 2-core CPU
     python3 benchmarks/latency_tables.py --quick    # a smoke run, seconds
 """
 
