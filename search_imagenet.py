@@ -226,23 +226,35 @@ def resolve_schedule(args):
             setattr(args, name, value)
 
 
+MIN_IMAGE_SIZE = 16  # the smallest crop the tests run; below it every late layer sees one pixel
+# Each numeric option: what it must be, as (test, description). NaN fails
+# every comparison, and infinities are refused separately.
+NUMBER_RULES = (
+    (("epochs", "batch_size_train", "batch_size_val", "arch_lr_step", "target_latency", "tau_max",
+      "learning_rate", "arch_learning_rate", "grad_clip"), lambda value: value > 0, "positive"),
+    (("eta", "warmup_epochs", "arch_weight_decay", "land_within", "latch_epochs", "tradeoff_learning_rate",
+      "workers", "tau_decay", "weight_decay", "latch_tolerance"), lambda value: value >= 0, "non-negative"),
+    (("momentum", "label_smooth"), lambda value: 0 <= value < 1, "in [0, 1)"),
+    (("tradeoff",), lambda value: value == value, "a number"),
+    (("image_size",), lambda value: value >= MIN_IMAGE_SIZE, f"at least {MIN_IMAGE_SIZE} (pixels)"),
+)
+
+
 def validate_settings(args):
-    positive = ("epochs", "batch_size_train", "batch_size_val", "image_size", "arch_lr_step",
-                "target_latency", "tau_max", "learning_rate", "arch_learning_rate")
-    for name in positive:
-        if not getattr(args, name) > 0:  # also refuses NaN
-            raise UserError(f"--{name} must be positive")
-    if not (args.eta >= 0 and args.warmup_epochs >= 0 and args.arch_weight_decay >= 0 and args.land_within >= 0):
-        raise UserError("--eta, --warmup_epochs, --arch_weight_decay and --land_within must be non-negative")
+    for names, test, description in NUMBER_RULES:
+        for name in names:
+            value = getattr(args, name)
+            if not (test(value) and math.isfinite(value)):
+                raise UserError(f"--{name} must be {description}, got {value}")
+    if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
+        raise UserError(f"--stop_after_epoch must be at least 1, got {args.stop_after_epoch}")
     if args.arch_split_from_train is not None and not 0 < args.arch_split_from_train < 1:
         raise UserError(f"--arch_split_from_train must be a fraction in (0, 1), e.g. 0.2; got {args.arch_split_from_train}")
     if not 0 <= args.freeze_epochs < args.epochs:
         raise UserError(f"--freeze_epochs must be in [0, --epochs), got {args.freeze_epochs} with {args.epochs} epochs")
-    if args.latch_epochs < 0 or args.tradeoff_learning_rate < 0 or args.workers < 0:
-        raise UserError("--latch_epochs, --tradeoff_learning_rate and --workers must be non-negative")
     if args.num_classes is not None and args.num_classes < 2:
         raise UserError("--num_classes must be at least 2")
-    if args.penalty == "fixed" and (args.penalty_weight is None or args.penalty_weight < 0):
+    if args.penalty == "fixed" and (args.penalty_weight is None or not 0 <= args.penalty_weight < math.inf):
         raise UserError("--penalty fixed needs a non-negative --penalty_weight, e.g. --penalty_weight 0.1")
     if args.penalty == "lagrange" and args.penalty_weight is not None:
         raise UserError("--penalty_weight applies to --penalty fixed only; the paper's search learns lambda instead")

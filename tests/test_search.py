@@ -112,6 +112,16 @@ def test_warmup_checkpoint_starts_a_search_for_another_target(finished_search, t
     ("freeze", ["--freeze_epochs", "3"], "--freeze_epochs must be in [0, --epochs)"),
     ("fixed without w", ["--penalty", "fixed"], "--penalty fixed needs a non-negative --penalty_weight"),
     ("w without fixed", ["--penalty_weight", "0.1"], "--penalty_weight applies to --penalty fixed only"),
+    ("nan lr", ["--learning_rate", "nan"], "--learning_rate must be positive, got nan"),
+    ("nan lambda", ["--tradeoff", "nan"], "--tradeoff must be a number, got nan"),
+    ("nan tau", ["--tau_max", "nan"], "--tau_max must be positive, got nan"),
+    ("inf tau decay", ["--tau_decay", "inf"], "--tau_decay must be non-negative, got inf"),
+    ("tiny images", ["--image_size", "1"], "--image_size must be at least 16 (pixels), got 1"),
+    ("stop before start", ["--stop_after_epoch", "-1"], "--stop_after_epoch must be at least 1, got -1"),
+    ("negative latch", ["--latch_tolerance", "-1"], "--latch_tolerance must be non-negative, got -1.0"),
+    ("negative clip", ["--grad_clip", "-1"], "--grad_clip must be positive, got -1.0"),
+    ("momentum 1", ["--momentum", "1"], "--momentum must be in [0, 1), got 1.0"),
+    ("inf weight", ["--penalty", "fixed", "--penalty_weight", "inf"], "needs a non-negative --penalty_weight"),
 ])
 def test_bad_settings_exit_2_with_one_line(case, arguments, message, tiny_dataset, tmp_path, capsys):
     base = ["--save", str(tmp_path / "run"), "--dataset", tiny_dataset, "--num_classes", "3"] + TINY_SCHEDULE
@@ -120,6 +130,7 @@ def test_bad_settings_exit_2_with_one_line(case, arguments, message, tiny_datase
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and message in error, error
+    assert not (tmp_path / "run").exists()  # nothing half-written
 
 
 def test_resume_from_another_target_is_refused(finished_search, tiny_dataset, tmp_path, capsys):
