@@ -23,6 +23,7 @@ from utils import (
 )
 
 CLASSIFIER_WEIGHT = "classifier.4.weight"  # its rows give num_classes
+DEFAULT_IMAGE_SIZE = 224  # ImageNet evaluation: resize to 256, centre crop 224
 
 
 def checkpoint_state_dict(checkpoint, path):
@@ -126,17 +127,19 @@ def get_args_parser():
     parser.add_argument("--batch_size", type=int, default=64, help="images per batch (default: 64)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="data-loading processes (default: min(8, CPU cores))")
-    parser.add_argument("--image_size", type=int, default=224,
-                        help="center-crop size; images are first resized to size/0.875 (default: 224)")
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="center-crop size; images are first resized to size/0.875 (default: the size the "
+                             "checkpoint records it was trained at, else 224)")
     parser.add_argument("--width_mult", type=float, default=1.0, help="channel width multiplier (default: 1.0)")
     return parser
 
 
 def evaluate_weights(weights, dataset_root, arch_choice=None, device="cpu", batch_size=64, workers=0,
-                     image_size=224, width_mult=1.0, progress=True):
+                     image_size=None, width_mult=1.0, progress=True):
     """Load `weights` into the network `arch_choice` (a name, list string or
     arch.json; None: the one the checkpoint records) and count exactly over
-    `dataset_root`/val: (images, top-1 hits, top-5 hits)."""
+    `dataset_root`/val at `image_size` (None: the checkpoint's training size,
+    else 224): (images, top-1 hits, top-5 hits)."""
     device = resolve_device(device)
     checkpoint = load_checkpoint(weights, what="--weights")
     state_dict = checkpoint_state_dict(checkpoint, weights)
@@ -144,6 +147,9 @@ def evaluate_weights(weights, dataset_root, arch_choice=None, device="cpu", batc
         arch_choice = checkpoint.get("arch_config") if isinstance(checkpoint, dict) else None
         if arch_choice is None:
             raise UserError("give --model or --arch_config: the checkpoint does not record its architecture")
+    if image_size is None:
+        recorded = checkpoint.get("image_size") if isinstance(checkpoint, dict) else None
+        image_size = recorded if isinstance(recorded, int) and recorded > 0 else DEFAULT_IMAGE_SIZE
     arch_config = model_train.resolve_arch_config(arch_choice)
     num_classes = weights_num_classes(state_dict, weights, "--weights")
     model = model_train.LightNet(arch_config, num_classes=num_classes, width_mult=width_mult)
@@ -157,7 +163,7 @@ def evaluate_weights(weights, dataset_root, arch_choice=None, device="cpu", batc
 
 
 def main(args):
-    if args.batch_size < 1 or args.workers < 0 or args.image_size < 1:
+    if args.batch_size < 1 or args.workers < 0 or (args.image_size is not None and args.image_size < 1):
         raise UserError("--batch_size and --image_size must be positive and --workers non-negative")
     counts = evaluate_weights(args.weights, args.dataset, args.model or args.arch_config, args.device,
                               args.batch_size, args.workers, args.image_size, args.width_mult)

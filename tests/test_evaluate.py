@@ -72,6 +72,30 @@ def test_project_checkpoint_needs_no_architecture_option(model, dataset_root, tm
     assert total == images and top1 == pytest.approx(100.0 * top1_hits / images, abs=1e-3)
 
 
+def test_project_checkpoint_is_evaluated_at_the_size_it_was_trained_at(model, dataset_root, tmp_path, capsys,
+                                                                       monkeypatch):
+    """best.pth.tar records its training size: without --image_size that is
+    the size evaluated; --image_size still wins; a released checkpoint
+    (no size recorded) is evaluated at 224."""
+    sizes = []
+    build = data.build_eval_transform
+    monkeypatch.setattr(evaluate.data, "build_eval_transform", lambda size: sizes.append(size) or build(size))
+    path = tmp_path / "best.pth.tar"
+    save_checkpoint({"state_dict": model.state_dict(), "arch_config": LIGHTNETS["LightNet-20ms"],
+                     "image_size": IMAGE_SIZE}, path)
+    _, top1, _ = run_evaluate(["--weights", str(path), "--dataset", str(dataset_root), "--workers", "0"], capsys)
+    assert sizes == [IMAGE_SIZE]
+    images, top1_hits, _ = direct_counts(model, dataset_root)  # at IMAGE_SIZE too
+    assert top1 == pytest.approx(100.0 * top1_hits / images, abs=1e-3)
+    run_evaluate(["--weights", str(path), "--dataset", str(dataset_root), "--workers", "0", "--image_size", "48"],
+                 capsys)
+    released = tmp_path / "released.pth.tar"
+    torch.save({"state_dict": model.state_dict()}, released)
+    run_evaluate(["--model", "LightNet-20ms", "--weights", str(released), "--dataset", str(dataset_root),
+                  "--workers", "0"], capsys)
+    assert sizes == [IMAGE_SIZE, IMAGE_SIZE, 48, 224]
+
+
 @pytest.mark.parametrize("case", ["wrong architecture", "missing file", "no state_dict", "class mismatch"])
 def test_bad_weights_give_one_line(case, model, dataset_root, tmp_path, capsys):
     path = tmp_path / "weights.pth.tar"
