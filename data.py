@@ -172,7 +172,7 @@ def split_for_architecture(targets, fraction, seed):
 
 def sample_seed(seed, epoch, index):
     """A well-mixed 63-bit seed for one sample in one epoch."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 class EpochSeededDataset(torch.utils.data.Dataset):
