@@ -43,7 +43,7 @@ from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_pa
 from utils import (
     AverageMeter, MetricsFile, UserError, accuracy, add_device_arguments, all_gather_objects, all_reduce_sum,
     cleanup_distributed, frozen, init_distributed, launch, load_checkpoint, resolve_device_type, rng_states, run_cli,
-    run_logger, save_checkpoint, seed_everything, set_rng_states, write_json,
+    run_folder_lock, run_logger, save_checkpoint, seed_everything, set_rng_states, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -832,8 +832,9 @@ def main(args):
     check_target(predictor, args.target_latency)
     if args.resume is not None and not os.path.isfile(resolve_resume_path(args.resume)):
         raise UserError(f"--resume: {args.resume} not found")
-    check_save_folder(args)
-    launch(search_worker, args, args.gpus)
+    with run_folder_lock(args.save):
+        check_save_folder(args)
+        launch(search_worker, args, args.gpus)
 
 
 if __name__ == "__main__":

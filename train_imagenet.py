@@ -324,7 +324,11 @@ def prepare(args):
 
 def main(args):
     prepare(args)
-    utils.launch(worker, args, args.gpus)
+    if args.evaluate:
+        utils.launch(worker, args, args.gpus)
+        return
+    with utils.run_folder_lock(args.save):
+        utils.launch(worker, args, args.gpus)
 
 
 # ------------------------------------------------------------------- data

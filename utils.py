@@ -11,6 +11,7 @@ Scripts end with `run_cli(main, get_args_parser())`, so bad input (a
 import contextlib
 import csv
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -433,6 +434,37 @@ def _spawned_process(local_rank, worker, args, world_size, port):
         prefix = "" if local_rank == 0 else f"process {local_rank}: "
         print(f"error: {prefix}{user_error_message(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
+
+
+@contextlib.contextmanager
+def run_folder_lock(folder, option="--save"):
+    """Hold an exclusive lock on `folder` (created if missing) while a run
+    writes into it, so that a second run given the same folder is refused
+    instead of mixing its files with this one's. Only the process that
+    starts the run takes it (under torchrun, rank 0). A folder created here
+    and still empty at the end (the run failed before writing) is removed."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    created = not os.path.isdir(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError as error:
+        raise UserError(f"{option} {folder}: cannot create or open the folder ({error.strerror}); "
+                        "choose a writable folder") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise UserError(f"{option} {folder} is in use by another run; wait for it to end or choose another "
+                        f"{option}") from None
+    try:
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+        if created and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
 
 
 def launch(worker, args, num_processes):

@@ -15,6 +15,7 @@ import data
 import latency_predictor
 import model_train
 import search_imagenet
+import utils
 from utils import load_checkpoint, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +132,19 @@ def test_bad_settings_exit_2_with_one_line(case, arguments, message, tiny_datase
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and message in error, error
     assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_a_second_search_into_a_busy_folder_is_refused(tiny_dataset, tmp_path, capsys):
+    """While one run holds --save (simulated by holding its lock here), a
+    second is refused with one line and writes nothing."""
+    save = tmp_path / "busy"
+    with utils.run_folder_lock(str(save)):
+        with pytest.raises(SystemExit) as exit_info:
+            run_search(["--save", str(save), "--dataset", tiny_dataset, "--num_classes", "3"] + TINY_SCHEDULE)
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip() == (f"error: --save {save} is in use by another run; wait for it "
+                                                   "to end or choose another --save")
+        assert os.listdir(save) == []
 
 
 def test_resume_from_another_target_is_refused(finished_search, tiny_dataset, tmp_path, capsys):

@@ -404,3 +404,17 @@ def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(a
         argv = tiny_run(tiny_dataset, tmp_path / "run") + options
         code, lines = user_error(capsys, argv)
         assert code == 2 and len(lines) == 1 and message in lines[0], (options, lines)
+
+
+def test_a_second_training_into_a_busy_folder_is_refused(tiny_dataset, tmp_path, capsys):
+    """While one run holds --save (its lock, held here), a second run is
+    refused with one line and adds nothing to the folder."""
+    save = tmp_path / "busy"
+    with utils.run_folder_lock(str(save)):
+        with pytest.raises(SystemExit) as exit_info:
+            utils.run_cli(train_imagenet.main, train_imagenet.get_args_parser(),
+                          [str(value) for value in tiny_run(tiny_dataset, save)])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip().endswith("is in use by another run; wait for it to end or choose "
+                                                        "another --save")
+        assert os.listdir(save) == []

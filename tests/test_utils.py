@@ -138,3 +138,27 @@ def test_metrics_file_keeps_rows_up_to_the_resumed_epoch(tmp_path):
     resumed.append({"epoch": 3, "loss": 0.5})
     assert [row["loss"] for row in utils.read_json_lines(path)] == [1.0, 0.5, 0.5]
     assert utils.MetricsFile(path).rows == []  # a fresh run does not inherit an old run's rows
+
+
+def test_run_folder_lock_refuses_a_second_run_and_tidies_an_empty_new_folder(tmp_path):
+    folder = tmp_path / "run"
+    with utils.run_folder_lock(str(folder)):
+        (folder / "log.txt").write_text("first run")
+        with pytest.raises(UserError, match="is in use by another run"):
+            with utils.run_folder_lock(str(folder)):
+                pass
+    with utils.run_folder_lock(str(folder)):  # free again once the first run ends
+        pass
+    assert (folder / "log.txt").read_text() == "first run"
+
+    failed = tmp_path / "failed"
+    with pytest.raises(RuntimeError):
+        with utils.run_folder_lock(str(failed)):
+            raise RuntimeError("failed before writing anything")
+    assert not failed.exists()
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="cannot create or open the folder"):
+        with utils.run_folder_lock(str(blocker / "run")):
+            pass
