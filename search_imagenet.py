@@ -830,6 +830,10 @@ def main(args):
             raise UserError(f"--{name} {getattr(args, name)} must be divisible by --gpus {args.gpus}")
     predictor = latency_predictor.load_predictor(args.lut, metric=args.metric)
     check_target(predictor, args.target_latency)
+    if (args.resume is not None and os.path.isdir(args.resume)
+            and not os.path.isfile(resolve_resume_path(args.resume))):
+        raise UserError(f"--resume: {args.resume} holds no {CHECKPOINT_NAME} yet (the search stopped before its "
+                        "first epoch ended); start it again without --resume")
     if args.resume is not None and not os.path.isfile(resolve_resume_path(args.resume)):
         raise UserError(f"--resume: {args.resume} not found")
     with run_folder_lock(args.save):

@@ -109,6 +109,8 @@ def test_warmup_checkpoint_starts_a_search_for_another_target(finished_search, t
 @pytest.mark.parametrize("case,arguments,message", [
     ("infeasible", ["--target_latency", "1"], "outside what this search space can reach"),
     ("resume missing", ["--resume", "nowhere/checkpoint.pth.tar"], "--resume: nowhere/checkpoint.pth.tar not found"),
+    ("resume before any checkpoint", ["--resume", "{empty}"], "holds no checkpoint.pth.tar yet (the search stopped "
+                                                               "before its first epoch ended); start it again"),
     ("divisible", ["--gpus", "3", "--device", "cpu", "--batch_size_train", "4"], "must be divisible by --gpus 3"),
     ("freeze", ["--freeze_epochs", "3"], "--freeze_epochs must be in [0, --epochs)"),
     ("fixed without w", ["--penalty", "fixed"], "--penalty fixed needs a non-negative --penalty_weight"),
@@ -126,6 +128,8 @@ def test_warmup_checkpoint_starts_a_search_for_another_target(finished_search, t
 ])
 def test_bad_settings_exit_2_with_one_line(case, arguments, message, tiny_dataset, tmp_path, capsys):
     base = ["--save", str(tmp_path / "run"), "--dataset", tiny_dataset, "--num_classes", "3"] + TINY_SCHEDULE
+    (tmp_path / "killed-early").mkdir()  # a search killed before its first checkpoint
+    arguments = [argument.replace("{empty}", str(tmp_path / "killed-early")) for argument in arguments]
     with pytest.raises(SystemExit) as exit_info:
         run_search(base + arguments)
     assert exit_info.value.code == 2
