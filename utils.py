@@ -12,6 +12,7 @@ import contextlib
 import csv
 import dataclasses
 import fcntl
+import glob
 import json
 import logging
 import os
@@ -165,10 +166,13 @@ def set_rng_states(states):
 def atomic_write(path, binary=False):
     """Open a temporary file beside `path` and, once the block succeeds,
     move it over `path`: a crash mid-write leaves the old file (or none),
-    never a truncated one."""
+    never a truncated one. The temporary file is `.NAME.tmp-*`; a process
+    killed mid-write cannot delete its own, so the next successful write of
+    NAME removes any left over (a run folder has one writer: its lock)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    prefix = f".{os.path.basename(path)}.tmp-"
+    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=prefix)
     try:
         with os.fdopen(handle, "wb" if binary else "w") as file:
             yield file
@@ -177,6 +181,9 @@ def atomic_write(path, binary=False):
     except BaseException:
         os.unlink(temp_path)
         raise
+    for leftover in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + "*")):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(leftover)
 
 
 def _current_umask():

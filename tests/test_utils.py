@@ -162,3 +162,15 @@ def test_run_folder_lock_refuses_a_second_run_and_tidies_an_empty_new_folder(tmp
     with pytest.raises(UserError, match="cannot create or open the folder"):
         with utils.run_folder_lock(str(blocker / "run")):
             pass
+
+
+def test_a_successful_save_removes_temporary_files_a_killed_write_left(tmp_path):
+    path = tmp_path / "checkpoint.pth.tar"
+    killed = tmp_path / ".checkpoint.pth.tar.tmp-abc123"  # what a SIGKILL mid-write leaves
+    killed.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".best.pth.tar.tmp-xyz"  # another file's: not this write's to remove
+    other.write_bytes(b"")
+    utils.save_checkpoint({"epoch": 2}, path)
+    assert utils.load_checkpoint(path) == {"epoch": 2}
+    assert not killed.exists() and other.exists()
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == [".best.pth.tar.tmp-xyz", "checkpoint.pth.tar"]
