@@ -730,9 +730,11 @@ def validate(args, mode):
     for name in ("dataset", "weights_dir"):
         if getattr(args, name) and not os.path.isdir(getattr(args, name)):
             raise UserError(f"--{name} {getattr(args, name)} is not a folder")
-    args.grid = sorted(args.grid or mode.grid)
+    args.grid = list(args.grid or mode.grid)
     if min(args.grid) <= 0:
         raise UserError("--grid values must be positive")
+    if args.grid != sorted(set(args.grid)):
+        raise UserError("--grid values must be ascending and distinct: the sweep runs in increasing w")
     for flag in ("--save", "--dataset", "--target_latency", "--resume", "--penalty", "--penalty_weight",
                  "--stop_after_epoch"):
         if flag in args.search_arguments:
@@ -785,6 +787,7 @@ def write_outputs(out, context, lightnas_results, baseline_results, warmup_metri
 
 def main(args):
     started = time.time()
+    retraining.stop_children_on_sigterm()
     mode = QUICK if args.quick else FULL
     jetson = validate(args, mode)
     cpu_table = lp.table_predictor(args.cpu_table)

@@ -16,12 +16,16 @@ of training again.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 
 from utils import UserError, read_json_lines
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+_CHILDREN = set()  # processes run_logged is waiting for, on any thread
+_CHILDREN_LOCK = threading.Lock()
 
 # SGD with 3 warm-up epochs then cosine, batch 16, the search's 32 px images
 # with resize+flip augmentation (random-resized crops of 32 px images of
@@ -32,17 +36,44 @@ SHORT_RECIPE = {"epochs": 40, "batch_size": 16, "lr": 0.05, "warmup_epochs": 3, 
 
 def run_logged(command, log_path, threads=None):
     """Run a project script with its output into `log_path`; a failure
-    raises a UserError quoting the log's last line."""
+    raises a UserError quoting the log's last line. The child is known to
+    `terminate_children` while it runs."""
     environment = dict(os.environ)
     if threads is not None:
         environment["OMP_NUM_THREADS"] = str(threads)
     with open(log_path, "w") as log:
-        result = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    if result.returncode != 0:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
+        with _CHILDREN_LOCK:
+            _CHILDREN.add(process)
+        try:
+            returncode = process.wait()
+        finally:
+            with _CHILDREN_LOCK:
+                _CHILDREN.discard(process)
+    if returncode != 0:
         with open(log_path, errors="replace") as log:
             lines = [line.strip() for line in log if line.strip()]
         raise UserError(f"{' '.join(os.path.basename(part) for part in command[1:3])} failed: "
                         f"{lines[-1] if lines else 'no output'} (log: {log_path})")
+
+
+def terminate_children():
+    """Stop every child `run_logged` is waiting for."""
+    with _CHILDREN_LOCK:
+        for process in _CHILDREN:
+            process.terminate()
+
+
+def stop_children_on_sigterm():
+    """On SIGTERM, stop the children of `run_logged` and exit with status
+    143 by raising SystemExit in the main thread, so that its `finally`
+    blocks stop any other children too; none is left running and writing
+    after its parent is gone."""
+    def stop(signum, frame):
+        terminate_children()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def finished_records(folder, epochs):

@@ -292,6 +292,7 @@ def plot(searched, random_nets, target, path):
 
 def main(args):
     check_args(args)
+    retraining.stop_children_on_sigterm()
     started = time.time()
     arch_result, search_folder = search(args)
     with open(os.path.join(search_folder, "args.json")) as file:

@@ -6,8 +6,10 @@ import csv
 import importlib.metadata
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -112,6 +114,36 @@ def test_found_networks_are_retrained_once_each_in_order(tmp_path, monkeypatch):
     assert reproduce_tables.retrain_found_networks(args, "/data", jobs, results) == [None, None, None]
 
 
+def processes_mentioning(text):
+    """PIDs of live processes whose command line contains `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue  # ended meanwhile
+            if text in command:
+                found.append(int(entry.name))
+    return found
+
+
+def test_sigterm_stops_the_child_searches_too(tmp_path):
+    out = tmp_path / "stopped"
+    process = subprocess.Popen([sys.executable, "reproduce_tables.py", "--quick", "--out", str(out), "--jobs", "1"],
+                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+    searches = str(out / "searches")
+    deadline = time.time() + 120
+    while not processes_mentioning(searches) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert processes_mentioning(searches), "no child search started"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    time.sleep(0.5)
+    assert processes_mentioning(searches) == []
+
+
 def grid_row(c, latency):
     return {"c_per_ms": c, "predicted_ms": latency, "retrained_top1": 100 * c}
 
@@ -197,6 +229,7 @@ def test_evaluate_released_uses_each_present_file(tmp_path, monkeypatch):
     (["--retrain_epochs", "-1"], "error: --jobs and --threads must be at least 1, --tolerance positive and "
                                  "--retrain_epochs not negative"),
     (["--grid", "0", "1e-3"], "error: --grid values must be positive"),
+    (["--grid", "0.1", "0.01"], "error: --grid values must be ascending and distinct"),
     (["--targets", "50"], "error: --target_latency 50 ms is outside"),
     (["--", "--penalty", "fixed"], "error: --penalty is set by reproduce_tables.py for each search"),
 ])
