@@ -11,6 +11,7 @@ prints, like the authors' script, `Total: 50000  Top1-Acc: ...  Top5-Acc: ...`.
 """
 
 import argparse
+import math
 import os
 
 import torch
@@ -163,6 +164,8 @@ def evaluate_weights(weights, dataset_root, arch_choice=None, device="cpu", batc
 
 
 def main(args):
+    if not 0 < args.width_mult < math.inf:
+        raise UserError(f"--width_mult must be a positive number, got {args.width_mult}")
     if args.batch_size < 1 or args.workers < 0 or (args.image_size is not None and args.image_size < 1):
         raise UserError("--batch_size and --image_size must be positive and --workers non-negative")
     counts = evaluate_weights(args.weights, args.dataset, args.model or args.arch_config, args.device,

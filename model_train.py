@@ -90,7 +90,7 @@ def _parse_list_string(text):
     literal: nothing in the string is ever executed."""
     try:
         value = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise UserError(
             "--arch_config: could not parse the list; write it as "
             "\"['MBK3E1', 'SkipConnect', ...]\" with 22 quoted op names"
@@ -263,8 +263,8 @@ def get_args_parser():
 def main(args):
     if args.num_classes < 1:
         raise UserError("--num_classes must be at least 1")
-    if args.width_mult <= 0:
-        raise UserError("--width_mult must be positive")
+    if not 0 < args.width_mult < math.inf:
+        raise UserError(f"--width_mult must be a positive number, got {args.width_mult}")
     arch_config = resolve_arch_config(args.arch_config)
     model = LightNet(arch_config, num_classes=args.num_classes, width_mult=args.width_mult)
     params, macs = count_params_and_flops(model)

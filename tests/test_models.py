@@ -184,6 +184,7 @@ def _bad_forms(tmp_path):
         "first layer": (str(["MBK3E3"] + valid[1:]), "layer 0 must be MBK3E1"),
         "MBK3E1 elsewhere": (str(valid[:4] + ["MBK3E1"] + valid[5:]), "only allowed at layer 0"),
         "malformed string": ("['MBK3E1', 'SkipConnect'", "could not parse"),
+        "unhashable key": ("[{[]: 1}]", "could not parse"),
         "not strings": ("[1, 2, 3]", "list of op names"),
         "malformed json": (str(broken_json), "not valid JSON"),
         "json without key": (str(no_key), "no 'arch_config' key"),
@@ -200,6 +201,15 @@ def test_bad_arch_config_fails_with_one_line_and_exit_2(tmp_path, capsys):
         error_output = capsys.readouterr().err.strip()
         assert error_output.count("\n") == 0, label
         assert error_output.startswith("error: --arch_config") and message in error_output, (label, error_output)
+
+
+@pytest.mark.parametrize("width", ["nan", "inf", "0", "-1"])
+def test_bad_width_mult_fails_with_one_line(width, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(model_train.main, model_train.get_args_parser(), ["--arch_config", "LightNet-24ms", "--width_mult",
+                                                                    width])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: --width_mult must be a positive number, got {float(width)}"
 
 
 def test_code_in_arch_config_is_never_executed(tmp_path, capsys):
