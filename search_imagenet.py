@@ -544,11 +544,19 @@ def resolve_resume_path(path):
     return path
 
 
+CHECKPOINT_KEYS = ("epoch", "state_dict", "weight_optimizer", "weight_scheduler", "arch_optimizer", "arch_generator",
+                   "tradeoff", "latched", "rng", "search_space_hash", "predictor", "args")
+
+
 def check_resume_compatible(checkpoint, args, predictor, num_classes, path):
     """Refuse a checkpoint from another search space, dataset size or
     schedule; a warm-up checkpoint may start a search for any target."""
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"--resume: {path} is not a search checkpoint of this project")
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing or not isinstance(checkpoint["args"], dict) or "classifier.3.weight" not in checkpoint["state_dict"]:
+        raise UserError(f"--resume: {path} is an incomplete search checkpoint (missing: "
+                        f"{', '.join(missing) or 'args or classifier weights'}); start the search again")
     if checkpoint["search_space_hash"] != operations.search_space_hash():
         raise UserError(f"--resume: {path} was made for a different search space")
     saved = checkpoint["args"]
@@ -557,8 +565,8 @@ def check_resume_compatible(checkpoint, args, predictor, num_classes, path):
         raise UserError(f"--resume: {path} has {classifier.shape[0]} classes, this dataset {num_classes}")
     for name in ("epochs", "freeze_epochs", "seed", "image_size", "batch_size_train", "batch_size_val", "eta",
                  "eta_decay", "warmup_epochs", "arch_split_from_train"):
-        if saved[name] != getattr(args, name):
-            raise UserError(f"--resume: {path} used --{name} {saved[name]}, this run {getattr(args, name)}; "
+        if saved.get(name) != getattr(args, name):
+            raise UserError(f"--resume: {path} used --{name} {saved.get(name)}, this run {getattr(args, name)}; "
                             "use the same settings to continue")
     is_warmup = checkpoint["epoch"] == args.freeze_epochs
     same_target = (saved["target_latency"] == args.target_latency and checkpoint["predictor"] == predictor.identifier

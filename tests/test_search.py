@@ -151,6 +151,24 @@ def test_a_second_search_into_a_busy_folder_is_refused(tiny_dataset, tmp_path, c
         assert os.listdir(save) == []
 
 
+@pytest.mark.parametrize("damage", ["search_space_hash", "args", "state_dict"])
+def test_an_incomplete_search_checkpoint_is_refused_in_one_line(damage, finished_search, tiny_dataset, tmp_path,
+                                                                capsys):
+    checkpoint = load_checkpoint(os.path.join(finished_search, "checkpoint.pth.tar"))
+    if damage == "state_dict":
+        checkpoint["state_dict"] = {}
+    else:
+        del checkpoint[damage]
+    damaged = tmp_path / "damaged.pth.tar"
+    torch.save(checkpoint, damaged)
+    with pytest.raises(SystemExit) as exit_info:
+        run_search(["--save", str(tmp_path / "run"), "--dataset", tiny_dataset, "--num_classes", "3",
+                    "--resume", str(damaged)] + TINY_SCHEDULE)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "is an incomplete search checkpoint" in error, error
+
+
 def test_resume_from_another_target_is_refused(finished_search, tiny_dataset, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_search(["--save", str(tmp_path / "other"), "--target_latency", "22", "--dataset", tiny_dataset,
