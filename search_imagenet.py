@@ -43,7 +43,7 @@ from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_pa
 from utils import (
     AverageMeter, MetricsFile, UserError, accuracy, add_device_arguments, all_gather_objects, all_reduce_sum,
     cleanup_distributed, frozen, init_distributed, launch, load_checkpoint, resolve_device_type, rng_states, run_cli,
-    run_folder_lock, run_logger, save_checkpoint, seed_everything, set_rng_states, write_json,
+    run_folder_lock, run_logger, save_checkpoint, share_cpu_threads, seed_everything, set_rng_states, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -722,6 +722,7 @@ def write_plots(save_dir, metrics, predictor, target):
 def search_worker(args):
     """One process of the search (all processes run it)."""
     context = init_distributed(args.device_type)
+    share_cpu_threads(context)
     if args.dataset is None:
         args.dataset = data.synthetic_dataset_once(context, **DEMO_DATASET)
     if context.is_main:  # only the main process writes; the others only read args.save

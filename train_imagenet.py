@@ -663,9 +663,7 @@ def worker(args):
 def run(args, context):
     """Train (or, with --evaluate, evaluate) in this process; returns the
     trained plain model."""
-    if context.device.type == "cpu" and context.distributed:
-        # Processes sharing the CPU: one share of the cores each, not all each.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes_on_this_machine()))
+    utils.share_cpu_threads(context)
     if context.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels once
     if args.workers is None:

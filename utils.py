@@ -424,6 +424,19 @@ def all_gather_objects(value):
     return values
 
 
+def share_cpu_threads(context):
+    """Processes computing on one machine's CPU share its cores rather than
+    each taking all of them (they would spin, waiting for each other's
+    cores). Counted by host name, so two "nodes" on one machine share too.
+    An explicit OMP_NUM_THREADS (torchrun sets 1 for several processes per
+    node) is left as given."""
+    if context.device.type != "cpu" or not context.distributed or "OMP_NUM_THREADS" in os.environ:
+        return
+    host = socket.gethostname()
+    processes_here = all_gather_objects(host).count(host)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes_here))
+
+
 def _free_local_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

@@ -174,3 +174,21 @@ def test_a_successful_save_removes_temporary_files_a_killed_write_left(tmp_path)
     assert utils.load_checkpoint(path) == {"epoch": 2}
     assert not killed.exists() and other.exists()
     assert sorted(entry.name for entry in tmp_path.iterdir()) == [".best.pth.tar.tmp-xyz", "checkpoint.pth.tar"]
+
+
+def test_processes_on_one_host_share_its_cores_unless_told_otherwise(monkeypatch):
+    context = argparse.Namespace(device=torch.device("cpu"), distributed=True)
+    host = utils.socket.gethostname()
+    monkeypatch.setattr(utils, "all_gather_objects", lambda value: [host, "another-node", host])  # 2 here
+    monkeypatch.setattr(utils.os, "cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        utils.share_cpu_threads(context)
+        assert torch.get_num_threads() == 4
+        torch.set_num_threads(3)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's (or torchrun's) choice stands
+        utils.share_cpu_threads(context)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
