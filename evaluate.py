@@ -66,6 +66,11 @@ def load_weights(model, state_dict, path):
                                         ("wrong shape", wrong_shape)) if keys]
         raise UserError(f"--weights: {path} does not fit this architecture ({'; '.join(problems)}); "
                         "check --model/--arch_config and --width_mult")
+    broken = [key for key, value in state_dict.items()
+              if torch.is_floating_point(value) and not torch.isfinite(value).all()]
+    if broken:
+        raise UserError(f"--weights: {path} holds NaN or infinite values ({', '.join(broken[:3])}"
+                        f"{' ...' if len(broken) > 3 else ''}): the run that wrote it diverged")
     model.load_state_dict(state_dict, strict=True)
 
 

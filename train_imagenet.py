@@ -217,13 +217,13 @@ def check_numbers(args, world_size):
         (args.epochs >= 1, "--epochs must be at least 1"),
         (args.batch_size >= 1, "--batch_size must be at least 1"),
         (args.image_size >= 32, "--image_size must be at least 32 (the network downsamples 32x)"),
-        (args.lr > 0, "--lr must be positive"),
-        (args.warmup_epochs >= 0, "--warmup_epochs must be non-negative"),
+        (0 < args.lr < math.inf, "--lr must be a positive number"),
+        (0 <= args.warmup_epochs < math.inf, "--warmup_epochs must be a non-negative number"),
         (0 <= args.momentum < 1, "--momentum must be in [0, 1)"),
-        (args.weight_decay >= 0, "--weight_decay must be non-negative"),
+        (0 <= args.weight_decay < math.inf, "--weight_decay must be a non-negative number"),
         (0 <= args.label_smoothing < 1, "--label_smoothing must be in [0, 1)"),
         (0 <= args.dropout < 1, "--dropout must be in [0, 1)"),
-        (args.grad_clip >= 0, "--grad_clip must be non-negative (0: no clipping)"),
+        (0 <= args.grad_clip < math.inf, "--grad_clip must be a non-negative number (0: no clipping)"),
         (0 < args.ema_decay < 1, "--ema_decay must be in (0, 1)"),
         (args.workers is None or args.workers >= 0, "--workers must be non-negative"),
         (args.prefetch_factor >= 1, "--prefetch_factor must be at least 1"),
@@ -245,6 +245,9 @@ def check_dataset(root, splits):
     or empty folders, class folders without images, different classes in
     train/ and val/ (unreadable images are reported when first read)."""
     classes = {split: data.image_folder(root, split).classes for split in splits}
+    if len(classes[splits[0]]) < 2:
+        raise UserError(f"--dataset {root}: {splits[0]}/ has {len(classes[splits[0]])} class folder; "
+                        "classification needs at least 2")
     if len(splits) == 2 and classes["train"] != classes["val"]:
         raise UserError(f"--dataset {root}: train/ has {len(classes['train'])} classes and val/ "
                         f"{len(classes['val'])}, or their names differ; both need the same class folders")

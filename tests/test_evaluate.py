@@ -96,7 +96,8 @@ def test_project_checkpoint_is_evaluated_at_the_size_it_was_trained_at(model, da
     assert sizes == [IMAGE_SIZE, IMAGE_SIZE, 48, 224]
 
 
-@pytest.mark.parametrize("case", ["wrong architecture", "missing file", "no state_dict", "class mismatch"])
+@pytest.mark.parametrize("case", ["wrong architecture", "missing file", "no state_dict", "class mismatch",
+                                  "diverged"])
 def test_bad_weights_give_one_line(case, model, dataset_root, tmp_path, capsys):
     path = tmp_path / "weights.pth.tar"
     model_name = "LightNet-20ms"
@@ -108,6 +109,10 @@ def test_bad_weights_give_one_line(case, model, dataset_root, tmp_path, capsys):
     elif case == "no state_dict":
         torch.save({"epoch": 1}, path)
         expected = "holds no model state_dict"
+    elif case == "diverged":
+        torch.save({"state_dict": {key: torch.full_like(value, float("nan")) if value.is_floating_point() else value
+                                   for key, value in model.state_dict().items()}}, path)
+        expected = "holds NaN or infinite values"
     else:
         other = LightNet(LIGHTNETS["LightNet-20ms"], num_classes=7)
         torch.save({"state_dict": other.state_dict()}, path)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -386,10 +387,25 @@ def test_a_bad_dataset_gives_one_line(tmp_path, capsys, damage, message):
     (["--arch_config", "LightNet-99ms"], "LightNet-99ms"),
     (["--resume", "nowhere.pth.tar"], "--resume nowhere.pth.tar not found"),
     (["--epochs", 0], "--epochs must be at least 1"),
+    (["--lr", "inf"], "--lr must be a positive number"),
+    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--weight_decay", "nan"], "--weight_decay must be a non-negative number"),
+    (["--grad_clip", "inf"], "--grad_clip must be a non-negative number"),
 ])
 def test_bad_options_give_one_line(tiny_dataset, tmp_path, capsys, options, message):
     code, lines = user_error(capsys, tiny_run(tiny_dataset, tmp_path / "run") + options)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_a_one_class_dataset_is_refused(tiny_dataset, tmp_path, capsys):
+    one_class = tmp_path / "one"
+    for split in ("train", "val"):  # the tiny set's first class alone
+        first = sorted((Path(tiny_dataset) / split).iterdir())[0]
+        shutil.copytree(first, one_class / split / first.name)
+    code, lines = user_error(capsys, tiny_run(one_class, tmp_path / "run"))
+    assert code == 2 and lines == [f"error: --dataset {one_class}: train/ has 1 class folder; classification "
+                                   "needs at least 2"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(authors_run, tiny_dataset,
