@@ -143,6 +143,8 @@ class SuperNet(nn.Module):
     def forward(self, x, weights, eta=0.0):
         """Run the path that `weights` (21x7, one-hot rows) selects. If
         `weights` requires grad, the output is differentiable in it."""
+        if eta and self.layers[0].shortcut is None:
+            raise ValueError(f"eta={eta} needs the shortcut paths: build SuperNet(..., shortcuts=True)")
         op_indices = weights.argmax(dim=-1).tolist()  # one device sync per step
         route_gradient = weights.requires_grad
         x = self.first_block(self.first_conv(x))

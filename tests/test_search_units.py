@@ -204,6 +204,12 @@ def test_shortcut_adds_eta_times_a_path_shared_by_all_ops():
     assert all(layer.shortcut is None for layer in SuperNet(num_classes=5).layers)
 
 
+def test_eta_without_shortcut_paths_is_refused_by_name():
+    model = SuperNet(num_classes=5)
+    with pytest.raises(ValueError, match="shortcuts=True"):
+        model(torch.randn(1, 3, SMALL_INPUT, SMALL_INPUT), one_hot_paths([0] * 21), eta=1.0)
+
+
 def test_unchosen_entries_carry_alpha_gradient_as_in_the_release(supernet):
     """Each unchosen entry of a row is added as a zero-valued term, so its
     gradient is the sum of dL/dout; the chosen one gets sum(dL/dout * op(x))."""
