@@ -47,7 +47,7 @@ import model_train
 import operations
 from operations import (FIXED_FIRST_OP, HEAD_CHANNELS, INPUT_SIZE, LAYOUT, NUM_LAYERS, NUM_OPS,
                         NUM_SEARCHABLE_LAYERS, SEARCHABLE_OPS, SKIP, STEM_CHANNELS, LayerSpec)
-from utils import UserError, load_checkpoint, run_cli, write_json
+from utils import UserError, load_checkpoint, path_error_reason, run_cli, write_json
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LUT_DIR = os.path.join(REPO_ROOT, "latency_lut")
@@ -253,7 +253,13 @@ def load_table(path):
 
 def write_table(table, path):
     """Write a table atomically: a crash leaves the old file, never half a new one."""
-    write_json(path, table, indent=1)
+    if os.path.isdir(path):
+        raise UserError(f"--out {path} is a folder; give the table's file name, e.g. {path}/my_device.json")
+    try:
+        write_json(path, table, indent=1)
+    except OSError as error:
+        raise UserError(f"--out {path}: cannot write the table ({path_error_reason(error)}); choose a writable "
+                        "path") from None
 
 
 def new_table(metadata, fixed, entries):

@@ -59,7 +59,7 @@ import model_train
 import operations
 import retraining
 import search_imagenet
-from utils import UserError, read_json_lines, run_cli, write_csv, write_json
+from utils import UserError, make_output_folder, read_json_lines, run_cli, write_csv, write_json
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 SEARCH_SCRIPT = os.path.join(REPO_ROOT, "search_imagenet.py")
@@ -792,7 +792,7 @@ def main(args):
     jetson = validate(args, mode)
     cpu_table = lp.table_predictor(args.cpu_table)
     dataset = args.search_dataset or data.synthetic_dataset(**mode.dataset)
-    os.makedirs(args.out, exist_ok=True)
+    make_output_folder(args.out)
     warmup, lightnas_jobs, baseline_jobs, settings, common = plan_searches(args, mode, dataset)
     check_plan(args.out, {"mode": mode.name, "search_arguments": common, "targets": args.targets, "grid": args.grid,
                           "reference_target": args.reference_target, "retrain_epochs": args.retrain_epochs})

@@ -456,6 +456,25 @@ def _spawned_process(local_rank, worker, args, world_size, port):
         sys.exit(USER_ERROR_EXIT_CODE)
 
 
+def path_error_reason(error):
+    """Why an OSError on a path happened, in the user's terms."""
+    if isinstance(error, (FileExistsError, NotADirectoryError)):
+        return "a part of the path is a file, not a folder"
+    return error.strerror or type(error).__name__
+
+
+def make_output_folder(path, option="--out"):
+    """Create the folder a command writes into (fine if it exists); a path
+    that cannot be one (a file, under a file, read-only, /proc) is a UserError."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{option} {path} is a file, not a folder; choose another {option}")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{option} {path}: cannot create the folder ({path_error_reason(error)}); choose a "
+                        "writable folder") from None
+
+
 @contextlib.contextmanager
 def run_folder_lock(folder, option="--save"):
     """Hold an exclusive lock on `folder` (created if missing) while a run
@@ -467,12 +486,8 @@ def run_folder_lock(folder, option="--save"):
         yield
         return
     created = not os.path.isdir(folder)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError as error:
-        raise UserError(f"{option} {folder}: cannot create or open the folder ({error.strerror}); "
-                        "choose a writable folder") from None
+    make_output_folder(folder, option)
+    descriptor = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -103,7 +103,7 @@ def search(args):
     folder = os.path.join(args.out, "search")
     arch_path = os.path.join(folder, "arch.json")
     if not finished_search(arch_path, args):
-        os.makedirs(args.out, exist_ok=True)
+        utils.make_output_folder(args.out)
         if os.path.exists(folder):
             raise UserError(f"{folder} holds an unfinished or different search; remove it or choose another --out")
         print(f"searching for {args.target:g} ms ...", flush=True)
