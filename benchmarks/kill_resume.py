@@ -7,7 +7,8 @@ For a small search and a small training run (a 3-class synthetic set at
 1. runs each once without interruption (the reference);
 2. runs each again in a fresh folder, killing it with SIGKILL --kills times:
    at random moments, and every other time while a checkpoint is being
-   written (the moment a `.checkpoint.pth.tar.tmp-*` file appears);
+   written over an earlier one (the moment a `.checkpoint.pth.tar.tmp-*`
+   file appears);
 3. after each kill restarts it the documented way: `--resume FOLDER` (search)
    or `--resume FOLDER/checkpoint.pth.tar` (training) once a checkpoint
    exists, the same command without it otherwise;
@@ -26,7 +27,6 @@ import argparse
 import glob
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -102,8 +102,9 @@ def kill_once(job, folder, dataset, rng, during_write, budget_s):
     had_checkpoint = os.path.isfile(os.path.join(folder, CHECKPOINT))
     left_by_earlier_kills = checkpoint_temporaries(folder)
 
-    def being_written():  # a temporary file of this start's own
-        return bool(checkpoint_temporaries(folder) - left_by_earlier_kills)
+    def being_written():  # a temporary file of this start's own, replacing an existing checkpoint
+        return (bool(checkpoint_temporaries(folder) - left_by_earlier_kills)
+                and os.path.isfile(os.path.join(folder, CHECKPOINT)))
 
     process, log = start(job, folder, dataset)
     started = time.time()
@@ -185,8 +186,9 @@ def main(args):
     if args.kills < 1:
         raise utils.UserError("--kills must be at least 1")
     if os.path.exists(args.out):
-        shutil.rmtree(args.out)
-    os.makedirs(args.out)
+        raise utils.UserError(f"--out {args.out} exists; remove it or choose another --out (every run starts "
+                              "from empty folders)")
+    utils.make_output_folder(args.out)
     dataset = data.write_synthetic_dataset(os.path.join(args.out, "data"), num_classes=3, train_per_class=8,
                                            val_per_class=4, image_size=32, seed=0)
     rng = random.Random(args.seed)
