@@ -58,6 +58,25 @@ def run_cli(main, parser, argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except RuntimeError as error:
+        stop_if_a_peer_was_lost(error)
+        raise
+
+
+# What gloo and NCCL say when another process of the run has gone away.
+LOST_PEER_SIGNS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                   "NCCL communicator was aborted", "Socket Timeout", "Connection refused")
+
+
+def stop_if_a_peer_was_lost(error, prefix=""):
+    """A collective that failed because another process died (killed,
+    out of memory, its own error) is not this process's fault: say so in
+    one line and exit 1, instead of a backend's multi-line traceback."""
+    text = str(error)
+    if any(sign in text for sign in LOST_PEER_SIGNS) and ("gloo" in text or "NCCL" in text or "nccl" in text):
+        print(f"error: {prefix}another process of this run stopped (lost the connection to it); its own output "
+              "says why", file=sys.stderr)
+        sys.exit(1)
 
 
 # ----------------------------------------------------------------- metrics
@@ -454,6 +473,9 @@ def _spawned_process(local_rank, worker, args, world_size, port):
         prefix = "" if local_rank == 0 else f"process {local_rank}: "
         print(f"error: {prefix}{user_error_message(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
+    except RuntimeError as error:
+        stop_if_a_peer_was_lost(error, "" if local_rank == 0 else f"process {local_rank}: ")
+        raise
 
 
 def path_error_reason(error):

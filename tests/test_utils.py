@@ -159,7 +159,7 @@ def test_run_folder_lock_refuses_a_second_run_and_tidies_an_empty_new_folder(tmp
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(UserError, match="cannot create or open the folder"):
+    with pytest.raises(UserError, match="cannot create the folder"):
         with utils.run_folder_lock(str(blocker / "run")):
             pass
 
@@ -192,3 +192,26 @@ def test_processes_on_one_host_share_its_cores_unless_told_otherwise(monkeypatch
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("message, lost", [
+    ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:16776: Connection reset by "
+     "peer. This is typically caused by ...", True),
+    ("NCCL error in: ProcessGroupNCCL.cpp:1275, remote process exited or there was a network error, NCCL version "
+     "2.21.5; Connection closed by peer", True),
+    ("CUDA out of memory. Tried to allocate 2.00 GiB", False),  # this process's own problem: keep the traceback
+])
+def test_a_lost_peer_is_one_line_other_runtime_errors_keep_their_traceback(message, lost, capsys):
+    def main(args):
+        raise RuntimeError(message)
+
+    parser = argparse.ArgumentParser()
+    if lost:
+        with pytest.raises(SystemExit) as exit_info:
+            utils.run_cli(main, parser, [])
+        assert exit_info.value.code == 1
+        assert capsys.readouterr().err.strip() == ("error: another process of this run stopped (lost the connection "
+                                                   "to it); its own output says why")
+    else:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            utils.run_cli(main, parser, [])
