@@ -537,5 +537,9 @@ def launch(worker, args, num_processes):
         mp.spawn(_spawned_process, args=(worker, args, num_processes, _free_local_port()),
                  nprocs=num_processes, join=True)
     except mp.ProcessExitedException as error:
+        if error.exit_code is not None and error.exit_code < 0:  # killed: it could not report itself
+            print(f"error: process {error.error_index} of this run was killed (signal {-error.exit_code}); the "
+                  "others were stopped", file=sys.stderr)
+            sys.exit(1)
         # The failing process has already reported; exit with its status.
         sys.exit(error.exit_code if error.exit_code and error.exit_code > 0 else 1)

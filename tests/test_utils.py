@@ -215,3 +215,17 @@ def test_a_lost_peer_is_one_line_other_runtime_errors_keep_their_traceback(messa
     else:
         with pytest.raises(RuntimeError, match="out of memory"):
             utils.run_cli(main, parser, [])
+
+
+def test_a_killed_process_of_a_spawned_run_is_named_in_one_line(monkeypatch, capsys):
+    def killed_spawn(*args, **kwargs):
+        raise utils.mp.ProcessExitedException("process 1 terminated with signal SIGKILL", error_index=1,
+                                               error_pid=4321, exit_code=-9, signal_name="SIGKILL")
+
+    monkeypatch.setattr(utils.mp, "spawn", killed_spawn)
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        utils.launch(lambda args: None, argparse.Namespace(), num_processes=2)
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == ("error: process 1 of this run was killed (signal 9); the others "
+                                               "were stopped")
