@@ -187,6 +187,32 @@ def test_runs_under_torchrun_with_only_rank_0_printing_and_writing(tiny_dataset,
         "best.pth.tar", "checkpoint.pth.tar", "curves.png", "log.txt", "metrics.jsonl"]
 
 
+def torchrun(*launcher, save, dataset):
+    """A torchrun process (not waited for) training the tiny run into `save`."""
+    command = [sys.executable, "-m", "torch.distributed.run", *launcher, str(REPO_ROOT / "train_imagenet.py"),
+               "--device", "cpu", *map(str, tiny_run(dataset, save, "--batch_size", 4))]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+
+
+def test_two_loopback_nodes_train_exactly_as_one_node_with_two_processes(tiny_dataset, tmp_path):
+    """`torchrun --nnodes 2` (one process per node, both on this machine)
+    gives bitwise the weights of one node running two processes: the same
+    global batch, shards and seeds."""
+    one_node = torchrun("--standalone", "--nproc_per_node", "2", save=tmp_path / "one-node", dataset=tiny_dataset)
+    assert one_node.wait(timeout=180) == 0, one_node.communicate()[1][-2000:]
+    port = str(utils._free_local_port())
+    nodes = [torchrun("--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank), "--master_addr",
+                      "127.0.0.1", "--master_port", port, save=tmp_path / "two-nodes", dataset=tiny_dataset)
+             for rank in (0, 1)]
+    for node in nodes:
+        assert node.wait(timeout=180) == 0, node.communicate()[1][-2000:]
+    single = utils.load_checkpoint(tmp_path / "one-node" / "checkpoint.pth.tar")["state_dict"]
+    double = utils.load_checkpoint(tmp_path / "two-nodes" / "checkpoint.pth.tar")["state_dict"]
+    assert single.keys() == double.keys()
+    assert all(torch.equal(single[key], double[key]) for key in single)
+
+
 def test_shard_sampler_partitions_the_dataset():
     shards = [list(evaluate.ShardSampler(9, rank, 2)) for rank in range(2)]
     assert sorted(shards[0] + shards[1]) == list(range(9))
