@@ -367,8 +367,9 @@ def run_validate(args):
     if metadata["device"].get("type") != resolve_device(args.device).type:
         raise UserError(f"--lut {args.lut} was measured on {metadata['device'].get('name')} "
                         f"({metadata['device'].get('type')}); validate it there, not on {args.device}")
-    if args.num_archs < 2:
-        raise UserError("--num_archs must be at least 2")
+    if args.num_archs < MIN_CALIBRATION_ARCHS:
+        raise UserError(f"--num_archs must be at least {MIN_CALIBRATION_ARCHS}: fewer held-out networks say "
+                        "nothing about a table (and cannot calibrate it)")
     protocol = validation_protocol(metadata, args.device, args.threads, args.clock, args.warmup_s, args.repeats,
                                    args.seed)
     print(f"measuring {args.num_archs} random architectures end to end on {describe_device(protocol.device)['name']}: "

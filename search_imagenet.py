@@ -548,15 +548,20 @@ CHECKPOINT_KEYS = ("epoch", "state_dict", "weight_optimizer", "weight_scheduler"
                    "tradeoff", "latched", "rng", "search_space_hash", "predictor", "args")
 
 
-def check_resume_compatible(checkpoint, args, predictor, num_classes, path):
-    """Refuse a checkpoint from another search space, dataset size or
-    schedule; a warm-up checkpoint may start a search for any target."""
+def check_search_checkpoint(checkpoint, path):
+    """Refuse anything but a complete search checkpoint of this project."""
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"--resume: {path} is not a search checkpoint of this project")
     missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
     if missing or not isinstance(checkpoint["args"], dict) or "classifier.3.weight" not in checkpoint["state_dict"]:
         raise UserError(f"--resume: {path} is an incomplete search checkpoint (missing: "
                         f"{', '.join(missing) or 'args or classifier weights'}); start the search again")
+
+
+def check_resume_compatible(checkpoint, args, predictor, num_classes, path):
+    """Refuse a checkpoint from another search space, dataset size or
+    schedule; a warm-up checkpoint may start a search for any target."""
+    check_search_checkpoint(checkpoint, path)
     if checkpoint["search_space_hash"] != operations.search_space_hash():
         raise UserError(f"--resume: {path} was made for a different search space")
     saved = checkpoint["args"]
@@ -839,12 +844,17 @@ def main(args):
             raise UserError(f"--{name} {getattr(args, name)} must be divisible by --gpus {args.gpus}")
     predictor = latency_predictor.load_predictor(args.lut, metric=args.metric)
     check_target(predictor, args.target_latency)
+    if args.dataset is not None:
+        build_datasets(args)  # a wrong --dataset fails now, before --save is touched (a scan of the folders)
     if (args.resume is not None and os.path.isdir(args.resume)
             and not os.path.isfile(resolve_resume_path(args.resume))):
         raise UserError(f"--resume: {args.resume} holds no {CHECKPOINT_NAME} yet (the search stopped before its "
                         "first epoch ended); start it again without --resume")
     if args.resume is not None and not os.path.isfile(resolve_resume_path(args.resume)):
         raise UserError(f"--resume: {args.resume} not found")
+    if args.resume is not None:  # a wrong file fails now, before --save is touched
+        check_search_checkpoint(load_checkpoint(resolve_resume_path(args.resume), what="--resume"),
+                                resolve_resume_path(args.resume))
     with run_folder_lock(args.save):
         check_save_folder(args)
         launch(search_worker, args, args.gpus)

@@ -1,0 +1,269 @@
+"""A sweep of bad input across the command-line scripts, as a user would
+type it: malformed or injected --arch_config, missing, empty and corrupt
+datasets and images, NaN, negative and infeasible numbers, corrupt, foreign
+and code-carrying checkpoints and tables, and flags that do not go together.
+
+Every case must end with exit status 2 and exactly one line on stderr,
+`error: ...`, naming the problem; no traceback; and nothing new on disk
+(the sweep's scratch folder is compared before and after). Other test files
+hold more cases for one script each (output paths, search settings,
+training options, tables); this file covers the rest in one table.
+"""
+
+import importlib.util
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import data
+import evaluate
+import latency_build
+import model_train
+import reproduce_tables
+import search_imagenet
+import train_imagenet
+from tools import make_imagenet100
+from utils import run_cli
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path):
+    spec = importlib.util.spec_from_file_location(Path(relative_path).stem, REPO_ROOT / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+search_quality = load_script("benchmarks/search_quality.py")
+
+
+class RunsCode:
+    """Unpickling this would run a shell command."""
+
+    def __reduce__(self):
+        return (os.system, ("echo injected > /tmp/lightnas-injected",))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Every bad (and one good) file the cases refer to, by name."""
+    root = tmp_path_factory.mktemp("inputs")
+    files = {"root": root}
+    files["data"] = data.write_synthetic_dataset(root / "data", num_classes=3, train_per_class=4, val_per_class=2,
+                                                 image_size=32, seed=0)
+    files["empty_dir"] = root / "empty"
+    files["empty_dir"].mkdir()
+    files["no_val"] = root / "no-val"
+    (files["no_val"] / "train" / "a").mkdir(parents=True)
+    files["empty_classes"] = root / "empty-classes"
+    for split in ("train", "val"):
+        (files["empty_classes"] / split / "a").mkdir(parents=True)
+    files["text"] = root / "notes.txt"
+    files["text"].write_text("not a checkpoint")
+    files["empty_file"] = root / "empty.pth.tar"
+    files["empty_file"].write_bytes(b"")
+    files["pickle"] = root / "malicious.pth.tar"
+    with open(files["pickle"], "wb") as file:
+        pickle.dump({"state_dict": RunsCode()}, file)
+    files["foreign"] = root / "foreign.pth.tar"  # a valid checkpoint of something else
+    torch.save({"weights": torch.zeros(3)}, files["foreign"])
+    files["tensor"] = root / "tensor.pth.tar"
+    torch.save(torch.zeros(3), files["tensor"])
+    good = root / "good.pth.tar"
+    torch.save({"x": torch.zeros(100)}, good)
+    files["truncated"] = root / "truncated.pth.tar"
+    files["truncated"].write_bytes(good.read_bytes()[:300])
+    files["released_20"] = root / "LightNet-20ms.pth.tar"  # released layout, 1000 classes
+    torch.save({"state_dict": model_train.LightNet(model_train.LIGHTNETS["LightNet-20ms"]).state_dict()},
+               files["released_20"])
+    files["bad_json"] = root / "broken.json"
+    files["bad_json"].write_text("{not json")
+    files["json_list"] = root / "list.json"
+    files["json_list"].write_text(json.dumps([1, 2, 3]))
+    files["table_no_entries"] = root / "table.json"
+    files["table_no_entries"].write_text(json.dumps({"format": "lightnas-cost-table", "format_version": 1}))
+    files["csv"] = root / "measurements.csv"
+    files["csv"].write_text("arch,measured_ms\n")
+    files["imagenet"] = root / "imagenet"
+    (files["imagenet"] / "train").mkdir(parents=True)
+    return files
+
+
+ARCH_24 = "LightNet-24ms"
+# (script, arguments, what the one line must say). {name} is a file of `inputs`; {out} a fresh path.
+CASES = {
+    # --arch_config, everywhere it is accepted
+    "train: code in arch_config": (train_imagenet, ["--dataset", "{data}", "--save", "{out}", "--arch_config",
+                                                   "__import__('os').system('touch /tmp/x')"], "--arch_config"),
+    "train: dict arch_config": (train_imagenet, ["--dataset", "{data}", "--save", "{out}", "--arch_config",
+                                                "{{'a': 1}}"], "--arch_config"),
+    "train: arch json list of numbers": (train_imagenet, ["--dataset", "{data}", "--save", "{out}",
+                                                         "--arch_config", "{json_list}"], "list of op names"),
+    "train: arch broken json": (train_imagenet, ["--dataset", "{data}", "--save", "{out}", "--arch_config",
+                                                "{bad_json}"], "not valid JSON"),
+    "evaluate: unknown model": (evaluate, ["--model", "LightNet-99ms", "--weights", "{released_20}", "--dataset",
+                                           "{data}"], "LightNet-99ms"),
+    "evaluate: arch of 21 ops": (evaluate, ["--arch_config", str(model_train.LIGHTNETS[ARCH_24][:-1]), "--weights",
+                                            "{released_20}", "--dataset", "{data}"], "expected 22 op names"),
+    "predict: unknown op": (latency_build, ["predict", "--arch_config", str(["MBK3E1"] + ["MBK9E9"] * 21)],
+                            "unknown op"),
+    "predict: code": (latency_build, ["predict", "--arch_config", "[print('x')]"], "--arch_config"),
+    # datasets
+    "search: dataset missing": (search_imagenet, ["--save", "{out}", "--dataset", "{root}/nowhere"], "nowhere"),
+    "search: dataset empty": (search_imagenet, ["--save", "{out}", "--dataset", "{empty_dir}"], "train"),
+    "search: dataset without val": (search_imagenet, ["--save", "{out}", "--dataset", "{no_val}"], "val"),
+    "search: classes without images": (search_imagenet, ["--save", "{out}", "--dataset", "{empty_classes}"],
+                                       "image"),
+    "search: more classes than the set": (search_imagenet, ["--save", "{out}", "--dataset", "{data}",
+                                                            "--num_classes", "5"], "has only 3 classes"),
+    "train: dataset missing": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{root}/nowhere"], "nowhere"),
+    "train: dataset empty": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{empty_dir}"], "train"),
+    "train: dataset without val": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{no_val}"], "val"),
+    "train: classes without images": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{empty_classes}"],
+                                      "image"),
+    "evaluate: dataset missing": (evaluate, ["--model", "LightNet-20ms", "--weights", "{released_20}",
+                                             "--dataset", "{root}/nowhere"], "nowhere"),
+    "evaluate: wrong class count": (evaluate, ["--model", "LightNet-20ms", "--weights", "{released_20}",
+                                               "--dataset", "{data}", "--workers", "0"], "1000"),
+    "imagenet100: no val": (make_imagenet100, ["--imagenet", "{imagenet}", "--out", "{out}"], "val"),
+    "imagenet100: missing": (make_imagenet100, ["--imagenet", "{root}/nowhere", "--out", "{out}"], "nowhere"),
+    # numbers
+    "search: negative target": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--target_latency",
+                                                  "-3"], "--target_latency"),
+    "search: NaN target": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--target_latency",
+                                             "nan"], "--target_latency"),
+    "search: infeasible target": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--target_latency",
+                                                    "500"], "outside what this search space can reach"),
+    "search: flops target too low": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--lut", "flops",
+                                                       "--metric", "flops", "--target_latency", "1"], "outside"),
+    "search: split of 1": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--arch_split_from_train",
+                                             "1"], "--arch_split_from_train"),
+    "search: negative eta": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--eta", "-1"], "--eta"),
+    "search: zero epochs": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--epochs", "0"],
+                            "--epochs"),
+    "search: one class": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--num_classes", "1"],
+                          "--num_classes"),
+    "train: batch of 1": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{data}", "--batch_size", "1"],
+                          "BatchNorm needs at least 2"),
+    "train: tiny images": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{data}", "--image_size", "8"],
+                           "--image_size"),
+    "train: NaN dropout": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{data}", "--dropout", "nan"],
+                           "--dropout"),
+    "train: EMA decay 1": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{data}", "--ema", "--ema_decay", "1"],
+                           "--ema_decay"),
+    "train: negative seed": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{data}", "--seed", "-1"], "--seed"),
+    "evaluate: batch 0": (evaluate, ["--model", "LightNet-20ms", "--weights", "{released_20}", "--dataset",
+                                     "{data}", "--batch_size", "0"], "--batch_size"),
+    "model_train: zero classes": (model_train, ["--arch_config", ARCH_24, "--num_classes", "0"], "--num_classes"),
+    "reproduce: negative tolerance": (reproduce_tables, ["--quick", "--out", "{out}", "--tolerance", "-1"],
+                                      "--tolerance"),
+    "reproduce: infeasible target": (reproduce_tables, ["--quick", "--out", "{out}", "--targets", "2"], "outside"),
+    "search_quality: one random net": (search_quality, ["--out", "{out}", "--random_nets", "1"],
+                                       "--random_nets"),
+    "search_quality: NaN target": (search_quality, ["--out", "{out}", "--target", "nan"], "--target"),
+    "search_quality: infeasible": (search_quality, ["--out", "{out}", "--target", "90"], "outside"),
+    "imagenet100: split 1.5": (make_imagenet100, ["--imagenet", "{data}", "--out", "{out}", "--arch_split", "1.5"],
+                               "--arch_split"),
+    "validate: a count table": (latency_build, ["validate", "--lut", "flops"], "table flops not found"),
+    "validate: 2 held-out networks": (latency_build, ["validate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                             "cpu_amd_epyc_b1_t1.json"),
+                                                      "--num_archs", "2"], "--num_archs must be at least 5"),
+    # checkpoints
+    "search: resume a text file": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--num_classes", "3", "--resume", "{text}"],
+                                   "could not be loaded"),
+    "search: resume a pickle with code": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--num_classes", "3", "--resume",
+                                                            "{pickle}"], "refused"),
+    "search: resume an empty file": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--num_classes", "3", "--resume",
+                                                       "{empty_file}"], "empty or cut short"),
+    "search: resume a truncated file": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--num_classes", "3", "--resume",
+                                                          "{truncated}"], "could not be loaded"),
+    "search: resume a foreign checkpoint": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--num_classes", "3", "--resume",
+                                                              "{foreign}"], "not a search checkpoint"),
+    "search: resume released weights": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--num_classes", "3", "--resume",
+                                                          "{released_20}"], "not a search checkpoint"),
+    "train: resume a pickle with code": (train_imagenet, ["--arch_config", ARCH_24, "--dataset", "{data}", "--resume", "{pickle}"],
+                                         "refused"),
+    "train: resume a text file": (train_imagenet, ["--arch_config", ARCH_24, "--dataset", "{data}", "--resume", "{text}"],
+                                  "could not be loaded"),
+    "train: resume a truncated file": (train_imagenet, ["--arch_config", ARCH_24, "--dataset", "{data}", "--resume", "{truncated}"],
+                                       "could not be loaded"),
+    "train: resume a foreign checkpoint": (train_imagenet, ["--arch_config", ARCH_24, "--dataset", "{data}", "--resume", "{foreign}"],
+                                           "not a training checkpoint"),
+    "train: resume a bare tensor": (train_imagenet, ["--arch_config", ARCH_24, "--dataset", "{data}", "--resume", "{tensor}"],
+                                    "not a training checkpoint"),
+    "train: evaluate a pickle with code": (train_imagenet, ["--dataset", "{data}", "--evaluate", "{pickle}"],
+                                           "refused"),
+    "train: evaluate a bare tensor": (train_imagenet, ["--dataset", "{data}", "--evaluate", "{tensor}"],
+                                      "holds no model state_dict"),
+    "evaluate: weights with code": (evaluate, ["--model", "LightNet-20ms", "--weights", "{pickle}", "--dataset",
+                                               "{data}"], "refused"),
+    "evaluate: empty weights": (evaluate, ["--model", "LightNet-20ms", "--weights", "{empty_file}", "--dataset",
+                                           "{data}"], "empty or cut short"),
+    "evaluate: foreign weights": (evaluate, ["--model", "LightNet-20ms", "--weights", "{foreign}", "--dataset",
+                                             "{data}"], "is it a LightNet checkpoint?"),
+    "evaluate: no architecture recorded": (evaluate, ["--weights", "{released_20}", "--dataset", "{data}"],
+                                           "give --model or --arch_config"),
+    "from-mlp: MLP with code": (latency_build, ["from-mlp", "--mlp", "{pickle}", "--out", "{out}.json"],
+                                "refused"),
+    "from-mlp: a text file": (latency_build, ["from-mlp", "--mlp", "{text}", "--out", "{out}.json"],
+                              "could not be loaded"),
+    "from-mlp: foreign weights": (latency_build, ["from-mlp", "--mlp", "{foreign}", "--out", "{out}.json"], "not the authors' predictor"),
+    # tables
+    "search: table missing": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--lut",
+                                                "{root}/none.json"], "not found"),
+    "search: table not JSON": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--lut", "{bad_json}"],
+                               "JSON"),
+    "search: table without entries": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--lut",
+                                                        "{table_no_entries}"], "table"),
+    "search: table of weights": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--lut",
+                                                   "{released_20}"], "not the authors' predictor"),
+    "predict: table not JSON": (latency_build, ["predict", "--lut", "{bad_json}", "--arch_config", ARCH_24],
+                                "JSON"),
+    "calibrate: no measurements": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                             "cpu_amd_epyc_b1_t1.json"),
+                                                   "--measurements", "{csv}"], "needs at least 5 measured"),
+    "calibrate: table without metadata": (latency_build, ["calibrate", "--lut", "{table_no_entries}",
+                                                          "--measurements", "{csv}"], "no 'metadata' object"),
+    "validate: table missing": (latency_build, ["validate", "--lut", "{root}/none.json"], "not found"),
+    # flags that do not go together
+    "search: fixed penalty without w": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--penalty",
+                                                          "fixed"], "--penalty_weight"),
+    "search: energy metric on a latency table": (search_imagenet, ["--save", "{out}", "--dataset", "{data}",
+                                                                   "--metric", "energy"], "not energy"),
+    "train: resume and evaluate": (train_imagenet, ["--arch_config", ARCH_24, "--dataset", "{data}", "--resume", "{foreign}", "--evaluate",
+                                                    "{foreign}"], "not both"),
+    "train: sync_bn on cpu": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{data}", "--sync_bn",
+                                               "--device", "cpu"], "--sync_bn"),
+    "train: onnx into a missing folder": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{data}",
+                                                           "--export_onnx", "{root}/nowhere/model.onnx"],
+                                          "does not exist"),
+    "reproduce: dataset without weights": (reproduce_tables, ["--quick", "--out", "{out}", "--dataset", "{data}"],
+                                           "go together"),
+    "reproduce: search options it sets": (reproduce_tables, ["--quick", "--out", "{out}", "--", "--save", "x"],
+                                          "--save is set by reproduce_tables.py"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(case, inputs, tmp_path, capsys):
+    module, arguments, message = CASES[case]
+    out = tmp_path / "out"
+    filled = [argument.format(out=out, **{name: value for name, value in inputs.items()})
+              for argument in arguments]
+    scratch_before = sorted(inputs["root"].rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(module.main, module.get_args_parser(), filled)
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2, error
+    lines = error.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert "Traceback" not in error
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+    assert sorted(inputs["root"].rglob("*")) == scratch_before
+    assert not Path("/tmp/lightnas-injected").exists()  # no code from a pickle ever ran
+
