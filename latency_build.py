@@ -29,7 +29,7 @@ from latency_predictor import (DEFAULT_LUT, FIT_HOLDOUT_ARCHS, FIT_SEED, FIT_TRA
                                fixed_probes, layer_keys, layer_probes, load_predictor, load_table, new_table,
                                rounded_value, sample_architectures, table_predictor, text_to_arch, write_table)
 from operations import INPUT_SIZE, LAYOUT, NUM_LAYERS, NUM_SEARCHABLE_LAYERS
-from utils import UserError, resolve_device, run_cli, write_csv
+from utils import UserError, new_figure, resolve_device, run_cli, save_figure, write_csv
 
 # Authors' measurement set-up (their README and release).
 JETSON_BATCH_SIZE = 8
@@ -417,12 +417,7 @@ def report_validation(predictor, indices, measured, out_dir):
 
 
 def plot_validation(measured, raw, calibrated, title, path):
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    from matplotlib import pyplot
-
-    figure, axes = pyplot.subplots(figsize=(5, 5))
+    figure, axes = new_figure((5, 5))
     axes.scatter(measured, raw, s=14, label="table")
     if calibrated is not None:
         axes.scatter(measured, calibrated, s=14, marker="x", label="table, calibrated")
@@ -431,9 +426,7 @@ def plot_validation(measured, raw, calibrated, title, path):
     axes.plot(limits, limits, color="gray", linewidth=1, label="predicted = measured")
     axes.set(xlim=limits, ylim=limits, xlabel="measured latency (ms)", ylabel="predicted latency (ms)", title=title)
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    pyplot.close(figure)
+    save_figure(figure, path)
 
 
 def read_measurements(path):

@@ -59,7 +59,8 @@ import model_train
 import operations
 import retraining
 import search_imagenet
-from utils import UserError, make_output_folder, read_json_lines, run_cli, write_csv, write_json
+from utils import (UserError, make_output_folder, new_figure, read_json_lines, run_cli, save_figure, write_csv,
+                   write_json)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 SEARCH_SCRIPT = os.path.join(REPO_ROOT, "search_imagenet.py")
@@ -397,13 +398,11 @@ def design_cost(lightnas, baseline, tolerance):
 # ------------------------------------------------------------------ figures
 
 
-def pyplot():
+def colours(name, count):
+    """`count` colours spread over the matplotlib colour map `name`."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib.colormaps[name]([index / max(1, count - 1) for index in range(count)])
 
 
 def step_curve(metrics, warmup_metrics):
@@ -419,9 +418,8 @@ def step_curve(metrics, warmup_metrics):
 
 
 def plot_search_curves(path, lightnas_results, baseline_results, targets, grid, warmup_metrics):
-    plt = pyplot()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    colors = plt.cm.viridis([index / max(1, len(targets) - 1) for index in range(len(targets))])
+    figure, (left, right) = new_figure((12, 4.5), 1, 2, sharey=True)
+    colors = colours("viridis", len(targets))
     for result, target, color in zip(lightnas_results, targets, colors):
         metrics = [row for row in result["metrics"] if row["epoch"] > len(warmup_metrics)]
         left.plot(*step_curve(metrics, warmup_metrics), color=color, linewidth=1, label=f"T = {target:g} ms")
@@ -429,7 +427,7 @@ def plot_search_curves(path, lightnas_results, baseline_results, targets, grid, 
     left.set(title="LightNAS: one search per target (learned lambda)", xlabel="epoch",
              ylabel="predicted latency of the argmax network (ms, Jetson table)")
     left.legend(fontsize=8)
-    colors = plt.cm.plasma([index / max(1, len(grid) - 1) for index in range(len(grid))])
+    colors = colours("plasma", len(grid))
     for result, c, color in zip(baseline_results, grid, colors):
         metrics = [row for row in result["metrics"] if row["epoch"] > len(warmup_metrics)]
         right.plot(*step_curve(metrics, warmup_metrics), color=color, linewidth=1, label=f"w/T = {c:g} /ms")
@@ -437,14 +435,11 @@ def plot_search_curves(path, lightnas_results, baseline_results, targets, grid, 
         right.axhline(target, color="grey", linestyle="--", linewidth=0.6)
     right.set(title="fixed penalty CE + w LAT/T: one search per w", xlabel="epoch")
     right.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_baseline_grid(path, baseline, lightnas, tolerance):
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    figure, axis = new_figure((6.5, 4.5))
     axis.plot([row["c_per_ms"] for row in baseline], [row["predicted_ms"] for row in baseline], marker="o",
               color="tab:red", label="fixed penalty: final latency")
     for row in lightnas:
@@ -455,16 +450,13 @@ def plot_baseline_grid(path, baseline, lightnas, tolerance):
     axis.set(xlabel="penalty per ms, c = w / T (log)", ylabel="predicted latency (ms, Jetson table)",
              title=f"fixed-penalty grid vs the targets (green bands: +/-{tolerance:g}%)")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_found_networks(path, lightnas, baseline, retrain_epochs):
     """Retrained top-1 against predicted latency: what each method's
     searches found, with the targets marked."""
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    figure, axis = new_figure((6.5, 4.5))
     axis.plot([row["predicted_ms"] for row in lightnas], [row["retrained_top1"] for row in lightnas], marker="*",
               markersize=11, linestyle="none", color="tab:green", label="LightNAS, one search per target")
     axis.plot([row["predicted_ms"] for row in baseline], [row["retrained_top1"] for row in baseline], marker="o",
@@ -475,14 +467,11 @@ def plot_found_networks(path, lightnas, baseline, retrain_epochs):
              ylabel=f"val top-1 after {retrain_epochs} epochs from scratch (%)",
              title="found networks, retrained with the short CPU recipe")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_latency_accuracy(path, rows, cpu_name):
-    plt = pyplot()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (left, right) = new_figure((12, 4.5), 1, 2)
     published = [row for row in rows if row["readme_ms"] is not None]
     left.plot([row["readme_ms"] for row in published], [row["readme_top1"] for row in published], marker="o",
               label="authors: README latency and top-1")
@@ -505,9 +494,7 @@ def plot_latency_accuracy(path, rows, cpu_name):
     right.set(xlabel=f"latency measured here, batch 1 (ms)\n{cpu_name}", ylabel="ImageNet top-1, authors' exact (%)",
               title="on this machine")
     right.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 # ------------------------------------------------------------------ report

@@ -43,7 +43,8 @@ from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_pa
 from utils import (
     AverageMeter, MetricsFile, UserError, accuracy, add_device_arguments, all_gather_objects, all_reduce_sum,
     cleanup_distributed, frozen, init_distributed, launch, load_checkpoint, resolve_device_type, rng_states, run_cli,
-    run_folder_lock, run_logger, save_checkpoint, share_cpu_threads, seed_everything, set_rng_states, write_json,
+    new_figure, run_folder_lock, run_logger, save_checkpoint, save_figure, share_cpu_threads, seed_everything,
+    set_rng_states, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -684,41 +685,30 @@ def write_arch_json(args, searcher, predictor):
 
 def write_plots(save_dir, metrics, predictor, target):
     """Cost vs target, lambda and tau, and the op-probability heatmap."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [row["epoch"] for row in metrics]
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = new_figure((6, 4))
     axis.plot(epochs, [row["cost"] for row in metrics], marker="o", label="argmax architecture")
     axis.axhline(target, color="black", linestyle="--", label=f"target {target:g}")
     axis.set(xlabel="epoch", ylabel=f"predicted {predictor.metric} ({predictor.unit})", title=predictor.identifier)
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(os.path.join(save_dir, "cost.png"), dpi=120)
-    plt.close(figure)
+    save_figure(figure, os.path.join(save_dir, "cost.png"))
 
-    figure, left = plt.subplots(figsize=(6, 4))
+    figure, left = new_figure((6, 4))
     left.plot(epochs, [row["tradeoff"] for row in metrics], color="tab:red", label="lambda")
     left.set(xlabel="epoch", ylabel="lambda")
     right = left.twinx()
     right.plot(epochs, [row["tau"] for row in metrics], color="tab:blue", label="tau")
     right.set_ylabel("tau")
     figure.legend(loc="upper right")
-    figure.tight_layout()
-    figure.savefig(os.path.join(save_dir, "lambda_tau.png"), dpi=120)
-    plt.close(figure)
+    save_figure(figure, os.path.join(save_dir, "lambda_tau.png"))
 
-    figure, axis = plt.subplots(figsize=(6, 7))
+    figure, axis = new_figure((6, 7))
     image = axis.imshow(metrics[-1]["probabilities"], aspect="auto", cmap="viridis", vmin=0, vmax=1)
     axis.set(xticks=range(operations.NUM_OPS), yticks=range(operations.NUM_SEARCHABLE_LAYERS),
              yticklabels=range(1, operations.NUM_LAYERS), ylabel="layer", title=f"op probabilities, epoch {epochs[-1]}")
     axis.set_xticklabels(operations.SEARCHABLE_OPS, rotation=45, ha="right")
-    figure.colorbar(image)
-    figure.tight_layout()
-    figure.savefig(os.path.join(save_dir, "op_probabilities.png"), dpi=120)
-    plt.close(figure)
+    figure.colorbar(image, ax=axis)
+    save_figure(figure, os.path.join(save_dir, "op_probabilities.png"))
 
 
 # ---------------------------------------------------------------------- main

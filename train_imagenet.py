@@ -581,11 +581,8 @@ def log_changed_options(checkpoint, args, logger):
 
 def plot_curves(records, path):
     """Loss, top-1 and learning rate per epoch, as a PNG."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display
-
     epochs = [record["epoch"] for record in records]
-    figure = Figure(figsize=(15, 4))
-    loss_axes, accuracy_axes, lr_axes = figure.subplots(1, 3)
+    figure, (loss_axes, accuracy_axes, lr_axes) = utils.new_figure((15, 4), 1, 3)
     loss_axes.plot(epochs, [record["train_loss"] for record in records])
     loss_axes.set(title="training loss", xlabel="epoch")
     for key, label in (("train_top1", "train"), ("val_top1", "val"), ("ema_val_top1", "val, EMA")):
@@ -595,8 +592,7 @@ def plot_curves(records, path):
     accuracy_axes.legend()
     lr_axes.plot(epochs, [record["lr"] for record in records])
     lr_axes.set(title="learning rate (epoch start)", xlabel="epoch")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    utils.save_figure(figure, path, dpi=100)
 
 
 # ----------------------------------------------------------------- export

@@ -118,6 +118,23 @@ def accuracy(logits, targets, topk=(1, 5)):
     return [100.0 * hits / batch_size for hits in correct_counts(logits, targets, topk)]
 
 
+# ----------------------------------------------------------------- figures
+
+
+def new_figure(figsize, rows=1, columns=1, **subplot_options):
+    """A figure and its axes for a PNG file. Built without pyplot: no global
+    state, no display, safe in worker threads."""
+    from matplotlib.figure import Figure  # imported here: only plotting needs it
+
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(rows, columns, **subplot_options)
+
+
+def save_figure(figure, path, dpi=120):
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
+
+
 # ------------------------------------------------------------ logging, seed
 
 

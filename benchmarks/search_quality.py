@@ -267,10 +267,7 @@ def print_table(searched, random_nets, summary):
 
 
 def plot(searched, random_nets, target, path):
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 4.5))
-    axes = figure.subplots()
+    figure, axes = utils.new_figure((6, 4.5))
     for index, net in enumerate(random_nets):
         top1 = net["top1"]
         axes.errorbar(net["predicted"], statistics.fmean(top1), yerr=statistics.stdev(top1) if len(top1) > 1 else 0,
@@ -283,8 +280,7 @@ def plot(searched, random_nets, target, path):
     axes.set_ylabel("retrained val top-1 (%), mean +- std over seeds")
     axes.set_title(f"searched vs random networks at T = {target:g} ms")
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    utils.save_figure(figure, path)
 
 
 # ---------------------------------------------------------------------- run
