@@ -550,6 +550,10 @@ def launch(worker, args, num_processes):
     # When one process fails, torch logs a warning for each sibling it stops;
     # the failing process's own message is the one line worth reading.
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
+    # A killed process leaves its semaphores to multiprocessing's resource
+    # tracker, which warns about them in two lines after our one-line error.
+    quiet_tracker = "ignore:resource_tracker:UserWarning"
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet_tracker]))
     try:
         mp.spawn(_spawned_process, args=(worker, args, num_processes, _free_local_port()),
                  nprocs=num_processes, join=True)
