@@ -140,6 +140,13 @@ def get_args_parser():
     return parser
 
 
+def recorded_image_size(checkpoint):
+    """The image size a project checkpoint records it was trained at (None
+    for released weights, which record none)."""
+    size = checkpoint.get("image_size") if isinstance(checkpoint, dict) else None
+    return size if isinstance(size, int) and size > 0 else None
+
+
 def evaluate_weights(weights, dataset_root, arch_choice=None, device="cpu", batch_size=64, workers=0,
                      image_size=None, width_mult=1.0, progress=True):
     """Load `weights` into the network `arch_choice` (a name, list string or
@@ -154,8 +161,7 @@ def evaluate_weights(weights, dataset_root, arch_choice=None, device="cpu", batc
         if arch_choice is None:
             raise UserError("give --model or --arch_config: the checkpoint does not record its architecture")
     if image_size is None:
-        recorded = checkpoint.get("image_size") if isinstance(checkpoint, dict) else None
-        image_size = recorded if isinstance(recorded, int) and recorded > 0 else DEFAULT_IMAGE_SIZE
+        image_size = recorded_image_size(checkpoint) or DEFAULT_IMAGE_SIZE
     arch_config = model_train.resolve_arch_config(arch_choice)
     num_classes = weights_num_classes(state_dict, weights, "--weights")
     model = model_train.LightNet(arch_config, num_classes=num_classes, width_mult=width_mult)

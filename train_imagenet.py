@@ -59,6 +59,7 @@ best_ema.pth.tar with --ema, and curves.png.
 """
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -302,8 +303,8 @@ def prepare(args):
         checkpoint = utils.load_checkpoint(args.evaluate, what="--evaluate")
         if not isinstance(checkpoint, dict):
             raise UserError(f"--evaluate: {args.evaluate} holds no model state_dict")
-        if args.image_size is None and isinstance(checkpoint.get("image_size"), int):
-            args.image_size = checkpoint["image_size"]  # evaluate at the size it was trained at
+        if args.image_size is None:
+            args.image_size = evaluate.recorded_image_size(checkpoint)  # the size it was trained at, if known
     resolve_schedule(args)
     world_size = utils.planned_world_size(args)
     if world_size < 1:
@@ -327,10 +328,8 @@ def prepare(args):
 
 def main(args):
     prepare(args)
-    if args.evaluate:
-        utils.launch(worker, args, args.gpus)
-        return
-    with utils.run_folder_lock(args.save):
+    writes_a_run = not args.evaluate  # --evaluate writes no run folder: nothing to lock
+    with utils.run_folder_lock(args.save) if writes_a_run else contextlib.nullcontext():
         utils.launch(worker, args, args.gpus)
 
 

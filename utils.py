@@ -487,12 +487,15 @@ def _spawned_process(local_rank, worker, args, world_size, port):
     except UserError as error:
         # Any process may meet bad input (an unreadable image in its shard);
         # each one that does says so, naming itself unless it is rank 0.
-        prefix = "" if local_rank == 0 else f"process {local_rank}: "
-        print(f"error: {prefix}{user_error_message(error)}", file=sys.stderr)
+        print(f"error: {process_prefix(local_rank)}{user_error_message(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
     except RuntimeError as error:
-        stop_if_a_peer_was_lost(error, "" if local_rank == 0 else f"process {local_rank}: ")
+        stop_if_a_peer_was_lost(error, process_prefix(local_rank))
         raise
+
+
+def process_prefix(local_rank):
+    return "" if local_rank == 0 else f"process {local_rank}: "
 
 
 def path_error_reason(error):
