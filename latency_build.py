@@ -10,49 +10,44 @@ everything here writes or checks what that module reads.
 
 
 import argparse
-import contextlib
 import csv
 import datetime
 import os
-import platform
 import time
-from typing import NamedTuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import model_train
 import operations
-from latency_predictor import (DEFAULT_LUT, FIT_HOLDOUT_ARCHS, FIT_SEED, FIT_TRAIN_ARCHS, MLPPredictor, Probe,
-                               TablePredictor, arch_to_text, base_metadata, entries_from_values, fit_additive,
-                               fixed_probes, layer_keys, layer_probes, load_predictor, load_table, new_table,
-                               rounded_value, sample_architectures, table_predictor, text_to_arch, write_table)
-from operations import INPUT_SIZE, LAYOUT, NUM_LAYERS, NUM_SEARCHABLE_LAYERS
+from latency_predictor import (DEFAULT_LUT, FIT_HOLDOUT_ARCHS, FIT_SEED, FIT_TRAIN_ARCHS, MLPPredictor,
+                               TablePredictor, arch_indices, arch_to_text, base_metadata, entries_from_values,
+                               fit_additive, fixed_probes, layer_keys, layer_probes, load_predictor, load_table,
+                               new_table, rounded_value, sample_architectures, table_predictor, text_to_arch,
+                               write_table)
+from latency_timing import (CLOCKS, DEFAULT_CLOCK, DEFAULT_CPU_THREADS, DEFAULT_RUNTIME, DEFAULT_WARMUP_S,
+                            REFERENCE_NETWORK, RUNTIMES, SPREAD_NAMES, describe_device, describe_protocol,
+                            describe_runtime, load_average, make_protocol, measure, measure_arch_configs,
+                            noise_report, normalized_samples, reference_level, relative_spread_pct,
+                            session_statistics, time_networks)
+from operations import LAYOUT, NUM_LAYERS, NUM_OPS, NUM_SEARCHABLE_LAYERS
 from utils import UserError, new_figure, resolve_device, run_cli, save_figure, write_csv
 
 # Authors' measurement set-up (their README and release).
 JETSON_BATCH_SIZE = 8
 JETSON_PROTOCOL = "per network: 5 warm-up runs, 6 timed runs, mean of the fastest two thirds (authors)"
 
-# Measurement protocol defaults (build and validate share them).
-DEFAULT_CPU_THREADS = 1  # one intra-op thread: batch-1 blocks barely scale and a shared 2-core box stays quiet
-DEFAULT_WARMUP_S = 3.0  # time-based: caches, allocator and CPU clocks settle before timing
-DEFAULT_BUILD_REPEATS = 1000  # rounds over every module: 2-3 minutes for a full CPU table at 1 thread
+# Build methods and their measurement defaults.
+METHODS = ("fit", "isolated")
+DEFAULT_METHOD = "fit"
+DEFAULT_REPEATS = {"isolated": 1000, "fit": 10}  # rounds: 2-3 minutes each on a 2-core CPU at 1 thread
+DEFAULT_FIT_NETWORKS = 300  # random networks a fitted table is solved from (plus the six LightNets)
+MIN_FIT_NETWORKS = NUM_SEARCHABLE_LAYERS * (NUM_OPS - 1) + 1  # unknowns of the fit
 DEFAULT_VALIDATE_ARCHS = 30
 DEFAULT_VALIDATE_REPEATS = 60  # rounds over the networks being validated
-VALIDATE_CHUNK = 32  # networks held in memory at once (about 30 MB each)
-SPREAD_PERCENTILES = (10, 90)  # per-entry spread recorded next to the median
-SPREAD_NAMES = tuple(f"p{percentile}" for percentile in SPREAD_PERCENTILES)
+NOISY_JITTER_PCT = 20.0  # reference jitter above which build warns
 MEASURE_SEED = 0
 VALIDATE_SEED = 1  # not the fit/build seed, so validation sees fresh architectures
-# CPU clocks. "thread" is the CPU time of the calling thread: with one
-# intra-op thread the forward runs on that thread alone, so on an idle core it
-# equals the wall-clock latency, and on a shared machine the time the thread
-# spends preempted by other processes is left out (preemption inflates long
-# calls more than short ones, which would bias whole networks against ops).
-CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
-DEFAULT_CLOCK = "wall"
 
 ERROR_THRESHOLDS_PCT = (5, 10)  # "share within 5% / 10%" in validation summaries
 SUMMARY_DECIMALS = 4  # error summaries stored in table metadata
@@ -70,15 +65,28 @@ def error_summary(predicted, measured):
                "r2": 1 - residual / spread if spread > 0 else float("nan")}
     for threshold in ERROR_THRESHOLDS_PCT:
         summary[f"within_{threshold}_pct"] = (errors <= threshold).mean() * 100
+    summary["kendall_tau"] = kendall_tau(predicted, measured)
     return {name: value if name == "count" else round(float(value), SUMMARY_DECIMALS)
             for name, value in summary.items()}
+
+
+def kendall_tau(first, second):
+    """Kendall's tau-a: (concordant - discordant pairs) / all pairs; how well
+    one list ranks the items as the other does (1: the same order)."""
+    first, second = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    if len(first) < 2:
+        return float("nan")
+    upper = np.triu_indices(len(first), k=1)
+    signs = np.sign(first[:, None] - first[None, :]) * np.sign(second[:, None] - second[None, :])
+    return float(signs[upper].mean())
 
 
 def format_summary(summary):
     within = "  ".join(f"within {threshold}%: {summary[f'within_{threshold}_pct']:5.1f}%"
                        for threshold in ERROR_THRESHOLDS_PCT)
     return (f"mean |err| {summary['mean_abs_pct']:6.2f}%  max |err| {summary['max_abs_pct']:6.2f}%  "
-            f"{within}  R^2 {summary['r2']:.4f}  (n={summary['count']})")
+            f"{within}  Kendall tau {summary.get('kendall_tau', float('nan')):.3f}  R^2 {summary['r2']:.4f}  "
+            f"(n={summary['count']})")
 
 
 def derive_table_from_mlp(mlp, num_train, num_holdout, seed):
@@ -86,7 +94,7 @@ def derive_table_from_mlp(mlp, num_train, num_holdout, seed):
     statistics on held-out architectures and on the six LightNets."""
     architectures = sample_architectures(num_train + num_holdout, seed)
     train, holdout = architectures[:num_train], architectures[num_train:]
-    constant, layer_costs = fit_additive(train, mlp.costs(train))
+    constant, layer_costs, _ = fit_additive(train, mlp.costs(train))
     table = _table_from_matrix(constant, layer_costs, _mlp_metadata(mlp))
     additive = TablePredictor(table, "fit")
     lightnets = {name: [round(mlp.cost(model_train.LIGHTNETS[name]), 4),
@@ -132,190 +140,91 @@ def _mlp_metadata(mlp):
     return metadata
 
 
-@contextlib.contextmanager
-def torch_threads(threads):
-    """Run with `threads` intra-op threads, then restore the previous count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def cpu_model_name():
-    """The CPU model and where the name came from."""
-    try:
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip(), "/proc/cpuinfo 'model name'"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine(), "platform.processor()"
-
-
-def describe_device(device):
-    if device.type == "cuda":
-        return {"type": "cuda", "name": torch.cuda.get_device_name(device),
-                "identified_by": "torch.cuda.get_device_name()", "cuda": torch.version.cuda,
-                "cudnn": torch.backends.cudnn.version()}
-    name, source = cpu_model_name()
-    return {"type": "cpu", "name": name, "identified_by": source, "logical_cpus": os.cpu_count()}
-
-
-def _runtime():
-    return {"name": "PyTorch eager", "torch": torch.__version__, "python": platform.python_version(),
-            "numpy": np.__version__}
-
-
-class Protocol(NamedTuple):
-    """How build and validate time modules."""
-
-    device: torch.device
-    batch_size: int
-    threads: int  # torch intra-op threads
-    clock: str  # a CLOCKS name (CPU); CUDA always times with events
-    warmup_s: float
-    repeats: int
-    seed: int
-
-
-def make_protocol(device_name, batch_size, threads, clock, warmup_s, repeats, seed):
-    """A Protocol from command-line values, refusing impossible ones."""
-    device = resolve_device(device_name)
-    if min(batch_size, threads, repeats) < 1 or warmup_s < 0:
-        raise UserError("--batch_size, --threads and --repeats must be at least 1, --warmup_s at least 0")
-    if clock not in CLOCKS:
-        raise UserError(f"--clock: unknown clock {clock!r}; known: {', '.join(CLOCKS)}")
-    if clock == "thread" and (device.type != "cpu" or threads != 1):
-        raise UserError("--clock thread counts only the calling thread's CPU time; "
-                        "use it with --device cpu --threads 1")
-    return Protocol(device, batch_size, threads, clock, warmup_s, repeats, seed)
-
-
-def _timed_call(module, inputs, protocol):
-    """One forward, in ms: the protocol's clock on CPU; CUDA events
-    bracketing the call after a synchronize on GPU (kernels run
-    asynchronously)."""
-    if protocol.device.type == "cuda":
-        torch.cuda.synchronize(protocol.device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        module(inputs)
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-    clock = CLOCKS[protocol.clock]
-    start = clock()
-    module(inputs)
-    return (clock() - start) * 1e3
-
-
-def measure(probes, protocol, desc):
-    """Time every probe `protocol.repeats` times; returns ms, shape
-    (repeats, probes).
-
-    Rounds are interleaved: each round calls every module once, in a fresh
-    random order, so a burst of load elsewhere spreads over all entries
-    instead of corrupting a few. Warm-up is time-based (whole rounds until
-    `warmup_s` has passed, at least one).
-    """
-    generator = torch.Generator().manual_seed(protocol.seed)
-    order_rng = np.random.default_rng(protocol.seed)
-    modules = [probe.module.eval().to(protocol.device) for probe in probes]
-    inputs = [torch.randn(protocol.batch_size, *probe.input_shape, generator=generator).to(protocol.device)
-              for probe in probes]
-    samples = np.empty((protocol.repeats, len(probes)))
-    with torch_threads(protocol.threads), torch.no_grad():
-        started = time.perf_counter()
-        while True:
-            for module, batch in zip(modules, inputs):
-                _timed_call(module, batch, protocol)
-            if time.perf_counter() - started >= protocol.warmup_s:
-                break
-        for round_index in tqdm(range(protocol.repeats), desc=desc, unit="round"):
-            for index in order_rng.permutation(len(probes)):
-                samples[round_index, index] = _timed_call(modules[index], inputs[index], protocol)
-    return samples
-
-
-def sample_statistics(samples):
-    """Median and spread of one probe's times, as stored in a table entry."""
-    spread = np.percentile(samples, SPREAD_PERCENTILES)
-    statistics = {"value": rounded_value(np.median(samples))}
-    statistics.update((name, rounded_value(value)) for name, value in zip(SPREAD_NAMES, spread))
-    return statistics
-
-
-def _protocol_metadata(protocol):
-    if protocol.device.type == "cuda":
-        timer = "CUDA events around each call, torch.cuda.synchronize() before"
-    elif protocol.clock == "thread":
-        timer = "time.thread_time() around each call: CPU time of the (only) computing thread"
-    else:
-        timer = "time.perf_counter() around each call"
-    metadata = {"mode": "eval(), torch.no_grad()", "clock": protocol.clock, "timer": timer,
-                "warmup_s": protocol.warmup_s, "repeats": protocol.repeats, "seed": protocol.seed,
-                "order": "interleaved rounds: every round calls each module once, in a fresh random order",
-                "statistic": "median", "spread": "/".join(SPREAD_NAMES) + " per entry",
-                "input": "torch.randn, batch_size x C x H x W at the layer's input shape",
-                "shared_shapes": "layers with the same op and shape share one measurement"}
-    if protocol.device.type == "cuda":
-        metadata["cudnn_benchmark"] = torch.backends.cudnn.benchmark
-    return metadata
-
-
-def _load_average():
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
-def build_latency_table(protocol, num_classes):
-    """Measure the fixed part and every (layer, op) with `protocol`."""
-    probes = fixed_probes(num_classes) + layer_probes()
-    load_before = _load_average()
+def build_latency_table(protocol, num_classes, method, num_networks=DEFAULT_FIT_NETWORKS, max_jitter_pct=None):
+    """Measure a table with `protocol` by `method`: "isolated" times every
+    op at its input shape; "fit" times whole networks and solves for the
+    per-(layer, op) costs. Refuses (before anything is written) a session
+    whose reference jitter exceeded `max_jitter_pct`."""
+    load_before = load_average()
     started = time.perf_counter()
-    samples = measure(probes, protocol, desc="build")
+    if method == "isolated":
+        fixed, entries, sessions, source = _isolated_costs(protocol, num_classes)
+    else:
+        fixed, entries, sessions, source = _fitted_costs(protocol, num_classes, num_networks)
     seconds = time.perf_counter() - started
-    statistics = [sample_statistics(samples[:, index]) for index in range(len(probes))]
-    entries, components = entries_from_values(probes, statistics, num_classes)
-    low_name, high_name = SPREAD_NAMES
-    spreads = [(entry[high_name] - entry[low_name]) / entry["value"] * 100 for entry in statistics]
+    noise = noise_report(sessions)
+    check_noise(noise, max_jitter_pct)
     metadata = base_metadata("latency", protocol.batch_size, num_classes, protocol.threads)
     metadata.update(
-        device=describe_device(protocol.device),
-        runtime=_runtime(),
-        protocol=_protocol_metadata(protocol),
-        source={"kind": "measured"},
-        noise={"relative_spread_pct": f"({high_name} - {low_name}) / median",
-               "median_over_entries": round(float(np.median(spreads)), 2),
-               "p90_over_entries": round(float(np.percentile(spreads, 90)), 2)},
-        build_seconds=round(seconds, 1),
-        load_average_1min={"before": load_before, "after": _load_average()},
+        device=describe_device(protocol.device), runtime=describe_runtime(protocol.runtime),
+        protocol=describe_protocol(protocol), source=source, noise=noise, build_seconds=round(seconds, 1),
+        load_average_1min={"before": load_before, "after": load_average()},
     )
-    fixed = {"value": rounded_value(sum(entry["value"] for entry in components.values())), "components": components}
     return new_table(metadata, fixed, entries)
 
 
-def network_probes(arch_configs, num_classes):
-    return [Probe((" ".join(arch_config),), model_train.LightNet(arch_config, num_classes=num_classes),
-                  (3, INPUT_SIZE, INPUT_SIZE)) for arch_config in arch_configs]
+def check_noise(noise, max_jitter_pct):
+    """Refuse a session noisier than the user allows; warn above NOISY_JITTER_PCT."""
+    jitter = noise.get("reference_jitter_pct")
+    if jitter is None:
+        return
+    figure = (f"the reference network's time per round varied by {jitter:.1f}% (p90 - p10 over median) and "
+              f"drifted by {noise['reference_drift_pct']:.1f}%")
+    if max_jitter_pct is not None and jitter > max_jitter_pct:
+        raise UserError(f"the machine was too noisy: {figure}, above --max_jitter_pct {max_jitter_pct:g}; "
+                        "stop other programs (or raise the limit) and build again; no table written")
+    if jitter > NOISY_JITTER_PCT:
+        print(f"warning: a noisy machine: {figure}; entries will be less certain than usual")
 
 
-def measure_arch_configs(arch_configs, protocol, num_classes):
-    """End-to-end time of whole networks (ms), any op of the registry
-    (SE included): median and spread per network, with the table builder's
-    protocol."""
-    statistics = []
-    for start in range(0, len(arch_configs), VALIDATE_CHUNK):
-        chunk = arch_configs[start:start + VALIDATE_CHUNK]
-        samples = measure(network_probes(chunk, num_classes), protocol._replace(seed=protocol.seed + start),
-                          desc=f"networks {start + 1}-{start + len(chunk)}")
-        statistics += [sample_statistics(samples[:, index]) for index in range(len(chunk))]
-    return statistics
+def _isolated_costs(protocol, num_classes):
+    """Every op timed on its own at its input shape (shared shapes once)."""
+    probes = fixed_probes(num_classes) + layer_probes()
+    timings = measure(probes, protocol, desc="build (isolated ops)", num_classes=num_classes)
+    statistics = session_statistics([timings])
+    entries, components = entries_from_values(probes, statistics, num_classes)
+    spreads = [relative_spread_pct(column) for column in normalized_samples(
+        timings, reference_level([timings]) if timings.reference is not None else None).T]
+    source = {"kind": "measured", "method": "isolated",
+              "description": "each op timed on its own at its input shape; layers with the same op and shape "
+                             "share one measurement; the fixed part is the sum of its four components",
+              "entry_spread_pct": {"median": round(float(np.median(spreads)), 2),
+                                   "p90": round(float(np.percentile(spreads, 90)), 2)}}
+    fixed = {"value": rounded_value(sum(entry["value"] for entry in components.values())), "components": components}
+    return fixed, entries, [timings], source
+
+
+def fit_architectures(num_networks, seed):
+    """The networks a fitted table is solved from: the six LightNets and
+    `num_networks` random ones (op index rows)."""
+    lightnets = [arch_indices(model_train.LIGHTNETS[name]) for name in model_train.README_LATENCY_MS]
+    return np.concatenate([np.array(lightnets), sample_architectures(num_networks, seed)])
+
+
+def _fitted_costs(protocol, num_classes, num_networks):
+    """Whole networks timed, then measured = constant + sum of per-(layer, op)
+    costs solved by least squares (negative costs held at 0)."""
+    if num_networks < MIN_FIT_NETWORKS:
+        raise UserError(f"--num_networks must be at least {MIN_FIT_NETWORKS} to determine the "
+                        f"{NUM_SEARCHABLE_LAYERS} x {NUM_OPS - 1} free costs and the constant")
+    indices = fit_architectures(num_networks, protocol.seed)
+    sessions = time_networks([operations.indices_to_arch(row) for row in indices], protocol, num_classes)
+    measured = np.array([entry["value"] for entry in session_statistics(sessions)])
+    constant, layer_costs, standard_errors = fit_additive(indices, measured, non_negative=True)
+    fitted = constant + layer_costs[np.arange(NUM_SEARCHABLE_LAYERS), indices].sum(axis=1)
+    entries = {key: {"value": rounded_value(layer_costs[row, column]),
+                     "stderr": rounded_value(standard_errors[row, column])}
+               for row, keys in enumerate(layer_keys()) for column, key in enumerate(keys)}
+    source = {"kind": "measured", "method": "fit",
+              "description": f"{len(indices)} whole networks (the six LightNets and {num_networks} random ones) "
+                             "timed end to end; costs from least squares of measured = constant + one cost per "
+                             "(layer, op), costs that came out negative held at 0 and the rest refitted; "
+                             "'stderr' per entry is the fit's standard error",
+              "networks": int(len(indices)), "anchor": skip_anchor_note(),
+              "fit_vs_measured": error_summary(fitted, measured),
+              "fixed_part": "'fixed' is the fit's constant: stem, layer 0, head, classifier and the projecting "
+                            "SkipConnects"}
+    return {"value": rounded_value(constant)}, entries, sessions, source
 
 
 def measure_networks(indices, protocol, num_classes):
@@ -342,20 +251,30 @@ def run_from_mlp(args):
 
 
 def run_build(args):
-    protocol = make_protocol(args.device, args.batch_size, args.threads, args.clock, args.warmup_s,
-                             args.repeats, args.seed)
+    repeats = args.repeats or DEFAULT_REPEATS[args.method]
+    protocol = make_protocol(args.device, args.batch_size, args.threads, args.clock, args.warmup_s, repeats,
+                             args.seed, args.runtime, reference=not args.no_reference)
     if args.num_classes < 1:
         raise UserError("--num_classes must be at least 1")
-    table = build_latency_table(protocol, args.num_classes)
+    if args.max_jitter_pct is not None and not args.max_jitter_pct > 0:
+        raise UserError("--max_jitter_pct must be a positive percentage")
+    print(f"building a table by --method {args.method}: {describe_device(protocol.device)['name']}, {protocol.runtime}, "
+          f"batch {protocol.batch_size}, {protocol.threads} thread(s), {protocol.clock} clock, {repeats} rounds "
+          f"(1-min load average {load_average()})", flush=True)
+    table = build_latency_table(protocol, args.num_classes, args.method, args.num_networks, args.max_jitter_pct)
     table["metadata"]["source"]["command"] = _command_line(args)
     write_table(table, args.out)
     metadata = table["metadata"]
-    predictor = TablePredictor(table, os.path.basename(args.out))
-    low, high = predictor.feasible_range()
-    print(f"{metadata['device']['name']} ({protocol.device.type}), batch {args.batch_size}, "
-          f"{args.threads} thread(s), {args.clock} clock: "
-          f"built in {metadata['build_seconds']:.0f} s; fixed part {table['fixed']['value']:.3f} ms; "
-          f"range {low:.2f}-{high:.2f} ms; median entry spread {metadata['noise']['median_over_entries']:.1f}%")
+    low, high = TablePredictor(table, os.path.basename(args.out)).feasible_range()
+    print(f"built in {metadata['build_seconds']:.0f} s; fixed part {table['fixed']['value']:.3f} ms; "
+          f"range {low:.2f}-{high:.2f} ms")
+    if metadata["noise"]["reference"]:
+        print(f"noise: reference {metadata['noise']['reference']} {metadata['noise']['reference_median_ms']:.2f} ms, "
+              f"jitter {metadata['noise']['reference_jitter_pct']:.1f}%, "
+              f"drift {metadata['noise']['reference_drift_pct']:.1f}%")
+    if args.method == "fit":
+        print(f"fit on {metadata['source']['networks']} networks: "
+              + format_summary(metadata["source"]["fit_vs_measured"]))
     print(f"wrote {args.out}")
 
 
@@ -371,21 +290,45 @@ def run_validate(args):
         raise UserError(f"--num_archs must be at least {MIN_CALIBRATION_ARCHS}: fewer held-out networks say "
                         "nothing about a table (and cannot calibrate it)")
     protocol = validation_protocol(metadata, args.device, args.threads, args.clock, args.warmup_s, args.repeats,
-                                   args.seed)
+                                   args.seed, reference=not args.no_reference)
     print(f"measuring {args.num_archs} random architectures end to end on {describe_device(protocol.device)['name']}: "
-          f"batch {protocol.batch_size}, {protocol.threads} thread(s), {protocol.clock} clock, "
-          f"{protocol.repeats} rounds (1-min load average {_load_average()})", flush=True)
+          f"{protocol.runtime}, batch {protocol.batch_size}, {protocol.threads} thread(s), {protocol.clock} clock, "
+          f"{protocol.repeats} rounds (1-min load average {load_average()})", flush=True)
     indices = sample_architectures(args.num_archs, args.seed)
-    measured = measure_networks(indices, protocol, metadata["num_classes"])
+    level = table_reference_level(metadata) if protocol.reference else None
+    sessions = time_networks([operations.indices_to_arch(row) for row in indices], protocol, metadata["num_classes"])
+    if level is not None:
+        now = reference_level(sessions)
+        print(f"reference {metadata['noise']['reference']}: {now:.2f} ms now, {level:.2f} ms when the table was "
+              f"built ({(now / level - 1) * 100:+.1f}%); measurements are scaled to the table's level, so this "
+              "drift does not count as table error")
+    measured = session_statistics(sessions, level)
     out_dir = args.out_dir or os.path.join("runs", "validate-" + os.path.splitext(os.path.basename(args.lut))[0])
     report_validation(predictor, indices, measured, out_dir)
 
 
-def validation_protocol(metadata, device_name, threads, clock, warmup_s, repeats, seed):
-    """The table's batch size, threads and clock unless overridden."""
+def table_reference_level(metadata):
+    """The reference network's median (ms) while the table was built, or
+    None for tables measured without one."""
+    noise = metadata.get("noise")
+    if isinstance(noise, dict) and noise.get("reference") == REFERENCE_NETWORK:
+        return noise.get("reference_median_ms")
+    return None
+
+
+def table_runtime(metadata):
+    """The runtime a table was measured with (tables from before runtimes
+    were recorded were all PyTorch eager)."""
+    return metadata["protocol"].get("runtime", DEFAULT_RUNTIME) if isinstance(metadata["protocol"], dict) \
+        else DEFAULT_RUNTIME
+
+
+def validation_protocol(metadata, device_name, threads, clock, warmup_s, repeats, seed, reference=True):
+    """The table's batch size, threads, clock and runtime unless overridden."""
     threads = threads or metadata["threads"] or DEFAULT_CPU_THREADS
     clock = clock or metadata["protocol"].get("clock", DEFAULT_CLOCK)
-    return make_protocol(device_name, metadata["batch_size"], threads, clock, warmup_s, repeats, seed)
+    return make_protocol(device_name, metadata["batch_size"], threads, clock, warmup_s, repeats, seed,
+                         table_runtime(metadata), reference)
 
 
 def report_validation(predictor, indices, measured, out_dir):
@@ -517,14 +460,26 @@ def get_args_parser():
     from_mlp.set_defaults(handler=run_from_mlp)
 
     build = commands.add_parser("build", help="measure a latency table on this machine")
+    build.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                       help="fit: time whole networks and solve for each (layer, op) cost; isolated: time every "
+                            f"op on its own (default: {DEFAULT_METHOD})")
     build.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    build.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME,
+                       help=f"torch (PyTorch eager) or onnxruntime (CPU execution provider) (default: {DEFAULT_RUNTIME})")
     build.add_argument("--batch_size", type=int, default=1, help="images per forward (default: 1)")
     build.add_argument("--threads", type=int, default=DEFAULT_CPU_THREADS,
-                       help=f"torch intra-op threads (default: {DEFAULT_CPU_THREADS})")
+                       help=f"intra-op threads (default: {DEFAULT_CPU_THREADS})")
     build.add_argument("--clock", choices=tuple(CLOCKS), default=DEFAULT_CLOCK,
                        help="CPU timer: wall (perf_counter) or thread (CPU time of the computing thread, "
                             f"immune to preemption on a shared machine; needs --threads 1) (default: {DEFAULT_CLOCK})")
-    _add_measurement_args(build, DEFAULT_BUILD_REPEATS, MEASURE_SEED)
+    _add_measurement_args(build, None, MEASURE_SEED)
+    build.add_argument("--num_networks", type=int, default=DEFAULT_FIT_NETWORKS,
+                       help=f"--method fit: random networks to time, besides the six LightNets "
+                            f"(default: {DEFAULT_FIT_NETWORKS}, at least {MIN_FIT_NETWORKS})")
+    build.add_argument("--max_jitter_pct", type=float, default=None,
+                       help="refuse to write the table when the reference network's time per round varied by "
+                            f"more than this (p90 - p10 over median, %%); without it, build warns above "
+                            f"{NOISY_JITTER_PCT:g}%%")
     build.add_argument("--num_classes", type=int, default=model_train.IMAGENET_CLASSES,
                        help="classifier outputs of the deployed network (default: 1000)")
     build.add_argument("--out", required=True, help="table to write (.json)")
@@ -563,15 +518,23 @@ def get_args_parser():
 def _add_measurement_args(parser, repeats, seed):
     parser.add_argument("--warmup_s", type=float, default=DEFAULT_WARMUP_S,
                         help=f"time-based warm-up in seconds (default: {DEFAULT_WARMUP_S})")
+    default = (f"{repeats}" if repeats else
+               ", ".join(f"{count} with --method {method}" for method, count in DEFAULT_REPEATS.items()))
     parser.add_argument("--repeats", type=int, default=repeats,
-                        help=f"timed rounds; each times every module once (default: {repeats})")
+                        help=f"timed rounds; each times every module once (default: {default})")
+    parser.add_argument("--no_reference", action="store_true",
+                        help="do not time the reference network in every round nor divide by it (drift then "
+                             "enters the figures)")
     parser.add_argument("--seed", type=int, default=seed, help=f"inputs, order and architectures (default: {seed})")
 
 
 def _command_line(args):
     """The command that made a table, for its metadata."""
-    options = [f"--{name} {value}" for name, value in vars(args).items()
-               if name not in ("command", "handler", "out") and value is not None]
+    options = []
+    for name, value in vars(args).items():
+        if name in ("command", "handler", "out") or value is None or value is False:
+            continue
+        options.append(f"--{name}" if value is True else f"--{name} {value}")
     return " ".join(["python3 latency_predictor.py", args.command] + options)
 
 

@@ -169,6 +169,8 @@ def _finite_number(value):
 def _check_entry(entry, where):
     if not isinstance(entry, dict) or not _finite_number(entry.get("value")):
         raise UserError(f"{where}: needs a finite number under 'value', got {entry!r}")
+    if entry["value"] < 0:
+        raise UserError(f"{where}: a cost cannot be negative ({entry['value']:g}); rebuild the table")
 
 
 def _check_entry_set(entries, expected, where):
@@ -523,19 +525,44 @@ def table_predictor(path):
 # ------------------------------------------------------- additive fitting
 
 
-def fit_additive(indices, values):
+def fit_additive(indices, values, non_negative=False):
     """Least squares of values ~ constant + sum over layers of cost[layer, op].
 
-    Returns (constant, 21x7 costs) with SkipConnect anchored at 0 in every
-    layer (skip_anchor_note() says why that choice is free).
+    Returns (constant, 21x7 costs, 21x7 standard errors) with SkipConnect
+    anchored at 0 in every layer (skip_anchor_note() says why that choice is
+    free). With `non_negative`, costs that come out negative are held at 0
+    and the others refitted, until none is negative (a measured op cannot
+    cost less than SkipConnect by more than noise).
     """
     free_ops = [index for index, name in enumerate(SEARCHABLE_OPS) if name != SKIP]
     encodings = one_hot(indices)[:, :, free_ops].reshape(len(indices), -1).astype(np.float64)
     design = np.hstack([np.ones((len(indices), 1)), encodings])
-    solution, *_ = np.linalg.lstsq(design, np.asarray(values, dtype=np.float64), rcond=None)
-    layer_costs = np.zeros((NUM_SEARCHABLE_LAYERS, NUM_OPS))
+    values = np.asarray(values, dtype=np.float64)
+    active = np.ones(design.shape[1], dtype=bool)  # columns still fitted; the constant always is
+    while True:
+        solution = np.zeros(design.shape[1])
+        solution[active], *_ = np.linalg.lstsq(design[:, active], values, rcond=None)
+        negative = solution < 0
+        negative[0] = False
+        if not (non_negative and negative.any()):
+            break
+        active &= ~negative
+    standard_errors = np.zeros(design.shape[1])
+    standard_errors[active] = _standard_errors(design[:, active], values - design @ solution)
+    layer_costs, layer_errors = np.zeros((2, NUM_SEARCHABLE_LAYERS, NUM_OPS))
     layer_costs[:, free_ops] = solution[1:].reshape(NUM_SEARCHABLE_LAYERS, len(free_ops))
-    return float(solution[0]), layer_costs
+    layer_errors[:, free_ops] = standard_errors[1:].reshape(NUM_SEARCHABLE_LAYERS, len(free_ops))
+    return float(solution[0]), layer_costs, layer_errors
+
+
+def _standard_errors(design, residuals):
+    """Standard error of each least-squares coefficient (0 with no residual
+    degrees of freedom)."""
+    degrees = len(residuals) - design.shape[1]
+    if degrees <= 0:
+        return np.zeros(design.shape[1])
+    variance = (residuals ** 2).sum() / degrees
+    return np.sqrt(np.clip(np.diag(np.linalg.pinv(design.T @ design)) * variance, 0, None))
 
 
 # ---------------------------------------------------------------- probes

@@ -1,36 +1,51 @@
-"""Figures for the latency tables: how well the shipped
-tables predict what they stand for.
+"""How well latency tables predict networks they never saw, on this machine.
 
 1. The Jetson AGX Xavier table against the authors' MLP on random
    architectures, and on the six LightNets next to the README's measurements.
-2. The CPU table against end-to-end measurement on this machine, before and
-   after its calibration, on architectures the calibration never saw.
-3. The CPU table's build time (read from its metadata, not rebuilt).
+2. For each runtime (PyTorch eager, ONNX Runtime), side by side in one run:
+   a table built by timing every op on its own (`--method isolated`) and one
+   solved from whole networks (`--method fit`), both validated on 30 random
+   networks that neither build saw, timed twice in separate sessions:
+   mean |error|, share within 5% and 10%, Kendall's tau of the ranking.
+3. The noise floor: a few networks re-timed in many short sessions; the
+   spread of their medians bounds what any table can reach here.
 
-    python3 benchmarks/latency_tables.py            # a few minutes on a 2-core CPU
-    python3 benchmarks/latency_tables.py --quick    # a smoke run, seconds
+    python3 benchmarks/latency_tables.py            # about 10 minutes on a 2-core CPU
+    python3 benchmarks/latency_tables.py --quick    # a smoke run, under a minute
 """
 
 import argparse
 import os
 import sys
+import time
+
+import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 import latency_build  # noqa: E402  (needs the repo root on sys.path)
 import latency_predictor as lp  # noqa: E402
+import latency_timing  # noqa: E402
 import model_train  # noqa: E402
+import operations  # noqa: E402
 from utils import UserError, run_cli  # noqa: E402
 
-JETSON_ARCHS = 10000  # issue: Jetson table vs MLP on 10,000 random architectures
-CPU_ARCHS = 30  # issue: at least 30 measured architectures
-QUICK_JETSON_ARCHS = 1000
-QUICK_CPU_ARCHS = 5
-QUICK_REPEATS = 5
-# Fresh architectures: the Jetson fit used seed 0 (lp.FIT_SEED), the shipped
-# CPU calibration seed 1 (latency_build.VALIDATE_SEED).
-BENCHMARK_SEED = 2
+JETSON_ARCHS = 10000
+HELD_OUT_ARCHS = 30  # issue: at least 30 held-out random networks
+NOISE_SESSIONS = 10
+NOISE_ROUNDS = 20
+NOISE_NETWORKS = ("LightNet-20ms", "LightNet-30ms")
+QUICK = dict(jetson_archs=1000, held_out=5, isolated_repeats=5, fit_networks=lp.NUM_SEARCHABLE_LAYERS * 6 + 1,
+             fit_repeats=2, validate_repeats=3, noise_sessions=2, noise_rounds=3, warmup_s=0.2)
+FULL = dict(jetson_archs=JETSON_ARCHS, held_out=HELD_OUT_ARCHS,
+            isolated_repeats=latency_build.DEFAULT_REPEATS["isolated"],
+            fit_networks=latency_build.DEFAULT_FIT_NETWORKS, fit_repeats=latency_build.DEFAULT_REPEATS["fit"],
+            validate_repeats=latency_build.DEFAULT_VALIDATE_REPEATS, noise_sessions=NOISE_SESSIONS,
+            noise_rounds=NOISE_ROUNDS, warmup_s=latency_timing.DEFAULT_WARMUP_S)
+# Fresh architectures: fitted tables use seed 0 (latency_build.MEASURE_SEED),
+# `validate` seed 1; these held-out networks seed 2.
+HELD_OUT_SEED = 2
 
 
 def jetson_figures(jetson, mlp_path, num_archs):
@@ -40,13 +55,10 @@ def jetson_figures(jetson, mlp_path, num_archs):
         mlp = None
     else:
         mlp = lp.load_predictor(mlp_path)
-        indices = lp.sample_architectures(num_archs, BENCHMARK_SEED)
+        indices = lp.sample_architectures(num_archs, HELD_OUT_SEED)
         summary = latency_build.error_summary(jetson.costs(indices), mlp.costs(indices))
         print(f"{num_archs} random architectures: mean |diff| {summary['mean_abs_pct']:.3f}%, "
               f"p95 {summary['p95_abs_pct']:.3f}%, max {summary['max_abs_pct']:.3f}%")
-        low, high = mlp.feasible_range()
-        print(f"feasible range: table {jetson.feasible_range()[0]:.2f}-{jetson.feasible_range()[1]:.2f} ms, "
-              f"MLP {low:.2f}-{high:.2f} ms")
     print(f"{'network':<15} {'table ms':>9} {'MLP ms':>8} {'README ms':>10}")
     for name, readme_ms in model_train.README_LATENCY_MS.items():
         arch_config = model_train.LIGHTNETS[name]
@@ -54,56 +66,115 @@ def jetson_figures(jetson, mlp_path, num_archs):
         print(f"{name:<15} {jetson.cost(arch_config):9.2f} {mlp_ms} {readme_ms:10.1f}")
 
 
-def cpu_figures(cpu_lut, num_archs, repeats, warmup_s, clock):
-    predictor = lp.table_predictor(cpu_lut)
-    metadata = predictor.metadata
-    print(f"\n== CPU table {predictor.identifier} ==")
-    print(f"device: {metadata['device']['name']}, batch {metadata['batch_size']}, {metadata['threads']} thread(s), "
-          f"{metadata['protocol']['clock']} clock, torch {metadata['runtime']['torch']}")
-    print(f"build: {metadata['build_seconds']:.0f} s for {metadata['protocol']['repeats']} rounds "
-          f"(1-min load average {metadata['load_average_1min']['before']} before, "
-          f"{metadata['load_average_1min']['after']} after); median entry spread (p90-p10)/median "
-          f"{metadata['noise']['median_over_entries']:.1f}%")
-    calibration = metadata.get("calibration")
-    if calibration is None:
-        raise UserError(f"{cpu_lut} has no calibration; run `latency_predictor.py validate` and `calibrate` first")
-    print(f"calibration: {calibration['scale']:.4f} x table + {calibration['offset']:.4f} ms, fitted on "
-          f"{calibration['num_measurements']} measurements ({', '.join(calibration['fitted_on'])})")
-    print(f"  on those:  before {latency_build.format_summary(calibration['before'])}")
-    print(f"             after  {latency_build.format_summary(calibration['after'])}")
-    protocol = latency_build.validation_protocol(metadata, "cpu", None, clock, warmup_s, repeats, BENCHMARK_SEED)
-    print(f"measuring {num_archs} fresh random architectures end to end (seed {BENCHMARK_SEED}, {repeats} rounds, "
-          f"{protocol.clock} clock; 1-min load average {os.getloadavg()[0]:.2f})", flush=True)
-    indices = lp.sample_architectures(num_archs, BENCHMARK_SEED)
-    measured = latency_build.measure_networks(indices, protocol, metadata["num_classes"])
-    medians = [entry["value"] for entry in measured]
-    for label, predicted in (("  held out:  before", predictor.raw_costs(indices)),
-                             ("             after ", predictor.costs(indices))):
-        print(f"{label} {latency_build.format_summary(latency_build.error_summary(predicted, medians))}")
+def build_both(protocol, sizes):
+    """An isolated and a fitted table with the same protocol; (tables, seconds)."""
+    tables, seconds = {}, {}
+    for method, repeats in (("isolated", sizes["isolated_repeats"]), ("fit", sizes["fit_repeats"])):
+        started = time.perf_counter()
+        tables[method] = latency_build.build_latency_table(protocol._replace(repeats=repeats), lp_classes(),
+                                                           method, sizes["fit_networks"])
+        seconds[method] = time.perf_counter() - started
+    return tables, seconds
+
+
+def lp_classes():
+    return model_train.IMAGENET_CLASSES
+
+
+def held_out_sessions(protocol, sizes):
+    """The held-out networks timed twice, in separate sessions (different
+    orders), each on its own reference level."""
+    indices = lp.sample_architectures(sizes["held_out"], HELD_OUT_SEED)
+    arch_configs = [operations.indices_to_arch(row) for row in indices]
+    sessions = []
+    for session in range(2):
+        timed = latency_timing.time_networks(arch_configs, protocol._replace(
+            repeats=sizes["validate_repeats"], seed=HELD_OUT_SEED + 100 * session), lp_classes())
+        sessions.append(timed)
+    return indices, sessions
+
+
+def medians(sessions, level=None):
+    return np.array([entry["value"] for entry in latency_timing.session_statistics(sessions, level)])
+
+
+def report_runtime(runtime, tables, seconds, indices, sessions):
+    print(f"\n== {runtime}: two tables, {len(indices)} held-out random networks ==")
+    for method, table in tables.items():
+        noise = table["metadata"]["noise"]
+        print(f"{method:>8}: built in {seconds[method]:.0f} s; reference {noise['reference_median_ms']:.2f} ms, "
+              f"jitter {noise['reference_jitter_pct']:.1f}%, drift {noise['reference_drift_pct']:.1f}%")
+    first, second = medians(sessions[0]), medians(sessions[1])
+    repeat = latency_build.error_summary(second, first)
+    print(f"the held-out networks timed twice: session 2 vs session 1 mean |diff| {repeat['mean_abs_pct']:.2f}%, "
+          f"max {repeat['max_abs_pct']:.2f}%, Kendall tau {repeat['kendall_tau']:.3f}")
+    rows = {}
+    for method, table in tables.items():
+        predictor = lp.TablePredictor(table, method)
+        predicted = predictor.costs(indices)
+        level = latency_build.table_reference_level(table["metadata"])
+        for label, measured in (("session 1", first), ("session 2", second),
+                                ("both, at the table's reference level",
+                                 (medians(sessions[0], level) + medians(sessions[1], level)) / 2)):
+            summary = latency_build.error_summary(predicted, measured)
+            rows[(method, label)] = summary
+            print(f"  {method:>8} vs {label:<31} {latency_build.format_summary(summary)}")
+    return rows
+
+
+def noise_floor(protocol, sizes):
+    """Two LightNets re-timed in many short sessions: the spread of their
+    session medians, raw and divided by the reference (percent of the median)."""
+    arch_configs = [model_train.LIGHTNETS[name] for name in NOISE_NETWORKS]
+    raw, normalized = [], []
+    for session in range(sizes["noise_sessions"]):
+        timed = latency_timing.measure(latency_timing.network_probes(arch_configs, lp_classes()), protocol._replace(
+            repeats=sizes["noise_rounds"], seed=1000 + session), desc=f"noise floor session {session + 1}")
+        raw.append(np.median(timed.samples, axis=0))
+        normalized.append(np.median(timed.samples / timed.reference[:, None], axis=0))
+    print(f"noise floor: {len(NOISE_NETWORKS)} networks re-timed in {sizes['noise_sessions']} sessions of "
+          f"{sizes['noise_rounds']} rounds; spread of the session medians (max - min over median; std over median):")
+    for column, name in enumerate(NOISE_NETWORKS):
+        for label, values in (("raw", np.array(raw)[:, column]), ("reference-normalised",
+                                                                   np.array(normalized)[:, column])):
+            middle = np.median(values)
+            print(f"  {name:<14} {label:<21} {(values.max() - values.min()) / middle * 100:6.2f}%  "
+                  f"{values.std() / middle * 100:6.2f}%")
+
+
+def run_runtime(runtime, sizes, threads):
+    protocol = latency_timing.make_protocol("cpu", 1, threads, latency_timing.DEFAULT_CLOCK, sizes["warmup_s"], 1,
+                                            latency_build.MEASURE_SEED, runtime)
+    tables, seconds = build_both(protocol, sizes)
+    indices, sessions = held_out_sessions(protocol, sizes)
+    rows = report_runtime(runtime, tables, seconds, indices, sessions)
+    noise_floor(protocol, sizes)
+    return rows
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description="Accuracy figures of the shipped latency tables.")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_JETSON_ARCHS} Jetson and {QUICK_CPU_ARCHS} CPU architectures, "
-                             f"{QUICK_REPEATS} rounds")
+    parser = argparse.ArgumentParser(description="Latency tables: isolated ops vs whole-network fit, held out.")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
+    parser.add_argument("--runtimes", nargs="+", choices=latency_timing.RUNTIMES, default=list(latency_timing.RUNTIMES),
+                        help="runtimes to build and validate tables for (default: all)")
+    parser.add_argument("--threads", type=int, default=latency_timing.DEFAULT_CPU_THREADS,
+                        help=f"intra-op threads (default: {latency_timing.DEFAULT_CPU_THREADS})")
     parser.add_argument("--mlp", default=lp.AUTHORS_MLP, help="the authors' latency MLP (default: ../shared/data)")
-    parser.add_argument("--jetson_lut", default=lp.DEFAULT_LUT, help="Jetson table (default: the shipped one)")
-    parser.add_argument("--cpu_lut", default=lp.CPU_LUT, help="calibrated CPU table (default: the shipped one)")
-    parser.add_argument("--repeats", type=int, default=latency_build.DEFAULT_VALIDATE_REPEATS,
-                        help=f"rounds per CPU measurement (default: {latency_build.DEFAULT_VALIDATE_REPEATS})")
-    parser.add_argument("--clock", choices=tuple(latency_build.CLOCKS), default=None,
-                        help="CPU timer for the end-to-end measurement (default: the table's)")
-    parser.add_argument("--warmup_s", type=float, default=latency_build.DEFAULT_WARMUP_S,
-                        help=f"time-based warm-up in seconds (default: {latency_build.DEFAULT_WARMUP_S})")
     return parser
 
 
 def main(args):
-    quick = args.quick
-    jetson_figures(lp.load_predictor(args.jetson_lut), args.mlp, QUICK_JETSON_ARCHS if quick else JETSON_ARCHS)
-    cpu_figures(args.cpu_lut, QUICK_CPU_ARCHS if quick else CPU_ARCHS, QUICK_REPEATS if quick else args.repeats,
-                args.warmup_s, args.clock)
+    sizes = QUICK if args.quick else FULL
+    if args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    started = time.perf_counter()
+    jetson_figures(lp.load_predictor(lp.DEFAULT_LUT), args.mlp, sizes["jetson_archs"])
+    print(f"\nmachine: {latency_timing.describe_device(latency_timing.torch.device('cpu'))['name']}, "
+          f"{os.cpu_count()} logical CPUs, batch 1, {args.threads} thread(s), 1-min load average "
+          f"{latency_timing.load_average()}")
+    for runtime in args.runtimes:
+        run_runtime(runtime, sizes, args.threads)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":
