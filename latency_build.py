@@ -464,7 +464,7 @@ def get_args_parser():
                        help="fit: time whole networks and solve for each (layer, op) cost; isolated: time every "
                             f"op on its own (default: {DEFAULT_METHOD})")
     build.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    build.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME,
+    build.add_argument("--runtime", default=DEFAULT_RUNTIME,
                        help=f"torch (PyTorch eager) or onnxruntime (CPU execution provider) (default: {DEFAULT_RUNTIME})")
     build.add_argument("--batch_size", type=int, default=1, help="images per forward (default: 1)")
     build.add_argument("--threads", type=int, default=DEFAULT_CPU_THREADS,

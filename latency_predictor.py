@@ -433,7 +433,7 @@ class MLPPredictor:
         deterministically; computed once)."""
         if self._range is None:
             architectures = sample_architectures(FIT_TRAIN_ARCHS, FIT_SEED)
-            _, layer_costs = fit_additive(architectures, self.costs(architectures))
+            _, layer_costs, _ = fit_additive(architectures, self.costs(architectures))
             self._range = (self._local_extreme(layer_costs.argmin(axis=1), sign=-1.0),
                            self._local_extreme(layer_costs.argmax(axis=1), sign=1.0))
         return self._range

@@ -9,7 +9,10 @@ Table 1, "LightNets": the twelve released networks: params and FLOPs (thop),
 latency from the Jetson AGX Xavier table next to the authors' measurement,
 latency measured end to end on this machine next to the CPU table's
 prediction, and the published top-1/top-5; with --dataset and --weights_dir,
-also the accuracy we evaluate from the released weights.
+also the accuracy we evaluate from the released weights. Beside it, the six
+LightNets timed on this machine with torchvision's MobileNetV2/V3, MnasNet,
+EfficientNet-B0 and ShuffleNetV2 (peers.py; PyTorch eager and ONNX Runtime),
+against their published top-1.
 
 Table 2, "you only search once": for T = 20, 22, ..., 30 ms on the Jetson
 table, one LightNAS search per target, all branching from one shared warm-up,
@@ -30,8 +33,9 @@ By default the searches run the demo schedule on the synthetic dataset (CPU);
 real thing; options after `--` go to every search_imagenet.py call).
 
 Everything goes into --out: report.md (the tables, machine, versions, table
-metadata), lightnets.csv, searches.csv, baseline_grid.csv, metadata.json, the
-figures (search_curves.png, baseline_grid.png, latency_accuracy.png), and
+metadata), lightnets.csv, peers.csv, searches.csv, baseline_grid.csv,
+metadata.json, the figures (search_curves.png, baseline_grid.png,
+latency_accuracy.png, peers.png), and
 every search's own folder. A run that stops can be started again with the
 same command: finished searches are kept, interrupted ones resume.
 """
@@ -55,8 +59,10 @@ import data
 import evaluate
 import latency_build
 import latency_predictor as lp
+import latency_timing
 import model_train
 import operations
+import peers
 import retraining
 import search_imagenet
 from utils import (UserError, make_output_folder, new_figure, read_json_lines, run_cli, save_figure, write_csv,
@@ -105,7 +111,7 @@ def package_version(name):
 
 
 def describe_machine():
-    cpu = latency_build.describe_device(torch.device("cpu"))
+    cpu = latency_timing.describe_device(torch.device("cpu"))
     gpus = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
     return {
         "cpu": cpu["name"], "logical_cpus": cpu["logical_cpus"], "gpus": gpus or ["none"],
@@ -170,10 +176,10 @@ def lightnet_rows(jetson, cpu_table, timing_rounds, evaluated):
     names = list(model_train.LIGHTNETS)
     arch_configs = [model_train.LIGHTNETS[name] for name in names]
     protocol = latency_build.validation_protocol(cpu_table.metadata, "cpu", None, None,
-                                                 latency_build.DEFAULT_WARMUP_S, timing_rounds, MEASURE_SEED)
+                                                 latency_timing.DEFAULT_WARMUP_S, timing_rounds, MEASURE_SEED)
     print(f"timing {len(names)} networks end to end: batch {protocol.batch_size}, {protocol.threads} thread(s), "
           f"{protocol.clock} clock, {timing_rounds} rounds", flush=True)
-    measured = latency_build.measure_arch_configs(arch_configs, protocol, cpu_table.metadata["num_classes"])
+    measured = latency_timing.measure_arch_configs(arch_configs, protocol, cpu_table.metadata["num_classes"])
     rows = []
     for name, arch_config, timing in zip(names, arch_configs, measured):
         params, flops = model_train.count_params_and_flops(model_train.LightNet(arch_config))
@@ -600,6 +606,15 @@ def our_accuracy_note(rows):
     return f"ours: evaluated here on {' / '.join(f'{count:,}' for count in images)} val images."
 
 
+def peers_table(results):
+    runtimes = [runtime for runtime in latency_timing.RUNTIMES if f"{runtime}_ms" in results[0]]
+    header = "| network | ImageNet top-1 (%) | params (M) | " + " | ".join(
+        f"{runtime} (ms)" for runtime in runtimes) + " |"
+    rows = [f"| {result['network']} | {result['top1']:.2f} | {result['params_m']:.2f} | "
+            + " | ".join(f"{result[runtime + '_ms']:.2f}" for runtime in runtimes) + " |" for result in results]
+    return "\n".join([header, "|" + "---|" * (3 + len(runtimes))] + rows)
+
+
 def write_report(out, context):
     sections = [
         "# LightNAS: reproduced tables",
@@ -632,6 +647,17 @@ def write_report(out, context):
         sections += ["", f"Note: the CPU table was built on {context['cpu']['device']}, this machine is "
                      f"{context['machine']['cpu']}: its predictions are for that machine. Build one for this "
                      "machine with `python3 latency_predictor.py build` and pass it as --cpu_table."]
+    sections += [
+        "",
+        "## The LightNets beside the networks users would pick instead",
+        "",
+        peers_table(context["peers"]),
+        "",
+        f"Timed on this machine ({context['machine']['cpu']}), batch 1, one thread, with the latency tables' "
+        "protocol (interleaved rounds, each divided by a reference network's time in the same round, median). "
+        f"Top-1: the LightNets' from the LightNAS paper (Table 1), the others' from the metadata of torchvision's "
+        f"{peers.PEER_WEIGHTS} weights (not downloaded; architectures only). Figure: `peers.png`.",
+    ]
     sections += [
         "",
         "## Table 2: you only search once",
@@ -768,6 +794,7 @@ def write_outputs(out, context, lightnas_results, baseline_results, warmup_metri
     if context["retrain_epochs"]:
         plot_found_networks(os.path.join(out, "found_networks.png"), lightnas, baseline, context["retrain_epochs"])
     plot_latency_accuracy(os.path.join(out, "latency_accuracy.png"), lightnets, context["machine"]["cpu"])
+    peers.write_results(context["peers"], out, context["machine"]["cpu"])
     write_json(os.path.join(out, "metadata.json"), context)
     write_report(out, context)
 
@@ -787,6 +814,9 @@ def main(args):
     print("== Table 1: the LightNets ==", flush=True)
     evaluated = evaluate_released(args, list(model_train.LIGHTNETS))
     lightnets = lightnet_rows(jetson, cpu_table, mode.timing_rounds, evaluated)
+    print("== The LightNets beside torchvision's mobile networks ==", flush=True)
+    peer_results = peers.compare(mode.timing_rounds)
+    peers.print_table(peer_results)
     kept = run_searches(args, warmup, lightnas_jobs, baseline_jobs)
 
     warmup_metrics = read_json_lines(os.path.join(warmup.folder, "metrics.jsonl"))[:settings.freeze_epochs]
@@ -803,7 +833,7 @@ def main(args):
         "seconds": time.time() - started, "kept_searches": kept, "machine": machine,
         "jetson": describe_table(jetson), "cpu": describe_table(cpu_table),
         "cpu_mismatch": cpu_table.metadata["device"]["name"] != machine["cpu"],
-        "lightnets": lightnets, "lightnas": lightnas, "baseline": baseline,
+        "lightnets": lightnets, "peers": peer_results, "lightnas": lightnas, "baseline": baseline,
         "design_cost": design_cost(lightnas, baseline, args.tolerance),
         "tolerance": args.tolerance, "targets": args.targets, "reference_target": args.reference_target,
         "retrain_epochs": args.retrain_epochs,

@@ -173,6 +173,12 @@ CASES = {
     "validate: 2 held-out networks": (latency_build, ["validate", "--lut", str(REPO_ROOT / "latency_lut" /
                                                                              "cpu_amd_epyc_b1_t1.json"),
                                                       "--num_archs", "2"], "--num_archs must be at least 5"),
+    "build: fit on too few networks": (latency_build, ["build", "--method", "fit", "--num_networks", "10", "--out",
+                                                       "{out}.json"], "--num_networks must be at least"),
+    "build: negative jitter limit": (latency_build, ["build", "--max_jitter_pct", "-1", "--out", "{out}.json"],
+                                     "--max_jitter_pct must be a positive"),
+    "build: unknown runtime": (latency_build, ["build", "--runtime", "tensorrt", "--out", "{out}.json"],
+                               "unknown runtime 'tensorrt'"),
     # checkpoints
     "search: resume a text file": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--num_classes", "3", "--resume", "{text}"],
                                    "could not be loaded"),

@@ -1,0 +1,134 @@
+"""The whole loop on this machine: build a latency table here, search for a
+target on it, then time the network the search found and print measured
+against target.
+
+    python3 closed_loop.py --target_latency 15 --out runs/closed-loop
+
+Steps (each reused when its output exists, so an interrupted loop continues):
+1. `latency_predictor.py build` (the default method) -> OUT/table.json,
+   unless --lut names a table to use;
+2. `search_imagenet.py --lut OUT/table.json --target_latency T`, on the
+   synthetic demo data unless search options say otherwise (give them after
+   `--`) -> OUT/search/arch.json;
+3. the found network timed end to end with the table's protocol (batch,
+   threads, runtime, reference network): its latency now, and scaled to the
+   reference network's speed when the table was built (so drift of the
+   machine since then does not count).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import latency_build
+import latency_predictor as lp
+import latency_timing
+from utils import UserError, atomic_write, make_output_folder, run_cli
+
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+LOOP_ROUNDS = 100  # end-to-end rounds for the found network
+LOOP_SEED = 3
+
+
+def run_step(arguments, what):
+    """Run one of the project's commands; a failure ends the loop in one line."""
+    print(f"== {what}: {' '.join(arguments)}", flush=True)
+    completed = subprocess.run([sys.executable] + arguments, cwd=REPO_ROOT)
+    if completed.returncode != 0:
+        raise UserError(f"{what} failed (exit {completed.returncode}); its message is above")
+
+
+def build_table(out, build_options):
+    path = os.path.join(out, "table.json")
+    if not os.path.isfile(path):
+        run_step([os.path.join(REPO_ROOT, "latency_predictor.py"), "build", "--out", path] + build_options,
+                 "building this machine's table")
+    return path
+
+
+def search(table, target, out, search_options):
+    folder = os.path.join(out, "search")
+    arch_path = os.path.join(folder, "arch.json")
+    if not os.path.isfile(arch_path):
+        run_step([os.path.join(REPO_ROOT, "search_imagenet.py"), "--save", folder, "--lut", table,
+                  "--target_latency", str(target)] + search_options, f"searching for {target:g} ms on it")
+    with open(arch_path) as file:
+        return json.load(file)
+
+
+def measure_found(table_path, arch_config, rounds):
+    """(ms now, ms at the table's reference level or None) of the found network."""
+    metadata = lp.load_table(table_path)["metadata"]
+    protocol = latency_build.validation_protocol(metadata, metadata["device"]["type"], None, None,
+                                                 latency_timing.DEFAULT_WARMUP_S, rounds, LOOP_SEED)
+    sessions = latency_timing.time_networks([arch_config], protocol, metadata["num_classes"])
+    now = latency_timing.session_statistics(sessions)[0]["value"]
+    level = latency_build.table_reference_level(metadata)
+    scaled = latency_timing.session_statistics(sessions, level)[0]["value"] if level else None
+    return now, scaled
+
+
+def report(target, found, now, scaled):
+    lines = [f"target {target:g} ms; the table predicts {found['predicted']:.2f} ms for the found network "
+             f"({found['error_percent']:+.2f}%)",
+             f"measured end to end now: {now:.2f} ms ({(now / target - 1) * 100:+.2f}% from the target)"]
+    if scaled is not None:
+        lines.append(f"measured, at the machine's speed when the table was built: {scaled:.2f} ms "
+                     f"({(scaled / target - 1) * 100:+.2f}% from the target)")
+    for line in lines:
+        print(line)
+    return lines
+
+
+def check_target(table, target):
+    low, high = lp.table_predictor(table).feasible_range()
+    if not low <= target <= high:
+        raise UserError(f"--target_latency {target:g} ms is outside what the table {table} can reach "
+                        f"({low:.2f}-{high:.2f} ms); pick a target in that range")
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        description="Build a table on this machine, search for a target on it, time the network found.",
+        epilog="Options after -- go to the search, e.g. -- --dataset /path/to/imagenet --epochs 90.")
+    parser.add_argument("--target_latency", type=float, required=True, help="the target, in ms on this machine")
+    parser.add_argument("--out", default=os.path.join("runs", "closed-loop"), help="folder for the table, the "
+                        "search and the report (default: runs/closed-loop)")
+    parser.add_argument("--lut", default=None, help="use this table instead of building one")
+    parser.add_argument("--build_options", default="", help="extra options for `latency_predictor.py build`, "
+                        "in one string, e.g. \"--runtime onnxruntime\"")
+    parser.add_argument("--rounds", type=int, default=LOOP_ROUNDS,
+                        help=f"timed rounds for the found network (default: {LOOP_ROUNDS})")
+    parser.add_argument("search_options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(args):
+    if not (args.target_latency > 0 and args.target_latency != float("inf")):
+        raise UserError("--target_latency must be a positive number of ms")
+    if args.rounds < 1:
+        raise UserError("--rounds must be at least 1")
+    search_options = args.search_options[1:] if args.search_options[:1] == ["--"] else args.search_options
+    for reserved in ("--save", "--lut", "--target_latency"):
+        if reserved in search_options:
+            raise UserError(f"{reserved} is set by closed_loop.py; remove it from the search options")
+    if args.lut is not None:  # a bad table or target is refused before anything is written
+        check_target(args.lut, args.target_latency)
+    out = os.path.abspath(args.out)  # the steps run from the repository's root
+    make_output_folder(out, "--out")
+    table = os.path.abspath(args.lut) if args.lut else build_table(out, args.build_options.split())
+    check_target(table, args.target_latency)
+    found = search(table, args.target_latency, out, search_options)
+    print(f"== timing the found network end to end ({args.rounds} rounds)", flush=True)
+    now, scaled = measure_found(table, found["arch_config"], args.rounds)
+    lines = report(args.target_latency, found, now, scaled)
+    report_path = os.path.join(out, "report.txt")
+    with atomic_write(report_path) as file:
+        file.write("\n".join(lines + [f"architecture: {found['arch_config']}", f"table: {table}"]) + "\n")
+    print(f"wrote {report_path}")
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

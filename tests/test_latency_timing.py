@@ -1,0 +1,222 @@
+"""Tests of the timing protocol (latency_timing.py) and of the two ways to
+build a table (latency_build.py: isolated ops, whole-network fit).
+
+CPU only; timing runs use one or two rounds.
+
+    python3 -m pytest -q tests/test_latency_timing.py
+"""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import latency_build
+import latency_predictor as lp
+import latency_timing
+import model_train
+import operations
+from operations import NUM_OPS, NUM_SEARCHABLE_LAYERS, SEARCHABLE_OPS, SKIP
+from utils import UserError, run_cli
+
+SKIP_INDEX = SEARCHABLE_OPS.index(SKIP)
+
+
+def run(argv):
+    latency_build.main(latency_build.get_args_parser().parse_args(argv))
+
+
+def known_costs(seed):
+    """A constant and 21x7 positive costs with SkipConnect at 0 (the
+    anchor a fit uses, so the truth is identifiable)."""
+    rng = np.random.default_rng(seed)
+    costs = rng.uniform(0.1, 2.0, size=(NUM_SEARCHABLE_LAYERS, NUM_OPS))
+    costs[:, SKIP_INDEX] = 0.0
+    return 3.0, costs
+
+
+def sums(constant, costs, indices):
+    return constant + costs[np.arange(NUM_SEARCHABLE_LAYERS), indices].sum(axis=1)
+
+
+# ------------------------------------------------------------------ fit
+
+
+def test_fit_recovers_known_per_op_costs_from_exact_sums():
+    constant, costs = known_costs(0)
+    indices = lp.sample_architectures(300, seed=5)
+    fitted_constant, fitted, errors = lp.fit_additive(indices, sums(constant, costs, indices), non_negative=True)
+    assert fitted_constant == pytest.approx(constant, abs=1e-8)
+    np.testing.assert_allclose(fitted, costs, atol=1e-8)
+    assert errors.max() < 1e-6  # no residual, no uncertainty
+
+
+def test_fit_recovers_costs_through_noise_and_reports_its_uncertainty():
+    constant, costs = known_costs(1)
+    indices = lp.sample_architectures(600, seed=6)
+    rng = np.random.default_rng(7)
+    measured = sums(constant, costs, indices) * rng.normal(1.0, 0.01, size=len(indices))  # 1% timing noise
+    fitted_constant, fitted, errors = lp.fit_additive(indices, measured)
+    free = np.arange(NUM_OPS) != SKIP_INDEX
+    deviation = np.abs(fitted - costs)[:, free]
+    assert deviation.mean() < 0.05 and fitted_constant == pytest.approx(constant, abs=0.3)
+    # The standard errors describe the deviations: most within 3 of them.
+    assert (deviation <= 3 * errors[:, free]).mean() > 0.9
+    assert (errors[:, free] > 0).all() and (errors[:, SKIP_INDEX] == 0).all()
+
+
+def test_non_negative_fit_holds_costs_that_would_go_negative_at_zero():
+    constant, costs = known_costs(2)
+    costs[:, 0] = 0.0  # ops as cheap as SkipConnect: noise pushes a plain fit below 0
+    indices = lp.sample_architectures(200, seed=8)
+    measured = sums(constant, costs, indices) + np.random.default_rng(9).normal(0, 0.2, size=len(indices))
+    _, plain, _ = lp.fit_additive(indices, measured)
+    _, held, _ = lp.fit_additive(indices, measured, non_negative=True)
+    assert (plain < 0).any()
+    assert (held >= 0).all()
+    assert np.abs(held - costs).mean() < np.abs(plain - costs).mean() + 0.01
+
+
+def test_kendall_tau_counts_agreeing_pairs():
+    assert latency_build.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert latency_build.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    assert latency_build.kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+
+
+# ------------------------------------------------------------ protocol
+
+
+def test_the_reference_cancels_drift_between_rounds():
+    rounds, base, reference_ms = 50, np.array([1.0, 2.5, 7.0]), 16.0
+    drift = np.linspace(1.1, 1.6, rounds)  # the machine slows down by 45% during the session
+    timings = latency_timing.Timings(base[None, :] * drift[:, None], reference_ms * drift)
+    statistics = latency_timing.session_statistics([timings], level=reference_ms)
+    assert [entry["value"] for entry in statistics] == pytest.approx(list(base), rel=1e-12)
+    raw = [np.median(timings.samples[:, index]) for index in range(len(base))]
+    assert not np.allclose(raw, base, rtol=0.05)  # without the reference the drift stays
+    assert latency_timing.drift_pct(timings.reference) > 30  # block medians 1.13-1.57 over a median of 1.35
+
+
+def test_chunks_timed_at_different_speeds_land_on_one_level():
+    slow = latency_timing.Timings(np.array([[2.0], [2.0]]), np.array([20.0, 20.0]))
+    fast = latency_timing.Timings(np.array([[1.0], [1.0]]), np.array([10.0, 10.0]))
+    statistics = latency_timing.session_statistics([slow, fast])
+    assert statistics[0]["value"] == statistics[1]["value"]
+
+
+def test_measure_times_every_probe_and_the_reference():
+    probes = lp.layer_probes()[:3]
+    protocol = latency_timing.make_protocol("cpu", 1, 1, "wall", 0.0, 2, 0)
+    timings = latency_timing.measure(probes, protocol, desc="test")
+    assert timings.samples.shape == (2, 3) and timings.reference.shape == (2,)
+    assert (timings.samples > 0).all() and (timings.reference > timings.samples.max(axis=1)).all()
+    without = latency_timing.measure(probes, protocol._replace(reference=False), desc="test")
+    assert without.reference is None and without.samples.shape == (2, 3)
+
+
+def test_onnxruntime_runner_runs_the_exported_module():
+    pytest.importorskip("onnxruntime")
+    probe = lp.layer_probes()[5]
+    inputs = torch.randn(1, *probe.input_shape)
+    call = latency_timing.onnxruntime_runner(probe.module, inputs, threads=1)
+    (output,) = call()
+    with torch.no_grad():
+        expected = probe.module.eval()(inputs)
+    np.testing.assert_allclose(output, expected.numpy(), atol=1e-4)
+
+
+def test_a_missing_onnxruntime_is_one_clear_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now fails
+    with pytest.raises(UserError, match="onnxruntime is not installed; pip install onnxruntime"):
+        latency_timing.make_protocol("cpu", 1, 1, "wall", 0.0, 1, 0, runtime="onnxruntime")
+
+
+def test_onnxruntime_is_refused_on_a_gpu_device():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU to reach the check")
+    with pytest.raises(UserError, match="CPU execution provider"):
+        latency_timing.make_protocol("cuda", 1, 1, "wall", 0.0, 1, 0, runtime="onnxruntime")
+
+
+def test_noise_check_warns_and_refuses(capsys):
+    noise = {"reference_jitter_pct": 30.0, "reference_drift_pct": 12.0}
+    latency_build.check_noise(noise, max_jitter_pct=None)
+    assert "warning: a noisy machine" in capsys.readouterr().out
+    with pytest.raises(UserError, match="too noisy.*30.0%.*no table written"):
+        latency_build.check_noise(noise, max_jitter_pct=25.0)
+    latency_build.check_noise({"reference_jitter_pct": 5.0, "reference_drift_pct": 1.0}, max_jitter_pct=None)
+    assert capsys.readouterr().out == ""
+
+
+def test_a_build_noisier_than_allowed_exits_2_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "noisy.json"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(latency_build.main, latency_build.get_args_parser(),
+                ["build", "--method", "isolated", "--repeats", "2", "--warmup_s", "0", "--max_jitter_pct", "1e-9",
+                 "--out", str(out)])
+    assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert last_line.startswith("error: the machine was too noisy") and "no table written" in last_line
+    assert "Traceback" not in last_line and list(tmp_path.iterdir()) == []
+
+
+# -------------------------------------------------------------- builds
+
+
+@pytest.fixture(scope="module")
+def fitted_table(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("lut") / "cpu_fit.json")
+    run(["build", "--method", "fit", "--num_networks", str(latency_build.MIN_FIT_NETWORKS), "--repeats", "1",
+         "--warmup_s", "0", "--out", path])
+    return path
+
+
+def test_fit_build_writes_a_table_the_search_reads(fitted_table):
+    table = lp.load_table(fitted_table)
+    metadata = table["metadata"]
+    assert metadata["source"]["method"] == "fit"
+    assert metadata["source"]["networks"] == latency_build.MIN_FIT_NETWORKS + len(model_train.README_LATENCY_MS)
+    assert metadata["noise"]["reference"] == latency_timing.REFERENCE_NETWORK
+    assert metadata["protocol"]["runtime"] == "torch"
+    assert all(entry["value"] >= 0 and entry["stderr"] >= 0 for entry in table["entries"].values())
+    predictor = lp.load_predictor(fitted_table)
+    low, high = predictor.feasible_range()
+    assert 0 < low < predictor.cost(model_train.LIGHTNETS["LightNet-24ms"]) < high
+    assert latency_build.table_reference_level(metadata) == metadata["noise"]["reference_median_ms"]
+
+
+def test_fit_build_refuses_too_few_networks(tmp_path):
+    out = tmp_path / "t.json"
+    with pytest.raises(UserError, match="--num_networks must be at least"):
+        run(["build", "--method", "fit", "--num_networks", "20", "--out", str(out)])
+    assert not out.exists()
+
+
+def test_isolated_build_with_onnxruntime_records_its_runtime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    path = str(tmp_path / "ort.json")
+    run(["build", "--method", "isolated", "--runtime", "onnxruntime", "--repeats", "1", "--warmup_s", "0",
+         "--out", path])
+    metadata = lp.load_table(path)["metadata"]
+    assert metadata["protocol"]["runtime"] == "onnxruntime"
+    assert metadata["runtime"]["name"].startswith("ONNX Runtime") and metadata["runtime"]["onnxruntime"]
+    protocol = latency_build.validation_protocol(metadata, "cpu", None, None, 0.0, 1, 0)
+    assert protocol.runtime == "onnxruntime"
+
+
+def test_a_table_without_a_recorded_runtime_is_validated_with_pytorch():
+    metadata = lp.load_table(lp.CPU_LUT)["metadata"]
+    metadata["protocol"].pop("runtime", None)
+    metadata.pop("noise", None)
+    assert latency_build.table_runtime(metadata) == "torch"
+    assert latency_build.table_reference_level(metadata) is None
+
+
+def test_measured_networks_match_their_op_rows():
+    indices = lp.sample_architectures(2, seed=3)
+    protocol = latency_timing.make_protocol("cpu", 1, 1, "wall", 0.0, 1, 0)
+    statistics = latency_build.measure_networks(indices, protocol, num_classes=10)
+    assert len(statistics) == 2 and all(entry["value"] > 0 for entry in statistics)
+    assert [operations.arch_to_indices(operations.indices_to_arch(row)) for row in indices] == \
+        [list(row) for row in indices]
