@@ -132,6 +132,16 @@ def test_a_missing_onnxruntime_is_one_clear_line(monkeypatch):
         latency_timing.make_protocol("cpu", 1, 1, "wall", 0.0, 1, 0, runtime="onnxruntime")
 
 
+def test_build_without_onnxruntime_installed_exits_2_in_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(latency_build.main, latency_build.get_args_parser(),
+                ["build", "--runtime", "onnxruntime", "--out", str(tmp_path / "ort.json")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and "pip install onnxruntime" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_onnxruntime_is_refused_on_a_gpu_device():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU to reach the check")
