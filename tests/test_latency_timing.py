@@ -6,6 +6,8 @@ CPU only; timing runs use one or two rounds.
     python3 -m pytest -q tests/test_latency_timing.py
 """
 
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -21,6 +23,7 @@ from operations import NUM_OPS, NUM_SEARCHABLE_LAYERS, SEARCHABLE_OPS, SKIP
 from utils import UserError, run_cli
 
 SKIP_INDEX = SEARCHABLE_OPS.index(SKIP)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(argv):
@@ -230,3 +233,13 @@ def test_measured_networks_match_their_op_rows():
     assert len(statistics) == 2 and all(entry["value"] > 0 for entry in statistics)
     assert [operations.arch_to_indices(operations.indices_to_arch(row)) for row in indices] == \
         [list(row) for row in indices]
+
+
+def test_the_latency_benchmark_runs_both_methods_side_by_side():
+    script = os.path.join(REPO_ROOT, "benchmarks", "latency_tables.py")
+    result = subprocess.run([sys.executable, script, "--quick", "--runtimes", "torch"], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for method in ("isolated", "fit"):
+        assert f"{method} vs both, at the table's reference level" in result.stdout
+    assert "the held-out networks timed twice" in result.stdout and "noise floor:" in result.stdout

@@ -48,8 +48,14 @@ def test_quick_mode_writes_both_tables_and_figures(quick_run):
     report = (out / "report.md").read_text()
     assert "## Table 1: the LightNets" in report and "## Table 2: you only search once" in report
     assert "quick mode" in report and "Machine:" in report
-    for figure in ("search_curves.png", "baseline_grid.png", "found_networks.png", "latency_accuracy.png"):
+    for figure in ("search_curves.png", "baseline_grid.png", "found_networks.png", "latency_accuracy.png",
+                   "peers.png"):
         assert (out / figure).stat().st_size > 10_000
+    assert "## The LightNets beside the networks users would pick instead" in report
+    peer_rows = {row["network"]: row for row in read_csv(out / "peers.csv")}
+    assert {"MobileNetV2", "EfficientNet-B0", "ShuffleNetV2 x2.0", "LightNet-30ms"} <= set(peer_rows)
+    assert float(peer_rows["MobileNetV2"]["top1"]) == pytest.approx(71.878)
+    assert all(float(row["torch_ms"]) > 0 and float(row["onnxruntime_ms"]) > 0 for row in peer_rows.values())
 
     lightnets = {row["model"]: row for row in read_csv(out / "lightnets.csv")}
     assert set(lightnets) == set(model_train.LIGHTNETS)
