@@ -48,10 +48,9 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import torch
 
@@ -261,65 +260,41 @@ def check_plan(out, plan):
     write_json(path, plan)
 
 
-class JobRunner:
-    """Runs search jobs as child processes, `parallel` at a time, each
-    limited to `threads` CPU threads (several single-threaded searches use
-    a small CPU far better than one search on all cores)."""
+def run_jobs(jobs, report, log_folder, parallel, threads):
+    """Run every search job not done yet as a child process, `parallel` at
+    a time, each limited to `threads` CPU threads (several single-threaded
+    searches use a small CPU far better than one search on all cores);
+    `report(job, seconds)` after each, seconds None for one kept from an
+    earlier run. A failure stops the others and raises its UserError."""
+    os.makedirs(log_folder, exist_ok=True)
+    for job in jobs:
+        if job.done():
+            report(job, None)
 
-    def __init__(self, log_folder, parallel, threads):
-        self.log_folder = log_folder
-        self.parallel = parallel
-        self.environment = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        os.makedirs(log_folder, exist_ok=True)
-
-    def _start(self, job):
+    def run(job):
         arguments = list(job.arguments)
         if os.path.isfile(os.path.join(job.folder, search_imagenet.CHECKPOINT_NAME)):
             arguments = _without_resume(arguments) + ["--resume", job.folder]  # interrupted: continue it
-        log_path = os.path.join(self.log_folder, os.path.basename(job.folder) + ".txt")
-        log = open(log_path, "w")
-        process = subprocess.Popen([sys.executable, SEARCH_SCRIPT, "--save", job.folder] + arguments,
-                                   stdout=log, stderr=subprocess.STDOUT, env=self.environment, cwd=REPO_ROOT)
-        return process, log, log_path, time.time()
+        started = time.time()
+        retraining.run_logged([sys.executable, SEARCH_SCRIPT, "--save", job.folder] + arguments,
+                              os.path.join(log_folder, os.path.basename(job.folder) + ".txt"), threads)
+        if not job.done():
+            raise UserError(f"search '{job.name}' ended without its arch.json (log in {log_folder})")
+        return job, time.time() - started
 
-    def run(self, jobs, report):
-        """Run every job not done yet; `report(job, seconds)` after each."""
-        waiting = [job for job in jobs if not job.done()]
-        for job in jobs:
-            if job.done():
-                report(job, None)
-        running = {}
-        try:
-            while waiting or running:
-                while waiting and len(running) < self.parallel:
-                    job = waiting.pop(0)
-                    running[job.name] = (job,) + self._start(job)
-                time.sleep(0.5)
-                for name, (job, process, log, log_path, started) in list(running.items()):
-                    if process.poll() is None:
-                        continue
-                    log.close()
-                    del running[name]
-                    if process.returncode != 0 or not job.done():
-                        raise UserError(f"search '{job.name}' failed (exit {process.returncode}): "
-                                        f"{last_line(log_path)}; full output in {log_path}")
-                    report(job, time.time() - started)
-        finally:
-            for job, process, log, _, _ in running.values():
-                process.terminate()
-                process.wait()
-                log.close()
+    pool = ThreadPoolExecutor(parallel)
+    try:
+        for future in as_completed([pool.submit(run, job) for job in jobs if not job.done()]):
+            report(*future.result())
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        retraining.terminate_children()  # after a failure or an interrupt, stop the searches still running
+        pool.shutdown(wait=True)
 
 
 def _without_resume(arguments):
     index = arguments.index("--resume") if "--resume" in arguments else None
     return arguments if index is None else arguments[:index] + arguments[index + 2:]
-
-
-def last_line(path):
-    with open(path, errors="replace") as file:
-        lines = [line.strip() for line in file.read().replace("\r", "\n").splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
 
 
 def search_result(job):
@@ -763,7 +738,7 @@ def run_searches(args, warmup, lightnas_jobs, baseline_jobs):
     kept from an earlier run of the same command."""
     print(f"== Table 2: one shared warm-up, {len(lightnas_jobs)} LightNAS searches, {len(baseline_jobs)} "
           f"fixed-penalty searches ({args.jobs} at a time) ==", flush=True)
-    runner = JobRunner(os.path.join(args.out, "logs"), args.jobs, args.threads)
+    log_folder = os.path.join(args.out, "logs")
     total_jobs = 1 + len(lightnas_jobs) + len(baseline_jobs)
     finished, kept = [], []
 
@@ -775,8 +750,8 @@ def run_searches(args, warmup, lightnas_jobs, baseline_jobs):
         outcome = "" if job is warmup else f": {search_result(job)['predicted']:.2f} ms"
         print(f"[{len(finished)}/{total_jobs}] {job.name}{outcome} ({when})", flush=True)
 
-    runner.run([warmup], report)
-    runner.run(lightnas_jobs + baseline_jobs, report)
+    run_jobs([warmup], report, log_folder, args.jobs, args.threads)
+    run_jobs(lightnas_jobs + baseline_jobs, report, log_folder, args.jobs, args.threads)
     return len(kept)
 
 

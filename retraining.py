@@ -40,7 +40,7 @@ def run_logged(command, log_path, threads=None):
     `terminate_children` while it runs."""
     environment = dict(os.environ)
     if threads is not None:
-        environment["OMP_NUM_THREADS"] = str(threads)
+        environment.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
         with _CHILDREN_LOCK:
@@ -51,10 +51,15 @@ def run_logged(command, log_path, threads=None):
             with _CHILDREN_LOCK:
                 _CHILDREN.discard(process)
     if returncode != 0:
-        with open(log_path, errors="replace") as log:
-            lines = [line.strip() for line in log if line.strip()]
-        raise UserError(f"{' '.join(os.path.basename(part) for part in command[1:3])} failed: "
-                        f"{lines[-1] if lines else 'no output'} (log: {log_path})")
+        raise UserError(f"{' '.join(os.path.basename(part) for part in command[1:3])} failed "
+                        f"(exit {returncode}): {last_line(log_path)} (log: {log_path})")
+
+
+def last_line(path):
+    """The last non-empty line of a log (progress bars redraw with \\r)."""
+    with open(path, errors="replace") as file:
+        lines = [line.strip() for line in file.read().replace("\r", "\n").splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
 
 
 def terminate_children():

@@ -20,7 +20,7 @@ import latency_predictor
 import model_train
 import reproduce_tables
 from tools import make_imagenet100
-from utils import run_cli
+from utils import UserError, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -329,3 +329,15 @@ def test_imagenet100_arch_split_holds_out_the_images_the_search_split_picks(tmp_
     assert not set(linked("train")) & set(linked("val"))
     assert len(expected_alpha) == 100 * 3  # 0.3 of 10 images per class
     assert sorted(os.listdir(out / "test")) == names[:100] and (out / "test" / names[0]).is_symlink()
+
+
+def test_a_failing_search_stops_the_run_with_its_own_error_line(tmp_path):
+    jobs = [reproduce_tables.SearchJob(f"bad-{number}", str(tmp_path / f"bad-{number}"),
+                                       ["--target_latency", "nan"], "arch.json") for number in range(3)]
+    reported = []
+    with pytest.raises(UserError) as caught:
+        reproduce_tables.run_jobs(jobs, lambda job, seconds: reported.append(job), str(tmp_path / "logs"),
+                                  parallel=2, threads=1)
+    message = str(caught.value)
+    assert "search_imagenet.py" in message and "failed (exit 2)" in message and "--target_latency" in message
+    assert reported == [] and "\n" not in message
