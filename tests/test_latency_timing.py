@@ -243,3 +243,12 @@ def test_the_latency_benchmark_runs_both_methods_side_by_side():
     for method in ("isolated", "fit"):
         assert f"{method} vs both, at the table's reference level" in result.stdout
     assert "the held-out networks timed twice" in result.stdout and "noise floor:" in result.stdout
+
+
+def test_the_allocator_setting_takes_effect_on_glibc():
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert latency_timing.steady_allocator() is True
+    assert "in effect" in latency_timing.describe_protocol(
+        latency_timing.make_protocol("cpu", 1, 1, "wall", 0.0, 1, 0))["allocator"]
