@@ -1,11 +1,13 @@
-"""Making cost tables: measuring ops on a device, deriving the Jetson table
-from the authors' latency MLP, validating a table against whole networks
-timed end to end, and calibrating it; and the command line of
+"""Making cost tables: measuring a device's table (by fitting per-op costs
+to whole networks timed end to end, or by timing every op on its own),
+deriving the Jetson table from the authors' latency MLP, validating a table
+against networks it never saw, and calibrating it; and the command line of
 `latency_predictor.py` (build, validate, calibrate, predict, from-mlp),
 which runs this module's `main`.
 
 Tables, keys, predictors and `load_predictor` live in `latency_predictor.py`;
-everything here writes or checks what that module reads.
+how modules are timed (the protocol) in `latency_timing.py`; everything
+here writes or checks what those modules read and time.
 """
 
 
@@ -465,7 +467,8 @@ def get_args_parser():
                             f"op on its own (default: {DEFAULT_METHOD})")
     build.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     build.add_argument("--runtime", default=DEFAULT_RUNTIME,
-                       help=f"torch (PyTorch eager) or onnxruntime (CPU execution provider) (default: {DEFAULT_RUNTIME})")
+                       help=f"one of {', '.join(RUNTIMES)}: PyTorch eager, or ONNX Runtime's CPU execution provider "
+                            f"(default: {DEFAULT_RUNTIME})")
     build.add_argument("--batch_size", type=int, default=1, help="images per forward (default: 1)")
     build.add_argument("--threads", type=int, default=DEFAULT_CPU_THREADS,
                        help=f"intra-op threads (default: {DEFAULT_CPU_THREADS})")

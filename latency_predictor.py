@@ -19,8 +19,8 @@ for both:
     python3 latency_predictor.py predict --arch_config LightNet-24ms --verbose
     python3 latency_predictor.py from-mlp --mlp ../shared/data/lightnas_jetson_latency_mlp.pth.tar \\
         --out latency_lut/jetson_agx_xavier_b8.json
-    python3 latency_predictor.py build --device cpu --batch_size 1 --threads 1 --clock thread \\
-        --out latency_lut/my_cpu.json
+    python3 latency_predictor.py build --device cpu --out latency_lut/my_cpu.json
+    python3 latency_predictor.py build --device cpu --runtime onnxruntime --out latency_lut/my_cpu_ort.json
     python3 latency_predictor.py validate --lut latency_lut/my_cpu.json --device cpu --num_archs 30
     python3 latency_predictor.py calibrate --lut latency_lut/my_cpu.json \\
         --measurements runs/validate-my_cpu/validate.csv
