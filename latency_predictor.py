@@ -54,9 +54,11 @@ LUT_DIR = os.path.join(REPO_ROOT, "latency_lut")
 # The search's default: the Jetson AGX Xavier (batch 8) table derived from the
 # authors' MLP, i.e. the device the published LightNets were searched for.
 DEFAULT_LUT = os.path.join(LUT_DIR, "jetson_agx_xavier_b8.json")
-# The shipped, calibrated CPU table (1 thread, batch 1), and the authors'
-# released latency MLP, read from ../shared/data beside the checkout.
+# The shipped CPU tables (1 thread, batch 1), one per CI machine kind; the
+# AMD one is the fallback. And the authors' released latency MLP, read from
+# ../shared/data beside the checkout.
 CPU_LUT = os.path.join(LUT_DIR, "cpu_amd_epyc_b1_t1.json")
+CPU_LUTS = (CPU_LUT, os.path.join(LUT_DIR, "cpu_intel_xeon_b1_t1.json"))
 AUTHORS_MLP = os.path.join(REPO_ROOT, "..", "shared", "data", "lightnas_jetson_latency_mlp.pth.tar")
 
 TABLE_FORMAT = "lightnas-cost-table"
@@ -520,6 +522,15 @@ def table_predictor(path):
     table = load_table(path)
     calibrated = "+calibrated" if "calibration" in table["metadata"] else ""
     return TablePredictor(table, f"{os.path.basename(path)}@{operations.search_space_hash()}{calibrated}")
+
+
+def shipped_cpu_table(cpu_name):
+    """The shipped CPU table measured on a CPU of this name, else CPU_LUT."""
+    for path in CPU_LUTS:
+        with open(path) as file:
+            if json.load(file)["metadata"]["device"]["name"] == cpu_name:
+                return path
+    return CPU_LUT
 
 
 # ------------------------------------------------------- additive fitting

@@ -682,8 +682,9 @@ def get_args_parser():
     parser.add_argument("--eval_batch_size", type=int, default=100, help="evaluation batch (default: 100)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="data-loading processes for evaluation (default: min(8, CPU cores))")
-    parser.add_argument("--cpu_table", default=lp.CPU_LUT,
-                        help="CPU latency table to compare with this machine's timings (default: the shipped one)")
+    parser.add_argument("--cpu_table", default=lp.shipped_cpu_table(latency_timing.cpu_model_name()[0]),
+                        help="CPU latency table to compare with this machine's timings (default: the shipped one "
+                             "measured on this CPU model, else the AMD EPYC one)")
     parser.add_argument("--mlp", default=lp.AUTHORS_MLP,
                         help="the authors' latency MLP, to cross-check the searched networks (default: ../shared/data)")
     parser.add_argument("--search_dataset", default=None,

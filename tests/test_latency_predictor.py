@@ -494,3 +494,10 @@ def test_sample_architectures_is_seeded_and_uniform():
     assert first.shape == (7000, NUM_SEARCHABLE_LAYERS) and (first == again).all()
     shares = np.bincount(first.ravel(), minlength=NUM_OPS) / first.size
     assert np.allclose(shares, 1 / NUM_OPS, atol=0.01)
+
+
+def test_the_shipped_cpu_table_of_this_cpu_model_is_chosen():
+    for path in lp.CPU_LUTS:
+        name = lp.load_table(path)["metadata"]["device"]["name"]
+        assert lp.shipped_cpu_table(name) == path
+    assert lp.shipped_cpu_table("a CPU no table was built on") == lp.CPU_LUT
