@@ -83,7 +83,14 @@ def report(target, found, now, scaled):
 
 
 def check_target(table, target):
-    low, high = lp.table_predictor(table).feasible_range()
+    """A latency table timed on a device here, and a target it can reach."""
+    predictor = lp.table_predictor(table)
+    device = predictor.metadata["device"]
+    if predictor.metric != "latency" or device.get("type") not in ("cpu", "cuda"):
+        raise UserError(f"--lut {table}: the loop times the found network here, so it needs a latency table "
+                        f"measured on this machine's CPU or GPU, not {device.get('name')} "
+                        f"({predictor.metric}); leave --lut out to build one")
+    low, high = predictor.feasible_range()
     if not low <= target <= high:
         raise UserError(f"--target_latency {target:g} ms is outside what the table {table} can reach "
                         f"({low:.2f}-{high:.2f} ms); pick a target in that range")

@@ -23,10 +23,10 @@ import torch
 import model_train
 import operations
 from latency_predictor import (DEFAULT_LUT, FIT_HOLDOUT_ARCHS, FIT_SEED, FIT_TRAIN_ARCHS, MLPPredictor,
-                               TablePredictor, arch_indices, arch_to_text, base_metadata, entries_from_values,
-                               fit_additive, fixed_probes, layer_keys, layer_probes, load_predictor, load_table,
-                               new_table, rounded_value, sample_architectures, table_predictor, text_to_arch,
-                               write_table)
+                               TablePredictor, arch_indices, arch_to_text, base_metadata, check_table_path,
+                               entries_from_values, fit_additive, fixed_probes, layer_keys, layer_probes,
+                               load_predictor, load_table, new_table, rounded_value, sample_architectures,
+                               table_predictor, text_to_arch, write_table)
 from latency_timing import (CLOCKS, DEFAULT_CLOCK, DEFAULT_CPU_THREADS, DEFAULT_RUNTIME, DEFAULT_WARMUP_S,
                             REFERENCE_NETWORK, RUNTIMES, SPREAD_NAMES, describe_device, describe_protocol,
                             describe_runtime, load_average, make_protocol, measure, measure_arch_configs,
@@ -260,6 +260,7 @@ def run_build(args):
         raise UserError("--num_classes must be at least 1")
     if args.max_jitter_pct is not None and not args.max_jitter_pct > 0:
         raise UserError("--max_jitter_pct must be a positive percentage")
+    check_table_path(args.out)
     print(f"building a table by --method {args.method}: {describe_device(protocol.device)['name']}, {protocol.runtime}, "
           f"batch {protocol.batch_size}, {protocol.threads} thread(s), {protocol.clock} clock, {repeats} rounds "
           f"(1-min load average {load_average()})", flush=True)

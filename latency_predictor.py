@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 from typing import NamedTuple
 
 import numpy as np
@@ -255,10 +256,21 @@ def load_table(path):
     return table
 
 
-def write_table(table, path):
-    """Write a table atomically: a crash leaves the old file, never half a new one."""
+def check_table_path(path):
+    """Refuse an --out no table can be written to, before minutes of measuring."""
     if os.path.isdir(path):
         raise UserError(f"--out {path} is a folder; give the table's file name, e.g. {path}/my_device.json")
+    try:
+        with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path))):
+            pass
+    except OSError as error:
+        raise UserError(f"--out {path}: cannot write the table ({path_error_reason(error)}); choose a writable "
+                        "path") from None
+
+
+def write_table(table, path):
+    """Write a table atomically: a crash leaves the old file, never half a new one."""
+    check_table_path(path)
     try:
         write_json(path, table, indent=1)
     except OSError as error:

@@ -252,3 +252,13 @@ def test_the_allocator_setting_takes_effect_on_glibc():
     assert latency_timing.steady_allocator() is True
     assert "in effect" in latency_timing.describe_protocol(
         latency_timing.make_protocol("cpu", 1, 1, "wall", 0.0, 1, 0))["allocator"]
+
+
+def test_an_unwritable_out_is_refused_before_any_measuring(monkeypatch, tmp_path):
+    def measuring(*args, **kwargs):
+        raise AssertionError("measured although --out cannot be written")
+    monkeypatch.setattr(latency_build, "build_latency_table", measuring)
+    with pytest.raises(UserError, match="cannot write the table"):
+        run(["build", "--out", str(tmp_path / "missing-folder" / "t.json")])
+    with pytest.raises(UserError, match="is a folder"):
+        run(["build", "--out", str(tmp_path)])

@@ -69,6 +69,7 @@ def test_closed_loop_searches_on_the_table_and_measures_the_result(tiny_fitted_t
     (["--target_latency", "20", "--", "--save", "x"], "--save is set by closed_loop.py"),
     (["--target_latency", "500", "--lut", lp.CPU_LUT], "outside what the table"),
     (["--target_latency", "20", "--rounds", "0"], "--rounds"),
+    (["--target_latency", "24", "--lut", lp.DEFAULT_LUT], "measured on this machine's CPU or GPU"),
 ])
 def test_closed_loop_refuses_bad_input_before_writing(arguments, message, tmp_path):
     out = tmp_path / "loop"
