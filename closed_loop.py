@@ -124,8 +124,14 @@ def main(args):
     if args.lut is not None:  # a bad table or target is refused before anything is written
         check_target(args.lut, args.target_latency)
     out = os.path.abspath(args.out)  # the steps run from the repository's root
+    created = not os.path.exists(out)
     make_output_folder(out, "--out")
-    table = os.path.abspath(args.lut) if args.lut else build_table(out, args.build_options.split())
+    try:
+        table = os.path.abspath(args.lut) if args.lut else build_table(out, args.build_options.split())
+    except UserError:
+        if created and not os.listdir(out):
+            os.rmdir(out)  # a failed first step leaves nothing behind
+        raise
     check_target(table, args.target_latency)
     found = search(table, args.target_latency, out, search_options)
     print(f"== timing the found network end to end ({args.rounds} rounds)", flush=True)
