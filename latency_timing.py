@@ -121,7 +121,7 @@ def steady_allocator():
     its large activations, or not, depending on what was allocated before.
     Timed interleaved with other networks, LightNets with MBK3E6 in layer 1
     (a 96x112x112 activation) ran 10-17% slower in one process out of three
-    on a 2-core Xeon VM, and never with this setting; a deployed network,
+    on a 2-core Xeon VM, and in none of four with this setting; a deployed network,
     run on its own, keeps its memory warm. Returns whether it took effect
     (it does nothing off glibc)."""
     try:
@@ -135,8 +135,8 @@ def steady_allocator():
 
 @contextlib.contextmanager
 def flushed_denormals():
-    """Compute with subnormal floats flushed to zero, then restore the
-    previous setting (PyTorch's CPU kernels; ONNX Runtime sets its own)."""
+    """Compute with subnormal floats flushed to zero, then switch that off
+    again, PyTorch's default (its CPU kernels; ONNX Runtime sets its own)."""
     torch.set_flush_denormal(True)
     try:
         yield
