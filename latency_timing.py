@@ -120,8 +120,8 @@ def steady_allocator():
     mmap-ed fresh and unmapped on free, so each call pays page faults for
     its large activations, or not, depending on what was allocated before.
     Timed interleaved with other networks, LightNets with MBK3E6 in layer 1
-    (a 96x112x112 activation) ran 10-17% slower in one process out of three
-    on a 2-core Xeon VM, and in none of four with this setting; a deployed network,
+    (a 96x112x112 activation) ran 10-17% slower in 11 of 16 processes on a
+    2-core Xeon VM, and in none of 7 with this setting; a deployed network,
     run on its own, keeps its memory warm. Returns whether it took effect
     (it does nothing off glibc)."""
     try:
