@@ -171,14 +171,19 @@ def evaluate_released(args, names):
 
 
 def lightnet_rows(jetson, cpu_table, timing_rounds, evaluated):
-    """One dict per registered LightNet with every column of table 1."""
+    """One dict per registered LightNet with every column of table 1, and
+    the reference network's ms now and when the CPU table was built (None
+    for a table timed without one)."""
     names = list(model_train.LIGHTNETS)
     arch_configs = [model_train.LIGHTNETS[name] for name in names]
     protocol = latency_build.validation_protocol(cpu_table.metadata, "cpu", None, None,
                                                  latency_timing.DEFAULT_WARMUP_S, timing_rounds, MEASURE_SEED)
     print(f"timing {len(names)} networks end to end: batch {protocol.batch_size}, {protocol.threads} thread(s), "
           f"{protocol.clock} clock, {timing_rounds} rounds", flush=True)
-    measured = latency_timing.measure_arch_configs(arch_configs, protocol, cpu_table.metadata["num_classes"])
+    sessions = latency_timing.time_networks(arch_configs, protocol, cpu_table.metadata["num_classes"])
+    measured = latency_timing.session_statistics(sessions)
+    reference = {"now_ms": round(latency_timing.reference_level(sessions), 3),
+                 "built_ms": latency_build.table_reference_level(cpu_table.metadata)}
     rows = []
     for name, arch_config, timing in zip(names, arch_configs, measured):
         params, flops = model_train.count_params_and_flops(model_train.LightNet(arch_config))
@@ -196,7 +201,7 @@ def lightnet_rows(jetson, cpu_table, timing_rounds, evaluated):
             "exact_top1": exact_top1, "exact_top5": exact_top5,
             "our_top1": ours_top1, "our_top5": ours_top5, "our_images": ours_images,
         })
-    return rows
+    return rows, reference
 
 
 # ------------------------------------------------------------ the searches
@@ -614,10 +619,17 @@ def write_report(out, context):
         "",
         "Params and FLOPs (multiply-accumulates) at 224x224 by thop. Jetson table: our per-op table for the "
         "authors' Jetson AGX Xavier latency model; README: the authors' measurement. CPU measured: this machine, "
-        "end to end, median of the rounds; CPU table: the table's prediction (calibrated). The tables hold the "
+        "end to end, median of the rounds; CPU table: the table's prediction"
+        + (" (calibrated)" if context["cpu"]["calibrated"] else "") + ". The tables hold the "
         "seven searchable ops, so SE twins have no prediction. Accuracy: the authors' on ImageNet val (50,000 "
         "images); " + our_accuracy_note(context["lightnets"]),
     ]
+    reference = context["cpu_reference"]
+    if reference["built_ms"] and not context["cpu_mismatch"]:
+        change = 100.0 * (reference["now_ms"] / reference["built_ms"] - 1.0)
+        sections += ["", f"The timing protocol's reference network ran at {reference['now_ms']:.2f} ms here now and "
+                     f"{reference['built_ms']:.2f} ms when the CPU table was built ({change:+.1f}%): that much of "
+                     "the CPU diff is the machine's speed today, not the table."]
     if context["cpu_mismatch"]:
         sections += ["", f"Note: the CPU table was built on {context['cpu']['device']}, this machine is "
                      f"{context['machine']['cpu']}: its predictions are for that machine. Build one for this "
@@ -789,7 +801,7 @@ def main(args):
 
     print("== Table 1: the LightNets ==", flush=True)
     evaluated = evaluate_released(args, list(model_train.LIGHTNETS))
-    lightnets = lightnet_rows(jetson, cpu_table, mode.timing_rounds, evaluated)
+    lightnets, cpu_reference = lightnet_rows(jetson, cpu_table, mode.timing_rounds, evaluated)
     print("== The LightNets beside torchvision's mobile networks ==", flush=True)
     peer_results = peers.compare(mode.timing_rounds)
     peers.print_table(peer_results)
@@ -808,7 +820,7 @@ def main(args):
         "command": "python3 " + " ".join(sys.argv), "date": datetime.date.today().isoformat(), "mode": mode.name,
         "seconds": time.time() - started, "kept_searches": kept, "machine": machine,
         "jetson": describe_table(jetson), "cpu": describe_table(cpu_table),
-        "cpu_mismatch": cpu_table.metadata["device"]["name"] != machine["cpu"],
+        "cpu_mismatch": cpu_table.metadata["device"]["name"] != machine["cpu"], "cpu_reference": cpu_reference,
         "lightnets": lightnets, "peers": peer_results, "lightnas": lightnas, "baseline": baseline,
         "design_cost": design_cost(lightnas, baseline, args.tolerance),
         "tolerance": args.tolerance, "targets": args.targets, "reference_target": args.reference_target,

@@ -83,6 +83,10 @@ def test_quick_mode_writes_both_tables_and_figures(quick_run):
     assert "Retrained from scratch (1 epoch of the short CPU recipe" in report
 
     metadata = json.loads((out / "metadata.json").read_text())
+    reference = metadata["cpu_reference"]
+    assert reference["now_ms"] > 0
+    if reference["built_ms"] and not metadata["cpu_mismatch"]:  # a table of this CPU, with a reference network
+        assert "The timing protocol's reference network ran at" in report
     assert metadata["machine"]["packages"]["torch"] == importlib.metadata.version("torch")
     assert metadata["jetson"]["identifier"] == jetson.identifier
     assert "Table 1" in stdout  # the report is printed too
