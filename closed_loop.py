@@ -126,13 +126,16 @@ def main(args):
     out = os.path.abspath(args.out)  # the steps run from the repository's root
     created = not os.path.exists(out)
     make_output_folder(out, "--out")
-    try:
-        table = os.path.abspath(args.lut) if args.lut else build_table(out, args.build_options.split())
-    except UserError:
-        if created and not os.listdir(out):
-            os.rmdir(out)  # a failed first step leaves nothing behind
-        raise
-    check_target(table, args.target_latency)
+    if args.lut is not None:
+        table = os.path.abspath(args.lut)
+    else:
+        try:
+            table = build_table(out, args.build_options.split())
+        except UserError:
+            if created and not os.listdir(out):
+                os.rmdir(out)  # a failed first step leaves nothing behind
+            raise
+        check_target(table, args.target_latency)
     found = search(table, args.target_latency, out, search_options)
     print(f"== timing the found network end to end ({args.rounds} rounds)", flush=True)
     now, scaled = measure_found(table, found["arch_config"], args.rounds)

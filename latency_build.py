@@ -23,15 +23,14 @@ import torch
 import model_train
 import operations
 from latency_predictor import (DEFAULT_LUT, FIT_HOLDOUT_ARCHS, FIT_SEED, FIT_TRAIN_ARCHS, MLPPredictor,
-                               TablePredictor, arch_indices, arch_to_text, base_metadata, check_table_path,
+                               TablePredictor, additive_totals, arch_indices, arch_to_text, base_metadata, check_table_path,
                                entries_from_values, fit_additive, fixed_probes, layer_keys, layer_probes,
                                load_predictor, load_table, new_table, rounded_value, sample_architectures,
                                table_predictor, text_to_arch, write_table)
 from latency_timing import (CLOCKS, DEFAULT_CLOCK, DEFAULT_CPU_THREADS, DEFAULT_RUNTIME, DEFAULT_WARMUP_S,
                             REFERENCE_NETWORK, RUNTIMES, SPREAD_NAMES, describe_device, describe_protocol,
                             describe_runtime, load_average, make_protocol, measure, measure_arch_configs,
-                            noise_report, normalized_samples, reference_level, relative_spread_pct,
-                            session_statistics, time_networks)
+                            noise_report, reference_level, session_statistics, time_networks)
 from operations import LAYOUT, NUM_LAYERS, NUM_OPS, NUM_SEARCHABLE_LAYERS
 from utils import UserError, new_figure, resolve_device, run_cli, save_figure, write_csv
 
@@ -185,8 +184,7 @@ def _isolated_costs(protocol, num_classes):
     timings = measure(probes, protocol, desc="build (isolated ops)", num_classes=num_classes)
     statistics = session_statistics([timings])
     entries, components = entries_from_values(probes, statistics, num_classes)
-    spreads = [relative_spread_pct(column) for column in normalized_samples(
-        timings, reference_level([timings]) if timings.reference is not None else None).T]
+    spreads = [(entry["p90"] - entry["p10"]) / entry["value"] * 100 for entry in statistics]
     source = {"kind": "measured", "method": "isolated",
               "description": "each op timed on its own at its input shape; layers with the same op and shape "
                              "share one measurement; the fixed part is the sum of its four components",
@@ -213,7 +211,7 @@ def _fitted_costs(protocol, num_classes, num_networks):
     sessions = time_networks([operations.indices_to_arch(row) for row in indices], protocol, num_classes)
     measured = np.array([entry["value"] for entry in session_statistics(sessions)])
     constant, layer_costs, standard_errors = fit_additive(indices, measured, non_negative=True)
-    fitted = constant + layer_costs[np.arange(NUM_SEARCHABLE_LAYERS), indices].sum(axis=1)
+    fitted = additive_totals(constant, layer_costs, indices)
     entries = {key: {"value": rounded_value(layer_costs[row, column]),
                      "stderr": rounded_value(standard_errors[row, column])}
                for row, keys in enumerate(layer_keys()) for column, key in enumerate(keys)}
@@ -322,8 +320,7 @@ def table_reference_level(metadata):
 def table_runtime(metadata):
     """The runtime a table was measured with (tables from before runtimes
     were recorded were all PyTorch eager)."""
-    return metadata["protocol"].get("runtime", DEFAULT_RUNTIME) if isinstance(metadata["protocol"], dict) \
-        else DEFAULT_RUNTIME
+    return metadata["protocol"].get("runtime", DEFAULT_RUNTIME)
 
 
 def validation_protocol(metadata, device_name, threads, clock, warmup_s, repeats, seed, reference=True):

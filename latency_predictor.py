@@ -313,6 +313,11 @@ def file_sha256(path):
 # ------------------------------------------------------------- predictors
 
 
+def additive_totals(constant, layer_costs, indices):
+    """constant + one 21x7 cost per layer, for op-index rows (N x 21)."""
+    return constant + layer_costs[np.arange(NUM_SEARCHABLE_LAYERS), np.asarray(indices)].sum(axis=-1)
+
+
 class TablePredictor:
     """Cost = fixed part + one table entry per layer (then the table's
     calibration, if it has one: scale * cost + offset)."""
@@ -338,8 +343,7 @@ class TablePredictor:
 
     def raw_costs(self, indices):
         """Uncalibrated totals of op-index architectures (N x 21)."""
-        indices = np.asarray(indices)
-        return self.fixed_cost + self.layer_costs[np.arange(NUM_SEARCHABLE_LAYERS), indices].sum(axis=-1)
+        return additive_totals(self.fixed_cost, self.layer_costs, indices)
 
     def raw_cost(self, arch_config):
         return float(self.raw_costs(arch_indices(arch_config)))

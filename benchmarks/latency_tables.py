@@ -46,6 +46,7 @@ FULL = dict(jetson_archs=JETSON_ARCHS, held_out=HELD_OUT_ARCHS,
 # Fresh architectures: fitted tables use seed 0 (latency_build.MEASURE_SEED),
 # `validate` seed 1; these held-out networks seed 2.
 HELD_OUT_SEED = 2
+NUM_CLASSES = model_train.IMAGENET_CLASSES  # the deployed classifier
 
 
 def jetson_figures(jetson, mlp_path, num_archs):
@@ -71,14 +72,10 @@ def build_both(protocol, sizes):
     tables, seconds = {}, {}
     for method, repeats in (("isolated", sizes["isolated_repeats"]), ("fit", sizes["fit_repeats"])):
         started = time.perf_counter()
-        tables[method] = latency_build.build_latency_table(protocol._replace(repeats=repeats), lp_classes(),
+        tables[method] = latency_build.build_latency_table(protocol._replace(repeats=repeats), NUM_CLASSES,
                                                            method, sizes["fit_networks"])
         seconds[method] = time.perf_counter() - started
     return tables, seconds
-
-
-def lp_classes():
-    return model_train.IMAGENET_CLASSES
 
 
 def held_out_sessions(protocol, sizes):
@@ -86,11 +83,8 @@ def held_out_sessions(protocol, sizes):
     orders), each on its own reference level."""
     indices = lp.sample_architectures(sizes["held_out"], HELD_OUT_SEED)
     arch_configs = [operations.indices_to_arch(row) for row in indices]
-    sessions = []
-    for session in range(2):
-        timed = latency_timing.time_networks(arch_configs, protocol._replace(
-            repeats=sizes["validate_repeats"], seed=HELD_OUT_SEED + 100 * session), lp_classes())
-        sessions.append(timed)
+    sessions = [latency_timing.time_networks(arch_configs, protocol._replace(
+        repeats=sizes["validate_repeats"], seed=HELD_OUT_SEED + 100 * session), NUM_CLASSES) for session in range(2)]
     return indices, sessions
 
 
@@ -108,7 +102,6 @@ def report_runtime(runtime, tables, seconds, indices, sessions):
     repeat = latency_build.error_summary(second, first)
     print(f"the held-out networks timed twice: session 2 vs session 1 mean |diff| {repeat['mean_abs_pct']:.2f}%, "
           f"max {repeat['max_abs_pct']:.2f}%, Kendall tau {repeat['kendall_tau']:.3f}")
-    rows = {}
     for method, table in tables.items():
         predictor = lp.TablePredictor(table, method)
         predicted = predictor.costs(indices)
@@ -117,9 +110,7 @@ def report_runtime(runtime, tables, seconds, indices, sessions):
                                 ("both, at the table's reference level",
                                  (medians(sessions[0], level) + medians(sessions[1], level)) / 2)):
             summary = latency_build.error_summary(predicted, measured)
-            rows[(method, label)] = summary
             print(f"  {method:>8} vs {label:<31} {latency_build.format_summary(summary)}")
-    return rows
 
 
 def noise_floor(protocol, sizes):
@@ -128,10 +119,10 @@ def noise_floor(protocol, sizes):
     arch_configs = [model_train.LIGHTNETS[name] for name in NOISE_NETWORKS]
     raw, normalized = [], []
     for session in range(sizes["noise_sessions"]):
-        timed = latency_timing.measure(latency_timing.network_probes(arch_configs, lp_classes()), protocol._replace(
+        timed = latency_timing.measure(latency_timing.network_probes(arch_configs, NUM_CLASSES), protocol._replace(
             repeats=sizes["noise_rounds"], seed=1000 + session), desc=f"noise floor session {session + 1}")
         raw.append(np.median(timed.samples, axis=0))
-        normalized.append(np.median(timed.samples / timed.reference[:, None], axis=0))
+        normalized.append(np.median(latency_timing.normalized_samples(timed, 1.0), axis=0))
     print(f"noise floor: {len(NOISE_NETWORKS)} networks re-timed in {sizes['noise_sessions']} sessions of "
           f"{sizes['noise_rounds']} rounds; spread of the session medians (max - min over median; std over median):")
     for column, name in enumerate(NOISE_NETWORKS):
@@ -147,9 +138,8 @@ def run_runtime(runtime, sizes, threads):
                                             latency_build.MEASURE_SEED, runtime)
     tables, seconds = build_both(protocol, sizes)
     indices, sessions = held_out_sessions(protocol, sizes)
-    rows = report_runtime(runtime, tables, seconds, indices, sessions)
+    report_runtime(runtime, tables, seconds, indices, sessions)
     noise_floor(protocol, sizes)
-    return rows
 
 
 def get_args_parser():
