@@ -54,6 +54,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import torch
 
+import constraint
 import data
 import evaluate
 import latency_build
@@ -394,13 +395,7 @@ def colours(name, count):
 def step_curve(metrics, warmup_metrics):
     """(epoch positions, argmax latency) over a search, one point per alpha
     step after the warm-up and one per warm-up epoch."""
-    xs = [row["epoch"] for row in warmup_metrics]
-    ys = [row["cost"] for row in warmup_metrics]
-    for row in metrics:
-        costs = row["step_costs"] or [row["cost"]]
-        xs += [row["epoch"] - 1 + (index + 1) / len(costs) for index in range(len(costs))]
-        ys += costs
-    return xs, ys
+    return constraint.step_series(list(warmup_metrics) + list(metrics), "argmax_cost")
 
 
 def plot_search_curves(path, lightnas_results, baseline_results, targets, grid, warmup_metrics):

@@ -36,9 +36,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+import constraint
 import data
 import latency_predictor
 import operations
+from constraint import SearchState
 from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
 from utils import (
     AverageMeter, MetricsFile, UserError, accuracy, add_device_arguments, all_gather_objects, all_reduce_sum,
@@ -309,24 +311,6 @@ def in_latch_window(epoch, args):
     return epoch >= args.epochs - args.latch_epochs
 
 
-def update_lagrange_multiplier(tradeoff, cost, target, step):
-    """One gradient-ascent step on lambda, then truncation: a lambda that
-    pushes the wrong way (raises a too-slow network's latency or lowers a
-    too-fast one's) is reset to 0."""
-    tradeoff += step * (cost / target - 1.0)
-    if (cost > target and tradeoff < 0) or (cost < target and tradeoff > 0):
-        tradeoff = 0.0
-    return tradeoff
-
-
-@dataclasses.dataclass
-class SearchState:
-    """What the search carries from step to step besides the networks."""
-
-    tradeoff: float   # lambda
-    latched: bool = False  # alpha's lr follows |LAT/T - 1| from now on
-
-
 # ---------------------------------------------------------------------- data
 
 
@@ -459,8 +443,9 @@ class Searcher:
         seed = int(torch.randint(2**62, (1,), generator=self.arch_generator, device=self.arch_generator.device))
         return torch.Generator().manual_seed(seed)
 
-    def train_alpha(self, loader, epoch, tau, eta, history):
-        """One pass over val/ updating alpha; lambda after every step."""
+    def train_alpha(self, loader, epoch, tau, eta, steps):
+        """One pass over val/ updating alpha; lambda after every step. Each
+        step's costs, lambda, latch and lr are appended to `steps`."""
         args, state = self.args, self.state
         self.model.train()
         loss_meter, top1_meter = AverageMeter(), AverageMeter()
@@ -475,31 +460,40 @@ class Searcher:
                 if (args.penalty == "lagrange" and in_latch_window(epoch, args)
                         and abs(cost - args.target_latency) < args.latch_tolerance):
                     state.latched = True
-                lr = scheduled_lr * abs(cost / args.target_latency - 1.0) if state.latched else scheduled_lr
-                cross_entropy, logits = self.alpha_step(images, targets, tau, eta, lr)
+                lr = constraint.latched_arch_lr(scheduled_lr, cost, args.target_latency) if state.latched \
+                    else scheduled_lr
+                latched = state.latched
+                cross_entropy, logits, sample_cost = self.alpha_step(images, targets, tau, eta, lr)
                 cost = self.argmax_cost()
                 if args.penalty == "lagrange":
-                    state.tradeoff = update_lagrange_multiplier(state.tradeoff, cost, args.target_latency,
-                                                                args.tradeoff_learning_rate)
-                history.append(cost)
+                    state.tradeoff = constraint.update_lagrange_multiplier(state.tradeoff, cost, args.target_latency,
+                                                                           args.tradeoff_learning_rate)
+                constraint.append_step(steps, argmax_cost=cost, expected_cost=self.expected_cost(),
+                                       sample_cost=sample_cost, tradeoff=state.tradeoff, latched=latched, arch_lr=lr)
                 loss_meter.update(cross_entropy.item(), targets.size(0))
                 top1_meter.update(accuracy(logits.detach(), targets, topk=(1,))[0], targets.size(0))
         return loss_meter.average, top1_meter.average, lr
 
+    def expected_cost(self):
+        """The cost of alpha's distribution (sum of p * cost for a table)."""
+        with torch.no_grad():
+            return float(self.predictor.expected_cost(self.model.op_probabilities()))
+
     def alpha_step(self, images, targets, tau, eta, lr):
         """One Adam step on alpha for CE + the latency penalty of a sampled
-        path; returns the cross-entropy and the logits."""
+        path; returns the cross-entropy, the logits and the sample's cost."""
         for group in self.arch_optimizer.param_groups:
             group["lr"] = lr
         sample = gumbel_softmax_hard(self.model.alpha, tau, self.arch_generator)
         logits = self.model(images, sample, eta)
         cross_entropy = self.criterion(logits, targets)
-        loss = cross_entropy + self.latency_penalty(self.predictor.expected_cost(sample))
+        sample_cost = self.predictor.expected_cost(sample)
+        loss = cross_entropy + self.latency_penalty(sample_cost)
         self.arch_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(self.model.arch_parameters(), self.context.world_size)
         self.arch_optimizer.step()
-        return cross_entropy, logits
+        return cross_entropy, logits, float(sample_cost.detach())
 
     # ------------------------------------------------------------ checkpoints
 
@@ -684,13 +678,22 @@ def write_arch_json(args, searcher, predictor):
 
 
 def write_plots(save_dir, metrics, predictor, target):
-    """Cost vs target, lambda and tau, and the op-probability heatmap."""
+    """Cost vs target (per alpha step, with lambda), lambda and tau per
+    epoch, and the op-probability heatmap."""
     epochs = [row["epoch"] for row in metrics]
-    figure, axis = new_figure((6, 4))
-    axis.plot(epochs, [row["cost"] for row in metrics], marker="o", label="argmax architecture")
+    figure, axis = new_figure((7, 4.5))
+    axis.plot(*constraint.step_series(metrics, "argmax_cost"), linewidth=1, label="argmax architecture")
+    axis.plot(*constraint.step_series(metrics, "expected_cost"), linewidth=1, label="expected (sum of p * cost)")
     axis.axhline(target, color="black", linestyle="--", label=f"target {target:g}")
+    latched = [x for x, on in zip(*constraint.step_series(metrics, "latched")) if on]
+    if latched:
+        axis.axvspan(min(latched) - 0.5 / len(latched), max(latched), color="tab:green", alpha=0.1, label="latched")
     axis.set(xlabel="epoch", ylabel=f"predicted {predictor.metric} ({predictor.unit})", title=predictor.identifier)
-    axis.legend()
+    right = axis.twinx()
+    right.plot(*constraint.step_series(metrics, "tradeoff"), color="tab:red", linewidth=0.8, alpha=0.6,
+               label="lambda")
+    right.set_ylabel("lambda", color="tab:red")
+    figure.legend(loc="upper right", fontsize=8)
     save_figure(figure, os.path.join(save_dir, "cost.png"))
 
     figure, left = new_figure((6, 4))
@@ -762,13 +765,13 @@ def search_worker(args):
         warmup = epoch < args.freeze_epochs
         train_loader.sampler.set_epoch(epoch)
         train_loss, train_top1 = searcher.train_weights(train_loader, epoch, tau, eta, warmup)
-        history = []
+        steps = constraint.new_step_log()
         if warmup:
             val_loss = val_top1 = None
             arch_lr = scheduled_arch_lr(args.freeze_epochs, args)
         else:
             arch_loader.sampler.set_epoch(epoch)
-            val_loss, val_top1, arch_lr = searcher.train_alpha(arch_loader, epoch, tau, eta, history)
+            val_loss, val_top1, arch_lr = searcher.train_alpha(arch_loader, epoch, tau, eta, steps)
         searcher.weight_scheduler.step()
         process_states = search_state_per_process(searcher, context)
 
@@ -777,8 +780,8 @@ def search_worker(args):
             "epoch": epoch + 1, "tau": tau, "eta": eta, "tradeoff": searcher.state.tradeoff, "arch_lr": arch_lr,
             "weight_lr": weight_lr, "latched": searcher.state.latched,
             "train_loss": train_loss, "train_top1": train_top1, "val_loss": val_loss, "val_top1": val_top1,
-            "arch_config": searcher.model.derive(), "cost": cost, "target": args.target_latency,
-            "step_costs": history, "probabilities": searcher.model.op_probabilities().tolist(),
+            "arch_config": searcher.model.derive(), "cost": cost, "expected_cost": searcher.expected_cost(),
+            "target": args.target_latency, "steps": steps, "probabilities": searcher.model.op_probabilities().tolist(),
             "seconds": time.time() - started, "process_states": process_states,
         }
         stop_here = (args.stop_after_epoch is not None and args.stop_after_epoch <= epoch + 1 < args.epochs)

@@ -57,7 +57,7 @@ def test_authors_command_line_writes_every_output(finished_search):
     assert [row["epoch"] for row in rows] == [1, 2, 3]
     assert rows[0]["val_loss"] is None and rows[1]["val_loss"] is not None  # epoch 1 is the warm-up
     assert len(rows[1]["probabilities"]) == 21 and all(abs(sum(p) - 1) < 1e-5 for p in rows[1]["probabilities"])
-    assert len(rows[2]["step_costs"]) == 3  # 12 val images / batch 4: one lambda update per alpha step
+    assert len(rows[2]["steps"]["argmax_cost"]) == 3  # 12 val images / batch 4: one lambda update per alpha step
     log = Path(finished_search, "log.txt").read_text()
     assert "epoch 3/3" in log and "written to" in log
 

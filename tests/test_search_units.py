@@ -7,12 +7,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import constraint
 import operations
 import search_imagenet
+from constraint import update_lagrange_multiplier
 from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
-from search_imagenet import (
-    DEMO_SCHEDULE, PAPER_SCHEDULE, in_latch_window, scheduled_arch_lr, tau_at, update_lagrange_multiplier,
-)
+from search_imagenet import DEMO_SCHEDULE, PAPER_SCHEDULE, in_latch_window, scheduled_arch_lr, tau_at
 
 SMALL_INPUT = 32
 
@@ -141,10 +141,10 @@ def test_alpha_loss_penalty_of_each_mode():
     """Lagrange: lambda * (LAT/T - 1); fixed (the baseline): w * LAT/T."""
     cost = torch.tensor(30.0)
     lagrange = SimpleNamespace(args=SimpleNamespace(penalty="lagrange", target_latency=24.0),
-                               state=search_imagenet.SearchState(tradeoff=0.5))
+                               state=constraint.SearchState(tradeoff=0.5))
     assert float(search_imagenet.Searcher.latency_penalty(lagrange, cost)) == pytest.approx(0.5 * (30 / 24 - 1))
     fixed = SimpleNamespace(args=SimpleNamespace(penalty="fixed", penalty_weight=0.2, target_latency=24.0),
-                            state=search_imagenet.SearchState(tradeoff=0.5))
+                            state=constraint.SearchState(tradeoff=0.5))
     assert float(search_imagenet.Searcher.latency_penalty(fixed, cost)) == pytest.approx(0.2 * 30 / 24)
 
 

@@ -1,0 +1,168 @@
+"""How the search meets its cost target: the Lagrange multiplier lambda, the
+latch of the last epochs, and the per-step record of both.
+
+The paper's rule (Section 3): after every alpha step,
+
+    lambda += step * (LAT(argmax) / T - 1)
+
+and lambda is reset to 0 whenever it pushes the wrong way; in the last
+epochs, once |LAT(argmax) - T| is below a tolerance, alpha's learning rate
+becomes its scheduled value times |LAT/T - 1|, which holds alpha near T.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+
+def update_lagrange_multiplier(tradeoff, cost, target, step):
+    """One gradient-ascent step on lambda, then truncation: a lambda that
+    pushes the wrong way (raises a too-slow network's latency or lowers a
+    too-fast one's) is reset to 0."""
+    tradeoff += step * (cost / target - 1.0)
+    if (cost > target and tradeoff < 0) or (cost < target and tradeoff > 0):
+        tradeoff = 0.0
+    return tradeoff
+
+
+@dataclasses.dataclass
+class SearchState:
+    """What the search carries from step to step besides the networks."""
+
+    tradeoff: float   # lambda
+    latched: bool = False  # alpha's lr follows |LAT/T - 1| from now on
+
+
+def latched_arch_lr(scheduled_lr, cost, target):
+    """The paper's latch: alpha's lr scaled by the relative miss, so alpha
+    all but stops while the argmax sits on the target."""
+    return scheduled_lr * abs(cost / target - 1.0)
+
+
+# Per alpha step, in this order; `metrics.jsonl` keeps them as columns.
+STEP_FIELDS = (
+    "argmax_cost",    # the cost of alpha's argmax architecture after the step (what lambda follows)
+    "expected_cost",  # the cost of alpha's distribution, sum over layers of p * cost (the predictor's
+                      # expected_cost of softmax(alpha); for a table exactly the expectation)
+    "sample_cost",    # the cost of the hard Gumbel sample the step trained
+    "tradeoff",       # lambda after the step
+    "latched",        # whether the latch was on during the step
+    "arch_lr",        # alpha's lr in the step
+)
+
+
+def new_step_log():
+    """Empty columns, one per STEP_FIELDS entry."""
+    return {name: [] for name in STEP_FIELDS}
+
+
+def append_step(log, **values):
+    if set(values) != set(STEP_FIELDS):
+        raise ValueError(f"a step records exactly {STEP_FIELDS}, got {sorted(values)}")
+    for name in STEP_FIELDS:
+        log[name].append(values[name])
+
+
+# The epoch-level value in a metrics row that stands for a step field in an
+# epoch without alpha steps (the warm-up).
+EPOCH_FIELDS = {"argmax_cost": "cost", "expected_cost": "expected_cost", "tradeoff": "tradeoff",
+                "latched": "latched", "arch_lr": "arch_lr"}
+
+
+def step_series(rows, field):
+    """(x, y) of one step field over metrics rows: x is the epoch position
+    (epoch e's k-th of n steps at e - 1 + k / n); an epoch without alpha
+    steps contributes its epoch-level value at x = epoch."""
+    xs, ys = [], []
+    for row in rows:
+        values = (row.get("steps") or {}).get(field) or []
+        if values:
+            xs += [row["epoch"] - 1 + (index + 1) / len(values) for index in range(len(values))]
+            ys += values
+        elif row.get(EPOCH_FIELDS.get(field)) is not None:
+            xs.append(row["epoch"])
+            ys.append(row[EPOCH_FIELDS[field]])
+    return xs, ys
+
+
+# ------------------------------------------------- the projection onto a band
+#
+# `--land_within P` and `--strict` (beyond the paper) replace the final argmax
+# by the most probable architecture whose cost lies in a band around the
+# target: the one with the largest sum over layers of log p among those with
+# low <= cost <= high. For a cost that is a constant plus one entry per
+# (layer, op) this is a multiple-choice knapsack with a two-sided capacity,
+# solved exactly below by branch and bound: a depth-first search over the
+# layers, the most probable op first, pruned by an upper bound on what the
+# remaining layers can add. The bound comes from a dynamic programme over
+# costs rounded down to a grid: rounding down only widens what the remaining
+# layers seem able to reach, so the bound never undercuts the truth and no
+# optimum is pruned.
+
+GRID_CELLS = 4096  # cells of the bounding grid over the cost range; only speed depends on it
+
+
+def _suffix_bounds(log_p, units):
+    """best[l][n]: the largest sum of log p over layers l.. whose rounded
+    costs add up to n grid cells (-inf where none does)."""
+    layers = len(units)
+    size = int(units.max(axis=1).sum()) + 1
+    best = np.full((layers + 1, size), -np.inf)
+    best[layers, 0] = 0.0
+    for layer in range(layers - 1, -1, -1):
+        following = best[layer + 1]
+        for op, cells in enumerate(units[layer]):
+            shifted = np.full(size, -np.inf)
+            shifted[cells:] = following[:size - cells] + log_p[layer, op]
+            np.maximum(best[layer], shifted, out=best[layer])
+    return best
+
+
+def _cells_below(amount, cell, cells):
+    """floor(amount / cell), held within [-1, cells] (amount may be infinite)."""
+    return int(math.floor(min(max(amount / cell, -1.0), float(cells))))
+
+
+def most_probable_in_band(log_p, layer_costs, constant, low, high):
+    """The op indices (one per layer) maximising sum(log_p) subject to
+    low <= constant + sum(layer_costs[layer, op]) <= high, or None if no
+    architecture's cost is in the band. Ties go to the architecture met
+    first when every layer tries its ops from the most probable down, so an
+    argmax already in the band is returned unchanged."""
+    log_p = np.asarray(log_p, dtype=np.float64)
+    layer_costs = np.asarray(layer_costs, dtype=np.float64)
+    floor = layer_costs.min(axis=1)
+    excess = layer_costs - floor[:, None]       # >= 0: what each op costs above its layer's cheapest
+    low_excess, high_excess = low - constant - floor.sum(), high - constant - floor.sum()
+    layers = len(excess)
+    cell = max(excess.max(axis=1).sum() / GRID_CELLS, 1e-12)
+    units = np.floor(excess / cell).astype(np.int64)  # each excess lies in [units, units + 1) cells
+    bounds = _suffix_bounds(log_p, units)
+    order = np.argsort(-log_p, axis=1, kind="stable")
+    best = {"value": -np.inf, "indices": None}
+    chosen = [0] * layers
+
+    def bound(layer, spent):
+        """An upper bound on the log p the layers from `layer` on can add,
+        given the excess cost `spent` so far (-inf: the band is out of reach)."""
+        remaining, cells = layers - layer, bounds.shape[1]
+        first = max(0, _cells_below(low_excess - spent, cell, cells) - remaining - 1)
+        last = min(cells - 1, _cells_below(high_excess - spent, cell, cells) + 1)
+        return -np.inf if first > last else bounds[layer, first:last + 1].max()
+
+    def visit(layer, spent, value):
+        if layer == layers:
+            if low_excess <= spent <= high_excess and value > best["value"]:
+                best["value"], best["indices"] = value, list(chosen)
+            return
+        for op in order[layer]:
+            next_spent, next_value = spent + excess[layer, op], value + log_p[layer, op]
+            if next_value + bound(layer + 1, next_spent) <= best["value"]:
+                continue
+            chosen[layer] = int(op)
+            visit(layer + 1, next_spent, next_value)
+
+    if bound(0, 0.0) > -np.inf:
+        visit(0, 0.0, 0.0)
+    return best["indices"]
