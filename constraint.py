@@ -34,10 +34,41 @@ class SearchState:
     latched: bool = False  # alpha's lr follows |LAT/T - 1| from now on
 
 
+# What the latch does once the argmax is within the tolerance of T in the
+# last epochs. scale: the paper's rule, alpha's lr times |LAT/T - 1|; alpha
+# all but stops, and so does its learning. hold (beyond the paper): alpha
+# keeps its scheduled lr, so the supernet's preferences keep sharpening, but
+# when a step takes the argmax's cost out of the tolerance, the layers whose
+# argmax it changed are put back (alpha and Adam's moments; the other layers
+# keep the step); lambda is set to 0 and held there, since the hold, not
+# lambda, now keeps the cost in the band.
+LATCH_MODES = ("scale", "hold")
+
+
 def latched_arch_lr(scheduled_lr, cost, target):
     """The paper's latch: alpha's lr scaled by the relative miss, so alpha
     all but stops while the argmax sits on the target."""
     return scheduled_lr * abs(cost / target - 1.0)
+
+
+def parse_tolerance(text):
+    """(amount, relative) from "0.15" (in the unit of T) or "0.5%" (a share
+    of T); ValueError with the reason otherwise."""
+    text = str(text).strip()
+    relative = text.endswith("%")
+    try:
+        amount = float(text[:-1] if relative else text)
+    except ValueError:
+        raise ValueError(f"must be a number such as 0.15 or a share of the target such as 0.5%, got {text!r}") from None
+    if not (math.isfinite(amount) and amount >= 0):
+        raise ValueError(f"must be non-negative and finite, got {text!r}")
+    return amount, relative
+
+
+def tolerance_amount(text, target):
+    """The tolerance `text` (see parse_tolerance) in the unit of `target`."""
+    amount, relative = parse_tolerance(text)
+    return amount / 100.0 * target if relative else amount
 
 
 # Per alpha step, in this order; `metrics.jsonl` keeps them as columns.
@@ -49,6 +80,7 @@ STEP_FIELDS = (
     "tradeoff",       # lambda after the step
     "latched",        # whether the latch was on during the step
     "arch_lr",        # alpha's lr in the step
+    "undone",         # --latch hold: the step took the argmax out of the band; its flipped layers were put back
 )
 
 
@@ -100,7 +132,11 @@ def step_series(rows, field):
 # layers seem able to reach, so the bound never undercuts the truth and no
 # optimum is pruned.
 
-GRID_CELLS = 4096  # cells of the bounding grid over the cost range; only speed depends on it
+GRID_CELLS = 1 << 16  # cells of the bounding grid over the cost range; only speed depends on it
+# Sums of the same log p added in another order can differ in the last bits;
+# a branch whose bound beats the best found by less than this is pruned, or
+# ties would be explored over and over.
+TIE = 1e-9
 
 
 def _suffix_bounds(log_p, units):
@@ -137,8 +173,11 @@ def most_probable_in_band(log_p, layer_costs, constant, low, high):
     low_excess, high_excess = low - constant - floor.sum(), high - constant - floor.sum()
     layers = len(excess)
     cell = max(excess.max(axis=1).sum() / GRID_CELLS, 1e-12)
-    units = np.floor(excess / cell).astype(np.int64)  # each excess lies in [units, units + 1) cells
+    # Each excess lies in [units, units + 1) cells; the factor keeps rounding
+    # from ever putting it a cell too high.
+    units = np.floor(excess / cell * (1.0 - 1e-12)).astype(np.int64)
     bounds = _suffix_bounds(log_p, units)
+    prefix_best = np.maximum.accumulate(bounds, axis=1)  # best over cells 0..n: the bound when low is out of play
     order = np.argsort(-log_p, axis=1, kind="stable")
     best = {"value": -np.inf, "indices": None}
     chosen = [0] * layers
@@ -148,21 +187,70 @@ def most_probable_in_band(log_p, layer_costs, constant, low, high):
         given the excess cost `spent` so far (-inf: the band is out of reach)."""
         remaining, cells = layers - layer, bounds.shape[1]
         first = max(0, _cells_below(low_excess - spent, cell, cells) - remaining - 1)
-        last = min(cells - 1, _cells_below(high_excess - spent, cell, cells) + 1)
-        return -np.inf if first > last else bounds[layer, first:last + 1].max()
+        last = min(cells - 1, _cells_below(high_excess - spent, cell, cells))  # -1 once over the band
+        if first > last:
+            return -np.inf
+        return prefix_best[layer, last] if first == 0 else bounds[layer, first:last + 1].max()
 
     def visit(layer, spent, value):
         if layer == layers:
             if low_excess <= spent <= high_excess and value > best["value"]:
                 best["value"], best["indices"] = value, list(chosen)
             return
+        # Each op with the most its completions can reach; the most promising
+        # first, so the first architecture found is already (nearly) the best
+        # and the bound prunes almost everything after it.
+        options = []
         for op in order[layer]:
             next_spent, next_value = spent + excess[layer, op], value + log_p[layer, op]
-            if next_value + bound(layer + 1, next_spent) <= best["value"]:
-                continue
-            chosen[layer] = int(op)
+            options.append((next_value + bound(layer + 1, next_spent), int(op), next_spent, next_value))
+        options.sort(key=lambda option: -option[0])  # stable: equal promise keeps the most probable op first
+        for promise, op, next_spent, next_value in options:
+            if promise <= best["value"] + TIE:
+                break
+            chosen[layer] = op
             visit(layer + 1, next_spent, next_value)
 
+    argmax = log_p.argmax(axis=1)
+    if low_excess <= excess[np.arange(layers), argmax].sum() <= high_excess:
+        return [int(op) for op in argmax]
     if bound(0, 0.0) > -np.inf:
         visit(0, 0.0, 0.0)
     return best["indices"]
+
+
+def landing_band(target, land_within_percent, strict):
+    """(low, high) that --land_within P and --strict ask of the final cost:
+    within +-P% of T, at most T, or both (their intersection); None when
+    neither is set (the raw argmax, as in the paper)."""
+    if not land_within_percent and not strict:
+        return None
+    share = land_within_percent / 100.0 if land_within_percent else math.inf
+    low, high = target * (1.0 - share), target * (1.0 + share)
+    return low, (min(high, target) if strict else high)
+
+
+# A predictor that is not additive (the authors' MLP) is projected with its
+# additive fit; when the real predictor puts the result outside the band,
+# the band is shifted by the fit's error there and the projection repeated.
+FIT_RETRIES = 8
+
+
+def project_to_band(log_p, predictor, low, high):
+    """The most probable architecture (op indices) whose cost by `predictor`
+    lies in [low, high], or None. Exact for a table (latency, energy,
+    FLOPs or params); for the MLP, the exact answer for its additive fit,
+    checked with the MLP itself."""
+    constant, layer_costs = predictor.additive_form()
+    layer_costs = np.asarray(layer_costs, dtype=np.float64)
+    shift = 0.0
+    for _ in range(FIT_RETRIES if not predictor.is_additive else 1):
+        indices = most_probable_in_band(log_p, layer_costs, constant, low - shift, high - shift)
+        if indices is None:
+            return None
+        cost = float(predictor.costs(np.array([indices]))[0])
+        if low <= cost <= high:
+            return indices
+        fitted = constant + float(layer_costs[np.arange(len(indices)), indices].sum())
+        shift = cost - fitted  # the fit's error at this architecture
+    return None

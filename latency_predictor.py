@@ -364,6 +364,14 @@ class TablePredictor:
             self._cost_tensors[slot] = torch.as_tensor(self.layer_costs, dtype=weights.dtype, device=weights.device)
         return self._calibrated(self.fixed_cost + (weights * self._cost_tensors[slot]).sum())
 
+    # The cost is exactly a constant plus one entry per (layer, op).
+    is_additive = True
+
+    def additive_form(self):
+        """(constant, 21x7 per-layer costs) with cost = constant + the sum of
+        each layer's entry, calibration included."""
+        return float(self._calibrated(self.fixed_cost)), self.scale * self.layer_costs
+
     def feasible_range(self):
         low = self.fixed_cost + self.layer_costs.min(axis=1).sum()
         high = self.fixed_cost + self.layer_costs.max(axis=1).sum()
@@ -423,6 +431,20 @@ class MLPPredictor:
         self.identifier = f"mlp:{os.path.basename(path)}@{self.sha256[:12]}"
         self._networks = {(torch.device("cpu"), torch.float32): self.network}
         self._range = None
+        self._additive = None
+
+    # Not additive: additive_form() is a least-squares fit to it.
+    is_additive = False
+
+    def additive_form(self):
+        """The MLP's additive fit (constant, 21x7), over FIT_TRAIN_ARCHS
+        random architectures; computed once. An approximation: a result
+        found with it must be checked with `costs`."""
+        if self._additive is None:
+            architectures = sample_architectures(FIT_TRAIN_ARCHS, FIT_SEED)
+            constant, layer_costs, _ = fit_additive(architectures, self.costs(architectures))
+            self._additive = (constant, layer_costs)
+        return self._additive
 
     def _network_on(self, device, dtype):
         """A copy of the MLP per device and dtype, so the search's GPU calls
@@ -450,8 +472,7 @@ class MLPPredictor:
         single-layer change while one improves (a local optimum, found
         deterministically; computed once)."""
         if self._range is None:
-            architectures = sample_architectures(FIT_TRAIN_ARCHS, FIT_SEED)
-            _, layer_costs, _ = fit_additive(architectures, self.costs(architectures))
+            _, layer_costs = self.additive_form()
             self._range = (self._local_extreme(layer_costs.argmin(axis=1), sign=-1.0),
                            self._local_extreme(layer_costs.argmax(axis=1), sign=1.0))
         return self._range

@@ -71,6 +71,8 @@ PAPER_SCHEDULE = {
     "arch_learning_rate": 1e-3,     # Adam on alpha
     "arch_weight_decay": 1e-3,      # Adam's L2 term on alpha
     "latch_epochs": 10,             # the last epochs, where alpha can freeze near T
+    "latch_tolerance": "0.15",      # |LAT - T| that latches, in the unit of T (0.15 ms)
+    "latch": "scale",               # alpha's lr times |LAT/T - 1| once latched
     "arch_lr_step": 20,             # alpha's lr halves every 20 epochs after the freeze
     "tau_decay": 0.1,               # tau = tau_max * exp(-0.1 * (epoch - freeze))
     "warmup_epochs": 0,             # the release's weight-lr warm-up option, off
@@ -101,7 +103,9 @@ DEMO_SCHEDULE = {
     "tradeoff_learning_rate": 3e-2,
     "arch_learning_rate": 1e-1,
     "arch_weight_decay": 0.0,       # 1e-3 is as large as alpha's gradient here and holds it uniform
-    "latch_epochs": 8,
+    "latch_epochs": 20,
+    "latch_tolerance": "1%",
+    "latch": "hold",
     "arch_lr_step": 6,
     "tau_decay": 0.12,              # tau ends near 0.2: a smaller one freezes alpha before it reaches T
     "warmup_epochs": 2,
@@ -210,8 +214,15 @@ def get_args_parser():
                           demo=DEMO_SCHEDULE["arch_weight_decay"], **PAPER_SCHEDULE))
     arch.add_argument("--tradeoff", type=float, default=0.0, help="initial lambda")
     arch.add_argument("--tau_max", type=float, default=5.0, help="Gumbel temperature during the warm-up")
-    arch.add_argument("--latch_tolerance", type=float, default=0.15,
-                      help="|LAT - T| below which alpha's lr scales by |LAT/T - 1| in the last epochs (unit of T)")
+    arch.add_argument("--latch", choices=constraint.LATCH_MODES, default=None,
+                      help="what the latch does: scale = the paper's, alpha's lr times |LAT/T - 1|; hold = beyond "
+                           "the paper, alpha keeps its lr and learning, a step that would take the argmax out of "
+                           "the latch tolerance is undone, lambda is held (paper: {latch}, demo: {demo})".format(
+                               demo=DEMO_SCHEDULE["latch"], **PAPER_SCHEDULE))
+    arch.add_argument("--latch_tolerance", default=None,
+                      help="|LAT - T| below which alpha's lr scales by |LAT/T - 1| in the last epochs: a number "
+                           "in the unit of T, or a share of T such as 0.5%% (paper: {latch_tolerance}, demo: "
+                           "{demo})".format(demo=DEMO_SCHEDULE["latch_tolerance"], **PAPER_SCHEDULE))
 
     add_device_arguments(parser)
     return parser
@@ -236,7 +247,7 @@ NUMBER_RULES = (
     (("epochs", "batch_size_train", "batch_size_val", "arch_lr_step", "target_latency", "tau_max",
       "learning_rate", "arch_learning_rate", "grad_clip"), lambda value: value > 0, "positive"),
     (("eta", "warmup_epochs", "arch_weight_decay", "land_within", "latch_epochs", "tradeoff_learning_rate",
-      "workers", "tau_decay", "weight_decay", "latch_tolerance"), lambda value: value >= 0, "non-negative"),
+      "workers", "tau_decay", "weight_decay"), lambda value: value >= 0, "non-negative"),
     (("momentum", "label_smooth"), lambda value: 0 <= value < 1, "in [0, 1)"),
     (("tradeoff",), lambda value: value == value, "a number"),
     (("image_size",), lambda value: value >= MIN_IMAGE_SIZE, f"at least {MIN_IMAGE_SIZE} (pixels)"),
@@ -249,6 +260,10 @@ def validate_settings(args):
             value = getattr(args, name)
             if not (test(value) and math.isfinite(value)):
                 raise UserError(f"--{name} must be {description}, got {value}")
+    try:
+        constraint.parse_tolerance(args.latch_tolerance)
+    except ValueError as error:
+        raise UserError(f"--latch_tolerance {error}") from None
     if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
         raise UserError(f"--stop_after_epoch must be at least 1, got {args.stop_after_epoch}")
     if args.arch_split_from_train is not None and not 0 < args.arch_split_from_train < 1:
@@ -451,28 +466,58 @@ class Searcher:
         loss_meter, top1_meter = AverageMeter(), AverageMeter()
         scheduled_lr = scheduled_arch_lr(epoch, args)
         lr = scheduled_lr
+        band = constraint.tolerance_amount(args.latch_tolerance, args.target_latency)
+        lagrange = args.penalty == "lagrange"
         cost = self.argmax_cost()
         with frozen(self.weight_parameters):  # alpha's pass needs no weight gradients
             for images, targets in tqdm(loader, desc=f"epoch {epoch + 1} alpha", leave=False,
                                         disable=not self.context.is_main):
                 images = images.to(self.context.device, non_blocking=True)
                 targets = targets.to(self.context.device, non_blocking=True)
-                if (args.penalty == "lagrange" and in_latch_window(epoch, args)
-                        and abs(cost - args.target_latency) < args.latch_tolerance):
+                if (lagrange and not state.latched and in_latch_window(epoch, args)
+                        and abs(cost - args.target_latency) < band):
                     state.latched = True
-                lr = constraint.latched_arch_lr(scheduled_lr, cost, args.target_latency) if state.latched \
-                    else scheduled_lr
-                latched = state.latched
+                    if args.latch == "hold":
+                        state.tradeoff = 0.0  # the target is met: alpha learns from the cross-entropy alone
+                holding = state.latched and args.latch == "hold"
+                lr = constraint.latched_arch_lr(scheduled_lr, cost, args.target_latency) \
+                    if state.latched and not holding else scheduled_lr
+                before = self.arch_snapshot() if holding else None
                 cross_entropy, logits, sample_cost = self.alpha_step(images, targets, tau, eta, lr)
-                cost = self.argmax_cost()
-                if args.penalty == "lagrange":
+                new_cost = self.argmax_cost()
+                undone = holding and abs(new_cost - args.target_latency) >= band
+                if undone:
+                    self.restore_flipped_layers(before)
+                else:
+                    cost = new_cost
+                if lagrange and not holding:
                     state.tradeoff = constraint.update_lagrange_multiplier(state.tradeoff, cost, args.target_latency,
                                                                            args.tradeoff_learning_rate)
                 constraint.append_step(steps, argmax_cost=cost, expected_cost=self.expected_cost(),
-                                       sample_cost=sample_cost, tradeoff=state.tradeoff, latched=latched, arch_lr=lr)
+                                       sample_cost=sample_cost, tradeoff=state.tradeoff, latched=state.latched,
+                                       arch_lr=lr, undone=undone)
                 loss_meter.update(cross_entropy.item(), targets.size(0))
                 top1_meter.update(accuracy(logits.detach(), targets, topk=(1,))[0], targets.size(0))
         return loss_meter.average, top1_meter.average, lr
+
+    def arch_snapshot(self):
+        """Alpha and its Adam moments, to undo a step in part (--latch hold)."""
+        alpha = self.model.alpha
+        moments = {key: value.clone() for key, value in self.arch_optimizer.state.get(alpha, {}).items()
+                   if torch.is_tensor(value) and value.shape == alpha.shape}
+        return alpha.detach().clone(), moments
+
+    def restore_flipped_layers(self, snapshot):
+        """Put back alpha and its Adam moments in the layers whose argmax the
+        last step changed: the argmax is the snapshot's again, while every
+        other layer keeps what it learned in the step."""
+        before, moments = snapshot
+        alpha = self.model.alpha
+        flipped = alpha.detach().argmax(dim=-1) != before.argmax(dim=-1)
+        with torch.no_grad():
+            alpha[flipped] = before[flipped]
+            for key, value in moments.items():
+                self.arch_optimizer.state[alpha][key][flipped] = value[flipped]
 
     def expected_cost(self):
         """The cost of alpha's distribution (sum of p * cost for a table)."""
@@ -581,65 +626,33 @@ def check_resume_compatible(checkpoint, args, predictor, num_classes, path):
 # ------------------------------------------------------------------- outputs
 
 
-def best_single_change(indices, probabilities, score, prefer_small_step):
-    """The single-layer change of `indices` that lowers `score` using the
-    most probable op; among equally probable ones the smallest drop
-    (prefer_small_step) or the largest. None if no change lowers it."""
-    current = score(indices)
-    best = None
-    for layer, chosen in enumerate(indices):
-        for op_index in range(operations.NUM_OPS):
-            if op_index == chosen:
-                continue
-            candidate = indices[:layer] + [op_index] + indices[layer + 1:]
-            value = score(candidate)
-            if value >= current:
-                continue
-            rank = (float(probabilities[layer][op_index]), value if prefer_small_step else -value)
-            if best is None or rank > best[0]:
-                best = (rank, candidate)
-    return None if best is None else best[1]
-
-
-def repair_to_target(arch_config, probabilities, predictor, target):
-    """--strict: change single layers, the most probable replacement first
-    (the smallest saving among equals), until the cost is at most `target`;
-    then undo every change that is no longer needed."""
-    original = operations.arch_to_indices(arch_config)
-
-    def cost_of(indices):
-        return predictor.cost(operations.indices_to_arch(indices))
-
-    indices = list(original)
-    while cost_of(indices) > target:
-        indices = best_single_change(indices, probabilities, cost_of, prefer_small_step=True)
-    for layer in range(len(indices)):
-        reverted = indices[:layer] + [original[layer]] + indices[layer + 1:]
-        if indices[layer] != original[layer] and cost_of(reverted) <= target:
-            indices = reverted
-    return operations.indices_to_arch(indices)
-
-
-def land_within(arch_config, probabilities, predictor, target, tolerance):
-    """--land_within: while the cost misses `target` by more than the
-    fraction `tolerance`, make the single-layer change that brings it closer
-    with the most probable op (the closest among equals). Every change
-    shrinks the miss, so this ends; it stops early if no change helps."""
-    indices = list(operations.arch_to_indices(arch_config))
-
-    def miss(candidate):
-        return abs(predictor.cost(operations.indices_to_arch(candidate)) - target)
-
-    while miss(indices) > tolerance * target:
-        change = best_single_change(indices, probabilities, miss, prefer_small_step=False)
-        if change is None:
-            break
-        indices = change
-    return operations.indices_to_arch(indices)
-
-
 def describe_cost(predictor, cost, target):
     return f"{cost:.2f} {predictor.unit} (target {target:g}, {100.0 * (cost / target - 1):+.2f}%)"
+
+
+def project_final(model, predictor, band, arch_config, cost, target):
+    """--land_within / --strict: the most probable architecture in the band
+    (constraint.project_to_band), with what it cost; the raw argmax is kept."""
+    log_p = torch.log_softmax(model.alpha.detach().double(), dim=-1).cpu().numpy()
+    raw = operations.arch_to_indices(arch_config)
+    indices = constraint.project_to_band(log_p, predictor, *band)
+    if indices is None:  # only a non-additive predictor (the MLP) can miss, see project_to_band
+        raise UserError(f"no architecture found whose cost by {predictor.identifier} lies in "
+                        f"[{band[0]:.2f}, {band[1]:.2f}] {predictor.unit}; the raw argmax is in checkpoint.pth.tar "
+                        "(run again without --land_within/--strict, or with a latency table)")
+    final = operations.indices_to_arch(indices)
+    projected = predictor.cost(final)
+    layers = range(len(raw))
+    return {
+        "arch_config": final,
+        "predicted": projected,
+        "error_percent": 100.0 * (projected / target - 1.0),
+        "raw_argmax": {"arch_config": arch_config, "predicted": cost, "error_percent": 100.0 * (cost / target - 1.0)},
+        "band": list(band),
+        "changed_layers": [layer + 1 for layer in layers if raw[layer] != indices[layer]],
+        "log_probability_given_up": float(sum(log_p[layer, raw[layer]] - log_p[layer, indices[layer]]
+                                              for layer in layers)),
+    }
 
 
 def write_arch_json(args, searcher, predictor):
@@ -657,22 +670,12 @@ def write_arch_json(args, searcher, predictor):
         "search": {name: getattr(args, name) for name in (
             "epochs", "freeze_epochs", "seed", "dataset", "num_classes", "image_size", "tradeoff_learning_rate",
             "penalty", "penalty_weight", "eta", "eta_decay", "learning_rate", "arch_learning_rate", "arch_weight_decay", "augment", "arch_split_from_train",
-            "land_within", "strict")},
+            "latch", "latch_tolerance", "latch_epochs", "land_within", "strict")},
         "tradeoff_final": searcher.state.tradeoff,
     }
-    final = arch_config
-    probabilities = model.op_probabilities().tolist()
-    if args.land_within:
-        final = land_within(final, probabilities, predictor, args.target_latency, args.land_within / 100.0)
-    if args.strict:
-        final = repair_to_target(final, probabilities, predictor, args.target_latency)
-    if final != arch_config:
-        result["unrepaired"] = {"arch_config": arch_config, "predicted": cost}
-        result["changed_layers"] = [layer for layer, (raw, changed) in enumerate(zip(arch_config, final))
-                                    if raw != changed]
-        result["arch_config"] = final
-        result["predicted"] = predictor.cost(final)
-        result["error_percent"] = 100.0 * (result["predicted"] / args.target_latency - 1.0)
+    band = constraint.landing_band(args.target_latency, args.land_within, args.strict)
+    if band is not None:
+        result.update(project_final(model, predictor, band, arch_config, cost, args.target_latency))
     write_json(os.path.join(args.save, "arch.json"), result)
     return result
 
@@ -809,10 +812,11 @@ def search_worker(args):
     if context.is_main:
         result = write_arch_json(args, searcher, predictor)
         logger.info(f"architecture: {result['arch_config']}")
-        if "unrepaired" in result:
-            unrepaired = result["unrepaired"]["predicted"]
-            logger.info(f"raw argmax: {describe_cost(predictor, unrepaired, args.target_latency)}; changed "
-                        f"layer(s) {result['changed_layers']} (--land_within/--strict)")
+        if "raw_argmax" in result:
+            logger.info(f"raw argmax: {describe_cost(predictor, result['raw_argmax']['predicted'], args.target_latency)}"
+                        f"; projected into [{result['band'][0]:.2f}, {result['band'][1]:.2f}] by changing "
+                        f"layer(s) {result['changed_layers'] or 'none'}, giving up "
+                        f"{result['log_probability_given_up']:.3f} in log-probability (--land_within/--strict)")
         logger.info(f"predicted: {describe_cost(predictor, result['predicted'], args.target_latency)}; "
                     f"written to {os.path.join(args.save, 'arch.json')}")
     cleanup_distributed()

@@ -14,6 +14,7 @@ import torch
 import data
 import latency_predictor
 import model_train
+import operations
 import search_imagenet
 import utils
 from utils import load_checkpoint, run_cli
@@ -121,7 +122,8 @@ def test_warmup_checkpoint_starts_a_search_for_another_target(finished_search, t
     ("inf tau decay", ["--tau_decay", "inf"], "--tau_decay must be non-negative, got inf"),
     ("tiny images", ["--image_size", "1"], "--image_size must be at least 16 (pixels), got 1"),
     ("stop before start", ["--stop_after_epoch", "-1"], "--stop_after_epoch must be at least 1, got -1"),
-    ("negative latch", ["--latch_tolerance", "-1"], "--latch_tolerance must be non-negative, got -1.0"),
+    ("negative latch", ["--latch_tolerance", "-1"], "--latch_tolerance must be non-negative and finite, got '-1'"),
+    ("latch word", ["--latch_tolerance", "half"], "--latch_tolerance must be a number such as 0.15 or a share"),
     ("negative clip", ["--grad_clip", "-1"], "--grad_clip must be positive, got -1.0"),
     ("momentum 1", ["--momentum", "1"], "--momentum must be in [0, 1), got 1.0"),
     ("inf weight", ["--penalty", "fixed", "--penalty_weight", "inf"], "needs a non-negative --penalty_weight"),
@@ -227,39 +229,83 @@ def test_two_processes_keep_alpha_and_lambda_identical(tiny_dataset, tmp_path):
     assert "2 process(es)" in (save / "log.txt").read_text()
 
 
-@pytest.mark.parametrize("offset", [-2.0, +2.5])
-def test_landing_brings_a_missed_argmax_within_tolerance_from_either_side(offset):
+@pytest.mark.parametrize("options, target, band", [
+    (["--land_within", "1"], 15.0, (14.85, 15.15)),
+    (["--strict"], 15.0, (-float("inf"), 15.0)),
+    (["--land_within", "2", "--strict"], 33.0, (32.34, 33.0)),
+])
+def test_land_within_and_strict_project_the_final_alpha_into_the_band(finished_search, tiny_dataset, tmp_path,
+                                                                       options, target, band):
+    save = tmp_path / "projected"
+    run_search(["--save", str(save), "--dataset", tiny_dataset, "--num_classes", "3", "--target_latency", str(target),
+                "--resume", os.path.join(finished_search, "warmup.pth.tar")] + TINY_SCHEDULE + options)
+    result = json.loads((save / "arch.json").read_text())
     predictor = latency_predictor.load_predictor()
-    start = model_train.LIGHTNETS["LightNet-24ms"]
-    target = predictor.cost(start) + offset  # the argmax misses by about 10%
-    uniform = [[1 / 7] * 7 for _ in range(21)]
-    landed = search_imagenet.land_within(start, uniform, predictor, target, 0.01)
-    assert abs(predictor.cost(landed) / target - 1) <= 0.01
-    assert landed[0] == start[0] and len(landed) == len(start)
-    # a net already within the tolerance is left alone
-    assert search_imagenet.land_within(start, uniform, predictor, predictor.cost(start) * 1.005, 0.01) == start
-    # the most probable op wins: with SkipConnect the favourite, every change to a cheaper op is a skip
-    favour_skip = [[0.05] * 6 + [0.7] for _ in range(21)]
-    landed = search_imagenet.land_within(start, favour_skip, predictor, predictor.cost(start) - 2.0, 0.01)
-    assert all(new == "SkipConnect" for old, new in zip(start, landed) if old != new)
+    low, high = band
+    assert low <= predictor.cost(result["arch_config"]) <= high
+    assert result["predicted"] == pytest.approx(predictor.cost(result["arch_config"]))
+    raw = result["raw_argmax"]["arch_config"]
+    alpha = load_checkpoint(str(save / "checkpoint.pth.tar"), what="test")["state_dict"]["alpha"].double()
+    assert raw == operations.indices_to_arch(alpha.argmax(dim=-1).tolist())  # the raw argmax is the search's own
+    assert result["raw_argmax"]["predicted"] == pytest.approx(predictor.cost(raw))
+    assert result["changed_layers"] == [layer for layer, (a, b) in enumerate(zip(raw, result["arch_config"]))
+                                        if a != b]
+    assert result["changed_layers"]  # the tiny search's argmax is nowhere near these targets
+    log_p = torch.log_softmax(alpha, dim=-1)
+    given_up = sum(float(log_p[layer - 1, operations.SEARCHABLE_OPS.index(raw[layer])]
+                         - log_p[layer - 1, operations.SEARCHABLE_OPS.index(result["arch_config"][layer])])
+                   for layer in result["changed_layers"])
+    assert result["log_probability_given_up"] == pytest.approx(given_up) and given_up > 0
 
 
-def test_strict_repair_never_exceeds_the_target():
-    predictor = latency_predictor.load_predictor()
-    slowest = model_train.LIGHTNETS["LightNet-30ms"]
-    cost = predictor.cost(slowest)
-    target = cost - 1.5
-    uniform = [[1 / 7] * 7 for _ in range(21)]
-    repaired = search_imagenet.repair_to_target(slowest, uniform, predictor, target)
-    assert predictor.cost(repaired) <= target < cost
-    changed = [layer for layer, (old, new) in enumerate(zip(slowest, repaired)) if old != new]
-    assert changed
-    for layer in changed:  # every remaining change is needed
-        reverted = repaired[:layer] + [slowest[layer]] + repaired[layer + 1:]
-        assert predictor.cost(reverted) > target
-    # an architecture already under the target is left alone
-    assert search_imagenet.repair_to_target(slowest, uniform, predictor, cost + 1) == slowest
-    # the most probable replacement wins: make SkipConnect the favourite everywhere
-    favour_skip = [[0.05] * 6 + [0.7] for _ in range(21)]
-    repaired = search_imagenet.repair_to_target(slowest, favour_skip, predictor, target)
-    assert all(new == "SkipConnect" for old, new in zip(slowest, repaired) if old != new)
+def latch_run(tiny_dataset, finished_search, save, options):
+    """The two search epochs from the tiny warm-up with `options`; the metrics
+    rows and the resolved settings."""
+    arguments = (["--save", str(save), "--dataset", tiny_dataset, "--num_classes", "3", "--target_latency", "24",
+                  "--resume", os.path.join(finished_search, "warmup.pth.tar")] + TINY_SCHEDULE
+                 + ["--latch_epochs", "2", "--arch_learning_rate", "0.5"] + options)
+    run_search(arguments)
+    settings = search_imagenet.get_args_parser().parse_args(arguments)
+    search_imagenet.resolve_schedule(settings)
+    return [row for row in read_metrics(save) if row["steps"]["argmax_cost"]], settings
+
+
+def test_scale_latch_engages_and_scales_alpha_lr_by_the_relative_miss(finished_search, tiny_dataset, tmp_path):
+    rows, settings = latch_run(tiny_dataset, finished_search, tmp_path / "scale",
+                               ["--latch", "scale", "--latch_tolerance", "30%"])
+    checked = 0
+    for row in rows:
+        steps = row["steps"]
+        scheduled = search_imagenet.scheduled_arch_lr(row["epoch"] - 1, settings)
+        for index in range(1, len(steps["argmax_cost"])):
+            if steps["latched"][index]:  # the lr of a step follows the argmax before it
+                assert steps["arch_lr"][index] == pytest.approx(
+                    scheduled * abs(steps["argmax_cost"][index - 1] / 24 - 1))
+                checked += 1
+            else:
+                assert steps["arch_lr"][index] == pytest.approx(scheduled)
+    assert checked > 0  # the latch engaged
+
+
+def test_hold_latch_keeps_the_argmax_in_the_band_with_lambda_held_at_zero(finished_search, tiny_dataset, tmp_path):
+    rows, settings = latch_run(tiny_dataset, finished_search, tmp_path / "hold",
+                               ["--latch", "hold", "--latch_tolerance", "30%"])
+    steps = {name: sum((row["steps"][name] for row in rows), []) for name in rows[0]["steps"]}
+    latched = [index for index, on in enumerate(steps["latched"]) if on]
+    assert latched, "the latch never engaged"
+    for index in latched:
+        assert abs(steps["argmax_cost"][index] / 24 - 1) < 0.30
+        assert steps["tradeoff"][index] == 0.0
+    assert latched == list(range(latched[0], len(steps["latched"])))  # once latched, always latched
+
+
+def test_lambda_follows_the_sign_of_the_miss_over_a_run(finished_search, tiny_dataset, tmp_path):
+    rows, _ = latch_run(tiny_dataset, finished_search, tmp_path / "lambda", ["--latch_tolerance", "0"])
+    costs = sum((row["steps"]["argmax_cost"] for row in rows), [])
+    tradeoffs = [0.0] + sum((row["steps"]["tradeoff"] for row in rows), [])
+    assert len(costs) == 6
+    for cost, before, after in zip(costs, tradeoffs, tradeoffs[1:]):
+        miss = cost / 24 - 1
+        assert after * miss >= 0  # a too-slow argmax never has a negative lambda, a too-fast one no positive
+        if before * miss >= 0:  # no reset: one ascent step of exactly step * miss
+            assert after - before == pytest.approx(0.05 * miss)

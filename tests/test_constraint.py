@@ -1,0 +1,94 @@
+"""The search's constraint handling (constraint.py): lambda's rule, the
+latch tolerance, and the exact projection onto a cost band, checked against
+brute force over every architecture of a small space."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+import constraint
+import latency_predictor
+
+LAYERS, OPS = 4, 7  # 7**4 = 2,401 architectures
+
+
+def brute_force(log_p, layer_costs, constant, low, high):
+    """(best sum of log p, cost) over every architecture in [low, high]."""
+    best = None
+    for indices in itertools.product(range(OPS), repeat=LAYERS):
+        cost = constant + sum(layer_costs[layer, op] for layer, op in enumerate(indices))
+        if low <= cost <= high:
+            value = sum(log_p[layer, op] for layer, op in enumerate(indices))
+            if best is None or value > best[0]:
+                best = (value, cost)
+    return best
+
+
+def random_case(rng):
+    alpha = rng.normal(0.0, rng.choice([0.3, 1.0, 3.0]), (LAYERS, OPS))
+    log_p = alpha - np.log(np.exp(alpha).sum(axis=1, keepdims=True))
+    layer_costs = rng.uniform(0.0, 3.0, (LAYERS, OPS))
+    layer_costs[:, -1] = 0.0  # a free op, like SkipConnect
+    return log_p, layer_costs, float(rng.uniform(0.0, 2.0))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_projection_is_the_brute_force_optimum_on_all_2401_architectures(seed):
+    rng = np.random.default_rng(seed)
+    log_p, layer_costs, constant = random_case(rng)
+    centre = constant + rng.uniform(0.0, 3.0 * LAYERS)
+    width = rng.choice([0.01, 0.1, 1.0])
+    for low, high in ((centre - width, centre + width), (-math.inf, centre), (centre, math.inf)):
+        expected = brute_force(log_p, layer_costs, constant, low, high)
+        found = constraint.most_probable_in_band(log_p, layer_costs, constant, low, high)
+        if expected is None:
+            assert found is None
+            continue
+        cost = constant + layer_costs[np.arange(LAYERS), found].sum()
+        assert low <= cost <= high
+        assert log_p[np.arange(LAYERS), found].sum() == pytest.approx(expected[0], abs=1e-9)
+
+
+def test_projection_keeps_an_argmax_already_in_the_band():
+    rng = np.random.default_rng(0)
+    log_p, layer_costs, constant = random_case(rng)
+    argmax = log_p.argmax(axis=1)
+    cost = constant + layer_costs[np.arange(LAYERS), argmax].sum()
+    assert constraint.most_probable_in_band(log_p, layer_costs, constant, cost - 1e-6, cost + 1e-6) == list(argmax)
+
+
+def test_projection_on_the_jetson_table_lands_every_target_fast_even_near_the_edges():
+    predictor = latency_predictor.load_predictor()
+    lowest, highest = predictor.feasible_range()
+    rng = np.random.default_rng(1)
+    for target in (lowest + 0.5, 12.5, 24.0, highest - 0.5):
+        alpha = rng.normal(0.0, 2.0, (21, 7))
+        log_p = alpha - np.log(np.exp(alpha).sum(axis=1, keepdims=True))
+        band = constraint.landing_band(target, 1.0, strict=False)
+        indices = constraint.project_to_band(log_p, predictor, *band)
+        assert band[0] <= predictor.costs(np.array([indices]))[0] <= band[1]
+
+
+def test_landing_band_is_the_intersection_of_land_within_and_strict():
+    assert constraint.landing_band(20.0, 0.0, strict=False) is None
+    assert constraint.landing_band(20.0, 1.0, strict=False) == pytest.approx((19.8, 20.2))
+    assert constraint.landing_band(20.0, 0.0, strict=True) == (-math.inf, 20.0)
+    assert constraint.landing_band(20.0, 1.0, strict=True) == pytest.approx((19.8, 20.0))
+
+
+def test_latch_tolerance_is_absolute_or_a_share_of_the_target():
+    assert constraint.tolerance_amount("0.15", 24.0) == pytest.approx(0.15)
+    assert constraint.tolerance_amount("1%", 24.0) == pytest.approx(0.24)
+    for bad in ("-1", "1e999", "x%", ""):
+        with pytest.raises(ValueError):
+            constraint.parse_tolerance(bad)
+
+
+@pytest.mark.parametrize("cost, start, expected_sign", [(26.0, 0.0, 1), (22.0, 0.0, -1), (22.0, 0.5, -1),
+                                                        (26.0, -0.5, 1)])
+def test_lambda_pushes_toward_the_target_and_is_reset_when_it_pushes_away(cost, start, expected_sign):
+    tradeoff = constraint.update_lagrange_multiplier(start, cost, 24.0, step=0.1)
+    assert np.sign(tradeoff) in (0, expected_sign)
+    assert np.sign(constraint.update_lagrange_multiplier(tradeoff, cost, 24.0, step=0.1)) == expected_sign
