@@ -2,8 +2,10 @@
 latch tolerance, and the exact projection onto a cost band, checked against
 brute force over every architecture of a small space."""
 
+import importlib.util
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,3 +94,40 @@ def test_lambda_pushes_toward_the_target_and_is_reset_when_it_pushes_away(cost, 
     tradeoff = constraint.update_lagrange_multiplier(start, cost, 24.0, step=0.1)
     assert np.sign(tradeoff) in (0, expected_sign)
     assert np.sign(constraint.update_lagrange_multiplier(tradeoff, cost, 24.0, step=0.1)) == expected_sign
+
+
+def load_landing_benchmark():
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "landing.py"
+    spec = importlib.util.spec_from_file_location("landing", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_search_and_landing_help_render():
+    """argparse expands % in help texts: a schedule value such as "1%" must
+    reach it escaped, or --help itself crashes."""
+    import search_imagenet
+
+    text = " ".join(search_imagenet.get_args_parser().format_help().split())
+    assert "share of T such as 0.5% (paper: 0.15, demo: 1%)" in text
+    assert "--variants" in load_landing_benchmark().get_args_parser().format_help()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_projection_never_gives_up_more_log_probability_than_the_greedy_repair(seed):
+    landing = load_landing_benchmark()
+    predictor = latency_predictor.load_predictor()
+    rng = np.random.default_rng(seed)
+    alpha = rng.normal(0.0, 2.0, (21, 7))
+    log_p = alpha - np.log(np.exp(alpha).sum(axis=1, keepdims=True))
+    raw = [int(op) for op in log_p.argmax(axis=1)]
+
+    def cost(indices):
+        return float(predictor.costs(np.array([indices]))[0])
+
+    low, high = constraint.landing_band(cost(raw) * 0.9, 0.25, strict=False)  # a 10% miss, a narrow band
+    greedy = landing.greedy_repair(raw, log_p, cost, low, high)
+    exact = constraint.project_to_band(log_p, predictor, low, high)
+    assert low <= cost(exact) <= high
+    assert log_p[np.arange(21), exact].sum() >= log_p[np.arange(21), greedy].sum() - 1e-9
