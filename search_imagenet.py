@@ -701,7 +701,9 @@ def write_plots(save_dir, metrics, predictor, target):
     right.plot(*constraint.step_series(metrics, "tradeoff"), color="tab:red", linewidth=0.8, alpha=0.6,
                label="lambda")
     right.set_ylabel("lambda", color="tab:red")
-    figure.legend(loc="upper right", fontsize=8)
+    handles, labels = (left + right for left, right in zip(axis.get_legend_handles_labels(),
+                                                           right.get_legend_handles_labels()))
+    right.legend(handles, labels, loc="best", fontsize=8)  # inside the axes, clear of the title
     save_figure(figure, os.path.join(save_dir, "cost.png"))
 
     figure, left = new_figure((6, 4))
