@@ -8,6 +8,10 @@ The paper's rule (Section 3): after every alpha step,
 and lambda is reset to 0 whenever it pushes the wrong way; in the last
 epochs, once |LAT(argmax) - T| is below a tolerance, alpha's learning rate
 becomes its scheduled value times |LAT/T - 1|, which holds alpha near T.
+
+Beyond the paper, also here: the latch's `hold` mode (LATCH_MODES) and the
+exact projection of the final alpha onto a cost band behind --land_within
+and --strict (project_to_band).
 """
 
 import dataclasses
@@ -31,7 +35,7 @@ class SearchState:
     """What the search carries from step to step besides the networks."""
 
     tradeoff: float   # lambda
-    latched: bool = False  # alpha's lr follows |LAT/T - 1| from now on
+    latched: bool = False  # the latch is on from now on (what it does: LATCH_MODES)
 
 
 # What the latch does once the argmax is within the tolerance of T in the

@@ -472,6 +472,10 @@ class Searcher:
         scheduled_lr = scheduled_arch_lr(epoch, args)
         lr = scheduled_lr
         band = constraint.tolerance_amount(args.latch_tolerance, args.target_latency)
+
+        def near_target(value):
+            return abs(value - args.target_latency) < band
+
         lagrange = args.penalty == "lagrange"
         cost = self.argmax_cost()
         with frozen(self.weight_parameters):  # alpha's pass needs no weight gradients
@@ -479,8 +483,7 @@ class Searcher:
                                         disable=not self.context.is_main):
                 images = images.to(self.context.device, non_blocking=True)
                 targets = targets.to(self.context.device, non_blocking=True)
-                if (lagrange and not state.latched and in_latch_window(epoch, args)
-                        and abs(cost - args.target_latency) < band):
+                if lagrange and not state.latched and in_latch_window(epoch, args) and near_target(cost):
                     state.latched = True
                     if args.latch == "hold":
                         state.tradeoff = 0.0  # the target is met: alpha learns from the cross-entropy alone
@@ -490,7 +493,7 @@ class Searcher:
                 before = self.arch_snapshot() if holding else None
                 cross_entropy, logits, sample_cost = self.alpha_step(images, targets, tau, eta, lr)
                 new_cost = self.argmax_cost()
-                undone = holding and abs(new_cost - args.target_latency) >= band
+                undone = holding and not near_target(new_cost)
                 if undone:
                     self.restore_flipped_layers(before)
                 else:
