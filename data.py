@@ -77,10 +77,12 @@ def build_flip_transform(image_size):
     ])
 
 
-def build_eval_transform(image_size=224):
-    """Evaluation preprocessing: resize the short side (256 for 224), centre crop, normalise."""
+def build_eval_transform(image_size=224, crop_ratio=EVAL_CROP_RATIO):
+    """Evaluation preprocessing: resize the short side (to 256 for 224 with
+    the recipe's crop ratio), centre crop, normalise. A network trained with
+    `build_flip_transform` never saw that zoom: evaluate it with crop_ratio 1."""
     return transforms.Compose([
-        transforms.Resize(round(image_size / EVAL_CROP_RATIO)),
+        transforms.Resize(round(image_size / crop_ratio)),
         transforms.CenterCrop(image_size),
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
@@ -191,10 +193,13 @@ class EpochSeededDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         epoch, index = key
-        # torchvision's random transforms draw from the global torch
-        # generator; fork it so the caller's stream (dropout) is untouched.
+        # torchvision's random transforms draw from the global CPU generator;
+        # fork it so the caller's stream (dropout) is untouched, and seed only
+        # it: torch.manual_seed would also reseed every CUDA generator (which
+        # fork_rng(devices=[]) does not restore) and, before CUDA starts,
+        # record a stack trace per call (most of a 32 px epoch's loading time).
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
             return self.dataset[index]
 
 

@@ -168,7 +168,8 @@ class LightNet(nn.Module):
     Dropout, Linear).
     """
 
-    def __init__(self, arch_config, num_classes=IMAGENET_CLASSES, width_mult=1.0, dropout=DEFAULT_DROPOUT):
+    def __init__(self, arch_config, num_classes=IMAGENET_CLASSES, width_mult=1.0, dropout=DEFAULT_DROPOUT,
+                 zero_init_residual=False):
         super().__init__()
         self.arch_config = validate_arch_config(arch_config)
         layout = operations.scaled_layout(width_mult)
@@ -188,6 +189,8 @@ class LightNet(nn.Module):
             nn.Linear(operations.CLASSIFIER_HIDDEN, num_classes),
         )
         initialize_weights(self)
+        if zero_init_residual:
+            zero_residual_branches(self)
 
     def forward(self, x):
         x = self.first_conv(x)
@@ -211,6 +214,17 @@ def initialize_weights(model):
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def zero_residual_branches(model):
+    """Start every residual MBConv as the identity: its branch's last
+    BatchNorm scale set to 0 (Goyal et al., 2017). Not in the paper or the
+    release; the short CPU retraining (retraining.py) uses it because at 32 px
+    a network of 22 blocks otherwise sits at the chance loss for several
+    epochs and climbs out at a seed-dependent time."""
+    for module in model.modules():
+        if isinstance(module, operations.MBConv) and module.use_residual:
+            nn.init.zeros_(module.main[-1].weight)
 
 
 def build_lightnet(arch_config, **kwargs):

@@ -85,19 +85,21 @@ class Mode:
     grid: tuple         # baseline c = w / T values (per ms), ascending
     timing_rounds: int  # end-to-end rounds per LightNet
     retrain_epochs: int  # short from-scratch retraining of each found network
+    retrain_dataset: dict  # data.synthetic_dataset parameters of that retraining
 
 
 # The search demo's data and schedule (search_imagenet.DEMO_*), for the full run.
 FULL = Mode("full", dict(search_imagenet.DEMO_DATASET), dict(search_imagenet.DEMO_SCHEDULE),
             grid=(2.5e-5, 5e-5, 1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3), timing_rounds=30,
-            retrain_epochs=retraining.SHORT_RECIPE["epochs"])
+            retrain_epochs=retraining.SHORT_RECIPE["epochs"], retrain_dataset=dict(retraining.RETRAIN_DATASET))
 # A CI-sized run: a smaller set at 16 px and 8 epochs (1 warm-up). Fewer
 # alpha steps need larger alpha and lambda steps, as in the demo.
 QUICK = Mode("quick", dict(train_per_class=16, val_per_class=16, image_size=32),
              dict(search_imagenet.DEMO_SCHEDULE, epochs=8, freeze_epochs=1, batch_size_train=32,
                   batch_size_val=8, image_size=16, tradeoff_learning_rate=5e-2, arch_learning_rate=2e-2,
                   latch_epochs=3, arch_lr_step=2, tau_decay=0.5),
-             grid=(5e-5, 2e-4, 8e-4), timing_rounds=5, retrain_epochs=1)
+             grid=(5e-5, 2e-4, 8e-4), timing_rounds=5, retrain_epochs=1,
+             retrain_dataset=dict(train_per_class=16, val_per_class=16, image_size=32))
 
 
 # ------------------------------------------------------------------ machine
@@ -806,7 +808,8 @@ def main(args):
     mlp = lp.load_predictor(args.mlp) if os.path.isfile(args.mlp) else None
     lightnas_results = [search_result(job) for job in lightnas_jobs]
     baseline_results = [search_result(job) for job in baseline_jobs]
-    retrained = retrain_found_networks(args, dataset, lightnas_jobs + baseline_jobs,
+    retrain_dataset = data.synthetic_dataset(**mode.retrain_dataset)
+    retrained = retrain_found_networks(args, retrain_dataset, lightnas_jobs + baseline_jobs,
                                        lightnas_results + baseline_results)
     lightnas = lightnas_rows(lightnas_results, args.targets, args.tolerance, mlp, retrained[:len(lightnas_jobs)])
     baseline = baseline_rows(baseline_results, args.grid, retrained[len(lightnas_jobs):])

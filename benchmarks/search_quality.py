@@ -5,37 +5,47 @@ Phase of Neural Architecture Search", ICLR 2020, found several one-shot
 methods that do not beat random sampling). For one target T on the Jetson
 table this script
 
-1. runs the demo search (`search_imagenet.py`, no --dataset: the synthetic
-   10-class set at 32 px) for T;
+1. runs --searches independent demo searches (`search_imagenet.py`, no
+   --dataset: the synthetic 10-class set at 32 px) for T, search seeds
+   --search_seed, --search_seed + 1, ...;
 2. draws architectures uniformly at random (a uniform op per layer),
    rejecting each until its predicted latency is within +-1% of T by the
    same table;
-3. scores every architecture with the supernet's inherited weights (BatchNorm
-   statistics recomputed for that path on training batches first, as in
-   single-path one-shot NAS), on the images alpha was searched on;
-4. retrains the searched network and every random one from scratch with one
-   short recipe on the same data (`retraining.SHORT_RECIPE`: train_imagenet.py
-   at 32 px, resize+flip augmentation), with several seeds;
+3. scores every architecture with each search's supernet (its inherited
+   weights, BatchNorm statistics recomputed for that path on training
+   batches first, as in single-path one-shot NAS), on the images alpha was
+   searched on;
+4. retrains every network from scratch with the short recipe
+   (`retraining.SHORT_RECIPE` on `retraining.RETRAIN_DATASET`, through
+   train_imagenet.py) with --seeds paired seeds: seed s gives every
+   architecture the same data order and the same random stream for its
+   initial weights; the --reference network (a released LightNet) is
+   retrained too, as a yardstick outside the statistics;
 5. prints and writes `search_quality.json` and `search_quality.png`: top-1
-   per architecture (mean, std over seeds), the searched network's rank and
-   percentile among the random ones, the spread across architectures next
-   to the spread across seeds, and Kendall's tau between supernet-inherited
-   and standalone accuracy.
+   per architecture (mean and std over seeds), each searched network's
+   rank, percentile and z-score among the random ones, the spread across
+   architectures next to the spread across seeds, Kendall's tau between
+   supernet and standalone accuracy (95% bootstrap interval over networks),
+   and a control: the random network the supernet itself scores best.
 
-    python3 benchmarks/search_quality.py                 # 8 random nets, 2 seeds
-    python3 benchmarks/search_quality.py --quick         # 4 random nets, 2 seeds
-    python3 benchmarks/search_quality.py --target 27 --random_nets 12 --seeds 3 --out sq27
+    python3 benchmarks/search_quality.py            # 2 searches, 16 random nets, 3 seeds (about 75 min, 2 cores)
+    python3 benchmarks/search_quality.py --quick    # 1 search, 4 random nets, 2 seeds
+    python3 benchmarks/search_quality.py --target 27 --random_nets 24 --out sq27
 
 Every run (search and each retraining) has its own folder under --out; a
 rerun with the same settings reuses the finished ones, so an interrupted
 benchmark continues where it stopped. Retrainings run --jobs at a time, each
 with one thread (on a shared CPU, more threads per process only spin).
+--toy runs the same pipeline on a tiny set in about a minute (its numbers
+mean nothing; the tests use it).
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import os
+import random
 import statistics
 import sys
 import threading
@@ -50,42 +60,77 @@ sys.path.insert(0, REPO)
 import data  # noqa: E402
 import latency_predictor  # noqa: E402
 import operations  # noqa: E402
+import reproduce_tables  # noqa: E402
 import retraining  # noqa: E402
 import search_imagenet  # noqa: E402
 import utils  # noqa: E402
 from model_search import SuperNet, one_hot_paths  # noqa: E402
+from model_train import resolve_arch_config  # noqa: E402
 from utils import UserError  # noqa: E402
 
 LATENCY_TOLERANCE = 0.01  # random networks lie within +-1% of the target
 MAX_DRAWS = 1_000_000
 BN_CALIBRATION_BATCHES = 10
+BOOTSTRAP_SAMPLES = 2000
 PRINT_LOCK = threading.Lock()  # retrainings finish on several threads
 
 
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """What the searches and retrainings run on."""
+
+    name: str
+    search_dataset: dict | None  # data.synthetic_dataset parameters; None: the search demo's own
+    search_schedule: dict | None  # search_imagenet options; None: the demo's defaults
+    retrain_dataset: dict        # data.synthetic_dataset parameters
+    retrain_recipe: dict         # changes to retraining.SHORT_RECIPE
+
+
+FULL = Scale("full", None, None, dict(retraining.RETRAIN_DATASET), {})
+# The pipeline at toy size for tests: reproduce_tables' CI-sized search, one
+# retraining epoch over 8 images per class.
+TOY = Scale("toy", dict(reproduce_tables.QUICK.dataset), dict(reproduce_tables.QUICK.schedule),
+            dict(train_per_class=8, val_per_class=8, image_size=32), dict(epochs=1, batch_size=16))
+
+
 def get_args_parser():
-    parser = argparse.ArgumentParser(description="Searched network vs random networks of equal predicted latency.",
+    parser = argparse.ArgumentParser(description="Searched networks vs random networks of equal predicted latency.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--target", type=float, default=24.0, help="target latency T, ms on the Jetson table")
-    parser.add_argument("--random_nets", type=int, default=8, help="random architectures within +-1%% of T")
-    parser.add_argument("--seeds", type=int, default=2, help="retraining seeds per architecture")
-    parser.add_argument("--quick", action="store_true", help="4 random nets, 2 seeds (about a third of the time)")
-    parser.add_argument("--retrain_epochs", type=int, default=retraining.SHORT_RECIPE["epochs"])
-    parser.add_argument("--search_seed", type=int, default=0, help="the search's --seed")
+    parser.add_argument("--searches", type=int, default=2, help="independent searches (search seeds)")
+    parser.add_argument("--random_nets", type=int, default=16, help="random architectures within +-1%% of T")
+    parser.add_argument("--seeds", type=int, default=3, help="paired retraining seeds per architecture")
+    parser.add_argument("--reference", default="LightNet-24ms",
+                        help="a released network retrained alongside, outside the statistics ('none': skip)")
+    parser.add_argument("--quick", action="store_true", help="1 search, 4 random nets, 2 seeds")
+    parser.add_argument("--toy", action="store_true", help="the whole pipeline on a tiny set (tests; numbers "
+                                                            "mean nothing)")
+    parser.add_argument("--retrain_epochs", type=int, default=None,
+                        help=f"retraining epochs (recipe: {retraining.SHORT_RECIPE['epochs']})")
+    parser.add_argument("--search_seed", type=int, default=0, help="the first search's --seed")
     parser.add_argument("--sample_seed", type=int, default=0, help="seed of the random architectures")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                        help="retrainings run side by side, one thread each")
+                        help="searches or retrainings run side by side, one thread each")
     parser.add_argument("--out", default="search-quality", help="output folder")
     return parser
 
 
 def check_args(args):
     if args.quick:
-        args.random_nets, args.seeds = 4, 2
-    if args.random_nets < 2 or args.seeds < 1 or args.jobs < 1 or args.retrain_epochs < 1:
-        raise UserError("--random_nets must be at least 2, --seeds, --jobs and --retrain_epochs at least 1")
-    if not args.target > 0:
+        args.searches, args.random_nets, args.seeds = 1, 4, 2
+    args.scale = TOY if args.toy else FULL
+    if args.retrain_epochs is None:
+        args.retrain_epochs = args.scale.retrain_recipe.get("epochs", retraining.SHORT_RECIPE["epochs"])
+    if args.random_nets < 2 or min(args.searches, args.seeds, args.jobs, args.retrain_epochs) < 1:
+        raise UserError("--random_nets must be at least 2; --searches, --seeds, --jobs and --retrain_epochs "
+                        "at least 1")
+    if not 0 < args.target < math.inf:
         raise UserError(f"--target must be a positive latency in ms, got {args.target}")
     check_target_reachable(args.target)
+    if args.reference.lower() == "none":
+        args.reference = None
+    else:
+        args.reference_arch = resolve_arch_config(args.reference)
 
 
 def check_target_reachable(target):
@@ -95,42 +140,52 @@ def check_target_reachable(target):
                         f"({lowest:.2f} to {highest:.2f} ms)")
 
 
-# --------------------------------------------------------- search, retrain
+# ------------------------------------------------------------------ searches
 
 
-def search(args):
-    """The demo search for the target, or the one a previous run finished."""
-    folder = os.path.join(args.out, "search")
-    arch_path = os.path.join(folder, "arch.json")
-    if not finished_search(arch_path, args):
-        utils.make_output_folder(args.out)
-        if os.path.exists(folder):
-            raise UserError(f"{folder} holds an unfinished or different search; remove it or choose another --out")
-        print(f"searching for {args.target:g} ms ...", flush=True)
-        started = time.time()
-        command = [sys.executable, "search_imagenet.py", "--target_latency", str(args.target),
-                   "--seed", str(args.search_seed), "--save", folder]
-        retraining.run_logged(command, os.path.join(args.out, "search.log"))
-        print(f"  done in {time.time() - started:.0f} s", flush=True)
-    with open(arch_path) as file:
-        return json.load(file), folder
+def search_jobs(args):
+    """One search job per search seed, each in its own folder."""
+    # One thread and no loading processes each: searches run --jobs at a time.
+    common = ["--target_latency", str(args.target), "--land_within", "0", "--workers", "0"]
+    if args.scale.search_dataset is not None:
+        dataset = data.synthetic_dataset(**args.scale.search_dataset)
+        classes = args.scale.search_dataset.get("num_classes", data.DEFAULT_SYNTHETIC["num_classes"])
+        common += ["--dataset", dataset, "--num_classes", str(classes)]
+        common += reproduce_tables.schedule_arguments(args.scale.search_schedule)
+    seeds = range(args.search_seed, args.search_seed + args.searches)
+    return [reproduce_tables.SearchJob(f"search seed {seed}", os.path.join(args.out, "searches", f"seed{seed}"),
+                                       common + ["--seed", str(seed)], "arch.json")
+            for seed in seeds]
 
 
-def finished_search(arch_path, args):
-    if not os.path.isfile(arch_path):
-        return False
-    with open(arch_path) as file:
-        result = json.load(file)
-    return result.get("target") == args.target and result.get("search", {}).get("seed") == args.search_seed
+def run_searches(args):
+    """Each search's arch.json and folder; finished ones are reused."""
+    jobs = search_jobs(args)
+    for job in jobs:
+        check_finished_search(job, args)
+
+    def report(job, seconds):
+        kept = "kept from an earlier run" if seconds is None else f"done in {seconds:.0f} s"
+        print(f"  {job.name}: {kept}", flush=True)
+
+    print(f"running {len(jobs)} search(es) for {args.target:g} ms ...", flush=True)
+    reproduce_tables.run_jobs(jobs, report, os.path.join(args.out, "logs"), args.jobs, threads=1)
+    results = []
+    for job in jobs:
+        with open(os.path.join(job.folder, "arch.json")) as file:
+            results.append((json.load(file), job.folder))
+    return results
 
 
-def retrain(arch_config, name, seed, dataset, args):
-    """Final val top-1 of one retraining (reused if already finished)."""
-    folder = os.path.join(args.out, "retrain", f"{name}-seed{seed}")
-    top1 = retraining.retrain(arch_config, folder, dataset, seed, args.retrain_epochs)
-    with PRINT_LOCK:
-        print(f"  {name} seed {seed}: final val top-1 {top1:.1f}%", flush=True)
-    return top1
+def check_finished_search(job, args):
+    """A kept search must be the one asked for: same target."""
+    arch_path = os.path.join(job.folder, "arch.json")
+    if os.path.isfile(arch_path):
+        with open(arch_path) as file:
+            target = json.load(file).get("target")
+        if target != args.target:
+            raise UserError(f"{job.folder} holds a search for {target} ms, not {args.target:g}; "
+                            "choose another --out or remove it")
 
 
 # ------------------------------------------------------------ architectures
@@ -155,6 +210,16 @@ def random_architectures(count, target, seed):
             raise UserError(f"fewer than {count} random architectures within 1% of {target:g} ms "
                             f"in {MAX_DRAWS} draws")
     return found, draws
+
+
+def op_mix(arch_config):
+    """Skip connections, mean kernel and mean expansion over the searched
+    layers (a SkipConnect counts in neither mean)."""
+    configs = [operations.parse_mbconv(name) for name in arch_config[1:]]
+    mbconvs = [config for config in configs if config is not None]
+    return {"skips": len(configs) - len(mbconvs),
+            "kernel": statistics.fmean(config.kernel_size for config in mbconvs),
+            "expansion": statistics.fmean(config.expansion for config in mbconvs)}
 
 
 # --------------------------------------------------------- supernet scores
@@ -206,6 +271,38 @@ def supernet_scores(search_folder, arch_configs):
     return [supernet_top1(supernet, eta, arch_config, train_loader, val_loader) for arch_config in arch_configs]
 
 
+# ---------------------------------------------------------------- retraining
+
+
+def retrain_recipe(args):
+    """The scale's changes to retraining.SHORT_RECIPE, with --retrain_epochs."""
+    return dict(args.scale.retrain_recipe, epochs=args.retrain_epochs)
+
+
+def retrain_all(nets, args):
+    """Fill each net's "top1" with its retrained val top-1 per seed."""
+    dataset = data.synthetic_dataset(**args.scale.retrain_dataset)
+    recipe = retrain_recipe(args)
+    jobs = [(net, seed) for net in nets for seed in range(args.seeds)]
+    print(f"retraining {len(jobs)} networks ({args.retrain_epochs} epochs each, {args.jobs} at a time) ...",
+          flush=True)
+
+    def retrain(job):
+        net, seed = job
+        folder = os.path.join(args.out, "retrain", f"{net['name']}-seed{seed}")
+        top1 = retraining.retrain(net["arch_config"], folder, dataset, seed, **recipe)
+        with PRINT_LOCK:
+            print(f"  {net['name']} seed {seed}: final val top-1 {top1:.2f}%", flush=True)
+        return top1
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(retrain, jobs))
+    for net in nets:
+        net["top1"] = []
+    for (net, _), top1 in zip(jobs, results):
+        net["top1"].append(top1)
+
+
 # --------------------------------------------------------------- statistics
 
 
@@ -230,51 +327,110 @@ def kendall_tau(xs, ys):
     return (concordant - discordant) / denominator if denominator else float("nan")
 
 
-def summarize(searched, random_nets):
-    """Rank, percentile, spreads and tau from the per-seed top-1 lists."""
-    def mean(values):
-        return statistics.fmean(values)
+def bootstrap_interval(xs, ys, statistic, samples=BOOTSTRAP_SAMPLES, seed=0):
+    """95% percentile-bootstrap interval of statistic(xs, ys), resampling
+    the (x, y) pairs with replacement; samples whose statistic is undefined
+    (all values tied) are left out."""
+    rng = random.Random(seed)
+    pairs = list(zip(xs, ys))
+    values = []
+    for _ in range(samples):
+        resampled = [pairs[rng.randrange(len(pairs))] for _ in pairs]
+        value = statistic([x for x, _ in resampled], [y for _, y in resampled])
+        if not math.isnan(value):
+            values.append(value)
+    if not values:
+        return float("nan"), float("nan")
+    values.sort()
+    return values[int(0.025 * (len(values) - 1))], values[int(0.975 * (len(values) - 1))]
 
-    def std(values):
-        return statistics.stdev(values) if len(values) > 1 else 0.0
 
-    searched_mean = mean(searched["top1"])
+def mean(values):
+    return statistics.fmean(values)
+
+
+def std(values):
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def standing(value, random_means):
+    """Where one mean top-1 stands among the random networks' means."""
+    spread = std(random_means)
+    return {"rank": 1 + sum(other > value for other in random_means),
+            "percentile": 100.0 * sum(other < value for other in random_means) / len(random_means),
+            "z": (value - mean(random_means)) / spread if spread else float("nan")}
+
+
+def summarize(searched, random_nets, supernets):
+    """Each searched net's standing, the spreads, and per supernet the tau
+    between its scores and standalone top-1 and the control (the random net
+    it scores best)."""
     random_means = [mean(net["top1"]) for net in random_nets]
-    everyone = [searched] + random_nets
-    return {
-        "searched_mean": searched_mean,
+    scored = searched + random_nets
+    summary = {
+        "random_mean": mean(random_means),
+        "random_std": std(random_means),
         "random_median": statistics.median(random_means),
-        "rank": 1 + sum(value > searched_mean for value in random_means),
-        "percentile": 100.0 * sum(value < searched_mean for value in random_means) / len(random_means),
-        "arch_spread": std([mean(net["top1"]) for net in everyone]),
-        "seed_spread": mean([std(net["top1"]) for net in everyone]),
-        "kendall_tau": kendall_tau([net["supernet_top1"] for net in everyone], [mean(net["top1"]) for net in everyone]),
+        "searched": [dict(standing(mean(net["top1"]), random_means), name=net["name"]) for net in searched],
+        # std of the random nets' means vs the typical std of one net over seeds
+        "arch_spread": std(random_means),
+        "seed_spread": math.sqrt(mean([std(net["top1"]) ** 2 for net in scored])),
+        "supernets": [],
     }
+    for index in range(supernets):
+        scores = [net["supernet_top1"][index] for net in scored]
+        standalone = [mean(net["top1"]) for net in scored]
+        control = max(random_nets, key=lambda net: net["supernet_top1"][index])
+        summary["supernets"].append({
+            "kendall_tau": kendall_tau(scores, standalone),
+            "kendall_tau_95": bootstrap_interval(scores, standalone, kendall_tau),
+            "control": dict(standing(mean(control["top1"]), random_means), name=control["name"]),
+        })
+    return summary
 
 
-def print_table(searched, random_nets, summary):
-    print(f"\n{'network':<10} {'predicted ms':>12} {'supernet top-1':>15} {'top-1 mean':>11} {'std':>6}  per seed")
-    rows = [("searched", searched)] + [(f"random {index + 1}", net) for index, net in enumerate(random_nets)]
-    for name, net in rows:
-        top1 = net["top1"]
-        spread = statistics.stdev(top1) if len(top1) > 1 else 0.0
-        print(f"{name:<10} {net['predicted']:>12.2f} {net['supernet_top1']:>15.1f} {statistics.fmean(top1):>11.1f} "
-              f"{spread:>6.1f}  {', '.join(f'{value:.1f}' for value in top1)}")
-    print(f"\nsearched: rank {summary['rank']} of {len(random_nets) + 1}, percentile {summary['percentile']:.0f}% "
-          f"(share of random nets below it); random median {summary['random_median']:.1f}%")
-    print(f"spread across architectures {summary['arch_spread']:.2f} points vs across seeds "
-          f"{summary['seed_spread']:.2f} points; Kendall tau (supernet vs standalone) {summary['kendall_tau']:.2f}")
+# ------------------------------------------------------------------- report
 
 
-def plot(searched, random_nets, target, path):
-    figure, axes = utils.new_figure((6, 4.5))
-    for index, net in enumerate(random_nets):
-        top1 = net["top1"]
-        axes.errorbar(net["predicted"], statistics.fmean(top1), yerr=statistics.stdev(top1) if len(top1) > 1 else 0,
-                      fmt="o", color="tab:gray", capsize=3, label="random, +-1% of T" if index == 0 else None)
-    top1 = searched["top1"]
-    axes.errorbar(searched["predicted"], statistics.fmean(top1), yerr=statistics.stdev(top1) if len(top1) > 1 else 0,
-                  fmt="*", markersize=14, color="tab:red", capsize=3, label="searched")
+def print_table(nets, summary, seeds):
+    supernet_columns = len(summary["supernets"])
+    header = " ".join(f"{f'supernet {index + 1}':>10}" for index in range(supernet_columns))
+    print(f"\n{'network':<14} {'pred. ms':>8} {header} {'skips':>5} {'k':>4} {'e':>4} {'top-1':>6} {'std':>5}  "
+          f"per seed (0..{seeds - 1})")
+    for net in nets:
+        scores = " ".join(f"{value:>10.1f}" for value in net.get("supernet_top1", [math.nan] * supernet_columns))
+        mix = net["op_mix"]
+        print(f"{net['name']:<14} {net['predicted']:>8.2f} {scores} {mix['skips']:>5} {mix['kernel']:>4.1f} "
+              f"{mix['expansion']:>4.1f} {mean(net['top1']):>6.2f} {std(net['top1']):>5.2f}  "
+              f"{', '.join(f'{value:.2f}' for value in net['top1'])}")
+    random_count = sum(net["name"].startswith("random") for net in nets)
+    print(f"\nrandom networks: mean {summary['random_mean']:.2f}%, std {summary['random_std']:.2f}, "
+          f"median {summary['random_median']:.2f}%")
+    for result in summary["searched"]:
+        print(f"{result['name']}: rank {result['rank']} of {random_count + 1}, percentile {result['percentile']:.0f}% "
+              f"(share of random nets below it), z = {result['z']:+.2f}")
+    print(f"spread across architectures {summary['arch_spread']:.2f} points (std of the random nets' means) vs "
+          f"across seeds {summary['seed_spread']:.2f} points (one net's std over seeds, pooled): ratio "
+          f"{summary['arch_spread'] / summary['seed_spread'] if summary['seed_spread'] else math.inf:.2f}")
+    for index, result in enumerate(summary["supernets"]):
+        low, high = result["kendall_tau_95"]
+        control = result["control"]
+        print(f"supernet {index + 1}: Kendall tau (supernet vs standalone) {result['kendall_tau']:+.2f}, "
+              f"95% bootstrap [{low:+.2f}, {high:+.2f}]; control, the random net it scores best: "
+              f"{control['name']}, percentile {control['percentile']:.0f}%, z = {control['z']:+.2f}")
+
+
+def plot(nets, target, path):
+    figure, axes = utils.new_figure((6.5, 4.5))
+    styles = {"searched": ("*", 14, "tab:red"), "random": ("o", 6, "tab:gray"), "reference": ("s", 8, "tab:blue")}
+    labelled = set()
+    for net in nets:
+        kind = net["kind"]
+        marker, size, colour = styles[kind]
+        label = {"searched": "searched", "random": "random, +-1% of T", "reference": net["name"]}[kind]
+        axes.errorbar(net["predicted"], mean(net["top1"]), yerr=std(net["top1"]), fmt=marker, markersize=size,
+                      color=colour, capsize=3, label=None if kind in labelled else label)
+        labelled.add(kind)
     axes.axvline(target, color="black", linewidth=0.8, linestyle=":")
     axes.set_xlabel("predicted latency, Jetson AGX Xavier table (ms)")
     axes.set_ylabel("retrained val top-1 (%), mean +- std over seeds")
@@ -286,49 +442,55 @@ def plot(searched, random_nets, target, path):
 # ---------------------------------------------------------------------- run
 
 
+def build_nets(args, searches, candidates):
+    predictor = latency_predictor.load_predictor()
+    nets = [{"name": f"searched {index + 1}", "kind": "searched", "arch_config": result["arch_config"],
+             "predicted": result["predicted"], "search_seed": result.get("search", {}).get("seed")}
+            for index, (result, _) in enumerate(searches)]
+    nets += [{"name": f"random {index + 1}", "kind": "random", "arch_config": arch_config, "predicted": cost}
+             for index, (arch_config, cost) in enumerate(candidates)]
+    if args.reference:
+        nets.append({"name": args.reference, "kind": "reference", "arch_config": list(args.reference_arch),
+                     "predicted": predictor.cost(args.reference_arch)})
+    for net in nets:
+        net["op_mix"] = op_mix(net["arch_config"])
+    return nets
+
+
 def main(args):
     check_args(args)
+    utils.make_output_folder(args.out)
     retraining.stop_children_on_sigterm()
     started = time.time()
-    arch_result, search_folder = search(args)
-    with open(os.path.join(search_folder, "args.json")) as file:
-        dataset = json.load(file)["dataset"]
+    searches = run_searches(args)
     candidates, draws = random_architectures(args.random_nets, args.target, args.sample_seed)
     print(f"{len(candidates)} random architectures within 1% of {args.target:g} ms ({draws} draws)", flush=True)
+    nets = build_nets(args, searches, candidates)
 
-    searched = {"arch_config": arch_result["arch_config"], "predicted": arch_result["predicted"]}
-    random_nets = [{"arch_config": arch_config, "predicted": cost} for arch_config, cost in candidates]
-    everyone = [searched] + random_nets
-    print("scoring every network with the supernet's weights ...", flush=True)
-    for net, score in zip(everyone, supernet_scores(search_folder, [net["arch_config"] for net in everyone])):
-        net["supernet_top1"] = score
+    print("scoring every network with each search's supernet ...", flush=True)
+    for net in nets:
+        net["supernet_top1"] = []
+    for _, folder in searches:
+        for net, score in zip(nets, supernet_scores(folder, [net["arch_config"] for net in nets])):
+            net["supernet_top1"].append(score)
 
-    names = ["searched"] + [f"random{index + 1}" for index in range(len(random_nets))]
-    jobs = [(net, name, seed) for net, name in zip(everyone, names) for seed in range(args.seeds)]
-    print(f"retraining {len(jobs)} networks ({args.retrain_epochs} epochs each, {args.jobs} at a time) ...", flush=True)
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: retrain(job[0]["arch_config"], job[1], job[2], dataset, args), jobs))
-    for net in everyone:
-        net["top1"] = []
-    for (net, _, _), top1 in zip(jobs, results):
-        net["top1"].append(top1)
-
-    summary = summarize(searched, random_nets)
-    print_table(searched, random_nets, summary)
+    retrain_all(nets, args)
+    searched = [net for net in nets if net["kind"] == "searched"]
+    random_nets = [net for net in nets if net["kind"] == "random"]
+    summary = summarize(searched, random_nets, len(searches))
+    print_table(nets, summary, args.seeds)
     report = {
         "target": args.target,
-        "searched": searched,
-        "random": random_nets,
-        "percentile": summary["percentile"],
-        "kendall_tau": summary["kendall_tau"],
+        "networks": [{key: value for key, value in net.items()} for net in nets],
         "summary": summary,
-        "retrain": dict(retraining.SHORT_RECIPE, epochs=args.retrain_epochs, seeds=args.seeds),
-        "search": arch_result.get("search", {}),
+        "retrain": dict(retraining.SHORT_RECIPE, **retrain_recipe(args), seeds=args.seeds,
+                        dataset=args.scale.retrain_dataset),
+        "searches": [result.get("search", {}) for result, _ in searches],
         "random_draws": draws,
         "seconds": time.time() - started,
     }
     utils.write_json(os.path.join(args.out, "search_quality.json"), report)
-    plot(searched, random_nets, args.target, os.path.join(args.out, "search_quality.png"))
+    plot(nets, args.target, os.path.join(args.out, "search_quality.png"))
     print(f"\nwritten: {os.path.join(args.out, 'search_quality.json')} and search_quality.png "
           f"({(time.time() - started) / 60:.1f} min)")
 
