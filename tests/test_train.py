@@ -460,3 +460,27 @@ def test_a_second_training_into_a_busy_folder_is_refused(tiny_dataset, tmp_path,
         assert capsys.readouterr().err.strip().endswith("is in use by another run; wait for it to end or choose "
                                                         "another --save")
         assert os.listdir(save) == []
+
+
+def test_flip_trained_networks_are_evaluated_on_the_whole_image_and_the_recipe_with_its_centre_crop(tiny_dataset):
+    context = utils.DistributedContext(0, 0, 1, torch.device("cpu"))
+    for augment, resized in (("flip", 32), ("recipe", round(32 / data.EVAL_CROP_RATIO))):
+        args = train_imagenet.resolve_schedule(parse(*tiny_run(tiny_dataset, "unused", "--augment", augment)))
+        loader = train_imagenet.build_val_loader(tiny_dataset, args, context)
+        resize, crop = loader.dataset.transform.transforms[:2]
+        assert (resize.size, crop.size) == (resized, (32, 32)), augment
+
+
+def test_zero_init_residual_starts_every_residual_block_as_the_identity():
+    torch.manual_seed(0)
+    plain = LightNet(resolve_arch_config(ARCH), num_classes=10)
+    zeroed = LightNet(resolve_arch_config(ARCH), num_classes=10, zero_init_residual=True)
+    residual = [block for block in zeroed.blocks if getattr(block, "use_residual", False)]
+    assert len(residual) >= 5
+    for index, block in enumerate(zeroed.blocks):
+        inputs = torch.randn(4, block.main[0].in_channels if hasattr(block, "main") else 1, 8, 8)
+        if block in residual:
+            assert torch.equal(block(inputs), inputs)
+            assert not torch.allclose(plain.blocks[index](inputs), inputs)
+        elif hasattr(block, "main"):
+            assert block.main[-1].weight.eq(1).all()  # other blocks as without the option

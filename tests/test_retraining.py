@@ -1,0 +1,71 @@
+"""retraining.py: the short recipe's command line and the reuse of finished runs."""
+
+import json
+import os
+
+import pytest
+
+import retraining
+from utils import UserError
+
+ARCH = ["MBK3E1"] + ["SkipConnect"] * 21
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """Replace train_imagenet.py by a stub that writes one metrics line per
+    epoch (val top-1 = 50 + number of runs so far); returns the commands run."""
+    commands = []
+
+    def run_logged(command, log_path, threads=None):
+        commands.append(command)
+        folder = command[command.index("--save") + 1]
+        epochs = int(command[command.index("--epochs") + 1]) - int(os.environ.get("FAKE_SHORT", "0"))
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "metrics.jsonl"), "w") as file:
+            for epoch in range(epochs):
+                file.write(json.dumps({"epoch": epoch + 1, "val_top1": 50.0 + len(commands)}) + "\n")
+        open(log_path, "w").close()
+
+    monkeypatch.setattr(retraining, "run_logged", run_logged)
+    return commands
+
+
+def test_the_command_carries_every_recipe_setting():
+    command = retraining.retrain_command(ARCH, "out", "data", 3, retraining.SHORT_RECIPE)
+    recipe = retraining.SHORT_RECIPE
+
+    def value(option):
+        return command[command.index(option) + 1]
+
+    assert json.loads(value("--arch_config")) == ARCH and value("--seed") == "3" and value("--dataset") == "data"
+    assert (int(value("--epochs")), int(value("--batch_size")), float(value("--lr")), float(value("--dropout")),
+            int(value("--image_size")), value("--augment")) == (
+        recipe["epochs"], recipe["batch_size"], recipe["lr"], recipe["dropout"], recipe["image_size"],
+        recipe["augment"])
+    assert ("--zero_init_residual" in command) == recipe["zero_init_residual"]
+    plain = retraining.retrain_command(ARCH, "out", "data", 3, dict(recipe, zero_init_residual=False))
+    assert "--zero_init_residual" not in plain
+
+
+def test_a_finished_run_is_reused_only_for_the_same_command(tmp_path, fake_training):
+    folder = str(tmp_path / "net-seed0")
+    assert retraining.retrain(ARCH, folder, "data", 0, epochs=3) == 51.0
+    assert retraining.retrain(ARCH, folder, "data", 0, epochs=3) == 51.0  # kept
+    assert len(fake_training) == 1
+    assert retraining.retrain(ARCH, folder, "data", 0, epochs=2) == 52.0  # another recipe: trained again
+    assert retraining.retrain(ARCH, folder, "data", 1, epochs=2) == 53.0  # another seed: trained again
+    assert len(fake_training) == 3
+
+
+def test_an_interrupted_or_short_run_is_not_reused(tmp_path, fake_training, monkeypatch):
+    folder = tmp_path / "net-seed0"
+    folder.mkdir()
+    (folder / "metrics.jsonl").write_text(json.dumps({"val_top1": 99.0}) + "\n")  # no command file: interrupted
+    (folder / "stale.txt").write_text("left by the interrupted run")
+    assert retraining.retrain(ARCH, str(folder), "data", 0, epochs=1) == 51.0
+    assert not (folder / "stale.txt").exists()
+    monkeypatch.setenv("FAKE_SHORT", "1")  # the run stops one epoch early
+    with pytest.raises(UserError, match="ended without 2 epochs"):
+        retraining.retrain(ARCH, str(folder), "data", 0, epochs=2)
+    assert not (folder / retraining.COMMAND_FILE).exists()
