@@ -3,10 +3,11 @@
 A searched network is only worth its accuracy after training from scratch.
 The paper retrains for 360 epochs on ImageNet; the CPU benchmarks
 (benchmarks/search_quality.py, reproduce_tables.py) cannot, so they retrain
-every network they compare with one short recipe on the demo's synthetic
-data, through `train_imagenet.py` itself, one process per network and one
-thread each (several single-threaded runs use a small CPU far better than
-one run on all cores).
+every network they compare with one short recipe (SHORT_RECIPE, about
+2.5 minutes per network on one core) on a larger version of the demo's
+synthetic set (RETRAIN_DATASET), through `train_imagenet.py` itself, one
+process per network and one thread each (several single-threaded runs use
+a small CPU far better than one run on all cores).
 
 A finished retraining is kept: its folder holds `metrics.jsonl` with one
 line per epoch and, once complete, the command that ran it; a rerun of the

@@ -753,6 +753,7 @@ def search_worker(args):
         checkpoint = load_checkpoint(resume_path, what="--resume")
         check_resume_compatible(checkpoint, args, predictor, num_classes, resume_path)
         start_epoch = searcher.restore(checkpoint)
+        check_finite_state(searcher, resume_path)
         if checkpoint["epoch"] == args.freeze_epochs:
             searcher.state = SearchState(tradeoff=args.tradeoff)  # a search from the warm-up starts a fresh lambda
         logger.info(f"resumed from {resume_path} at epoch {start_epoch}")
@@ -785,6 +786,7 @@ def search_worker(args):
         else:
             arch_loader.sampler.set_epoch(epoch)
             val_loss, val_top1, arch_lr = searcher.train_alpha(arch_loader, epoch, tau, eta, steps)
+        stop_if_diverged(epoch, train_loss, val_loss, searcher, args)
         searcher.weight_scheduler.step()
         process_states = search_state_per_process(searcher, context)
 
@@ -830,6 +832,46 @@ def search_worker(args):
         logger.info(f"predicted: {describe_cost(predictor, result['predicted'], args.target_latency)}; "
                     f"written to {os.path.join(args.save, 'arch.json')}")
     cleanup_distributed()
+
+
+def divergence(train_loss, val_loss, searcher):
+    """(what stopped being finite, the options most likely at fault), or
+    None while the losses, alpha and lambda are all finite."""
+    if not math.isfinite(train_loss):
+        return f"the weights' loss is {train_loss}", "--learning_rate or --eta"
+    if val_loss is not None and not math.isfinite(val_loss):
+        return f"alpha's loss is {val_loss}", "--tau_decay, --eta or --arch_learning_rate"
+    if not torch.isfinite(searcher.model.alpha).all():
+        return "alpha holds a value that is not finite", "--arch_learning_rate"
+    if not math.isfinite(searcher.state.tradeoff):
+        return f"lambda is {searcher.state.tradeoff}", "--tradeoff_learning_rate"
+    return None
+
+
+def check_finite_state(searcher, resume_path):
+    """A checkpoint whose weights, alpha or lambda are not finite cannot be
+    resumed: every step from it would be NaN too."""
+    weights_finite = all(torch.isfinite(value).all() for value in searcher.model.state_dict().values()
+                         if value.is_floating_point())
+    found = divergence(0.0, None, searcher) or (None if weights_finite else ("a weight is not finite", None))
+    if found is not None:
+        raise UserError(f"--resume {resume_path}: {found[0]} in this checkpoint; it cannot be resumed: "
+                        "start from an earlier checkpoint or from scratch")
+
+
+def stop_if_diverged(epoch, train_loss, val_loss, searcher, args):
+    """Stop a search whose numbers are no longer finite, before this epoch
+    is checkpointed and before any architecture is written: a diverged
+    search claims no result."""
+    found = divergence(train_loss, val_loss, searcher)
+    if found is None:
+        return
+    what, options = found
+    checkpoint = os.path.join(args.save, CHECKPOINT_NAME)
+    last = (f"; the last finite state (epoch {epoch}) is in {checkpoint}"
+            if epoch > 0 and os.path.isfile(checkpoint) else "")
+    raise UserError(f"the search diverged in epoch {epoch + 1}: {what}; check {options}{last}. "
+                    "No architecture was written")
 
 
 def check_save_folder(args):

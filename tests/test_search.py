@@ -309,3 +309,38 @@ def test_lambda_follows_the_sign_of_the_miss_over_a_run(finished_search, tiny_da
         assert after * miss >= 0  # a too-slow argmax never has a negative lambda, a too-fast one no positive
         if before * miss >= 0:  # no reset: one ascent step of exactly step * miss
             assert after - before == pytest.approx(0.05 * miss)
+
+
+@pytest.mark.parametrize("option, value, what", [
+    ("--eta", "1e308", "loss is"),
+    ("--tau_decay", "1e308", "alpha's loss is nan"),
+])
+def test_a_search_that_diverges_stops_with_one_line_and_no_architecture(option, value, what, tiny_dataset,
+                                                                         tmp_path, capsys):
+    save = tmp_path / "diverged"
+    with pytest.raises(SystemExit) as stop:
+        run_search(["--save", str(save), "--target_latency", "24", "--dataset", tiny_dataset, "--num_classes", "3",
+                    option, value] + TINY_SCHEDULE)
+    assert stop.value.code == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]  # not the bars
+    assert len(error) == 1 and "the search diverged in epoch" in error[0] and what in error[0], error
+    assert "No architecture was written" in error[0]
+    assert not (save / "arch.json").exists()
+    if (save / search_imagenet.CHECKPOINT_NAME).exists():  # only finite states were checkpointed
+        checkpoint = load_checkpoint(str(save / search_imagenet.CHECKPOINT_NAME))
+        assert torch.isfinite(checkpoint["state_dict"]["alpha"]).all() and checkpoint["epoch"] >= 1
+        assert f"(epoch {checkpoint['epoch']}) is in" in error[0]
+
+
+def test_a_checkpoint_with_a_nan_alpha_is_refused_on_resume(finished_search, tiny_dataset, tmp_path, capsys):
+    checkpoint = load_checkpoint(os.path.join(finished_search, search_imagenet.WARMUP_CHECKPOINT_NAME))
+    checkpoint["state_dict"]["alpha"][3, 2] = float("nan")
+    damaged = tmp_path / "nan.pth.tar"
+    torch.save(checkpoint, damaged)
+    with pytest.raises(SystemExit) as stop:
+        run_search(["--save", str(tmp_path / "resumed"), "--target_latency", "24", "--dataset", tiny_dataset,
+                    "--num_classes", "3", "--resume", str(damaged)] + TINY_SCHEDULE)
+    assert stop.value.code == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "alpha holds a value that is not finite" in error[0] and "cannot be resumed" in error[0]
+    assert not (tmp_path / "resumed" / "arch.json").exists()
