@@ -236,6 +236,7 @@ def measure_networks(indices, protocol, num_classes):
 
 
 def run_from_mlp(args):
+    check_table_path(args.out, replace=args.force)
     mlp = MLPPredictor(args.mlp)
     table = derive_table_from_mlp(mlp, args.num_train, args.num_holdout, args.seed)
     table["metadata"]["source"]["command"] = _command_line(args)
@@ -258,7 +259,7 @@ def run_build(args):
         raise UserError("--num_classes must be at least 1")
     if args.max_jitter_pct is not None and not args.max_jitter_pct > 0:
         raise UserError("--max_jitter_pct must be a positive percentage")
-    check_table_path(args.out)
+    check_table_path(args.out, replace=args.force)
     print(f"building a table by --method {args.method}: {describe_device(protocol.device)['name']}, {protocol.runtime}, "
           f"batch {protocol.batch_size}, {protocol.threads} thread(s), {protocol.clock} clock, {repeats} rounds "
           f"(1-min load average {load_average()})", flush=True)
@@ -451,6 +452,7 @@ def get_args_parser():
     from_mlp = commands.add_parser("from-mlp", help="derive the Jetson table from the authors' latency MLP")
     from_mlp.add_argument("--mlp", required=True, help="the authors' .pth.tar predictor")
     from_mlp.add_argument("--out", required=True, help="table to write (.json)")
+    from_mlp.add_argument("--force", action="store_true", help="replace --out if it exists")
     from_mlp.add_argument("--num_train", type=int, default=FIT_TRAIN_ARCHS,
                           help=f"random architectures to fit on (default: {FIT_TRAIN_ARCHS})")
     from_mlp.add_argument("--num_holdout", type=int, default=FIT_HOLDOUT_ARCHS,
@@ -484,6 +486,7 @@ def get_args_parser():
     build.add_argument("--num_classes", type=int, default=model_train.IMAGENET_CLASSES,
                        help="classifier outputs of the deployed network (default: 1000)")
     build.add_argument("--out", required=True, help="table to write (.json)")
+    build.add_argument("--force", action="store_true", help="replace --out if it exists")
     build.set_defaults(handler=run_build)
 
     validate = commands.add_parser("validate", help="compare a table with end-to-end measurements")
@@ -533,7 +536,7 @@ def _command_line(args):
     """The command that made a table, for its metadata."""
     options = []
     for name, value in vars(args).items():
-        if name in ("command", "handler", "out") or value is None or value is False:
+        if name in ("command", "handler", "out", "force") or value is None or value is False:
             continue
         options.append(f"--{name}" if value is True else f"--{name} {value}")
     return " ".join(["python3 latency_predictor.py", args.command] + options)

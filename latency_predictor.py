@@ -256,10 +256,14 @@ def load_table(path):
     return table
 
 
-def check_table_path(path):
-    """Refuse an --out no table can be written to, before minutes of measuring."""
+def check_table_path(path, replace=True):
+    """Refuse an --out no table can be written to, before minutes of
+    measuring; with replace=False, also one that already exists (a shipped
+    or measured table is replaced only on request)."""
     if os.path.isdir(path):
         raise UserError(f"--out {path} is a folder; give the table's file name, e.g. {path}/my_device.json")
+    if not replace and os.path.lexists(path):
+        raise UserError(f"--out {path} already exists; pass --force to replace it, or choose another --out")
     try:
         with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path))):
             pass

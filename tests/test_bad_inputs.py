@@ -179,6 +179,9 @@ CASES = {
                                      "--max_jitter_pct must be a positive"),
     "build: unknown runtime": (latency_build, ["build", "--runtime", "tensorrt", "--out", "{out}.json"],
                                "unknown runtime 'tensorrt'"),
+    "build: over an existing table": (latency_build, ["build", "--out", "{text}"], "already exists; pass --force"),
+    "from-mlp: over an existing table": (latency_build, ["from-mlp", "--mlp", "{pickle}", "--out", "{text}"],
+                                         "already exists; pass --force"),
     # checkpoints
     "search: resume a text file": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--num_classes", "3", "--resume", "{text}"],
                                    "could not be loaded"),
