@@ -94,7 +94,42 @@ def image_folder(root, split, transform=None):
     order), after checking its layout so that a wrong path is a UserError."""
     folder = Path(root) / split
     check_image_folder(folder)
-    return datasets.ImageFolder(str(folder), transform=transform, loader=load_rgb_image)
+    return ImageFolderOnce(str(folder), transform=transform, loader=load_rgb_image)
+
+
+def walk_once(folder):
+    """(folder, file names) for `folder` and every folder below it, following
+    symlinked folders as ImageFolder does but entering each real folder once,
+    so that a link cycle (`loop -> .`) ends instead of repeating the same
+    files until the path is too long. Sub-folders are visited in sorted order."""
+    seen = set()
+    for path, folder_names, file_names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(path)
+        if real in seen:
+            folder_names[:] = []
+            continue
+        seen.add(real)
+        folder_names.sort()
+        yield path, file_names
+
+
+class ImageFolderOnce(datasets.ImageFolder):
+    """ImageFolder whose scan follows no symlink cycle and lists each real
+    image file once (two links to one file are one sample). The samples and
+    their order are ImageFolder's otherwise."""
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        samples, seen = [], set()
+        for class_name in sorted(class_to_idx):
+            for path, file_names in sorted(walk_once(os.path.join(directory, class_name))):
+                for name in sorted(file_names):
+                    file_path = os.path.join(path, name)
+                    real = os.path.realpath(file_path)
+                    if name.lower().endswith(IMG_EXTENSIONS) and real not in seen:
+                        seen.add(real)
+                        samples.append((file_path, class_to_idx[class_name]))
+        return samples
 
 
 def check_image_folder(folder):
@@ -116,7 +151,7 @@ def check_image_folder(folder):
 
 def holds_an_image(folder):
     """Whether `folder` or any folder below it holds a file ImageFolder would load."""
-    for _, _, file_names in os.walk(folder, followlinks=True):
+    for _, file_names in walk_once(folder):
         if any(name.lower().endswith(IMG_EXTENSIONS) for name in file_names):
             return True
     return False

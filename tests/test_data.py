@@ -264,3 +264,23 @@ def test_train_transform_hue_is_the_callers_choice():
     assert jitter(data.build_train_transform(64, hue=0.1)).hue == pytest.approx((-0.1, 0.1))
     assert jitter(data.build_train_transform(64, color_jitter=(0.2, 0.3, 0.4))).brightness == \
         pytest.approx((0.8, 1.2))
+
+
+def test_scanning_lists_what_imagefolder_lists_and_follows_no_symlink_cycle(tmp_path):
+    from torchvision import datasets
+
+    root = data.write_synthetic_dataset(tmp_path / "set", num_classes=3, train_per_class=4, val_per_class=2,
+                                        image_size=16, seed=0)
+    plain = datasets.ImageFolder(str(Path(root) / "train"))
+    assert data.image_folder(root, "train").samples == plain.samples  # same samples, same order
+    class_folder = Path(root) / "train" / plain.classes[0]
+    (class_folder / "loop").symlink_to(".", target_is_directory=True)  # a cycle
+    (class_folder / "again.png").symlink_to(sorted(class_folder.glob("*.png"))[0])  # a second name for one file
+    outside = tmp_path / "more"
+    outside.mkdir()
+    Image.new("RGB", (16, 16)).save(outside / "extra.png")
+    (class_folder / "more").symlink_to(outside, target_is_directory=True)  # a linked folder is still followed
+    scanned = data.image_folder(root, "train")
+    assert len(scanned) == len(plain) + 1
+    assert sum(path.endswith("extra.png") for path, _ in scanned.samples) == 1
+    assert data.holds_an_image(class_folder)
