@@ -24,6 +24,7 @@ Example::
 """
 
 import colorsys
+import hashlib
 import json
 import os
 import shutil
@@ -165,6 +166,21 @@ def load_rgb_image(path):
     except (OSError, SyntaxError) as error:  # Pillow's errors for unreadable/corrupt files
         message = f"cannot read image {path} ({error}): replace or delete the file"
         raise UserError(message) from error
+
+
+def dataset_fingerprint(dataset):
+    """What identifies the images of an ImageFolder (or a Subset of one):
+    its classes, its image count and a SHA-256 of its files' paths relative
+    to the folder, in order. Moving the folder keeps it; adding, removing or
+    renaming an image changes it."""
+    indices = None
+    if isinstance(dataset, torch.utils.data.Subset):
+        dataset, indices = dataset.dataset, dataset.indices
+    samples = dataset.samples if indices is None else [dataset.samples[index] for index in indices]
+    digest = hashlib.sha256()
+    for path, label in samples:
+        digest.update(f"{os.path.relpath(path, dataset.root)}\t{label}\n".encode())
+    return {"classes": list(dataset.classes), "images": len(samples), "files_sha256": digest.hexdigest()}
 
 
 def keep_first_classes(dataset, num_classes, path):

@@ -390,10 +390,11 @@ def average_gradients(parameters, world_size):
 class Searcher:
     """Holds the supernet, optimizers and predictor; runs the three passes."""
 
-    def __init__(self, args, context, predictor, num_classes):
+    def __init__(self, args, context, predictor, num_classes, dataset_fingerprint):
         self.args = args
         self.context = context
         self.predictor = predictor
+        self.dataset_fingerprint = dataset_fingerprint  # kept in checkpoints: a resume must use the same images
         self.model = SuperNet(num_classes, shortcuts=args.eta > 0).to(context.device)
         if context.distributed and context.device.type == "cuda":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -566,6 +567,7 @@ class Searcher:
             "rng": rng_states(),
             "search_space_hash": operations.search_space_hash(),
             "predictor": self.predictor.identifier,
+            "dataset": self.dataset_fingerprint,
             "args": vars(self.args),
         }
 
@@ -606,16 +608,19 @@ def check_search_checkpoint(checkpoint, path):
                         f"{', '.join(missing) or 'args or classifier weights'}); start the search again")
 
 
-def check_resume_compatible(checkpoint, args, predictor, num_classes, path):
-    """Refuse a checkpoint from another search space, dataset size or
-    schedule; a warm-up checkpoint may start a search for any target."""
+def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, path):
+    """Refuse a checkpoint from another search space, dataset or schedule;
+    a warm-up checkpoint may start a search for any target, into a folder
+    other than the one that holds its own search."""
     check_search_checkpoint(checkpoint, path)
     if checkpoint["search_space_hash"] != operations.search_space_hash():
         raise UserError(f"--resume: {path} was made for a different search space")
     saved = checkpoint["args"]
     classifier = checkpoint["state_dict"]["classifier.3.weight"]
+    num_classes = len(dataset_fingerprint["weights"]["classes"])
     if classifier.shape[0] != num_classes:
         raise UserError(f"--resume: {path} has {classifier.shape[0]} classes, this dataset {num_classes}")
+    check_same_dataset(checkpoint.get("dataset"), dataset_fingerprint, path)
     for name in ("epochs", "freeze_epochs", "seed", "image_size", "batch_size_train", "batch_size_val", "eta",
                  "eta_decay", "warmup_epochs", "arch_split_from_train"):
         if saved.get(name) != getattr(args, name):
@@ -623,12 +628,37 @@ def check_resume_compatible(checkpoint, args, predictor, num_classes, path):
                             "use the same settings to continue")
     is_warmup = checkpoint["epoch"] == args.freeze_epochs
     same_target = (saved["target_latency"] == args.target_latency and checkpoint["predictor"] == predictor.identifier
+                   and saved.get("metric", "latency") == args.metric
                    and saved.get("penalty", "lagrange") == args.penalty
                    and saved.get("penalty_weight") == args.penalty_weight)
+    into_its_own_folder = os.path.abspath(os.path.dirname(path)) == os.path.abspath(args.save)
+    if into_its_own_folder and not same_target:
+        raise UserError(f"--resume: {path} belongs to the search in {args.save} (for {saved['target_latency']:g} "
+                        f"on {checkpoint['predictor']}, {saved.get('penalty', 'lagrange')} penalty); a search for "
+                        "another target or predictor from it needs a new --save")
     if not (is_warmup or same_target):
         raise UserError(f"--resume: {path} searched for {saved['target_latency']:g} on {checkpoint['predictor']} "
                         f"with the {saved.get('penalty', 'lagrange')} penalty; "
                         f"to search for another target, start from its {WARMUP_CHECKPOINT_NAME}")
+
+
+def check_same_dataset(saved, current, path):
+    """Refuse to continue a search on other images than it started on (a
+    checkpoint from before fingerprints were kept is not checked)."""
+    if saved is None:
+        return
+    for split, what in (("weights", "the weights' images"), ("alpha", "alpha's images")):
+        before, now = saved[split], current[split]
+        if before["classes"] != now["classes"]:
+            change = f"its classes differ ({len(before['classes'])} then, {len(now['classes'])} now)"
+        elif before["images"] != now["images"]:
+            change = f"{before['images']} images then, {now['images']} now"
+        elif before["files_sha256"] != now["files_sha256"]:
+            change = "the same number of images, but other files"
+        else:
+            continue
+        raise UserError(f"--resume: {path} searched on another dataset: {what}, {change}; continue it with the "
+                        "same --dataset, or start a new search")
 
 
 # ------------------------------------------------------------------- outputs
@@ -736,26 +766,30 @@ def search_worker(args):
     share_cpu_threads(context)
     if args.dataset is None:
         args.dataset = data.synthetic_dataset_once(context, **DEMO_DATASET)
-    if context.is_main:  # only the main process writes; the others only read args.save
-        os.makedirs(args.save, exist_ok=True)
-        write_json(os.path.join(args.save, "args.json"), vars(args))
     predictor = latency_predictor.load_predictor(args.lut, metric=args.metric)
-    logger = run_logger(context, args.save, "search")
-
     train_set, arch_set, classes = build_datasets(args)
     num_classes = len(classes)
+    fingerprint = {"weights": data.dataset_fingerprint(train_set), "alpha": data.dataset_fingerprint(arch_set)}
     seed_everything(args.seed)  # the same initial weights and alpha on every process
-    searcher = Searcher(args, context, predictor, num_classes)
+    searcher = Searcher(args, context, predictor, num_classes, fingerprint)
     seed_everything(args.seed + context.rank)  # then each its own augmentation and dropout
     start_epoch = 0
     resume_path = resolve_resume_path(args.resume)
     if resume_path is not None:
         checkpoint = load_checkpoint(resume_path, what="--resume")
-        check_resume_compatible(checkpoint, args, predictor, num_classes, resume_path)
+        check_resume_compatible(checkpoint, args, predictor, fingerprint, resume_path)
         start_epoch = searcher.restore(checkpoint)
         check_finite_state(searcher, resume_path)
         if checkpoint["epoch"] == args.freeze_epochs:
             searcher.state = SearchState(tradeoff=args.tradeoff)  # a search from the warm-up starts a fresh lambda
+    # Only now, every check passed, does the run write into --save (only the
+    # main process writes; the others only read args.save): args.json
+    # always describes the run that continues or starts here.
+    if context.is_main:
+        os.makedirs(args.save, exist_ok=True)
+        write_json(os.path.join(args.save, "args.json"), vars(args))
+    logger = run_logger(context, args.save, "search")
+    if resume_path is not None:
         logger.info(f"resumed from {resume_path} at epoch {start_epoch}")
 
     train_loader = data.seeded_loader(train_set, args.batch_size_train // context.world_size, args.seed, context,

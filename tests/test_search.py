@@ -344,3 +344,49 @@ def test_a_checkpoint_with_a_nan_alpha_is_refused_on_resume(finished_search, tin
     error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "alpha holds a value that is not finite" in error[0] and "cannot be resumed" in error[0]
     assert not (tmp_path / "resumed" / "arch.json").exists()
+
+
+def resume_refusal(arguments, capsys):
+    """The one error line of a refused search, after checking it exits 2."""
+    with pytest.raises(SystemExit) as stop:
+        run_search(arguments + TINY_SCHEDULE)
+    assert stop.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+@pytest.mark.parametrize("change, expected", [
+    ("more images", "the weights' images, 12 images then, 15 now"),
+    ("other files", "the weights' images, the same number of images, but other files"),
+])
+def test_resume_on_another_dataset_is_refused_and_writes_nothing(change, expected, finished_search, tiny_dataset,
+                                                                 tmp_path, capsys):
+    other = tmp_path / "other"
+    if change == "more images":
+        data.write_synthetic_dataset(other, num_classes=3, train_per_class=5, val_per_class=4, image_size=32, seed=0)
+    else:
+        data.write_synthetic_dataset(other, num_classes=3, train_per_class=4, val_per_class=4, image_size=32, seed=0)
+        first = sorted((other / "train").rglob("*.png"))[0]
+        first.rename(first.with_name("renamed.png"))
+    save = tmp_path / "branch"
+    error = resume_refusal(["--save", str(save), "--target_latency", "26", "--dataset", str(other),
+                            "--num_classes", "3", "--resume", os.path.join(finished_search, "warmup.pth.tar")], capsys)
+    assert "searched on another dataset" in error and expected in error, error
+    assert not save.exists()  # nothing written: not even args.json or an empty log
+
+
+def test_a_search_cannot_continue_in_its_own_folder_for_another_target(tiny_dataset, tmp_path, capsys):
+    save = tmp_path / "search-24ms"
+    run_search(["--save", str(save), "--target_latency", "24", "--dataset", tiny_dataset, "--num_classes", "3",
+                "--stop_after_epoch", "1"] + TINY_SCHEDULE)  # stopped at the end of its warm-up
+    before = {path.name: path.read_bytes() for path in save.iterdir()}
+    error = resume_refusal(["--save", str(save), "--target_latency", "22", "--dataset", tiny_dataset,
+                            "--num_classes", "3", "--resume", str(save)], capsys)
+    assert "needs a new --save" in error, error
+    assert {path.name: path.read_bytes() for path in save.iterdir()} == before  # args.json still says 24 ms
+    assert json.loads((save / "args.json").read_text())["target_latency"] == 24
+    # the same checkpoint branches into a new folder
+    run_search(["--save", str(tmp_path / "search-22ms"), "--target_latency", "22", "--dataset", tiny_dataset,
+                "--num_classes", "3", "--resume", str(save / "checkpoint.pth.tar")] + TINY_SCHEDULE)
+    assert json.loads((tmp_path / "search-22ms" / "arch.json").read_text())["target"] == 22
