@@ -213,11 +213,15 @@ def random_architectures(count, target, seed):
 
 
 def op_mix(arch_config):
-    """Skip connections, mean kernel and mean expansion over the searched
-    layers (a SkipConnect counts in neither mean)."""
+    """Skip connections (all, and those on a stride-2 layer, where the skip
+    is a strided 1x1 conv that keeps a quarter of the positions), mean kernel
+    and mean expansion over the searched layers (a SkipConnect counts in
+    neither mean)."""
     configs = [operations.parse_mbconv(name) for name in arch_config[1:]]
     mbconvs = [config for config in configs if config is not None]
+    strides = [spec.stride for spec in operations.LAYOUT[1:]]
     return {"skips": len(configs) - len(mbconvs),
+            "strided_skips": sum(config is None and stride == 2 for config, stride in zip(configs, strides)),
             "kernel": statistics.fmean(config.kernel_size for config in mbconvs),
             "expansion": statistics.fmean(config.expansion for config in mbconvs)}
 
@@ -395,13 +399,13 @@ def summarize(searched, random_nets, supernets):
 def print_table(nets, summary, seeds):
     supernet_columns = len(summary["supernets"])
     header = " ".join(f"{f'supernet {index + 1}':>10}" for index in range(supernet_columns))
-    print(f"\n{'network':<14} {'pred. ms':>8} {header} {'skips':>5} {'k':>4} {'e':>4} {'top-1':>6} {'std':>5}  "
-          f"per seed (0..{seeds - 1})")
+    print(f"\n{'network':<14} {'pred. ms':>8} {header} {'skips':>5} {'s2':>3} {'k':>4} {'e':>4} {'top-1':>6} "
+          f"{'std':>5}  per seed (0..{seeds - 1})")
     for net in nets:
         scores = " ".join(f"{value:>10.1f}" for value in net.get("supernet_top1", [math.nan] * supernet_columns))
         mix = net["op_mix"]
-        print(f"{net['name']:<14} {net['predicted']:>8.2f} {scores} {mix['skips']:>5} {mix['kernel']:>4.1f} "
-              f"{mix['expansion']:>4.1f} {mean(net['top1']):>6.2f} {std(net['top1']):>5.2f}  "
+        print(f"{net['name']:<14} {net['predicted']:>8.2f} {scores} {mix['skips']:>5} {mix['strided_skips']:>3} "
+              f"{mix['kernel']:>4.1f} {mix['expansion']:>4.1f} {mean(net['top1']):>6.2f} {std(net['top1']):>5.2f}  "
               f"{', '.join(f'{value:.2f}' for value in net['top1'])}")
     random_count = sum(net["name"].startswith("random") for net in nets)
     print(f"\nrandom networks: mean {summary['random_mean']:.2f}%, std {summary['random_std']:.2f}, "

@@ -68,7 +68,8 @@ def test_bootstrap_interval_brackets_the_statistic_and_narrows_with_agreement():
 def test_op_mix_counts_skips_and_averages_the_mbconvs():
     arch = [operations.FIXED_FIRST_OP, "SkipConnect", "MBK3E6", "MBK7E3"] + ["SkipConnect"] * 18
     mix = search_quality.op_mix(arch)
-    assert mix == {"skips": 19, "kernel": 5.0, "expansion": 4.5}  # the fixed first op is not searched
+    # the fixed first op is not searched; layers 1, 3, 6 and 13 have stride 2 (here 1, 6 and 13 skip)
+    assert mix == {"skips": 19, "strided_skips": 3, "kernel": 5.0, "expansion": 4.5}
 
 
 def test_random_architectures_lie_within_one_percent_and_differ():
