@@ -44,7 +44,7 @@ from constraint import SearchState
 from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
 from utils import (
     AverageMeter, MetricsFile, UserError, accuracy, add_device_arguments, all_gather_objects, all_reduce_sum,
-    cleanup_distributed, frozen, init_distributed, launch, load_checkpoint, resolve_device_type, rng_states, run_cli,
+    check_seed, cleanup_distributed, frozen, init_distributed, launch, load_checkpoint, resolve_device_type, rng_states, run_cli,
     new_figure, run_folder_lock, run_logger, save_checkpoint, save_figure, share_cpu_threads, seed_everything,
     set_rng_states, write_json,
 )
@@ -260,6 +260,7 @@ NUMBER_RULES = (
 
 
 def validate_settings(args):
+    check_seed(args.seed)
     for names, test, description in NUMBER_RULES:
         for name in names:
             value = getattr(args, name)

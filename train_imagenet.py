@@ -231,11 +231,11 @@ def check_numbers(args, world_size):
         (0 < args.ema_decay < 1, "--ema_decay must be in (0, 1)"),
         (args.workers is None or args.workers >= 0, "--workers must be non-negative"),
         (args.prefetch_factor >= 1, "--prefetch_factor must be at least 1"),
-        (args.seed >= 0, "--seed must be non-negative"),
     ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    utils.check_seed(args.seed)
     if args.batch_size % world_size:
         raise UserError(f"--batch_size {args.batch_size} is the global batch and must divide evenly "
                         f"over {world_size} processes")

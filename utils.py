@@ -166,6 +166,16 @@ def run_logger(context, save_dir, name):
     return logger
 
 
+# numpy seeds must lie below 2**32; runs add small offsets (the process rank,
+# one per data loader) to --seed, so --seed stays below 2**31.
+MAX_SEED = 2**31 - 1
+
+
+def check_seed(seed):
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
