@@ -44,9 +44,9 @@ from constraint import SearchState
 from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
 from utils import (
     AverageMeter, MetricsFile, UserError, accuracy, add_device_arguments, all_gather_objects, all_reduce_sum,
-    check_seed, cleanup_distributed, frozen, init_distributed, launch, load_checkpoint, resolve_device_type, rng_states, run_cli,
-    new_figure, run_folder_lock, run_logger, save_checkpoint, save_figure, share_cpu_threads, seed_everything,
-    set_rng_states, write_json,
+    check_seed, cleanup_distributed, frozen, init_distributed, launch, load_checkpoint, resolve_device_type,
+    rng_states, run_cli, new_figure, run_folder_lock, run_logger, save_checkpoint, save_figure, share_cpu_threads,
+    seed_everything, set_rng_states, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
