@@ -636,7 +636,7 @@ def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, pa
     if into_its_own_folder and not same_target:
         raise UserError(f"--resume: {path} belongs to the search in {args.save} (for {saved['target_latency']:g} "
                         f"on {checkpoint['predictor']}, {saved.get('penalty', 'lagrange')} penalty); a search for "
-                        "another target or predictor from it needs a new --save")
+                        "another target, predictor or penalty from it needs a new --save")
     if not (is_warmup or same_target):
         raise UserError(f"--resume: {path} searched for {saved['target_latency']:g} on {checkpoint['predictor']} "
                         f"with the {saved.get('penalty', 'lagrange')} penalty; "

@@ -199,7 +199,8 @@ def test_fixed_penalty_baseline_needs_no_lambda_and_cannot_switch_on_resume(fini
     assert expected_cost[1] < expected_cost[0] - 2.0, expected_cost
     with pytest.raises(SystemExit):
         run_search(["--save", save, "--target_latency", "24", "--resume", save] + options)
-    assert "with the fixed penalty" in capsys.readouterr().err
+    assert "fixed penalty); a search for another target, predictor or penalty from it needs a new --save" in (
+        capsys.readouterr().err)
 
 
 def test_existing_search_is_not_overwritten(finished_search, tiny_dataset, capsys):
