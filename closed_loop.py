@@ -13,7 +13,10 @@ Steps (each reused when its output exists, so an interrupted loop continues):
 3. the found network timed end to end with the table's protocol (batch,
    threads, runtime, reference network): its latency now, and scaled to the
    reference network's speed when the table was built (so drift of the
-   machine since then does not count).
+   machine since then does not count);
+4. on a CPU, the found network timed as a user's script runs it: alone, in
+   fresh processes started under the table's condition (the line `build`
+   prints), with the reference network in fresh processes between them.
 """
 
 import argparse
@@ -22,6 +25,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 import latency_build
 import latency_predictor as lp
 import latency_timing
@@ -29,6 +34,8 @@ from utils import UserError, atomic_write, make_output_folder, run_cli
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LOOP_ROUNDS = 100  # end-to-end rounds for the found network
+LOOP_PROCESSES = 5  # fresh processes the found network is timed in (each alone, as deployed)
+LOOP_WARMUP_S = latency_timing.DEFAULT_WARMUP_S
 LOOP_SEED = 3
 
 
@@ -70,13 +77,41 @@ def measure_found(table_path, arch_config, rounds):
     return now, scaled
 
 
-def report(target, found, now, scaled):
+def measure_found_in_fresh_processes(table_path, arch_config, processes):
+    """(ms, ms at the table's reference level or None, the condition's line)
+    of the found network, timed alone in each of `processes` fresh processes
+    under the table's condition (medians over the processes); None for a GPU
+    table or one without a condition."""
+    metadata = lp.load_table(table_path)["metadata"]
+    line = latency_build.table_condition(metadata)
+    if line is None or processes == 0:
+        return None
+    level = latency_build.table_reference_level(metadata)
+    protocol = latency_build.validation_protocol(metadata, "cpu", None, None, LOOP_WARMUP_S, 1, LOOP_SEED)
+    results = latency_timing.time_in_fresh_processes([arch_config] * processes, protocol, metadata["num_classes"],
+                                                     "deployment", with_reference=level is not None,
+                                                     desc="the found network in fresh processes")
+    measured = float(np.median([result["value"] for result in results]))
+    scaled = float(np.median([result["ratio_to_reference"] for result in results])) * level if level else None
+    return measured, scaled, line
+
+
+def from_target(value, target):
+    return f"{value:.2f} ms ({(value / target - 1) * 100:+.2f}% from the target)"
+
+
+def report(target, found, now, scaled, fresh=None):
     lines = [f"target {target:g} ms; the table predicts {found['predicted']:.2f} ms for the found network "
              f"({found['error_percent']:+.2f}%)",
-             f"measured end to end now: {now:.2f} ms ({(now / target - 1) * 100:+.2f}% from the target)"]
+             f"measured end to end now: {from_target(now, target)}"]
     if scaled is not None:
-        lines.append(f"measured, at the machine's speed when the table was built: {scaled:.2f} ms "
-                     f"({(scaled / target - 1) * 100:+.2f}% from the target)")
+        lines.append(f"measured, at the machine's speed when the table was built: {from_target(scaled, target)}")
+    if fresh is not None:
+        measured, fresh_scaled, line = fresh
+        lines.append(f"alone in fresh processes started with {line}: {from_target(measured, target)}")
+        if fresh_scaled is not None:
+            lines.append(f"  the same, at the machine's speed when the table was built: "
+                         f"{from_target(fresh_scaled, target)}")
     for line in lines:
         print(line)
     return lines
@@ -108,6 +143,9 @@ def get_args_parser():
                         "in one string, e.g. \"--runtime onnxruntime\"")
     parser.add_argument("--rounds", type=int, default=LOOP_ROUNDS,
                         help=f"timed rounds for the found network (default: {LOOP_ROUNDS})")
+    parser.add_argument("--fresh_processes", type=int, default=LOOP_PROCESSES,
+                        help="fresh processes the found network is timed in alone, under the table's condition, "
+                             f"as a user's script runs it (CPU tables; 0: skip; default: {LOOP_PROCESSES})")
     parser.add_argument("search_options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
@@ -117,6 +155,8 @@ def main(args):
         raise UserError("--target_latency must be a positive number of ms")
     if args.rounds < 1:
         raise UserError("--rounds must be at least 1")
+    if args.fresh_processes < 0:
+        raise UserError("--fresh_processes must be 0 or more")
     search_options = args.search_options[1:] if args.search_options[:1] == ["--"] else args.search_options
     for reserved in ("--save", "--lut", "--target_latency"):
         if reserved in search_options:
@@ -139,7 +179,8 @@ def main(args):
     found = search(table, args.target_latency, out, search_options)
     print(f"== timing the found network end to end ({args.rounds} rounds)", flush=True)
     now, scaled = measure_found(table, found["arch_config"], args.rounds)
-    lines = report(args.target_latency, found, now, scaled)
+    fresh = measure_found_in_fresh_processes(table, found["arch_config"], args.fresh_processes)
+    lines = report(args.target_latency, found, now, scaled, fresh)
     report_path = os.path.join(out, "report.txt")
     with atomic_write(report_path) as file:
         file.write("\n".join(lines + [f"architecture: {found['arch_config']}", f"table: {table}"]) + "\n")

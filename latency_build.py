@@ -27,10 +27,11 @@ from latency_predictor import (DEFAULT_LUT, FIT_HOLDOUT_ARCHS, FIT_SEED, FIT_TRA
                                entries_from_values, fit_additive, fixed_probes, layer_keys, layer_probes,
                                load_predictor, load_table, new_table, rounded_value, sample_architectures,
                                table_predictor, text_to_arch, write_table)
-from latency_timing import (CLOCKS, DEFAULT_CLOCK, DEFAULT_CPU_THREADS, DEFAULT_RUNTIME, DEFAULT_WARMUP_S,
-                            REFERENCE_NETWORK, RUNTIMES, SPREAD_NAMES, describe_device, describe_protocol,
-                            describe_runtime, load_average, make_protocol, measure, measure_arch_configs,
-                            noise_report, reference_level, session_statistics, time_networks)
+from latency_timing import (CLOCKS, CONDITIONS, DEFAULT_CLOCK, DEFAULT_CPU_THREADS, DEFAULT_RUNTIME,
+                            DEFAULT_WARMUP_S, REFERENCE_NETWORK, RUNTIMES, SPREAD_NAMES, deployment_line,
+                            describe_device, describe_protocol, describe_runtime, load_average, make_protocol, measure,
+                            measure_arch_configs, noise_report, reference_level, session_statistics,
+                            time_in_fresh_processes, time_networks)
 from operations import LAYOUT, NUM_LAYERS, NUM_OPS, NUM_SEARCHABLE_LAYERS
 from utils import UserError, new_figure, resolve_device, run_cli, save_figure, write_csv
 
@@ -56,12 +57,14 @@ MIN_CALIBRATION_ARCHS = 5  # a scale and an offset from fewer points would fit n
 
 
 def error_summary(predicted, measured):
-    """Relative errors of predictions against measurements (in percent), and R^2."""
+    """Relative errors of predictions against measurements (in percent; the
+    bias is the mean signed error, negative when the prediction is low), and R^2."""
     predicted, measured = np.asarray(predicted, dtype=np.float64), np.asarray(measured, dtype=np.float64)
-    errors = np.abs(predicted - measured) / measured * 100
+    signed = (predicted - measured) / measured * 100
+    errors = np.abs(signed)
     residual = ((predicted - measured) ** 2).sum()
     spread = ((measured - measured.mean()) ** 2).sum()
-    summary = {"count": int(len(measured)), "mean_abs_pct": errors.mean(),
+    summary = {"count": int(len(measured)), "mean_abs_pct": errors.mean(), "bias_pct": signed.mean(),
                "p95_abs_pct": np.percentile(errors, 95), "max_abs_pct": errors.max(),
                "r2": 1 - residual / spread if spread > 0 else float("nan")}
     for threshold in ERROR_THRESHOLDS_PCT:
@@ -85,7 +88,8 @@ def kendall_tau(first, second):
 def format_summary(summary):
     within = "  ".join(f"within {threshold}%: {summary[f'within_{threshold}_pct']:5.1f}%"
                        for threshold in ERROR_THRESHOLDS_PCT)
-    return (f"mean |err| {summary['mean_abs_pct']:6.2f}%  max |err| {summary['max_abs_pct']:6.2f}%  "
+    bias = f"bias {summary['bias_pct']:+6.2f}%  " if "bias_pct" in summary else ""  # older tables lack it
+    return (f"mean |err| {summary['mean_abs_pct']:6.2f}%  {bias}max |err| {summary['max_abs_pct']:6.2f}%  "
             f"{within}  Kendall tau {summary.get('kendall_tau', float('nan')):.3f}  R^2 {summary['r2']:.4f}  "
             f"(n={summary['count']})")
 
@@ -277,6 +281,10 @@ def run_build(args):
     if args.method == "fit":
         print(f"fit on {metadata['source']['networks']} networks: "
               + format_summary(metadata["source"]["fit_vs_measured"]))
+    condition = table_condition(metadata)
+    if condition:
+        print(f"condition: the table predicts a network run alone in a process started as\n"
+              f"  {condition} python3 your_script.py")
     print(f"wrote {args.out}")
 
 
@@ -285,6 +293,9 @@ def run_validate(args):
     metadata = predictor.metadata
     if predictor.metric != "latency":
         raise UserError(f"--lut {args.lut}: validate measures latency; this table predicts {predictor.metric}")
+    if args.fresh_process and metadata["device"].get("type") != "cpu":
+        raise UserError(f"--fresh_process times networks on this machine's CPU as a deployed script runs them; "
+                        f"--lut {args.lut} was measured on {metadata['device'].get('name')}: leave it out")
     if metadata["device"].get("type") != resolve_device(args.device).type:
         raise UserError(f"--lut {args.lut} was measured on {metadata['device'].get('name')} "
                         f"({metadata['device'].get('type')}); validate it there, not on {args.device}")
@@ -305,8 +316,37 @@ def run_validate(args):
               f"built ({(now / level - 1) * 100:+.1f}%); measurements are scaled to the table's level, so this "
               "drift does not count as table error")
     measured = session_statistics(sessions, level)
+    fresh = (fresh_process_validation(predictor, indices, protocol, args.fresh_process)
+             if args.fresh_process else {})
     out_dir = args.out_dir or os.path.join("runs", "validate-" + os.path.splitext(os.path.basename(args.lut))[0])
-    report_validation(predictor, indices, measured, out_dir)
+    report_validation(predictor, indices, measured, out_dir, fresh)
+
+
+def fresh_process_validation(predictor, indices, protocol, condition):
+    """Each network timed again, alone in a fresh process under `condition`
+    (as a user's script runs it); prints the table's error against those
+    times as measured and, under the deployment condition, with the
+    machine's drift taken out (the reference network timed in alternating
+    calls in the same process, scaled to the table's reference level).
+    Returns CSV columns."""
+    metadata = predictor.metadata
+    level = table_reference_level(metadata) if condition == "deployment" else None
+    line = deployment_line(protocol.threads) if condition == "deployment" else "no setting"
+    print(f"timing each network alone in a fresh process ({condition}: {line})", flush=True)
+    results = time_in_fresh_processes([operations.indices_to_arch(row) for row in indices], protocol,
+                                      metadata["num_classes"], condition, with_reference=level is not None)
+    as_measured = np.array([result["value"] for result in results])
+    raw = predictor.raw_costs(indices)
+    print(f"table {predictor.identifier} vs each network alone in a fresh process ({condition}); page faults per "
+          f"call: median {np.median([result['page_faults_per_call'] for result in results]):.0f}")
+    print("  as measured:          " + format_summary(error_summary(raw, as_measured)))
+    columns = {f"fresh_{condition}_ms": as_measured,
+               f"fresh_{condition}_page_faults_per_call": [result["page_faults_per_call"] for result in results]}
+    if level is not None:
+        scaled = np.array([result["ratio_to_reference"] for result in results]) * level
+        print(f"  at the table's level: {format_summary(error_summary(raw, scaled))}")
+        columns[f"fresh_{condition}_at_table_level_ms"] = scaled
+    return columns
 
 
 def table_reference_level(metadata):
@@ -315,6 +355,21 @@ def table_reference_level(metadata):
     noise = metadata.get("noise")
     if isinstance(noise, dict) and noise.get("reference") == REFERENCE_NETWORK:
         return noise.get("reference_median_ms")
+    return None
+
+
+def table_condition(metadata):
+    """The line a user puts before their command for a CPU table to hold,
+    or None: GPU tables, and CPU tables measured without the allocator
+    setting. Tables from before the condition was recorded name it only as
+    their 'allocator'."""
+    protocol = metadata.get("protocol", {})
+    if metadata["device"].get("type") != "cpu":
+        return None
+    if "condition" in protocol:
+        return protocol["condition"]["line"]
+    if "in effect" in str(protocol.get("allocator", "")):
+        return deployment_line(metadata.get("threads") or DEFAULT_CPU_THREADS)
     return None
 
 
@@ -332,8 +387,10 @@ def validation_protocol(metadata, device_name, threads, clock, warmup_s, repeats
                          table_runtime(metadata), reference)
 
 
-def report_validation(predictor, indices, measured, out_dir):
-    """Print predicted vs measured, write validate.csv and validate.png."""
+def report_validation(predictor, indices, measured, out_dir, extra_columns=None):
+    """Print predicted vs measured, write validate.csv (with `extra_columns`,
+    name -> one value per network) and validate.png."""
+    extra_columns = extra_columns or {}
     medians = np.array([entry["value"] for entry in measured])
     raw, calibrated = predictor.raw_costs(indices), predictor.costs(indices)
     is_calibrated = "calibration" in predictor.metadata
@@ -350,11 +407,12 @@ def report_validation(predictor, indices, measured, out_dir):
         print("  calibrated:   " + format_summary(error_summary(calibrated, medians)))
     os.makedirs(out_dir, exist_ok=True)
     csv_path = os.path.join(out_dir, "validate.csv")
+    extra = [[rounded_value(value) for value in values] for values in extra_columns.values()]
     write_csv(csv_path, ["arch", "measured_ms"] + [f"measured_{name}_ms" for name in SPREAD_NAMES]
-              + ["predicted_raw_ms", "predicted_ms"],
+              + ["predicted_raw_ms", "predicted_ms"] + list(extra_columns),
               [[arch_to_text(row), entry["value"]] + [entry[name] for name in SPREAD_NAMES]
-               + [rounded_value(raw_ms), rounded_value(calibrated_ms)]
-               for row, entry, raw_ms, calibrated_ms in zip(indices, measured, raw, calibrated)])
+               + [rounded_value(raw_ms), rounded_value(calibrated_ms)] + [values[number] for values in extra]
+               for number, (row, entry, raw_ms, calibrated_ms) in enumerate(zip(indices, measured, raw, calibrated))])
     png_path = os.path.join(out_dir, "validate.png")
     plot_validation(medians, raw, calibrated if is_calibrated else None, predictor.identifier, png_path)
     print(f"wrote {csv_path} and {png_path}")
@@ -496,6 +554,10 @@ def get_args_parser():
                           help=f"random architectures to measure (default: {DEFAULT_VALIDATE_ARCHS})")
     validate.add_argument("--threads", type=int, default=None, help="torch threads (default: the table's)")
     validate.add_argument("--clock", choices=tuple(CLOCKS), default=None, help="CPU timer (default: the table's)")
+    validate.add_argument("--fresh_process", choices=CONDITIONS, default=None,
+                          help="also time each network alone in a fresh process, as a user's script runs it: "
+                               "'deployment' under the table's condition (the line `build` prints), 'plain' "
+                               "without it; about 6 s per network")
     _add_measurement_args(validate, DEFAULT_VALIDATE_REPEATS, VALIDATE_SEED)
     validate.add_argument("--out_dir", default=None,
                           help="where validate.csv and validate.png go (default: runs/validate-<table name>)")

@@ -24,16 +24,30 @@ happened to be measured during a slow spell. The protocol therefore:
 
 Two runtimes time the same modules: PyTorch eager, and ONNX Runtime's CPU
 execution provider (each module exported to ONNX in memory first).
+
+A deployed network runs on its own, in a process of its own. Run as a
+script, this module times one network that way (a fresh process, nothing
+else in it, a fixed warm-up, the median of a number of calls), and
+`time_in_fresh_processes` runs it once per network: under the deployment
+condition a table states (DEPLOYMENT_ENV: the same allocator setting as
+steady_allocator, given before the process starts) or in a plain process.
+
+    python3 latency_timing.py --arch_config LightNet-24ms
 """
 
 
+import argparse
 import contextlib
 import ctypes
 import ctypes.util
 import functools
 import io
+import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 import time
 import warnings
 from typing import NamedTuple
@@ -45,7 +59,7 @@ from tqdm import tqdm
 import model_train
 from latency_predictor import Probe
 from operations import INPUT_SIZE
-from utils import UserError, resolve_device
+from utils import UserError, resolve_device, run_cli
 
 # Protocol defaults (build and validate share them).
 DEFAULT_CPU_THREADS = 1  # one intra-op thread: batch-1 blocks barely scale and a shared 2-core box stays quiet
@@ -112,6 +126,11 @@ def import_onnxruntime():
 # glibc mallopt() parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 STEADY_MMAP_THRESHOLD = 1 << 30  # blocks up to 1 GiB come from the heap; free heap above 1 GiB is trimmed
+# The same setting for a process about to start (glibc >= 2.26 reads it at start-up): the deployment
+# condition CPU tables are measured under, and the line a user puts before their own command.
+DEPLOYMENT_ENV = {"GLIBC_TUNABLES": f"glibc.malloc.mmap_threshold={STEADY_MMAP_THRESHOLD}:"
+                                    f"glibc.malloc.trim_threshold={STEADY_MMAP_THRESHOLD}"}
+PROBE_BLOCK = 64 << 20  # above the largest threshold glibc ever picks by itself (32 MiB on 64-bit)
 
 
 @functools.cache
@@ -133,6 +152,39 @@ def steady_allocator():
         return False
     limit = ctypes.c_int(STEADY_MMAP_THRESHOLD)
     return bool(mallopt(M_MMAP_THRESHOLD, limit) and mallopt(M_TRIM_THRESHOLD, limit))
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def heap_keeps_large_blocks():
+    """Whether the steady setting is in effect in this process, seen from
+    what malloc does rather than from what was asked: a 64 MiB block comes
+    from the heap (True) or is mmap-ed (False; glibc's own thresholds never
+    exceed 32 MiB). None where this is not glibc >= 2.33."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallinfo2, malloc, free = libc.mallinfo2, libc.malloc, libc.free
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype, malloc.restype, malloc.argtypes = _MallInfo2, ctypes.c_void_p, [ctypes.c_size_t]
+    free.argtypes = [ctypes.c_void_p]
+    mapped_before = mallinfo2().hblks
+    block = malloc(PROBE_BLOCK)  # never touched: no pages are faulted in
+    if not block:
+        return None
+    mapped = mallinfo2().hblks > mapped_before
+    free(block)
+    return not mapped
+
+
+def deployment_line(threads):
+    """What a user puts before their own command for a CPU table to hold."""
+    settings = dict(DEPLOYMENT_ENV, OMP_NUM_THREADS=str(threads))
+    return " ".join(f"{name}={value}" for name, value in settings.items())
 
 
 @contextlib.contextmanager
@@ -210,6 +262,12 @@ def describe_protocol(protocol):
                 "input": "torch.randn, batch_size x C x H x W at the module's input shape"}
     if protocol.device.type == "cuda":
         metadata["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+    else:
+        metadata["condition"] = {
+            "env": dict(DEPLOYMENT_ENV), "line": deployment_line(protocol.threads),
+            "meaning": "the table predicts a network run alone in a process started with these variables (the "
+                       "allocator setting above, given at start-up); PyTorch eager in a plain process pays page "
+                       "faults for its large activations on every call and runs slower"}
     return metadata
 
 
@@ -307,12 +365,8 @@ def measure(probes, protocol, desc, num_classes=model_train.IMAGENET_CLASSES):
     timed = list(probes) + ([reference_probe(num_classes)] if protocol.reference else [])
     with torch_threads(protocol.threads), flushed_denormals():
         runners = make_runners(timed, protocol)
-        started = time.perf_counter()
-        while True:
-            for call in runners:
-                timed_call(call, protocol)
-            if time.perf_counter() - started >= protocol.warmup_s:
-                break
+        # Through timed_call: on a GPU it synchronizes, so warm-up time is time the kernels ran.
+        warm_up([functools.partial(timed_call, call, protocol) for call in runners], protocol.warmup_s)
         samples = np.empty((protocol.repeats, len(timed)))
         for round_index in tqdm(range(protocol.repeats), desc=desc, unit="round"):
             for index in order_rng.permutation(len(timed)):
@@ -405,3 +459,142 @@ def measure_arch_configs(arch_configs, protocol, num_classes, level=None):
     """Median and spread (ms) of every network, on one reference level (see
     session_statistics)."""
     return session_statistics(time_networks(arch_configs, protocol, num_classes), level)
+
+
+# ------------------------------------------- one network, as deployed
+
+ALONE_CALLS = 50  # timed calls; their median is the network's latency
+CONDITIONS = ("deployment", "plain")  # under DEPLOYMENT_ENV, or a process as Python starts it
+
+
+def minor_page_faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def warm_up(calls, seconds):
+    """Call each of `calls` in turn until `seconds` have passed (once at least)."""
+    started = time.perf_counter()
+    while True:
+        for call in calls:
+            call()
+        if time.perf_counter() - started >= seconds:
+            return
+
+
+def time_alone(arch_config, protocol, num_classes, calls, with_reference=False):
+    """Time one network the way a deployed script runs it: built alone in
+    this process, the protocol's threads, a fixed warm-up, then `calls` calls
+    on the wall clock. Returns the median, the spread and the minor page
+    faults per timed call (a call that maps its activations afresh faults
+    them in). `with_reference` then builds the reference network and times
+    the two in alternating calls: the median ratio of each pair, times the
+    reference's level when a table was built, is this network's time with
+    the machine's drift (which moves a 2-core VM by +-10% within seconds)
+    taken out."""
+    network = model_train.LightNet(arch_config, num_classes=num_classes)
+    with torch_threads(protocol.threads), flushed_denormals():
+        call, = make_runners([Probe(("network",), network, (3, INPUT_SIZE, INPUT_SIZE))], protocol)
+        warm_up([call], protocol.warmup_s)
+        faults_before = minor_page_faults()
+        samples = np.array([timed_call(call, protocol) for _ in range(calls)])
+        faults = minor_page_faults() - faults_before
+        result = sample_statistics(samples)
+        result.update(page_faults_per_call=round(faults / calls, 1), calls=calls,
+                      heap_keeps_large_blocks=heap_keeps_large_blocks())
+        if with_reference:
+            reference_call, = make_runners([reference_probe(num_classes)], protocol)
+            warm_up([call, reference_call], protocol.warmup_s / 2)  # the network is warm already
+            pairs = np.array([(timed_call(call, protocol), timed_call(reference_call, protocol))
+                              for _ in range(calls)])
+            result.update(ratio_to_reference=round(float(np.median(pairs[:, 0] / pairs[:, 1])), 6),
+                          reference_ms=round(float(np.median(pairs[:, 1])), 6))
+    return result
+
+
+def fresh_process_env(condition):
+    """The environment of a fresh timing process: this one's, with the
+    deployment setting added, or with it removed (plain)."""
+    env = {name: value for name, value in os.environ.items() if name not in DEPLOYMENT_ENV}
+    if condition == "deployment":
+        env.update(DEPLOYMENT_ENV)
+    return env
+
+
+def time_in_fresh_process(arch_config, protocol, num_classes, condition, calls=ALONE_CALLS, with_reference=False):
+    """time_alone in a new Python process started under `condition`, with the
+    protocol's runtime, batch size, threads, warm-up and seed; refuses a
+    result whose allocator is not the one asked for."""
+    if condition not in CONDITIONS:
+        raise UserError(f"unknown process condition {condition!r}; known: {', '.join(CONDITIONS)}")
+    command = [sys.executable, os.path.abspath(__file__), "--arch_config", json.dumps(list(arch_config)),
+               "--runtime", protocol.runtime, "--batch_size", str(protocol.batch_size), "--threads",
+               str(protocol.threads), "--warmup_s", str(protocol.warmup_s), "--calls", str(calls), "--seed",
+               str(protocol.seed), "--num_classes", str(num_classes), "--json"]
+    command += ["--with_reference"] if with_reference else []
+    completed = subprocess.run(command, env=fresh_process_env(condition), capture_output=True, text=True)
+    if completed.returncode != 0:
+        last_line = (completed.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise UserError(f"timing a network in a fresh process failed (exit {completed.returncode}): {last_line}")
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    kept = result["heap_keeps_large_blocks"]
+    if kept is not None and kept != (condition == "deployment"):
+        setting = " ".join(f"{name}={value}" for name, value in DEPLOYMENT_ENV.items())
+        raise UserError(f"a fresh process started {'with' if condition == 'deployment' else 'without'} {setting} "
+                        f"{'did not keep' if condition == 'deployment' else 'kept'} large blocks on its heap: this "
+                        "C library does not follow the setting, so the tables' condition cannot be reproduced here")
+    return result
+
+
+def time_in_fresh_processes(arch_configs, protocol, num_classes, condition, calls=ALONE_CALLS,
+                            with_reference=False, desc=None):
+    """time_in_fresh_process for each network, one process each."""
+    return [time_in_fresh_process(arch_config, protocol, num_classes, condition, calls, with_reference)
+            for arch_config in tqdm(arch_configs, desc=desc or f"fresh processes ({condition})", unit="network")]
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        description="Time one network on this CPU as a deployed script runs it: alone in this process.",
+        epilog="For the time a CPU table predicts, start it under the table's condition: "
+               f"{deployment_line(DEFAULT_CPU_THREADS)} python3 latency_timing.py ...")
+    parser.add_argument("--arch_config", default=REFERENCE_NETWORK,
+                        help=f"a LightNet name, a JSON file or the list's string form (default: {REFERENCE_NETWORK})")
+    parser.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME, help=f"default: {DEFAULT_RUNTIME}")
+    parser.add_argument("--batch_size", type=int, default=1, help="images per call (default: 1)")
+    parser.add_argument("--threads", type=int, default=DEFAULT_CPU_THREADS,
+                        help=f"intra-op threads (default: {DEFAULT_CPU_THREADS})")
+    parser.add_argument("--warmup_s", type=float, default=DEFAULT_WARMUP_S,
+                        help=f"seconds of calls before timing (default: {DEFAULT_WARMUP_S:g})")
+    parser.add_argument("--calls", type=int, default=ALONE_CALLS, help=f"timed calls (default: {ALONE_CALLS})")
+    parser.add_argument("--seed", type=int, default=0, help="weights and input (default: 0)")
+    parser.add_argument("--num_classes", type=int, default=model_train.IMAGENET_CLASSES,
+                        help=f"classifier outputs (default: {model_train.IMAGENET_CLASSES})")
+    parser.add_argument("--with_reference", action="store_true",
+                        help=f"afterwards, time {REFERENCE_NETWORK} in alternating calls with the network and "
+                             "report the median ratio (the machine's drift cancels in it)")
+    parser.add_argument("--json", action="store_true", help="print one JSON line instead of a sentence")
+    return parser
+
+
+def main(args):
+    arch_config = model_train.resolve_arch_config(args.arch_config)
+    if args.num_classes < 1:
+        raise UserError("--num_classes must be at least 1")
+    protocol = make_protocol("cpu", args.batch_size, args.threads, "wall", args.warmup_s, args.calls, args.seed,
+                             args.runtime, reference=False)
+    torch.manual_seed(args.seed)
+    result = time_alone(arch_config, protocol, args.num_classes, args.calls, args.with_reference)
+    if args.json:
+        print(json.dumps(result))
+        return
+    allocator = {True: "large blocks kept on the heap (the tables' condition)",
+                 False: "glibc's default allocator (a plain process)", None: "allocator unknown (not glibc)"}
+    print(f"{result['value']:.2f} ms, median of {args.calls} calls (p10 {result['p10']:.2f}, p90 {result['p90']:.2f}); "
+          f"{result['page_faults_per_call']:.0f} page faults per call; {allocator[result['heap_keeps_large_blocks']]}")
+    if args.with_reference:
+        print(f"{result['ratio_to_reference']:.4f} x {REFERENCE_NETWORK} ({result['reference_ms']:.2f} ms) "
+              "in alternating calls")
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

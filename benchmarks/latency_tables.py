@@ -7,11 +7,17 @@
    solved from whole networks (`--method fit`), both validated on 30 random
    networks that neither build saw, timed twice in separate sessions:
    mean |error|, share within 5% and 10%, Kendall's tau of the ranking.
-3. The noise floor: a few networks re-timed in many short sessions; the
+3. What a user measures: the same held-out networks, each timed alone in
+   a fresh process of its own, as a deployed script runs it: under the
+   tables' condition (DEPLOYMENT_ENV), as measured and with the machine's
+   drift taken out (the reference network in alternating calls in the same
+   process), and in a plain process; and, for PyTorch, one network in 20
+   fresh processes of each kind: the spread and the page faults per call.
+4. The noise floor: a few networks re-timed in many short sessions; the
    spread of their medians bounds what any table can reach here.
 
-    python3 benchmarks/latency_tables.py            # about 10 minutes on a 2-core CPU
-    python3 benchmarks/latency_tables.py --quick    # a smoke run, under a minute
+    python3 benchmarks/latency_tables.py            # about 30 minutes on a 2-core CPU
+    python3 benchmarks/latency_tables.py --quick    # a smoke run, about a minute
 """
 
 import argparse
@@ -36,13 +42,19 @@ HELD_OUT_ARCHS = 30  # issue: at least 30 held-out random networks
 NOISE_SESSIONS = 10
 NOISE_ROUNDS = 20
 NOISE_NETWORKS = ("LightNet-20ms", "LightNet-30ms")
+FRESH_WARMUP_S = 2.0  # a fresh process's warm-up, as an ordinary timing script would
+SPREAD_PROCESSES = 20  # fresh processes of one network, per condition
+SPREAD_NETWORK = latency_timing.REFERENCE_NETWORK
 QUICK = dict(jetson_archs=1000, held_out=5, isolated_repeats=5, fit_networks=lp.NUM_SEARCHABLE_LAYERS * 6 + 1,
-             fit_repeats=2, validate_repeats=3, noise_sessions=2, noise_rounds=3, warmup_s=0.2)
+             fit_repeats=2, validate_repeats=3, noise_sessions=2, noise_rounds=3, warmup_s=0.2, fresh_networks=2,
+             fresh_warmup_s=0.2, fresh_calls=3, spread_processes=1)
 FULL = dict(jetson_archs=JETSON_ARCHS, held_out=HELD_OUT_ARCHS,
             isolated_repeats=latency_build.DEFAULT_REPEATS["isolated"],
             fit_networks=latency_build.DEFAULT_FIT_NETWORKS, fit_repeats=latency_build.DEFAULT_REPEATS["fit"],
             validate_repeats=latency_build.DEFAULT_VALIDATE_REPEATS, noise_sessions=NOISE_SESSIONS,
-            noise_rounds=NOISE_ROUNDS, warmup_s=latency_timing.DEFAULT_WARMUP_S)
+            noise_rounds=NOISE_ROUNDS, warmup_s=latency_timing.DEFAULT_WARMUP_S, fresh_networks=HELD_OUT_ARCHS,
+            fresh_warmup_s=FRESH_WARMUP_S, fresh_calls=latency_timing.ALONE_CALLS,
+            spread_processes=SPREAD_PROCESSES)
 # Fresh architectures: fitted tables use seed 0 (latency_build.MEASURE_SEED),
 # `validate` seed 1; these held-out networks seed 2.
 HELD_OUT_SEED = 2
@@ -113,6 +125,52 @@ def report_runtime(runtime, tables, seconds, indices, sessions):
             print(f"  {method:>8} vs {label:<31} {latency_build.format_summary(summary)}")
 
 
+def fresh_process_figures(tables, indices, protocol, sizes):
+    """The held-out networks, each alone in a fresh process: under the
+    deployment condition (as measured, and drift removed at each table's
+    reference level) and in a plain process (as measured)."""
+    indices = indices[:sizes["fresh_networks"]]
+    arch_configs = [operations.indices_to_arch(row) for row in indices]
+    protocol = protocol._replace(warmup_s=sizes["fresh_warmup_s"], seed=HELD_OUT_SEED)
+    print(f"the same networks, each alone in a fresh process ({sizes['fresh_warmup_s']:g} s warm-up, median of "
+          f"{sizes['fresh_calls']} calls); deployment: {latency_timing.deployment_line(protocol.threads)}")
+    fresh = {condition: latency_timing.time_in_fresh_processes(
+        arch_configs, protocol, NUM_CLASSES, condition, sizes["fresh_calls"], with_reference=condition == "deployment")
+        for condition in latency_timing.CONDITIONS}
+    for condition, results in fresh.items():
+        faults = [result["page_faults_per_call"] for result in results]
+        print(f"  {condition}: page faults per call median {np.median(faults):.0f} (range {min(faults):.0f}-"
+              f"{max(faults):.0f})")
+    for method, table in tables.items():
+        predicted = lp.TablePredictor(table, method).costs(indices)
+        level = latency_build.table_reference_level(table["metadata"])
+        rows = [("deployment, as measured", [result["value"] for result in fresh["deployment"]]),
+                ("deployment, drift removed", [result["ratio_to_reference"] * level
+                                               for result in fresh["deployment"]]),
+                ("plain, as measured", [result["value"] for result in fresh["plain"]])]
+        for label, measured in rows:
+            print(f"  {method:>8} vs {label:<31} {latency_build.format_summary(latency_build.error_summary(predicted, measured))}")
+
+
+def one_network_spread(protocol, sizes):
+    """One network alone in many fresh processes of each kind, alternating:
+    the distribution of its medians and its page faults per call."""
+    protocol = protocol._replace(warmup_s=sizes["fresh_warmup_s"], seed=HELD_OUT_SEED)
+    arch_config = model_train.LIGHTNETS[SPREAD_NETWORK]
+    results = {condition: [] for condition in latency_timing.CONDITIONS}
+    for _ in range(sizes["spread_processes"]):
+        for condition in latency_timing.CONDITIONS:
+            results[condition].append(latency_timing.time_in_fresh_process(arch_config, protocol, NUM_CLASSES,
+                                                                           condition, sizes["fresh_calls"]))
+    print(f"{SPREAD_NETWORK} alone in {sizes['spread_processes']} fresh processes of each kind (alternating), "
+          "median ms over the processes (min, p10, p90, max) and page faults per call (median, range):")
+    for condition, runs in results.items():
+        values, faults = np.array([run["value"] for run in runs]), np.array([run["page_faults_per_call"] for run in runs])
+        low, high = np.percentile(values, [10, 90])
+        print(f"  {condition:<10} {np.median(values):6.2f} ms ({values.min():.2f}, {low:.2f}, {high:.2f}, "
+              f"{values.max():.2f});  faults {np.median(faults):6.0f} ({faults.min():.0f}-{faults.max():.0f})")
+
+
 def noise_floor(protocol, sizes):
     """Two LightNets re-timed in many short sessions: the spread of their
     session medians, raw and divided by the reference (percent of the median)."""
@@ -139,6 +197,9 @@ def run_runtime(runtime, sizes, threads):
     tables, seconds = build_both(protocol, sizes)
     indices, sessions = held_out_sessions(protocol, sizes)
     report_runtime(runtime, tables, seconds, indices, sessions)
+    fresh_process_figures(tables, indices, protocol, sizes)
+    if runtime == "torch":
+        one_network_spread(protocol, sizes)
     noise_floor(protocol, sizes)
 
 

@@ -262,3 +262,74 @@ def test_an_unwritable_out_is_refused_before_any_measuring(monkeypatch, tmp_path
         run(["build", "--out", str(tmp_path / "missing-folder" / "t.json")])
     with pytest.raises(UserError, match="is a folder"):
         run(["build", "--out", str(tmp_path)])
+
+
+# ------------------------------------------- a network in a fresh process, as deployed
+
+
+def test_a_fresh_process_under_the_tables_condition_keeps_activations_mapped():
+    """The deployment condition reaches the new process and does what it is
+    for: a network alone in a fresh process pays no page faults per call
+    under it, and thousands in a plain process (LightNet-24ms maps a 4.8 MB
+    activation afresh on every call there)."""
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the condition is glibc's")
+    protocol = latency_timing.make_protocol("cpu", 1, 1, "wall", 0.3, 1, 0)
+    arch_config = model_train.LIGHTNETS["LightNet-24ms"]
+    deployed = latency_timing.time_in_fresh_process(arch_config, protocol, 10, "deployment", calls=3,
+                                                    with_reference=True)
+    plain = latency_timing.time_in_fresh_process(arch_config, protocol, 10, "plain", calls=3)
+    assert deployed["heap_keeps_large_blocks"] is True and plain["heap_keeps_large_blocks"] is False
+    assert deployed["page_faults_per_call"] * 10 < plain["page_faults_per_call"] and plain["page_faults_per_call"] > 500
+    assert deployed["value"] > 0 and deployed["ratio_to_reference"] == pytest.approx(1, abs=0.5)
+
+
+def test_a_fresh_process_whose_allocator_ignores_the_condition_is_refused(monkeypatch):
+    monkeypatch.setattr(latency_timing, "fresh_process_env", lambda condition: dict(os.environ))
+    protocol = latency_timing.make_protocol("cpu", 1, 1, "wall", 0.0, 1, 0)
+    with pytest.raises(UserError, match="does not follow the setting"):
+        latency_timing.time_in_fresh_process(model_train.LIGHTNETS["LightNet-20ms"], protocol, 10, "deployment",
+                                             calls=1)
+
+
+def test_the_condition_is_stated_by_build_and_named_by_old_tables(tmp_path, capsys):
+    path = str(tmp_path / "t.json")
+    run(["build", "--method", "isolated", "--repeats", "1", "--warmup_s", "0", "--threads", "2", "--out", path])
+    metadata = lp.load_table(path)["metadata"]
+    line = latency_build.table_condition(metadata)
+    assert line == metadata["protocol"]["condition"]["line"]
+    assert "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:" in line and "OMP_NUM_THREADS=2" in line
+    assert f"{line} python3 your_script.py" in capsys.readouterr().out
+    del metadata["protocol"]["condition"]  # a table built before the condition was recorded
+    assert latency_build.table_condition(metadata) == line
+    assert latency_build.table_condition(lp.load_table(lp.CPU_LUT)["metadata"]) is None  # no allocator setting
+
+
+def test_validate_reports_the_table_against_fresh_processes(monkeypatch, tmp_path, capsys):
+    """The fresh-process figures and CSV columns, with the timing replaced by
+    a stand-in that runs 10% slower than the table says (the real timing is
+    tested above)."""
+    predictor = lp.table_predictor(lp.CPU_LUTS[1])
+    level = latency_build.table_reference_level(predictor.metadata)
+
+    def slower_by_a_tenth(arch_configs, protocol, num_classes, condition, with_reference=False, **kwargs):
+        assert condition == "deployment" and with_reference and protocol.threads == 1
+        costs = [predictor.raw_cost(arch_config) * 1.1 for arch_config in arch_configs]
+        return [{"value": cost, "page_faults_per_call": 0.0, "ratio_to_reference": cost / level} for cost in costs]
+    monkeypatch.setattr(latency_build, "time_in_fresh_processes", slower_by_a_tenth)
+    monkeypatch.setattr(latency_build, "time_networks", lambda arch_configs, protocol, num_classes: [
+        latency_timing.Timings(np.ones((1, len(arch_configs))), np.ones(1))])
+    run(["validate", "--lut", lp.CPU_LUTS[1], "--num_archs", "5", "--fresh_process", "deployment",
+         "--out_dir", str(tmp_path)])
+    output = capsys.readouterr().out
+    assert "as measured:          mean |err|   9.09%" in output
+    assert "at the table's level: mean |err|   9.09%" in output
+    header = (tmp_path / "validate.csv").read_text().splitlines()[0]
+    assert header.endswith("fresh_deployment_ms,fresh_deployment_page_faults_per_call,"
+                           "fresh_deployment_at_table_level_ms")
+
+
+def test_validate_refuses_fresh_processes_for_a_table_of_another_device():
+    with pytest.raises(UserError, match="was measured on NVIDIA Jetson AGX Xavier: leave it out"):
+        run(["validate", "--lut", lp.DEFAULT_LUT, "--device", "cpu", "--fresh_process", "plain"])

@@ -47,19 +47,24 @@ def tiny_fitted_table(tmp_path_factory):
     return path
 
 
-def test_closed_loop_searches_on_the_table_and_measures_the_result(tiny_fitted_table, tmp_path, capsys):
+def test_closed_loop_searches_on_the_table_and_measures_the_result(tiny_fitted_table, tmp_path, capsys,
+                                                                   monkeypatch):
     import data
+    monkeypatch.setattr(closed_loop, "LOOP_WARMUP_S", 0.1)
     dataset = data.write_synthetic_dataset(tmp_path / "data", num_classes=3, train_per_class=4, val_per_class=4,
                                            image_size=32, seed=0)
     target = round(lp.load_predictor(tiny_fitted_table).cost(model_train.LIGHTNETS["LightNet-24ms"]), 2)
     out = tmp_path / "loop"
     run_cli(closed_loop.main, closed_loop.get_args_parser(),
             ["--target_latency", str(target), "--lut", tiny_fitted_table, "--out", str(out), "--rounds", "2",
-             "--", "--dataset", str(dataset)] + TINY_SEARCH)
+             "--fresh_processes", "1", "--", "--dataset", str(dataset)] + TINY_SEARCH)
     output = capsys.readouterr().out
     assert f"target {target:g} ms; the table predicts" in output
     assert "measured end to end now:" in output and "when the table was built" in output
+    condition = latency_build.table_condition(lp.load_table(tiny_fitted_table)["metadata"])
+    assert f"alone in fresh processes started with {condition}: " in output
     report = (out / "report.txt").read_text()
+    assert "the same, at the machine's speed when the table was built" in report
     assert "architecture: ['MBK3E1'" in report
     assert os.path.isfile(out / "search" / "arch.json")
 
