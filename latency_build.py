@@ -325,12 +325,11 @@ def run_validate(args):
 def fresh_process_validation(predictor, indices, protocol, condition):
     """Each network timed again, alone in a fresh process under `condition`
     (as a user's script runs it); prints the table's error against those
-    times as measured and, under the deployment condition, with the
-    machine's drift taken out (the reference network timed in alternating
-    calls in the same process, scaled to the table's reference level).
-    Returns CSV columns."""
+    times as measured and with the machine's drift taken out (the
+    reference network timed in alternating calls in the same process,
+    scaled to the table's reference level). Returns CSV columns."""
     metadata = predictor.metadata
-    level = table_reference_level(metadata) if condition == "deployment" else None
+    level = table_reference_level(metadata)
     line = deployment_line(protocol.threads) if condition == "deployment" else "no setting"
     print(f"timing each network alone in a fresh process ({condition}: {line})", flush=True)
     results = time_in_fresh_processes([operations.indices_to_arch(row) for row in indices], protocol,

@@ -8,11 +8,14 @@
    networks that neither build saw, timed twice in separate sessions:
    mean |error|, share within 5% and 10%, Kendall's tau of the ranking.
 3. What a user measures: the same held-out networks, each timed alone in
-   a fresh process of its own, as a deployed script runs it: under the
-   tables' condition (DEPLOYMENT_ENV), as measured and with the machine's
-   drift taken out (the reference network in alternating calls in the same
-   process), and in a plain process; and, for PyTorch, one network in 20
-   fresh processes of each kind: the spread and the page faults per call.
+   a fresh process of its own, as a deployed script runs it, under the
+   tables' condition (DEPLOYMENT_ENV) and in a plain process: as measured,
+   and with the machine's drift taken out (the reference network then timed
+   in alternating calls in the same process; in a plain PyTorch process
+   that pairing changes which activations pay page faults, so there the
+   plain figure to trust is the next one); and, for PyTorch, one network in
+   20 fresh processes of each kind, alternating: the spread and the page
+   faults per call.
 4. The noise floor: a few networks re-timed in many short sessions; the
    spread of their medians bounds what any table can reach here.
 
@@ -21,11 +24,13 @@
 """
 
 import argparse
+import itertools
 import os
 import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -126,17 +131,20 @@ def report_runtime(runtime, tables, seconds, indices, sessions):
 
 
 def fresh_process_figures(tables, indices, protocol, sizes):
-    """The held-out networks, each alone in a fresh process: under the
-    deployment condition (as measured, and drift removed at each table's
-    reference level) and in a plain process (as measured)."""
+    """The held-out networks, each alone in a fresh process under each
+    condition (the two processes of a network one after the other, so drift
+    hits both alike): each table's error as measured, and with drift taken
+    out at the table's reference level."""
     indices = indices[:sizes["fresh_networks"]]
-    arch_configs = [operations.indices_to_arch(row) for row in indices]
     protocol = protocol._replace(warmup_s=sizes["fresh_warmup_s"], seed=HELD_OUT_SEED)
     print(f"the same networks, each alone in a fresh process ({sizes['fresh_warmup_s']:g} s warm-up, median of "
           f"{sizes['fresh_calls']} calls); deployment: {latency_timing.deployment_line(protocol.threads)}")
-    fresh = {condition: latency_timing.time_in_fresh_processes(
-        arch_configs, protocol, NUM_CLASSES, condition, sizes["fresh_calls"], with_reference=condition == "deployment")
-        for condition in latency_timing.CONDITIONS}
+    fresh = {condition: [] for condition in latency_timing.CONDITIONS}
+    for row in tqdm(indices, desc="fresh processes", unit="network"):
+        for condition, results in fresh.items():
+            results.append(latency_timing.time_in_fresh_process(operations.indices_to_arch(row), protocol,
+                                                                NUM_CLASSES, condition, sizes["fresh_calls"],
+                                                                with_reference=True))
     for condition, results in fresh.items():
         faults = [result["page_faults_per_call"] for result in results]
         print(f"  {condition}: page faults per call median {np.median(faults):.0f} (range {min(faults):.0f}-"
@@ -144,12 +152,12 @@ def fresh_process_figures(tables, indices, protocol, sizes):
     for method, table in tables.items():
         predicted = lp.TablePredictor(table, method).costs(indices)
         level = latency_build.table_reference_level(table["metadata"])
-        rows = [("deployment, as measured", [result["value"] for result in fresh["deployment"]]),
-                ("deployment, drift removed", [result["ratio_to_reference"] * level
-                                               for result in fresh["deployment"]]),
-                ("plain, as measured", [result["value"] for result in fresh["plain"]])]
-        for label, measured in rows:
-            print(f"  {method:>8} vs {label:<31} {latency_build.format_summary(latency_build.error_summary(predicted, measured))}")
+        for condition, drift_removed in itertools.product(latency_timing.CONDITIONS, (False, True)):
+            measured = [result["ratio_to_reference"] * level if drift_removed else result["value"]
+                        for result in fresh[condition]]
+            label = f"{condition}, {'drift removed' if drift_removed else 'as measured'}"
+            summary = latency_build.error_summary(predicted, measured)
+            print(f"  {method:>8} vs {label:<31} {latency_build.format_summary(summary)}")
 
 
 def one_network_spread(protocol, sizes):
