@@ -11,7 +11,6 @@ prints, like the authors' script, `Total: 50000  Top1-Acc: ...  Top5-Acc: ...`.
 """
 
 import argparse
-import math
 import os
 
 import torch
@@ -20,11 +19,12 @@ from tqdm import tqdm
 import data
 import model_train
 from utils import (
-    UserError, all_reduce_sum, correct_counts, load_checkpoint, resolve_device, run_cli, strip_module_prefix,
+    MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_WIDTH_MULT, MAX_WORKERS, UserError, all_reduce_sum, correct_counts, load_checkpoint, resolve_device, run_cli, strip_module_prefix,
 )
 
 CLASSIFIER_WEIGHT = "classifier.4.weight"  # its rows give num_classes
 DEFAULT_IMAGE_SIZE = 224  # ImageNet evaluation: resize to 256, centre crop 224
+MIN_IMAGE_SIZE = 32  # the network downsamples 32x
 
 
 def checkpoint_state_dict(checkpoint, path):
@@ -175,10 +175,12 @@ def evaluate_weights(weights, dataset_root, arch_choice=None, device="cpu", batc
 
 
 def main(args):
-    if not 0 < args.width_mult < math.inf:
-        raise UserError(f"--width_mult must be a positive number, got {args.width_mult}")
-    if args.batch_size < 1 or args.workers < 0 or (args.image_size is not None and args.image_size < 1):
-        raise UserError("--batch_size and --image_size must be positive and --workers non-negative")
+    if not 0 < args.width_mult <= MAX_WIDTH_MULT:
+        raise UserError(f"--width_mult must be in (0, {MAX_WIDTH_MULT:g}], got {args.width_mult}")
+    if not (1 <= args.batch_size <= MAX_BATCH_SIZE and 0 <= args.workers <= MAX_WORKERS):
+        raise UserError(f"--batch_size must be in [1, {MAX_BATCH_SIZE}] and --workers in [0, {MAX_WORKERS}]")
+    if args.image_size is not None and not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
+        raise UserError(f"--image_size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] (pixels)")
     counts = evaluate_weights(args.weights, args.dataset, args.model or args.arch_config, args.device,
                               args.batch_size, args.workers, args.image_size, args.width_mult)
     print(format_result(*counts))

@@ -439,6 +439,10 @@ def read_measurements(path):
         measured = np.array([float(row["measured_ms"]) for row in rows])
     except FileNotFoundError:
         raise UserError(f"--measurements {path} not found") from None
+    except IsADirectoryError:
+        raise UserError(f"--measurements {path} is a folder; give its validate.csv") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"--measurements {path} cannot be read ({error})") from None
     except (KeyError, ValueError, TypeError, AttributeError, csv.Error, UserError):
         raise UserError(f"--measurements {path}: expected the validate.csv written by `validate` "
                         f"(columns arch, measured_ms)") from None

@@ -48,7 +48,7 @@ import model_train
 import operations
 from operations import (FIXED_FIRST_OP, HEAD_CHANNELS, INPUT_SIZE, LAYOUT, NUM_LAYERS, NUM_OPS,
                         NUM_SEARCHABLE_LAYERS, SEARCHABLE_OPS, SKIP, STEM_CHANNELS, LayerSpec)
-from utils import UserError, load_checkpoint, path_error_reason, run_cli, write_json
+from utils import UserError, load_checkpoint, path_error_reason, read_json, run_cli, write_json
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LUT_DIR = os.path.join(REPO_ROOT, "latency_lut")
@@ -79,6 +79,7 @@ REQUIRED_METADATA = ("metric", "unit", "device", "runtime", "batch_size", "input
                      "threads", "dtype", "protocol", "date", "search_space_hash", "source")
 
 VALUE_DECIMALS = 6  # 1 ns for ms tables; exact for counts stored in millions
+MAX_ENTRY = 1e6  # no op costs a million ms, mJ or M; sums of such entries stay far from overflow
 SUM_TOLERANCE = 1e-4  # fixed components must add up to the fixed value (rounding slack)
 # The authors' MLP: one-hot of layers 1..21 (147) -> 128 -> 64 -> 1, ReLU.
 MLP_HIDDEN = (128, 64)
@@ -174,6 +175,9 @@ def _check_entry(entry, where):
         raise UserError(f"{where}: needs a finite number under 'value', got {entry!r}")
     if entry["value"] < 0:
         raise UserError(f"{where}: a cost cannot be negative ({entry['value']:g}); rebuild the table")
+    if entry["value"] > MAX_ENTRY:
+        raise UserError(f"{where}: {entry['value']:g} is not a plausible cost (at most {MAX_ENTRY:g}); "
+                        "rebuild the table")
 
 
 def _check_entry_set(entries, expected, where):
@@ -243,15 +247,7 @@ def check_table(table, where):
 def load_table(path):
     """Read and check a table file."""
     where = f"table {path}"
-    try:
-        with open(path) as file:
-            table = json.load(file)
-    except FileNotFoundError:
-        raise UserError(f"{where} not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"{where} cannot be read ({error})") from None
-    except json.JSONDecodeError as error:
-        raise UserError(f"{where} is not valid JSON ({error}); rebuild it") from None
+    table = read_json(path, "table")
     check_table(table, where)
     return table
 

@@ -15,7 +15,6 @@ Print a network's layers, parameters and FLOPs:
 import argparse
 import ast
 import copy
-import json
 import math
 import os
 
@@ -24,7 +23,7 @@ from torch import nn
 
 import operations
 from operations import FIXED_FIRST_OP, NUM_LAYERS, OP_NAMES, SE_FIRST_LAYER
-from utils import UserError, run_cli
+from utils import MAX_CLASSES, MAX_WIDTH_MULT, UserError, read_json, run_cli
 
 DEFAULT_DROPOUT = 0.2  # the paper's retraining recipe
 IMAGENET_CLASSES = 1000
@@ -101,13 +100,7 @@ def _parse_list_string(text):
 def _load_arch_json(path):
     """Read the search's `arch.json` ({"arch_config": [...], ...}) or a
     plain JSON list."""
-    try:
-        with open(path) as file:
-            content = json.load(file)
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"--arch_config: cannot read {path} ({error})") from None
-    except json.JSONDecodeError as error:
-        raise UserError(f"--arch_config: {path} is not valid JSON ({error})") from None
+    content = read_json(path, "--arch_config:")
     if isinstance(content, dict):
         if "arch_config" not in content:
             raise UserError(f"--arch_config: {path} has no 'arch_config' key")
@@ -275,10 +268,10 @@ def get_args_parser():
 
 
 def main(args):
-    if args.num_classes < 1:
-        raise UserError("--num_classes must be at least 1")
-    if not 0 < args.width_mult < math.inf:
-        raise UserError(f"--width_mult must be a positive number, got {args.width_mult}")
+    if not 1 <= args.num_classes <= MAX_CLASSES:
+        raise UserError(f"--num_classes must be in [1, {MAX_CLASSES}]")
+    if not 0 < args.width_mult <= MAX_WIDTH_MULT:
+        raise UserError(f"--width_mult must be in (0, {MAX_WIDTH_MULT:g}], got {args.width_mult}")
     arch_config = resolve_arch_config(args.arch_config)
     model = LightNet(arch_config, num_classes=args.num_classes, width_mult=args.width_mult)
     params, macs = count_params_and_flops(model)

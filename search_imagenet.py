@@ -43,6 +43,7 @@ import operations
 from constraint import SearchState
 from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
 from utils import (
+    MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
     AverageMeter, MetricsFile, UserError, accuracy, add_device_arguments, all_gather_objects, all_reduce_sum,
     check_seed, cleanup_distributed, frozen, init_distributed, launch, load_checkpoint, resolve_device_type,
     rng_states, run_cli, new_figure, run_folder_lock, run_logger, save_checkpoint, save_figure, share_cpu_threads,
@@ -246,16 +247,30 @@ def resolve_schedule(args):
 
 
 MIN_IMAGE_SIZE = 16  # the smallest crop the tests run; below it every late layer sees one pixel
+MAX_TAU = 100.0  # a Gumbel temperature above this makes every sample uniform noise
+MIN_FINAL_TAU = 1e-4  # below it alpha / tau overflows float32 (the paper's schedule ends at 1.7e-3)
+MAX_ETA = 100.0  # the shared shortcut's weight
+MAX_TRADEOFF = 1e6  # |initial lambda|
 # Each numeric option: what it must be, as (test, description). NaN fails
 # every comparison, and infinities are refused separately.
 NUMBER_RULES = (
-    (("epochs", "batch_size_train", "batch_size_val", "arch_lr_step", "target_latency", "tau_max",
-      "learning_rate", "arch_learning_rate", "grad_clip"), lambda value: value > 0, "positive"),
-    (("eta", "warmup_epochs", "arch_weight_decay", "land_within", "latch_epochs", "tradeoff_learning_rate",
-      "workers", "tau_decay", "weight_decay"), lambda value: value >= 0, "non-negative"),
+    (("epochs", "arch_lr_step"), lambda value: 1 <= value <= MAX_EPOCHS, f"in [1, {MAX_EPOCHS}]"),
+    (("warmup_epochs", "latch_epochs"), lambda value: 0 <= value <= MAX_EPOCHS, f"in [0, {MAX_EPOCHS}]"),
+    (("batch_size_train", "batch_size_val"), lambda value: 1 <= value <= MAX_BATCH_SIZE,
+     f"in [1, {MAX_BATCH_SIZE}]"),
+    (("learning_rate", "arch_learning_rate"), lambda value: 0 < value <= MAX_LEARNING_RATE,
+     f"in (0, {MAX_LEARNING_RATE:g}]"),
+    (("tradeoff_learning_rate",), lambda value: 0 <= value <= MAX_LEARNING_RATE, f"in [0, {MAX_LEARNING_RATE:g}]"),
+    (("target_latency", "grad_clip"), lambda value: value > 0, "positive"),
+    (("tau_max",), lambda value: 0 < value <= MAX_TAU, f"in (0, {MAX_TAU:g}]"),
+    (("eta",), lambda value: 0 <= value <= MAX_ETA, f"in [0, {MAX_ETA:g}]"),
+    (("arch_weight_decay", "weight_decay"), lambda value: 0 <= value <= 1, "in [0, 1]"),
+    (("land_within", "tau_decay"), lambda value: value >= 0, "non-negative"),
+    (("workers",), lambda value: 0 <= value <= MAX_WORKERS, f"in [0, {MAX_WORKERS}]"),
     (("momentum", "label_smooth"), lambda value: 0 <= value < 1, "in [0, 1)"),
-    (("tradeoff",), lambda value: value == value, "a number"),
-    (("image_size",), lambda value: value >= MIN_IMAGE_SIZE, f"at least {MIN_IMAGE_SIZE} (pixels)"),
+    (("tradeoff",), lambda value: abs(value) <= MAX_TRADEOFF, f"at most {MAX_TRADEOFF:g} in size"),
+    (("image_size",), lambda value: MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE,
+     f"in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] (pixels)"),
 )
 
 
@@ -276,8 +291,12 @@ def validate_settings(args):
         raise UserError(f"--arch_split_from_train must be a fraction in (0, 1), e.g. 0.2; got {args.arch_split_from_train}")
     if not 0 <= args.freeze_epochs < args.epochs:
         raise UserError(f"--freeze_epochs must be in [0, --epochs), got {args.freeze_epochs} with {args.epochs} epochs")
-    if args.num_classes is not None and args.num_classes < 2:
-        raise UserError("--num_classes must be at least 2")
+    if args.num_classes is not None and not 2 <= args.num_classes <= MAX_CLASSES:
+        raise UserError(f"--num_classes must be in [2, {MAX_CLASSES}]")
+    final_tau = args.tau_max * math.exp(-args.tau_decay * (args.epochs - args.freeze_epochs))
+    if final_tau < MIN_FINAL_TAU:
+        raise UserError(f"--tau_decay {args.tau_decay:g} lowers the Gumbel temperature to {final_tau:.1e} by the "
+                        f"last epoch, below {MIN_FINAL_TAU:g} where sampling overflows; use a smaller --tau_decay")
     if args.penalty == "fixed" and (args.penalty_weight is None or not 0 <= args.penalty_weight < math.inf):
         raise UserError("--penalty fixed needs a non-negative --penalty_weight, e.g. --penalty_weight 0.1")
     if args.penalty == "lagrange" and args.penalty_weight is not None:
@@ -869,13 +888,16 @@ def search_worker(args):
     cleanup_distributed()
 
 
+EXPLODED_LOSS = 1e4  # cross-entropy starts near ln(classes); a loss this large means the weights blew up
+
+
 def divergence(train_loss, val_loss, searcher):
-    """(what stopped being finite, the options most likely at fault), or
-    None while the losses, alpha and lambda are all finite."""
-    if not math.isfinite(train_loss):
-        return f"the weights' loss is {train_loss}", "--learning_rate or --eta"
-    if val_loss is not None and not math.isfinite(val_loss):
-        return f"alpha's loss is {val_loss}", "--tau_decay, --eta or --arch_learning_rate"
+    """(what stopped being finite or exploded, the options most likely at
+    fault), or None while the losses, alpha and lambda are all sane."""
+    if not train_loss <= EXPLODED_LOSS:  # NaN too
+        return f"the weights' loss is {train_loss:g}", "--learning_rate, --grad_clip or --eta"
+    if val_loss is not None and not val_loss <= EXPLODED_LOSS:
+        return f"alpha's loss is {val_loss:g}", "--tau_decay, --eta or --arch_learning_rate"
     if not torch.isfinite(searcher.model.alpha).all():
         return "alpha holds a value that is not finite", "--arch_learning_rate"
     if not math.isfinite(searcher.state.tradeoff):

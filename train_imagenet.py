@@ -97,6 +97,7 @@ EMA_DECAY = 0.9999
 # ONNX opset 13: TensorRT 8.x, which JetPack 4.6 and 5.x ship on Jetson
 # AGX Xavier, parses it fully (ReLU6 becomes Clip, BatchNorm is folded).
 ONNX_OPSET = 13
+MIN_ONNX_OPSET, MAX_ONNX_OPSET = 7, 20  # the TorchScript exporter's range; every opset in it exports and checks
 ONNX_INPUT, ONNX_OUTPUT = "images", "logits"
 ONNX_TOLERANCE = 1e-3  # largest |onnxruntime - PyTorch| logit difference accepted
 
@@ -218,18 +219,22 @@ def resolve_schedule(args):
 
 def check_numbers(args, world_size):
     checks = [
-        (args.epochs >= 1, "--epochs must be at least 1"),
-        (args.batch_size >= 1, "--batch_size must be at least 1"),
-        (args.image_size >= 32, "--image_size must be at least 32 (the network downsamples 32x)"),
-        (0 < args.lr < math.inf, "--lr must be a positive number"),
-        (0 <= args.warmup_epochs < math.inf, "--warmup_epochs must be a non-negative number"),
+        (1 <= args.epochs <= utils.MAX_EPOCHS, f"--epochs must be in [1, {utils.MAX_EPOCHS}]"),
+        (1 <= args.batch_size <= utils.MAX_BATCH_SIZE, f"--batch_size must be in [1, {utils.MAX_BATCH_SIZE}]"),
+        (32 <= args.image_size <= utils.MAX_IMAGE_SIZE,
+         f"--image_size must be in [32, {utils.MAX_IMAGE_SIZE}] (the network downsamples 32x)"),
+        (0 < args.lr <= utils.MAX_LEARNING_RATE, f"--lr must be in (0, {utils.MAX_LEARNING_RATE:g}]"),
+        (0 <= args.warmup_epochs <= utils.MAX_EPOCHS, f"--warmup_epochs must be in [0, {utils.MAX_EPOCHS}]"),
         (0 <= args.momentum < 1, "--momentum must be in [0, 1)"),
-        (0 <= args.weight_decay < math.inf, "--weight_decay must be a non-negative number"),
+        (0 <= args.weight_decay <= 1, "--weight_decay must be in [0, 1]"),
         (0 <= args.label_smoothing < 1, "--label_smoothing must be in [0, 1)"),
         (0 <= args.dropout < 1, "--dropout must be in [0, 1)"),
         (0 <= args.grad_clip < math.inf, "--grad_clip must be a non-negative number (0: no clipping)"),
         (0 < args.ema_decay < 1, "--ema_decay must be in (0, 1)"),
-        (args.workers is None or args.workers >= 0, "--workers must be non-negative"),
+        (args.workers is None or 0 <= args.workers <= utils.MAX_WORKERS,
+         f"--workers must be in [0, {utils.MAX_WORKERS}]"),
+        (MIN_ONNX_OPSET <= args.onnx_opset <= MAX_ONNX_OPSET,
+         f"--onnx_opset must be in [{MIN_ONNX_OPSET}, {MAX_ONNX_OPSET}] (what the exporter writes for this network)"),
         (args.prefetch_factor >= 1, "--prefetch_factor must be at least 1"),
     ]
     for ok, message in checks:
@@ -608,17 +613,26 @@ def plot_curves(records, path):
 def export_onnx(model, path, image_size, opset=ONNX_OPSET):
     """Write `model` (eval mode, fp32, CPU) to ONNX with a dynamic batch
     axis, check it with onnxruntime against PyTorch and return the largest
-    absolute logit difference."""
+    absolute logit difference. The file appears at `path` only once it has
+    passed the check."""
     model = copy.deepcopy(model).float().cpu().eval()
     example = torch.zeros(1, 3, image_size, image_size)
-    with warnings.catch_warnings():
-        # The TorchScript exporter (deprecated in favour of one that needs
-        # onnxscript): its opset-13 graphs are the ones TensorRT 8.x parses.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (example,), str(path), input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-                          opset_version=opset, dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
-                          dynamo=False)
-    return check_onnx(model, path, image_size)
+    partial = f"{path}.partial"
+    try:
+        with warnings.catch_warnings():
+            # The TorchScript exporter (deprecated in favour of one that needs
+            # onnxscript): its opset-13 graphs are the ones TensorRT 8.x parses.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (example,), partial, input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                              opset_version=opset, dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+                              dynamo=False)
+        difference = check_onnx(model, partial, image_size)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
+    os.replace(partial, path)
+    return difference
 
 
 def import_onnx_checkers():
@@ -677,9 +691,7 @@ def run(args, context):
     root = args.dataset if args.dataset is not None else data.synthetic_dataset_once(context)
     if args.evaluate:
         return evaluate_checkpoint(args, context, root, utils.run_logger(context, None, "train"))
-    if context.is_main:
-        os.makedirs(args.save, exist_ok=True)
-    return fit(args, context, root, utils.run_logger(context, args.save, "train"))
+    return fit(args, context, root)
 
 
 def show_progress(context):
@@ -703,11 +715,16 @@ def log_setup(logger, args, context, training, num_classes, train_loader, val_lo
     logger.info(f"writing to {os.path.abspath(args.save)}")
 
 
-def fit(args, context, root, logger):
+def fit(args, context, root):
     train_loader = build_train_loader(root, args, context)
     val_loader = build_val_loader(root, args, context)
     num_classes = len(train_loader.dataset.dataset.classes)
     training = setup_training(args, context, num_classes, len(train_loader))
+    # The run's folder and log appear only now that the data and the model
+    # were accepted: a refusal above leaves nothing behind.
+    if context.is_main:
+        os.makedirs(args.save, exist_ok=True)
+    logger = utils.run_logger(context, args.save, "train")
     if context.is_main:
         log_setup(logger, args, context, training, num_classes, train_loader, val_loader)
     start_epoch, best = 0, dict(top1=-1.0, epoch=0, ema_top1=-1.0)
@@ -727,8 +744,11 @@ def fit(args, context, root, logger):
         lr = training.optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(training, train_loader, epoch, show_progress(context))
         if not math.isfinite(stats.loss):
-            raise UserError(f"training diverged in epoch {epoch + 1} (loss {stats.loss}); resume from "
-                            f"{os.path.join(args.save, CHECKPOINT_FILE)} with a lower --lr")
+            checkpoint_path = os.path.join(args.save, CHECKPOINT_FILE)
+            restart = (f"resume from {checkpoint_path} with a lower --lr" if os.path.isfile(checkpoint_path) else
+                       "no epoch finished, so no checkpoint was saved: start again with a lower --lr "
+                       "(or a smaller --grad_clip)")
+            raise UserError(f"training diverged in epoch {epoch + 1} (loss {stats.loss}); {restart}")
         val = evaluate_model(training.model, val_loader, context, show_progress(context))
         ema_val = evaluate_model(training.ema.model, val_loader, context, False) if training.ema else None
         rng_states = utils.all_gather_objects(utils.rng_states())

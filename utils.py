@@ -171,6 +171,17 @@ def run_logger(context, save_dir, name):
 MAX_SEED = 2**31 - 1
 
 
+# Upper bounds of numeric options, far above any real use and low enough
+# that nothing overflows or tries to allocate the impossible.
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_LEARNING_RATE = 10.0  # SGD or Adam steps beyond this leave finite numbers within a few steps
+MAX_IMAGE_SIZE = 2048  # pixels per side
+MAX_CLASSES = 100_000  # a 1280 x 100,000 classifier is 0.5 GB already
+MAX_WORKERS = 256
+MAX_WIDTH_MULT = 4.0  # a LightNet 4x wider has 16x the weights (about 110 M)
+
+
 def check_seed(seed):
     if not 0 <= seed <= MAX_SEED:
         raise UserError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
@@ -236,6 +247,38 @@ def _current_umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+MAX_JSON_INTEGER_DIGITS = 18  # a count or size past this is a mistake (and may not fit a float)
+
+
+def _bounded_integer(text):
+    if len(text.lstrip("-")) > MAX_JSON_INTEGER_DIGITS:
+        raise ValueError(f"integer {text[:20]}... has {len(text.lstrip('-'))} digits")
+    return int(text)
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def read_json(path, what):
+    """A user-supplied JSON file, refused in one line when it cannot be read,
+    is not JSON, holds NaN/Infinity or an integer of more than 18 digits, or
+    nests too deeply for Python to read."""
+    try:
+        with open(path) as file:
+            return json.load(file, parse_int=_bounded_integer, parse_constant=_no_constant)
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a folder; give a file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{what} {path} cannot be read ({error})") from None
+    except RecursionError:
+        raise UserError(f"{what} {path} nests too deeply to be a file this project wrote") from None
+    except ValueError as error:  # json.JSONDecodeError included
+        raise UserError(f"{what} {path} is not valid JSON here ({error})") from None
 
 
 def write_json(path, content, indent=2):

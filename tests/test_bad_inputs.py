@@ -91,6 +91,15 @@ def inputs(tmp_path_factory):
     files["csv"].write_text("arch,measured_ms\n")
     files["imagenet"] = root / "imagenet"
     (files["imagenet"] / "train").mkdir(parents=True)
+    files["deep_json"] = root / "deep.json"
+    files["deep_json"].write_text("[" * 100_000 + "]" * 100_000)
+    shipped = (REPO_ROOT / "latency_lut" / "cpu_intel_xeon_b1_t1.json").read_text()
+    entry = json.dumps(json.loads(shipped)["fixed"]["value"])
+    assert shipped.count(f'"value": {entry}') == 1  # the fixed part's value: replaced below
+    files["table_huge_integer"] = root / "huge-integer.json"
+    files["table_huge_integer"].write_text(shipped.replace(f'"value": {entry}', '"value": 1' + "0" * 400))
+    files["table_huge_entry"] = root / "huge-entry.json"
+    files["table_huge_entry"].write_text(shipped.replace(f'"value": {entry}', '"value": 1e308'))
     return files
 
 
@@ -256,6 +265,51 @@ CASES = {
     "train: onnx into a missing folder": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{data}",
                                                            "--export_onnx", "{root}/nowhere/model.onnx"],
                                           "does not exist"),
+    # numbers the code cannot use, and JSON no file of this project holds
+    "search: learning rate 1e308": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--learning_rate",
+                                                      "1e308"], "--learning_rate must be in (0, 10]"),
+    "search: alpha learning rate 1e308": (search_imagenet, ["--save", "{out}", "--dataset", "{data}",
+                                                            "--arch_learning_rate", "1e308"], "--arch_learning_rate"),
+    "search: eta 1e308": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--eta", "1e308"],
+                          "--eta must be in [0, 100]"),
+    "search: tau decay 1e308": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--tau_decay",
+                                                  "1e308"], "lowers the Gumbel temperature"),
+    "search: tradeoff 1e308": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--tradeoff", "1e308"],
+                               "--tradeoff must be at most"),
+    "search: epochs 10**20": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--epochs",
+                                                "99999999999999999999"], "--epochs must be in [1, 10000]"),
+    "search: image size 10**8": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--image_size",
+                                                   "99999999"], "--image_size must be in"),
+    "search: 10**11 classes": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--num_classes",
+                                                 "99999999999"], "--num_classes must be in [2, 100000]"),
+    "train: lr 1e308": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{data}", "--lr",
+                                         "1e308"], "--lr must be in (0, 10]"),
+    "train: epochs 10**20": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{data}",
+                                              "--epochs", "99999999999999999999"], "--epochs must be in"),
+    "train: image size 10**20": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{data}",
+                                                  "--image_size", "99999999999999999999"], "--image_size must be in"),
+    "train: opset 1": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{data}",
+                                        "--export_onnx", "{out}.onnx", "--onnx_opset", "1"], "--onnx_opset must be in"),
+    "train: batch larger than the split": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset",
+                                                            "{data}", "--batch_size", "64", "--workers", "0",
+                                                            "--image_size", "32"], "fewer than one batch"),
+    "evaluate: image size 10**20": (evaluate, ["--model", "LightNet-20ms", "--weights", "{released_20}", "--dataset",
+                                               "{data}", "--image_size", "99999999999999999999"], "--image_size"),
+    "model_train: 10**11 classes": (model_train, ["--arch_config", ARCH_24, "--num_classes", "99999999999"],
+                                    "--num_classes must be in [1, 100000]"),
+    "model_train: width 10**6": (model_train, ["--arch_config", ARCH_24, "--width_mult", "1e6"], "--width_mult"),
+    "train: arch nested 100,000 deep": (train_imagenet, ["--dataset", "{data}", "--save", "{out}", "--arch_config",
+                                                         "{deep_json}"], "nests too deeply"),
+    "predict: table nested 100,000 deep": (latency_build, ["predict", "--lut", "{deep_json}", "--arch_config",
+                                                           ARCH_24], "nests too deeply"),
+    "predict: table entry 10**400": (latency_build, ["predict", "--lut", "{table_huge_integer}", "--arch_config",
+                                                     ARCH_24], "401 digits"),
+    "predict: table entry 1e308": (latency_build, ["predict", "--lut", "{table_huge_entry}", "--arch_config",
+                                                   ARCH_24], "not a plausible cost"),
+    "calibrate: measurements a folder": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                                   "cpu_intel_xeon_b1_t1.json"),
+                                                         "--measurements", "{empty_dir}", "--out", "{out}.json"],
+                                         "is a folder"),
     "reproduce: dataset without weights": (reproduce_tables, ["--quick", "--out", "{out}", "--dataset", "{data}"],
                                            "go together"),
     "reproduce: search options it sets": (reproduce_tables, ["--quick", "--out", "{out}", "--", "--save", "x"],

@@ -309,7 +309,7 @@ MALFORMED = {
     "missing metadata": (lambda table: table["metadata"].pop("batch_size"), "metadata lacks batch_size"),
     "bad batch size": (_set("metadata", "batch_size", 0), "batch_size must be a positive integer"),
     "text value": (_set("entries", "layer01:MBK3E3:16->24:s2:112x112", {"value": "fast"}), "finite number"),
-    "nan value": (_set("entries", "layer01:MBK3E3:16->24:s2:112x112", {"value": float("nan")}), "finite number"),
+    "nan value": (_set("entries", "layer01:MBK3E3:16->24:s2:112x112", {"value": float("nan")}), "NaN is not a number JSON allows"),
     "negative value": (_set("entries", "layer01:MBK3E3:16->24:s2:112x112", {"value": -0.5}), "cannot be negative"),
     "negative fixed part": (_set("fixed", {"value": -1.0}), "cannot be negative"),
     "no fixed part": (lambda table: table.pop("fixed"), "'fixed': needs a finite number"),

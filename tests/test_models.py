@@ -209,7 +209,7 @@ def test_bad_width_mult_fails_with_one_line(width, capsys):
         run_cli(model_train.main, model_train.get_args_parser(), ["--arch_config", "LightNet-24ms", "--width_mult",
                                                                     width])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == f"error: --width_mult must be a positive number, got {float(width)}"
+    assert capsys.readouterr().err.strip() == f"error: --width_mult must be in (0, 4], got {float(width)}"
 
 
 def test_code_in_arch_config_is_never_executed(tmp_path, capsys):

@@ -412,10 +412,10 @@ def test_a_bad_dataset_gives_one_line(tmp_path, capsys, damage, message):
     (["--sync_bn", "--device", "cpu"], "--sync_bn needs CUDA"),
     (["--arch_config", "LightNet-99ms"], "LightNet-99ms"),
     (["--resume", "nowhere.pth.tar"], "--resume nowhere.pth.tar not found"),
-    (["--epochs", 0], "--epochs must be at least 1"),
-    (["--lr", "inf"], "--lr must be a positive number"),
-    (["--lr", "nan"], "--lr must be a positive number"),
-    (["--weight_decay", "nan"], "--weight_decay must be a non-negative number"),
+    (["--epochs", 0], "--epochs must be in [1, 10000]"),
+    (["--lr", "inf"], "--lr must be in (0, 10]"),
+    (["--lr", "nan"], "--lr must be in (0, 10]"),
+    (["--weight_decay", "nan"], "--weight_decay must be in [0, 1]"),
     (["--grad_clip", "inf"], "--grad_clip must be a non-negative number"),
 ])
 def test_bad_options_give_one_line(tiny_dataset, tmp_path, capsys, options, message):
