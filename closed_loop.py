@@ -16,7 +16,8 @@ Steps (each reused when its output exists, so an interrupted loop continues):
    machine since then does not count);
 4. on a CPU, the found network timed as a user's script runs it: alone, in
    fresh processes started under the table's condition (the line `build`
-   prints), with the reference network in fresh processes between them.
+   prints), each then pairing it call by call with the reference network
+   so the machine's drift can be taken out.
 """
 
 import argparse

@@ -33,7 +33,7 @@ from latency_timing import (CLOCKS, CONDITIONS, DEFAULT_CLOCK, DEFAULT_CPU_THREA
                             measure_arch_configs, noise_report, reference_level, session_statistics,
                             time_in_fresh_processes, time_networks)
 from operations import LAYOUT, NUM_LAYERS, NUM_OPS, NUM_SEARCHABLE_LAYERS
-from utils import UserError, new_figure, resolve_device, run_cli, save_figure, write_csv
+from utils import UserError, new_figure, open_for_reading, resolve_device, run_cli, save_figure, write_csv
 
 # Authors' measurement set-up (their README and release).
 JETSON_BATCH_SIZE = 8
@@ -432,20 +432,14 @@ def plot_validation(measured, raw, calibrated, title, path):
 
 def read_measurements(path):
     """(op indices, measured ms) from a validate.csv."""
-    try:
-        with open(path, newline="") as file:
+    with open_for_reading(path, "--measurements", newline="") as file:
+        try:
             rows = list(csv.DictReader(file))
-        indices = np.array([text_to_arch(row["arch"]) for row in rows], dtype=np.int64)
-        measured = np.array([float(row["measured_ms"]) for row in rows])
-    except FileNotFoundError:
-        raise UserError(f"--measurements {path} not found") from None
-    except IsADirectoryError:
-        raise UserError(f"--measurements {path} is a folder; give its validate.csv") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"--measurements {path} cannot be read ({error})") from None
-    except (KeyError, ValueError, TypeError, AttributeError, csv.Error, UserError):
-        raise UserError(f"--measurements {path}: expected the validate.csv written by `validate` "
-                        f"(columns arch, measured_ms)") from None
+            indices = np.array([text_to_arch(row["arch"]) for row in rows], dtype=np.int64)
+            measured = np.array([float(row["measured_ms"]) for row in rows])
+        except (KeyError, ValueError, TypeError, AttributeError, csv.Error, UserError):
+            raise UserError(f"--measurements {path}: expected the validate.csv written by `validate` "
+                            f"(columns arch, measured_ms)") from None
     return indices, measured
 
 

@@ -181,10 +181,14 @@ def heap_keeps_large_blocks():
     return not mapped
 
 
+def env_line(settings):
+    """Environment variables as a shell prefix: NAME=value NAME=value."""
+    return " ".join(f"{name}={value}" for name, value in settings.items())
+
+
 def deployment_line(threads):
     """What a user puts before their own command for a CPU table to hold."""
-    settings = dict(DEPLOYMENT_ENV, OMP_NUM_THREADS=str(threads))
-    return " ".join(f"{name}={value}" for name, value in settings.items())
+    return env_line(dict(DEPLOYMENT_ENV, OMP_NUM_THREADS=str(threads)))
 
 
 @contextlib.contextmanager
@@ -481,10 +485,10 @@ def warm_up(calls, seconds):
             return
 
 
-def time_alone(arch_config, protocol, num_classes, calls, with_reference=False):
+def time_alone(arch_config, protocol, num_classes, with_reference=False):
     """Time one network the way a deployed script runs it: built alone in
-    this process, the protocol's threads, a fixed warm-up, then `calls` calls
-    on the wall clock. Returns the median, the spread and the minor page
+    this process, the protocol's threads, a fixed warm-up, then
+    `protocol.repeats` calls on the wall clock. Returns the median, the spread and the minor page
     faults per timed call (a call that maps its activations afresh faults
     them in). `with_reference` then builds the reference network and times
     the two in alternating calls: the median ratio of each pair, times the
@@ -492,6 +496,7 @@ def time_alone(arch_config, protocol, num_classes, calls, with_reference=False):
     the machine's drift (which moves a 2-core VM by +-10% within seconds)
     taken out."""
     network = model_train.LightNet(arch_config, num_classes=num_classes)
+    calls = protocol.repeats
     with torch_threads(protocol.threads), flushed_denormals():
         call, = make_runners([Probe(("network",), network, (3, INPUT_SIZE, INPUT_SIZE))], protocol)
         warm_up([call], protocol.warmup_s)
@@ -538,8 +543,8 @@ def time_in_fresh_process(arch_config, protocol, num_classes, condition, calls=A
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     kept = result["heap_keeps_large_blocks"]
     if kept is not None and kept != (condition == "deployment"):
-        setting = " ".join(f"{name}={value}" for name, value in DEPLOYMENT_ENV.items())
-        raise UserError(f"a fresh process started {'with' if condition == 'deployment' else 'without'} {setting} "
+        raise UserError(f"a fresh process started {'with' if condition == 'deployment' else 'without'} "
+                        f"{env_line(DEPLOYMENT_ENV)} "
                         f"{'did not keep' if condition == 'deployment' else 'kept'} large blocks on its heap: this "
                         "C library does not follow the setting, so the tables' condition cannot be reproduced here")
     return result
@@ -583,7 +588,7 @@ def main(args):
     protocol = make_protocol("cpu", args.batch_size, args.threads, "wall", args.warmup_s, args.calls, args.seed,
                              args.runtime, reference=False)
     torch.manual_seed(args.seed)
-    result = time_alone(arch_config, protocol, args.num_classes, args.calls, args.with_reference)
+    result = time_alone(arch_config, protocol, args.num_classes, args.with_reference)
     if args.json:
         print(json.dumps(result))
         return

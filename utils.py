@@ -262,23 +262,33 @@ def _no_constant(name):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def read_json(path, what):
-    """A user-supplied JSON file, refused in one line when it cannot be read,
-    is not JSON, holds NaN/Infinity or an integer of more than 18 digits, or
-    nests too deeply for Python to read."""
+@contextlib.contextmanager
+def open_for_reading(path, what, newline=None):
+    """open(path) for reading a user's file: a missing file, a folder or an
+    unreadable file is one UserError line naming `what`."""
     try:
-        with open(path) as file:
-            return json.load(file, parse_int=_bounded_integer, parse_constant=_no_constant)
+        file = open(path, newline=newline)
     except FileNotFoundError:
         raise UserError(f"{what} {path} not found") from None
     except IsADirectoryError:
         raise UserError(f"{what} {path} is a folder; give a file") from None
-    except (OSError, UnicodeDecodeError) as error:
+    except OSError as error:
         raise UserError(f"{what} {path} cannot be read ({error})") from None
-    except RecursionError:
-        raise UserError(f"{what} {path} nests too deeply to be a file this project wrote") from None
-    except ValueError as error:  # json.JSONDecodeError included
-        raise UserError(f"{what} {path} is not valid JSON here ({error})") from None
+    with file:
+        yield file
+
+
+def read_json(path, what):
+    """A user-supplied JSON file, refused in one line when it cannot be read,
+    is not JSON, holds NaN/Infinity or an integer of more than 18 digits, or
+    nests too deeply for Python to read."""
+    with open_for_reading(path, what) as file:
+        try:
+            return json.load(file, parse_int=_bounded_integer, parse_constant=_no_constant)
+        except RecursionError:
+            raise UserError(f"{what} {path} nests too deeply to be a file this project wrote") from None
+        except ValueError as error:  # json.JSONDecodeError and UnicodeDecodeError included
+            raise UserError(f"{what} {path} is not valid JSON here ({error})") from None
 
 
 def write_json(path, content, indent=2):
