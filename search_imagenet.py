@@ -961,7 +961,7 @@ def main(args):
     if args.resume is not None:  # a wrong file fails now, before --save is touched
         check_search_checkpoint(load_checkpoint(resolve_resume_path(args.resume), what="--resume"),
                                 resolve_resume_path(args.resume))
-    with run_folder_lock(args.save):
+    with run_folder_lock(args.save, checkpoint=CHECKPOINT_NAME):
         check_save_folder(args)
         launch(search_worker, args, args.gpus)
 

@@ -337,7 +337,7 @@ def prepare(args):
 def main(args):
     prepare(args)
     writes_a_run = not args.evaluate  # --evaluate writes no run folder: nothing to lock
-    with utils.run_folder_lock(args.save) if writes_a_run else contextlib.nullcontext():
+    with utils.run_folder_lock(args.save, checkpoint=CHECKPOINT_FILE) if writes_a_run else contextlib.nullcontext():
         utils.launch(worker, args, args.gpus)
 
 

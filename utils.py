@@ -581,17 +581,22 @@ def make_output_folder(path, option="--out"):
 
 
 @contextlib.contextmanager
-def run_folder_lock(folder, option="--save"):
+def run_folder_lock(folder, option="--save", checkpoint=None):
     """Hold an exclusive lock on `folder` (created if missing) while a run
     writes into it, so that a second run given the same folder is refused
     instead of mixing its files with this one's. Only the process that
-    starts the run takes it (under torchrun, rank 0). A folder created here
-    and still empty at the end (the run failed before writing) is removed."""
+    starts the run takes it (under torchrun, rank 0).
+
+    A run that stops on bad input (an unreadable image found mid-epoch, a
+    divergence) before it has written `checkpoint` leaves nothing behind:
+    the files it created are removed, and the folder too if this run made
+    it. Files that were there before are kept."""
     if os.environ.get("RANK", "0") != "0":
         yield
         return
     created = not os.path.isdir(folder)
     make_output_folder(folder, option)
+    present_before = set(os.listdir(folder))
     descriptor = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -601,10 +606,26 @@ def run_folder_lock(folder, option="--save"):
                         f"{option}") from None
     try:
         yield
+    except (UserError, SystemExit) as error:
+        if _stopped_on_bad_input(error) and not (checkpoint and os.path.exists(os.path.join(folder, checkpoint))):
+            _remove_new_files(folder, present_before)
+        raise
     finally:
         os.close(descriptor)  # releases the lock
         if created and os.path.isdir(folder) and not os.listdir(folder):
             os.rmdir(folder)
+
+
+def _stopped_on_bad_input(error):
+    """A UserError here, or the exit status a spawned process gives for one."""
+    return isinstance(error, UserError) or error.code == USER_ERROR_EXIT_CODE
+
+
+def _remove_new_files(folder, present_before):
+    for name in set(os.listdir(folder)) - present_before:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) or os.path.islink(path):
+            os.remove(path)
 
 
 def launch(worker, args, num_processes):

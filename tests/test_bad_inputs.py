@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,10 @@ def inputs(tmp_path_factory):
     files = {"root": root}
     files["data"] = data.write_synthetic_dataset(root / "data", num_classes=3, train_per_class=4, val_per_class=2,
                                                  image_size=32, seed=0)
+    files["broken_image"] = data.write_synthetic_dataset(root / "broken-image", num_classes=3, train_per_class=4,
+                                                         val_per_class=2, image_size=32, seed=0)
+    first_class = sorted((files["broken_image"] / "train").iterdir())[0]
+    (first_class / "broken.png").write_bytes(b"not a png")  # found only when the run reads it
     files["empty_dir"] = root / "empty"
     files["empty_dir"].mkdir()
     files["no_val"] = root / "no-val"
@@ -293,6 +298,13 @@ CASES = {
     "train: batch larger than the split": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset",
                                                             "{data}", "--batch_size", "64", "--workers", "0",
                                                             "--image_size", "32"], "fewer than one batch"),
+    "search: unreadable image found mid-epoch": (search_imagenet, ["--save", "{out}", "--dataset", "{broken_image}",
+                                                   "--epochs", "1", "--freeze_epochs", "0", "--image_size", "32",
+                                                   "--num_classes", "3", "--batch_size_train", "2", "--batch_size_val", "2",
+                                                   "--workers", "0"], "cannot read image"),
+    "train: unreadable image found mid-epoch": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}",
+                                                  "--dataset", "{broken_image}", "--epochs", "1", "--batch_size",
+                                                  "2", "--image_size", "32", "--workers", "0"], "cannot read image"),
     "evaluate: image size 10**20": (evaluate, ["--model", "LightNet-20ms", "--weights", "{released_20}", "--dataset",
                                                "{data}", "--image_size", "99999999999999999999"], "--image_size"),
     "model_train: 10**11 classes": (model_train, ["--arch_config", ARCH_24, "--num_classes", "99999999999"],
@@ -317,6 +329,10 @@ CASES = {
 }
 
 
+# A run's progress bar (erased from a terminal when the run stops, leaving a blank line) is not an error line.
+PROGRESS_BAR = re.compile(r"^epoch \d+.*\d+%\|")
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_is_one_line_exit_2_and_nothing_written(case, inputs, tmp_path, capsys):
     module, arguments, message = CASES[case]
@@ -328,7 +344,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(case, inputs, tmp_path
         run_cli(module.main, module.get_args_parser(), filled)
     error = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2, error
-    lines = error.splitlines()
+    lines = [line for line in error.splitlines() if line.strip() and not PROGRESS_BAR.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert "Traceback" not in error
     assert list(tmp_path.iterdir()) == []  # nothing half-written

@@ -164,6 +164,47 @@ def test_run_folder_lock_refuses_a_second_run_and_tidies_an_empty_new_folder(tmp
             pass
 
 
+def write_run_files(folder, checkpoint=False):
+    (folder / "args.json").write_text("{}")
+    (folder / "log.txt").write_text("setup lines")
+    if checkpoint:
+        (folder / "checkpoint.pth.tar").write_bytes(b"epoch 1")
+
+
+@pytest.mark.parametrize("stop", [UserError("cannot read image x.png"), SystemExit(utils.USER_ERROR_EXIT_CODE)])
+def test_a_run_stopped_by_bad_input_before_its_first_checkpoint_leaves_nothing(tmp_path, stop):
+    new_folder = tmp_path / "new"
+    with pytest.raises(type(stop)):
+        with utils.run_folder_lock(str(new_folder), checkpoint="checkpoint.pth.tar"):
+            write_run_files(new_folder)
+            raise stop
+    assert not new_folder.exists()
+
+    users_folder = tmp_path / "mine"  # a folder that existed: its own files stay
+    users_folder.mkdir()
+    (users_folder / "notes.txt").write_text("the user's")
+    with pytest.raises(type(stop)):
+        with utils.run_folder_lock(str(users_folder), checkpoint="checkpoint.pth.tar"):
+            write_run_files(users_folder)
+            raise stop
+    assert sorted(entry.name for entry in users_folder.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("checkpoint_written, stop", [
+    (True, UserError("cannot read image x.png")),  # a later epoch: the run so far is resumable
+    (False, SystemExit(1)),  # a crash, not bad input: its log is evidence
+    (False, RuntimeError("a bug")),
+])
+def test_a_run_keeps_its_files_once_it_has_a_checkpoint_or_when_it_crashed(tmp_path, checkpoint_written, stop):
+    folder = tmp_path / "run"
+    with pytest.raises(type(stop)):
+        with utils.run_folder_lock(str(folder), checkpoint="checkpoint.pth.tar"):
+            write_run_files(folder, checkpoint_written)
+            raise stop
+    expected = {"args.json", "log.txt"} | ({"checkpoint.pth.tar"} if checkpoint_written else set())
+    assert {entry.name for entry in folder.iterdir()} == expected
+
+
 def test_a_successful_save_removes_temporary_files_a_killed_write_left(tmp_path):
     path = tmp_path / "checkpoint.pth.tar"
     killed = tmp_path / ".checkpoint.pth.tar.tmp-abc123"  # what a SIGKILL mid-write leaves
