@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -48,7 +48,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_CROP_RATIO = 0.875
 
 DATASET_HINT = ("--dataset must point at a folder holding train/ and val/, each with one "
-                "sub-folder of images per class (see README, Preprocessing)")
+                "sub-folder of images per class (see docs/training.md, Preprocessing ImageNet)")
 
 
 def build_train_transform(image_size=224, color_jitter=(0.4, 0.4, 0.4), hue=0.0):
@@ -163,9 +163,11 @@ def load_rgb_image(path):
     try:
         with open(path, "rb") as file:
             return Image.open(file).convert("RGB")
+    except UnidentifiedImageError as error:  # its message names Python's file object, not the file
+        raise UserError(f"cannot read image {path} (not an image format Pillow knows): replace or delete the "
+                        "file") from error
     except (OSError, SyntaxError) as error:  # Pillow's errors for unreadable/corrupt files
-        message = f"cannot read image {path} ({error}): replace or delete the file"
-        raise UserError(message) from error
+        raise UserError(f"cannot read image {path} ({error}): replace or delete the file") from error
 
 
 def dataset_fingerprint(dataset):

@@ -19,7 +19,8 @@ from tqdm import tqdm
 import data
 import model_train
 from utils import (
-    MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_WIDTH_MULT, MAX_WORKERS, UserError, all_reduce_sum, correct_counts, load_checkpoint, resolve_device, run_cli, strip_module_prefix,
+    MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_WIDTH_MULT, MAX_WORKERS, UserError, all_reduce_sum, correct_counts,
+    load_checkpoint, name_a_few, non_finite_entries, resolve_device, run_cli, strip_module_prefix,
 )
 
 CLASSIFIER_WEIGHT = "classifier.4.weight"  # its rows give num_classes
@@ -66,11 +67,10 @@ def load_weights(model, state_dict, path):
                                         ("wrong shape", wrong_shape)) if keys]
         raise UserError(f"--weights: {path} does not fit this architecture ({'; '.join(problems)}); "
                         "check --model/--arch_config and --width_mult")
-    broken = [key for key, value in state_dict.items()
-              if torch.is_floating_point(value) and not torch.isfinite(value).all()]
+    broken = non_finite_entries(state_dict)
     if broken:
-        raise UserError(f"--weights: {path} holds NaN or infinite values ({', '.join(broken[:3])}"
-                        f"{' ...' if len(broken) > 3 else ''}): the run that wrote it diverged")
+        raise UserError(f"--weights: {path} holds NaN or infinite values ({name_a_few(broken)}): the run that "
+                        "wrote it diverged")
     model.load_state_dict(state_dict, strict=True)
 
 

@@ -1,6 +1,6 @@
 """Rebuild the paper's tables and measure its central claim, in one command.
 
-    python3 reproduce_tables.py                 # full (the README gives its time on 2 cores)
+    python3 reproduce_tables.py                 # full (docs/results.md gives its time on 2 cores)
     python3 reproduce_tables.py --quick         # CI-sized: a few minutes
     python3 reproduce_tables.py --dataset /data/imagenet --weights_dir /data/lightnets    # + top-1/top-5
     python3 reproduce_tables.py --search_dataset /data/imagenet100 --jobs 1 -- --gpus 1 --visible 0
@@ -65,8 +65,8 @@ import operations
 import peers
 import retraining
 import search_imagenet
-from utils import (UserError, make_output_folder, new_figure, read_json_lines, run_cli, save_figure, write_csv,
-                   write_json)
+from utils import (UserError, make_output_folder, new_figure, read_json, read_json_lines, run_cli, save_figure,
+                   write_csv, write_json)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 SEARCH_SCRIPT = os.path.join(REPO_ROOT, "search_imagenet.py")
@@ -796,12 +796,7 @@ def main(args):
     check_plan(args.out, {"mode": mode.name, "search_arguments": common, "targets": args.targets, "grid": args.grid,
                           "reference_target": args.reference_target, "retrain_epochs": args.retrain_epochs})
 
-    print("== Table 1: the LightNets ==", flush=True)
-    evaluated = evaluate_released(args, list(model_train.LIGHTNETS))
-    lightnets, cpu_reference = lightnet_rows(jetson, cpu_table, mode.timing_rounds, evaluated)
-    print("== The LightNets beside torchvision's mobile networks ==", flush=True)
-    peer_results = peers.compare(mode.timing_rounds)
-    peers.print_table(peer_results)
+    lightnets, cpu_reference, peer_results = table_1_and_peers(args, mode, jetson, cpu_table)
     kept = run_searches(args, warmup, lightnas_jobs, baseline_jobs)
 
     warmup_metrics = read_json_lines(os.path.join(warmup.folder, "metrics.jsonl"))[:settings.freeze_epochs]
@@ -831,6 +826,31 @@ def main(args):
     with open(os.path.join(args.out, "report.md")) as file:
         print("\n" + file.read())
     print(f"wrote {args.out}/ in {(time.time() - started) / 60:.1f} min")
+
+
+TIMINGS_FILE = "timings.json"
+
+
+def table_1_and_peers(args, mode, jetson, cpu_table):
+    """Table 1's rows, the reference network's speed and the peers' rows:
+    measured now, or kept from an earlier run into the same --out (the plan
+    is the same, checked before): a run interrupted during its searches
+    continues without timing everything again. Delete OUT/timings.json to
+    time them again. Evaluating released weights (--dataset) is never kept."""
+    path = os.path.join(args.out, TIMINGS_FILE)
+    if args.dataset is None and os.path.isfile(path):
+        timings = read_json(path, what=f"{path} (delete it to time the networks again)")
+        print(f"== Table 1 and the peers: kept from an earlier run ({path}) ==", flush=True)
+        return timings["lightnets"], timings["cpu_reference"], timings["peers"]
+    print("== Table 1: the LightNets ==", flush=True)
+    evaluated = evaluate_released(args, list(model_train.LIGHTNETS))
+    lightnets, cpu_reference = lightnet_rows(jetson, cpu_table, mode.timing_rounds, evaluated)
+    print("== The LightNets beside torchvision's mobile networks ==", flush=True)
+    peer_results = peers.compare(mode.timing_rounds)
+    peers.print_table(peer_results)
+    if args.dataset is None:
+        write_json(path, {"lightnets": lightnets, "cpu_reference": cpu_reference, "peers": peer_results})
+    return lightnets, cpu_reference, peer_results
 
 
 def describe_search(settings, dataset, synthetic):

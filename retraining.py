@@ -31,7 +31,7 @@ _CHILDREN = set()  # processes run_logged is waiting for, on any thread
 _CHILDREN_LOCK = threading.Lock()
 
 # Measured on the synthetic set at 32 px (LightNet-24ms, one thread each, 2 cores;
-# README, "Does the search beat random networks?"). Three changes from the first
+# docs/results.md, "The retraining proxy"). Three changes from the first
 # recipe (batch 16, lr 0.05, dropout 0.2, 40 epochs of 600 images, which ended at
 # 25-54% with 5.5 points between two seeds of one network):
 # - residual blocks start as the identity (zero_init_residual): without it the

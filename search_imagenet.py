@@ -43,10 +43,10 @@ import operations
 from constraint import SearchState
 from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
 from utils import (
-    MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
+    EXPLODED_LOSS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
     AverageMeter, MetricsFile, UserError, accuracy, add_device_arguments, all_gather_objects, all_reduce_sum,
-    check_seed, cleanup_distributed, frozen, init_distributed, launch, load_checkpoint, resolve_device_type,
-    rng_states, run_cli, new_figure, run_folder_lock, run_logger, save_checkpoint, save_figure, share_cpu_threads,
+    check_seed, cleanup_distributed, frozen, init_distributed, launch, load_checkpoint, non_finite_entries,
+    resolve_device_type, rng_states, run_cli, new_figure, run_folder_lock, run_logger, save_checkpoint, save_figure, share_cpu_threads,
     seed_everything, set_rng_states, write_json,
 )
 
@@ -121,6 +121,7 @@ DEMO_SCHEDULE = {
     "augment": "flip",              # random crops of 32 px images lose the small objects
     "land_within": 0.0,             # the search lands by itself (benchmarks/landing.py)
 }
+SCHEDULES = {"paper": PAPER_SCHEDULE, "demo": DEMO_SCHEDULE}
 # The demo's synthetic set, generated at the demo's image size.
 DEMO_DATASET = {"train_per_class": 60, "val_per_class": 30, "image_size": 32}
 
@@ -134,6 +135,11 @@ def get_args_parser():
     run.add_argument("--dataset", default=None,
                      help="folder with train/ and val/ (ImageNet layout); omitted: the synthetic demo dataset "
                           "with a short schedule")
+    run.add_argument("--schedule", choices=tuple(SCHEDULES), default=None,
+                     help="the defaults of the schedule options below: paper = the paper's search on ImageNet "
+                          "(224 px, 90 epochs); demo = the short CPU search that learns on small images (32 px, "
+                          "30 epochs; use it for your own small image set). Options given always win "
+                          "(default: paper with --dataset, demo without)")
     run.add_argument("--resume", default=None,
                      help="checkpoint (or save folder) to continue; a warmup.pth.tar starts a search for any target")
     run.add_argument("--seed", type=int, default=10, help="random seed (paper: 10)")
@@ -164,7 +170,7 @@ def get_args_parser():
                         help="beyond the paper: the final architecture is the most probable one whose cost does "
                              "not exceed the target (with --land_within: within PERCENT and not above T)")
 
-    schedule = parser.add_argument_group("schedule (paper values with --dataset; demo values without)")
+    schedule = parser.add_argument_group("schedule (defaults from --schedule: paper with --dataset, demo without)")
     for name, help_text in (("epochs", "total search epochs"),
                             ("freeze_epochs", "warm-up epochs training weights only"),
                             ("batch_size_train", "weight-step batch, total over processes"),
@@ -238,10 +244,12 @@ def get_args_parser():
 
 
 def resolve_schedule(args):
-    """Fill the schedule options the user left unset: the paper's values
-    with --dataset, the demo's without. Explicit values always win."""
-    defaults = PAPER_SCHEDULE if args.dataset else DEMO_SCHEDULE
-    for name, value in defaults.items():
+    """Fill the schedule options the user left unset from --schedule (the
+    paper's values with --dataset, the demo's without, unless it says
+    otherwise). Explicit values always win."""
+    if args.schedule is None:
+        args.schedule = "paper" if args.dataset else "demo"
+    for name, value in SCHEDULES[args.schedule].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
 
@@ -783,6 +791,15 @@ def write_plots(save_dir, metrics, predictor, target):
 def search_worker(args):
     """One process of the search (all processes run it)."""
     context = init_distributed(args.device_type)
+    try:
+        run(args, context)
+    finally:
+        cleanup_distributed()
+
+
+def run(args, context):
+    """The search in this process; returns its Searcher (alpha, lambda and
+    the supernet as this process ended them)."""
     share_cpu_threads(context)
     if args.dataset is None:
         args.dataset = data.synthetic_dataset_once(context, **DEMO_DATASET)
@@ -872,8 +889,7 @@ def search_worker(args):
         if stop_here:
             logger.info(f"stopped after epoch {epoch + 1} as asked; continue with "
                         f"--resume {os.path.join(args.save, CHECKPOINT_NAME)}")
-            cleanup_distributed()
-            return
+            return searcher
 
     if context.is_main:
         result = write_arch_json(args, searcher, predictor)
@@ -885,10 +901,7 @@ def search_worker(args):
                         f"{result['log_probability_given_up']:.3f} in log-probability (--land_within/--strict)")
         logger.info(f"predicted: {describe_cost(predictor, result['predicted'], args.target_latency)}; "
                     f"written to {os.path.join(args.save, 'arch.json')}")
-    cleanup_distributed()
-
-
-EXPLODED_LOSS = 1e4  # cross-entropy starts near ln(classes); a loss this large means the weights blew up
+    return searcher
 
 
 def divergence(train_loss, val_loss, searcher):
@@ -908,8 +921,7 @@ def divergence(train_loss, val_loss, searcher):
 def check_finite_state(searcher, resume_path):
     """A checkpoint whose weights, alpha or lambda are not finite cannot be
     resumed: every step from it would be NaN too."""
-    weights_finite = all(torch.isfinite(value).all() for value in searcher.model.state_dict().values()
-                         if value.is_floating_point())
+    weights_finite = not non_finite_entries(searcher.model.state_dict())
     found = divergence(0.0, None, searcher) or (None if weights_finite else ("a weight is not finite", None))
     if found is not None:
         raise UserError(f"--resume {resume_path}: {found[0]} in this checkpoint; it cannot be resumed: "

@@ -47,7 +47,7 @@ Without --dataset, the script trains a demo on the project's synthetic
 dataset (10 classes, 1500 train / 500 val images of 64 px, generated on
 first use) with a short CPU schedule: LightNet-24ms, 20 epochs, batch 32,
 64 px, lr 0.04 after 5 warm-up epochs, channels_last (its accuracy and
-time on 2 CPU cores are in the README). Options given explicitly
+time on 2 CPU cores are in docs/training.md). Options given explicitly
 always win over both the demo and the recipe. On a CPU that other jobs
 share, set OMP_NUM_THREADS=1: OpenMP threads spin while waiting for a
 taken core, which made a demo epoch several times slower here.
@@ -107,6 +107,7 @@ ONNX_TOLERANCE = 1e-3  # largest |onnxruntime - PyTorch| logit difference accept
 RECIPE_SCHEDULE = dict(epochs=RECIPE_EPOCHS, batch_size=RECIPE_BATCH_SIZE, image_size=RECIPE_IMAGE_SIZE,
                        lr=RECIPE_LR, warmup_epochs=RECIPE_WARMUP_EPOCHS, channels_last=False)
 DEMO_SCHEDULE = dict(epochs=20, batch_size=32, image_size=64, lr=0.04, warmup_epochs=5, channels_last=True)
+SCHEDULES = {"paper": RECIPE_SCHEDULE, "demo": DEMO_SCHEDULE}
 DEMO_ARCH = "LightNet-24ms"
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -122,7 +123,7 @@ def get_args_parser():
         epilog="Without --dataset: a demo on the synthetic dataset with "
                + ", ".join(f"{name} {value}" for name, value in DEMO_SCHEDULE.items())
                + f" and --arch_config {DEMO_ARCH}. Options marked 'recipe' take the paper's value "
-               "whenever --dataset is given.")
+               "whenever --dataset is given, unless --schedule demo.")
     run = parser.add_argument_group("run")
     run.add_argument("--save", default=None,
                      help="output folder (default: the --resume checkpoint's folder, else train-<date>-<time>)")
@@ -141,6 +142,11 @@ def get_args_parser():
     run.add_argument("--onnx_opset", type=int, default=ONNX_OPSET,
                      help=f"ONNX opset (default: {ONNX_OPSET}, parsed by TensorRT 8.x on Jetson)")
     run.add_argument("--seed", type=int, default=SEED, help=f"random seed (default: {SEED})")
+    run.add_argument("--schedule", choices=tuple(SCHEDULES), default=None,
+                     help="the defaults of the options marked 'recipe': paper = the paper's ImageNet recipe "
+                          "(360 epochs, batch 1024, 224 px); demo = the short CPU schedule of the demo, for small "
+                          "images (" + ", ".join(f"{name} {value}" for name, value in DEMO_SCHEDULE.items())
+                          + "). Options given always win (default: paper with --dataset, demo without)")
 
     dataset = parser.add_argument_group("data")
     dataset.add_argument("--dataset", default=None,
@@ -206,10 +212,12 @@ def get_args_parser():
 
 
 def resolve_schedule(args):
-    """Fill the options left unset with the recipe (--dataset given) or the
-    demo schedule (no --dataset); explicit values always win."""
-    defaults = RECIPE_SCHEDULE if args.dataset is not None else DEMO_SCHEDULE
-    for name, value in defaults.items():
+    """Fill the options left unset from --schedule: the paper's recipe with
+    --dataset, the demo's schedule without, unless it says otherwise;
+    explicit values always win."""
+    if args.schedule is None:
+        args.schedule = "paper" if args.dataset is not None else "demo"
+    for name, value in SCHEDULES[args.schedule].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.scale_lr:
@@ -269,6 +277,10 @@ def load_resume_checkpoint(args):
     if missing:
         raise UserError(f"--resume: {args.resume} is not a training checkpoint of this script "
                         f"(no {', '.join(missing)}); to evaluate weights use --evaluate")
+    broken = utils.non_finite_entries(checkpoint["state_dict"])
+    if broken:
+        raise UserError(f"--resume: {args.resume} holds NaN or infinite values ({utils.name_a_few(broken)}): "
+                        "the run diverged before it was saved; resume from an earlier checkpoint or start again")
     return checkpoint
 
 
@@ -743,12 +755,7 @@ def fit(args, context, root):
         train_loader.sampler.set_epoch(epoch)
         lr = training.optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(training, train_loader, epoch, show_progress(context))
-        if not math.isfinite(stats.loss):
-            checkpoint_path = os.path.join(args.save, CHECKPOINT_FILE)
-            restart = (f"resume from {checkpoint_path} with a lower --lr" if os.path.isfile(checkpoint_path) else
-                       "no epoch finished, so no checkpoint was saved: start again with a lower --lr "
-                       "(or a smaller --grad_clip)")
-            raise UserError(f"training diverged in epoch {epoch + 1} (loss {stats.loss}); {restart}")
+        stop_if_diverged(epoch, stats.loss, training.model, args)
         val = evaluate_model(training.model, val_loader, context, show_progress(context))
         ema_val = evaluate_model(training.ema.model, val_loader, context, False) if training.ema else None
         rng_states = utils.all_gather_objects(utils.rng_states())
@@ -762,6 +769,27 @@ def fit(args, context, root):
             best_path = os.path.join(args.save, BEST_FILE)
             export_weights(utils.load_checkpoint(best_path)["state_dict"], args, num_classes, logger)
     return training.model
+
+
+def stop_if_diverged(epoch, loss, model, args):
+    """Stop before this epoch is checkpointed when its loss exploded or is
+    not finite, or a weight or BatchNorm statistic is not (a loss can stay
+    finite while a running variance overflows): the checkpoint named for a
+    restart is then always one that trains."""
+    broken = utils.non_finite_entries(model.state_dict())
+    # BatchNorm statistics are each process's own: decide together, so that
+    # every process stops, not only the one whose statistics overflowed.
+    device = next(model.parameters()).device
+    votes = utils.all_reduce_sum(torch.tensor([float(not loss <= utils.EXPLODED_LOSS), float(len(broken))],
+                                              device=device))
+    if not votes.any():
+        return
+    what = f"loss {loss:g}" + (f", not finite: {utils.name_a_few(broken)}" if broken else "")
+    checkpoint_path = os.path.join(args.save, CHECKPOINT_FILE)
+    restart = (f"resume from {checkpoint_path} (epoch {epoch}) with a lower --lr" if os.path.isfile(checkpoint_path)
+               else "no epoch finished, so no checkpoint was saved: start again with a lower --lr "
+                    "(or a smaller --grad_clip)")
+    raise UserError(f"training diverged in epoch {epoch + 1} ({what}); {restart}")
 
 
 @dataclasses.dataclass

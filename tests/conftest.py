@@ -1,8 +1,36 @@
-"""Shared pytest setup: the flat scripts at the repo root are importable."""
+"""Shared pytest setup: the flat scripts at the repo root are importable;
+fixtures more than one test file needs; a time limit per test."""
 
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+
+@pytest.fixture(scope="session")
+def fitted_table(tmp_path_factory):
+    """A CPU latency table fitted here, at the smallest size build allows
+    (one round, no warm-up): built once for every test that needs one."""
+    import latency_build
+
+    path = str(tmp_path_factory.mktemp("lut") / "cpu_fit.json")
+    latency_build.main(latency_build.get_args_parser().parse_args(
+        ["build", "--method", "fit", "--num_networks", str(latency_build.MIN_FIT_NETWORKS), "--repeats", "1",
+         "--warmup_s", "0", "--out", path]))
+    return path
+
+
+# Every test gets TIMEOUT_S (pytest.ini); one marked slow, which runs a
+# script end to end (several searches, a benchmark, torchrun), gets
+# SLOW_TIMEOUT_S. `-m "not slow"` leaves them out for a quick pass.
+SLOW_TIMEOUT_S = 600
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))

@@ -177,14 +177,6 @@ def test_a_build_noisier_than_allowed_exits_2_and_writes_nothing(tmp_path, capsy
 # -------------------------------------------------------------- builds
 
 
-@pytest.fixture(scope="module")
-def fitted_table(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("lut") / "cpu_fit.json")
-    run(["build", "--method", "fit", "--num_networks", str(latency_build.MIN_FIT_NETWORKS), "--repeats", "1",
-         "--warmup_s", "0", "--out", path])
-    return path
-
-
 def test_fit_build_writes_a_table_the_search_reads(fitted_table):
     table = lp.load_table(fitted_table)
     metadata = table["metadata"]
@@ -226,15 +218,21 @@ def test_a_table_without_a_recorded_runtime_is_validated_with_pytorch():
     assert latency_build.table_reference_level(metadata) is None
 
 
-def test_measured_networks_match_their_op_rows():
-    indices = lp.sample_architectures(2, seed=3)
+def test_measured_networks_are_the_networks_of_their_op_rows(monkeypatch):
+    largest = [SEARCHABLE_OPS.index("MBK7E6")] * NUM_SEARCHABLE_LAYERS
+    smallest = [SKIP_INDEX] * NUM_SEARCHABLE_LAYERS
+    asked = []
+    real = latency_build.measure_arch_configs
+    monkeypatch.setattr(latency_build, "measure_arch_configs",
+                        lambda arch_configs, *args: asked.append(arch_configs) or real(arch_configs, *args))
     protocol = latency_timing.make_protocol("cpu", 1, 1, "wall", 0.0, 1, 0)
-    statistics = latency_build.measure_networks(indices, protocol, num_classes=10)
-    assert len(statistics) == 2 and all(entry["value"] > 0 for entry in statistics)
-    assert [operations.arch_to_indices(operations.indices_to_arch(row)) for row in indices] == \
-        [list(row) for row in indices]
+    statistics = latency_build.measure_networks(np.array([largest, smallest]), protocol, num_classes=10)
+    assert asked == [[["MBK3E1"] + ["MBK7E6"] * NUM_SEARCHABLE_LAYERS, ["MBK3E1"] + [SKIP] * NUM_SEARCHABLE_LAYERS]]
+    # In order: the largest network of the space is several times slower than the smallest.
+    assert statistics[0]["value"] > 3 * statistics[1]["value"] > 0, statistics
 
 
+@pytest.mark.slow
 def test_the_latency_benchmark_runs_both_methods_side_by_side():
     script = os.path.join(REPO_ROOT, "benchmarks", "latency_tables.py")
     result = subprocess.run([sys.executable, script, "--quick", "--runtimes", "torch"], capture_output=True,

@@ -2,13 +2,16 @@
 closed loop build -> search -> measure (closed_loop.py), at tiny sizes."""
 
 import csv
+import json
 import os
+import re
 
 import pytest
 
 import closed_loop
 import latency_build
 import latency_predictor as lp
+import latency_timing
 import model_train
 import peers
 from utils import UserError, run_cli
@@ -38,35 +41,47 @@ def test_peers_are_timed_and_written(tmp_path, capsys):
     assert "EfficientNet-B0" in capsys.readouterr().out
 
 
-@pytest.fixture(scope="module")
-def tiny_fitted_table(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("lut") / "fit.json")
-    latency_build.main(latency_build.get_args_parser().parse_args(
-        ["build", "--method", "fit", "--num_networks", str(latency_build.MIN_FIT_NETWORKS), "--repeats", "1",
-         "--warmup_s", "0", "--out", path]))
-    return path
+def spy_on(monkeypatch, module, name):
+    """Record the first argument of every call to module.name (still run)."""
+    calls, real = [], getattr(module, name)
+
+    def recording(first, *args, **kwargs):
+        calls.append(list(first))
+        return real(first, *args, **kwargs)
+    monkeypatch.setattr(module, name, recording)
+    return calls
 
 
-def test_closed_loop_searches_on_the_table_and_measures_the_result(tiny_fitted_table, tmp_path, capsys,
+@pytest.mark.slow
+def test_closed_loop_searches_on_the_table_and_measures_the_result(fitted_table, tmp_path, capsys,
                                                                    monkeypatch):
     import data
     monkeypatch.setattr(closed_loop, "LOOP_WARMUP_S", 0.1)
+    timed_in_process = spy_on(monkeypatch, latency_timing, "time_networks")
+    timed_fresh = spy_on(monkeypatch, latency_timing, "time_in_fresh_processes")
     dataset = data.write_synthetic_dataset(tmp_path / "data", num_classes=3, train_per_class=4, val_per_class=4,
                                            image_size=32, seed=0)
-    target = round(lp.load_predictor(tiny_fitted_table).cost(model_train.LIGHTNETS["LightNet-24ms"]), 2)
+    table = lp.load_predictor(fitted_table)
+    target = round(table.cost(model_train.LIGHTNETS["LightNet-24ms"]), 2)
     out = tmp_path / "loop"
+    # --land_within 1: the tiny search cannot land by itself; the loop must
+    # hand the search this table and this target for the result to be in 1%.
     run_cli(closed_loop.main, closed_loop.get_args_parser(),
-            ["--target_latency", str(target), "--lut", tiny_fitted_table, "--out", str(out), "--rounds", "2",
-             "--fresh_processes", "1", "--", "--dataset", str(dataset)] + TINY_SEARCH)
+            ["--target_latency", str(target), "--lut", fitted_table, "--out", str(out), "--rounds", "2",
+             "--fresh_processes", "1", "--", "--dataset", str(dataset), "--land_within", "1"] + TINY_SEARCH)
     output = capsys.readouterr().out
-    assert f"target {target:g} ms; the table predicts" in output
-    assert "measured end to end now:" in output and "when the table was built" in output
-    condition = latency_build.table_condition(lp.load_table(tiny_fitted_table)["metadata"])
+    found = json.loads((out / "search" / "arch.json").read_text())["arch_config"]
+    predicted = table.cost(found)
+    assert abs(predicted / target - 1) <= 0.01, (predicted, target)
+    assert f"target {target:g} ms; the table predicts {predicted:.2f} ms for the found network" in output
+    assert timed_in_process == [[found]] and timed_fresh == [[found]]  # the found network, nothing else
+    measured_now = float(re.search(r"measured end to end now: ([\d.]+) ms", output)[1])
+    assert 1 / 3 < measured_now / predicted < 3  # a real timing of a network of that size
+    condition = latency_build.table_condition(lp.load_table(fitted_table)["metadata"])
     assert f"alone in fresh processes started with {condition}: " in output
-    report = (out / "report.txt").read_text()
-    assert "the same, at the machine's speed when the table was built" in report
-    assert "architecture: ['MBK3E1'" in report
-    assert os.path.isfile(out / "search" / "arch.json")
+    report = (out / "report.txt").read_text().splitlines()
+    assert "the same, at the machine's speed when the table was built" in "\n".join(report)
+    assert f"architecture: {found}" in report and f"table: {os.path.abspath(fitted_table)}" in report
 
 
 @pytest.mark.parametrize("arguments, message", [

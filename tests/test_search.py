@@ -209,23 +209,47 @@ def test_existing_search_is_not_overwritten(finished_search, tiny_dataset, capsy
     assert "already holds a search" in capsys.readouterr().err
 
 
-def test_two_processes_keep_alpha_and_lambda_identical(tiny_dataset, tmp_path):
+def _search_and_save_replica(args):
+    """Runs in each spawned process: the script's own search, then every
+    rank (not just rank 0) saves what it ended with, for the test to compare."""
+    context = utils.init_distributed(args.device_type)
+    try:
+        searcher = search_imagenet.run(args, context)
+        torch.save({"alpha": searcher.model.alpha.detach(), "tradeoff": searcher.state.tradeoff,
+                    "parameters": dict(searcher.model.named_parameters())},
+                   Path(args.save) / f"replica-{context.rank}.pt")
+    finally:
+        utils.cleanup_distributed()
+
+
+@pytest.mark.slow
+def test_two_processes_keep_alpha_lambda_and_weights_identical(tiny_dataset, tmp_path):
     save = tmp_path / "two-processes"
-    command = [sys.executable, str(REPO_ROOT / "search_imagenet.py"), "--save", str(save), "--device", "cpu",
-               "--gpus", "2", "--target_latency", "24", "--dataset", tiny_dataset, "--num_classes", "3"]
-    completed = subprocess.run(command + TINY_SCHEDULE, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    args = search_imagenet.get_args_parser().parse_args(
+        ["--save", str(save), "--device", "cpu", "--gpus", "2", "--target_latency", "24", "--dataset", tiny_dataset,
+         "--num_classes", "3"] + TINY_SCHEDULE)
+    search_imagenet.resolve_schedule(args)
+    search_imagenet.validate_settings(args)
+    args.device_type = "cpu"
+    save.mkdir()
+    utils.launch(_search_and_save_replica, args, 2)
+
+    replicas = [torch.load(save / f"replica-{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert torch.equal(replicas[0]["alpha"], replicas[1]["alpha"])
+    assert replicas[0]["tradeoff"] == replicas[1]["tradeoff"]
+    assert all(torch.equal(replicas[0]["parameters"][name], replicas[1]["parameters"][name])
+               for name in replicas[0]["parameters"])
     rows = read_metrics(save)
-    # Every epoch each rank reports (lambda, sha256 of its alpha): two
-    # reports per epoch, equal, and the last one is what the checkpoint holds.
+    # The script's own check: every epoch each rank reports (lambda, sha256
+    # of its alpha), and the last report is what each rank ended with.
     for row in rows:
         assert len(row["process_states"]) == 2
         assert row["process_states"][0] == row["process_states"][1]
+    for replica in replicas:
+        digest = hashlib.sha256(replica["alpha"].contiguous().numpy().tobytes()).hexdigest()
+        assert rows[-1]["process_states"][0] == [replica["tradeoff"], digest]
     checkpoint = torch.load(save / "checkpoint.pth.tar", map_location="cpu", weights_only=True)
-    alpha = checkpoint["state_dict"]["alpha"].contiguous().numpy()
-    final_tradeoff, final_digest = rows[-1]["process_states"][0]
-    assert final_digest == hashlib.sha256(alpha.tobytes()).hexdigest()
-    assert final_tradeoff == checkpoint["tradeoff"]
+    assert torch.equal(checkpoint["state_dict"]["alpha"], replicas[0]["alpha"])
     assert len({row["process_states"][0][1] for row in rows}) == len(rows)  # alpha moved every epoch
     assert "2 process(es)" in (save / "log.txt").read_text()
 

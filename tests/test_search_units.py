@@ -8,8 +8,10 @@ import pytest
 import torch
 
 import constraint
+import latency_predictor
 import operations
 import search_imagenet
+import utils
 from constraint import update_lagrange_multiplier
 from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
 from search_imagenet import DEMO_SCHEDULE, PAPER_SCHEDULE, in_latch_window, scheduled_arch_lr, tau_at
@@ -120,21 +122,38 @@ def test_derive_is_argmax(supernet):
     assert arch[4] == "MBK5E3" and arch.count("SkipConnect") == 20
 
 
-def test_latency_term_pushes_alpha_by_the_sign_of_lambda():
-    costs = torch.tensor([float(i) for i in range(7)])  # op i costs i
-    for tradeoff, cheaper in ((1.0, True), (-1.0, False)):
-        alpha = torch.zeros(21, 7, requires_grad=True)
-        optimizer = torch.optim.Adam([alpha], lr=0.05)
-        generator = torch.Generator().manual_seed(0)
-        for _ in range(50):
-            sample = gumbel_softmax_hard(alpha, tau=1.0, generator=generator)
-            expected_cost = (sample * costs).sum()
-            loss = tradeoff * (expected_cost / 60.0 - 1.0)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        mean_cost = (torch.softmax(alpha.detach(), -1) * costs).sum(-1).mean()
-        assert (mean_cost < 2.5) if cheaper else (mean_cost > 3.5), (tradeoff, mean_cost)
+def demo_searcher(*options):
+    """The search's own Searcher (demo schedule, the Jetson table, 3 classes) in this process."""
+    args = search_imagenet.get_args_parser().parse_args(["--target_latency", "24", "--num_classes", "3", *options])
+    search_imagenet.resolve_schedule(args)
+    search_imagenet.validate_settings(args)
+    predictor = latency_predictor.load_predictor(args.lut, metric=args.metric)
+    torch.manual_seed(0)
+    context = utils.DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    return search_imagenet.Searcher(args, context, predictor, num_classes=3, dataset_fingerprint=None)
+
+
+def expected_cost_after_alpha_steps(searcher, steps=15):
+    """The cost of alpha's distribution after `steps` of the search's own
+    alpha step (cross-entropy + its latency penalty, Adam) on one batch."""
+    generator = torch.Generator().manual_seed(0)
+    images, targets = torch.randn(4, 3, SMALL_INPUT, SMALL_INPUT, generator=generator), torch.tensor([0, 1, 2, 0])
+    for _ in range(steps):
+        searcher.alpha_step(images, targets, tau=1.0, eta=searcher.args.eta, lr=searcher.args.arch_learning_rate)
+    return searcher.expected_cost()
+
+
+@pytest.mark.parametrize("options, tradeoff, direction", [
+    ([], 5.0, -1),  # lambda > 0: the network is too slow, alpha moves to cheaper ops
+    ([], -5.0, +1),  # lambda < 0: too fast, alpha moves to dearer ops
+    (["--penalty", "fixed", "--penalty_weight", "5"], 0.0, -1),  # the baseline always pushes down
+])
+def test_the_searchs_latency_penalty_moves_alpha_by_the_sign_of_lambda(options, tradeoff, direction):
+    searcher = demo_searcher(*options)
+    searcher.state.tradeoff = tradeoff
+    uniform_cost = searcher.expected_cost()
+    moved = expected_cost_after_alpha_steps(searcher) - uniform_cost
+    assert direction * moved > 1.0, (uniform_cost, moved)  # ms on the Jetson table
 
 
 def test_alpha_loss_penalty_of_each_mode():
@@ -187,6 +206,21 @@ def test_arch_lr_halves_every_20_epochs_and_not_in_the_last_10():
 
 def test_demo_schedule_names_match_paper_schedule():
     assert set(DEMO_SCHEDULE) == set(PAPER_SCHEDULE)
+
+
+def resolved(*options):
+    args = search_imagenet.get_args_parser().parse_args(list(options))
+    search_imagenet.resolve_schedule(args)
+    return {name: getattr(args, name) for name in PAPER_SCHEDULE}, args.schedule
+
+
+def test_schedule_follows_the_dataset_unless_given():
+    assert resolved() == (DEMO_SCHEDULE, "demo")
+    assert resolved("--dataset", "imagenet") == (PAPER_SCHEDULE, "paper")
+    assert resolved("--dataset", "digits", "--schedule", "demo") == (DEMO_SCHEDULE, "demo")  # own small images
+    assert resolved("--schedule", "paper") == (PAPER_SCHEDULE, "paper")
+    values, _ = resolved("--dataset", "digits", "--schedule", "demo", "--epochs", "5", "--image_size", "48")
+    assert values == dict(DEMO_SCHEDULE, epochs=5, image_size=48)  # given options win
 
 
 def test_shortcut_adds_eta_times_a_path_shared_by_all_ops():

@@ -2,10 +2,12 @@
 evaluation, exact resume, the recipe's optimizer and schedule, ONNX export
 and one-line errors. Tiny synthetic datasets (32 px, 3 classes), CPU only."""
 
+import argparse
 import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -104,7 +106,9 @@ def test_authors_command_line_writes_metrics_checkpoints_log_and_curves(authors_
         assert 0 <= record["val_top1"] <= record["val_top5"] <= 100
     assert (authors_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = (authors_run / "log.txt").read_text()
-    assert "Params: 5.81 M" in log and "FLOPs:" in log and "epoch 2/2" in log
+    network = LightNet(resolve_arch_config(ARCH), num_classes=TINY["num_classes"])
+    params = sum(parameter.numel() for parameter in network.parameters())
+    assert f"Params: {params / 1e6:.2f} M;" in log and "FLOPs:" in log and "epoch 2/2" in log
 
     checkpoint = torch.load(authors_run / "checkpoint.pth.tar", weights_only=True)
     assert checkpoint["epoch"] == 2 and checkpoint["arch_config"] == resolve_arch_config(ARCH)
@@ -172,6 +176,7 @@ def test_two_gloo_processes_keep_replicas_identical_and_evaluate_every_image_onc
     assert len(checkpoint["rng_states"]) == 2  # each process's random streams, for an exact resume
 
 
+@pytest.mark.slow
 def test_runs_under_torchrun_with_only_rank_0_printing_and_writing(tiny_dataset, tmp_path):
     save = tmp_path / "torchrun"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -195,6 +200,7 @@ def torchrun(*launcher, save, dataset):
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
 
 
+@pytest.mark.slow
 def test_two_loopback_nodes_train_exactly_as_one_node_with_two_processes(tiny_dataset, tmp_path):
     """`torchrun --nnodes 2` (one process per node, both on this machine)
     gives bitwise the weights of one node running two processes: the same
@@ -297,6 +303,11 @@ def test_recipe_defaults_with_a_dataset_and_the_demo_without():
     assert {name: getattr(demo, name) for name in train_imagenet.DEMO_SCHEDULE} == train_imagenet.DEMO_SCHEDULE
     explicit = train_imagenet.resolve_schedule(parse("--epochs", 3, "--image_size", 96, "--no-channels_last"))
     assert (explicit.epochs, explicit.image_size, explicit.channels_last) == (3, 96, False)
+    own_small_images = train_imagenet.resolve_schedule(parse("--dataset", "digits", "--schedule", "demo"))
+    assert {name: getattr(own_small_images, name) for name in train_imagenet.DEMO_SCHEDULE} == \
+        train_imagenet.DEMO_SCHEDULE
+    paper_on_demo = train_imagenet.resolve_schedule(parse("--schedule", "paper", "--epochs", 2))
+    assert (paper_on_demo.epochs, paper_on_demo.batch_size, paper_on_demo.image_size) == (2, 1024, 224)
     # --batch_size alone keeps the recipe's lr; --scale_lr applies the linear rule.
     assert train_imagenet.resolve_schedule(parse("--dataset", "d", "--batch_size", 256)).lr == 0.5
     assert train_imagenet.resolve_schedule(parse("--dataset", "d", "--batch_size", 256, "--scale_lr")).lr == 0.125
@@ -442,10 +453,38 @@ def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(a
         (["--resume", checkpoint, "--arch_config", "LightNet-20ms"], "another --arch_config"),
         (["--save", authors_run], "already holds checkpoint.pth.tar"),
     ]
+    overflowed = torch.load(checkpoint, weights_only=True)  # a finite loss, but a BatchNorm variance overflowed
+    overflowed["state_dict"]["first_conv.1.running_var"][0] = float("inf")
+    torch.save(overflowed, tmp_path / "overflowed.pth.tar")
+    cases.append((["--resume", tmp_path / "overflowed.pth.tar"], "holds NaN or infinite values "
+                                                                  "(first_conv.1.running_var)"))
     for options, message in cases:
         argv = tiny_run(tiny_dataset, tmp_path / "run") + options
         code, lines = user_error(capsys, argv)
         assert code == 2 and len(lines) == 1 and message in lines[0], (options, lines)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("loss, overflow, message", [
+    (2.3, False, None),
+    (float("nan"), False, "(loss nan)"),
+    (2e4, False, "(loss 20000)"),  # exploded, though finite
+    (2.3, True, "(loss 2.3, not finite: first_conv.1.running_var)"),  # finite loss, overflowed statistics
+])
+def test_training_stops_before_checkpointing_a_diverged_epoch(tmp_path, loss, overflow, message):
+    model = LightNet(resolve_arch_config(ARCH), num_classes=3)
+    if overflow:
+        model.first_conv[1].running_var[0] = float("inf")
+    args = argparse.Namespace(save=str(tmp_path))
+    if message is None:
+        train_imagenet.stop_if_diverged(4, loss, model, args)
+        return
+    with pytest.raises(utils.UserError, match=re.escape(message)) as stop:
+        train_imagenet.stop_if_diverged(4, loss, model, args)
+    assert "no epoch finished" in str(stop.value)
+    (tmp_path / train_imagenet.CHECKPOINT_FILE).write_bytes(b"epoch 4")
+    with pytest.raises(utils.UserError, match=r"epoch 5 .*resume from .*checkpoint.pth.tar \(epoch 4\)"):
+        train_imagenet.stop_if_diverged(4, loss, model, args)
 
 
 def test_a_second_training_into_a_busy_folder_is_refused(tiny_dataset, tmp_path, capsys):
