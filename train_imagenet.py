@@ -247,7 +247,8 @@ def check_numbers(args, world_size):
     ]
     for ok, message in checks:
         if not ok:
-            raise UserError(message)
+            option = message.split()[0]  # every message starts with its option: say what was given
+            raise UserError(f"{message}, got {getattr(args, option[2:])}")
     utils.check_seed(args.seed)
     if args.batch_size % world_size:
         raise UserError(f"--batch_size {args.batch_size} is the global batch and must divide evenly "
