@@ -215,6 +215,10 @@ def _fitted_costs(protocol, num_classes, num_networks):
     sessions = time_networks([operations.indices_to_arch(row) for row in indices], protocol, num_classes)
     measured = np.array([entry["value"] for entry in session_statistics(sessions)])
     constant, layer_costs, standard_errors = fit_additive(indices, measured, non_negative=True)
+    if constant < 0:  # the stem and head cannot cost less than nothing: the timings cannot pin the costs down
+        raise UserError(f"the fit put the fixed part at {constant:.2f} ms, below 0: {len(indices)} timed networks "
+                        f"were too few or too noisy for its {MIN_FIT_NETWORKS} unknowns; nothing was written. "
+                        "Build again with more --num_networks or --repeats, on a quieter machine")
     fitted = additive_totals(constant, layer_costs, indices)
     entries = {key: {"value": rounded_value(layer_costs[row, column]),
                      "stderr": rounded_value(standard_errors[row, column])}

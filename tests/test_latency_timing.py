@@ -191,6 +191,22 @@ def test_fit_build_writes_a_table_the_search_reads(fitted_table):
     assert latency_build.table_reference_level(metadata) == metadata["noise"]["reference_median_ms"]
 
 
+def test_a_fit_whose_fixed_part_comes_out_negative_writes_no_table(monkeypatch, tmp_path):
+    """Timings that only a negative fixed part explains (here: exact sums of
+    known costs, 5 ms short) are refused in one line, not written as a table
+    that loading would refuse."""
+    _, costs = known_costs(seed=4)
+    timed = []
+    monkeypatch.setattr(latency_build, "time_networks", lambda arch_configs, *args: timed.extend(arch_configs))
+    monkeypatch.setattr(latency_build, "session_statistics", lambda sessions: [
+        {"value": value} for value in sums(-5.0, costs, np.array([operations.arch_to_indices(arch)
+                                                                  for arch in timed]))])
+    out = tmp_path / "fit.json"
+    with pytest.raises(UserError, match=r"the fit put the fixed part at -5.00 ms, below 0: .* nothing was written"):
+        run(["build", "--method", "fit", "--num_networks", str(latency_build.MIN_FIT_NETWORKS), "--out", str(out)])
+    assert not out.exists()
+
+
 def test_fit_build_refuses_too_few_networks(tmp_path):
     out = tmp_path / "t.json"
     with pytest.raises(UserError, match="--num_networks must be at least"):
