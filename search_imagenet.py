@@ -46,8 +46,8 @@ from utils import (
     EXPLODED_LOSS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
     AverageMeter, MetricsFile, UserError, accuracy, add_device_arguments, all_gather_objects, all_reduce_sum,
     check_seed, cleanup_distributed, frozen, init_distributed, launch, load_checkpoint, non_finite_entries,
-    resolve_device_type, rng_states, run_cli, new_figure, run_folder_lock, run_logger, save_checkpoint, save_figure, share_cpu_threads,
-    seed_everything, set_rng_states, write_json,
+    resolve_device_type, rng_states, run_cli, new_figure, run_folder_lock, run_logger, save_checkpoint, save_figure,
+    share_cpu_threads, seed_everything, set_rng_states, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
