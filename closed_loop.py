@@ -93,7 +93,7 @@ def measure_found_in_fresh_processes(table_path, arch_config, processes):
                                                      "deployment", with_reference=level is not None,
                                                      desc="the found network in fresh processes")
     measured = float(np.median([result["value"] for result in results]))
-    scaled = float(np.median([result["ratio_to_reference"] for result in results])) * level if level else None
+    scaled = float(np.median(latency_timing.at_reference_level(results, level))) if level else None
     return measured, scaled, line
 
 

@@ -28,10 +28,10 @@ from latency_predictor import (DEFAULT_LUT, FIT_HOLDOUT_ARCHS, FIT_SEED, FIT_TRA
                                load_predictor, load_table, new_table, rounded_value, sample_architectures,
                                table_predictor, text_to_arch, write_table)
 from latency_timing import (CLOCKS, CONDITIONS, DEFAULT_CLOCK, DEFAULT_CPU_THREADS, DEFAULT_RUNTIME,
-                            DEFAULT_WARMUP_S, REFERENCE_NETWORK, RUNTIMES, SPREAD_NAMES, deployment_line,
-                            describe_device, describe_protocol, describe_runtime, load_average, make_protocol, measure,
-                            measure_arch_configs, noise_report, reference_level, session_statistics,
-                            time_in_fresh_processes, time_networks)
+                            DEFAULT_WARMUP_S, REFERENCE_NETWORK, RUNTIMES, SPREAD_NAMES, at_reference_level,
+                            deployment_line, describe_device, describe_protocol, describe_runtime, load_average,
+                            make_protocol, measure, measure_arch_configs, noise_report, reference_level,
+                            session_statistics, time_in_fresh_processes, time_networks)
 from operations import LAYOUT, NUM_LAYERS, NUM_OPS, NUM_SEARCHABLE_LAYERS
 from utils import UserError, new_figure, open_for_reading, resolve_device, run_cli, save_figure, write_csv
 
@@ -346,7 +346,7 @@ def fresh_process_validation(predictor, indices, protocol, condition):
     columns = {f"fresh_{condition}_ms": as_measured,
                f"fresh_{condition}_page_faults_per_call": [result["page_faults_per_call"] for result in results]}
     if level is not None:
-        scaled = np.array([result["ratio_to_reference"] for result in results]) * level
+        scaled = at_reference_level(results, level)
         print(f"  at the table's level: {format_summary(error_summary(raw, scaled))}")
         columns[f"fresh_{condition}_at_table_level_ms"] = scaled
     return columns

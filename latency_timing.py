@@ -557,6 +557,14 @@ def time_in_fresh_processes(arch_configs, protocol, num_classes, condition, call
             for arch_config in tqdm(arch_configs, desc=desc or f"fresh processes ({condition})", unit="network")]
 
 
+def at_reference_level(results, level):
+    """The ms of each fresh-process result (timed with_reference) had the
+    machine run at `level`, the reference network's ms when a table was
+    built: its ratio to the reference, paired call by call, times the level.
+    This is how drift of the machine's speed is taken out."""
+    return np.array([result["ratio_to_reference"] for result in results]) * level
+
+
 def get_args_parser():
     parser = argparse.ArgumentParser(
         description="Time one network on this CPU as a deployed script runs it: alone in this process.",

@@ -153,8 +153,8 @@ def fresh_process_figures(tables, indices, protocol, sizes):
         predicted = lp.TablePredictor(table, method).costs(indices)
         level = latency_build.table_reference_level(table["metadata"])
         for condition, drift_removed in itertools.product(latency_timing.CONDITIONS, (False, True)):
-            measured = [result["ratio_to_reference"] * level if drift_removed else result["value"]
-                        for result in fresh[condition]]
+            measured = (latency_timing.at_reference_level(fresh[condition], level) if drift_removed
+                        else [result["value"] for result in fresh[condition]])
             label = f"{condition}, {'drift removed' if drift_removed else 'as measured'}"
             summary = latency_build.error_summary(predicted, measured)
             print(f"  {method:>8} vs {label:<31} {latency_build.format_summary(summary)}")
