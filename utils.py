@@ -107,20 +107,6 @@ def hit_counts(logits, targets, topk=(1, 5)):
     return torch.stack([hits[:, :min(k, max_k)].any(dim=1).sum() for k in topk])
 
 
-EXPLODED_LOSS = 1e4  # cross-entropy starts near ln(classes); a loss this large means the weights blew up
-
-
-def non_finite_entries(state_dict):
-    """Names of the floating-point tensors of a state_dict that hold NaN or
-    an infinity (a diverged run's weights or BatchNorm statistics)."""
-    return [name for name, value in state_dict.items()
-            if torch.is_floating_point(value) and not torch.isfinite(value).all()]
-
-
-def name_a_few(names, limit=3):
-    return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
-
-
 def correct_counts(logits, targets, topk=(1, 5)):
     """`hit_counts` as Python ints."""
     return [int(count) for count in hit_counts(logits, targets, topk)]
@@ -183,6 +169,20 @@ def run_logger(context, save_dir, name):
 # numpy seeds must lie below 2**32; runs add small offsets (the process rank,
 # one per data loader) to --seed, so --seed stays below 2**31.
 MAX_SEED = 2**31 - 1
+
+
+EXPLODED_LOSS = 1e4  # cross-entropy starts near ln(classes); a loss this large means the weights blew up
+
+
+def non_finite_entries(state_dict):
+    """Names of the floating-point tensors of a state_dict that hold NaN or
+    an infinity (a diverged run's weights or BatchNorm statistics)."""
+    return [name for name, value in state_dict.items()
+            if torch.is_floating_point(value) and not torch.isfinite(value).all()]
+
+
+def name_a_few(names, limit=3):
+    return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
 
 
 # Upper bounds of numeric options, far above any real use and low enough

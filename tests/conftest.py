@@ -24,6 +24,21 @@ def fitted_table(tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def spy(monkeypatch):
+    """spy(module, name): module.name still runs, and the returned list
+    collects the first argument of every call (as a list)."""
+    def watch(module, name):
+        calls, real = [], getattr(module, name)
+
+        def recording(first, *args, **kwargs):
+            calls.append(list(first))
+            return real(first, *args, **kwargs)
+        monkeypatch.setattr(module, name, recording)
+        return calls
+    return watch
+
+
 # Every test gets TIMEOUT_S (pytest.ini); one marked slow, which runs a
 # script end to end (several searches, a benchmark, torchrun), gets
 # SLOW_TIMEOUT_S. `-m "not slow"` leaves them out for a quick pass.

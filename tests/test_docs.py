@@ -2,7 +2,7 @@
 points at a file that exists (and, with #anchor, at one of its headings),
 and every command README.md shows parses with its script's own options."""
 
-import importlib.util
+import importlib
 import re
 import shlex
 from pathlib import Path
@@ -78,13 +78,6 @@ def script_and_arguments(words):
     return words[script_at], words[script_at + 1:]
 
 
-def load_module(relative_path):
-    spec = importlib.util.spec_from_file_location(Path(relative_path).stem, REPO_ROOT / relative_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 README_COMMANDS = [found for found in map(script_and_arguments, shell_commands((REPO_ROOT / "README.md").read_text()))
                    if found is not None]
 
@@ -98,7 +91,7 @@ def test_the_readme_shows_the_scripts_users_run():
                          else None)
 def test_every_readme_command_parses_with_its_scripts_options(script, arguments, capsys):
     assert (REPO_ROOT / script).is_file(), script
-    parser = load_module(PARSER_MODULE.get(script, script)).get_args_parser()
+    parser = importlib.import_module(Path(PARSER_MODULE.get(script, script)).stem).get_args_parser()
     try:
         parser.parse_args(arguments)
     except SystemExit:

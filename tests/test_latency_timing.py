@@ -234,13 +234,10 @@ def test_a_table_without_a_recorded_runtime_is_validated_with_pytorch():
     assert latency_build.table_reference_level(metadata) is None
 
 
-def test_measured_networks_are_the_networks_of_their_op_rows(monkeypatch):
+def test_measured_networks_are_the_networks_of_their_op_rows(spy):
     largest = [SEARCHABLE_OPS.index("MBK7E6")] * NUM_SEARCHABLE_LAYERS
     smallest = [SKIP_INDEX] * NUM_SEARCHABLE_LAYERS
-    asked = []
-    real = latency_build.measure_arch_configs
-    monkeypatch.setattr(latency_build, "measure_arch_configs",
-                        lambda arch_configs, *args: asked.append(arch_configs) or real(arch_configs, *args))
+    asked = spy(latency_build, "measure_arch_configs")
     protocol = latency_timing.make_protocol("cpu", 1, 1, "wall", 0.0, 1, 0)
     statistics = latency_build.measure_networks(np.array([largest, smallest]), protocol, num_classes=10)
     assert asked == [[["MBK3E1"] + ["MBK7E6"] * NUM_SEARCHABLE_LAYERS, ["MBK3E1"] + [SKIP] * NUM_SEARCHABLE_LAYERS]]

@@ -41,24 +41,13 @@ def test_peers_are_timed_and_written(tmp_path, capsys):
     assert "EfficientNet-B0" in capsys.readouterr().out
 
 
-def spy_on(monkeypatch, module, name):
-    """Record the first argument of every call to module.name (still run)."""
-    calls, real = [], getattr(module, name)
-
-    def recording(first, *args, **kwargs):
-        calls.append(list(first))
-        return real(first, *args, **kwargs)
-    monkeypatch.setattr(module, name, recording)
-    return calls
-
-
 @pytest.mark.slow
 def test_closed_loop_searches_on_the_table_and_measures_the_result(fitted_table, tmp_path, capsys,
-                                                                   monkeypatch):
+                                                                   monkeypatch, spy):
     import data
     monkeypatch.setattr(closed_loop, "LOOP_WARMUP_S", 0.1)
-    timed_in_process = spy_on(monkeypatch, latency_timing, "time_networks")
-    timed_fresh = spy_on(monkeypatch, latency_timing, "time_in_fresh_processes")
+    timed_in_process = spy(latency_timing, "time_networks")
+    timed_fresh = spy(latency_timing, "time_in_fresh_processes")
     dataset = data.write_synthetic_dataset(tmp_path / "data", num_classes=3, train_per_class=4, val_per_class=4,
                                            image_size=32, seed=0)
     table = lp.load_predictor(fitted_table)
