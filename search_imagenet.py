@@ -44,10 +44,10 @@ from constraint import SearchState
 from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
 from utils import (
     EXPLODED_LOSS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
-    AverageMeter, MetricsFile, UserError, accuracy, add_device_arguments, all_gather_objects, all_reduce_sum,
-    check_seed, cleanup_distributed, frozen, init_distributed, launch, load_checkpoint, non_finite_entries,
-    resolve_device_type, rng_states, run_cli, new_figure, run_folder_lock, run_logger, save_checkpoint, save_figure,
-    share_cpu_threads, seed_everything, set_rng_states, write_json,
+    AverageMeter, MetricsFile, RedrawClock, UserError, accuracy, add_device_arguments, all_gather_objects,
+    all_reduce_sum, check_seed, cleanup_distributed, frozen, init_distributed, launch, load_checkpoint, new_figure,
+    non_finite_entries, resolve_device_type, rng_states, run_cli, run_folder_lock, run_logger, save_checkpoint,
+    save_checkpoint_again, save_figure, seed_everything, set_rng_states, share_cpu_threads, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -55,9 +55,6 @@ WARMUP_CHECKPOINT_NAME = "warmup.pth.tar"
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_FORMAT = 2  # 2: the release's supernet init, BN eps, gradient routing and zero-filled gradients
 PENALTIES = ("lagrange", "fixed")
-# Figures are redrawn at most this often (and after the last epoch): live for
-# hour-long ImageNet epochs, not a tenth of a demo epoch's time.
-PLOT_INTERVAL_S = 60.0
 
 # The paper's search settings (its Section 4); they apply whenever --dataset
 # is given and the option is not set on the command line.
@@ -842,7 +839,7 @@ def run(args, context):
                 f"at {args.image_size} px, eta {args.eta:g} ({args.eta_decay}), "
                 f"{context.world_size} process(es) on {context.device.type}; "
                 f"target {args.target_latency:g} {predictor.unit} on {predictor.identifier}, {args.penalty} penalty")
-    plotted_at = -math.inf
+    figures = RedrawClock()
     for epoch in range(start_epoch, args.epochs):
         started = time.time()
         tau, eta = tau_at(epoch, args), eta_at(epoch, args)
@@ -876,10 +873,10 @@ def run(args, context):
             state = searcher.checkpoint(epoch)
             save_checkpoint(state, os.path.join(args.save, CHECKPOINT_NAME))
             if epoch + 1 == args.freeze_epochs:
-                save_checkpoint(state, os.path.join(args.save, WARMUP_CHECKPOINT_NAME))
-            if epoch + 1 == args.epochs or stop_here or time.time() - plotted_at >= PLOT_INTERVAL_S:
+                save_checkpoint_again(os.path.join(args.save, CHECKPOINT_NAME),
+                                      os.path.join(args.save, WARMUP_CHECKPOINT_NAME))
+            if figures.due(last=epoch + 1 == args.epochs or stop_here):
                 write_plots(args.save, metrics.rows, predictor, args.target_latency)
-                plotted_at = time.time()
         accuracy_text = "" if warmup else f" | val loss {val_loss:.3f} top-1 {val_top1:.1f}"
         penalty_text = (f"w {args.penalty_weight:g} (fixed)" if args.penalty == "fixed"
                         else f"lambda {searcher.state.tradeoff:.4f}")

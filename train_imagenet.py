@@ -802,6 +802,7 @@ class RunRecord:
     logger: logging.Logger
     metrics: utils.MetricsFile
     best: dict  # best val top-1 so far, its epoch, the best EMA top-1
+    figures: utils.RedrawClock = dataclasses.field(default_factory=utils.RedrawClock)
 
 
 def record_epoch(run, training, epoch, lr, stats, val, ema_val, rng_states):
@@ -825,7 +826,8 @@ def record_epoch(run, training, epoch, lr, stats, val, ema_val, rng_states):
     run.metrics.append(record)
     utils.save_checkpoint(checkpoint_state(training, args, num_classes, done, best, rng_states),
                           os.path.join(args.save, CHECKPOINT_FILE))
-    plot_curves(run.metrics.rows, os.path.join(args.save, CURVES_FILE))
+    if run.figures.due(last=done == args.epochs):
+        plot_curves(run.metrics.rows, os.path.join(args.save, CURVES_FILE))
     ema_text = f"  EMA top-1 {ema_val['top1']:.2f}" if ema_val is not None else ""
     run.logger.info(f"epoch {done}/{args.epochs}  lr {lr:.4f}  train loss {stats.loss:.4f} top-1 {stats.top1:.2f}  "
                     f"val top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} ({val['images']} images){ema_text}  "

@@ -18,9 +18,11 @@ import logging
 import os
 import pickle
 import random
+import shutil
 import socket
 import sys
 import tempfile
+import time
 import warnings
 
 import numpy as np
@@ -133,6 +135,29 @@ def new_figure(figsize, rows=1, columns=1, **subplot_options):
 def save_figure(figure, path, dpi=120):
     figure.tight_layout()
     figure.savefig(path, dpi=dpi)
+
+
+# A run's figures are redrawn at most this often, and after its last epoch:
+# after every epoch of an hour-long ImageNet epoch, once for a short run
+# (drawing them costs about as much as a tiny run's whole epoch).
+REDRAW_INTERVAL_S = 60.0
+
+
+class RedrawClock:
+    """Says whether a run's figures are due: REDRAW_INTERVAL_S after the
+    run started or they were last drawn, or when `last` (the run's final
+    epoch, or a stop asked for) says so."""
+
+    def __init__(self, interval_s=REDRAW_INTERVAL_S):
+        self.interval_s = interval_s
+        self.drawn_at = time.monotonic()
+
+    def due(self, last=False):
+        now = time.monotonic()
+        if last or now - self.drawn_at >= self.interval_s:
+            self.drawn_at = now
+            return True
+        return False
 
 
 # ------------------------------------------------------------ logging, seed
@@ -355,6 +380,22 @@ def save_checkpoint(state, path):
     """Write `state` to `path` atomically (see atomic_write)."""
     with atomic_write(path, binary=True) as file:
         torch.save(state, file)
+
+
+def save_checkpoint_again(source, path):
+    """Give the checkpoint just written at `source` a second name, `path`,
+    atomically: a hard link (a supernet's checkpoint is hundreds of MB, not
+    worth serializing twice), or a byte copy where the file system has no
+    links. A link is safe because checkpoints are only ever replaced by a
+    new file (atomic_write), never rewritten in place."""
+    temp_path = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-link")
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(temp_path)
+    try:
+        os.link(source, temp_path)
+    except OSError:
+        shutil.copyfile(source, temp_path)
+    os.replace(temp_path, path)
 
 
 def load_checkpoint(path, what="checkpoint"):

@@ -54,6 +54,22 @@ class RunsCode:
         return (os.system, ("echo this must never run",))
 
 
+@pytest.mark.parametrize("links", [True, False])
+def test_a_second_name_keeps_the_checkpoint_when_the_first_is_replaced(tmp_path, monkeypatch, links):
+    if not links:  # a file system without hard links: a copy instead
+        def no_links(*args):
+            raise OSError("links not supported")
+        monkeypatch.setattr(utils.os, "link", no_links)
+    first, second = tmp_path / "checkpoint.pth.tar", tmp_path / "warmup.pth.tar"
+    utils.save_checkpoint({"epoch": 1}, first)
+    utils.save_checkpoint_again(first, second)
+    utils.save_checkpoint({"epoch": 2}, first)  # the next epoch's checkpoint
+    assert utils.load_checkpoint(second) == {"epoch": 1} and utils.load_checkpoint(first) == {"epoch": 2}
+    utils.save_checkpoint_again(first, second)  # over an existing file too
+    assert utils.load_checkpoint(second) == {"epoch": 2}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint.pth.tar", "warmup.pth.tar"]
+
+
 def test_load_checkpoint_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
         utils.load_checkpoint(tmp_path / "absent.pth.tar")
@@ -138,6 +154,22 @@ def test_metrics_file_keeps_rows_up_to_the_resumed_epoch(tmp_path):
     resumed.append({"epoch": 3, "loss": 0.5})
     assert [row["loss"] for row in utils.read_json_lines(path)] == [1.0, 0.5, 0.5]
     assert utils.MetricsFile(path).rows == []  # a fresh run does not inherit an old run's rows
+
+
+def test_figures_are_redrawn_once_a_minute_and_after_the_last_epoch(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(utils.time, "monotonic", lambda: now[0])
+    clock = utils.RedrawClock(interval_s=60)
+    drawn = []
+    for epoch, seconds in enumerate([10, 10, 45, 10, 70, 5], start=1):  # epoch lengths
+        now[0] += seconds
+        if clock.due(last=epoch == 6):
+            drawn.append(epoch)
+    # a minute from the start (epoch 3 at 65 s), a minute later (epoch 5,
+    # after a 70 s epoch), and the last epoch; a short run draws once, at its end
+    assert drawn == [3, 5, 6]
+    short = utils.RedrawClock(interval_s=60)
+    assert [short.due(last=epoch == 3) for epoch in (1, 2, 3)] == [False, False, True]
 
 
 def test_run_folder_lock_refuses_a_second_run_and_tidies_an_empty_new_folder(tmp_path):
