@@ -50,7 +50,6 @@ import platform
 import re
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import torch
 
@@ -288,16 +287,9 @@ def run_jobs(jobs, report, log_folder, parallel, threads):
                               os.path.join(log_folder, os.path.basename(job.folder) + ".txt"), threads)
         if not job.done():
             raise UserError(f"search '{job.name}' ended without its arch.json (log in {log_folder})")
-        return job, time.time() - started
+        return time.time() - started
 
-    pool = ThreadPoolExecutor(parallel)
-    try:
-        for future in as_completed([pool.submit(run, job) for job in jobs if not job.done()]):
-            report(*future.result())
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        retraining.terminate_children()  # after a failure or an interrupt, stop the searches still running
-        pool.shutdown(wait=True)
+    retraining.run_in_parallel(run, [job for job in jobs if not job.done()], parallel, on_done=report)
 
 
 def _without_resume(arguments):
@@ -357,8 +349,7 @@ def retrain_found_networks(args, dataset, jobs, results):
         print(f"  {os.path.basename(folder)}: val top-1 {top1:.1f}%", flush=True)
         return top1
 
-    with ThreadPoolExecutor(args.jobs) as pool:
-        top1 = dict(zip(folders, pool.map(retrain, folders.items())))
+    top1 = dict(zip(folders, retraining.run_in_parallel(retrain, list(folders.items()), args.jobs)))
     return [top1[tuple(result["arch_config"])] for result in results]
 
 

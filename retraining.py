@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import data
 import utils
@@ -29,6 +30,10 @@ from utils import UserError, read_json_lines
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 _CHILDREN = set()  # processes run_logged is waiting for, on any thread
 _CHILDREN_LOCK = threading.Lock()
+# Set while a group of jobs is being stopped: a job thread that reaches
+# run_logged then starts no child (one started just after the others were
+# terminated would otherwise run to its end, a whole search, unwatched).
+_STOPPING = threading.Event()
 
 # Measured on the synthetic set at 32 px (LightNet-24ms, one thread each, 2 cores;
 # docs/results.md, "The retraining proxy"). Three changes from the first
@@ -65,8 +70,10 @@ def run_logged(command, log_path, threads=None):
     if threads is not None:
         environment.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
         with _CHILDREN_LOCK:
+            if _STOPPING.is_set():
+                raise UserError(f"{os.path.basename(command[1])} not started: the run is stopping")
+            process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
             _CHILDREN.add(process)
         try:
             returncode = process.wait()
@@ -86,10 +93,35 @@ def last_line(path):
 
 
 def terminate_children():
-    """Stop every child `run_logged` is waiting for."""
+    """Stop every child `run_logged` is waiting for, and let none start
+    until `run_in_parallel` has seen its threads end."""
     with _CHILDREN_LOCK:
+        _STOPPING.set()
         for process in _CHILDREN:
             process.terminate()
+
+
+def run_in_parallel(work, items, parallel, on_done=None):
+    """`work(item)` for every item, `parallel` at a time on threads whose
+    work runs `run_logged` children; the results in the items' order, and
+    `on_done(item, result)` on this thread as each finishes. The first
+    failure (or an interrupt) stops the children still running, starts no
+    more, and is raised."""
+    pool = ThreadPoolExecutor(parallel)
+    futures = {pool.submit(work, item): index for index, item in enumerate(items)}
+    results = [None] * len(items)
+    try:
+        for future in as_completed(futures):
+            index = futures[future]
+            results[index] = future.result()
+            if on_done is not None:
+                on_done(items[index], results[index])
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        terminate_children()
+        pool.shutdown(wait=True)
+        _STOPPING.clear()
+    return results
 
 
 def stop_children_on_sigterm():

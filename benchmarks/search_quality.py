@@ -50,7 +50,6 @@ import statistics
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -301,8 +300,7 @@ def retrain_all(nets, args):
             print(f"  {net['name']} seed {seed}: final val top-1 {top1:.2f}%", flush=True)
         return top1
 
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(retrain, jobs))
+    results = retraining.run_in_parallel(retrain, jobs, args.jobs)
     for net in nets:
         net["top1"] = []
     for (net, _), top1 in zip(jobs, results):

@@ -2,6 +2,8 @@
 
 import json
 import os
+import sys
+import time
 
 import pytest
 
@@ -69,3 +71,28 @@ def test_an_interrupted_or_short_run_is_not_reused(tmp_path, fake_training, monk
     with pytest.raises(UserError, match="ended without 2 epochs"):
         retraining.retrain(ARCH, str(folder), "data", 0, epochs=2)
     assert not (folder / retraining.COMMAND_FILE).exists()
+
+
+def sleeper(seconds, exit_status=0):
+    return [sys.executable, "-c", f"import sys, time; time.sleep({seconds}); sys.exit({exit_status})"]
+
+
+def test_the_first_failure_stops_the_running_jobs_and_starts_no_more(tmp_path):
+    """A job that fails stops its neighbour at once, and a job whose thread
+    reaches run_logged only after the others were stopped starts nothing:
+    the error comes in seconds, not after a minute-long child runs out."""
+    def work(item):
+        if item == "late":  # reaches run_logged only once the failure is being handled
+            while not retraining._STOPPING.is_set():
+                time.sleep(0.01)
+            retraining.run_logged(sleeper(60), str(tmp_path / "late.log"))
+        command = sleeper(0.2, exit_status=3) if item == "fails" else sleeper(60)
+        retraining.run_logged(command, str(tmp_path / f"{item}.log"))
+        return item
+
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"failed \(exit 3\)"):
+        retraining.run_in_parallel(work, ["long", "fails", "late"], parallel=3)
+    assert time.monotonic() - started < 20
+    assert retraining._CHILDREN == set() and not retraining._STOPPING.is_set()  # ready for the next group
+    assert retraining.run_in_parallel(lambda item: 2 * item, [1, 2, 3], parallel=2) == [2, 4, 6]

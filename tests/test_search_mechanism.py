@@ -140,13 +140,16 @@ def test_cross_entropy_alone_moves_alpha_to_the_trained_ops_of_the_full_supernet
     signal appears only once the earlier layers have concentrated. With 300
     steps: 0.35 and 8 of 21 descending, 0.14 and 3 of 21 climbing. The same
     search on the first six layers alone does find them (the test above).
-    Kept as a strict xfail so that a fix shows."""
+    Kept as a strict xfail so that a fix shows (climbing runs only once
+    descending finds the trained ops: until then it would not change the
+    outcome)."""
     supernet = trained_path_supernet
     good_ops = supernet.good_ops
     descended, found = search_alpha(supernet, sign=1.0)
-    climbed, _ = search_alpha(supernet, sign=-1.0)
     matches = sum(found_op == good_op for found_op, good_op in zip(found, good_ops.tolist()))
-    assert matches >= 19 and descended > climbed + 0.3, (descended, climbed, matches)
+    assert matches >= 19, (descended, matches)
+    climbed, _ = search_alpha(supernet, sign=-1.0)
+    assert descended > climbed + 0.3, (descended, climbed, matches)
 
 
 def test_without_shortcuts_the_last_layer_gets_no_cross_entropy_signal():
