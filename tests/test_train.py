@@ -176,22 +176,6 @@ def test_two_gloo_processes_keep_replicas_identical_and_evaluate_every_image_onc
     assert len(checkpoint["rng_states"]) == 2  # each process's random streams, for an exact resume
 
 
-@pytest.mark.slow
-def test_runs_under_torchrun_with_only_rank_0_printing_and_writing(tiny_dataset, tmp_path):
-    save = tmp_path / "torchrun"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO_ROOT / "train_imagenet.py"), "--device", "cpu",
-               *map(str, tiny_run(tiny_dataset, save, "--batch_size", 4))]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("epoch 1/1 ") == 1 and "2 process(es) on cpu" in result.stdout
-    (record,) = read_metrics(save)
-    assert record["val_images"] == TINY_VAL_IMAGES
-    assert sorted(path.name for path in save.iterdir()) == [
-        "best.pth.tar", "checkpoint.pth.tar", "curves.png", "log.txt", "metrics.jsonl"]
-
-
 def torchrun(*launcher, save, dataset):
     """A torchrun process (not waited for) training the tiny run into `save`."""
     command = [sys.executable, "-m", "torch.distributed.run", *launcher, str(REPO_ROOT / "train_imagenet.py"),
@@ -200,20 +184,40 @@ def torchrun(*launcher, save, dataset):
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
 
 
+@pytest.fixture(scope="module")
+def one_node_torchrun(tiny_dataset, tmp_path_factory):
+    """`torchrun --standalone --nproc_per_node 2` of the tiny run: its
+    folder, stdout and stderr (two tests read it)."""
+    save = tmp_path_factory.mktemp("torchrun") / "one-node"
+    process = torchrun("--standalone", "--nproc_per_node", "2", save=save, dataset=tiny_dataset)
+    stdout, stderr = process.communicate(timeout=180)
+    assert process.returncode == 0, stderr[-2000:]
+    return save, stdout, stderr
+
+
 @pytest.mark.slow
-def test_two_loopback_nodes_train_exactly_as_one_node_with_two_processes(tiny_dataset, tmp_path):
+def test_runs_under_torchrun_with_only_rank_0_printing_and_writing(one_node_torchrun):
+    save, stdout, _ = one_node_torchrun
+    assert stdout.count("epoch 1/1 ") == 1 and "2 process(es) on cpu" in stdout
+    (record,) = read_metrics(save)
+    assert record["val_images"] == TINY_VAL_IMAGES
+    assert sorted(path.name for path in save.iterdir()) == [
+        "best.pth.tar", "checkpoint.pth.tar", "curves.png", "log.txt", "metrics.jsonl"]
+
+
+@pytest.mark.slow
+def test_two_loopback_nodes_train_exactly_as_one_node_with_two_processes(one_node_torchrun, tiny_dataset, tmp_path):
     """`torchrun --nnodes 2` (one process per node, both on this machine)
     gives bitwise the weights of one node running two processes: the same
     global batch, shards and seeds."""
-    one_node = torchrun("--standalone", "--nproc_per_node", "2", save=tmp_path / "one-node", dataset=tiny_dataset)
-    assert one_node.wait(timeout=180) == 0, one_node.communicate()[1][-2000:]
+    one_node, _, _ = one_node_torchrun
     port = str(utils._free_local_port())
     nodes = [torchrun("--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank), "--master_addr",
                       "127.0.0.1", "--master_port", port, save=tmp_path / "two-nodes", dataset=tiny_dataset)
              for rank in (0, 1)]
     for node in nodes:
         assert node.wait(timeout=180) == 0, node.communicate()[1][-2000:]
-    single = utils.load_checkpoint(tmp_path / "one-node" / "checkpoint.pth.tar")["state_dict"]
+    single = utils.load_checkpoint(one_node / "checkpoint.pth.tar")["state_dict"]
     double = utils.load_checkpoint(tmp_path / "two-nodes" / "checkpoint.pth.tar")["state_dict"]
     assert single.keys() == double.keys()
     assert all(torch.equal(single[key], double[key]) for key in single)
