@@ -138,8 +138,8 @@ def save_figure(figure, path, dpi=120):
 
 
 # A run's figures are redrawn at most this often, and after its last epoch:
-# after every epoch of an hour-long ImageNet epoch, once for a short run
-# (drawing them costs about as much as a tiny run's whole epoch).
+# after every epoch when epochs take an hour (ImageNet), once for a short
+# run (drawing them costs about as much as a tiny run's whole epoch).
 REDRAW_INTERVAL_S = 60.0
 
 
