@@ -43,7 +43,7 @@ JETSON_PROTOCOL = "per network: 5 warm-up runs, 6 timed runs, mean of the fastes
 METHODS = ("fit", "isolated")
 DEFAULT_METHOD = "fit"
 DEFAULT_REPEATS = {"isolated": 1000, "fit": 10}  # rounds: 2-3 minutes each on a 2-core CPU at 1 thread
-DEFAULT_FIT_NETWORKS = 300  # random networks a fitted table is solved from (plus the six LightNets)
+DEFAULT_FIT_NETWORKS = 300  # random networks a fitted table is solved from (plus the seven of fit_architectures)
 MIN_FIT_NETWORKS = NUM_SEARCHABLE_LAYERS * (NUM_OPS - 1) + 1  # unknowns of the fit
 DEFAULT_VALIDATE_ARCHS = 30
 DEFAULT_VALIDATE_REPEATS = 60  # rounds over the networks being validated
@@ -199,10 +199,20 @@ def _isolated_costs(protocol, num_classes):
 
 
 def fit_architectures(num_networks, seed):
-    """The networks a fitted table is solved from: the six LightNets and
-    `num_networks` random ones (op index rows)."""
+    """The networks a fitted table is solved from: the six LightNets, the
+    network with SkipConnect in every searchable layer, and `num_networks`
+    random ones (op index rows).
+
+    The all-SkipConnect network is the fit's constant measured directly (it
+    is the stem, layer 0, head and projecting SkipConnects alone). Without
+    it the constant is an extrapolation far from the random networks (each
+    holds about three SkipConnects in 21 layers): at the smallest fit, 133
+    networks, its standard error is 5.1 times one network's timing noise,
+    with it 1.0 times (0.85 without and 0.65 with it at the default size).
+    """
     lightnets = [arch_indices(model_train.LIGHTNETS[name]) for name in model_train.README_LATENCY_MS]
-    return np.concatenate([np.array(lightnets), sample_architectures(num_networks, seed)])
+    all_skip = np.full(NUM_SEARCHABLE_LAYERS, operations.SEARCHABLE_OPS.index(operations.SKIP))
+    return np.concatenate([np.array(lightnets), all_skip[None], sample_architectures(num_networks, seed)])
 
 
 def _fitted_costs(protocol, num_classes, num_networks):
@@ -224,7 +234,8 @@ def _fitted_costs(protocol, num_classes, num_networks):
                      "stderr": rounded_value(standard_errors[row, column])}
                for row, keys in enumerate(layer_keys()) for column, key in enumerate(keys)}
     source = {"kind": "measured", "method": "fit",
-              "description": f"{len(indices)} whole networks (the six LightNets and {num_networks} random ones) "
+              "description": f"{len(indices)} whole networks (the six LightNets, the all-SkipConnect network and "
+                             f"{num_networks} random ones) "
                              "timed end to end; costs from least squares of measured = constant + one cost per "
                              "(layer, op), costs that came out negative held at 0 and the rest refitted; "
                              "'stderr' per entry is the fit's standard error",
@@ -536,7 +547,7 @@ def get_args_parser():
                             f"immune to preemption on a shared machine; needs --threads 1) (default: {DEFAULT_CLOCK})")
     _add_measurement_args(build, None, MEASURE_SEED)
     build.add_argument("--num_networks", type=int, default=DEFAULT_FIT_NETWORKS,
-                       help=f"--method fit: random networks to time, besides the six LightNets "
+                       help=f"--method fit: random networks to time, besides the six LightNets and the all-SkipConnect one "
                             f"(default: {DEFAULT_FIT_NETWORKS}, at least {MIN_FIT_NETWORKS})")
     build.add_argument("--max_jitter_pct", type=float, default=None,
                        help="refuse to write the table when the reference network's time per round varied by "
