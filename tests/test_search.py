@@ -222,6 +222,22 @@ def _search_and_save_replica(args):
         utils.cleanup_distributed()
 
 
+@pytest.mark.parametrize("split", [[], ["--arch_split_from_train", "0.5"]])
+def test_alpha_sees_images_framed_as_the_weights_saw_theirs(split, tiny_dataset):
+    """--augment flip trains the weights on whole images, so alpha's images
+    are not zoomed either; the release's augmentation keeps the authors'
+    val framing (resize to 1/0.875, centre crop)."""
+    for augment, resized in (("flip", 32), ("release", round(32 / data.EVAL_CROP_RATIO))):
+        args = search_imagenet.get_args_parser().parse_args(
+            ["--target_latency", "24", "--dataset", tiny_dataset, "--num_classes", "3", "--augment", augment,
+             *split] + TINY_SCHEDULE)
+        search_imagenet.resolve_schedule(args)
+        _, arch_set, _ = search_imagenet.build_datasets(args)
+        images = arch_set.dataset if split else arch_set
+        resize, crop = images.transform.transforms[:2]
+        assert (resize.size, crop.size) == (resized, (32, 32)), augment
+
+
 @pytest.mark.slow
 def test_two_processes_keep_alpha_lambda_and_weights_identical(tiny_dataset, tmp_path):
     save = tmp_path / "two-processes"
