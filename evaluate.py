@@ -147,12 +147,21 @@ def recorded_image_size(checkpoint):
     return size if isinstance(size, int) and size > 0 else None
 
 
+def recorded_crop_ratio(checkpoint):
+    """The crop ratio a project checkpoint's own evaluation framed images
+    with (1: the whole image, after flip-only training); None for released
+    weights and older checkpoints, which record none."""
+    ratio = checkpoint.get("eval_crop_ratio") if isinstance(checkpoint, dict) else None
+    return float(ratio) if isinstance(ratio, (int, float)) and 0 < ratio <= 1 else None
+
+
 def evaluate_weights(weights, dataset_root, arch_choice=None, device="cpu", batch_size=64, workers=0,
                      image_size=None, width_mult=1.0, progress=True):
     """Load `weights` into the network `arch_choice` (a name, list string or
     arch.json; None: the one the checkpoint records) and count exactly over
     `dataset_root`/val at `image_size` (None: the checkpoint's training size,
-    else 224): (images, top-1 hits, top-5 hits)."""
+    else 224), framed as the checkpoint's own evaluation framed them (else
+    the recipe's centre crop): (images, top-1 hits, top-5 hits)."""
     device = resolve_device(device)
     checkpoint = load_checkpoint(weights, what="--weights")
     state_dict = checkpoint_state_dict(checkpoint, weights)
@@ -167,7 +176,8 @@ def evaluate_weights(weights, dataset_root, arch_choice=None, device="cpu", batc
     model = model_train.LightNet(arch_config, num_classes=num_classes, width_mult=width_mult)
     load_weights(model, state_dict, weights)
 
-    dataset = data.image_folder(dataset_root, "val", data.build_eval_transform(image_size))
+    crop_ratio = recorded_crop_ratio(checkpoint) or data.EVAL_CROP_RATIO
+    dataset = data.image_folder(dataset_root, "val", data.build_eval_transform(image_size, crop_ratio))
     check_dataset_classes(dataset, num_classes, "--dataset")
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda")

@@ -370,10 +370,8 @@ def build_datasets(args):
         train_transform = data.build_train_transform(args.image_size, hue=0.1)
     else:
         train_transform = data.build_flip_transform(args.image_size)
-    # Alpha's images framed as the weights saw theirs: the flip augmentation
-    # keeps the whole image, so no zoom by 1 / EVAL_CROP_RATIO there.
-    crop_ratio = data.EVAL_CROP_RATIO if args.augment == "release" else 1.0
-    eval_transform = data.build_eval_transform(args.image_size, crop_ratio=crop_ratio)
+    # alpha's images framed as the weights saw theirs
+    eval_transform = data.build_eval_transform(args.image_size, data.eval_crop_ratio(args.augment))
     train_set = folder("train", train_transform)
     if args.arch_split_from_train is None:
         arch_set = folder("val", eval_transform)

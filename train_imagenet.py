@@ -377,11 +377,7 @@ def build_train_loader(root, args, context):
                               args.prefetch_factor)
 
 
-def build_val_loader(root, args, context):
-    # Evaluate on images framed as in training: the flip augmentation keeps
-    # the whole image, so no zoom by 1 / EVAL_CROP_RATIO (which cost the short
-    # CPU retraining 2-4 points at 32 px).
-    crop_ratio = 1.0 if args.augment == "flip" else data.EVAL_CROP_RATIO
+def build_val_loader(root, args, context, crop_ratio):
     dataset = data.image_folder(root, "val", data.build_eval_transform(args.image_size, crop_ratio))
     sampler = evaluate.ShardSampler(len(dataset), context.rank, context.world_size)
     return torch.utils.data.DataLoader(dataset, batch_size=max(1, args.batch_size // context.world_size),
@@ -553,7 +549,8 @@ def evaluate_model(model, loader, context, progress):
 
 def checkpoint_state(training, args, num_classes, epoch, best, rng_states):
     state = dict(state_dict=training.model.state_dict(), arch_config=list(args.arch_config),
-                 num_classes=num_classes, image_size=args.image_size, epoch=epoch,
+                 num_classes=num_classes, image_size=args.image_size,
+                 eval_crop_ratio=data.eval_crop_ratio(args.augment), epoch=epoch,
                  optimizer=training.optimizer.state_dict(), scheduler=training.scheduler.state_dict(),
                  scaler=training.scaler.state_dict(), best=dict(best), rng_states=rng_states, args=vars(args))
     if training.ema is not None:
@@ -566,7 +563,8 @@ def weights_file(state_dict, args, num_classes, epoch, result):
     parameter names, without the `module.` prefix) plus the architecture, so
     evaluate.py needs no --model."""
     return dict(state_dict=state_dict, arch_config=list(args.arch_config), num_classes=num_classes,
-                image_size=args.image_size, epoch=epoch, top1=result["top1"], top5=result["top5"])
+                image_size=args.image_size, eval_crop_ratio=data.eval_crop_ratio(args.augment), epoch=epoch,
+                top1=result["top1"], top5=result["top5"])
 
 
 def restore(training, checkpoint, context, num_classes, logger):
@@ -730,7 +728,7 @@ def log_setup(logger, args, context, training, num_classes, train_loader, val_lo
 
 def fit(args, context, root):
     train_loader = build_train_loader(root, args, context)
-    val_loader = build_val_loader(root, args, context)
+    val_loader = build_val_loader(root, args, context, data.eval_crop_ratio(args.augment))
     num_classes = len(train_loader.dataset.dataset.classes)
     training = setup_training(args, context, num_classes, len(train_loader))
     # The run's folder and log appear only now that the data and the model
@@ -843,7 +841,8 @@ def evaluate_checkpoint(args, context, root, logger):
     num_classes = evaluate.weights_num_classes(state_dict, args.evaluate, "--evaluate")
     model = LightNet(args.arch_config, num_classes=num_classes, dropout=args.dropout)
     evaluate.load_weights(model, state_dict, args.evaluate)
-    val_loader = build_val_loader(root, args, context)
+    crop_ratio = evaluate.recorded_crop_ratio(checkpoint) or data.eval_crop_ratio(args.augment)
+    val_loader = build_val_loader(root, args, context, crop_ratio)
     evaluate.check_dataset_classes(val_loader.dataset, num_classes, "--evaluate")
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model.to(context.device, memory_format=memory_format)

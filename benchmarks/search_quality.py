@@ -266,7 +266,7 @@ def supernet_top1(supernet, eta, arch_config, train_loader, val_loader):
 def supernet_scores(search_folder, arch_configs):
     supernet, saved = load_supernet(search_folder)
     eta = search_imagenet.eta_at(saved.epochs - 1, saved)
-    eval_transform = data.build_eval_transform(saved.image_size)
+    eval_transform = data.build_eval_transform(saved.image_size, data.eval_crop_ratio(saved.augment))
     train_set = data.image_folder(saved.dataset, "train", eval_transform)
     val_set = data.image_folder(saved.dataset, "val", eval_transform)
     generator = torch.Generator().manual_seed(0)

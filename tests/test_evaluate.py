@@ -120,7 +120,8 @@ def test_project_checkpoint_is_evaluated_at_the_size_it_was_trained_at(model, da
     (no size recorded) is evaluated at 224."""
     sizes = []
     build = data.build_eval_transform
-    monkeypatch.setattr(evaluate.data, "build_eval_transform", lambda size: sizes.append(size) or build(size))
+    monkeypatch.setattr(evaluate.data, "build_eval_transform",
+                        lambda size, crop_ratio=data.EVAL_CROP_RATIO: sizes.append(size) or build(size, crop_ratio))
     path = tmp_path / "best.pth.tar"
     save_checkpoint({"state_dict": model.state_dict(), "arch_config": LIGHTNETS["LightNet-20ms"],
                      "image_size": IMAGE_SIZE}, path)

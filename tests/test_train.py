@@ -509,9 +509,30 @@ def test_flip_trained_networks_are_evaluated_on_the_whole_image_and_the_recipe_w
     context = utils.DistributedContext(0, 0, 1, torch.device("cpu"))
     for augment, resized in (("flip", 32), ("recipe", round(32 / data.EVAL_CROP_RATIO))):
         args = train_imagenet.resolve_schedule(parse(*tiny_run(tiny_dataset, "unused", "--augment", augment)))
-        loader = train_imagenet.build_val_loader(tiny_dataset, args, context)
+        loader = train_imagenet.build_val_loader(tiny_dataset, args, context, data.eval_crop_ratio(augment))
         resize, crop = loader.dataset.transform.transforms[:2]
         assert (resize.size, crop.size) == (resized, (32, 32)), augment
+
+
+def test_a_flip_trained_network_is_evaluated_later_as_its_training_evaluated_it(tiny_dataset, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """best.pth.tar records its framing: evaluate.py and train --evaluate
+    (whose default --augment is the recipe's) frame the images as training
+    did and count what it counted."""
+    save = tmp_path / "flip"
+    train(*tiny_run(tiny_dataset, save, "--augment", "flip"))
+    best = torch.load(save / "best.pth.tar", weights_only=True)
+    assert best["eval_crop_ratio"] == 1.0
+    ratios, build = [], data.build_eval_transform
+    monkeypatch.setattr(data, "build_eval_transform",
+                        lambda size, crop_ratio: ratios.append(crop_ratio) or build(size, crop_ratio))
+    capsys.readouterr()
+    evaluate.main(evaluate.get_args_parser().parse_args(
+        ["--weights", str(save / "best.pth.tar"), "--dataset", str(tiny_dataset), "--workers", "0"]))
+    train("--evaluate", save / "best.pth.tar", "--dataset", tiny_dataset, "--workers", 0)
+    out = capsys.readouterr().out
+    assert ratios == [1.0, 1.0]
+    assert out.count(f"Total: {TINY_VAL_IMAGES}  Top1-Acc: {best['top1']:.3f}") == 2, out
 
 
 def test_zero_init_residual_starts_every_residual_block_as_the_identity():
