@@ -26,6 +26,29 @@ ALPHA_INIT_SCALE = 1e-3  # alpha ~ 1e-3 * N(0, 1) (paper Section 4)
 # The authors' supernet keeps PyTorch's BatchNorm eps; the standalone
 # networks use 1e-3 (operations.BN_EPS).
 SUPERNET_BN_EPS = 1e-5
+# Where the eta shortcut paths go (beyond the paper, but "all"): every
+# searchable layer, as in the release; only the layers that keep their
+# input's shape (there the path is the identity, while on a stride-2 or
+# channel-changing layer it is a pooled 1x1 conv that stands in for the op,
+# so a SkipConnect there looks nearly free to the supernet); or only the
+# layers that change it (on a same-shape layer the identity path adds eta * x
+# to a stream that already carries x through the op's residual, so the
+# stream grows (1 + eta) times per layer and a later layer's op is a
+# vanishing share of it).
+SHORTCUT_LAYERS = ("all", "same_shape", "shape_changing")
+# A forbidden op's logit: its probability is exactly 0 in float32 softmax,
+# while the arithmetic stays finite (Gumbel noise and 1/tau are added to it).
+FORBIDDEN_LOGIT = -1e4
+
+
+def strided_skip_mask():
+    """21x7 booleans, True at SkipConnect on the stride-2 layers: the ops
+    that `--strided_skips forbid` (beyond the paper) takes out of the space."""
+    mask = torch.zeros(NUM_SEARCHABLE_LAYERS, NUM_OPS, dtype=torch.bool)
+    skip = SEARCHABLE_OPS.index(operations.SKIP)
+    for layer, spec in enumerate(operations.LAYOUT[1:]):
+        mask[layer, skip] = spec.stride == 2
+    return mask
 
 
 def gumbel_softmax_hard(alpha, tau, generator=None):
@@ -80,7 +103,7 @@ def identity_shortcut(spec):
 class SearchableLayer(nn.Module):
     """One layer's 7 candidate ops; runs only the one selected. With
     `shortcut`, the layer also has the release's op-independent path, added
-    to the op's output with weight eta."""
+    to the op's output with weight eta (a layer without one ignores eta)."""
 
     def __init__(self, spec, shortcut=False):
         super().__init__()
@@ -96,7 +119,7 @@ class SearchableLayer(nn.Module):
         # plain network.
         if row is not None:
             out = out * row[op_index] + unchosen_entries(row, op_index)
-        if eta:
+        if eta and self.shortcut is not None:
             out = out + eta * self.shortcut(x)
         return out
 
@@ -111,7 +134,8 @@ class SuperNet(nn.Module):
     paths (see `identity_shortcut`); forward's `eta` weighs them.
     """
 
-    def __init__(self, num_classes, width_mult=1.0, dropout=0.2, shortcuts=False):
+    def __init__(self, num_classes, width_mult=1.0, dropout=0.2, shortcuts=False, shortcut_layers="all",
+                 forbidden=None):
         super().__init__()
         layout = operations.scaled_layout(width_mult)
         self.first_conv = operations.conv_bn_relu6(
@@ -119,7 +143,12 @@ class SuperNet(nn.Module):
         first = layout[0]
         self.first_block = operations.op(
             operations.FIXED_FIRST_OP, first.in_channels, first.out_channels, first.stride, affine=False)
-        self.layers = nn.ModuleList(SearchableLayer(spec, shortcuts) for spec in layout[1:])
+        if shortcut_layers not in SHORTCUT_LAYERS:
+            raise ValueError(f"shortcut_layers must be one of {SHORTCUT_LAYERS}, got {shortcut_layers!r}")
+        self.layers = nn.ModuleList(
+            SearchableLayer(spec, shortcuts and (shortcut_layers == "all"
+                                                 or keeps_shape(spec) == (shortcut_layers == "same_shape")))
+            for spec in layout[1:])
         head = operations.head_channels(width_mult)
         self.last_conv = operations.conv_bn_relu6(layout[-1].out_channels, head, 1, stride=1, affine=False)
         self.global_pool = nn.AdaptiveAvgPool2d(1)
@@ -133,6 +162,18 @@ class SuperNet(nn.Module):
         # Registered, so it is saved with the model; kept out of
         # weight_parameters() so the two optimizers never overlap.
         self.alpha = nn.Parameter(ALPHA_INIT_SCALE * torch.randn(NUM_SEARCHABLE_LAYERS, NUM_OPS))
+        # Ops taken out of the space (None: every op allowed); not saved in
+        # the state dict, so checkpoints keep the release's keys.
+        self.register_buffer("forbidden", forbidden, persistent=False)
+
+    def arch_logits(self, alpha=None):
+        """alpha (or a saved copy of it) with the forbidden ops' entries at
+        FORBIDDEN_LOGIT: what sampling, probabilities and the argmax read
+        (gradients reach the allowed entries only)."""
+        alpha = self.alpha if alpha is None else alpha
+        if self.forbidden is None:
+            return alpha
+        return alpha.masked_fill(self.forbidden, FORBIDDEN_LOGIT)
 
     def arch_parameters(self):
         return [self.alpha]
@@ -143,7 +184,7 @@ class SuperNet(nn.Module):
     def forward(self, x, weights, eta=0.0):
         """Run the path that `weights` (21x7, one-hot rows) selects. If
         `weights` requires grad, the output is differentiable in it."""
-        if eta and self.layers[0].shortcut is None:
+        if eta and all(layer.shortcut is None for layer in self.layers):
             raise ValueError(f"eta={eta} needs the shortcut paths: build SuperNet(..., shortcuts=True)")
         op_indices = weights.argmax(dim=-1).tolist()  # one device sync per step
         route_gradient = weights.requires_grad
@@ -155,14 +196,18 @@ class SuperNet(nn.Module):
 
     def op_probabilities(self):
         """softmax(alpha) per layer, a 21x7 tensor without gradient."""
-        return F.softmax(self.alpha.detach(), dim=-1)
+        return F.softmax(self.arch_logits().detach(), dim=-1)
 
     def derive_indices(self):
-        return self.alpha.detach().argmax(dim=-1).tolist()
+        return self.arch_logits().detach().argmax(dim=-1).tolist()
 
     def derive(self):
         """The argmax architecture: 22 op names, `MBK3E1` first."""
         return operations.indices_to_arch(self.derive_indices())
+
+
+def keeps_shape(spec):
+    return spec.stride == 1 and spec.in_channels == spec.out_channels
 
 
 def initialize_supernet(model):

@@ -41,7 +41,7 @@ import data
 import latency_predictor
 import operations
 from constraint import SearchState
-from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
+from model_search import SHORTCUT_LAYERS, SuperNet, gumbel_softmax_hard, one_hot_paths, strided_skip_mask, warmup_paths
 from utils import (
     EXPLODED_LOSS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
     AverageMeter, MetricsFile, RedrawClock, UserError, accuracy, add_device_arguments, all_gather_objects,
@@ -55,6 +55,7 @@ WARMUP_CHECKPOINT_NAME = "warmup.pth.tar"
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_FORMAT = 2  # 2: the release's supernet init, BN eps, gradient routing and zero-filled gradients
 PENALTIES = ("lagrange", "fixed")
+ETA_DECAYS = ("linear", "late", "none")
 
 # The paper's search settings (its Section 4); they apply whenever --dataset
 # is given and the option is not set on the command line.
@@ -76,6 +77,10 @@ PAPER_SCHEDULE = {
     "warmup_epochs": 0,             # the release's weight-lr warm-up option, off
     "eta": 0.0,                     # the release's shared shortcut option, off
     "eta_decay": "linear",          # (the release's: eta falls linearly to 0 over the search epochs)
+    "eta_floor": 0.0,               # (what eta decays to)
+    "eta_layers": "all",            # (the release's shortcut is on every searchable layer)
+    "hold_lambda": "zero",          # (only with --latch hold, beyond the paper)
+    "strided_skips": "allow",       # SkipConnect is a candidate on every layer, as in the release
     "learning_rate": 0.1,           # SGD on the weights, cosine to 0
     "augment": "release",           # RandomResizedCrop + flip + colour jitter, as the release
     "land_within": 0.0,             # the argmax as it is
@@ -114,6 +119,10 @@ DEMO_SCHEDULE = {
     "warmup_epochs": 2,
     "eta": 3.0,
     "eta_decay": "none",
+    "eta_floor": 0.0,
+    "eta_layers": "all",
+    "hold_lambda": "zero",
+    "strided_skips": "allow",
     "learning_rate": 0.05,
     "augment": "flip",              # random crops of 32 px images lose the small objects
     "land_within": 0.0,             # the search lands by itself (benchmarks/landing.py)
@@ -190,10 +199,26 @@ def get_args_parser():
                           help="weight of the release's op-independent shortcut added to every searchable layer "
                                "(a 1x1 conv where channels change, max pooling where it strides) "
                                "(paper: {eta}, demo: {demo})".format(demo=DEMO_SCHEDULE["eta"], **PAPER_SCHEDULE))
-    schedule.add_argument("--eta_decay", choices=("linear", "none"), default=None,
-                          help="linear: eta falls to 0 from the end of the warm-up to the last epoch, as in the "
-                               "release; none: constant (paper: {eta_decay}, demo: {demo})".format(
+    schedule.add_argument("--eta_decay", choices=ETA_DECAYS, default=None,
+                          help="linear: eta falls to --eta_floor from the end of the warm-up to the last epoch, as "
+                               "in the release (floor 0); late: constant, then linear to --eta_floor over the last "
+                               "third of the search epochs; none: constant (paper: {eta_decay}, demo: {demo})".format(
                                    demo=DEMO_SCHEDULE["eta_decay"], **PAPER_SCHEDULE))
+    schedule.add_argument("--eta_floor", type=float, default=None,
+                          help="what --eta_decay lowers eta to by the last epoch (paper: {eta_floor}, demo: "
+                               "{demo})".format(demo=DEMO_SCHEDULE["eta_floor"], **PAPER_SCHEDULE))
+    schedule.add_argument("--eta_layers", choices=SHORTCUT_LAYERS, default=None,
+                          help="where the eta paths are: all = every searchable layer, as in the release; "
+                               "same_shape = beyond the paper, only the layers that keep their input's shape, so "
+                               "a SkipConnect on a stride-2 or channel-changing layer is judged as it will run; "
+                               "shape_changing = beyond the paper, only those layers, so the same-shape layers "
+                               "add their ops to the stream as the retrained network does "
+                               "(paper: {eta_layers}, demo: {demo})".format(
+                                   demo=DEMO_SCHEDULE["eta_layers"], **PAPER_SCHEDULE))
+    schedule.add_argument("--strided_skips", choices=("allow", "forbid"), default=None,
+                          help="forbid = beyond the paper, SkipConnect is no candidate on the four stride-2 "
+                               "layers (as in ProxylessNAS, TF-NAS, Once-for-All) (paper: {strided_skips}, "
+                               "demo: {demo})".format(demo=DEMO_SCHEDULE["strided_skips"], **PAPER_SCHEDULE))
     schedule.add_argument("--arch_split_from_train", type=float, default=None, metavar="FRACTION",
                           help="beyond the paper: train alpha on this fraction of train/ (per class, fixed by "
                                "--seed) and the weights on the rest, leaving val/ unseen by the search; "
@@ -227,6 +252,11 @@ def get_args_parser():
                            "takes the argmax out of the tolerance the layers it flipped are put back "
                            "(paper: {latch}, demo: {demo})".format(
                                demo=DEMO_SCHEDULE["latch"], **PAPER_SCHEDULE))
+    arch.add_argument("--hold_lambda", choices=("zero", "keep"), default=None,
+                      help="lambda while --latch hold holds: zero = set to 0 and left there; keep = it goes on "
+                           "following the argmax's cost, so alpha's steps keep feeling the target and fewer need "
+                           "undoing (paper: {hold_lambda}, demo: {demo})".format(
+                               demo=DEMO_SCHEDULE["hold_lambda"], **PAPER_SCHEDULE))
     arch.add_argument("--latch_tolerance", default=None,
                       help="|LAT - T| below which the latch engages in the last --latch_epochs: a number in "
                            "the unit of T, or a share of T such as 0.5%% (paper: {latch_tolerance}, demo: "
@@ -268,7 +298,7 @@ NUMBER_RULES = (
     (("tradeoff_learning_rate",), lambda value: 0 <= value <= MAX_LEARNING_RATE, f"in [0, {MAX_LEARNING_RATE:g}]"),
     (("target_latency", "grad_clip"), lambda value: value > 0, "positive"),
     (("tau_max",), lambda value: 0 < value <= MAX_TAU, f"in (0, {MAX_TAU:g}]"),
-    (("eta",), lambda value: 0 <= value <= MAX_ETA, f"in [0, {MAX_ETA:g}]"),
+    (("eta", "eta_floor"), lambda value: 0 <= value <= MAX_ETA, f"in [0, {MAX_ETA:g}]"),
     (("arch_weight_decay", "weight_decay"), lambda value: 0 <= value <= 1, "in [0, 1]"),
     (("land_within", "tau_decay"), lambda value: value >= 0, "non-negative"),
     (("workers",), lambda value: 0 <= value <= MAX_WORKERS, f"in [0, {MAX_WORKERS}]"),
@@ -327,12 +357,16 @@ def tau_at(epoch, args):
 
 
 def eta_at(epoch, args):
-    """The shortcut's weight: eta during the warm-up, then (linear decay, as
-    in the release) falling to 0 at the last epoch."""
+    """The shortcut's weight: eta during the warm-up, then with --eta_decay
+    linear (the release's) falling to --eta_floor at the last epoch, with
+    late the same fall over the last third of the search epochs."""
     if args.eta_decay == "none" or epoch < args.freeze_epochs:
         return args.eta
-    search_epochs = max(1, args.epochs - 1 - args.freeze_epochs)
-    return args.eta * max(0.0, 1.0 - (epoch - args.freeze_epochs) / search_epochs)
+    first, last = args.freeze_epochs, args.epochs - 1
+    if args.eta_decay == "late":
+        first = last - (last - args.freeze_epochs) // 3
+    progress = min(1.0, max(0.0, (epoch - first) / max(1, last - first)))
+    return args.eta + (args.eta_floor - args.eta) * progress
 
 
 def weight_lr_factor(epoch, args):
@@ -421,7 +455,7 @@ class Searcher:
         self.context = context
         self.predictor = predictor
         self.dataset_fingerprint = dataset_fingerprint  # kept in checkpoints: a resume must use the same images
-        self.model = SuperNet(num_classes, shortcuts=args.eta > 0).to(context.device)
+        self.model = build_supernet(num_classes, args).to(context.device)
         if context.distributed and context.device.type == "cuda":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.weight_parameters = self.model.weight_parameters()
@@ -478,7 +512,7 @@ class Searcher:
                 paths = warmup_paths(self._cpu_generator())
             else:
                 with torch.no_grad():
-                    sample = gumbel_softmax_hard(self.model.alpha, tau, self.arch_generator)
+                    sample = gumbel_softmax_hard(self.model.arch_logits(), tau, self.arch_generator)
                 paths = [sample.argmax(dim=-1)]
             loss, logits = self._weight_step(images, targets, paths, eta)
             loss_meter.update(loss.item(), targets.size(0))
@@ -512,7 +546,7 @@ class Searcher:
                 targets = targets.to(self.context.device, non_blocking=True)
                 if lagrange and not state.latched and in_latch_window(epoch, args) and near_target(cost):
                     state.latched = True
-                    if args.latch == "hold":
+                    if args.latch == "hold" and args.hold_lambda == "zero":
                         state.tradeoff = 0.0  # the target is met: alpha learns from the cross-entropy alone
                 holding = state.latched and args.latch == "hold"
                 lr = constraint.latched_arch_lr(scheduled_lr, cost, args.target_latency) \
@@ -525,7 +559,7 @@ class Searcher:
                     self.restore_flipped_layers(before)
                 else:
                     cost = new_cost
-                if lagrange and not holding:
+                if lagrange and (not holding or args.hold_lambda == "keep"):
                     state.tradeoff = constraint.update_lagrange_multiplier(state.tradeoff, cost, args.target_latency,
                                                                            args.tradeoff_learning_rate)
                 constraint.append_step(steps, argmax_cost=cost, expected_cost=self.expected_cost(),
@@ -548,7 +582,7 @@ class Searcher:
         other layer keeps what it learned in the step."""
         before, moments = snapshot
         alpha = self.model.alpha
-        flipped = alpha.detach().argmax(dim=-1) != before.argmax(dim=-1)
+        flipped = self.model.arch_logits().detach().argmax(dim=-1) != self.model.arch_logits(before).argmax(dim=-1)
         with torch.no_grad():
             alpha[flipped] = before[flipped]
             for key, value in moments.items():
@@ -564,7 +598,7 @@ class Searcher:
         path; returns the cross-entropy, the logits and the sample's cost."""
         for group in self.arch_optimizer.param_groups:
             group["lr"] = lr
-        sample = gumbel_softmax_hard(self.model.alpha, tau, self.arch_generator)
+        sample = gumbel_softmax_hard(self.model.arch_logits(), tau, self.arch_generator)
         logits = self.model(images, sample, eta)
         cross_entropy = self.criterion(logits, targets)
         sample_cost = self.predictor.expected_cost(sample)
@@ -614,6 +648,18 @@ class Searcher:
         return checkpoint["epoch"]
 
 
+def build_supernet(num_classes, args):
+    """The supernet a search with these settings trains (also used to load
+    its checkpoint)."""
+    return SuperNet(num_classes, shortcuts=args.eta > 0,
+                    shortcut_layers=getattr(args, "eta_layers", "all"),
+                    forbidden=strided_skip_mask() if getattr(args, "strided_skips", "allow") == "forbid" else None)
+
+
+# What a checkpoint saved before an option existed ran with.
+OPTIONS_BEFORE_THEY_EXISTED = {"eta_floor": 0.0, "eta_layers": "all", "strided_skips": "allow"}
+
+
 def resolve_resume_path(path):
     if path is not None and os.path.isdir(path):
         return os.path.join(path, CHECKPOINT_NAME)
@@ -648,8 +694,8 @@ def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, pa
         raise UserError(f"--resume: {path} has {classifier.shape[0]} classes, this dataset {num_classes}")
     check_same_dataset(checkpoint.get("dataset"), dataset_fingerprint, path)
     for name in ("epochs", "freeze_epochs", "seed", "image_size", "batch_size_train", "batch_size_val", "eta",
-                 "eta_decay", "warmup_epochs", "arch_split_from_train"):
-        if saved.get(name) != getattr(args, name):
+                 "eta_decay", "eta_floor", "eta_layers", "strided_skips", "warmup_epochs", "arch_split_from_train"):
+        if saved.get(name, OPTIONS_BEFORE_THEY_EXISTED.get(name)) != getattr(args, name):
             raise UserError(f"--resume: {path} used --{name} {saved.get(name)}, this run {getattr(args, name)}; "
                             "use the same settings to continue")
     is_warmup = checkpoint["epoch"] == args.freeze_epochs
@@ -697,7 +743,7 @@ def describe_cost(predictor, cost, target):
 def project_final(model, predictor, band, arch_config, cost, target):
     """--land_within / --strict: the most probable architecture in the band
     (constraint.project_to_band), with what it cost; the raw argmax is kept."""
-    log_p = torch.log_softmax(model.alpha.detach().double(), dim=-1).cpu().numpy()
+    log_p = torch.log_softmax(model.arch_logits().detach().double(), dim=-1).cpu().numpy()
     raw = operations.arch_to_indices(arch_config)
     indices = constraint.project_to_band(log_p, predictor, *band)
     if indices is None:  # only a non-additive predictor (the MLP) can miss, see project_to_band
@@ -733,7 +779,8 @@ def write_arch_json(args, searcher, predictor):
         "predictor": predictor.identifier,
         "search": {name: getattr(args, name) for name in (
             "epochs", "freeze_epochs", "seed", "dataset", "num_classes", "image_size", "tradeoff_learning_rate",
-            "penalty", "penalty_weight", "eta", "eta_decay", "learning_rate", "arch_learning_rate", "arch_weight_decay", "augment", "arch_split_from_train",
+            "penalty", "penalty_weight", "eta", "eta_decay", "eta_floor", "eta_layers", "strided_skips", "hold_lambda",
+            "learning_rate", "arch_learning_rate", "arch_weight_decay", "augment", "arch_split_from_train",
             "latch", "latch_tolerance", "latch_epochs", "land_within", "strict")},
         "tradeoff_final": searcher.state.tradeoff,
     }

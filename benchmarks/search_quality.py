@@ -31,6 +31,12 @@ table this script
     python3 benchmarks/search_quality.py            # 2 searches, 16 random nets, 3 seeds (about 75 min, 2 cores)
     python3 benchmarks/search_quality.py --quick    # 1 search, 4 random nets, 2 seeds
     python3 benchmarks/search_quality.py --target 27 --random_nets 24 --out sq27
+    python3 benchmarks/search_quality.py --truth benchmarks/ground_truth/random_24ms_cuda.json   # on a GPU
+
+With --truth the random networks and their retrained top-1 come from a
+stored ground truth (benchmarks/ground_truth.py) instead of being drawn and
+retrained again: only the searched networks and the reference are
+retrained, with the file's recipe and seeds, on a device of the file's kind.
 
 Every run (search and each retraining) has its own folder under --out; a
 rerun with the same settings reuses the finished ones, so an interrupted
@@ -55,15 +61,17 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import data  # noqa: E402
+import ground_truth  # noqa: E402
 import latency_predictor  # noqa: E402
 import operations  # noqa: E402
 import reproduce_tables  # noqa: E402
 import retraining  # noqa: E402
 import search_imagenet  # noqa: E402
 import utils  # noqa: E402
-from model_search import SuperNet, one_hot_paths  # noqa: E402
+from model_search import one_hot_paths  # noqa: E402
 from model_train import resolve_arch_config  # noqa: E402
 from utils import UserError  # noqa: E402
 
@@ -112,6 +120,9 @@ def get_args_parser():
     parser.add_argument("--sample_seed", type=int, default=0, help="seed of the random architectures")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="searches or retrainings run side by side, one thread each")
+    parser.add_argument("--truth", default=None,
+                        help="a ground-truth file (benchmarks/ground_truth.py): its random networks and their "
+                             "results stand in for --random_nets, --sample_seed and --seeds")
     parser.add_argument("--out", default="search-quality", help="output folder")
     return parser
 
@@ -128,10 +139,26 @@ def check_args(args):
     if not 0 < args.target < math.inf:
         raise UserError(f"--target must be a positive latency in ms, got {args.target}")
     check_target_reachable(args.target)
+    args.truth_data = None if args.truth is None else checked_truth(args)
     if args.reference.lower() == "none":
         args.reference = None
     else:
         args.reference_arch = resolve_arch_config(args.reference)
+
+
+def checked_truth(args):
+    """The --truth file, when its results can stand beside retrainings made
+    here with this scale's recipe; --seeds and --random_nets follow it."""
+    truth = ground_truth.load_truth(args.truth)
+    if truth["target"] != args.target:
+        raise UserError(f"--truth {args.truth} holds networks for {truth['target']:g} ms, not --target {args.target:g}")
+    recipe = dict(retraining.SHORT_RECIPE, **retrain_recipe(args))
+    device_type = ground_truth.describe_device()["type"]
+    mismatch = ground_truth.same_recipe(truth, recipe, args.scale.retrain_dataset, device_type)
+    if mismatch is not None:
+        raise UserError(f"--truth {args.truth} cannot stand beside retrainings made here: {mismatch}")
+    args.seeds, args.random_nets = len(truth["seeds"]), len(truth["networks"])
+    return truth
 
 
 def check_target_reachable(target):
@@ -235,7 +262,7 @@ def load_supernet(search_folder):
     saved = argparse.Namespace(**checkpoint["args"])
     classifier_weights = [value for key, value in checkpoint["state_dict"].items()
                           if key.startswith("classifier.") and value.ndim == 2]
-    supernet = SuperNet(classifier_weights[-1].shape[0], shortcuts=saved.eta > 0)
+    supernet = search_imagenet.build_supernet(classifier_weights[-1].shape[0], saved)
     supernet.load_state_dict(checkpoint["state_dict"])
     return supernet, saved
 
@@ -370,12 +397,17 @@ def summarize(searched, random_nets, supernets):
     between its scores and standalone top-1 and the control (the random net
     it scores best)."""
     random_means = [mean(net["top1"]) for net in random_nets]
+    restricted_means = [mean(net["top1"]) for net in random_nets if net.get("op_mix", {}).get("strided_skips") == 0]
     scored = searched + random_nets
     summary = {
         "random_mean": mean(random_means),
         "random_std": std(random_means),
         "random_median": statistics.median(random_means),
         "searched": [dict(standing(mean(net["top1"]), random_means), name=net["name"]) for net in searched],
+        # The space without SkipConnect on stride-2 layers (--strided_skips forbid searches in it)
+        "restricted_random_count": len(restricted_means),
+        "searched_restricted": [dict(standing(mean(net["top1"]), restricted_means), name=net["name"])
+                                for net in searched] if len(restricted_means) >= 2 else [],
         # std of the random nets' means vs the typical std of one net over seeds
         "arch_spread": std(random_means),
         "seed_spread": math.sqrt(mean([std(net["top1"]) ** 2 for net in scored])),
@@ -413,6 +445,10 @@ def print_table(nets, summary, seeds):
     for result in summary["searched"]:
         print(f"{result['name']}: rank {result['rank']} of {random_count + 1}, percentile {result['percentile']:.0f}% "
               f"(share of random nets below it), z = {result['z']:+.2f}")
+    for result in summary["searched_restricted"]:
+        print(f"{result['name']} among the {summary['restricted_random_count']} random nets with no skip on a "
+              f"stride-2 layer: rank {result['rank']} of {summary['restricted_random_count'] + 1}, percentile "
+              f"{result['percentile']:.0f}%, z = {result['z']:+.2f}")
     print(f"spread across architectures {summary['arch_spread']:.2f} points (std of the random nets' means) vs "
           f"across seeds {summary['seed_spread']:.2f} points (one net's std over seeds, pooled): ratio "
           f"{summary['arch_spread'] / summary['seed_spread'] if summary['seed_spread'] else math.inf:.2f}")
@@ -447,12 +483,18 @@ def plot(nets, target, path):
 
 
 def build_nets(args, searches, candidates):
+    """The searched, random and reference networks; the random ones carry
+    their results already when they come from --truth."""
     predictor = latency_predictor.load_predictor()
     nets = [{"name": f"searched {index + 1}", "kind": "searched", "arch_config": result["arch_config"],
              "predicted": result["predicted"], "search_seed": result.get("search", {}).get("seed")}
             for index, (result, _) in enumerate(searches)]
-    nets += [{"name": f"random {index + 1}", "kind": "random", "arch_config": arch_config, "predicted": cost}
-             for index, (arch_config, cost) in enumerate(candidates)]
+    if args.truth_data is not None:
+        nets += [{"name": net["name"], "kind": "random", "arch_config": net["arch_config"],
+                  "predicted": net["predicted"], "top1": list(net["top1"])} for net in args.truth_data["networks"]]
+    else:
+        nets += [{"name": f"random {index + 1}", "kind": "random", "arch_config": arch_config, "predicted": cost}
+                 for index, (arch_config, cost) in enumerate(candidates)]
     if args.reference:
         nets.append({"name": args.reference, "kind": "reference", "arch_config": list(args.reference_arch),
                      "predicted": predictor.cost(args.reference_arch)})
@@ -467,8 +509,12 @@ def main(args):
     retraining.stop_children_on_sigterm()
     started = time.time()
     searches = run_searches(args)
-    candidates, draws = random_architectures(args.random_nets, args.target, args.sample_seed)
-    print(f"{len(candidates)} random architectures within 1% of {args.target:g} ms ({draws} draws)", flush=True)
+    if args.truth_data is None:
+        candidates, draws = random_architectures(args.random_nets, args.target, args.sample_seed)
+        print(f"{len(candidates)} random architectures within 1% of {args.target:g} ms ({draws} draws)", flush=True)
+    else:
+        candidates, draws = [], args.truth_data["draws"]
+        print(f"{args.random_nets} random architectures and their results from {args.truth}", flush=True)
     nets = build_nets(args, searches, candidates)
 
     print("scoring every network with each search's supernet ...", flush=True)
@@ -478,7 +524,7 @@ def main(args):
         for net, score in zip(nets, supernet_scores(folder, [net["arch_config"] for net in nets])):
             net["supernet_top1"].append(score)
 
-    retrain_all(nets, args)
+    retrain_all([net for net in nets if "top1" not in net], args)
     searched = [net for net in nets if net["kind"] == "searched"]
     random_nets = [net for net in nets if net["kind"] == "random"]
     summary = summarize(searched, random_nets, len(searches))
@@ -491,6 +537,9 @@ def main(args):
                         dataset=args.scale.retrain_dataset),
         "searches": [result.get("search", {}) for result, _ in searches],
         "random_draws": draws,
+        "truth": None if args.truth is None else {"path": args.truth, "device": args.truth_data["device"],
+                                                   "code": args.truth_data["code"], "date": args.truth_data["date"]},
+        "device": ground_truth.describe_device(),
         "seconds": time.time() - started,
     }
     utils.write_json(os.path.join(args.out, "search_quality.json"), report)

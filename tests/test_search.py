@@ -17,6 +17,7 @@ import model_train
 import operations
 import search_imagenet
 import utils
+from constraint import update_lagrange_multiplier
 from utils import load_checkpoint, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -338,6 +339,18 @@ def test_hold_latch_keeps_the_argmax_in_the_band_with_lambda_held_at_zero(finish
         assert abs(steps["argmax_cost"][index] / 24 - 1) < 0.30
         assert steps["tradeoff"][index] == 0.0
     assert latched == list(range(latched[0], len(steps["latched"])))  # once latched, always latched
+
+
+def test_hold_with_lambda_kept_goes_on_following_the_multiplier_rule(finished_search, tiny_dataset, tmp_path):
+    rows, settings = latch_run(tiny_dataset, finished_search, tmp_path / "hold-keep",
+                               ["--latch", "hold", "--latch_tolerance", "30%", "--hold_lambda", "keep"])
+    steps = {name: sum((row["steps"][name] for row in rows), []) for name in rows[0]["steps"]}
+    assert any(steps["latched"]), "the latch never engaged"
+    before = 0.0  # a search from the warm-up starts with lambda 0
+    for cost, after in zip(steps["argmax_cost"], steps["tradeoff"]):
+        assert after == pytest.approx(update_lagrange_multiplier(before, cost, 24, settings.tradeoff_learning_rate))
+        before = after
+    assert any(value != 0.0 for value, on in zip(steps["tradeoff"], steps["latched"]) if on)
 
 
 def test_lambda_follows_the_sign_of_the_miss_over_a_run(finished_search, tiny_dataset, tmp_path):

@@ -13,7 +13,7 @@ import operations
 import search_imagenet
 import utils
 from constraint import update_lagrange_multiplier
-from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths
+from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, strided_skip_mask, warmup_paths
 from search_imagenet import DEMO_SCHEDULE, PAPER_SCHEDULE, in_latch_window, scheduled_arch_lr, tau_at
 
 SMALL_INPUT = 32
@@ -267,12 +267,55 @@ def layer_input_channels(layer_index):
 
 
 def test_eta_is_constant_or_falls_linearly_to_zero_at_the_last_epoch():
-    args = argparse.Namespace(eta=2.0, eta_decay="linear", epochs=10, freeze_epochs=2)
+    args = argparse.Namespace(eta=2.0, eta_decay="linear", eta_floor=0.0, epochs=10, freeze_epochs=2)
     assert [search_imagenet.eta_at(epoch, args) for epoch in (0, 1, 2)] == [2.0, 2.0, 2.0]
     assert search_imagenet.eta_at(9, args) == 0.0
     assert search_imagenet.eta_at(5, args) == pytest.approx(2.0 * (1 - 3 / 7))
     args.eta_decay = "none"
     assert search_imagenet.eta_at(9, args) == 2.0
+
+
+def test_eta_decay_late_holds_eta_then_falls_to_the_floor_over_the_last_third():
+    args = argparse.Namespace(eta=3.0, eta_decay="late", eta_floor=0.5, epochs=30, freeze_epochs=3)
+    # search epochs 3..29: eta falls over the last third of them, epochs 21..29
+    assert [search_imagenet.eta_at(epoch, args) for epoch in (0, 3, 20, 21)] == [3.0, 3.0, 3.0, 3.0]
+    assert search_imagenet.eta_at(29, args) == 0.5
+    assert search_imagenet.eta_at(25, args) == pytest.approx(3.0 - 2.5 * 4 / 8)
+    args.eta_decay = "linear"  # the release's decay, here to the floor
+    assert search_imagenet.eta_at(29, args) == 0.5 and search_imagenet.eta_at(16, args) == pytest.approx(1.75)
+
+
+def test_same_shape_shortcuts_leave_the_shape_changing_layers_without_one():
+    torch.manual_seed(0)
+    model = SuperNet(num_classes=5, shortcuts=True, shortcut_layers="same_shape").eval()
+    for layer, spec in zip(model.layers, operations.LAYOUT[1:]):
+        keeps = spec.stride == 1 and spec.in_channels == spec.out_channels
+        assert (layer.shortcut is not None) == keeps
+    x = torch.randn(2, 3, SMALL_INPUT, SMALL_INPUT)
+    layer, spec = model.layers[0], operations.LAYOUT[1]  # stride 2, 16 -> 24 channels
+    inputs = torch.randn(2, spec.in_channels, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(layer(inputs, 6, eta=3.0), layer(inputs, 6, eta=0.0))  # eta ignored there
+        assert not torch.equal(model(x, one_hot_paths([6] * 21), 3.0), model(x, one_hot_paths([6] * 21), 0.0))
+
+
+def test_forbidden_strided_skips_are_never_sampled_nor_derived():
+    mask = strided_skip_mask()
+    strided = [index for index, spec in enumerate(operations.LAYOUT[1:]) if spec.stride == 2]
+    assert mask.sum() == 4 and mask[:, operations.SEARCHABLE_OPS.index(operations.SKIP)].nonzero().flatten().tolist() == strided
+    torch.manual_seed(0)
+    model = SuperNet(num_classes=5, forbidden=mask)
+    with torch.no_grad():
+        model.alpha[:, operations.SEARCHABLE_OPS.index(operations.SKIP)] = 5.0  # skip is everyone's favourite
+    derived = model.derive_indices()
+    assert all((derived[layer] == 6) != (layer in strided) for layer in range(21))
+    assert float(model.op_probabilities()[mask].max()) == 0.0
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        sample = gumbel_softmax_hard(model.arch_logits(), 1.0, generator)
+        assert float(sample.detach()[mask].max()) == 0.0
+    sample.sum().backward()  # finite gradients, none into the forbidden entries
+    assert torch.isfinite(model.alpha.grad).all() and float(model.alpha.grad[mask].abs().max()) == 0.0
 
 
 def test_weight_lr_warms_up_per_epoch_then_follows_the_cosine():

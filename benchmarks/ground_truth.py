@@ -1,0 +1,163 @@
+"""The ground truth a search is judged against: random networks of one
+latency, each retrained from scratch, stored as data.
+
+A searched network means something only next to networks of the same
+latency picked without the search. Retraining them costs minutes each, but
+they do not depend on the search, so they are retrained once and kept in a
+file (benchmarks/ground_truth/*.json). A search variant is then judged in
+minutes (benchmarks/screen.py: how well its supernet ranks these networks,
+where its own pick would stand), and benchmarks/search_quality.py --truth
+retrains only the searched networks beside them.
+
+    python3 benchmarks/ground_truth.py --target 24 --nets 24 --seeds 3 --out benchmarks/ground_truth/random_24ms_cuda.json
+    python3 benchmarks/ground_truth.py --target 28 --nets 16 --jobs 14 --out truth28.json   # 14 at a time (a GPU)
+
+The networks are drawn as search_quality.py draws them (uniform op per
+layer, kept within +-1% of the target on the Jetson table, --sample_seed 0
+by default), so the first 16 are that benchmark's 16. Each is retrained
+with retraining.SHORT_RECIPE on retraining.RETRAIN_DATASET with --seeds
+paired seeds, on the device train_imagenet.py picks (CUDA when there is
+one). The file records the recipe, the dataset, the device, the torch
+version and the code's commit, and a network's results are only compared
+with results from the same recipe and kind of device. An interrupted build
+continues where it stopped (finished retrainings are kept under --work).
+"""
+
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import latency_predictor  # noqa: E402
+import latency_timing  # noqa: E402
+import retraining  # noqa: E402
+import utils  # noqa: E402
+from utils import UserError  # noqa: E402
+
+TRUTH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ground_truth")
+FORMAT = 1
+REQUIRED_KEYS = ("format", "target", "predictor", "recipe", "dataset", "device", "seeds", "networks")
+
+
+def default_truth_path(target):
+    """The shipped ground truth for `target` ms, or None when there is none."""
+    for device in ("cuda", "cpu"):
+        path = os.path.join(TRUTH_DIR, f"random_{target:g}ms_{device}.json")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def load_truth(path):
+    """A ground-truth file, checked: every network has an arch_config and one
+    top-1 per seed."""
+    truth = utils.read_json(path, "--truth")
+    if not isinstance(truth, dict) or truth.get("format") != FORMAT or any(key not in truth for key in REQUIRED_KEYS):
+        raise UserError(f"--truth {path} is not a ground-truth file of this project (made by "
+                        "benchmarks/ground_truth.py)")
+    for net in truth["networks"]:
+        if len(net.get("top1", [])) != len(truth["seeds"]) or len(net.get("arch_config", [])) == 0:
+            raise UserError(f"--truth {path}: network {net.get('name')} lacks its arch_config or a top-1 per seed")
+    return truth
+
+
+def same_recipe(truth, recipe, dataset, device_type):
+    """Why results made with (recipe, dataset, device_type) cannot stand
+    beside the file's, or None when they can."""
+    if truth["recipe"] != recipe:
+        return f"its recipe {truth['recipe']} differs from this one {recipe}"
+    if truth["dataset"] != dataset:
+        return f"its dataset {truth['dataset']} differs from this one {dataset}"
+    if truth["device"]["type"] != device_type:
+        return (f"it was retrained on {truth['device']['type']}, this run retrains on {device_type} (floating-point "
+                "results and the paired seeds differ between devices)")
+    return None
+
+
+def code_version():
+    """The commit the code came from (with "+changes" when the tree differs),
+    or "unknown" outside a git checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("LIGHTNAS_CODE_VERSION", "unknown")
+    return commit + ("+changes" if dirty else "")
+
+
+def describe_device():
+    """The device train_imagenet.py retrains on here (CUDA when there is one)."""
+    if torch.cuda.is_available():
+        return {"type": "cuda", "name": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    return {"type": "cpu", "name": latency_timing.describe_device(torch.device("cpu"))["name"],
+            "torch": torch.__version__}
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description="Retrain random networks of one latency once; store the results.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--target", type=float, default=24.0, help="target latency, ms on the Jetson table")
+    parser.add_argument("--nets", type=int, default=24, help="random architectures within +-1%% of the target")
+    parser.add_argument("--seeds", type=int, default=3, help="paired retraining seeds per architecture")
+    parser.add_argument("--sample_seed", type=int, default=0, help="seed of the random architectures")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="retrainings side by side, one thread each")
+    parser.add_argument("--work", default="ground-truth-runs", help="folder for the retraining runs")
+    parser.add_argument("--out", required=True, help="the ground-truth file to write (.json)")
+    return parser
+
+
+def main(args):
+    import search_quality  # noqa: E402  (the draw and the op mix are that benchmark's)
+
+    if args.nets < 2 or min(args.seeds, args.jobs) < 1:
+        raise UserError("--nets must be at least 2; --seeds and --jobs at least 1")
+    search_quality.check_target_reachable(args.target)
+    out_folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_folder) or not os.access(out_folder, os.W_OK):
+        raise UserError(f"--out {args.out}: {out_folder} is not a writable folder")
+    retraining.stop_children_on_sigterm()
+    candidates, draws = search_quality.random_architectures(args.nets, args.target, args.sample_seed)
+    nets = [{"name": f"random {index + 1}", "kind": "random", "arch_config": arch_config, "predicted": cost}
+            for index, (arch_config, cost) in enumerate(candidates)]
+    settings = argparse.Namespace(out=args.work, seeds=args.seeds, jobs=args.jobs, scale=search_quality.FULL,
+                                  retrain_epochs=retraining.SHORT_RECIPE["epochs"])
+    started = datetime.datetime.now(datetime.timezone.utc)
+    search_quality.retrain_all(nets, settings)
+    for net in nets:
+        net["op_mix"] = search_quality.op_mix(net["arch_config"])
+        del net["kind"]
+    truth = {
+        "format": FORMAT,
+        "what": (f"{args.nets} random architectures within +-1% of {args.target:g} ms on the Jetson table, each "
+                 f"retrained from scratch with {args.seeds} paired seeds"),
+        "target": args.target,
+        "predictor": latency_predictor.load_predictor().identifier,
+        "sample_seed": args.sample_seed,
+        "draws": draws,
+        "recipe": dict(retraining.SHORT_RECIPE),
+        "dataset": dict(retraining.RETRAIN_DATASET),
+        "device": describe_device(),
+        "code": code_version(),
+        "date": started.strftime("%Y-%m-%d"),
+        "seconds": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(),
+        "seeds": list(range(args.seeds)),
+        "networks": nets,
+    }
+    utils.write_json(args.out, truth)
+    means = sorted(sum(net["top1"]) / len(net["top1"]) for net in nets)
+    print(f"written: {args.out} ({len(nets)} networks, top-1 {means[0]:.2f} to {means[-1]:.2f}%, "
+          f"{truth['seconds'] / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    utils.run_cli(main, get_args_parser())

@@ -1,0 +1,240 @@
+"""Judge a search variant in minutes, against a stored ground truth.
+
+Retraining a searched network costs minutes; asking its supernet does not.
+This script runs a variant's demo searches (or takes finished search
+folders) and, for each, reads against a ground-truth file of random
+networks retrained once (benchmarks/ground_truth.py):
+
+- tau: Kendall's tau between the supernet's top-1 for each ground-truth
+  network (inherited weights, BatchNorm recomputed for the path) and that
+  network's retrained top-1, with its 95% bootstrap interval over networks;
+- pick: where the search's own network would stand, by the supernet's
+  score, among the ground-truth networks (a percentile of their supernet
+  scores: a prediction, not a retraining), and what it is made of (skips, and
+  skips on a stride-2 layer, where standalone they keep a quarter of the
+  positions through a strided 1x1 conv);
+- control: the ground-truth network the supernet scores best, and where it
+  truly stands;
+- the mechanism: landing error, alpha's val top-1 and mean largest op
+  probability at the end, the share of alpha's steps after the latch that the
+  hold undid, and the search's time.
+
+    python3 benchmarks/screen.py --name demo                                   # the demo, seeds 0 and 1, 24 ms
+    python3 benchmarks/screen.py --name eta-late -- --eta_decay late           # a variant: search options after --
+    python3 benchmarks/screen.py --folders search-demo other-search            # finished searches
+    python3 benchmarks/screen.py --table                                       # every variant screened so far
+
+Each screened variant is appended to --out/screens.jsonl; --table prints
+them side by side. Searches run --jobs at a time, one thread each; a rerun
+keeps the finished ones.
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import ground_truth  # noqa: E402
+import reproduce_tables  # noqa: E402
+import search_quality  # noqa: E402
+import utils  # noqa: E402
+from utils import UserError, read_json_lines  # noqa: E402
+
+SCREENS_NAME = "screens.jsonl"
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description="Screen search variants against a stored ground truth.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--name", default=None, help="the variant's name (its searches go to --out/NAME/)")
+    parser.add_argument("--folders", nargs="+", default=None, help="finished search folders to screen instead")
+    parser.add_argument("--target", type=float, default=24.0, help="target latency, ms on the Jetson table")
+    parser.add_argument("--search_seeds", type=int, nargs="+", default=[0, 1], help="one search per seed")
+    parser.add_argument("--truth", default=None,
+                        help="ground-truth file (default: the shipped one for --target, GPU-made first)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="searches side by side, one thread each")
+    parser.add_argument("--out", default="screens", help="folder for the searches and screens.jsonl")
+    parser.add_argument("--table", action="store_true", help="print every variant in --out/screens.jsonl")
+    parser.add_argument("search_arguments", nargs=argparse.REMAINDER,
+                        help="after --: search_imagenet.py options that make the variant")
+    return parser
+
+
+# ------------------------------------------------------------- the searches
+
+
+def run_variant(args):
+    """Run (or keep) one search per seed; their folders."""
+    extra = [item for item in args.search_arguments if item != "--"]
+    common = ["--target_latency", str(args.target), "--land_within", "0", "--workers", "0"] + extra
+    jobs = [reproduce_tables.SearchJob(f"{args.name} seed {seed}", os.path.join(args.out, args.name, f"seed{seed}"),
+                                       common + ["--seed", str(seed)], "arch.json")
+            for seed in args.search_seeds]
+
+    def report(job, seconds):
+        print(f"  {job.name}: {'kept' if seconds is None else f'searched in {seconds:.0f} s'}", flush=True)
+
+    print(f"{args.name}: {len(jobs)} search(es) for {args.target:g} ms {' '.join(extra)}", flush=True)
+    reproduce_tables.run_jobs(jobs, report, os.path.join(args.out, args.name, "logs"), args.jobs, threads=1)
+    return [job.folder for job in jobs]
+
+
+# ---------------------------------------------------------------- measures
+
+
+def hold_undone_share(rows):
+    """Of alpha's steps taken while latched, the share the hold undid (None
+    when the latch never engaged)."""
+    latched = undone = 0
+    for row in rows:
+        steps = row.get("steps") or {}
+        for on, was_undone in zip(steps.get("latched", []), steps.get("undone", [])):
+            latched += bool(on)
+            undone += bool(was_undone)
+    return undone / latched if latched else None
+
+
+def search_health(folder):
+    """What the search itself did: landing, alpha's accuracy and
+    concentration at the end, the hold's undo share, its time."""
+    rows = read_json_lines(os.path.join(folder, "metrics.jsonl"))
+    with open(os.path.join(folder, "arch.json")) as file:
+        result = json.load(file)
+    last = rows[-1]
+    return {
+        "arch_config": result["arch_config"],
+        "predicted": result["predicted"],
+        "error_percent": result["error_percent"],
+        "val_top1": last["val_top1"],
+        "max_p": statistics.fmean(max(layer) for layer in last["probabilities"]),
+        "undone_share": hold_undone_share(rows),
+        "search_seconds": sum(row["seconds"] for row in rows),
+    }
+
+
+def percentile_among(value, others):
+    """Share of `others` strictly below `value`, plus half the ties (%)."""
+    below = sum(other < value for other in others)
+    ties = sum(other == value for other in others)
+    return 100.0 * (below + 0.5 * ties) / len(others)
+
+
+def screen_search(folder, truth):
+    """The health of one search and how its supernet reads the ground truth."""
+    health = search_health(folder)
+    nets = truth["networks"]
+    true_top1 = [statistics.fmean(net["top1"]) for net in nets]
+    scores = search_quality.supernet_scores(folder, [net["arch_config"] for net in nets] + [health["arch_config"]])
+    truth_scores, pick_score = scores[:-1], scores[-1]
+    best = max(range(len(nets)), key=lambda index: truth_scores[index])
+    mix = search_quality.op_mix(health["arch_config"])
+    return dict(
+        health,
+        folder=folder,
+        tau=search_quality.kendall_tau(truth_scores, true_top1),
+        tau_95=search_quality.bootstrap_interval(truth_scores, true_top1, search_quality.kendall_tau),
+        pick_supernet_top1=pick_score,
+        pick_supernet_percentile=percentile_among(pick_score, truth_scores),
+        skips=mix["skips"],
+        strided_skips=mix["strided_skips"],
+        control=nets[best]["name"],
+        control_percentile=percentile_among(true_top1[best], true_top1),
+    )
+
+
+# ------------------------------------------------------------------ report
+
+
+def summary_row(name, screens, extra, truth_path, seconds):
+    def average(key):
+        values = [screen[key] for screen in screens if screen[key] is not None]
+        return statistics.fmean(values) if values else None
+
+    return {"name": name, "search_arguments": extra, "truth": truth_path, "searches": screens,
+            "tau_mean": average("tau"), "pick_percentile_mean": average("pick_supernet_percentile"),
+            "strided_skips": [screen["strided_skips"] for screen in screens],
+            "abs_error_max": max(abs(screen["error_percent"]) for screen in screens),
+            "val_top1_mean": average("val_top1"), "undone_share_mean": average("undone_share"),
+            "search_seconds_mean": average("search_seconds"), "screen_seconds": seconds}
+
+
+def number(value, digits=2, signed=False):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def print_searches(screens):
+    print(f"\n{'search':<28} {'ms':>6} {'err%':>6} {'val':>5} {'maxp':>5} {'undone':>6} {'tau':>6} "
+          f"{'tau 95%':>14} {'pick %':>6} {'skip':>4} {'s2':>3}  control (its true %)")
+    for screen in screens:
+        low, high = screen["tau_95"]
+        undone = screen["undone_share"]
+        print(f"{os.path.basename(os.path.dirname(screen['folder'].rstrip('/'))) + '/' + os.path.basename(screen['folder'].rstrip('/')):<28} "
+              f"{screen['predicted']:>6.2f} {screen['error_percent']:>+6.2f} {screen['val_top1']:>5.1f} "
+              f"{screen['max_p']:>5.2f} {number(None if undone is None else 100 * undone, 0):>6} "
+              f"{screen['tau']:>+6.2f} [{low:+.2f}, {high:+.2f}] {screen['pick_supernet_percentile']:>6.0f} "
+              f"{screen['skips']:>4} {screen['strided_skips']:>3}  {screen['control']} "
+              f"({screen['control_percentile']:.0f}%)")
+
+
+def print_table(rows):
+    print(f"\n{'variant':<22} {'tau':>6} {'pick %':>6} {'s2 skips':>8} {'|err| max':>9} {'val':>5} {'undone':>6} "
+          f"{'search s':>8}  options")
+    for row in rows:
+        undone = row["undone_share_mean"]
+        print(f"{row['name']:<22} {number(row['tau_mean'], 2, True):>6} {number(row['pick_percentile_mean'], 0):>6} "
+              f"{','.join(str(n) for n in row['strided_skips']):>8} {row['abs_error_max']:>8.2f}% "
+              f"{number(row['val_top1_mean'], 1):>5} {number(None if undone is None else 100 * undone, 0):>5}% "
+              f"{number(row['search_seconds_mean'], 0):>8}  {' '.join(row['search_arguments'])}")
+
+
+def resolve_truth(args):
+    path = args.truth or ground_truth.default_truth_path(args.target)
+    if path is None:
+        raise UserError(f"no ground truth for {args.target:g} ms in {ground_truth.TRUTH_DIR}; build one with "
+                        f"benchmarks/ground_truth.py --target {args.target:g} --out FILE and pass --truth FILE")
+    truth = ground_truth.load_truth(path)
+    if truth["target"] != args.target:
+        raise UserError(f"--truth {path} holds networks for {truth['target']:g} ms, not {args.target:g}")
+    return path, truth
+
+
+def main(args):
+    screens_path = os.path.join(args.out, SCREENS_NAME)
+    if args.table:
+        if not os.path.isfile(screens_path):
+            raise UserError(f"{screens_path} does not exist yet: screen a variant first")
+        print_table(read_json_lines(screens_path))
+        return
+    if (args.name is None) == (args.folders is None):
+        raise UserError("give --name (run a variant's searches) or --folders (screen finished searches)")
+    truth_path, truth = resolve_truth(args)
+    started = time.time()
+    os.makedirs(args.out, exist_ok=True)
+    folders = args.folders if args.folders is not None else run_variant(args)
+    for folder in folders:
+        if not os.path.isfile(os.path.join(folder, "arch.json")):
+            raise UserError(f"{folder} holds no finished search (no arch.json)")
+    print(f"scoring {len(truth['networks'])} ground-truth networks ({truth_path}) with each supernet ...", flush=True)
+    screens = [screen_search(folder, truth) for folder in folders]
+    print_searches(screens)
+    name = args.name or "folders"
+    extra = [item for item in args.search_arguments if item != "--"]
+    row = summary_row(name, screens, extra, truth_path, time.time() - started)
+    print_table([row])
+    with open(screens_path, "a") as file:
+        file.write(json.dumps(row) + "\n")
+    print(f"\nappended to {screens_path} ({row['screen_seconds'] / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    utils.run_cli(main, get_args_parser())
