@@ -25,6 +25,7 @@ continues where it stopped (finished retrainings are kept under --work).
 
 import argparse
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -46,26 +47,55 @@ FORMAT = 1
 REQUIRED_KEYS = ("format", "target", "predictor", "recipe", "dataset", "device", "seeds", "networks")
 
 
-def default_truth_path(target):
-    """The shipped ground truth for `target` ms, or None when there is none."""
-    for device in ("cuda", "cpu"):
-        path = os.path.join(TRUTH_DIR, f"random_{target:g}ms_{device}.json")
-        if os.path.isfile(path):
-            return path
-    return None
+def shipped_truth_paths(target):
+    """The shipped ground-truth files for `target` ms (any device), sorted."""
+    prefix = f"random_{target:g}ms_"
+    return sorted(os.path.join(TRUTH_DIR, name) for name in os.listdir(TRUTH_DIR)
+                  if name.startswith(prefix) and name.endswith(".json"))
 
 
-def load_truth(path):
+def network_seeds(truth, net):
+    """The seeds of one network's results: its own list in a partial file
+    (a build stopped before every seed ran), else the file's."""
+    return net.get("seeds", truth["seeds"])
+
+
+def load_truth(path, complete=False):
     """A ground-truth file, checked: every network has an arch_config and one
-    top-1 per seed."""
+    top-1 per seed it lists; with `complete`, every network has every seed
+    of the file (paired comparisons need them all)."""
     truth = utils.read_json(path, "--truth")
     if not isinstance(truth, dict) or truth.get("format") != FORMAT or any(key not in truth for key in REQUIRED_KEYS):
         raise UserError(f"--truth {path} is not a ground-truth file of this project (made by "
                         "benchmarks/ground_truth.py)")
     for net in truth["networks"]:
-        if len(net.get("top1", [])) != len(truth["seeds"]) or len(net.get("arch_config", [])) == 0:
+        seeds = network_seeds(truth, net)
+        if not seeds or len(net.get("top1", [])) != len(seeds) or len(net.get("arch_config", [])) == 0:
             raise UserError(f"--truth {path}: network {net.get('name')} lacks its arch_config or a top-1 per seed")
+        if complete and seeds != truth["seeds"]:
+            raise UserError(f"--truth {path} is partial ({net['name']} has seeds {seeds} of {truth['seeds']}); "
+                            "paired retrainings need a complete one: finish it with benchmarks/ground_truth.py")
     return truth
+
+
+def pooled_truth(paths):
+    """Several ground-truth files for one target as one: each network
+    (matched by architecture) with every retraining of it in any file, for
+    ranking networks by their mean (results from other devices or code are
+    pooled as repeats; the sources are kept)."""
+    truths = [load_truth(path) for path in paths]
+    targets = {truth["target"] for truth in truths}
+    if len(targets) != 1:
+        raise UserError(f"--truth files are for different targets ({', '.join(f'{t:g}' for t in sorted(targets))} ms)")
+    networks = {}
+    for path, truth in zip(paths, truths):
+        for net in truth["networks"]:
+            key = json.dumps(net["arch_config"])
+            pooled = networks.setdefault(key, {"name": net["name"], "arch_config": net["arch_config"],
+                                               "predicted": net["predicted"], "top1": [], "sources": []})
+            pooled["top1"] += net["top1"]
+            pooled["sources"] += [f"{path} ({truth['device']['type']}) seed {seed}" for seed in network_seeds(truth, net)]
+    return {"target": targets.pop(), "paths": list(paths), "networks": list(networks.values())}
 
 
 def same_recipe(truth, recipe, dataset, device_type):

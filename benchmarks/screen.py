@@ -6,8 +6,10 @@ folders) and, for each, reads against a ground-truth file of random
 networks retrained once (benchmarks/ground_truth.py):
 
 - tau: Kendall's tau between the supernet's top-1 for each ground-truth
-  network (inherited weights, BatchNorm recomputed for the path) and that
-  network's retrained top-1, with its 95% bootstrap interval over networks;
+  network (inherited weights, BatchNorm recomputed for the path; on the
+  retraining set's 2,000 val images when the search ran on the demo's
+  synthetic set) and that network's retrained top-1, with its 95% bootstrap
+  interval over networks;
 - pick: where the search's own network would stand, by the supernet's
   score, among the ground-truth networks (a percentile of their supernet
   scores: a prediction, not a retraining), and what it is made of (skips, and
@@ -53,12 +55,14 @@ SCREENS_NAME = "screens.jsonl"
 def get_args_parser():
     parser = argparse.ArgumentParser(description="Screen search variants against a stored ground truth.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--name", default=None, help="the variant's name (its searches go to --out/NAME/)")
+    parser.add_argument("--name", default=None, help="the variant's name (its searches go to --out/NAME/; with "
+                                                          "--folders, the label of their row)")
     parser.add_argument("--folders", nargs="+", default=None, help="finished search folders to screen instead")
     parser.add_argument("--target", type=float, default=24.0, help="target latency, ms on the Jetson table")
     parser.add_argument("--search_seeds", type=int, nargs="+", default=[0, 1], help="one search per seed")
-    parser.add_argument("--truth", default=None,
-                        help="ground-truth file (default: the shipped one for --target, GPU-made first)")
+    parser.add_argument("--truth", nargs="+", default=None,
+                        help="ground-truth file(s) for --target; several are pooled, each network ranked by the "
+                             "mean of all its retrainings (default: the shipped ones for --target)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="searches side by side, one thread each")
     parser.add_argument("--out", default="screens", help="folder for the searches and screens.jsonl")
@@ -153,12 +157,12 @@ def screen_search(folder, truth):
 # ------------------------------------------------------------------ report
 
 
-def summary_row(name, screens, extra, truth_path, seconds):
+def summary_row(name, screens, extra, truth_paths, seconds):
     def average(key):
         values = [screen[key] for screen in screens if screen[key] is not None]
         return statistics.fmean(values) if values else None
 
-    return {"name": name, "search_arguments": extra, "truth": truth_path, "searches": screens,
+    return {"name": name, "search_arguments": extra, "truth": truth_paths, "searches": screens,
             "tau_mean": average("tau"), "pick_percentile_mean": average("pick_supernet_percentile"),
             "strided_skips": [screen["strided_skips"] for screen in screens],
             "abs_error_max": max(abs(screen["error_percent"]) for screen in screens),
@@ -198,14 +202,15 @@ def print_table(rows):
 
 
 def resolve_truth(args):
-    path = args.truth or ground_truth.default_truth_path(args.target)
-    if path is None:
+    paths = args.truth or ground_truth.shipped_truth_paths(args.target)
+    if not paths:
         raise UserError(f"no ground truth for {args.target:g} ms in {ground_truth.TRUTH_DIR}; build one with "
                         f"benchmarks/ground_truth.py --target {args.target:g} --out FILE and pass --truth FILE")
-    truth = ground_truth.load_truth(path)
+    truth = ground_truth.pooled_truth(paths)
     if truth["target"] != args.target:
-        raise UserError(f"--truth {path} holds networks for {truth['target']:g} ms, not {args.target:g}")
-    return path, truth
+        raise UserError(f"--truth {' '.join(paths)} holds networks for {truth['target']:g} ms, not --target "
+                        f"{args.target:g}")
+    return paths, truth
 
 
 def main(args):
@@ -215,21 +220,23 @@ def main(args):
             raise UserError(f"{screens_path} does not exist yet: screen a variant first")
         print_table(read_json_lines(screens_path))
         return
-    if (args.name is None) == (args.folders is None):
-        raise UserError("give --name (run a variant's searches) or --folders (screen finished searches)")
-    truth_path, truth = resolve_truth(args)
+    if args.name is None and args.folders is None:
+        raise UserError("give --name (run a variant's searches) or --folders (screen finished searches; --name "
+                        "then labels them)")
+    truth_paths, truth = resolve_truth(args)
     started = time.time()
     os.makedirs(args.out, exist_ok=True)
     folders = args.folders if args.folders is not None else run_variant(args)
     for folder in folders:
         if not os.path.isfile(os.path.join(folder, "arch.json")):
             raise UserError(f"{folder} holds no finished search (no arch.json)")
-    print(f"scoring {len(truth['networks'])} ground-truth networks ({truth_path}) with each supernet ...", flush=True)
+    print(f"scoring {len(truth['networks'])} ground-truth networks ({', '.join(truth_paths)}) with each supernet ...",
+          flush=True)
     screens = [screen_search(folder, truth) for folder in folders]
     print_searches(screens)
     name = args.name or "folders"
     extra = [item for item in args.search_arguments if item != "--"]
-    row = summary_row(name, screens, extra, truth_path, time.time() - started)
+    row = summary_row(name, screens, extra, truth_paths, time.time() - started)
     print_table([row])
     with open(screens_path, "a") as file:
         file.write(json.dumps(row) + "\n")

@@ -13,8 +13,9 @@ table this script
    same table;
 3. scores every architecture with each search's supernet (its inherited
    weights, BatchNorm statistics recomputed for that path on training
-   batches first, as in single-path one-shot NAS), on the images alpha was
-   searched on;
+   batches first, as in single-path one-shot NAS), on the retraining set's
+   2,000 val images (the demo's generator; alpha's 300 images are among
+   them; a search on other images is scored on its own val/);
 4. retrains every network from scratch with the short recipe
    (`retraining.SHORT_RECIPE` on `retraining.RETRAIN_DATASET`, through
    train_imagenet.py) with --seeds paired seeds: seed s gives every
@@ -149,7 +150,7 @@ def check_args(args):
 def checked_truth(args):
     """The --truth file, when its results can stand beside retrainings made
     here with this scale's recipe; --seeds and --random_nets follow it."""
-    truth = ground_truth.load_truth(args.truth)
+    truth = ground_truth.load_truth(args.truth, complete=True)
     if truth["target"] != args.target:
         raise UserError(f"--truth {args.truth} holds networks for {truth['target']:g} ms, not --target {args.target:g}")
     recipe = dict(retraining.SHORT_RECIPE, **retrain_recipe(args))
@@ -290,17 +291,34 @@ def supernet_top1(supernet, eta, arch_config, train_loader, val_loader):
     return 100.0 * correct / total
 
 
+def scoring_images(saved):
+    """The dataset whose val/ images score the paths: for a search on the
+    demo's synthetic set, the retraining set's 2,000 val images (the same
+    generator; alpha's 300 are among them), where one image is 0.05 points
+    instead of 0.33; otherwise the search's own val/."""
+    meta = data.read_synthetic_metadata(saved.dataset)
+    retrain = data.synthetic_metadata(**dict(data.DEFAULT_SYNTHETIC, **retraining.RETRAIN_DATASET))
+    same_generator = meta is not None and all(meta.get(key) == retrain[key] for key in
+                                              ("format_version", "num_classes", "image_size", "seed", "classes"))
+    return retraining.retraining_dataset() if same_generator else saved.dataset
+
+
 def supernet_scores(search_folder, arch_configs):
+    """Each architecture's supernet top-1 (see supernet_top1): BatchNorm
+    calibrated on the search's train/ images, top-1 on `scoring_images`."""
     supernet, saved = load_supernet(search_folder)
     eta = search_imagenet.eta_at(saved.epochs - 1, saved)
     eval_transform = data.build_eval_transform(saved.image_size, data.eval_crop_ratio(saved.augment))
     train_set = data.image_folder(saved.dataset, "train", eval_transform)
-    val_set = data.image_folder(saved.dataset, "val", eval_transform)
-    generator = torch.Generator().manual_seed(0)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=saved.batch_size_train, shuffle=True,
-                                               generator=generator)
+    val_set = data.image_folder(scoring_images(saved), "val", eval_transform)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=100)
-    return [supernet_top1(supernet, eta, arch_config, train_loader, val_loader) for arch_config in arch_configs]
+    scores = []
+    for arch_config in arch_configs:
+        # Every path calibrates on the same batches, so its score does not depend on its place in the list.
+        train_loader = torch.utils.data.DataLoader(train_set, batch_size=saved.batch_size_train, shuffle=True,
+                                                   generator=torch.Generator().manual_seed(0))
+        scores.append(supernet_top1(supernet, eta, arch_config, train_loader, val_loader))
+    return scores
 
 
 # ---------------------------------------------------------------- retraining

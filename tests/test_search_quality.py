@@ -3,7 +3,6 @@ and its whole pipeline at toy size (--toy: two searches, two random nets,
 two seeds, one retraining epoch each; the full benchmark takes over an hour
 and is run by hand)."""
 
-import importlib.util
 import json
 import math
 import os
@@ -16,10 +15,12 @@ import pytest
 import latency_predictor
 import operations
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "search_quality.py"
-spec = importlib.util.spec_from_file_location("search_quality", SCRIPT)
-search_quality = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(search_quality)
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPT = BENCHMARKS / "search_quality.py"
+sys.path.insert(0, str(BENCHMARKS))  # the benchmarks import each other by name, as when run as scripts
+import ground_truth  # noqa: E402
+import screen  # noqa: E402
+import search_quality  # noqa: E402
 
 
 def test_kendall_tau_counts_concordant_pairs_and_corrects_for_ties():
@@ -91,6 +92,51 @@ def test_unreachable_target_is_one_clear_error(capsys):
     assert "outside what the search space reaches" in capsys.readouterr().err
 
 
+def truth_file(path, networks, seeds=(0, 1), device="cpu", target=24.0, recipe=None, dataset=None):
+    """A ground-truth file as benchmarks/ground_truth.py writes one."""
+    content = {"format": ground_truth.FORMAT, "target": target, "predictor": "jetson", "draws": 10,
+               "recipe": recipe or {"epochs": 1}, "dataset": dataset or {"image_size": 32},
+               "device": {"type": device, "name": "test", "torch": "x"}, "code": "test", "date": "today",
+               "seeds": list(seeds), "networks": networks}
+    path.write_text(json.dumps(content))
+    return str(path)
+
+
+def net(name, ops, top1, **extra):
+    return dict({"name": name, "arch_config": [operations.FIXED_FIRST_OP] + [ops] * 21, "predicted": 24.0,
+                 "top1": top1}, **extra)
+
+
+def test_pooled_truth_ranks_each_network_by_all_its_retrainings(tmp_path):
+    first = truth_file(tmp_path / "cpu.json", [net("random 1", "MBK3E3", [90.0, 92.0]),
+                                               net("random 2", "MBK5E3", [80.0, 82.0])])
+    second = truth_file(tmp_path / "gpu.json", [net("random 1", "MBK3E3", [94.0], seeds=[0]),
+                                                net("random 3", "MBK7E3", [70.0], seeds=[0])],
+                        device="cuda", seeds=(0, 1))
+    pooled = ground_truth.pooled_truth([first, second])
+    by_name = {item["name"]: item for item in pooled["networks"]}
+    assert by_name["random 1"]["top1"] == [90.0, 92.0, 94.0]  # matched by architecture across files
+    assert by_name["random 2"]["top1"] == [80.0, 82.0] and by_name["random 3"]["top1"] == [70.0]
+    assert len(by_name["random 1"]["sources"]) == 3 and "(cuda) seed 0" in by_name["random 1"]["sources"][2]
+    with pytest.raises(search_quality.UserError, match="partial"):
+        ground_truth.load_truth(second, complete=True)  # paired retrainings need every seed
+    other_target = truth_file(tmp_path / "28.json", [net("random 1", "MBK3E3", [1.0, 2.0])], target=28.0)
+    with pytest.raises(search_quality.UserError, match="different targets"):
+        ground_truth.pooled_truth([first, other_target])
+    broken = truth_file(tmp_path / "broken.json", [net("random 1", "MBK3E3", [90.0])])  # one result, two seeds
+    with pytest.raises(search_quality.UserError, match="a top-1 per seed"):
+        ground_truth.load_truth(broken)
+
+
+def test_screen_counts_the_holds_undone_steps_among_the_latched_ones():
+    rows = [{"steps": {"latched": [False, False], "undone": [False, False]}},
+            {"steps": {"latched": [False, True, True], "undone": [False, True, False]}},
+            {"steps": {"latched": [True, True], "undone": [True, True]}}]
+    assert screen.hold_undone_share(rows) == pytest.approx(3 / 4)
+    assert screen.hold_undone_share(rows[:1]) is None  # never latched
+    assert screen.percentile_among(5.0, [1.0, 5.0, 9.0, 2.0]) == pytest.approx(100 * 2.5 / 4)
+
+
 @pytest.mark.slow
 def test_the_whole_benchmark_runs_at_toy_size_and_reuses_finished_runs(tmp_path):
     out = tmp_path / "sq"
@@ -131,3 +177,32 @@ def test_the_whole_benchmark_runs_at_toy_size_and_reuses_finished_runs(tmp_path)
     assert second.stdout.count("kept from an earlier run") == 2
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps  # nothing retrained
     assert json.loads((out / "search_quality.json").read_text())["networks"] == report["networks"]
+
+    # The random networks' results stored as a ground truth: --truth retrains only the searched networks,
+    # and benchmarks/screen.py judges the two searches against it without retraining anything.
+    random_nets = [{key: nets[name][key] for key in ("name", "arch_config", "predicted", "top1")}
+                   for name in ("random 1", "random 2")]
+    recipe = {key: value for key, value in report["retrain"].items() if key not in ("seeds", "dataset")}
+    truth = truth_file(tmp_path / "truth.json", random_nets, recipe=recipe, dataset=report["retrain"]["dataset"])
+    with_truth = subprocess.run(command[:-1] + [str(tmp_path / "sq-truth"), "--truth", truth], capture_output=True,
+                                text=True, env=environment)
+    assert with_truth.returncode == 0, with_truth.stderr[-2000:]
+    retrained = sorted(path.name for path in (tmp_path / "sq-truth" / "retrain").iterdir() if path.is_dir())
+    assert retrained == ["searched 1-seed0", "searched 1-seed1", "searched 2-seed0", "searched 2-seed1"]
+    truth_report = json.loads((tmp_path / "sq-truth" / "search_quality.json").read_text())
+    assert {net["name"]: net["top1"] for net in truth_report["networks"] if net["kind"] == "random"} == \
+        {net["name"]: net["top1"] for net in random_nets}
+    folders = [str(out / "searches" / f"seed{seed}") for seed in (0, 1)]
+    screened = subprocess.run([sys.executable, str(BENCHMARKS / "screen.py"), "--folders", *folders, "--truth", truth,
+                               "--name", "toy", "--out", str(tmp_path / "screens")], capture_output=True, text=True,
+                              env=environment)
+    assert screened.returncode == 0, screened.stderr[-2000:]
+    row = json.loads((tmp_path / "screens" / "screens.jsonl").read_text().splitlines()[-1])
+    assert row["name"] == "toy" and len(row["searches"]) == 2
+    for search, seed in zip(row["searches"], (0, 1)):
+        scores = nets[f"searched {seed + 1}"]["supernet_top1"]  # the same supernets, the same scoring
+        assert search["predicted"] == pytest.approx(nets[f"searched {seed + 1}"]["predicted"])
+        assert search["pick_supernet_top1"] == pytest.approx(scores[seed])
+        expected_tau = search_quality.kendall_tau([nets[name]["supernet_top1"][seed] for name in ("random 1", "random 2")],
+                                                  [sum(net["top1"]) / 2 for net in random_nets])
+        assert search["tau"] == expected_tau or (math.isnan(search["tau"]) and math.isnan(expected_tau))
