@@ -87,6 +87,8 @@ def pooled_truth(paths):
     targets = {truth["target"] for truth in truths}
     if len(targets) != 1:
         raise UserError(f"--truth files are for different targets ({', '.join(f'{t:g}' for t in sorted(targets))} ms)")
+    if any(truth["dataset"] != truths[0]["dataset"] or truth["recipe"] != truths[0]["recipe"] for truth in truths):
+        raise UserError(f"--truth files {', '.join(paths)} were retrained with different recipes or datasets")
     networks = {}
     for path, truth in zip(paths, truths):
         for net in truth["networks"]:
@@ -95,7 +97,8 @@ def pooled_truth(paths):
                                                "predicted": net["predicted"], "top1": [], "sources": []})
             pooled["top1"] += net["top1"]
             pooled["sources"] += [f"{path} ({truth['device']['type']}) seed {seed}" for seed in network_seeds(truth, net)]
-    return {"target": targets.pop(), "paths": list(paths), "networks": list(networks.values())}
+    return {"target": targets.pop(), "paths": list(paths), "dataset": truths[0]["dataset"],
+            "recipe": truths[0]["recipe"], "networks": list(networks.values())}
 
 
 def same_recipe(truth, recipe, dataset, device_type):

@@ -6,10 +6,10 @@ folders) and, for each, reads against a ground-truth file of random
 networks retrained once (benchmarks/ground_truth.py):
 
 - tau: Kendall's tau between the supernet's top-1 for each ground-truth
-  network (inherited weights, BatchNorm recomputed for the path; on the
-  retraining set's 2,000 val images when the search ran on the demo's
-  synthetic set) and that network's retrained top-1, with its 95% bootstrap
-  interval over networks;
+  network (inherited weights, BatchNorm recomputed for the path; on the val
+  images of the set the truth was retrained on, 2,000 for the shipped ones,
+  when the search ran on that generator's images) and that network's
+  retrained top-1, with its 95% bootstrap interval over networks;
 - pick: where the search's own network would stand, by the supernet's
   score, among the ground-truth networks (a percentile of their supernet
   scores: a prediction, not a retraining), and what it is made of (skips, and
@@ -136,7 +136,8 @@ def screen_search(folder, truth):
     health = search_health(folder)
     nets = truth["networks"]
     true_top1 = [statistics.fmean(net["top1"]) for net in nets]
-    scores = search_quality.supernet_scores(folder, [net["arch_config"] for net in nets] + [health["arch_config"]])
+    scores = search_quality.supernet_scores(folder, [net["arch_config"] for net in nets] + [health["arch_config"]],
+                                            truth["dataset"])
     truth_scores, pick_score = scores[:-1], scores[-1]
     best = max(range(len(nets)), key=lambda index: truth_scores[index])
     mix = search_quality.op_mix(health["arch_config"])

@@ -291,26 +291,27 @@ def supernet_top1(supernet, eta, arch_config, train_loader, val_loader):
     return 100.0 * correct / total
 
 
-def scoring_images(saved):
+def scoring_images(saved, retrain_dataset):
     """The dataset whose val/ images score the paths: for a search on the
-    demo's synthetic set, the retraining set's 2,000 val images (the same
-    generator; alpha's 300 are among them), where one image is 0.05 points
-    instead of 0.33; otherwise the search's own val/."""
+    synthetic set the networks are retrained on (the same generator, in
+    other numbers: `retrain_dataset`, data.synthetic_dataset parameters),
+    that set's val/ (at full scale 2,000 images, among them alpha's 300: one
+    image is 0.05 points instead of 0.33); otherwise the search's own val/."""
     meta = data.read_synthetic_metadata(saved.dataset)
-    retrain = data.synthetic_metadata(**dict(data.DEFAULT_SYNTHETIC, **retraining.RETRAIN_DATASET))
+    retrain = data.synthetic_metadata(**dict(data.DEFAULT_SYNTHETIC, **retrain_dataset))
     same_generator = meta is not None and all(meta.get(key) == retrain[key] for key in
                                               ("format_version", "num_classes", "image_size", "seed", "classes"))
-    return retraining.retraining_dataset() if same_generator else saved.dataset
+    return data.synthetic_dataset(**retrain_dataset) if same_generator else saved.dataset
 
 
-def supernet_scores(search_folder, arch_configs):
+def supernet_scores(search_folder, arch_configs, retrain_dataset):
     """Each architecture's supernet top-1 (see supernet_top1): BatchNorm
     calibrated on the search's train/ images, top-1 on `scoring_images`."""
     supernet, saved = load_supernet(search_folder)
     eta = search_imagenet.eta_at(saved.epochs - 1, saved)
     eval_transform = data.build_eval_transform(saved.image_size, data.eval_crop_ratio(saved.augment))
     train_set = data.image_folder(saved.dataset, "train", eval_transform)
-    val_set = data.image_folder(scoring_images(saved), "val", eval_transform)
+    val_set = data.image_folder(scoring_images(saved, retrain_dataset), "val", eval_transform)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=100)
     scores = []
     for arch_config in arch_configs:
@@ -539,7 +540,8 @@ def main(args):
     for net in nets:
         net["supernet_top1"] = []
     for _, folder in searches:
-        for net, score in zip(nets, supernet_scores(folder, [net["arch_config"] for net in nets])):
+        for net, score in zip(nets, supernet_scores(folder, [net["arch_config"] for net in nets],
+                                                    args.scale.retrain_dataset)):
             net["supernet_top1"].append(score)
 
     retrain_all([net for net in nets if "top1" not in net], args)
