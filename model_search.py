@@ -26,8 +26,8 @@ ALPHA_INIT_SCALE = 1e-3  # alpha ~ 1e-3 * N(0, 1) (paper Section 4)
 # The authors' supernet keeps PyTorch's BatchNorm eps; the standalone
 # networks use 1e-3 (operations.BN_EPS).
 SUPERNET_BN_EPS = 1e-5
-# Where the eta shortcut paths go (beyond the paper, but "all"): every
-# searchable layer, as in the release; only the layers that keep their
+# Where the eta shortcut paths go: every searchable layer, as in the
+# release; or, beyond the paper, only the layers that keep their
 # input's shape (there the path is the identity, while on a stride-2 or
 # channel-changing layer it is a pooled 1x1 conv that stands in for the op,
 # so a SkipConnect there looks nearly free to the supernet); or only the

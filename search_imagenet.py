@@ -254,8 +254,8 @@ def get_args_parser():
                                demo=DEMO_SCHEDULE["latch"], **PAPER_SCHEDULE))
     arch.add_argument("--hold_lambda", choices=("zero", "keep"), default=None,
                       help="lambda while --latch hold holds: zero = set to 0 and left there; keep = it goes on "
-                           "following the argmax's cost, so alpha's steps keep feeling the target and fewer need "
-                           "undoing (paper: {hold_lambda}, demo: {demo})".format(
+                           "following the argmax's cost, so alpha's steps keep feeling the target (paper: "
+                           "{hold_lambda}, demo: {demo})".format(
                                demo=DEMO_SCHEDULE["hold_lambda"], **PAPER_SCHEDULE))
     arch.add_argument("--latch_tolerance", default=None,
                       help="|LAT - T| below which the latch engages in the last --latch_epochs: a number in "
@@ -648,16 +648,18 @@ class Searcher:
         return checkpoint["epoch"]
 
 
+# What a checkpoint saved before these options existed ran with: the release's behaviour.
+OPTIONS_BEFORE_THEY_EXISTED = {name: PAPER_SCHEDULE[name] for name in ("eta_floor", "eta_layers", "strided_skips")}
+
+
 def build_supernet(num_classes, args):
     """The supernet a search with these settings trains (also used to load
-    its checkpoint)."""
-    return SuperNet(num_classes, shortcuts=args.eta > 0,
-                    shortcut_layers=getattr(args, "eta_layers", "all"),
-                    forbidden=strided_skip_mask() if getattr(args, "strided_skips", "allow") == "forbid" else None)
+    its checkpoint, whose saved settings may predate the options)."""
+    def setting(name):
+        return getattr(args, name, OPTIONS_BEFORE_THEY_EXISTED[name])
 
-
-# What a checkpoint saved before an option existed ran with.
-OPTIONS_BEFORE_THEY_EXISTED = {"eta_floor": 0.0, "eta_layers": "all", "strided_skips": "allow"}
+    return SuperNet(num_classes, shortcuts=args.eta > 0, shortcut_layers=setting("eta_layers"),
+                    forbidden=strided_skip_mask() if setting("strided_skips") == "forbid" else None)
 
 
 def resolve_resume_path(path):

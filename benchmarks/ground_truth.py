@@ -115,8 +115,9 @@ def same_recipe(truth, recipe, dataset, device_type):
 
 
 def code_version():
-    """The commit the code came from (with "+changes" when the tree differs),
-    or "unknown" outside a git checkout."""
+    """The commit the code came from (with "+changes" when the tree differs);
+    outside a git checkout (a copy sent to another machine), the
+    LIGHTNAS_CODE_VERSION variable, else "unknown"."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                                 check=True).stdout.strip()

@@ -177,13 +177,18 @@ def number(value, digits=2, signed=False):
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def short_name(folder):
+    """The last two parts of a search folder's path (variant/seed)."""
+    return os.path.join(*os.path.normpath(folder).split(os.sep)[-2:])
+
+
 def print_searches(screens):
     print(f"\n{'search':<28} {'ms':>6} {'err%':>6} {'val':>5} {'maxp':>5} {'undone':>6} {'tau':>6} "
           f"{'tau 95%':>14} {'pick %':>6} {'skip':>4} {'s2':>3}  control (its true %)")
     for screen in screens:
         low, high = screen["tau_95"]
         undone = screen["undone_share"]
-        print(f"{os.path.basename(os.path.dirname(screen['folder'].rstrip('/'))) + '/' + os.path.basename(screen['folder'].rstrip('/')):<28} "
+        print(f"{short_name(screen['folder']):<28} "
               f"{screen['predicted']:>6.2f} {screen['error_percent']:>+6.2f} {screen['val_top1']:>5.1f} "
               f"{screen['max_p']:>5.2f} {number(None if undone is None else 100 * undone, 0):>6} "
               f"{screen['tau']:>+6.2f} [{low:+.2f}, {high:+.2f}] {screen['pick_supernet_percentile']:>6.0f} "
