@@ -14,8 +14,11 @@ Shared by search_imagenet.py, train_imagenet.py and evaluate.py:
   trained on images that no evaluation uses.
 * `write_synthetic_dataset` / `synthetic_dataset`: a small, learnable image set drawn
   with numpy and Pillow, for demos and tests where ImageNet is not at hand (nothing
-  can be downloaded). Ten classes that differ in shape, orientation, texture and
-  colour, each image with its own position, scale, colours, background and noise.
+  can be downloaded), of two kinds: "patterns", ten classes that differ in shape,
+  orientation, texture and colour; "composite", twenty classes, each of five shapes
+  filled in one of four ways (solid, horizontal or vertical lines, checks), in any
+  colour, so that a network must see both the fine fill and the whole outline. Each
+  image has its own position, scale, colours, background and noise.
 
 Example::
 
@@ -313,7 +316,8 @@ SPLIT_SEED_IDS = {"train": 0, "val": 1}
 # crop; 10 x 150 training images keep an epoch at a few CPU seconds for a small net
 # yet give the search two halves to alternate between; 50 validation images per
 # class measure accuracy to about +-2 points. Generation takes a few seconds.
-DEFAULT_SYNTHETIC = dict(num_classes=10, train_per_class=150, val_per_class=50,
+# num_classes None: every class of the kind.
+DEFAULT_SYNTHETIC = dict(kind="patterns", num_classes=None, train_per_class=150, val_per_class=50,
                          image_size=64, seed=0)
 
 # Below this period (in pixels) stripes, checks and dots blur into flat colour.
@@ -341,42 +345,53 @@ def random_center(rng, image_size):
     return rng.uniform(0.3, 0.7, size=2) * image_size
 
 
-def random_shape_frame(rng, image_size):
-    """The frame of a shape at a random position, rotation and radius."""
+def random_shape_frame(rng, image_size, radius=(0.15, 0.28)):
+    """The frame of a shape at a random position and rotation, and its radius
+    (a random fraction in `radius` of the image size)."""
     u, v = local_frame(image_size, random_center(rng, image_size), rng.uniform(-np.pi, np.pi))
-    return u, v, rng.uniform(0.15, 0.28) * image_size
+    return u, v, rng.uniform(*radius) * image_size
 
 
-def draw_disc(rng, image_size):
-    u, v, radius = random_shape_frame(rng, image_size)
-    return coverage(np.hypot(u, v) - radius)
+# Signed distances (pixels, negative inside) to the edge of each shape, in the
+# shape's frame; `stroke` is the range of a ring's or a cross's half width as
+# a fraction of the radius (drawn from `rng`), unused by the solid shapes.
+def disc_distance(u, v, radius, rng, stroke):
+    return np.hypot(u, v) - radius
 
 
-def draw_square(rng, image_size):
-    u, v, radius = random_shape_frame(rng, image_size)
-    return coverage(np.maximum(np.abs(u), np.abs(v)) - 0.85 * radius)
+def square_distance(u, v, radius, rng, stroke):
+    return np.maximum(np.abs(u), np.abs(v)) - 0.85 * radius
 
 
-def draw_triangle(rng, image_size):
-    u, v, radius = random_shape_frame(rng, image_size)
+def triangle_distance(u, v, radius, rng, stroke):
     # Equilateral: inside all three edges, whose inradius is half the circumradius.
     normals = np.pi / 2 + np.arange(3) * 2 * np.pi / 3
     edges = [np.cos(a) * u + np.sin(a) * v for a in normals]
-    return coverage(np.maximum.reduce(edges) - radius / 2)
+    return np.maximum.reduce(edges) - radius / 2
 
 
-def draw_ring(rng, image_size):
-    u, v, radius = random_shape_frame(rng, image_size)
-    half_width = rng.uniform(0.15, 0.25) * radius
-    return coverage(np.abs(np.hypot(u, v) - radius) - half_width)
+def ring_distance(u, v, radius, rng, stroke):
+    half_width = rng.uniform(*stroke) * radius
+    return np.abs(np.hypot(u, v) - radius) - half_width
 
 
-def draw_cross(rng, image_size):
-    u, v, radius = random_shape_frame(rng, image_size)
-    half_width = rng.uniform(0.22, 0.32) * radius
+def cross_distance(u, v, radius, rng, stroke):
+    half_width = rng.uniform(*stroke) * radius
     bar = np.maximum(np.abs(u) - radius, np.abs(v) - half_width)
     upright = np.maximum(np.abs(u) - half_width, np.abs(v) - radius)
-    return coverage(np.minimum(bar, upright))
+    return np.minimum(bar, upright)
+
+
+SHAPE_DISTANCES = (("disc", disc_distance), ("square", square_distance), ("triangle", triangle_distance),
+                   ("ring", ring_distance), ("cross", cross_distance))
+
+
+def shape_drawer(distance, stroke=None):
+    """A class of the patterns set: the shape `distance` draws, alone."""
+    def draw(rng, image_size):
+        u, v, radius = random_shape_frame(rng, image_size)
+        return coverage(distance(u, v, radius, rng, stroke))
+    return draw
 
 
 def texture_period(rng, image_size, low, high):
@@ -446,11 +461,11 @@ def draw_grain(rng, image_size):
 
 # (name, function drawing the class's coverage mask in [0, 1]); the order is the label.
 SYNTHETIC_CLASSES = (
-    ("disc", draw_disc),
-    ("square", draw_square),
-    ("triangle", draw_triangle),
-    ("ring", draw_ring),
-    ("cross", draw_cross),
+    ("disc", shape_drawer(disc_distance)),
+    ("square", shape_drawer(square_distance)),
+    ("triangle", shape_drawer(triangle_distance)),
+    ("ring", shape_drawer(ring_distance, stroke=(0.15, 0.25))),
+    ("cross", shape_drawer(cross_distance, stroke=(0.22, 0.32))),
     ("hstripes", draw_horizontal_stripes),
     ("vstripes", draw_vertical_stripes),
     ("checkerboard", draw_checkerboard),
@@ -459,19 +474,67 @@ SYNTHETIC_CLASSES = (
 )
 
 
-def synthetic_class_folder(label):
+
+# The composite set: every shape filled with every fill. A fill's lines are a
+# few pixels apart, so that they survive the stem's downsampling but not the
+# next one, while the outline needs the later layers' larger view: how and
+# where a network downsamples decides what it can tell apart. Larger shapes
+# than the patterns' (and broader rings and crosses) leave room for the fill.
+COMPOSITE_RADIUS = (0.25, 0.4)
+COMPOSITE_STROKE = (0.3, 0.4)
+
+
+def solid_fill(rng, image_size, u, v):
+    return 1.0
+
+
+def horizontal_lines(rng, image_size, u, v):
+    return stripes(rng, image_size, v)
+
+
+def vertical_lines(rng, image_size, u, v):
+    return stripes(rng, image_size, u)
+
+
+# (name, texture(rng, image_size, u, v), how far the texture may turn); lines
+# barely turn, so that a horizontal flip keeps the class.
+FILLS = (("solid", solid_fill, 0.0), ("hlines", horizontal_lines, STRIPE_MAX_TILT),
+         ("vlines", vertical_lines, STRIPE_MAX_TILT), ("checks", checkerboard, np.pi))
+
+
+def composite_drawer(distance, texture, max_angle):
+    """A class of the composite set: a shape drawn by `distance`, filled with `texture`."""
+    def draw(rng, image_size):
+        u, v, radius = random_shape_frame(rng, image_size, COMPOSITE_RADIUS)
+        shape = coverage(distance(u, v, radius, rng, COMPOSITE_STROKE))
+        middle = (image_size / 2, image_size / 2)
+        return shape * texture(rng, image_size, *local_frame(image_size, middle, rng.uniform(-max_angle, max_angle)))
+    return draw
+
+
+COMPOSITE_CLASSES = tuple((f"{shape}-{fill}", composite_drawer(distance, texture, max_angle))
+                          for shape, distance in SHAPE_DISTANCES for fill, texture, max_angle in FILLS)
+
+# The synthetic sets by kind: "patterns", ten classes of shapes or textures whose
+# colour leans towards the class; "composite", twenty shape-and-fill classes in
+# any colour, harder, where architectures differ more (docs/results.md).
+SYNTHETIC_KINDS = {"patterns": SYNTHETIC_CLASSES, "composite": COMPOSITE_CLASSES}
+COLOUR_HINT_KINDS = ("patterns",)
+
+
+def synthetic_class_folder(kind, label):
     """`class_03_ring`: the two-digit label first, so sorted order is label order."""
-    return f"class_{label:02d}_{SYNTHETIC_CLASSES[label][0]}"
+    return f"class_{label:02d}_{SYNTHETIC_KINDS[kind][label][0]}"
 
 
 def hsv_colour(hue, saturation, value):
     return np.array(colorsys.hsv_to_rgb(hue % 1.0, saturation, value))
 
 
-def foreground_colour(rng, label, dark_background):
-    # Each class leans towards its own hue, but the ranges overlap: colour is a
-    # hint, never the answer.
-    hue = label / len(SYNTHETIC_CLASSES) + rng.uniform(-0.2, 0.2)
+def foreground_colour(rng, label, dark_background, hint):
+    # With a hint, each class leans towards its own hue, but the ranges
+    # overlap: colour is a hint, never the answer. Without, any hue.
+    hue = label / len(SYNTHETIC_CLASSES) + rng.uniform(-0.2, 0.2) if hint else rng.uniform(0, 1)
     value = rng.uniform(0.65, 1.0) if dark_background else rng.uniform(0.15, 0.45)
     return hsv_colour(hue, rng.uniform(0.5, 1.0), value)
 
@@ -486,13 +549,15 @@ def gradient_background(rng, image_size, dark_background):
     return colours[0] * (1 - weight) + colours[1] * weight
 
 
-def render_synthetic_image(label, image_size, rng):
-    """One RGB uint8 image of class `label`: its pattern in a jittered colour over a
-    gradient background (contrast assured: one dark, the other light), plus noise."""
-    mask = SYNTHETIC_CLASSES[label][1](rng, image_size)[..., None]
+def render_synthetic_image(kind, label, image_size, rng):
+    """One RGB uint8 image of class `label` of the `kind` set: its pattern in a
+    jittered colour over a gradient background (contrast assured: one dark, the
+    other light), plus noise."""
+    mask = SYNTHETIC_KINDS[kind][label][1](rng, image_size)[..., None]
     dark_background = rng.random() < 0.5
-    image = (gradient_background(rng, image_size, dark_background) * (1 - mask)
-             + foreground_colour(rng, label, dark_background) * mask)
+    background = gradient_background(rng, image_size, dark_background)  # first: the draws' order makes the image
+    colour = foreground_colour(rng, label, dark_background, hint=kind in COLOUR_HINT_KINDS)
+    image = background * (1 - mask) + colour * mask
     image += rng.normal(0.0, rng.uniform(0.01, 0.08), size=image.shape)
     return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
@@ -502,38 +567,44 @@ def synthetic_image_rng(seed, split, label, index):
     return np.random.default_rng([seed, SPLIT_SEED_IDS[split], label, index])
 
 
-def synthetic_metadata(num_classes, train_per_class, val_per_class, image_size, seed):
+def synthetic_metadata(kind, num_classes, train_per_class, val_per_class, image_size, seed):
     """The synthetic.json content for these parameters, after checking them."""
+    if kind not in SYNTHETIC_KINDS:
+        raise UserError(f"synthetic dataset: kind must be one of {', '.join(SYNTHETIC_KINDS)}, got {kind!r}")
+    if num_classes is None:
+        num_classes = len(SYNTHETIC_KINDS[kind])
     params = dict(num_classes=num_classes, train_per_class=train_per_class,
                   val_per_class=val_per_class, image_size=image_size, seed=seed)
     for name, value in params.items():
         if not isinstance(value, int) or isinstance(value, bool):
             raise UserError(f"synthetic dataset: {name} must be an integer, got {value!r}")
-    if not 2 <= num_classes <= len(SYNTHETIC_CLASSES):
-        raise UserError(f"synthetic dataset: num_classes must be 2 to {len(SYNTHETIC_CLASSES)}, "
-                        f"got {num_classes}")
+    if not 2 <= num_classes <= len(SYNTHETIC_KINDS[kind]):
+        raise UserError(f"synthetic dataset: num_classes must be 2 to {len(SYNTHETIC_KINDS[kind])} for the {kind} "
+                        f"set, got {num_classes}")
     if min(train_per_class, val_per_class) < 1:
         raise UserError("synthetic dataset: train_per_class and val_per_class must be at least 1")
     if image_size < 16:
         raise UserError(f"synthetic dataset: image_size must be at least 16 px, got {image_size}")
     if seed < 0:
         raise UserError(f"synthetic dataset: seed must be non-negative, got {seed}")
-    classes = [synthetic_class_folder(label) for label in range(num_classes)]
-    return dict(format_version=SYNTHETIC_FORMAT_VERSION, **params, classes=classes)
+    classes = [synthetic_class_folder(kind, label) for label in range(num_classes)]
+    return dict(format_version=SYNTHETIC_FORMAT_VERSION, kind=kind, **params, classes=classes)
 
 
-def write_synthetic_dataset(root, num_classes=DEFAULT_SYNTHETIC["num_classes"],
-                            train_per_class=DEFAULT_SYNTHETIC["train_per_class"],
-                            val_per_class=DEFAULT_SYNTHETIC["val_per_class"],
-                            image_size=DEFAULT_SYNTHETIC["image_size"],
-                            seed=DEFAULT_SYNTHETIC["seed"]):
-    """Write `root/{train,val}/class_XX_name/NNNNN.png` and `root/synthetic.json`.
+def synthetic_class_count(**params):
+    """How many classes the synthetic set of these parameters (data.synthetic_dataset's) has."""
+    return synthetic_metadata(**dict(DEFAULT_SYNTHETIC, **params))["num_classes"]
+
+
+def write_synthetic_dataset(root, **params):
+    """Write `root/{train,val}/class_XX_name/NNNNN.png` and `root/synthetic.json`
+    for the parameters of DEFAULT_SYNTHETIC (those not given keep its values).
 
     The same arguments give byte-identical files. The tree is built in a temporary
     sibling folder and moved into place at the end, so an interrupted run never
     leaves a half-written dataset; an existing synthetic dataset at `root` is
     replaced, any other existing folder is refused."""
-    meta = synthetic_metadata(num_classes, train_per_class, val_per_class, image_size, seed)
+    meta = synthetic_metadata(**dict(DEFAULT_SYNTHETIC, **params))
     root = Path(root)
     if root.exists() and not (root / SYNTHETIC_META_FILE).is_file():
         raise UserError(f"{root} exists and is not a synthetic dataset "
@@ -542,8 +613,8 @@ def write_synthetic_dataset(root, num_classes=DEFAULT_SYNTHETIC["num_classes"],
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
         staging.chmod(0o755)  # mkdtemp's private 0700 would make a shared cache unreadable
-        for split, per_class in (("train", train_per_class), ("val", val_per_class)):
-            write_synthetic_split(staging / split, split, meta, per_class)
+        for split in ("train", "val"):
+            write_synthetic_split(staging / split, split, meta, meta[f"{split}_per_class"])
         (staging / SYNTHETIC_META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         move_into_place(staging, root)
     except BaseException:
@@ -558,7 +629,7 @@ def write_synthetic_split(folder, split, meta, per_class):
         class_folder.mkdir(parents=True)
         for index in range(per_class):
             rng = synthetic_image_rng(meta["seed"], split, label, index)
-            pixels = render_synthetic_image(label, meta["image_size"], rng)
+            pixels = render_synthetic_image(meta["kind"], label, meta["image_size"], rng)
             Image.fromarray(pixels).save(class_folder / f"{index:05d}.png")
 
 
@@ -605,20 +676,16 @@ def barrier(context):
         torch.distributed.barrier()
 
 
-def synthetic_dataset(root=None, num_classes=DEFAULT_SYNTHETIC["num_classes"],
-                      train_per_class=DEFAULT_SYNTHETIC["train_per_class"],
-                      val_per_class=DEFAULT_SYNTHETIC["val_per_class"],
-                      image_size=DEFAULT_SYNTHETIC["image_size"],
-                      seed=DEFAULT_SYNTHETIC["seed"]):
-    """The path of a ready synthetic dataset with these parameters, generated on
-    first use into a folder named after them under `root` (default:
+def synthetic_dataset(root=None, **params):
+    """The path of a ready synthetic dataset with these parameters (those of
+    DEFAULT_SYNTHETIC; the ones not given keep its values), generated on first
+    use into a folder named after them under `root` (default:
     `default_data_dir()`), regenerated if its synthetic.json does not match.
     With several processes (distributed training), call it in one first."""
-    meta = synthetic_metadata(num_classes, train_per_class, val_per_class, image_size, seed)
-    name = (f"synthetic-v{SYNTHETIC_FORMAT_VERSION}-{num_classes}classes-{train_per_class}train-"
-            f"{val_per_class}val-{image_size}px-seed{seed}")
+    meta = synthetic_metadata(**dict(DEFAULT_SYNTHETIC, **params))
+    name = (f"synthetic-v{SYNTHETIC_FORMAT_VERSION}-{meta['kind']}-{meta['num_classes']}classes-"
+            f"{meta['train_per_class']}train-{meta['val_per_class']}val-{meta['image_size']}px-seed{meta['seed']}")
     folder = Path(root if root is not None else default_data_dir()) / name
     if read_synthetic_metadata(folder) != meta:
-        write_synthetic_dataset(folder, num_classes, train_per_class, val_per_class,
-                                image_size, seed)
+        write_synthetic_dataset(folder, **{key: meta[key] for key in DEFAULT_SYNTHETIC})
     return str(folder)  # a plain string: it ends up in saved arguments

@@ -231,7 +231,7 @@ def plan_searches(args, mode, dataset):
     grid value; all share `common` search arguments."""
     common = ["--dataset", dataset]
     if not args.search_dataset:
-        classes = mode.dataset.get("num_classes", data.DEFAULT_SYNTHETIC["num_classes"])
+        classes = data.synthetic_class_count(**mode.dataset)
         common += schedule_arguments(dict(mode.schedule, num_classes=classes)) + ["--workers", "0"]
     # Table 2 counts the searches that land by themselves: no landing step.
     common += ["--land_within", "0"]

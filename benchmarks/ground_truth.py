@@ -19,8 +19,11 @@ with retraining.SHORT_RECIPE on retraining.RETRAIN_DATASET with --seeds
 paired seeds, on the device train_imagenet.py picks (CUDA when there is
 one). The file records the recipe, the dataset, the device, the torch
 version and the code's commit, and a network's results are only compared
-with results from the same recipe and kind of device. An interrupted build
-continues where it stopped (finished retrainings are kept under --work).
+with results from the same recipe and kind of device. The file is written
+after every retraining (seed 0 of every network first), so a build stopped
+halfway leaves a partial file; rerun the same command to continue it, in
+the same session (finished runs are also kept under --work) or a later one,
+or with more --seeds to add seeds to a finished file.
 """
 
 import argparse
@@ -163,14 +166,30 @@ def main(args):
     candidates, draws = search_quality.random_architectures(args.nets, args.target, args.sample_seed)
     nets = [{"name": f"random {index + 1}", "kind": "random", "arch_config": arch_config, "predicted": cost}
             for index, (arch_config, cost) in enumerate(candidates)]
+    truth = new_truth(args, draws)
+    known = earlier_results(args.out, truth, nets) if os.path.exists(args.out) else {}
+    if known:
+        print(f"continuing {args.out}: {len(known)} retrainings kept from it", flush=True)
     settings = argparse.Namespace(out=args.work, seeds=args.seeds, jobs=args.jobs, scale=search_quality.FULL,
                                   retrain_epochs=retraining.SHORT_RECIPE["epochs"])
     started = datetime.datetime.now(datetime.timezone.utc)
-    search_quality.retrain_all(nets, settings)
-    for net in nets:
-        net["op_mix"] = search_quality.op_mix(net["arch_config"])
-        del net["kind"]
-    truth = {
+    earlier_seconds = truth["seconds"]
+
+    def save(*finished):
+        truth["seconds"] = earlier_seconds + (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+        truth["networks"] = stored_networks(nets, known, args.seeds, search_quality.op_mix)
+        utils.write_json(args.out, truth)
+
+    search_quality.retrain_all(nets, settings, known, on_done=save)
+    save()
+    means = sorted(sum(net["top1"]) / len(net["top1"]) for net in nets)
+    print(f"written: {args.out} ({len(nets)} networks, top-1 {means[0]:.2f} to {means[-1]:.2f}%, "
+          f"{truth['seconds'] / 60:.1f} min)")
+
+
+def new_truth(args, draws):
+    """The header of the ground-truth file for this build (no networks yet)."""
+    return {
         "format": FORMAT,
         "what": (f"{args.nets} random architectures within +-1% of {args.target:g} ms on the Jetson table, each "
                  f"retrained from scratch with {args.seeds} paired seeds"),
@@ -182,15 +201,58 @@ def main(args):
         "dataset": dict(retraining.RETRAIN_DATASET),
         "device": describe_device(),
         "code": code_version(),
-        "date": started.strftime("%Y-%m-%d"),
-        "seconds": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "seconds": 0.0,
         "seeds": list(range(args.seeds)),
-        "networks": nets,
+        "networks": [],
     }
-    utils.write_json(args.out, truth)
-    means = sorted(sum(net["top1"]) / len(net["top1"]) for net in nets)
-    print(f"written: {args.out} ({len(nets)} networks, top-1 {means[0]:.2f} to {means[-1]:.2f}%, "
-          f"{truth['seconds'] / 60:.1f} min)")
+
+
+def earlier_results(path, truth, nets):
+    """{(name, seed): top-1} from an earlier build into `path` (complete or
+    stopped halfway) of the same networks, recipe, dataset and device, so
+    that a build continues where it stopped, in a later session or on
+    another machine of the same kind; `truth` takes over its dates, code
+    versions and seconds. Anything else at `path` is refused."""
+    earlier = load_truth(path)
+    why = same_recipe(earlier, truth["recipe"], truth["dataset"], truth["device"]["type"])
+    if why is None and (earlier["target"], earlier.get("sample_seed"), earlier["predictor"]) != (
+            truth["target"], truth["sample_seed"], truth["predictor"]):
+        why = "it holds networks of another target, draw seed or latency table"
+    if why is None and earlier["device"]["name"] != truth["device"]["name"]:
+        why = f"it was retrained on {earlier['device']['name']}, not on this {truth['device']['name']}"
+    if why is not None:
+        raise UserError(f"--out {path} exists and cannot be continued: {why}; choose another --out")
+    arch_by_name = {net["name"]: net["arch_config"] for net in nets}
+    known = {}
+    for net in earlier["networks"]:
+        if arch_by_name.get(net["name"]) != net["arch_config"]:
+            raise UserError(f"--out {path}: its {net['name']} is not this draw's; choose another --out")
+        for seed, top1 in zip(network_seeds(earlier, net), net["top1"]):
+            if seed < len(truth["seeds"]):
+                known[(net["name"], seed)] = top1
+    for key in ("date", "code"):
+        if earlier[key] != truth[key]:
+            truth[key] = f"{earlier[key]}, {truth[key]}"
+    truth["seconds"] = earlier.get("seconds") or 0.0
+    return known
+
+
+def stored_networks(nets, known, seeds, op_mix):
+    """The networks as the file stores them: those with at least one result,
+    each with its top-1 per seed; a network still missing some seeds lists
+    the seeds it has (a partial file)."""
+    stored = []
+    for net in nets:
+        done = [seed for seed in range(seeds) if (net["name"], seed) in known]
+        if not done:
+            continue
+        entry = {key: net[key] for key in ("name", "arch_config", "predicted")}
+        entry.update(top1=[known[(net["name"], seed)] for seed in done], op_mix=op_mix(net["arch_config"]))
+        if len(done) < seeds:
+            entry["seeds"] = done
+        stored.append(entry)
+    return stored
 
 
 if __name__ == "__main__":

@@ -178,7 +178,7 @@ def search_jobs(args):
     common = ["--target_latency", str(args.target), "--land_within", "0", "--workers", "0"]
     if args.scale.search_dataset is not None:
         dataset = data.synthetic_dataset(**args.scale.search_dataset)
-        classes = args.scale.search_dataset.get("num_classes", data.DEFAULT_SYNTHETIC["num_classes"])
+        classes = data.synthetic_class_count(**args.scale.search_dataset)
         common += ["--dataset", dataset, "--num_classes", str(classes)]
         common += reproduce_tables.schedule_arguments(args.scale.search_schedule)
     seeds = range(args.search_seed, args.search_seed + args.searches)
@@ -300,7 +300,8 @@ def scoring_images(saved, retrain_dataset):
     meta = data.read_synthetic_metadata(saved.dataset)
     retrain = data.synthetic_metadata(**dict(data.DEFAULT_SYNTHETIC, **retrain_dataset))
     same_generator = meta is not None and all(meta.get(key) == retrain[key] for key in
-                                              ("format_version", "num_classes", "image_size", "seed", "classes"))
+                                              ("format_version", "kind", "num_classes", "image_size", "seed",
+                                               "classes"))
     return data.synthetic_dataset(**retrain_dataset) if same_generator else saved.dataset
 
 
@@ -330,11 +331,17 @@ def retrain_recipe(args):
     return dict(args.scale.retrain_recipe, epochs=args.retrain_epochs)
 
 
-def retrain_all(nets, args):
-    """Fill each net's "top1" with its retrained val top-1 per seed."""
+def retrain_all(nets, args, known=None, on_done=None):
+    """Fill each net's "top1" with its retrained val top-1 per seed.
+
+    Seed-major order (every network's seed 0 first), so that a run stopped
+    halfway leaves one result for each network rather than all for a few.
+    `known` maps (name, seed) to a top-1 already measured (not retrained);
+    `on_done(net, seed, top1)` is called as each retraining finishes."""
     dataset = data.synthetic_dataset(**args.scale.retrain_dataset)
     recipe = retrain_recipe(args)
-    jobs = [(net, seed) for net in nets for seed in range(args.seeds)]
+    known = known or {}
+    jobs = [(net, seed) for seed in range(args.seeds) for net in nets if (net["name"], seed) not in known]
     print(f"retraining {len(jobs)} networks ({args.retrain_epochs} epochs each, {args.jobs} at a time) ...",
           flush=True)
 
@@ -346,11 +353,14 @@ def retrain_all(nets, args):
             print(f"  {net['name']} seed {seed}: final val top-1 {top1:.2f}%", flush=True)
         return top1
 
-    results = retraining.run_in_parallel(retrain, jobs, args.jobs)
+    def finished(job, top1):
+        known[(job[0]["name"], job[1])] = top1
+        if on_done is not None:
+            on_done(*job, top1)
+
+    retraining.run_in_parallel(retrain, jobs, args.jobs, finished)
     for net in nets:
-        net["top1"] = []
-    for (net, _), top1 in zip(jobs, results):
-        net["top1"].append(top1)
+        net["top1"] = [known[(net["name"], seed)] for seed in range(args.seeds)]
 
 
 # --------------------------------------------------------------- statistics

@@ -54,10 +54,35 @@ def test_synthetic_dataset_has_the_requested_layout(tmp_path):
             with Image.open(images[0]) as image:
                 assert (image.format, image.mode, image.size) == ("PNG", "RGB", (20, 20))
     meta = json.loads((root / "synthetic.json").read_text())
-    assert meta == dict(format_version=data.SYNTHETIC_FORMAT_VERSION, num_classes=4,
+    assert meta == dict(format_version=data.SYNTHETIC_FORMAT_VERSION, kind="patterns", num_classes=4,
                         train_per_class=3, val_per_class=2, image_size=20, seed=5,
                         classes=expected_classes)
     assert [p.name for p in tmp_path.iterdir()] == ["synthetic"]  # no staging folder left
+
+
+def test_the_composite_set_fills_every_shape_with_every_fill(tmp_path):
+    root = data.write_synthetic_dataset(tmp_path / "composite", kind="composite", train_per_class=1,
+                                        val_per_class=1, image_size=32)
+    names = sorted(p.name for p in (root / "train").iterdir())
+    shapes = [name for name, _ in data.SHAPE_DISTANCES]
+    fills = [name for name, _, _ in data.FILLS]
+    assert names == [f"class_{index:02d}_{shape}-{fill}"
+                     for index, (shape, fill) in enumerate((s, f) for s in shapes for f in fills)]
+    assert len(names) == 20 == data.synthetic_class_count(kind="composite")
+    assert data.read_synthetic_metadata(root)["kind"] == "composite"
+
+
+def test_a_filled_shape_differs_from_the_solid_one_inside_only(tmp_path):
+    # Same seed, same draws up to the fill: the lined disc is the solid disc with
+    # background showing between its lines, and nothing drawn outside the disc.
+    solid_label, lined_label = 0, 1  # disc-solid, disc-hlines
+    size = 32
+    solid = data.COMPOSITE_CLASSES[solid_label][1](data.synthetic_image_rng(0, "train", 0, 0), size)
+    lined = data.COMPOSITE_CLASSES[lined_label][1](data.synthetic_image_rng(0, "train", 0, 0), size)
+    assert (lined <= solid + 1e-9).all()
+    inside = solid > 0.99
+    assert 0.25 < lined[inside].mean() < 0.75  # lines and gaps alike
+    assert solid.mean() > 0.1
 
 
 def test_synthetic_folders_load_with_labels_in_folder_order(tmp_path):
@@ -70,7 +95,8 @@ def test_synthetic_folders_load_with_labels_in_folder_order(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [dict(num_classes=1), dict(num_classes=11), dict(train_per_class=0),
-                                 dict(image_size=8), dict(seed=-1), dict(image_size=32.0)])
+                                 dict(image_size=8), dict(seed=-1), dict(image_size=32.0), dict(kind="faces"),
+                                 dict(kind="composite", num_classes=21)])
 def test_bad_synthetic_parameters_are_user_errors(tmp_path, bad):
     with pytest.raises(UserError, match="synthetic dataset"):
         data.write_synthetic_dataset(tmp_path / "synthetic", **{**SMALL, **bad})

@@ -128,6 +128,30 @@ def test_pooled_truth_ranks_each_network_by_all_its_retrainings(tmp_path):
         ground_truth.load_truth(broken)
 
 
+def test_a_ground_truth_build_stopped_halfway_continues_from_its_file(tmp_path):
+    nets = [net("random 1", "MBK3E3", None), net("random 2", "MBK5E3", None)]
+    header = json.loads(Path(truth_file(tmp_path / "header.json", [])).read_text())
+    header.update(sample_seed=0, seconds=60.0)
+    # Stopped after seed 0 of both networks and seed 1 of the first: a partial file.
+    known = {("random 1", 0): 90.0, ("random 2", 0): 80.0, ("random 1", 1): 92.0}
+    stored = ground_truth.stored_networks(nets, known, 2, search_quality.op_mix)
+    assert [entry.get("seeds") for entry in stored] == [None, [0]]
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps(dict(header, networks=stored)))
+    assert ground_truth.load_truth(str(partial))["networks"][1]["top1"] == [80.0]
+
+    later = dict(header, code="later", seconds=0.0)
+    assert ground_truth.earlier_results(str(partial), later, nets) == known
+    assert later["code"] == "test, later" and later["seconds"] == 60.0
+    for change, why in [({"device": {"type": "cpu", "name": "another", "torch": "x"}}, "retrained on test"),
+                        ({"recipe": {"epochs": 2}}, "recipe"), ({"target": 28.0}, "another target")]:
+        with pytest.raises(search_quality.UserError, match=why):
+            ground_truth.earlier_results(str(partial), dict(header, **change), nets)
+    other_draw = [net("random 1", "MBK7E6", None), nets[1]]
+    with pytest.raises(search_quality.UserError, match="not this draw's"):
+        ground_truth.earlier_results(str(partial), dict(header), other_draw)
+
+
 def test_screen_counts_the_holds_undone_steps_among_the_latched_ones():
     rows = [{"steps": {"latched": [False, False], "undone": [False, False]}},
             {"steps": {"latched": [False, True, True], "undone": [False, True, False]}},
