@@ -474,7 +474,6 @@ SYNTHETIC_CLASSES = (
 )
 
 
-
 # The composite set: every shape filled with every fill. A fill's lines are a
 # few pixels apart, so that they survive the stem's downsampling but not the
 # next one, while the outline needs the later layers' larger view: how and
@@ -517,7 +516,8 @@ COMPOSITE_CLASSES = tuple((f"{shape}-{fill}", composite_drawer(distance, texture
 
 # The synthetic sets by kind: "patterns", ten classes of shapes or textures whose
 # colour leans towards the class; "composite", twenty shape-and-fill classes in
-# any colour, harder, where architectures differ more (docs/results.md).
+# any colour, harder (a pilot in docs/results.md: networks spread wider on it, and
+# so do a network's seeds).
 SYNTHETIC_KINDS = {"patterns": SYNTHETIC_CLASSES, "composite": COMPOSITE_CLASSES}
 COLOUR_HINT_KINDS = ("patterns",)
 
@@ -567,8 +567,16 @@ def synthetic_image_rng(seed, split, label, index):
     return np.random.default_rng([seed, SPLIT_SEED_IDS[split], label, index])
 
 
-def synthetic_metadata(kind, num_classes, train_per_class, val_per_class, image_size, seed):
-    """The synthetic.json content for these parameters, after checking them."""
+def synthetic_metadata(**params):
+    """The synthetic.json content for these parameters (DEFAULT_SYNTHETIC's
+    names; those not given keep its values), after checking them."""
+    unknown = set(params) - set(DEFAULT_SYNTHETIC)
+    if unknown:
+        raise TypeError(f"synthetic dataset: unknown parameters {sorted(unknown)}")
+    return checked_synthetic_metadata(**dict(DEFAULT_SYNTHETIC, **params))
+
+
+def checked_synthetic_metadata(kind, num_classes, train_per_class, val_per_class, image_size, seed):
     if kind not in SYNTHETIC_KINDS:
         raise UserError(f"synthetic dataset: kind must be one of {', '.join(SYNTHETIC_KINDS)}, got {kind!r}")
     if num_classes is None:
@@ -593,7 +601,7 @@ def synthetic_metadata(kind, num_classes, train_per_class, val_per_class, image_
 
 def synthetic_class_count(**params):
     """How many classes the synthetic set of these parameters (data.synthetic_dataset's) has."""
-    return synthetic_metadata(**dict(DEFAULT_SYNTHETIC, **params))["num_classes"]
+    return synthetic_metadata(**params)["num_classes"]
 
 
 def write_synthetic_dataset(root, **params):
@@ -604,7 +612,7 @@ def write_synthetic_dataset(root, **params):
     sibling folder and moved into place at the end, so an interrupted run never
     leaves a half-written dataset; an existing synthetic dataset at `root` is
     replaced, any other existing folder is refused."""
-    meta = synthetic_metadata(**dict(DEFAULT_SYNTHETIC, **params))
+    meta = synthetic_metadata(**params)
     root = Path(root)
     if root.exists() and not (root / SYNTHETIC_META_FILE).is_file():
         raise UserError(f"{root} exists and is not a synthetic dataset "
@@ -682,7 +690,7 @@ def synthetic_dataset(root=None, **params):
     use into a folder named after them under `root` (default:
     `default_data_dir()`), regenerated if its synthetic.json does not match.
     With several processes (distributed training), call it in one first."""
-    meta = synthetic_metadata(**dict(DEFAULT_SYNTHETIC, **params))
+    meta = synthetic_metadata(**params)
     name = (f"synthetic-v{SYNTHETIC_FORMAT_VERSION}-{meta['kind']}-{meta['num_classes']}classes-"
             f"{meta['train_per_class']}train-{meta['val_per_class']}val-{meta['image_size']}px-seed{meta['seed']}")
     folder = Path(root if root is not None else default_data_dir()) / name

@@ -298,7 +298,7 @@ def scoring_images(saved, retrain_dataset):
     that set's val/ (at full scale 2,000 images, among them alpha's 300: one
     image is 0.05 points instead of 0.33); otherwise the search's own val/."""
     meta = data.read_synthetic_metadata(saved.dataset)
-    retrain = data.synthetic_metadata(**dict(data.DEFAULT_SYNTHETIC, **retrain_dataset))
+    retrain = data.synthetic_metadata(**retrain_dataset)
     same_generator = meta is not None and all(meta.get(key) == retrain[key] for key in
                                               ("format_version", "kind", "num_classes", "image_size", "seed",
                                                "classes"))
