@@ -64,8 +64,8 @@ import operations
 import peers
 import retraining
 import search_imagenet
-from utils import (UserError, make_output_folder, new_figure, read_json, read_json_lines, run_cli, save_figure,
-                   write_csv, write_json)
+from utils import (UserError, make_output_folder, new_figure, parse_forwarded_arguments, read_json, read_json_lines,
+                   run_cli, save_figure, write_csv, write_json)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 SEARCH_SCRIPT = os.path.join(REPO_ROOT, "search_imagenet.py")
@@ -236,7 +236,7 @@ def plan_searches(args, mode, dataset):
     # Table 2 counts the searches that land by themselves: no landing step.
     common += ["--land_within", "0"]
     common += args.search_arguments  # last: the user's options win
-    settings = search_imagenet.get_args_parser().parse_args(common)
+    settings = parse_forwarded_arguments(search_imagenet.get_args_parser(), common, "the search options after --")
     search_imagenet.resolve_schedule(settings)
     searches = os.path.join(args.out, "searches")
     warmup = SearchJob("warm-up", os.path.join(searches, "warmup"),

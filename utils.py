@@ -65,6 +65,17 @@ def run_cli(main, parser, argv=None):
         raise
 
 
+def parse_forwarded_arguments(parser, arguments, what):
+    """Parse `arguments` meant for another script's `parser` before any work
+    starts; a complaint becomes one UserError line naming `what` instead of
+    that script's whole usage text."""
+    def refuse(message):
+        raise UserError(f"{what}: {message}")
+
+    parser.error = refuse
+    return parser.parse_args(arguments)
+
+
 # What gloo and NCCL say when another process of the run has gone away.
 LOST_PEER_SIGNS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
                    "NCCL communicator was aborted", "Socket Timeout", "Connection refused")

@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import ground_truth  # noqa: E402
 import reproduce_tables  # noqa: E402
+import search_imagenet  # noqa: E402
 import search_quality  # noqa: E402
 import utils  # noqa: E402
 from utils import UserError, read_json_lines  # noqa: E402
@@ -229,6 +230,9 @@ def main(args):
     if args.name is None and args.folders is None:
         raise UserError("give --name (run a variant's searches) or --folders (screen finished searches; --name "
                         "then labels them)")
+    extra = [item for item in args.search_arguments if item != "--"]
+    utils.parse_forwarded_arguments(search_imagenet.get_args_parser(), ["--target_latency", str(args.target)] + extra,
+                                    "the search options after --")
     truth_paths, truth = resolve_truth(args)
     started = time.time()
     os.makedirs(args.out, exist_ok=True)
@@ -241,7 +245,6 @@ def main(args):
     screens = [screen_search(folder, truth) for folder in folders]
     print_searches(screens)
     name = args.name or "folders"
-    extra = [item for item in args.search_arguments if item != "--"]
     row = summary_row(name, screens, extra, truth_paths, time.time() - started)
     print_table([row])
     with open(screens_path, "a") as file:

@@ -33,11 +33,14 @@ table this script
     python3 benchmarks/search_quality.py --quick    # 1 search, 4 random nets, 2 seeds
     python3 benchmarks/search_quality.py --target 27 --random_nets 24 --out sq27
     python3 benchmarks/search_quality.py --truth benchmarks/ground_truth/random_24ms_cuda.json   # on a GPU
+    python3 benchmarks/search_quality.py --truth benchmarks/ground_truth/random_24ms_cpu.json --out sq-warmup6 -- --freeze_epochs 6
 
 With --truth the random networks and their retrained top-1 come from a
 stored ground truth (benchmarks/ground_truth.py) instead of being drawn and
 retrained again: only the searched networks and the reference are
 retrained, with the file's recipe and seeds, on a device of the file's kind.
+Options after `--` go to every search: a variant of the demo (benchmarks/
+screen.py judges variants in minutes; this retrains their picks).
 
 Every run (search and each retraining) has its own folder under --out; a
 rerun with the same settings reuses the finished ones, so an interrupted
@@ -125,10 +128,17 @@ def get_args_parser():
                         help="a ground-truth file (benchmarks/ground_truth.py): its random networks and their "
                              "results stand in for --random_nets, --sample_seed and --seeds")
     parser.add_argument("--out", default="search-quality", help="output folder")
+    parser.add_argument("search_arguments", nargs=argparse.REMAINDER,
+                        help="after --: search_imagenet.py options given to every search (a variant of the demo)")
     return parser
 
 
 def check_args(args):
+    args.search_arguments = [item for item in args.search_arguments if item != "--"]
+    # A misspelt variant option fails here, in one line, not in every search's log.
+    utils.parse_forwarded_arguments(search_imagenet.get_args_parser(),
+                                    ["--target_latency", str(args.target)] + args.search_arguments,
+                                    "the search options after --")
     if args.quick:
         args.searches, args.random_nets, args.seeds = 1, 4, 2
     args.scale = TOY if args.toy else FULL
@@ -181,6 +191,7 @@ def search_jobs(args):
         classes = data.synthetic_class_count(**args.scale.search_dataset)
         common += ["--dataset", dataset, "--num_classes", str(classes)]
         common += reproduce_tables.schedule_arguments(args.scale.search_schedule)
+    common += args.search_arguments  # last: the variant's options win
     seeds = range(args.search_seed, args.search_seed + args.searches)
     return [reproduce_tables.SearchJob(f"search seed {seed}", os.path.join(args.out, "searches", f"seed{seed}"),
                                        common + ["--seed", str(seed)], "arch.json")
@@ -535,6 +546,8 @@ def build_nets(args, searches, candidates):
 def main(args):
     check_args(args)
     utils.make_output_folder(args.out)
+    # Kept searches and retrainings are reused only for the same variant.
+    reproduce_tables.check_plan(args.out, {"search_arguments": args.search_arguments})
     retraining.stop_children_on_sigterm()
     started = time.time()
     searches = run_searches(args)
@@ -566,6 +579,7 @@ def main(args):
         "retrain": dict(retraining.SHORT_RECIPE, **retrain_recipe(args), seeds=args.seeds,
                         dataset=args.scale.retrain_dataset),
         "searches": [result.get("search", {}) for result, _ in searches],
+        "search_arguments": args.search_arguments,
         "random_draws": draws,
         "truth": None if args.truth is None else {"path": args.truth, "device": args.truth_data["device"],
                                                    "code": args.truth_data["code"], "date": args.truth_data["date"]},

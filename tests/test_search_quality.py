@@ -92,6 +92,31 @@ def test_unreachable_target_is_one_clear_error(capsys):
     assert "outside what the search space reaches" in capsys.readouterr().err
 
 
+def test_a_variants_search_options_reach_every_search_and_bind_its_folder(tmp_path, capsys):
+    parser = search_quality.get_args_parser()
+    args = parser.parse_args(["--out", str(tmp_path / "sq"), "--", "--freeze_epochs", "6"])
+    search_quality.check_args(args)
+    for job in search_quality.search_jobs(args):  # the variant's options come last, so they win
+        assert job.arguments[job.arguments.index("--freeze_epochs") + 1] == "6"
+        assert job.arguments.index("--freeze_epochs") > job.arguments.index("--target_latency")
+
+    (tmp_path / "sq").mkdir()  # as a run of the plain demo leaves it
+    search_quality.reproduce_tables.check_plan(str(tmp_path / "sq"), {"search_arguments": []})
+    with pytest.raises(SystemExit) as stop:  # the folder holds the plain demo: another variant is refused
+        search_quality.utils.run_cli(search_quality.main, parser,
+                                     ["--out", str(tmp_path / "sq"), "--", "--freeze_epochs", "6"])
+    assert stop.value.code == 2
+    assert "holds a run with other settings (search_arguments)" in capsys.readouterr().err
+    assert not (tmp_path / "sq" / "searches").exists()
+
+    with pytest.raises(SystemExit) as stop:  # a bad option: one line before anything runs
+        search_quality.utils.run_cli(search_quality.main, parser, ["--out", str(tmp_path / "bad"), "--", "--eta", "q"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == ("error: the search options after --: argument --eta: invalid float "
+                                               "value: 'q'")
+    assert not (tmp_path / "bad").exists()
+
+
 def truth_file(path, networks, seeds=(0, 1), device="cpu", target=24.0, recipe=None, dataset=None):
     """A ground-truth file as benchmarks/ground_truth.py writes one."""
     content = {"format": ground_truth.FORMAT, "target": target, "predictor": "jetson", "draws": 10,
