@@ -223,3 +223,44 @@ def initialize_supernet(model):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm2d):
             module.eps = SUPERNET_BN_EPS
+
+
+def batchnorm_layers(model):
+    return [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
+
+
+@torch.no_grad()
+def path_top1(supernet, indices, eta, calibration_loader, val_loader, calibration_batches):
+    """Top-1 (%) of one path (21 op indices) with the supernet's shared
+    weights, after recomputing BatchNorm's statistics for that path on
+    `calibration_batches` batches of `calibration_loader` (the supernet's
+    running statistics mix every path it trained, so a path scored with them
+    is judged on other paths' statistics; single-path one-shot NAS
+    recalibrates the same way). The supernet is left as it was found."""
+    device = next(supernet.parameters()).device
+    paths = one_hot_paths(indices, device=device)
+    layers = batchnorm_layers(supernet)
+    saved = [(layer.running_mean.clone(), layer.running_var.clone(), layer.num_batches_tracked.clone(),
+              layer.momentum) for layer in layers]
+    was_training = supernet.training
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a plain average over the calibration batches
+    supernet.train()
+    for batch, (images, _) in enumerate(calibration_loader):
+        if batch == calibration_batches:
+            break
+        supernet(images.to(device), paths, eta)
+    supernet.eval()
+    correct = total = 0
+    for images, targets in val_loader:
+        predictions = supernet(images.to(device), paths, eta).argmax(dim=1)
+        correct += int((predictions == targets.to(device)).sum())
+        total += targets.numel()
+    for layer, (mean, var, count, momentum) in zip(layers, saved):
+        layer.running_mean.copy_(mean)
+        layer.running_var.copy_(var)
+        layer.num_batches_tracked.copy_(count)
+        layer.momentum = momentum
+    supernet.train(was_training)
+    return 100.0 * correct / total

@@ -32,6 +32,7 @@ import math
 import os
 import time
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -41,7 +42,8 @@ import data
 import latency_predictor
 import operations
 from constraint import SearchState
-from model_search import SHORTCUT_LAYERS, SuperNet, gumbel_softmax_hard, one_hot_paths, strided_skip_mask, warmup_paths
+from model_search import (SHORTCUT_LAYERS, SuperNet, gumbel_softmax_hard, one_hot_paths, path_top1, strided_skip_mask,
+                          warmup_paths)
 from utils import (
     EXPLODED_LOSS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
     AverageMeter, MetricsFile, RedrawClock, UserError, accuracy, add_device_arguments, all_gather_objects,
@@ -172,6 +174,12 @@ def get_args_parser():
                         help="beyond the paper: the final architecture is the most probable one (largest sum of "
                              "log p over layers) whose cost is within PERCENT of the target, found exactly; "
                              "arch.json keeps the raw argmax too (0 = off: the argmax as the paper)")
+    target.add_argument("--pick_among", type=int, default=0, metavar="K",
+                        help="beyond the paper: the final architecture is the one the supernet scores best (top-1 "
+                             "on alpha's images, BatchNorm recomputed per path) among alpha's most probable "
+                             "architecture in the band and up to K-1 others drawn from alpha there; the band is "
+                             "--land_within's, or +-1%% of the target; arch.json lists every candidate (0 = off: "
+                             "the argmax as the paper)")
     target.add_argument("--strict", action="store_true",
                         help="beyond the paper: the final architecture is the most probable one whose cost does "
                              "not exceed the target (with --land_within: within PERCENT and not above T)")
@@ -282,6 +290,7 @@ def resolve_schedule(args):
 
 
 MIN_IMAGE_SIZE = 16  # the smallest crop the tests run; below it every late layer sees one pixel
+MAX_PICK_AMONG = 1000
 MAX_TAU = 100.0  # a Gumbel temperature above this makes every sample uniform noise
 MIN_FINAL_TAU = 1e-4  # below it alpha / tau overflows float32 (the paper's schedule ends at 1.7e-3)
 MAX_ETA = 100.0  # the shared shortcut's weight
@@ -302,6 +311,7 @@ NUMBER_RULES = (
     (("arch_weight_decay", "weight_decay"), lambda value: 0 <= value <= 1, "in [0, 1]"),
     (("land_within", "tau_decay"), lambda value: value >= 0, "non-negative"),
     (("workers",), lambda value: 0 <= value <= MAX_WORKERS, f"in [0, {MAX_WORKERS}]"),
+    (("pick_among",), lambda value: 0 <= value <= MAX_PICK_AMONG, f"in [0, {MAX_PICK_AMONG}]"),
     (("momentum", "label_smooth"), lambda value: 0 <= value < 1, "in [0, 1)"),
     (("tradeoff",), lambda value: abs(value) <= MAX_TRADEOFF, f"at most {MAX_TRADEOFF:g} in size"),
     (("image_size",), lambda value: MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE,
@@ -767,7 +777,69 @@ def project_final(model, predictor, band, arch_config, cost, target):
     }
 
 
-def write_arch_json(args, searcher, predictor):
+# --pick_among: architectures drawn from alpha at once, in search of K
+# distinct ones in the band (a concentrated alpha repeats its argmax often);
+# the supernet scores each on alpha's images after recomputing BatchNorm on
+# this many batches of the weights' images.
+PICK_DRAWS = 20_000
+PICK_BAND_PERCENT = 1.0  # without --land_within
+PICK_CALIBRATION_BATCHES = 10
+
+
+def draws_in_band(log_p, predictor, band, count, generator):
+    """Up to `count` distinct architectures (op indices) drawn from alpha's
+    distribution whose cost lies in `band`, the most probable first, and
+    how many draws that took."""
+    probabilities = torch.from_numpy(log_p).exp()
+    drawn = torch.multinomial(probabilities, PICK_DRAWS, replacement=True, generator=generator).T.numpy()
+    costs = predictor.costs(drawn)
+    found = {}
+    for indices, cost in zip(drawn, costs):
+        if band[0] <= cost <= band[1]:
+            found.setdefault(tuple(int(index) for index in indices), None)
+    layers = np.arange(log_p.shape[0])
+    ranked = sorted(found, key=lambda indices: -float(log_p[layers, list(indices)].sum()))
+    return [list(indices) for indices in ranked[:count]], PICK_DRAWS
+
+
+def pick_by_supernet(args, searcher, predictor, train_set, arch_set):
+    """--pick_among K: alpha's most probable architecture in the band and
+    up to K-1 others drawn from alpha there, each scored by the supernet
+    (path_top1 on alpha's images); the best one, with every candidate."""
+    band = constraint.landing_band(args.target_latency, args.land_within or PICK_BAND_PERCENT, args.strict)
+    log_p = torch.log_softmax(searcher.model.arch_logits().detach().double(), dim=-1).cpu().numpy()
+    most_probable = constraint.project_to_band(log_p, predictor, *band)
+    if most_probable is None:
+        raise UserError(f"--pick_among: no architecture found whose cost by {predictor.identifier} lies in "
+                        f"[{band[0]:.2f}, {band[1]:.2f}] {predictor.unit}; the search itself is in checkpoint.pth.tar")
+    generator = torch.Generator().manual_seed(args.seed)
+    drawn, draws = draws_in_band(log_p, predictor, band, args.pick_among, generator)
+    candidates = [most_probable] + [indices for indices in drawn if indices != most_probable][:args.pick_among - 1]
+    calibration = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size_train, shuffle=True,
+                                              generator=torch.Generator().manual_seed(args.seed))
+    val_loader = torch.utils.data.DataLoader(arch_set, batch_size=args.batch_size_val)
+    eta = eta_at(args.epochs - 1, args)
+    layers = np.arange(log_p.shape[0])
+    scored = []
+    for indices in candidates:
+        arch_config = operations.indices_to_arch(indices)
+        top1 = path_top1(searcher.model, indices, eta, calibration, val_loader, PICK_CALIBRATION_BATCHES)
+        scored.append({"arch_config": arch_config, "predicted": predictor.cost(arch_config), "supernet_top1": top1,
+                       "log_probability": float(log_p[layers, indices].sum())})
+    best = max(range(len(scored)), key=lambda index: scored[index]["supernet_top1"])  # ties: the more probable
+    return {"band": list(band), "draws": draws, "chosen": best, "candidates": scored}
+
+
+def describe_pick(pick, predictor, target):
+    """--pick_among's choice in one line, beside alpha's own choice."""
+    candidates, chosen = pick["candidates"], pick["candidates"][pick["chosen"]]
+    return (f"picked candidate {pick['chosen'] + 1} of {len(candidates)} in [{pick['band'][0]:.2f}, "
+            f"{pick['band'][1]:.2f}] {predictor.unit} by the supernet's top-1 on alpha's images: "
+            f"{chosen['supernet_top1']:.1f}% against {candidates[0]['supernet_top1']:.1f}% for alpha's most probable "
+            f"in the band; {describe_cost(predictor, chosen['predicted'], target)} (--pick_among)")
+
+
+def write_arch_json(args, searcher, predictor, train_set, arch_set):
     model = searcher.model
     arch_config = model.derive()
     cost = predictor.cost(arch_config)
@@ -783,11 +855,18 @@ def write_arch_json(args, searcher, predictor):
             "epochs", "freeze_epochs", "seed", "dataset", "num_classes", "image_size", "tradeoff_learning_rate",
             "penalty", "penalty_weight", "eta", "eta_decay", "eta_floor", "eta_layers", "strided_skips", "hold_lambda",
             "learning_rate", "arch_learning_rate", "arch_weight_decay", "augment", "arch_split_from_train",
-            "latch", "latch_tolerance", "latch_epochs", "land_within", "strict")},
+            "latch", "latch_tolerance", "latch_epochs", "land_within", "strict", "pick_among")},
         "tradeoff_final": searcher.state.tradeoff,
     }
     band = constraint.landing_band(args.target_latency, args.land_within, args.strict)
-    if band is not None:
+    if args.pick_among:
+        pick = pick_by_supernet(args, searcher, predictor, train_set, arch_set)
+        chosen = pick["candidates"][pick["chosen"]]
+        result.update(arch_config=chosen["arch_config"], predicted=chosen["predicted"],
+                      error_percent=100.0 * (chosen["predicted"] / args.target_latency - 1.0), pick=pick,
+                      raw_argmax={"arch_config": arch_config, "predicted": cost,
+                                  "error_percent": 100.0 * (cost / args.target_latency - 1.0)})
+    elif band is not None:
         result.update(project_final(model, predictor, band, arch_config, cost, args.target_latency))
     write_json(os.path.join(args.save, "arch.json"), result)
     return result
@@ -939,9 +1018,11 @@ def run(args, context):
             return searcher
 
     if context.is_main:
-        result = write_arch_json(args, searcher, predictor)
+        result = write_arch_json(args, searcher, predictor, train_set, arch_set)
         logger.info(f"architecture: {result['arch_config']}")
-        if "raw_argmax" in result:
+        if "pick" in result:
+            logger.info(describe_pick(result["pick"], predictor, args.target_latency))
+        if "raw_argmax" in result and "pick" not in result:
             logger.info(f"raw argmax: {describe_cost(predictor, result['raw_argmax']['predicted'], args.target_latency)}"
                         f"; projected into [{result['band'][0]:.2f}, {result['band'][1]:.2f}] by changing "
                         f"layer(s) {result['changed_layers'] or 'none'}, giving up "

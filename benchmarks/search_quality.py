@@ -75,7 +75,7 @@ import reproduce_tables  # noqa: E402
 import retraining  # noqa: E402
 import search_imagenet  # noqa: E402
 import utils  # noqa: E402
-from model_search import one_hot_paths  # noqa: E402
+from model_search import path_top1  # noqa: E402
 from model_train import resolve_arch_config  # noqa: E402
 from utils import UserError  # noqa: E402
 
@@ -279,29 +279,6 @@ def load_supernet(search_folder):
     return supernet, saved
 
 
-def supernet_top1(supernet, eta, arch_config, train_loader, val_loader):
-    """Top-1 of one path with the supernet's shared weights, after
-    recomputing BatchNorm's statistics for that path (the supernet's running
-    statistics mix all paths)."""
-    paths = one_hot_paths(operations.arch_to_indices(arch_config))
-    for module in supernet.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # a plain average over the calibration batches
-    supernet.train()
-    with torch.no_grad():
-        for batch, (images, _) in enumerate(train_loader):
-            if batch == BN_CALIBRATION_BATCHES:
-                break
-            supernet(images, paths, eta)
-        supernet.eval()
-        correct = total = 0
-        for images, targets in val_loader:
-            correct += int((supernet(images, paths, eta).argmax(dim=1) == targets).sum())
-            total += targets.numel()
-    return 100.0 * correct / total
-
-
 def scoring_images(saved, retrain_dataset):
     """The dataset whose val/ images score the paths: for a search on the
     synthetic set the networks are retrained on (the same generator, in
@@ -330,7 +307,8 @@ def supernet_scores(search_folder, arch_configs, retrain_dataset):
         # Every path calibrates on the same batches, so its score does not depend on its place in the list.
         train_loader = torch.utils.data.DataLoader(train_set, batch_size=saved.batch_size_train, shuffle=True,
                                                    generator=torch.Generator().manual_seed(0))
-        scores.append(supernet_top1(supernet, eta, arch_config, train_loader, val_loader))
+        scores.append(path_top1(supernet, operations.arch_to_indices(arch_config), eta, train_loader, val_loader,
+                                BN_CALIBRATION_BATCHES))
     return scores
 
 

@@ -17,6 +17,7 @@ import model_train
 import operations
 import search_imagenet
 import utils
+import constraint
 from constraint import update_lagrange_multiplier
 from utils import load_checkpoint, run_cli
 
@@ -298,6 +299,34 @@ def test_land_within_and_strict_project_the_final_alpha_into_the_band(finished_s
                          - log_p[layer - 1, operations.SEARCHABLE_OPS.index(result["arch_config"][layer])])
                    for layer in result["changed_layers"])
     assert result["log_probability_given_up"] == pytest.approx(given_up) and given_up > 0
+
+
+def test_pick_among_takes_the_supernets_best_of_k_candidates_in_the_band(finished_search, tiny_dataset, tmp_path):
+    save = tmp_path / "picked"
+    run_search(["--save", str(save), "--dataset", tiny_dataset, "--num_classes", "3", "--target_latency", "24",
+                "--resume", os.path.join(finished_search, "checkpoint.pth.tar"), "--pick_among", "5"] + TINY_SCHEDULE)
+    result = json.loads((save / "arch.json").read_text())
+    pick, predictor = result["pick"], latency_predictor.load_predictor()
+    assert pick["band"] == pytest.approx([23.76, 24.24])
+    candidates = pick["candidates"]
+    assert len(candidates) == 5 and len({tuple(c["arch_config"]) for c in candidates}) == 5
+    alpha = load_checkpoint(os.path.join(finished_search, "checkpoint.pth.tar"), what="test")["state_dict"]["alpha"]
+    log_p = torch.log_softmax(alpha.double(), dim=-1).numpy()
+    indices = [operations.arch_to_indices(c["arch_config"]) for c in candidates]
+    assert indices[0] == constraint.project_to_band(log_p, predictor, 23.76, 24.24)  # alpha's own choice first
+    for candidate, ops in zip(candidates, indices):
+        assert 23.76 <= candidate["predicted"] <= 24.24
+        assert candidate["predicted"] == pytest.approx(predictor.cost(candidate["arch_config"]))
+        assert candidate["log_probability"] == pytest.approx(float(log_p[range(21), ops].sum()))
+        assert 0 <= candidate["supernet_top1"] <= 100
+    drawn = [c["log_probability"] for c in candidates[1:]]
+    assert drawn == sorted(drawn, reverse=True) and max(drawn) <= candidates[0]["log_probability"]
+    best = max(c["supernet_top1"] for c in candidates)
+    assert candidates[pick["chosen"]]["supernet_top1"] == best
+    assert pick["chosen"] == min(i for i, c in enumerate(candidates) if c["supernet_top1"] == best)  # ties: probable
+    assert result["arch_config"] == candidates[pick["chosen"]]["arch_config"]
+    assert result["raw_argmax"]["arch_config"] == operations.indices_to_arch(alpha.argmax(dim=-1).tolist())
+    assert "--pick_among" in (save / "log.txt").read_text()
 
 
 def latch_run(tiny_dataset, finished_search, save, options):

@@ -13,7 +13,7 @@ import operations
 import search_imagenet
 import utils
 from constraint import update_lagrange_multiplier
-from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, strided_skip_mask, warmup_paths
+from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, path_top1, strided_skip_mask, warmup_paths
 from search_imagenet import DEMO_SCHEDULE, PAPER_SCHEDULE, in_latch_window, scheduled_arch_lr, tau_at
 
 SMALL_INPUT = 32
@@ -324,3 +324,25 @@ def test_weight_lr_warms_up_per_epoch_then_follows_the_cosine():
     assert search_imagenet.weight_lr_factor(5, args) == pytest.approx(0.5)
     assert search_imagenet.weight_lr_factor(2, argparse.Namespace(warmup_epochs=0, epochs=10)) == \
         pytest.approx(0.5 * (1 + math.cos(math.pi * 0.2)))
+
+
+def test_path_top1_recomputes_batchnorm_for_the_path_and_leaves_the_supernet_as_found():
+    torch.manual_seed(0)
+    supernet = SuperNet(num_classes=3, shortcuts=True)
+    images, targets = torch.randn(8, 3, SMALL_INPUT, SMALL_INPUT), torch.randint(0, 3, (8,))
+    batches = [(images, targets)] * 3
+    before = {name: value.clone() for name, value in supernet.state_dict().items()}
+    path = [0] * 21
+    score = path_top1(supernet, path, 1.0, batches, batches, calibration_batches=2)
+    assert all(torch.equal(before[name], value) for name, value in supernet.state_dict().items())
+    assert supernet.training and score == path_top1(supernet, path, 1.0, batches, batches, calibration_batches=2)
+    # By hand: BatchNorm's statistics are those of the calibration images on this path, then evaluation.
+    for module in supernet.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    with torch.no_grad():
+        supernet(images, one_hot_paths(path), 1.0)
+        supernet.eval()
+        expected = 100.0 * float((supernet(images, one_hot_paths(path), 1.0).argmax(1) == targets).float().mean())
+    assert score == pytest.approx(expected)
