@@ -14,13 +14,12 @@ import argparse
 import os
 
 import torch
-from tqdm import tqdm
 
 import data
 import model_train
 from utils import (
     MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_WIDTH_MULT, MAX_WORKERS, UserError, all_reduce_sum, correct_counts,
-    load_checkpoint, name_a_few, non_finite_entries, resolve_device, run_cli, strip_module_prefix,
+    load_checkpoint, name_a_few, non_finite_entries, progress_bar, resolve_device, run_cli, strip_module_prefix,
 )
 
 CLASSIFIER_WEIGHT = "classifier.4.weight"  # its rows give num_classes
@@ -79,7 +78,7 @@ def evaluate_counts(model, loader, device, progress=True):
     """Exact counts over the loader: (images, top-1 hits, top-5 hits)."""
     model.eval()
     total = top1 = top5 = 0
-    for images, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
+    for images, targets in progress_bar(loader, progress, desc="eval", unit="batch", leave=False):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         batch_top1, batch_top5 = correct_counts(model(images), targets, topk=(1, 5))

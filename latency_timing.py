@@ -54,12 +54,11 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import model_train
 from latency_predictor import Probe
 from operations import INPUT_SIZE
-from utils import UserError, resolve_device, run_cli
+from utils import UserError, progress_bar, resolve_device, run_cli
 
 # Protocol defaults (build and validate share them).
 DEFAULT_CPU_THREADS = 1  # one intra-op thread: batch-1 blocks barely scale and a shared 2-core box stays quiet
@@ -372,7 +371,7 @@ def measure(probes, protocol, desc, num_classes=model_train.IMAGENET_CLASSES):
         # Through timed_call: on a GPU it synchronizes, so warm-up time is time the kernels ran.
         warm_up([functools.partial(timed_call, call, protocol) for call in runners], protocol.warmup_s)
         samples = np.empty((protocol.repeats, len(timed)))
-        for round_index in tqdm(range(protocol.repeats), desc=desc, unit="round"):
+        for round_index in progress_bar(range(protocol.repeats), desc=desc, unit="round"):
             for index in order_rng.permutation(len(timed)):
                 samples[round_index, index] = timed_call(runners[index], protocol)
     if protocol.reference:
@@ -554,7 +553,8 @@ def time_in_fresh_processes(arch_configs, protocol, num_classes, condition, call
                             with_reference=False, desc=None):
     """time_in_fresh_process for each network, one process each."""
     return [time_in_fresh_process(arch_config, protocol, num_classes, condition, calls, with_reference)
-            for arch_config in tqdm(arch_configs, desc=desc or f"fresh processes ({condition})", unit="network")]
+            for arch_config in progress_bar(arch_configs, desc=desc or f"fresh processes ({condition})",
+                                            unit="network")]
 
 
 def at_reference_level(results, level):

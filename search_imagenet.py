@@ -35,7 +35,6 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 import constraint
 import data
@@ -46,10 +45,11 @@ from model_search import (SHORTCUT_LAYERS, SuperNet, gumbel_softmax_hard, one_ho
                           warmup_paths)
 from utils import (
     EXPLODED_LOSS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
-    AverageMeter, MetricsFile, RedrawClock, UserError, accuracy, add_device_arguments, all_gather_objects,
-    all_reduce_sum, check_seed, cleanup_distributed, frozen, init_distributed, launch, load_checkpoint, new_figure,
-    non_finite_entries, resolve_device_type, rng_states, run_cli, run_folder_lock, run_logger, save_checkpoint,
-    save_checkpoint_again, save_figure, seed_everything, set_rng_states, share_cpu_threads, write_json,
+    AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy, add_device_arguments,
+    all_gather_objects, all_reduce_sum, check_seed, cleanup_distributed, frozen, init_distributed, launch,
+    load_checkpoint, new_figure, non_finite_entries, progress_bar, resolve_device_type, rng_states, run_cli,
+    run_folder_lock, run_logger, save_checkpoint, save_checkpoint_again, save_figure, seed_everything, set_rng_states,
+    share_cpu_threads, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -137,7 +137,7 @@ DEMO_DATASET = {"train_per_class": 60, "val_per_class": 30, "image_size": 32}
 def get_args_parser():
     parser = argparse.ArgumentParser(
         description="LightNAS: search a network whose predicted latency lands on --target_latency.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     run = parser.add_argument_group("run")
     run.add_argument("--save", default="search-demo", help="output folder (log, metrics, arch.json, checkpoints)")
     run.add_argument("--dataset", default=None,
@@ -149,11 +149,12 @@ def get_args_parser():
                           "30 epochs; use it for your own small image set). Options given always win "
                           "(default: paper with --dataset, demo without)")
     run.add_argument("--resume", default=None,
-                     help="checkpoint (or save folder) to continue; a warmup.pth.tar starts a search for any target")
+                     help="checkpoint (or save folder) to continue; a warmup.pth.tar starts a search for any target "
+                          "(default: a new search)")
     run.add_argument("--seed", type=int, default=10, help="random seed (paper: 10)")
     run.add_argument("--stop_after_epoch", type=int, default=None,
                      help="stop after this epoch (checkpoint kept), e.g. to fit a job's time limit; "
-                          "continue with --resume")
+                          "continue with --resume (default: run to the last epoch)")
     run.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loading processes")
 
     target = parser.add_argument_group("target")
@@ -169,17 +170,17 @@ def get_args_parser():
                              "baseline of earlier methods (FBNet, ProxylessNAS), CE + w * LAT/T with a hand-set w "
                              "(--penalty_weight), no lambda and no latch")
     target.add_argument("--penalty_weight", type=float, default=None,
-                        help="w for --penalty fixed (the paper needs none)")
+                        help="w for --penalty fixed, which needs it (the paper's lagrange takes none)")
     target.add_argument("--land_within", type=float, default=None, metavar="PERCENT",
                         help="beyond the paper: the final architecture is the most probable one (largest sum of "
                              "log p over layers) whose cost is within PERCENT of the target, found exactly; "
-                             "arch.json keeps the raw argmax too (0 = off: the argmax as the paper)")
+                             "arch.json keeps the raw argmax too (default: 0 = off: the argmax, as the paper)")
     target.add_argument("--pick_among", type=int, default=0, metavar="K",
                         help="beyond the paper: the final architecture is the one the supernet scores best (top-1 "
                              "on alpha's images, BatchNorm recomputed per path) among alpha's most probable "
                              "architecture in the band and up to K-1 others drawn from alpha there; the band is "
-                             "--land_within's, or +-1%% of the target; arch.json lists every candidate (0 = off: "
-                             "the argmax as the paper)")
+                             "--land_within's, or +-1%% of the target; arch.json lists every candidate (default: "
+                             "0 = off: the argmax, as the paper)")
     target.add_argument("--strict", action="store_true",
                         help="beyond the paper: the final architecture is the most probable one whose cost does "
                              "not exceed the target (with --land_within: within PERCENT and not above T)")
@@ -240,10 +241,10 @@ def get_args_parser():
                          help="the weights' training augmentation: release = RandomResizedCrop + flip + colour "
                               "jitter; flip = horizontal flip only (paper: {augment}, demo: {demo})".format(
                                   demo=DEMO_SCHEDULE["augment"], **PAPER_SCHEDULE))
-    weights.add_argument("--momentum", type=float, default=0.9)
-    weights.add_argument("--weight_decay", type=float, default=3e-5)
+    weights.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    weights.add_argument("--weight_decay", type=float, default=3e-5, help="SGD weight decay")
     weights.add_argument("--grad_clip", type=float, default=5.0, help="gradient-norm clip")
-    weights.add_argument("--label_smooth", type=float, default=0.1)
+    weights.add_argument("--label_smooth", type=float, default=0.1, help="label smoothing of the cross-entropy")
 
     arch = parser.add_argument_group("architecture (Adam) and lambda")
     arch.add_argument("--arch_learning_rate", type=float, default=None,
@@ -515,7 +516,7 @@ class Searcher:
         self.model.train()
         loss_meter, top1_meter = AverageMeter(), AverageMeter()
         description = f"epoch {epoch + 1} {'warm-up' if warmup else 'weights'}"
-        for images, targets in tqdm(loader, desc=description, leave=False, disable=not self.context.is_main):
+        for images, targets in progress_bar(loader, self.context.is_main, desc=description, leave=False):
             images = images.to(self.context.device, non_blocking=True)
             targets = targets.to(self.context.device, non_blocking=True)
             if warmup:
@@ -550,8 +551,8 @@ class Searcher:
         lagrange = args.penalty == "lagrange"
         cost = self.argmax_cost()
         with frozen(self.weight_parameters):  # alpha's pass needs no weight gradients
-            for images, targets in tqdm(loader, desc=f"epoch {epoch + 1} alpha", leave=False,
-                                        disable=not self.context.is_main):
+            for images, targets in progress_bar(loader, self.context.is_main, desc=f"epoch {epoch + 1} alpha",
+                                                leave=False):
                 images = images.to(self.context.device, non_blocking=True)
                 targets = targets.to(self.context.device, non_blocking=True)
                 if lagrange and not state.latched and in_latch_window(epoch, args) and near_target(cost):

@@ -65,14 +65,12 @@ import dataclasses
 import logging
 import math
 import os
-import sys
 import time
 import warnings
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 import data
 import evaluate
@@ -511,11 +509,12 @@ def train_step(training, images, targets):
 
 
 def train_one_epoch(training, loader, epoch, progress=False):
+    """One pass over `loader`; `progress`: this process may show a bar (drawn on a terminal only)."""
     training.train_model.train()
     device = training.device
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss x images, top-1, top-5, images
     waited = 0.0
-    batches = tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", disable=not progress, leave=False)
+    batches = utils.progress_bar(loader, progress, desc=f"epoch {epoch + 1}", unit="batch", leave=False)
     start = waiting_since = time.perf_counter()
     for step, (images, targets) in enumerate(batches):
         waited += time.perf_counter() - waiting_since
@@ -526,7 +525,7 @@ def train_one_epoch(training, loader, epoch, progress=False):
         sums[0] += loss.double() * count
         sums[1:3] += utils.hit_counts(logits, targets)
         sums[3] += count
-        if progress and step % PROGRESS_POSTFIX_STEPS == 0:
+        if not batches.disable and step % PROGRESS_POSTFIX_STEPS == 0:
             batches.set_postfix(loss=f"{loss.item():.3f}", lr=f"{training.optimizer.param_groups[0]['lr']:.4f}")
         waiting_since = time.perf_counter()
     utils.all_reduce_sum(sums)  # also waits for the device to finish
@@ -705,10 +704,6 @@ def run(args, context):
     return fit(args, context, root)
 
 
-def show_progress(context):
-    return context.is_main and sys.stderr.isatty()
-
-
 def log_setup(logger, args, context, training, num_classes, train_loader, val_loader):
     params, macs = count_params_and_flops(training.model, args.image_size)
     per_process = args.batch_size // context.world_size
@@ -753,9 +748,9 @@ def fit(args, context, root):
     for epoch in range(start_epoch, args.epochs):
         train_loader.sampler.set_epoch(epoch)
         lr = training.optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(training, train_loader, epoch, show_progress(context))
+        stats = train_one_epoch(training, train_loader, epoch, context.is_main)
         stop_if_diverged(epoch, stats.loss, training.model, args)
-        val = evaluate_model(training.model, val_loader, context, show_progress(context))
+        val = evaluate_model(training.model, val_loader, context, context.is_main)
         ema_val = evaluate_model(training.ema.model, val_loader, context, False) if training.ema else None
         rng_states = utils.all_gather_objects(utils.rng_states())
         if context.is_main:
@@ -846,8 +841,7 @@ def evaluate_checkpoint(args, context, root, logger):
     evaluate.check_dataset_classes(val_loader.dataset, num_classes, "--evaluate")
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model.to(context.device, memory_format=memory_format)
-    total, top1, top5 = evaluate.evaluate_counts_distributed(model, val_loader, context.device,
-                                                             show_progress(context))
+    total, top1, top5 = evaluate.evaluate_counts_distributed(model, val_loader, context.device, context.is_main)
     logger.info(evaluate.format_result(total, top1, top5))
     if args.export_onnx and context.is_main:
         export_weights(state_dict, args, num_classes, logger)

@@ -1,5 +1,6 @@
-"""What the LightNAS scripts share: user-error handling, metrics, logging,
-seeding, atomic checkpoints and distributed launching.
+"""What the LightNAS scripts share: user-error handling, help texts,
+metrics, logging and progress bars, seeding, atomic checkpoints and
+distributed launching.
 
 Scripts end with `run_cli(main, get_args_parser())`, so bad input (a
 `UserError` raised anywhere) prints one line and exits with status 2:
@@ -8,6 +9,7 @@ Scripts end with `run_cli(main, get_args_parser())`, so bad input (a
     error: --model: unknown network 'LightNet-99ms'; registered: LightNet-20ms, ...
 """
 
+import argparse
 import contextlib
 import csv
 import dataclasses
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tqdm import tqdm
 
 USER_ERROR_EXIT_CODE = 2  # the same status argparse uses for bad arguments
 
@@ -74,6 +77,25 @@ def parse_forwarded_arguments(parser, arguments, what):
 
     parser.error = refuse
     return parser.parse_args(arguments)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after an option's help, only where it adds
+    something.
+
+    ArgumentDefaultsHelpFormatter appends the default to every help text. It
+    is left out where it would repeat or contradict the text: a help text
+    that already says "default:", a required option (it has none), and a
+    default of None, which is no value the option takes: the script fills
+    it in later (from --schedule, from the predictor) or leaves the feature
+    off, and the help text says which.
+    """
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if action.required or action.default is None or "default:" in help_text:
+            return action.help
+        return super()._get_help_string(action)
 
 
 # What gloo and NCCL say when another process of the run has gone away.
@@ -190,6 +212,25 @@ def create_logger(save_dir=None, name="lightnas"):
         handler.setFormatter(formatter)
         logger.addHandler(handler)
     return logger
+
+
+def stderr_is_terminal():
+    """Whether standard error is a terminal (it may be replaced by an object without isatty, or be None)."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
+def progress_bar(iterable, enabled=True, **options):
+    """`iterable` with a tqdm bar on standard error, drawn only when
+    `enabled` (e.g. in the main process) and standard error is a terminal.
+
+    A bar redraws itself in place with carriage returns. In a file (output
+    redirected, a job's log) every redraw stays: one line of thousands of
+    characters per pass. A bar only shows how far a pass has come; what a
+    run measures is in the lines it prints or logs. `options` go to tqdm
+    (desc, unit, leave, ...).
+    """
+    return tqdm(iterable, disable=not (enabled and stderr_is_terminal()), **options)
 
 
 def run_logger(context, save_dir, name):

@@ -141,7 +141,7 @@ def describe_device():
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description="Retrain random networks of one latency once; store the results.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=utils.DefaultsHelpFormatter)
     parser.add_argument("--target", type=float, default=24.0, help="target latency, ms on the Jetson table")
     parser.add_argument("--nets", type=int, default=24, help="random architectures within +-1%% of the target")
     parser.add_argument("--seeds", type=int, default=3, help="paired retraining seeds per architecture")

@@ -61,7 +61,7 @@ VARIANTS = {
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description="Raw landing of the demo search over many targets and seeds.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=utils.DefaultsHelpFormatter)
     parser.add_argument("--targets", type=float, nargs="+", default=[float(t) for t in range(20, 31)],
                         help="target latencies, ms on the Jetson table")
     parser.add_argument("--seeds", type=int, nargs="+", default=[10, 11], help="search seeds")

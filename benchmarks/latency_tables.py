@@ -30,7 +30,6 @@ import sys
 import time
 
 import numpy as np
-from tqdm import tqdm
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -40,7 +39,7 @@ import latency_predictor as lp  # noqa: E402
 import latency_timing  # noqa: E402
 import model_train  # noqa: E402
 import operations  # noqa: E402
-from utils import UserError, run_cli  # noqa: E402
+from utils import UserError, progress_bar, run_cli  # noqa: E402
 
 JETSON_ARCHS = 10000
 HELD_OUT_ARCHS = 30  # issue: at least 30 held-out random networks
@@ -140,7 +139,7 @@ def fresh_process_figures(tables, indices, protocol, sizes):
     print(f"the same networks, each alone in a fresh process ({sizes['fresh_warmup_s']:g} s warm-up, median of "
           f"{sizes['fresh_calls']} calls); deployment: {latency_timing.deployment_line(protocol.threads)}")
     fresh = {condition: [] for condition in latency_timing.CONDITIONS}
-    for row in tqdm(indices, desc="fresh processes", unit="network"):
+    for row in progress_bar(indices, desc="fresh processes", unit="network"):
         for condition, results in fresh.items():
             results.append(latency_timing.time_in_fresh_process(operations.indices_to_arch(row), protocol,
                                                                 NUM_CLASSES, condition, sizes["fresh_calls"],

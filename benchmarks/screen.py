@@ -55,7 +55,7 @@ SCREENS_NAME = "screens.jsonl"
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description="Screen search variants against a stored ground truth.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=utils.DefaultsHelpFormatter)
     parser.add_argument("--name", default=None, help="the variant's name (its searches go to --out/NAME/; with "
                                                           "--folders, the label of their row)")
     parser.add_argument("--folders", nargs="+", default=None, help="finished search folders to screen instead")

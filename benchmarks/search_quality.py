@@ -108,7 +108,7 @@ TOY = Scale("toy", dict(reproduce_tables.QUICK.dataset),
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description="Searched networks vs random networks of equal predicted latency.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=utils.DefaultsHelpFormatter)
     parser.add_argument("--target", type=float, default=24.0, help="target latency T, ms on the Jetson table")
     parser.add_argument("--searches", type=int, default=2, help="independent searches (search seeds)")
     parser.add_argument("--random_nets", type=int, default=16, help="random architectures within +-1%% of T")

@@ -187,7 +187,7 @@ def test_a_build_noisier_than_allowed_exits_2_and_writes_nothing(tmp_path, capsy
                 ["build", "--method", "isolated", "--repeats", "2", "--warmup_s", "0", "--max_jitter_pct", "1e-9",
                  "--out", str(out)])
     assert exit_info.value.code == 2
-    last_line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.startswith("error: the machine was too noisy") and "no table written" in last_line
     assert "Traceback" not in last_line and list(tmp_path.iterdir()) == []
 

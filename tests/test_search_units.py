@@ -1,7 +1,9 @@
 """The supernet and the search's update rules, one piece at a time."""
 
 import argparse
+import io
 import math
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -131,6 +133,31 @@ def demo_searcher(*options):
     torch.manual_seed(0)
     context = utils.DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     return search_imagenet.Searcher(args, context, predictor, num_classes=3, dataset_fingerprint=None)
+
+
+class TerminalStream(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_the_search_draws_its_progress_bars_on_a_terminal_only(monkeypatch, terminal):
+    """Redirected to a file, a bar's every redraw would stay: one line of
+    thousands of characters per pass in the search's log."""
+    stream = TerminalStream() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    searcher = demo_searcher()
+    generator = torch.Generator().manual_seed(0)
+    loader = [(torch.randn(4, 3, SMALL_INPUT, SMALL_INPUT, generator=generator), torch.tensor([0, 1, 2, 0]))] * 2
+    searcher.train_weights(loader, epoch=0, tau=1.0, eta=searcher.args.eta, warmup=False)
+    searcher.train_alpha(loader, epoch=0, tau=1.0, eta=searcher.args.eta, steps=constraint.new_step_log())
+    drawn = stream.getvalue()
+    if terminal:
+        assert "epoch 1 weights" in drawn and "epoch 1 alpha" in drawn
+    else:
+        assert drawn == ""
 
 
 def expected_cost_after_alpha_steps(searcher, steps=15):

@@ -1,9 +1,14 @@
-"""The shared helpers: errors, checkpoints, RNG state, device options."""
+"""The shared helpers: errors, checkpoints, RNG state, device options,
+help texts and progress bars."""
 
 import argparse
+import importlib.util
+import io
 import os
 import pickle
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -302,3 +307,77 @@ def test_a_killed_process_of_a_spawned_run_is_named_in_one_line(monkeypatch, cap
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip() == ("error: process 1 of this run was killed (signal 9); the others "
                                                "were stopped")
+
+
+# ------------------------------------------------------------ help texts
+
+
+def test_help_formatter_names_a_default_once_and_never_none():
+    parser = argparse.ArgumentParser(formatter_class=utils.DefaultsHelpFormatter)
+    parser.add_argument("--plain", type=int, default=3, help="a number")
+    parser.add_argument("--stated", default="auto", help="a mode (default: auto)")
+    parser.add_argument("--later", type=int, default=None, help="filled in by the schedule (paper: 90, demo: 30)")
+    parser.add_argument("--needed", required=True, help="a file to write")
+    text = " ".join(parser.format_help().split())
+    assert "a number (default: 3)" in text
+    assert text.count("(default: auto)") == 1
+    assert "(paper: 90, demo: 30) --needed" in text  # nothing appended to the schedule's values
+    assert text.endswith("a file to write")  # a required option has no default
+    assert "None" not in text
+
+
+def load_script(relative_path):
+    """A script of the repository as a module (benchmarks/ is no package)."""
+    path = Path(__file__).resolve().parents[1] / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Every script whose --help appends defaults by itself (train_imagenet.py writes its own into each help text).
+DEFAULTS_HELP_SCRIPTS = ("search_imagenet.py", "benchmarks/landing.py", "benchmarks/screen.py",
+                         "benchmarks/search_quality.py", "benchmarks/ground_truth.py")
+
+
+@pytest.mark.parametrize("script", DEFAULTS_HELP_SCRIPTS)
+def test_script_help_names_each_default_at_most_once_and_never_none(script):
+    parser = load_script(script).get_args_parser()
+    assert parser.formatter_class is utils.DefaultsHelpFormatter
+    assert "(default: None)" not in " ".join(parser.format_help().split())
+    formatter = parser._get_formatter()
+    for action in parser._actions:  # each option's help as --help prints it, before line wrapping
+        if action.help:
+            assert formatter._expand_help(action).count("default:") <= 1, action.option_strings
+
+
+def test_search_help_keeps_the_defaults_it_had():
+    import search_imagenet
+
+    text = " ".join(search_imagenet.get_args_parser().format_help().split())
+    for shown in ("total search epochs (paper: 90, demo: 30)", "(default: 24.0)", "(default: the Jetson AGX Xavier "
+                  "table)", "(default: lagrange)", "SGD momentum (default: 0.9)", "(default: 1); under torchrun",
+                  "--gpus N runs N CPU processes with gloo (default: auto)"):
+        assert shown in text
+
+
+# ---------------------------------------------------------- progress bars
+
+
+class TerminalStream(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("stream, enabled, drawn", [
+    (TerminalStream(), True, True),
+    (io.StringIO(), True, False),  # output redirected to a file: no bar
+    (TerminalStream(), False, False),  # a process that is not the main one
+])
+def test_progress_bar_is_drawn_on_a_terminal_only(monkeypatch, stream, enabled, drawn):
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert list(utils.progress_bar(range(3), enabled, desc="pass")) == [0, 1, 2]
+    assert ("pass" in stream.getvalue()) == drawn
+    assert drawn or stream.getvalue() == ""
