@@ -9,6 +9,10 @@ and lambda is reset to 0 whenever it pushes the wrong way; in the last
 epochs, once |LAT(argmax) - T| is below a tolerance, alpha's learning rate
 becomes its scheduled value times |LAT/T - 1|, which holds alpha near T.
 
+The latch lives here whole (`Latch`: when it engages, alpha's lr under it,
+lambda under it, which steps it undoes; `alpha_snapshot` and
+`restore_flipped_layers`: the undo); the search's alpha pass only asks it.
+
 Beyond the paper, also here: the latch's `hold` mode (LATCH_MODES) and the
 exact projection of the final alpha onto a cost band behind --land_within
 and --strict (project_to_band).
@@ -18,6 +22,7 @@ import dataclasses
 import math
 
 import numpy as np
+import torch
 
 
 def update_lagrange_multiplier(tradeoff, cost, target, step):
@@ -53,6 +58,74 @@ def latched_arch_lr(scheduled_lr, cost, target):
     """The paper's latch: alpha's lr scaled by the relative miss, so alpha
     all but stops while the argmax sits on the target."""
     return scheduled_lr * abs(cost / target - 1.0)
+
+
+@dataclasses.dataclass
+class Latch:
+    """The latch in one place: when it engages, the lr it gives alpha, what
+    lambda does under it, and (hold) which steps are undone. The search's
+    alpha pass asks it before and after every step; the undo itself is
+    `alpha_snapshot` / `restore_flipped_layers` below.
+
+    `band` is the tolerance in the unit of T (tolerance_amount); `enabled`
+    is False for the fixed penalty, which has no lambda and no latch."""
+
+    mode: str          # LATCH_MODES
+    hold_lambda: str   # "zero" or "keep": lambda under hold
+    band: float
+    target: float
+    enabled: bool = True
+
+    def near_target(self, cost):
+        return abs(cost - self.target) < self.band
+
+    def engage_if_near(self, state, cost, in_window):
+        """Latch, once and for good, when the argmax's cost is within the
+        band inside the latch window; hold with lambda "zero" sets lambda to
+        0 (the target is met: alpha learns from the cross-entropy alone)."""
+        if self.enabled and not state.latched and in_window and self.near_target(cost):
+            state.latched = True
+            if self.mode == "hold" and self.hold_lambda == "zero":
+                state.tradeoff = 0.0
+
+    def holding(self, state):
+        return state.latched and self.mode == "hold"
+
+    def arch_lr(self, state, scheduled_lr, cost):
+        """alpha's lr for the next step: scaled by the miss under the
+        paper's latch, the scheduled one otherwise (hold included)."""
+        if state.latched and not self.holding(state):
+            return latched_arch_lr(scheduled_lr, cost, self.target)
+        return scheduled_lr
+
+    def must_undo(self, state, new_cost):
+        """hold: a step that took the argmax out of the band is undone."""
+        return self.holding(state) and not self.near_target(new_cost)
+
+    def updates_lambda(self, state):
+        """lambda follows its rule unless the hold keeps it (at 0)."""
+        return self.enabled and (not self.holding(state) or self.hold_lambda == "keep")
+
+
+def alpha_snapshot(alpha, optimizer):
+    """alpha and its Adam moments before a step, for restore_flipped_layers."""
+    moments = {key: value.clone() for key, value in optimizer.state.get(alpha, {}).items()
+               if torch.is_tensor(value) and value.shape == alpha.shape}
+    return alpha.detach().clone(), moments
+
+
+def restore_flipped_layers(alpha, optimizer, snapshot, logits_of):
+    """Put back alpha and its Adam moments in the layers whose argmax the
+    last step changed (`logits_of(alpha)`: the logits the argmax is taken
+    of): their argmax is the snapshot's again, while every other layer keeps
+    what it learned in the step. Returns the mask of restored layers."""
+    before, moments = snapshot
+    flipped = logits_of(alpha.detach()).argmax(dim=-1) != logits_of(before).argmax(dim=-1)
+    with torch.no_grad():
+        alpha[flipped] = before[flipped]
+        for key, value in moments.items():
+            optimizer.state[alpha][key][flipped] = value[flipped]
+    return flipped
 
 
 def parse_tolerance(text):

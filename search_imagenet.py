@@ -480,6 +480,9 @@ class Searcher:
         self.arch_generator = torch.Generator(device=context.device).manual_seed(args.seed)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smooth)
         self.state = SearchState(tradeoff=args.tradeoff)
+        self.latch = constraint.Latch(args.latch, args.hold_lambda,
+                                      constraint.tolerance_amount(args.latch_tolerance, args.target_latency),
+                                      args.target_latency, enabled=args.penalty == "lagrange")
 
     def argmax_cost(self):
         return self.predictor.cost(self.model.derive())
@@ -538,39 +541,30 @@ class Searcher:
     def train_alpha(self, loader, epoch, tau, eta, steps):
         """One pass over val/ updating alpha; lambda after every step. Each
         step's costs, lambda, latch and lr are appended to `steps`."""
-        args, state = self.args, self.state
+        args, state, latch = self.args, self.state, self.latch
         self.model.train()
         loss_meter, top1_meter = AverageMeter(), AverageMeter()
         scheduled_lr = scheduled_arch_lr(epoch, args)
         lr = scheduled_lr
-        band = constraint.tolerance_amount(args.latch_tolerance, args.target_latency)
-
-        def near_target(value):
-            return abs(value - args.target_latency) < band
-
-        lagrange = args.penalty == "lagrange"
+        in_window = in_latch_window(epoch, args)
+        alpha = self.model.alpha
         cost = self.argmax_cost()
         with frozen(self.weight_parameters):  # alpha's pass needs no weight gradients
             for images, targets in progress_bar(loader, self.context.is_main, desc=f"epoch {epoch + 1} alpha",
                                                 leave=False):
                 images = images.to(self.context.device, non_blocking=True)
                 targets = targets.to(self.context.device, non_blocking=True)
-                if lagrange and not state.latched and in_latch_window(epoch, args) and near_target(cost):
-                    state.latched = True
-                    if args.latch == "hold" and args.hold_lambda == "zero":
-                        state.tradeoff = 0.0  # the target is met: alpha learns from the cross-entropy alone
-                holding = state.latched and args.latch == "hold"
-                lr = constraint.latched_arch_lr(scheduled_lr, cost, args.target_latency) \
-                    if state.latched and not holding else scheduled_lr
-                before = self.arch_snapshot() if holding else None
+                latch.engage_if_near(state, cost, in_window)
+                lr = latch.arch_lr(state, scheduled_lr, cost)
+                before = constraint.alpha_snapshot(alpha, self.arch_optimizer) if latch.holding(state) else None
                 cross_entropy, logits, sample_cost = self.alpha_step(images, targets, tau, eta, lr)
                 new_cost = self.argmax_cost()
-                undone = holding and not near_target(new_cost)
+                undone = latch.must_undo(state, new_cost)
                 if undone:
-                    self.restore_flipped_layers(before)
+                    constraint.restore_flipped_layers(alpha, self.arch_optimizer, before, self.model.arch_logits)
                 else:
                     cost = new_cost
-                if lagrange and (not holding or args.hold_lambda == "keep"):
+                if latch.updates_lambda(state):
                     state.tradeoff = constraint.update_lagrange_multiplier(state.tradeoff, cost, args.target_latency,
                                                                            args.tradeoff_learning_rate)
                 constraint.append_step(steps, argmax_cost=cost, expected_cost=self.expected_cost(),
@@ -579,25 +573,6 @@ class Searcher:
                 loss_meter.update(cross_entropy.item(), targets.size(0))
                 top1_meter.update(accuracy(logits.detach(), targets, topk=(1,))[0], targets.size(0))
         return loss_meter.average, top1_meter.average, lr
-
-    def arch_snapshot(self):
-        """Alpha and its Adam moments, to undo a step in part (--latch hold)."""
-        alpha = self.model.alpha
-        moments = {key: value.clone() for key, value in self.arch_optimizer.state.get(alpha, {}).items()
-                   if torch.is_tensor(value) and value.shape == alpha.shape}
-        return alpha.detach().clone(), moments
-
-    def restore_flipped_layers(self, snapshot):
-        """Put back alpha and its Adam moments in the layers whose argmax the
-        last step changed: the argmax is the snapshot's again, while every
-        other layer keeps what it learned in the step."""
-        before, moments = snapshot
-        alpha = self.model.alpha
-        flipped = self.model.arch_logits().detach().argmax(dim=-1) != self.model.arch_logits(before).argmax(dim=-1)
-        with torch.no_grad():
-            alpha[flipped] = before[flipped]
-            for key, value in moments.items():
-                self.arch_optimizer.state[alpha][key][flipped] = value[flipped]
 
     def expected_cost(self):
         """The cost of alpha's distribution (sum of p * cost for a table)."""

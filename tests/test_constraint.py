@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import constraint
 import latency_predictor
@@ -131,3 +132,63 @@ def test_projection_never_gives_up_more_log_probability_than_the_greedy_repair(s
     exact = constraint.project_to_band(log_p, predictor, low, high)
     assert low <= cost(exact) <= high
     assert log_p[np.arange(21), exact].sum() >= log_p[np.arange(21), greedy].sum() - 1e-9
+
+
+def test_the_latch_engages_once_near_the_target_and_decides_lr_lambda_and_undo():
+    band, target = 0.24, 24.0  # 1%
+    hold = constraint.Latch("hold", "zero", band, target)
+    state = constraint.SearchState(tradeoff=0.3)
+    hold.engage_if_near(state, 24.5, in_window=True)  # outside the band
+    hold.engage_if_near(state, 24.1, in_window=False)  # before the window
+    assert not state.latched and state.tradeoff == 0.3 and hold.updates_lambda(state)
+    hold.engage_if_near(state, 24.1, in_window=True)
+    assert state.latched and state.tradeoff == 0.0 and not hold.updates_lambda(state)
+    assert hold.arch_lr(state, 0.1, 24.1) == 0.1  # hold keeps the scheduled lr
+    assert hold.must_undo(state, 24.3) and not hold.must_undo(state, 23.8)
+
+    keep = constraint.Latch("hold", "keep", band, target)
+    state = constraint.SearchState(tradeoff=0.3)
+    keep.engage_if_near(state, 24.1, in_window=True)
+    assert state.latched and state.tradeoff == 0.3 and keep.updates_lambda(state)
+
+    scale = constraint.Latch("scale", "zero", band, target)  # the paper's latch
+    state = constraint.SearchState(tradeoff=0.3)
+    scale.engage_if_near(state, 24.1, in_window=True)
+    assert state.latched and state.tradeoff == 0.3 and scale.updates_lambda(state)
+    assert scale.arch_lr(state, 0.1, 24.6) == pytest.approx(0.1 * 0.025)
+    assert not scale.must_undo(state, 30.0)
+
+    fixed = constraint.Latch("hold", "zero", band, target, enabled=False)  # the fixed penalty: no lambda, no latch
+    state = constraint.SearchState(tradeoff=0.0)
+    fixed.engage_if_near(state, 24.0, in_window=True)
+    assert not state.latched and not fixed.updates_lambda(state)
+
+
+def test_restore_flipped_layers_puts_back_alpha_and_adams_moments_where_the_argmax_moved():
+    alpha = torch.nn.Parameter(torch.zeros(4, 3))
+    with torch.no_grad():
+        alpha[:, 0] = 1.0  # every layer's argmax is op 0
+    optimizer = torch.optim.Adam([alpha], lr=2.0)
+
+    def adam_step(gradient):
+        optimizer.zero_grad()
+        (alpha * gradient).sum().backward()
+        optimizer.step()
+
+    adam_step(torch.tensor([[0.0, 1.0, 0.0]] * 4))  # moments exist; op 1 falls, no argmax moves
+    snapshot = constraint.alpha_snapshot(alpha, optimizer)
+    gradient = torch.tensor([[0.0, 1.0, 0.0]] * 4)
+    gradient[2] = torch.tensor([1.0, 0.0, -1.0])  # layer 2: op 2 overtakes op 0
+    adam_step(gradient)
+    stepped = alpha.detach().clone()
+    assert stepped.argmax(dim=-1).tolist() == [0, 0, 2, 0]
+
+    flipped = constraint.restore_flipped_layers(alpha, optimizer, snapshot, lambda logits: logits)
+    assert flipped.tolist() == [False, False, True, False]
+    before, moments = snapshot
+    assert torch.equal(alpha[2], before[2]) and alpha.argmax(dim=-1).tolist() == [0, 0, 0, 0]
+    for layer in (0, 1, 3):  # the other layers keep what the step taught them
+        assert torch.equal(alpha[layer], stepped[layer]) and not torch.equal(alpha[layer], before[layer])
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(optimizer.state[alpha][key][2], moments[key][2])
+        assert not torch.equal(optimizer.state[alpha][key][0], moments[key][0])

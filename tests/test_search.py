@@ -370,6 +370,30 @@ def test_hold_latch_keeps_the_argmax_in_the_band_with_lambda_held_at_zero(finish
     assert latched == list(range(latched[0], len(steps["latched"])))  # once latched, always latched
 
 
+def test_a_held_step_that_leaves_the_band_is_undone_in_the_layers_it_flipped(finished_search, tiny_dataset, tmp_path,
+                                                                             monkeypatch):
+    # Force the undo: every held step counts as one that left the band, so
+    # every layer a held step flips must be put back and the argmax frozen.
+    monkeypatch.setattr(constraint.Latch, "must_undo", lambda latch, state, new_cost: latch.holding(state))
+    restored = []
+    real_restore = constraint.restore_flipped_layers
+
+    def counting_restore(*arguments):
+        flipped = real_restore(*arguments)
+        restored.append(int(flipped.sum()))
+        return flipped
+
+    monkeypatch.setattr(constraint, "restore_flipped_layers", counting_restore)
+    rows, _ = latch_run(tiny_dataset, finished_search, tmp_path / "undo", ["--latch", "hold", "--latch_tolerance", "30%"])
+    steps = {name: sum((row["steps"][name] for row in rows), []) for name in rows[0]["steps"]}
+    latched = [index for index, on in enumerate(steps["latched"]) if on]
+    assert latched and all(steps["undone"][index] for index in latched)
+    assert not any(undone for undone, on in zip(steps["undone"], steps["latched"]) if not on)
+    assert len(restored) == len(latched) and sum(restored) > 0  # some held steps did flip a layer
+    held = [row["arch_config"] for row in rows if all(row["steps"]["latched"])]
+    assert held and all(arch == held[0] for arch in held)  # every flip put back: the argmax never moved
+
+
 def test_hold_with_lambda_kept_goes_on_following_the_multiplier_rule(finished_search, tiny_dataset, tmp_path):
     rows, settings = latch_run(tiny_dataset, finished_search, tmp_path / "hold-keep",
                                ["--latch", "hold", "--latch_tolerance", "30%", "--hold_lambda", "keep"])
