@@ -46,10 +46,10 @@ from model_search import (SHORTCUT_LAYERS, SuperNet, gumbel_softmax_hard, one_ho
 from utils import (
     EXPLODED_LOSS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
     AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy, add_device_arguments,
-    all_gather_objects, all_reduce_sum, check_seed, cleanup_distributed, frozen, init_distributed, launch,
-    load_checkpoint, new_figure, non_finite_entries, progress_bar, resolve_device_type, rng_states, run_cli,
-    run_folder_lock, run_logger, save_checkpoint, save_checkpoint_again, save_figure, seed_everything, set_rng_states,
-    share_cpu_threads, write_json,
+    all_gather_objects, all_reduce_sum, check_number_rules, check_seed, cleanup_distributed, fill_from_schedule, frozen,
+    init_distributed, launch, load_checkpoint, new_figure, non_finite_entries, progress_bar, resolve_device_type,
+    rng_states, run_cli, run_folder_lock, run_logger, save_checkpoint, save_checkpoint_again, save_figure,
+    seed_everything, set_rng_states, share_cpu_threads, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -283,11 +283,7 @@ def resolve_schedule(args):
     """Fill the schedule options the user left unset from --schedule (the
     paper's values with --dataset, the demo's without, unless it says
     otherwise). Explicit values always win."""
-    if args.schedule is None:
-        args.schedule = "paper" if args.dataset else "demo"
-    for name, value in SCHEDULES[args.schedule].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    return fill_from_schedule(args, SCHEDULES)
 
 
 MIN_IMAGE_SIZE = 16  # the smallest crop the tests run; below it every late layer sees one pixel
@@ -296,8 +292,7 @@ MAX_TAU = 100.0  # a Gumbel temperature above this makes every sample uniform no
 MIN_FINAL_TAU = 1e-4  # below it alpha / tau overflows float32 (the paper's schedule ends at 1.7e-3)
 MAX_ETA = 100.0  # the shared shortcut's weight
 MAX_TRADEOFF = 1e6  # |initial lambda|
-# Each numeric option: what it must be, as (test, description). NaN fails
-# every comparison, and infinities are refused separately.
+# Each numeric option: what it must be (utils.check_number_rules).
 NUMBER_RULES = (
     (("epochs", "arch_lr_step"), lambda value: 1 <= value <= MAX_EPOCHS, f"in [1, {MAX_EPOCHS}]"),
     (("warmup_epochs", "latch_epochs"), lambda value: 0 <= value <= MAX_EPOCHS, f"in [0, {MAX_EPOCHS}]"),
@@ -322,11 +317,7 @@ NUMBER_RULES = (
 
 def validate_settings(args):
     check_seed(args.seed)
-    for names, test, description in NUMBER_RULES:
-        for name in names:
-            value = getattr(args, name)
-            if not (test(value) and math.isfinite(value)):
-                raise UserError(f"--{name} must be {description}, got {value}")
+    check_number_rules(args, NUMBER_RULES)
     try:
         constraint.parse_tolerance(args.latch_tolerance)
     except ValueError as error:

@@ -76,7 +76,7 @@ import data
 import evaluate
 import utils
 from model_train import DEFAULT_DROPOUT, LightNet, count_params_and_flops, resolve_arch_config
-from utils import UserError
+from utils import UserError, check_number_rules, fill_from_schedule
 
 # ------------------------------------------------------------ the recipe
 # The paper's retraining recipe (its experiments; the authors' training command), unless said otherwise.
@@ -210,43 +210,36 @@ def get_args_parser():
 
 
 def resolve_schedule(args):
-    """Fill the options left unset from --schedule: the paper's recipe with
-    --dataset, the demo's schedule without, unless it says otherwise;
-    explicit values always win."""
-    if args.schedule is None:
-        args.schedule = "paper" if args.dataset is not None else "demo"
-    for name, value in SCHEDULES[args.schedule].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    """Fill the options left unset from --schedule (utils.fill_from_schedule:
+    the paper's recipe with --dataset, the demo's schedule without); then
+    --scale_lr scales the lr to the batch size."""
+    fill_from_schedule(args, SCHEDULES)
     if args.scale_lr:
         args.lr = args.lr * args.batch_size / RECIPE_BATCH_SIZE
     return args
 
 
+# Each numeric option: what it must be (utils.check_number_rules).
+NUMBER_RULES = (
+    (("epochs",), lambda value: 1 <= value <= utils.MAX_EPOCHS, f"in [1, {utils.MAX_EPOCHS}]"),
+    (("batch_size",), lambda value: 1 <= value <= utils.MAX_BATCH_SIZE, f"in [1, {utils.MAX_BATCH_SIZE}]"),
+    (("image_size",), lambda value: 32 <= value <= utils.MAX_IMAGE_SIZE,
+     f"in [32, {utils.MAX_IMAGE_SIZE}] (the network downsamples 32x)"),
+    (("lr",), lambda value: 0 < value <= utils.MAX_LEARNING_RATE, f"in (0, {utils.MAX_LEARNING_RATE:g}]"),
+    (("warmup_epochs",), lambda value: 0 <= value <= utils.MAX_EPOCHS, f"in [0, {utils.MAX_EPOCHS}]"),
+    (("momentum", "label_smoothing", "dropout"), lambda value: 0 <= value < 1, "in [0, 1)"),
+    (("weight_decay",), lambda value: 0 <= value <= 1, "in [0, 1]"),
+    (("grad_clip",), lambda value: value >= 0, "a non-negative number (0: no clipping)"),
+    (("ema_decay",), lambda value: 0 < value < 1, "in (0, 1)"),
+    (("workers",), lambda value: value is None or 0 <= value <= utils.MAX_WORKERS, f"in [0, {utils.MAX_WORKERS}]"),
+    (("onnx_opset",), lambda value: MIN_ONNX_OPSET <= value <= MAX_ONNX_OPSET,
+     f"in [{MIN_ONNX_OPSET}, {MAX_ONNX_OPSET}] (what the exporter writes for this network)"),
+    (("prefetch_factor",), lambda value: value >= 1, "at least 1"),
+)
+
+
 def check_numbers(args, world_size):
-    checks = [
-        (1 <= args.epochs <= utils.MAX_EPOCHS, f"--epochs must be in [1, {utils.MAX_EPOCHS}]"),
-        (1 <= args.batch_size <= utils.MAX_BATCH_SIZE, f"--batch_size must be in [1, {utils.MAX_BATCH_SIZE}]"),
-        (32 <= args.image_size <= utils.MAX_IMAGE_SIZE,
-         f"--image_size must be in [32, {utils.MAX_IMAGE_SIZE}] (the network downsamples 32x)"),
-        (0 < args.lr <= utils.MAX_LEARNING_RATE, f"--lr must be in (0, {utils.MAX_LEARNING_RATE:g}]"),
-        (0 <= args.warmup_epochs <= utils.MAX_EPOCHS, f"--warmup_epochs must be in [0, {utils.MAX_EPOCHS}]"),
-        (0 <= args.momentum < 1, "--momentum must be in [0, 1)"),
-        (0 <= args.weight_decay <= 1, "--weight_decay must be in [0, 1]"),
-        (0 <= args.label_smoothing < 1, "--label_smoothing must be in [0, 1)"),
-        (0 <= args.dropout < 1, "--dropout must be in [0, 1)"),
-        (0 <= args.grad_clip < math.inf, "--grad_clip must be a non-negative number (0: no clipping)"),
-        (0 < args.ema_decay < 1, "--ema_decay must be in (0, 1)"),
-        (args.workers is None or 0 <= args.workers <= utils.MAX_WORKERS,
-         f"--workers must be in [0, {utils.MAX_WORKERS}]"),
-        (MIN_ONNX_OPSET <= args.onnx_opset <= MAX_ONNX_OPSET,
-         f"--onnx_opset must be in [{MIN_ONNX_OPSET}, {MAX_ONNX_OPSET}] (what the exporter writes for this network)"),
-        (args.prefetch_factor >= 1, "--prefetch_factor must be at least 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            option = message.split()[0]  # every message starts with its option: say what was given
-            raise UserError(f"{message}, got {getattr(args, option[2:])}")
+    check_number_rules(args, NUMBER_RULES)
     utils.check_seed(args.seed)
     if args.batch_size % world_size:
         raise UserError(f"--batch_size {args.batch_size} is the global batch and must divide evenly "

@@ -17,6 +17,7 @@ import fcntl
 import glob
 import json
 import logging
+import math
 import os
 import pickle
 import random
@@ -271,6 +272,31 @@ MAX_IMAGE_SIZE = 2048  # pixels per side
 MAX_CLASSES = 100_000  # a 1280 x 100,000 classifier is 0.5 GB already
 MAX_WORKERS = 256
 MAX_WIDTH_MULT = 4.0  # a LightNet 4x wider has 16x the weights (about 110 M)
+
+
+def fill_from_schedule(args, schedules):
+    """Fill the options left unset (None) from `schedules[args.schedule]`;
+    without --schedule, "paper" when --dataset is given and "demo" without
+    (search and training share this rule). Explicit values always win."""
+    if args.schedule is None:
+        args.schedule = "paper" if args.dataset is not None else "demo"
+    for name, value in schedules[args.schedule].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def check_number_rules(args, rules):
+    """Each rule is (option names, test, description): every named option's
+    value must pass `test` and, if a float, be finite (NaN fails every
+    comparison, an infinity is refused here). The first that does not is one
+    UserError: "--name must be <description>, got <value>"."""
+    for names, test, description in rules:
+        for name in names:
+            value = getattr(args, name)
+            finite = not isinstance(value, float) or math.isfinite(value)
+            if not (finite and test(value)):
+                raise UserError(f"--{name} must be {description}, got {value}")
 
 
 def check_seed(seed):

@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -381,3 +382,24 @@ def test_progress_bar_is_drawn_on_a_terminal_only(monkeypatch, stream, enabled, 
     assert list(utils.progress_bar(range(3), enabled, desc="pass")) == [0, 1, 2]
     assert ("pass" in stream.getvalue()) == drawn
     assert drawn or stream.getvalue() == ""
+
+
+def test_number_rules_refuse_the_first_bad_value_with_its_option_and_infinities_too():
+    rules = ((("epochs",), lambda value: 1 <= value <= 10, "in [1, 10]"),
+             (("lr", "clip"), lambda value: value > 0, "positive"))
+    utils.check_number_rules(argparse.Namespace(epochs=3, lr=0.1, clip=5.0), rules)
+    for values, message in (({"epochs": 0, "lr": 0.1, "clip": 1.0}, "--epochs must be in [1, 10], got 0"),
+                            ({"epochs": 3, "lr": float("nan"), "clip": 1.0}, "--lr must be positive, got nan"),
+                            ({"epochs": 3, "lr": 0.1, "clip": float("inf")}, "--clip must be positive, got inf")):
+        with pytest.raises(utils.UserError, match=f"^{re.escape(message)}$"):
+            utils.check_number_rules(argparse.Namespace(**values), rules)
+
+
+def test_a_schedule_fills_only_the_unset_options_paper_with_a_dataset_demo_without():
+    schedules = {"paper": {"epochs": 90, "lr": 0.1}, "demo": {"epochs": 30, "lr": 0.05}}
+    demo = utils.fill_from_schedule(argparse.Namespace(schedule=None, dataset=None, epochs=None, lr=0.2), schedules)
+    assert (demo.schedule, demo.epochs, demo.lr) == ("demo", 30, 0.2)
+    paper = utils.fill_from_schedule(argparse.Namespace(schedule=None, dataset="x", epochs=None, lr=None), schedules)
+    assert (paper.schedule, paper.epochs, paper.lr) == ("paper", 90, 0.1)
+    chosen = utils.fill_from_schedule(argparse.Namespace(schedule="demo", dataset="x", epochs=None, lr=None), schedules)
+    assert (chosen.epochs, chosen.lr) == (30, 0.05)
