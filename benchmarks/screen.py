@@ -151,6 +151,7 @@ def screen_search(folder, truth):
         pick_supernet_percentile=percentile_among(pick_score, truth_scores),
         skips=mix["skips"],
         strided_skips=mix["strided_skips"],
+        early_skips=mix["early_skips"],
         control=nets[best]["name"],
         control_percentile=percentile_among(true_top1[best], true_top1),
     )
@@ -185,7 +186,7 @@ def short_name(folder):
 
 def print_searches(screens):
     print(f"\n{'search':<28} {'ms':>6} {'err%':>6} {'val':>5} {'maxp':>5} {'undone':>6} {'tau':>6} "
-          f"{'tau 95%':>14} {'pick %':>6} {'skip':>4} {'s2':>3}  control (its true %)")
+          f"{'tau 95%':>14} {'pick %':>6} {'skip':>4} {'s2':>3} {'early':>5}  control (its true %)")
     for screen in screens:
         low, high = screen["tau_95"]
         undone = screen["undone_share"]
@@ -193,7 +194,8 @@ def print_searches(screens):
               f"{screen['predicted']:>6.2f} {screen['error_percent']:>+6.2f} {screen['val_top1']:>5.1f} "
               f"{screen['max_p']:>5.2f} {number(None if undone is None else 100 * undone, 0):>6} "
               f"{screen['tau']:>+6.2f} [{low:+.2f}, {high:+.2f}] {screen['pick_supernet_percentile']:>6.0f} "
-              f"{screen['skips']:>4} {screen['strided_skips']:>3}  {screen['control']} "
+              f"{screen['skips']:>4} {screen['strided_skips']:>3} {screen.get('early_skips', '-'):>5}  "
+              f"{screen['control']} "
               f"({screen['control_percentile']:.0f}%)")
 
 

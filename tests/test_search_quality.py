@@ -70,7 +70,10 @@ def test_op_mix_counts_skips_and_averages_the_mbconvs():
     arch = [operations.FIXED_FIRST_OP, "SkipConnect", "MBK3E6", "MBK7E3"] + ["SkipConnect"] * 18
     mix = search_quality.op_mix(arch)
     # the fixed first op is not searched; layers 1, 3, 6 and 13 have stride 2 (here 1, 6 and 13 skip)
-    assert mix == {"skips": 19, "strided_skips": 3, "kernel": 5.0, "expansion": 4.5}
+    # early layers 1-6: 1, 4, 5 and 6 skip
+    assert mix == {"skips": 19, "strided_skips": 3, "early_skips": 4, "kernel": 5.0, "expansion": 4.5}
+    late = [operations.FIXED_FIRST_OP] + ["MBK3E3"] * 6 + ["SkipConnect"] * 15  # layers 7-21 skip
+    assert search_quality.op_mix(late)["early_skips"] == 0
 
 
 def test_random_architectures_lie_within_one_percent_and_differ():
