@@ -8,6 +8,7 @@ import time
 import pytest
 
 import retraining
+import train_imagenet
 from utils import UserError
 
 ARCH = ["MBK3E1"] + ["SkipConnect"] * 21
@@ -34,20 +35,15 @@ def fake_training(monkeypatch):
 
 
 def test_the_command_carries_every_recipe_setting():
-    command = retraining.retrain_command(ARCH, "out", "data", 3, retraining.SHORT_RECIPE)
     recipe = retraining.SHORT_RECIPE
-
-    def value(option):
-        return command[command.index(option) + 1]
-
-    assert json.loads(value("--arch_config")) == ARCH and value("--seed") == "3" and value("--dataset") == "data"
-    assert (int(value("--epochs")), int(value("--batch_size")), float(value("--lr")), float(value("--dropout")),
-            int(value("--image_size")), value("--augment")) == (
-        recipe["epochs"], recipe["batch_size"], recipe["lr"], recipe["dropout"], recipe["image_size"],
-        recipe["augment"])
-    assert ("--zero_init_residual" in command) == recipe["zero_init_residual"]
-    plain = retraining.retrain_command(ARCH, "out", "data", 3, dict(recipe, zero_init_residual=False))
-    assert "--zero_init_residual" not in plain
+    # A recipe unlike every default, so a setting the command leaves out shows.
+    changed = {name: (not value if isinstance(value, bool) else "recipe" if name == "augment"
+                      else value * 2 + 1) for name, value in recipe.items()}
+    for tried in (recipe, changed):
+        command = retraining.retrain_command(ARCH, "out", "data", 3, tried)
+        args = train_imagenet.get_args_parser().parse_args(command[2:])
+        assert json.loads(args.arch_config) == ARCH and (args.seed, args.dataset, args.save) == (3, "data", "out")
+        assert {name: getattr(args, name) for name in tried} == tried
 
 
 def test_a_finished_run_is_reused_only_for_the_same_command(tmp_path, fake_training):

@@ -87,11 +87,30 @@ def test_only_sampled_ops_run(supernet):
 def test_sampled_forward_passes_gradient_to_alpha_only_through_chosen_ops(supernet):
     supernet.zero_grad()
     sample = gumbel_softmax_hard(supernet.alpha, tau=1.0, generator=torch.Generator().manual_seed(4))
+    sample.retain_grad()
+    chosen = sample.argmax(dim=-1).tolist()
+    outputs, op_outputs = [], []
+
+    def keep_layer_output(module, inputs, output):
+        output.retain_grad()
+        outputs.append(output)
+
+    hooks = [layer.register_forward_hook(keep_layer_output) for layer in supernet.layers]
+    hooks += [layer.candidates[op].register_forward_hook(lambda module, inputs, output: op_outputs.append(output))
+              for layer, op in zip(supernet.layers, chosen)]
     logits = supernet(torch.randn(2, 3, SMALL_INPUT, SMALL_INPUT), sample)
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    for hook in hooks:
+        hook.remove()
     assert supernet.alpha.grad is not None and torch.isfinite(supernet.alpha.grad).all()
     assert (supernet.alpha.grad.abs().sum(dim=-1) > 0).all()  # every layer gets a gradient
-    chosen = sample.argmax(dim=-1).tolist()
+    # The one-hot row's gradient: the chosen entry gets sum(dL/dout * op(x)), every other entry sum(dL/dout),
+    # the same for each (the ops not chosen never ran); alpha's gradient comes through the soft sample from these.
+    for layer, (output, op_output, op) in enumerate(zip(outputs, op_outputs, chosen)):
+        row = sample.grad[layer]
+        others = [row[index] for index in range(row.numel()) if index != op]
+        assert all(value == pytest.approx(float(output.grad.sum()), rel=1e-4, abs=1e-7) for value in others)
+        assert row[op] == pytest.approx(float((output.grad * op_output.detach()).sum()), rel=1e-4, abs=1e-7)
     for layer_index, layer in enumerate(supernet.layers):
         for op_index, candidate in enumerate(layer.candidates):
             grads = [parameter.grad for parameter in candidate.parameters()]
