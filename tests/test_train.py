@@ -350,8 +350,21 @@ def test_warmup_then_cosine_learning_rate_at_chosen_epochs(epoch, expected):
 # schedule still advances one step per batch, which torch warns about.
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_mixed_precision_and_channels_last_train(tiny_dataset, tmp_path, amp):
+def test_mixed_precision_and_channels_last_train(tiny_dataset, tmp_path, amp, monkeypatch):
+    seen = []  # per training forward: (autocast dtype or None, input in channels_last, weights in channels_last)
+    plain_forward = LightNet.forward
+
+    def watched_forward(self, images):
+        if self.training:
+            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+            seen.append((dtype, images.is_contiguous(memory_format=torch.channels_last),
+                         self.first_conv[0].weight.is_contiguous(memory_format=torch.channels_last)))
+        return plain_forward(self, images)
+
+    monkeypatch.setattr(LightNet, "forward", watched_forward)
     train(*tiny_run(tiny_dataset, tmp_path / amp, "--amp", amp, "--channels_last"))
+    expected = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    assert seen and all(step == (expected, True, True) for step in seen)
     (record,) = read_metrics(tmp_path / amp)
     assert math.isfinite(record["train_loss"]) and record["val_images"] == TINY_VAL_IMAGES
     scaler = torch.load(tmp_path / amp / "checkpoint.pth.tar", weights_only=True)["scaler"]
