@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def inputs(tmp_path_factory):
     files["empty_dir"] = root / "empty"
     files["empty_dir"].mkdir()
     files["no_val"] = root / "no-val"
-    (files["no_val"] / "train" / "a").mkdir(parents=True)
+    shutil.copytree(files["data"] / "train", files["no_val"] / "train")  # a good train/, and no val/
     files["empty_classes"] = root / "empty-classes"
     for split in ("train", "val"):
         (files["empty_classes"] / split / "a").mkdir(parents=True)
@@ -129,22 +130,28 @@ CASES = {
     "predict: code": (latency_build, ["predict", "--arch_config", "[print('x')]"], "--arch_config"),
     # datasets
     "search: dataset missing": (search_imagenet, ["--save", "{out}", "--dataset", "{root}/nowhere"], "nowhere"),
-    "search: dataset empty": (search_imagenet, ["--save", "{out}", "--dataset", "{empty_dir}"], "train"),
-    "search: dataset without val": (search_imagenet, ["--save", "{out}", "--dataset", "{no_val}"], "val"),
+    "search: dataset empty": (search_imagenet, ["--save", "{out}", "--dataset", "{empty_dir}"],
+                              "empty/train not found"),
+    "search: dataset without val": (search_imagenet, ["--save", "{out}", "--dataset", "{no_val}", "--num_classes", "3"],
+                                    "no-val/val not found"),
     "search: classes without images": (search_imagenet, ["--save", "{out}", "--dataset", "{empty_classes}"],
-                                       "image"),
+                                       "train/a holds no image file"),
     "search: more classes than the set": (search_imagenet, ["--save", "{out}", "--dataset", "{data}",
                                                             "--num_classes", "5"], "has only 3 classes"),
     "train: dataset missing": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{root}/nowhere"], "nowhere"),
-    "train: dataset empty": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{empty_dir}"], "train"),
-    "train: dataset without val": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{no_val}"], "val"),
+    "train: dataset empty": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{empty_dir}"],
+                             "empty/train not found"),
+    "train: dataset without val": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{no_val}"],
+                                   "no-val/val not found"),
     "train: classes without images": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{empty_classes}"],
-                                      "image"),
+                                      "train/a holds no image file"),
     "evaluate: dataset missing": (evaluate, ["--model", "LightNet-20ms", "--weights", "{released_20}",
                                              "--dataset", "{root}/nowhere"], "nowhere"),
     "evaluate: wrong class count": (evaluate, ["--model", "LightNet-20ms", "--weights", "{released_20}",
-                                               "--dataset", "{data}", "--workers", "0"], "1000"),
-    "imagenet100: no val": (make_imagenet100, ["--imagenet", "{imagenet}", "--out", "{out}"], "val"),
+                                               "--dataset", "{data}", "--workers", "0"],
+                                    "val/ has 3 classes but the weights predict 1000"),
+    "imagenet100: no val": (make_imagenet100, ["--imagenet", "{imagenet}", "--out", "{out}"],
+                            "imagenet/val is not a folder"),
     "imagenet100: missing": (make_imagenet100, ["--imagenet", "{root}/nowhere", "--out", "{out}"], "nowhere"),
     # numbers
     "search: negative target": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--target_latency",
@@ -245,13 +252,13 @@ CASES = {
     "search: table missing": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--lut",
                                                 "{root}/none.json"], "not found"),
     "search: table not JSON": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--lut", "{bad_json}"],
-                               "JSON"),
-    "search: table without entries": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--lut",
-                                                        "{table_no_entries}"], "table"),
+                               "is not valid JSON"),
+    "search: table without metadata or entries": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--lut",
+                                                        "{table_no_entries}"], "no 'metadata' object"),
     "search: table of weights": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--lut",
                                                    "{released_20}"], "not the authors' predictor"),
     "predict: table not JSON": (latency_build, ["predict", "--lut", "{bad_json}", "--arch_config", ARCH_24],
-                                "JSON"),
+                                "is not valid JSON"),
     "calibrate: no measurements": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
                                                                              "cpu_amd_epyc_b1_t1.json"),
                                                    "--measurements", "{csv}"], "needs at least 5 measured"),

@@ -220,7 +220,16 @@ def test_the_whole_benchmark_runs_at_toy_size_and_reuses_finished_runs(tmp_path)
             assert len(records) == 1 and top1 == records[-1]["val_top1"]
     random_means = [sum(nets[name]["top1"]) / 2 for name in ("random 1", "random 2")]
     assert report["summary"]["random_mean"] == pytest.approx(sum(random_means) / 2)
-    assert "searched 1: rank" in first.stdout and "Kendall tau" in first.stdout
+    for result in report["summary"]["searched"]:  # each searched network placed among the random ones by hand
+        value = sum(nets[result["name"]]["top1"]) / 2
+        assert result["rank"] == 1 + sum(other > value for other in random_means)
+        assert result["percentile"] == pytest.approx(100 * sum(other < value for other in random_means) / 2)
+        assert f"{result['name']}: rank {result['rank']} of 3, percentile {result['percentile']:.0f}%" in first.stdout
+    scored = ["searched 1", "searched 2", "random 1", "random 2"]
+    for index, supernet in enumerate(report["summary"]["supernets"]):
+        expected = search_quality.kendall_tau([nets[name]["supernet_top1"][index] for name in scored],
+                                              [sum(nets[name]["top1"]) / 2 for name in scored])
+        assert supernet["kendall_tau"] == expected or (math.isnan(expected) and math.isnan(supernet["kendall_tau"]))
     assert (out / "search_quality.png").stat().st_size > 0
 
     stamps = {path: path.stat().st_mtime_ns for path in (out / "retrain").glob("*/metrics.jsonl")}
