@@ -142,7 +142,7 @@ def resolve_arch_config(value):
         return list(LIGHTNETS[text])
     if text.startswith("["):
         return validate_arch_config(_parse_list_string(text))
-    if os.path.isfile(text):
+    if os.path.exists(text):  # read_json refuses a folder, a device or a pipe in one line
         return validate_arch_config(_load_arch_json(text))
     if text.endswith(".json"):
         raise UserError(f"--arch_config: file {text} not found")

@@ -23,6 +23,7 @@ import pickle
 import random
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -379,10 +380,36 @@ def _no_constant(name):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+# The largest text file (table, architecture, CSV) any script reads: the
+# shipped tables are about 100 KB; a file far larger is the wrong file.
+MAX_TEXT_FILE_BYTES = 64 * 1024 * 1024
+
+
+def check_regular_file(path, what, max_bytes=None):
+    """Refuse, before opening it, a path that is not a regular file of at
+    most `max_bytes` (a link counts as what it points to): a device would be
+    read until memory runs out, a FIFO would block forever."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} not found") from None
+    except OSError as error:
+        raise UserError(f"{what} {path} cannot be read ({path_error_reason(error)})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{what} {path} is a folder; give a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{what} {path} is not a regular file (a device, pipe or socket); give a file")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise UserError(f"{what} {path} is {info.st_size / 2**20:.0f} MiB, more than the {max_bytes / 2**20:.0f} MiB "
+                        "of any such file this project reads; is it the right file?")
+
+
 @contextlib.contextmanager
-def open_for_reading(path, what, newline=None):
-    """open(path) for reading a user's file: a missing file, a folder or an
-    unreadable file is one UserError line naming `what`."""
+def open_for_reading(path, what, newline=None, max_bytes=MAX_TEXT_FILE_BYTES):
+    """open(path) for reading a user's file: a missing file, a folder, a
+    device or pipe, a file over `max_bytes` or an unreadable file is one
+    UserError line naming `what`."""
+    check_regular_file(path, what, max_bytes)
     try:
         file = open(path, newline=newline)
     except FileNotFoundError:
@@ -480,8 +507,7 @@ def load_checkpoint(path, what="checkpoint"):
     """Load a checkpoint safely (tensors and plain containers only). A
     missing, unreadable, truncated or foreign file is a UserError; any other
     exception is a bug and propagates."""
-    if not os.path.isfile(path):
-        raise UserError(f"{what} {path} not found")
+    check_regular_file(path, what)
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol warning adds nothing to the error
             warnings.simplefilter("ignore")

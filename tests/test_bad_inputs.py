@@ -93,6 +93,13 @@ def inputs(tmp_path_factory):
     files["json_list"].write_text(json.dumps([1, 2, 3]))
     files["table_no_entries"] = root / "table.json"
     files["table_no_entries"].write_text(json.dumps({"format": "lightnas-cost-table", "format_version": 1}))
+    files["fifo"] = root / "pipe.json"
+    os.mkfifo(files["fifo"])  # opened, it would block until a writer came
+    files["device_link"] = root / "zeros.json"
+    files["device_link"].symlink_to("/dev/zero")  # read, it would fill the memory
+    files["huge_json"] = root / "huge.json"
+    with open(files["huge_json"], "wb") as file:
+        file.truncate(65 * 2**20)  # sparse: 65 MiB on paper, nothing on disk
     files["csv"] = root / "measurements.csv"
     files["csv"].write_text("arch,measured_ms\n")
     files["imagenet"] = root / "imagenet"
@@ -259,6 +266,16 @@ CASES = {
                                                    "{released_20}"], "not the authors' predictor"),
     "predict: table not JSON": (latency_build, ["predict", "--lut", "{bad_json}", "--arch_config", ARCH_24],
                                 "is not valid JSON"),
+    "predict: table is a FIFO": (latency_build, ["predict", "--lut", "{fifo}", "--arch_config", ARCH_24],
+                                 "is not a regular file"),
+    "predict: table links to a device": (latency_build, ["predict", "--lut", "{device_link}", "--arch_config",
+                                                         ARCH_24], "is not a regular file"),
+    "predict: table of 65 MiB": (latency_build, ["predict", "--lut", "{huge_json}", "--arch_config", ARCH_24],
+                                 "is 65 MiB, more than the 64 MiB"),
+    "train: architecture file is a FIFO": (train_imagenet, ["--arch_config", "{fifo}", "--save", "{out}",
+                                                            "--dataset", "{data}"], "is not a regular file"),
+    "evaluate: weights are a FIFO": (evaluate, ["--model", "LightNet-20ms", "--weights", "{fifo}", "--dataset",
+                                                "{data}"], "is not a regular file"),
     "calibrate: no measurements": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
                                                                              "cpu_amd_epyc_b1_t1.json"),
                                                    "--measurements", "{csv}"], "needs at least 5 measured"),
