@@ -14,6 +14,7 @@ here writes or checks what those modules read and time.
 import argparse
 import csv
 import datetime
+import math
 import os
 import time
 
@@ -446,8 +447,12 @@ def plot_validation(measured, raw, calibrated, title, path):
 
 
 def read_measurements(path):
-    """(op indices, measured ms) from a validate.csv."""
-    with open_for_reading(path, "--measurements", newline="") as file:
+    """(op indices, measured ms) from a validate.csv (a spreadsheet's
+    byte-order mark is fine); a measurement that cannot be a latency (zero,
+    negative, not finite) or an architecture measured twice in one file is
+    refused, naming its rows."""
+    # utf-8-sig: a CSV saved by a spreadsheet starts with a byte-order mark that would hide the first column
+    with open_for_reading(path, "--measurements", newline="", encoding="utf-8-sig") as file:
         try:
             rows = list(csv.DictReader(file))
             indices = np.array([text_to_arch(row["arch"]) for row in rows], dtype=np.int64)
@@ -455,6 +460,16 @@ def read_measurements(path):
         except (KeyError, ValueError, TypeError, AttributeError, csv.Error, UserError):
             raise UserError(f"--measurements {path}: expected the validate.csv written by `validate` "
                             f"(columns arch, measured_ms)") from None
+    for row, value in enumerate(measured, start=2):  # row 1 is the header
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"--measurements {path}: row {row} measured {value} ms, which is no latency "
+                            "(measurements must be positive and finite); remove or re-measure it")
+    first_row = {}
+    for row, arch in enumerate(map(tuple, indices), start=2):
+        if arch in first_row:
+            raise UserError(f"--measurements {path}: rows {first_row[arch]} and {row} measure the same "
+                            "architecture; keep one (pool repeated runs as separate files)")
+        first_row[arch] = row
     return indices, measured
 
 
@@ -471,6 +486,15 @@ def calibrate_table(table, indices, measured, sources):
         raise UserError(f"calibration: measured latency does not grow with the prediction (scale {scale:.3f}); "
                         "the measurements do not fit this table")
     before, after = error_summary(raw, measured), error_summary(scale * raw + offset, measured)
+    if after["mean_abs_pct"] > before["mean_abs_pct"]:
+        raise UserError(f"calibration would make the table worse (mean error {before['mean_abs_pct']:.2f}% -> "
+                        f"{after['mean_abs_pct']:.2f}%): the measurements are too noisy or too few for a fit; "
+                        "nothing was written. Measure again (validate) on a quieter machine")
+    lowest = scale * TablePredictor(table, "raw").feasible_range()[0] + offset
+    if not lowest > 0:
+        raise UserError(f"calibration would predict {lowest:.2f} {metadata['unit']} for the fastest architecture "
+                        f"(scale {scale:.3f}, offset {offset:.3f}): no latency is that; the measurements do not "
+                        "fit this table, nothing was written")
     metadata["calibration"] = {
         "model": "calibrated = scale * table total + offset", "scale": round(float(scale), 6),
         "offset": rounded_value(offset), "fitted_on": list(sources), "num_measurements": int(len(measured)),

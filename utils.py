@@ -405,13 +405,13 @@ def check_regular_file(path, what, max_bytes=None):
 
 
 @contextlib.contextmanager
-def open_for_reading(path, what, newline=None, max_bytes=MAX_TEXT_FILE_BYTES):
+def open_for_reading(path, what, newline=None, max_bytes=MAX_TEXT_FILE_BYTES, encoding=None):
     """open(path) for reading a user's file: a missing file, a folder, a
     device or pipe, a file over `max_bytes` or an unreadable file is one
     UserError line naming `what`."""
     check_regular_file(path, what, max_bytes)
     try:
-        file = open(path, newline=newline)
+        file = open(path, newline=newline, encoding=encoding)
     except FileNotFoundError:
         raise UserError(f"{what} {path} not found") from None
     except IsADirectoryError:

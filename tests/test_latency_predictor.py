@@ -479,7 +479,7 @@ def test_calibrate_recovers_a_known_scale_and_offset(tmp_path, jetson_table):
     indices = lp.sample_architectures(8, seed=4)
     raw = lp.TablePredictor(jetson_table, "jetson").raw_costs(indices)
     measurements = tmp_path / "validate.csv"
-    with open(measurements, "w", newline="") as file:
+    with open(measurements, "w", newline="", encoding="utf-8-sig") as file:  # as a spreadsheet saves it
         writer = csv.writer(file)
         writer.writerow(["arch", "measured_ms"])
         writer.writerows([lp.arch_to_text(row), 2.0 * value + 1.0] for row, value in zip(indices, raw))
@@ -502,6 +502,25 @@ def test_calibrate_refuses_bad_measurements(tmp_path):
     garbage.write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match="expected the validate.csv"):
         run(["calibrate", "--lut", lp.DEFAULT_LUT, "--measurements", str(garbage)])
+
+    indices = lp.sample_architectures(6, seed=4)
+    raw = lp.TablePredictor(lp.load_table(lp.DEFAULT_LUT), "jetson").raw_costs(indices)
+
+    def refused(measured, message, rows=indices):
+        path = tmp_path / "measured.csv"
+        path.write_text("arch,measured_ms\n" + "".join(f"{lp.arch_to_text(row)},{value}\n"
+                                                       for row, value in zip(rows, measured)))
+        out = tmp_path / "refused.json"
+        with pytest.raises(UserError, match=message):
+            run(["calibrate", "--lut", lp.DEFAULT_LUT, "--measurements", str(path), "--out", str(out)])
+        assert not out.exists()
+
+    for bad in (-34.15, 0.0, float("nan"), float("inf")):
+        refused(list(raw[:3]) + [bad] + list(raw[4:]), "row 5 measured .* which is no latency")
+    refused(raw, "rows 2 and 7 measure the same architecture", rows=list(indices[:5]) + [indices[0]])
+    refused([raw[0] * 0.5] + list(raw[1:]), r"would make the table worse \(mean error 16.67% -> 20.63%\)")
+    # scale 3, offset -20: every measurement positive, but the fastest architecture would be predicted below 0
+    refused(3 * raw - 20, "would predict -.* ms for the fastest architecture")
 
 
 def test_validate_refuses_a_table_from_another_device():
