@@ -211,6 +211,13 @@ def _check_metadata(metadata, where):
     for name in ("batch_size", "num_classes"):
         if not isinstance(metadata[name], int) or metadata[name] < 1:
             raise UserError(f"{where}: metadata {name} must be a positive integer, got {metadata[name]!r}")
+    # The entries are keyed by the layout at 224 px and width 1.0; metadata saying otherwise contradicts them.
+    if metadata["input_size"] != [3, INPUT_SIZE, INPUT_SIZE]:
+        raise UserError(f"{where}: metadata input_size {metadata['input_size']!r}, but the entries are for "
+                        f"[3, {INPUT_SIZE}, {INPUT_SIZE}]; rebuild the table")
+    if metadata.get("width_mult", 1.0) != 1.0:
+        raise UserError(f"{where}: metadata width_mult {metadata['width_mult']!r}, but the entries are for 1.0; "
+                        "rebuild the table")
     calibration = metadata.get("calibration")
     if calibration is not None:
         if not isinstance(calibration, dict) or not (
@@ -242,6 +249,21 @@ def check_table(table, where):
     _check_metadata(metadata, where)
     _check_fixed(table.get("fixed"), metadata["num_classes"], where)
     _check_entry_set(table.get("entries"), [key for row in layer_keys() for key in row], where)
+    _check_reachable_range(table, where)
+
+
+def _check_reachable_range(table, where):
+    """The cheapest architecture must cost more than 0: a table of zeros (or
+    a calibration offset that drives costs below 0) would let the search
+    chase costs no device has."""
+    entries, metadata = table["entries"], table["metadata"]
+    lowest = table["fixed"]["value"] + sum(min(entries[key]["value"] for key in row) for row in layer_keys())
+    calibration = metadata.get("calibration")
+    if calibration is not None:
+        lowest = calibration["scale"] * lowest + calibration["offset"]
+    if not lowest > 0:
+        raise UserError(f"{where}: the cheapest architecture costs {lowest:.4g} {metadata['unit']} by this table; "
+                        "no device has that, so the table is broken: rebuild it")
 
 
 def load_table(path):

@@ -325,6 +325,14 @@ MALFORMED = {
     "not a table": (_set("format", "something-else"), "not a LightNAS cost table"),
     "future version": (_set("format_version", 2), "format version 2"),
     "bad calibration": (_set("metadata", "calibration", {"scale": -1.0, "offset": 0.0}), "positive 'scale'"),
+    "all zero": (lambda table: [entry.update(value=0.0) for entry in
+                                [table["fixed"], *table["entries"].values(), *table["fixed"].get("components",
+                                                                                                 {}).values()]],
+                 "the cheapest architecture costs 0 ms"),
+    "calibrated below zero": (_set("metadata", "calibration", {"scale": 1.0, "offset": -10.0}),
+                              "the cheapest architecture costs -6.326 ms"),
+    "other input size": (_set("metadata", "input_size", [3, 160, 160]), "input_size [3, 160, 160]"),
+    "other width": (_set("metadata", "width_mult", 0.5), "width_mult 0.5"),
     "components do not add up": (
         _set("fixed", "components", {key: {"value": 1.0} for key in lp.fixed_keys(1000)}), "add up to 4"),
 }
