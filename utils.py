@@ -345,20 +345,43 @@ def atomic_write(path, binary=False):
     killed mid-write cannot delete its own, so the next successful write of
     NAME removes any left over (a run folder has one writer: its lock)."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     prefix = f".{os.path.basename(path)}.tmp-"
-    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=prefix)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle, temp_path = tempfile.mkstemp(dir=directory, prefix=prefix)
+    except OSError as error:
+        raise _write_error(path, error) from None
     try:
         with os.fdopen(handle, "wb" if binary else "w") as file:
             yield file
         os.chmod(temp_path, 0o666 & ~_current_umask())  # mkstemp's 0600 is too private for results
         os.replace(temp_path, path)
-    except BaseException:
+    except BaseException as error:
         os.unlink(temp_path)
+        if _is_write_failure(error):
+            raise _write_error(path, error) from None
         raise
     for leftover in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + "*")):
         with contextlib.suppress(FileNotFoundError):
             os.remove(leftover)
+
+
+# What torch.save says when the disk fills up under it (its own writer, not an OSError).
+TORCH_WRITE_FAILURES = ("file write failed", "PytorchStreamWriter failed writing")
+
+
+def _is_write_failure(error):
+    """An error of the disk (full, read-only, no permission, quota), not of the code."""
+    if isinstance(error, OSError):
+        return True
+    return isinstance(error, RuntimeError) and any(sign in str(error) for sign in TORCH_WRITE_FAILURES)
+
+
+def _write_error(path, error):
+    reason = path_error_reason(error) if isinstance(error, OSError) else "the disk refused the write; is it full?"
+    kept = " (the earlier file is kept)" if os.path.exists(path) else ""
+    return UserError(f"cannot write {path}: {reason}{kept}; free some space or choose a writable folder, then run "
+                     "again")
 
 
 def _current_umask():

@@ -403,3 +403,41 @@ def test_a_schedule_fills_only_the_unset_options_paper_with_a_dataset_demo_witho
     assert (paper.schedule, paper.epochs, paper.lr) == ("paper", 90, 0.1)
     chosen = utils.fill_from_schedule(argparse.Namespace(schedule="demo", dataset="x", epochs=None, lr=None), schedules)
     assert (chosen.epochs, chosen.lr) == (30, 0.05)
+
+
+def test_a_full_disk_is_one_line_and_the_earlier_file_stays(tmp_path, monkeypatch):
+    import errno
+    import json as json_module
+    path = tmp_path / "checkpoint.pth.tar"
+    utils.save_checkpoint({"epoch": 1}, path)
+
+    def full_disk_save(state, file):  # what torch.save raises when the disk fills mid-write
+        file.write(b"half a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(utils.torch, "save", full_disk_save)
+    with pytest.raises(utils.UserError, match=r"^cannot write .*checkpoint.pth.tar: the disk refused the write; is it "
+                                              r"full\? \(the earlier file is kept\)"):
+        utils.save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert utils.load_checkpoint(str(path)) == {"epoch": 1}
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["checkpoint.pth.tar"]  # no temporary file left
+
+    def no_space(*arguments, **options):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(json_module, "dump", no_space)
+    with pytest.raises(utils.UserError, match="cannot write .*log.json: No space left on device; free some space"):
+        utils.write_json(tmp_path / "log.json", {"a": 1})
+    monkeypatch.undo()
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["checkpoint.pth.tar"]
+    with pytest.raises(utils.UserError, match="a part of the path is a file, not a folder"):
+        utils.write_json(path / "under-a-file.json", {"a": 1})
+
+    def buggy_save(state, file):
+        raise RuntimeError("a bug, not the disk")
+
+    monkeypatch.setattr(utils.torch, "save", buggy_save)
+    with pytest.raises(RuntimeError, match="a bug, not the disk"):  # the code's own errors are not hidden
+        utils.save_checkpoint({"epoch": 3}, path)
