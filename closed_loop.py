@@ -4,7 +4,9 @@ against target.
 
     python3 closed_loop.py --target_latency 15 --out runs/closed-loop
 
-Steps (each reused when its output exists, so an interrupted loop continues):
+Steps (each reused when its output exists, so an interrupted loop continues;
+a rerun into the same --out with another target, table or options is
+refused, so no step made under other settings is ever reused):
 1. `latency_predictor.py build` (the default method) -> OUT/table.json,
    unless --lut names a table to use;
 2. `search_imagenet.py --lut OUT/table.json --target_latency T`, on the
@@ -23,6 +25,7 @@ Steps (each reused when its output exists, so an interrupted loop continues):
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -31,13 +34,15 @@ import numpy as np
 import latency_build
 import latency_predictor as lp
 import latency_timing
-from utils import UserError, atomic_write, make_output_folder, run_cli
+import retraining
+from utils import UserError, atomic_write, check_run_plan, make_output_folder, run_cli
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LOOP_ROUNDS = 100  # end-to-end rounds for the found network
 LOOP_PROCESSES = 5  # fresh processes the found network is timed in (each alone, as deployed)
 LOOP_WARMUP_S = latency_timing.DEFAULT_WARMUP_S
 LOOP_SEED = 3
+SEARCH_CHECKPOINT = "checkpoint.pth.tar"  # search_imagenet.CHECKPOINT_NAME (not imported: the search runs apart)
 
 
 def run_step(arguments, what):
@@ -57,11 +62,14 @@ def build_table(out, build_options):
 
 
 def search(table, target, out, search_options):
+    """The search step; one stopped halfway (Ctrl-C, a lost machine)
+    continues from its own checkpoint."""
     folder = os.path.join(out, "search")
     arch_path = os.path.join(folder, "arch.json")
     if not os.path.isfile(arch_path):
+        resume = ["--resume", folder] if os.path.isfile(os.path.join(folder, SEARCH_CHECKPOINT)) else []
         run_step([os.path.join(REPO_ROOT, "search_imagenet.py"), "--save", folder, "--lut", table,
-                  "--target_latency", str(target)] + search_options, f"searching for {target:g} ms on it")
+                  "--target_latency", str(target)] + search_options + resume, f"searching for {target:g} ms on it")
     with open(arch_path) as file:
         return json.load(file)
 
@@ -152,6 +160,7 @@ def get_args_parser():
 
 
 def main(args):
+    retraining.stop_children_on_sigterm()  # SIGTERM ends the loop and the step it runs (subprocess.run kills it)
     if not (args.target_latency > 0 and args.target_latency != float("inf")):
         raise UserError("--target_latency must be a positive number of ms")
     if args.rounds < 1:
@@ -167,14 +176,18 @@ def main(args):
     out = os.path.abspath(args.out)  # the steps run from the repository's root
     created = not os.path.exists(out)
     make_output_folder(out, "--out")
+    # Its steps are reused on a rerun, so only for the settings that made them.
+    check_run_plan(out, {"target_latency": args.target_latency,
+                         "lut": None if args.lut is None else os.path.abspath(args.lut),
+                         "build_options": args.build_options.split(), "search_options": search_options})
     if args.lut is not None:
         table = os.path.abspath(args.lut)
     else:
         try:
             table = build_table(out, args.build_options.split())
         except UserError:
-            if created and not os.listdir(out):
-                os.rmdir(out)  # a failed first step leaves nothing behind
+            if created and set(os.listdir(out)) <= {"plan.json"}:
+                shutil.rmtree(out)  # a failed first step leaves nothing behind
             raise
         check_target(table, args.target_latency)
     found = search(table, args.target_latency, out, search_options)

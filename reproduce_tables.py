@@ -64,8 +64,8 @@ import operations
 import peers
 import retraining
 import search_imagenet
-from utils import (UserError, make_output_folder, new_figure, parse_forwarded_arguments, read_json, read_json_lines,
-                   run_cli, save_figure, write_csv, write_json)
+from utils import (UserError, check_run_plan, make_output_folder, new_figure, parse_forwarded_arguments, read_json,
+                   read_json_lines, run_cli, save_figure, write_csv, write_json)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 SEARCH_SCRIPT = os.path.join(REPO_ROOT, "search_imagenet.py")
@@ -252,19 +252,6 @@ def plan_searches(args, mode, dataset):
                                     "--penalty_weight", repr(c * args.reference_target)] + start, "arch.json")
                 for c in args.grid]
     return warmup, lightnas, baseline, settings, common
-
-
-def check_plan(out, plan):
-    """A rerun continues only the run it started: same settings."""
-    path = os.path.join(out, "plan.json")
-    if os.path.isfile(path):
-        with open(path) as file:
-            previous = json.load(file)
-        if previous != plan:
-            changed = sorted(key for key in plan if previous.get(key) != plan[key])
-            raise UserError(f"--out {out} holds a run with other settings ({', '.join(changed)}); "
-                            "choose another --out, or delete it to start over")
-    write_json(path, plan)
 
 
 def run_jobs(jobs, report, log_folder, parallel, threads):
@@ -784,7 +771,7 @@ def main(args):
     dataset = args.search_dataset or data.synthetic_dataset(**mode.dataset)
     make_output_folder(args.out)
     warmup, lightnas_jobs, baseline_jobs, settings, common = plan_searches(args, mode, dataset)
-    check_plan(args.out, {"mode": mode.name, "search_arguments": common, "targets": args.targets, "grid": args.grid,
+    check_run_plan(args.out, {"mode": mode.name, "search_arguments": common, "targets": args.targets, "grid": args.grid,
                           "reference_target": args.reference_target, "retrain_epochs": args.retrain_epochs})
 
     lightnets, cpu_reference, peer_results = table_1_and_peers(args, mode, jetson, cpu_table)

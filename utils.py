@@ -750,6 +750,21 @@ def path_error_reason(error):
     return error.strerror or type(error).__name__
 
 
+def check_run_plan(out, plan):
+    """A rerun into `out` continues only the run it started: the settings
+    that decide its steps (`plan`, a JSON-able dict) are kept in
+    out/plan.json, and a rerun with other settings is refused in one line,
+    naming them, instead of reusing steps made under the old ones."""
+    path = os.path.join(out, "plan.json")
+    if os.path.isfile(path):
+        previous = read_json(path, "plan")
+        if previous != plan:
+            changed = sorted(key for key in set(plan) | set(previous) if previous.get(key) != plan.get(key))
+            raise UserError(f"--out {out} holds a run with other settings ({', '.join(changed)}); "
+                            "choose another --out, or delete it to start over")
+    write_json(path, plan)
+
+
 def make_output_folder(path, option="--out"):
     """Create the folder a command writes into (fine if it exists); a path
     that cannot be one (a file, under a file, read-only, /proc) is a UserError."""

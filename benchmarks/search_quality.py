@@ -534,7 +534,7 @@ def main(args):
     check_args(args)
     utils.make_output_folder(args.out)
     # Kept searches and retrainings are reused only for the same variant.
-    reproduce_tables.check_plan(args.out, {"search_arguments": args.search_arguments})
+    utils.check_run_plan(args.out, {"search_arguments": args.search_arguments})
     retraining.stop_children_on_sigterm()
     started = time.time()
     searches = run_searches(args)

@@ -88,3 +88,32 @@ def test_closed_loop_refuses_bad_input_before_writing(arguments, message, tmp_pa
     with pytest.raises(UserError, match=message):
         closed_loop.main(closed_loop.get_args_parser().parse_args(["--out", str(out)] + arguments))
     assert not out.exists()
+
+
+def test_closed_loop_reuses_steps_only_for_its_own_settings_and_continues_its_search(tmp_path, monkeypatch):
+    out = tmp_path / "loop"
+    steps = []
+
+    def stopped_step(arguments, what):  # each step is recorded, then "interrupted"
+        steps.append(arguments)
+        raise UserError(f"{what} failed")
+
+    monkeypatch.setattr(closed_loop, "run_step", stopped_step)
+
+    def loop(*arguments):
+        return closed_loop.main(closed_loop.get_args_parser().parse_args(["--out", str(out), "--lut", lp.CPU_LUT,
+                                                                          *arguments]))
+
+    with pytest.raises(UserError, match="failed"):
+        loop("--target_latency", "20", "--", "--epochs", "3")
+    assert "--resume" not in steps[-1]
+    (out / "search").mkdir()
+    (out / "search" / "checkpoint.pth.tar").write_bytes(b"")  # the search stopped halfway
+    with pytest.raises(UserError, match="failed"):
+        loop("--target_latency", "20", "--", "--epochs", "3")
+    assert steps[-1][-2:] == ["--resume", str(out / "search")]  # the same loop again: its search continues
+    for other, changed in ((["--target_latency", "21", "--", "--epochs", "3"], "target_latency"),
+                           (["--target_latency", "20", "--", "--epochs", "4"], "search_options")):
+        with pytest.raises(UserError, match=rf"holds a run with other settings \({changed}\)"):
+            loop(*other)
+    assert len(steps) == 2  # nothing ran under the other settings
