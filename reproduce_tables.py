@@ -461,6 +461,21 @@ def plot_latency_accuracy(path, rows, cpu_name):
 # ------------------------------------------------------------------ report
 
 
+def authors_mlp(path):
+    """The authors' latency MLP that cross-checks the searched networks, or
+    None when the default file is absent (said once, and the column says
+    so); a --mlp given by the user must exist."""
+    if os.path.isfile(path):
+        return lp.load_predictor(path)
+    if os.path.abspath(path) != os.path.abspath(lp.AUTHORS_MLP):
+        raise UserError(f"--mlp {path} not found; give the authors' lightnas_jetson_latency_mlp.pth.tar")
+    print(f"note: the authors' MLP is not at {path}: the column \"authors' MLP (ms)\" says {NO_MLP}", flush=True)
+    return None
+
+
+NO_MLP = "n/a (no MLP file)"
+
+
 def number(value, digits=2, signed=False):
     if value is None:
         return "-"
@@ -502,7 +517,8 @@ def searches_table(cost_rows, tolerance):
         needed = (str(row["baseline_searches"]) if row["baseline_searches"] is not None
                   else f"not reached in {row['baseline_grid_size']}")
         body.append([f"{target:g}", number(row["lightnas_ms"]), number(row["lightnas_error_percent"], 2, signed=True),
-                     number(row["lightnas_mlp_ms"]), number(row["lightnas_retrained_top1"], 1),
+                     NO_MLP if row["lightnas_mlp_ms"] is None else number(row["lightnas_mlp_ms"]),
+                     number(row["lightnas_retrained_top1"], 1),
                      "1" + ("" if row["lightnas_within"] else f" (outside {tolerance:g}%)"), needed,
                      number(row["baseline_closest_ms"]), number(row["baseline_closest_error_percent"], 2, signed=True),
                      f"{row['baseline_closest_w']:.3g}", number(row["baseline_closest_retrained_top1"], 1)])
@@ -768,6 +784,7 @@ def main(args):
     mode = QUICK if args.quick else FULL
     jetson = validate(args, mode)
     cpu_table = lp.table_predictor(args.cpu_table)
+    mlp = authors_mlp(args.mlp)
     dataset = args.search_dataset or data.synthetic_dataset(**mode.dataset)
     make_output_folder(args.out)
     warmup, lightnas_jobs, baseline_jobs, settings, common = plan_searches(args, mode, dataset)
@@ -778,7 +795,6 @@ def main(args):
     kept = run_searches(args, warmup, lightnas_jobs, baseline_jobs)
 
     warmup_metrics = read_json_lines(os.path.join(warmup.folder, "metrics.jsonl"))[:settings.freeze_epochs]
-    mlp = lp.load_predictor(args.mlp) if os.path.isfile(args.mlp) else None
     lightnas_results = [search_result(job) for job in lightnas_jobs]
     baseline_results = [search_result(job) for job in baseline_jobs]
     retrain_dataset = data.synthetic_dataset(**mode.retrain_dataset)

@@ -378,3 +378,17 @@ def test_a_failing_search_stops_the_run_with_its_own_error_line(tmp_path):
     message = str(caught.value)
     assert "search_imagenet.py" in message and "failed (exit 2)" in message and "--target_latency" in message
     assert reported == [] and "\n" not in message
+
+
+def test_a_missing_authors_mlp_is_said_and_marked_an_explicit_one_refused(tmp_path, monkeypatch, capsys):
+    absent = str(tmp_path / "lightnas_jetson_latency_mlp.pth.tar")
+    monkeypatch.setattr(reproduce_tables.lp, "AUTHORS_MLP", absent)
+    assert reproduce_tables.authors_mlp(absent) is None  # the default, absent: said once, not an error
+    assert "the authors' MLP is not at" in capsys.readouterr().out
+    with pytest.raises(reproduce_tables.UserError, match="--mlp .*elsewhere.pth.tar not found"):
+        reproduce_tables.authors_mlp(str(tmp_path / "elsewhere.pth.tar"))
+    row = {"target_ms": 24.0, "lightnas_ms": 23.9, "lightnas_error_percent": -0.4, "lightnas_mlp_ms": None,
+           "lightnas_retrained_top1": None, "lightnas_within": True, "baseline_searches": 2, "baseline_grid_size": 5,
+           "baseline_closest_ms": 24.1, "baseline_closest_error_percent": 0.4, "baseline_closest_w": 0.5,
+           "baseline_closest_retrained_top1": None}
+    assert reproduce_tables.NO_MLP in reproduce_tables.searches_table([row], 1.0)
