@@ -607,6 +607,18 @@ def resolve_device(name):
     return device
 
 
+NVIDIA_GPU_FOLDER = "/proc/driver/nvidia/gpus"  # one entry per installed NVIDIA GPU (Linux driver)
+
+
+def installed_nvidia_gpus():
+    """NVIDIA GPUs the driver lists, whatever CUDA_VISIBLE_DEVICES says (0
+    without the driver: a CPU machine, where --visible only documents intent)."""
+    try:
+        return len(os.listdir(NVIDIA_GPU_FOLDER))
+    except OSError:
+        return 0
+
+
 def resolve_device_type(args):
     """Validate --device/--gpus/--visible and return "cuda" or "cpu".
 
@@ -618,6 +630,11 @@ def resolve_device_type(args):
             raise UserError(f"--visible {args.visible!r}: expected GPU ids separated by commas, e.g. 0,1,2,3")
         if len(ids) < args.gpus:
             raise UserError(f"--visible lists {len(ids)} GPU(s) but --gpus is {args.gpus}")
+        installed = installed_nvidia_gpus()
+        missing = [gpu_id.strip() for gpu_id in ids if installed and int(gpu_id) >= installed]
+        if missing:  # CUDA would see none of them, and the run would fall back to the CPU in silence
+            raise UserError(f"--visible {args.visible}: this machine has {installed} GPU(s), ids 0-{installed - 1}; "
+                            f"there is no GPU {', '.join(missing)}")
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_id.strip() for gpu_id in ids)
     if args.gpus < 1:
         raise UserError("--gpus must be at least 1")

@@ -441,3 +441,19 @@ def test_a_full_disk_is_one_line_and_the_earlier_file_stays(tmp_path, monkeypatc
     monkeypatch.setattr(utils.torch, "save", buggy_save)
     with pytest.raises(RuntimeError, match="a bug, not the disk"):  # the code's own errors are not hidden
         utils.save_checkpoint({"epoch": 3}, path)
+
+
+def test_visible_naming_a_gpu_the_machine_lacks_is_refused(tmp_path, monkeypatch):
+    gpus = tmp_path / "gpus"
+    gpus.mkdir()
+    for bus in ("0000:01:00.0", "0000:02:00.0"):
+        (gpus / bus).mkdir()
+    monkeypatch.setattr(utils, "NVIDIA_GPU_FOLDER", str(gpus))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    args = argparse.Namespace(visible="1,7", gpus=1, device="auto")
+    with pytest.raises(utils.UserError, match="this machine has 2 GPU\\(s\\), ids 0-1; there is no GPU 7"):
+        utils.resolve_device_type(args)
+    # Without the driver (a CPU machine) the authors' `--gpus 1 --visible 0` still runs, on the CPU.
+    monkeypatch.setattr(utils, "NVIDIA_GPU_FOLDER", str(tmp_path / "no-driver"))
+    monkeypatch.setattr(utils.torch.cuda, "device_count", lambda: 0)
+    assert utils.resolve_device_type(argparse.Namespace(visible="0", gpus=1, device="auto")) == "cpu"
