@@ -457,3 +457,14 @@ def test_visible_naming_a_gpu_the_machine_lacks_is_refused(tmp_path, monkeypatch
     monkeypatch.setattr(utils, "NVIDIA_GPU_FOLDER", str(tmp_path / "no-driver"))
     monkeypatch.setattr(utils.torch.cuda, "device_count", lambda: 0)
     assert utils.resolve_device_type(argparse.Namespace(visible="0", gpus=1, device="auto")) == "cpu"
+
+
+def test_an_unusable_thread_setting_is_named(capsys):
+    utils.check_thread_setting({})
+    utils.check_thread_setting({"OMP_NUM_THREADS": "1"})
+    for bad in ("abc", "0", "-2", ""):
+        with pytest.raises(utils.UserError, match=f"OMP_NUM_THREADS={bad!r} is not a number of threads"):
+            utils.check_thread_setting({"OMP_NUM_THREADS": bad})
+    assert capsys.readouterr().err == ""
+    utils.check_thread_setting({"OMP_NUM_THREADS": str(10 * (os.cpu_count() or 1))})
+    assert "tens of times slower" in capsys.readouterr().err
