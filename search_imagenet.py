@@ -719,10 +719,21 @@ def describe_cost(predictor, cost, target):
     return f"{cost:.2f} {predictor.unit} (target {target:g}, {100.0 * (cost / target - 1):+.2f}%)"
 
 
+def cost_record(arch_config, cost, target):
+    """An architecture as arch.json lists it: ops, predicted cost, error."""
+    return {"arch_config": arch_config, "predicted": cost, "error_percent": 100.0 * (cost / target - 1.0)}
+
+
+def alpha_log_probabilities(model):
+    """Alpha's per-layer log-probabilities (21 x 7, float64, numpy): what the
+    final choices (project_to_band, --pick_among) rank architectures by."""
+    return torch.log_softmax(model.arch_logits().detach().double(), dim=-1).cpu().numpy()
+
+
 def project_final(model, predictor, band, arch_config, cost, target):
     """--land_within / --strict: the most probable architecture in the band
     (constraint.project_to_band), with what it cost; the raw argmax is kept."""
-    log_p = torch.log_softmax(model.arch_logits().detach().double(), dim=-1).cpu().numpy()
+    log_p = alpha_log_probabilities(model)
     raw = operations.arch_to_indices(arch_config)
     indices = constraint.project_to_band(log_p, predictor, *band)
     if indices is None:  # only a non-additive predictor (the MLP) can miss, see project_to_band
@@ -733,10 +744,8 @@ def project_final(model, predictor, band, arch_config, cost, target):
     projected = predictor.cost(final)
     layers = range(len(raw))
     return {
-        "arch_config": final,
-        "predicted": projected,
-        "error_percent": 100.0 * (projected / target - 1.0),
-        "raw_argmax": {"arch_config": arch_config, "predicted": cost, "error_percent": 100.0 * (cost / target - 1.0)},
+        **cost_record(final, projected, target),
+        "raw_argmax": cost_record(arch_config, cost, target),
         "band": list(band),
         "changed_layers": [layer + 1 for layer in layers if raw[layer] != indices[layer]],
         "log_probability_given_up": float(sum(log_p[layer, raw[layer]] - log_p[layer, indices[layer]]
@@ -755,8 +764,8 @@ PICK_CALIBRATION_BATCHES = 10
 
 def draws_in_band(log_p, predictor, band, count, generator):
     """Up to `count` distinct architectures (op indices) drawn from alpha's
-    distribution whose cost lies in `band`, the most probable first, and
-    how many draws that took."""
+    distribution whose cost lies in `band`, the most probable first
+    (found among PICK_DRAWS draws)."""
     probabilities = torch.from_numpy(log_p).exp()
     drawn = torch.multinomial(probabilities, PICK_DRAWS, replacement=True, generator=generator).T.numpy()
     costs = predictor.costs(drawn)
@@ -766,7 +775,7 @@ def draws_in_band(log_p, predictor, band, count, generator):
             found.setdefault(tuple(int(index) for index in indices), None)
     layers = np.arange(log_p.shape[0])
     ranked = sorted(found, key=lambda indices: -float(log_p[layers, list(indices)].sum()))
-    return [list(indices) for indices in ranked[:count]], PICK_DRAWS
+    return [list(indices) for indices in ranked[:count]]
 
 
 def pick_by_supernet(args, searcher, predictor, train_set, arch_set):
@@ -774,13 +783,13 @@ def pick_by_supernet(args, searcher, predictor, train_set, arch_set):
     up to K-1 others drawn from alpha there, each scored by the supernet
     (path_top1 on alpha's images); the best one, with every candidate."""
     band = constraint.landing_band(args.target_latency, args.land_within or PICK_BAND_PERCENT, args.strict)
-    log_p = torch.log_softmax(searcher.model.arch_logits().detach().double(), dim=-1).cpu().numpy()
+    log_p = alpha_log_probabilities(searcher.model)
     most_probable = constraint.project_to_band(log_p, predictor, *band)
     if most_probable is None:
         raise UserError(f"--pick_among: no architecture found whose cost by {predictor.identifier} lies in "
                         f"[{band[0]:.2f}, {band[1]:.2f}] {predictor.unit}; the search itself is in checkpoint.pth.tar")
     generator = torch.Generator().manual_seed(args.seed)
-    drawn, draws = draws_in_band(log_p, predictor, band, args.pick_among, generator)
+    drawn = draws_in_band(log_p, predictor, band, args.pick_among, generator)
     candidates = [most_probable] + [indices for indices in drawn if indices != most_probable][:args.pick_among - 1]
     calibration = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size_train, shuffle=True,
                                               generator=torch.Generator().manual_seed(args.seed))
@@ -794,7 +803,7 @@ def pick_by_supernet(args, searcher, predictor, train_set, arch_set):
         scored.append({"arch_config": arch_config, "predicted": predictor.cost(arch_config), "supernet_top1": top1,
                        "log_probability": float(log_p[layers, indices].sum())})
     best = max(range(len(scored)), key=lambda index: scored[index]["supernet_top1"])  # ties: the more probable
-    return {"band": list(band), "draws": draws, "chosen": best, "candidates": scored}
+    return {"band": list(band), "draws": PICK_DRAWS, "chosen": best, "candidates": scored}
 
 
 def describe_pick(pick, predictor, target):
@@ -811,10 +820,8 @@ def write_arch_json(args, searcher, predictor, train_set, arch_set):
     arch_config = model.derive()
     cost = predictor.cost(arch_config)
     result = {
-        "arch_config": arch_config,
-        "predicted": cost,
+        **cost_record(arch_config, cost, args.target_latency),
         "target": args.target_latency,
-        "error_percent": 100.0 * (cost / args.target_latency - 1.0),
         "metric": predictor.metric,
         "unit": predictor.unit,
         "predictor": predictor.identifier,
@@ -829,10 +836,8 @@ def write_arch_json(args, searcher, predictor, train_set, arch_set):
     if args.pick_among:
         pick = pick_by_supernet(args, searcher, predictor, train_set, arch_set)
         chosen = pick["candidates"][pick["chosen"]]
-        result.update(arch_config=chosen["arch_config"], predicted=chosen["predicted"],
-                      error_percent=100.0 * (chosen["predicted"] / args.target_latency - 1.0), pick=pick,
-                      raw_argmax={"arch_config": arch_config, "predicted": cost,
-                                  "error_percent": 100.0 * (cost / args.target_latency - 1.0)})
+        result.update(cost_record(chosen["arch_config"], chosen["predicted"], args.target_latency), pick=pick,
+                      raw_argmax=cost_record(arch_config, cost, args.target_latency))
     elif band is not None:
         result.update(project_final(model, predictor, band, arch_config, cost, args.target_latency))
     write_json(os.path.join(args.save, "arch.json"), result)
