@@ -53,6 +53,11 @@ EVAL_CROP_RATIO = 0.875
 
 DATASET_HINT = ("--dataset must point at a folder holding train/ and val/, each with one "
                 "sub-folder of images per class (see docs/training.md, Preprocessing ImageNet)")
+# Greyscale images with 16 bits per pixel: Pillow's convert("RGB") clips
+# every value above 255 to white, so these are scaled to 8 bits first.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+SIXTEEN_BIT_SCALE = 257  # 65535 / 255
+CLASS_NAMES_SHOWN = 5  # class folders named in a train/ vs val/ mismatch
 
 
 def build_train_transform(image_size=224, color_jitter=(0.4, 0.4, 0.4), hue=0.0):
@@ -147,6 +152,9 @@ class ImageFolderOnce(datasets.ImageFolder):
 
 def check_image_folder(folder):
     """Raise UserError unless `folder` holds class sub-folders that each hold an image."""
+    for path in (folder.parent, folder):
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path} is a file, not a folder: {DATASET_HINT}")
     if not folder.is_dir():
         raise UserError(f"dataset folder {folder} not found: {DATASET_HINT}")
     try:
@@ -162,6 +170,25 @@ def check_image_folder(folder):
                             f"({', '.join(IMG_EXTENSIONS)}): add its images or remove it")
 
 
+def check_same_classes(root, train_classes, val_classes):
+    """Raise UserError, naming the folders, unless train/ and val/ hold the
+    same class folders."""
+    if train_classes == val_classes:
+        return
+    differences = [f"only in {split}/: {name_class_folders(names)}" for split, names in (
+        ("train", sorted(set(train_classes) - set(val_classes))), ("val", sorted(set(val_classes) - set(train_classes))))
+        if names]
+    raise UserError(f"--dataset {root}: train/ and val/ hold different class folders ({'; '.join(differences)}); "
+                    "both need the same ones (a hidden folder counts as a class too: remove it)")
+
+
+def name_class_folders(names):
+    """The first CLASS_NAMES_SHOWN names, hidden ones marked, and how many more."""
+    shown = [f"{name} (hidden)" if name.startswith(".") else name for name in names[:CLASS_NAMES_SHOWN]]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
+
+
 def holds_an_image(folder):
     """Whether `folder` or any folder below it holds a file ImageFolder would load."""
     for _, file_names in walk_once(folder):
@@ -171,15 +198,32 @@ def holds_an_image(folder):
 
 
 def load_rgb_image(path):
-    """Open an image as RGB; a file Pillow cannot decode is a UserError naming it."""
+    """Open an image as RGB with 8 bits per channel; a file Pillow cannot
+    decode, or will not (over its pixel limit), is a UserError naming it."""
     try:
         with open(path, "rb") as file:
-            return Image.open(file).convert("RGB")
+            return to_rgb(Image.open(file), path)
+    except Image.DecompressionBombError as error:
+        raise UserError(f"cannot read image {path}: {error.args[0] if error.args else error} (Pillow refuses images "
+                        "over twice Image.MAX_IMAGE_PIXELS): downscale it or delete it") from error
     except UnidentifiedImageError as error:  # its message names Python's file object, not the file
         raise UserError(f"cannot read image {path} (not an image format Pillow knows): replace or delete the "
                         "file") from error
     except (OSError, SyntaxError) as error:  # Pillow's errors for unreadable/corrupt files
         raise UserError(f"cannot read image {path} ({error}): replace or delete the file") from error
+
+
+def to_rgb(image, path):
+    """`image` as 8-bit RGB. 16-bit greyscale keeps its range (scaled by
+    1/257); 32-bit integer or float pixels, which have no fixed range, are
+    refused."""
+    if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG"):  # PNG's "I" is 16-bit
+        pixels = np.asarray(image, dtype=np.float64) / SIXTEEN_BIT_SCALE
+        return Image.fromarray(np.round(pixels).clip(0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode in ("I", "F"):
+        raise UserError(f"cannot read image {path}: its pixels are {'32-bit integers' if image.mode == 'I' else 'floats'}"
+                        " with no fixed range; save it with 8 or 16 bits per channel")
+    return image.convert("RGB")
 
 
 def dataset_fingerprint(dataset):

@@ -411,8 +411,7 @@ def build_datasets(args):
     train_set = folder("train", train_transform)
     if args.arch_split_from_train is None:
         arch_set = folder("val", eval_transform)
-        if train_set.classes != arch_set.classes:
-            raise UserError(f"--dataset: train/ and val/ of {args.dataset} hold different class folders")
+        data.check_same_classes(args.dataset, train_set.classes, arch_set.classes)
         return train_set, arch_set, train_set.classes
     weight_part, arch_part = data.split_for_architecture(train_set.targets, args.arch_split_from_train, args.seed)
     arch_view = folder("train", eval_transform)  # the same images, without augmentation

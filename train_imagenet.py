@@ -257,9 +257,8 @@ def check_dataset(root, splits):
     if len(classes[splits[0]]) < 2:
         raise UserError(f"--dataset {root}: {splits[0]}/ has {len(classes[splits[0]])} class folder; "
                         "classification needs at least 2")
-    if len(splits) == 2 and classes["train"] != classes["val"]:
-        raise UserError(f"--dataset {root}: train/ has {len(classes['train'])} classes and val/ "
-                        f"{len(classes['val'])}, or their names differ; both need the same class folders")
+    if len(splits) == 2:
+        data.check_same_classes(root, classes["train"], classes["val"])
 
 
 def load_resume_checkpoint(args):

@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -260,6 +261,53 @@ def test_images_load_as_rgb(tmp_path):
     path = tmp_path / "grey.png"
     Image.new("L", (5, 4), 128).save(path)
     assert data.load_rgb_image(path).mode == "RGB"
+
+
+def test_a_16_bit_greyscale_png_keeps_its_range(tmp_path):
+    path = tmp_path / "grey16.png"
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")  # Pillow reads it with 16 bits per pixel
+    pixels = np.asarray(data.load_rgb_image(path))
+    assert pixels.dtype == np.uint8 and pixels.shape == (64, 64, 3)
+    # Pillow's own convert("RGB") clips 99.6% of this ramp to white; the range is kept instead.
+    assert (pixels == 255).mean() < 0.01
+    expected = np.round(ramp / data.SIXTEEN_BIT_SCALE)
+    assert np.abs(pixels[..., 0].astype(int) - expected).max() <= 1
+
+
+def test_an_image_with_float_pixels_is_refused_by_name(tmp_path):
+    path = tmp_path / "float.tif"
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(path)
+    with pytest.raises(UserError, match=re.escape(f"cannot read image {path}: its pixels are floats")):
+        data.load_rgb_image(path)
+
+
+def test_an_image_over_pillows_pixel_limit_is_named_in_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "large.png"
+    write_png(path, size=(40, 30))  # 1,200 pixels, over twice a limit of 500
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    with pytest.raises(UserError, match=re.escape(f"cannot read image {path}: ") + ".*1200 pixels.*downscale it"):
+        data.load_rgb_image(path)
+
+
+def test_a_file_where_the_dataset_or_a_split_folder_should_be_is_named(tmp_path):
+    (tmp_path / "dataset").write_text("not a folder")
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'dataset'} is a file, not a folder")):
+        data.image_folder(tmp_path / "dataset", "train", None)
+    (tmp_path / "train").write_text("not a folder")
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'train'} is a file, not a folder")):
+        data.image_folder(tmp_path, "train", None)
+
+
+def test_train_and_val_with_different_classes_name_the_folders_hidden_ones_marked():
+    with pytest.raises(UserError, match=re.escape("(only in train/: .ipynb_checkpoints (hidden), n03; "
+                                                  "only in val/: n04)")):
+        data.check_same_classes("/data", [".ipynb_checkpoints", "n01", "n02", "n03"], ["n01", "n02", "n04"])
+    many = [f"n{index:02d}" for index in range(8)]
+    with pytest.raises(UserError, match=re.escape("only in val/: n00, n01, n02, n03, n04 and 3 more)")):
+        data.check_same_classes("/data", [], many)
+    data.check_same_classes("/data", many, list(many))  # the same classes: no error
 
 
 # --- transforms --------------------------------------------------------------
