@@ -45,11 +45,11 @@ from model_search import (SHORTCUT_LAYERS, SuperNet, gumbel_softmax_hard, one_ho
                           warmup_paths)
 from utils import (
     EXPLODED_LOSS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
-    AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy, add_device_arguments,
-    all_gather_objects, all_reduce_sum, check_number_rules, check_seed, cleanup_distributed, fill_from_schedule, frozen,
-    init_distributed, launch, load_checkpoint, new_figure, non_finite_entries, progress_bar, resolve_device_type,
-    rng_states, run_cli, run_folder_lock, run_logger, save_checkpoint, save_checkpoint_again, save_figure,
-    seed_everything, set_rng_states, share_cpu_threads, write_json,
+    RUN_DESCRIPTIONS, AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy,
+    add_device_arguments, all_gather_objects, all_reduce_sum, check_number_rules, check_seed, checkpoint_kind,
+    cleanup_distributed, describe_saved_run, fill_from_schedule, frozen, init_distributed, launch, load_checkpoint,
+    new_figure, non_finite_entries, progress_bar, resolve_device_type, rng_states, run_cli, run_folder_lock, run_logger,
+    save_checkpoint, save_checkpoint_again, save_figure, seed_everything, set_rng_states, share_cpu_threads, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -651,7 +651,9 @@ CHECKPOINT_KEYS = ("epoch", "state_dict", "weight_optimizer", "weight_scheduler"
 def check_search_checkpoint(checkpoint, path):
     """Refuse anything but a complete search checkpoint of this project."""
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"--resume: {path} is not a search checkpoint of this project")
+        raise UserError(f"--resume: {path} is not a search checkpoint of this project"
+                        + (" (it is a training run's: continue it with train_imagenet.py --resume)"
+                           if checkpoint_kind(checkpoint) == "training" else ""))
     missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
     if missing or not isinstance(checkpoint["args"], dict) or "classifier.3.weight" not in checkpoint["state_dict"]:
         raise UserError(f"--resume: {path} is an incomplete search checkpoint (missing: "
@@ -1048,6 +1050,9 @@ def check_save_folder(args):
     resuming_here = args.resume is not None and os.path.abspath(resolve_resume_path(args.resume)) == \
         os.path.abspath(existing)
     if os.path.exists(existing) and not resuming_here:
+        held = describe_saved_run(existing)
+        if held != RUN_DESCRIPTIONS["search"]:
+            raise UserError(f"--save {args.save} holds {held}, not a search: choose another --save")
         raise UserError(f"--save {args.save} already holds a search; continue it with --resume {existing} "
                         "or choose another --save")
 

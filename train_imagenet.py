@@ -266,6 +266,9 @@ def load_resume_checkpoint(args):
     required = ("state_dict", "arch_config", "optimizer", "scheduler", "epoch")
     missing = [key for key in required if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:
+        if utils.checkpoint_kind(checkpoint) == "search":
+            raise UserError(f"--resume: {args.resume} is a search's checkpoint (search_imagenet.py); continue the "
+                            "search with search_imagenet.py --resume, or train its arch.json with --arch_config")
         raise UserError(f"--resume: {args.resume} is not a training checkpoint of this script "
                         f"(no {', '.join(missing)}); to evaluate weights use --evaluate")
     broken = utils.non_finite_entries(checkpoint["state_dict"])
@@ -296,9 +299,13 @@ def resolve_save_folder(args):
     if args.save is None:
         args.save = (os.path.dirname(os.path.abspath(args.resume)) if args.resume
                      else time.strftime("train-%Y%m%d-%H%M%S"))
-    if not args.resume and os.path.exists(os.path.join(args.save, CHECKPOINT_FILE)):
+    existing = os.path.join(args.save, CHECKPOINT_FILE)
+    if not args.resume and os.path.exists(existing):
+        held = utils.describe_saved_run(existing)
+        if held != utils.RUN_DESCRIPTIONS["training"]:
+            raise UserError(f"--save {args.save} holds {held}, not a training run: choose another --save")
         raise UserError(f"--save {args.save} already holds {CHECKPOINT_FILE}: continue it with --resume "
-                        f"{os.path.join(args.save, CHECKPOINT_FILE)} or choose another --save")
+                        f"{existing} or choose another --save")
 
 
 def prepare(args):

@@ -563,6 +563,31 @@ def load_checkpoint(path, what="checkpoint"):
         raise UserError(f"{what} {path} could not be loaded ({reason})") from None
 
 
+# A key only one script's checkpoint holds: what tells a search folder from a
+# training folder (both save checkpoint.pth.tar).
+CHECKPOINT_MARKERS = (("search", "arch_optimizer"), ("training", "scheduler"))
+RUN_DESCRIPTIONS = {"search": "a search (search_imagenet.py)", "training": "a training run (train_imagenet.py)"}
+
+
+def checkpoint_kind(checkpoint):
+    """'search' or 'training' for a loaded checkpoint of this project's two
+    scripts, None for anything else."""
+    if isinstance(checkpoint, dict):
+        for kind, key in CHECKPOINT_MARKERS:
+            if key in checkpoint:
+                return kind
+    return None
+
+
+def describe_saved_run(path):
+    """What the checkpoint at `path` holds, in words (for an error message)."""
+    try:
+        kind = checkpoint_kind(load_checkpoint(path))
+    except UserError:
+        kind = None
+    return RUN_DESCRIPTIONS.get(kind, f"a {os.path.basename(path)} this project did not write")
+
+
 @contextlib.contextmanager
 def frozen(parameters):
     """Within the block, `parameters` need no gradient; afterwards (also

@@ -211,6 +211,29 @@ def test_existing_search_is_not_overwritten(finished_search, tiny_dataset, capsy
     assert "already holds a search" in capsys.readouterr().err
 
 
+def test_a_training_folder_given_to_the_search_is_named_as_one(finished_search, tiny_dataset, tmp_path, capsys):
+    assert utils.checkpoint_kind(load_checkpoint(os.path.join(finished_search, "checkpoint.pth.tar"))) == "search"
+    training = tmp_path / "train-run"
+    training.mkdir()
+    torch.save({"state_dict": {}, "optimizer": {}, "scheduler": {}, "epoch": 3}, training / "checkpoint.pth.tar")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "checkpoint.pth.tar").write_bytes(b"not a checkpoint")
+    cases = [
+        (["--save", str(training)], f"--save {training} holds a training run (train_imagenet.py), not a search: "
+                                    "choose another --save"),
+        (["--save", str(foreign)], f"--save {foreign} holds a checkpoint.pth.tar this project did not write, not a "
+                                   "search"),
+        (["--save", str(tmp_path / "new"), "--resume", str(training / "checkpoint.pth.tar")],
+         "(it is a training run's: continue it with train_imagenet.py --resume)"),
+    ]
+    for options, message in cases:
+        with pytest.raises(SystemExit):
+            run_search(["--dataset", tiny_dataset, "--num_classes", "3"] + TINY_SCHEDULE + options)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (options, lines)
+
+
 def _search_and_save_replica(args):
     """Runs in each spawned process: the script's own search, then every
     rank (not just rank 0) saves what it ended with, for the test to compare."""

@@ -482,6 +482,22 @@ def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(a
     assert not (tmp_path / "run").exists()
 
 
+def test_a_search_folder_given_to_training_is_named_as_one(authors_run, tiny_dataset, tmp_path, capsys):
+    assert utils.checkpoint_kind(torch.load(authors_run / "checkpoint.pth.tar", weights_only=True)) == "training"
+    search = tmp_path / "search-run"
+    search.mkdir()
+    torch.save({"format": 1, "state_dict": {}, "arch_optimizer": {}, "epoch": 3}, search / "checkpoint.pth.tar")
+    cases = [
+        (["--save", search], f"--save {search} holds a search (search_imagenet.py), not a training run: choose "
+                             "another --save"),
+        (["--resume", search / "checkpoint.pth.tar"], "is a search's checkpoint (search_imagenet.py); continue the "
+                                                      "search with search_imagenet.py --resume"),
+    ]
+    for options, message in cases:
+        code, lines = user_error(capsys, tiny_run(tiny_dataset, tmp_path / "run") + options)
+        assert code == 2 and len(lines) == 1 and message in lines[0], (options, lines)
+
+
 @pytest.mark.parametrize("loss, overflow, message", [
     (2.3, False, None),
     (float("nan"), False, "(loss nan)"),
