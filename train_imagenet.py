@@ -209,14 +209,29 @@ def get_args_parser():
 # --------------------------------------------------------- input checking
 
 
-def resolve_schedule(args):
-    """Fill the options left unset from --schedule (utils.fill_from_schedule:
-    the paper's recipe with --dataset, the demo's schedule without); then
-    --scale_lr scales the lr to the batch size."""
+def resolve_schedule(args, checkpoint=None):
+    """Fill the options left unset: on --resume from what the checkpoint's
+    run used (restore_schedule_options), then from --schedule
+    (utils.fill_from_schedule: the paper's recipe with --dataset, the demo's
+    schedule without); then --scale_lr scales an lr not restored (a restored
+    one was scaled already) to the batch size."""
+    restored = restore_schedule_options(args, checkpoint) if checkpoint is not None else set()
     fill_from_schedule(args, SCHEDULES)
-    if args.scale_lr:
+    if args.scale_lr and "lr" not in restored:
         args.lr = args.lr * args.batch_size / RECIPE_BATCH_SIZE
     return args
+
+
+def restore_schedule_options(args, checkpoint):
+    """A resumed run continues as it was: each schedule option left unset
+    (epochs, batch size, image size, lr, warm-up, channels_last) takes the
+    value the checkpoint's run used, where it recorded one. Returns the
+    names restored."""
+    saved = checkpoint.get("args") or {}
+    restored = {name for name in RECIPE_SCHEDULE if getattr(args, name) is None and saved.get(name) is not None}
+    for name in restored:
+        setattr(args, name, saved[name])
+    return restored
 
 
 # Each numeric option: what it must be (utils.check_number_rules).
@@ -323,7 +338,7 @@ def prepare(args):
             raise UserError(f"--evaluate: {args.evaluate} holds no model state_dict")
         if args.image_size is None:
             args.image_size = evaluate.recorded_image_size(checkpoint)  # the size it was trained at, if known
-    resolve_schedule(args)
+    resolve_schedule(args, checkpoint if args.resume else None)
     world_size = utils.planned_world_size(args)
     if world_size < 1:
         raise UserError("--gpus must be at least 1")

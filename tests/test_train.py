@@ -262,8 +262,9 @@ def test_resume_after_an_interruption_gives_the_weights_of_an_uninterrupted_run(
     assert torch.load(tmp_path / "interrupted" / "checkpoint.pth.tar", weights_only=True)["epoch"] == 1
     # Loading processes draw nothing from the training's random streams: the
     # resumed run may use other --workers and still see the same images.
-    train(*run_options(tmp_path / "interrupted"), "--resume", tmp_path / "interrupted" / "checkpoint.pth.tar",
-          "--workers", 2)
+    # The resumed run names neither epochs, batch size nor image size: it takes the checkpoint's.
+    train("--dataset", tiny_dataset, "--resume", tmp_path / "interrupted" / "checkpoint.pth.tar", "--workers", 2,
+          "--ema", "--ema_decay", 0.9)
 
     straight, resumed = (torch.load(tmp_path / name / "checkpoint.pth.tar", weights_only=True)
                          for name in ("straight", "interrupted"))
@@ -274,6 +275,18 @@ def test_resume_after_an_interruption_gives_the_weights_of_an_uninterrupted_run(
         assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][index]["momentum_buffer"])
     straight_metrics, resumed_metrics = (read_metrics(tmp_path / name) for name in ("straight", "interrupted"))
     assert without_timings(straight_metrics) == without_timings(resumed_metrics)
+
+
+def test_a_resumed_run_takes_its_schedule_from_the_checkpoint_unless_given(tmp_path):
+    saved = {"epochs": 7, "batch_size": 16, "image_size": 48, "lr": 0.3, "warmup_epochs": 1.0, "channels_last": True,
+             "scale_lr": True}
+    args = train_imagenet.resolve_schedule(parse("--dataset", tmp_path, "--resume", "x", "--epochs", 9,
+                                                 "--scale_lr"), {"args": saved})
+    assert (args.epochs, args.batch_size, args.image_size, args.warmup_epochs, args.channels_last) == (9, 16, 48, 1.0,
+                                                                                                       True)
+    assert args.lr == 0.3  # scaled once, when it was first set
+    authors = train_imagenet.resolve_schedule(parse("--dataset", tmp_path, "--resume", "x"), {})  # no args saved
+    assert (authors.epochs, authors.batch_size) == (train_imagenet.RECIPE_EPOCHS, train_imagenet.RECIPE_BATCH_SIZE)
 
 
 # -------------------------------------------------------------- the recipe
