@@ -175,9 +175,9 @@ def check_same_classes(root, train_classes, val_classes):
     same class folders."""
     if train_classes == val_classes:
         return
-    differences = [f"only in {split}/: {name_class_folders(names)}" for split, names in (
-        ("train", sorted(set(train_classes) - set(val_classes))), ("val", sorted(set(val_classes) - set(train_classes))))
-        if names]
+    only_in = {"train": sorted(set(train_classes) - set(val_classes)),
+               "val": sorted(set(val_classes) - set(train_classes))}
+    differences = [f"only in {split}/: {name_class_folders(names)}" for split, names in only_in.items() if names]
     raise UserError(f"--dataset {root}: train/ and val/ hold different class folders ({'; '.join(differences)}); "
                     "both need the same ones (a hidden folder counts as a class too: remove it)")
 
@@ -221,8 +221,9 @@ def to_rgb(image, path):
         pixels = np.asarray(image, dtype=np.float64) / SIXTEEN_BIT_SCALE
         return Image.fromarray(np.round(pixels).clip(0, 255).astype(np.uint8)).convert("RGB")
     if image.mode in ("I", "F"):
-        raise UserError(f"cannot read image {path}: its pixels are {'32-bit integers' if image.mode == 'I' else 'floats'}"
-                        " with no fixed range; save it with 8 or 16 bits per channel")
+        kind = "32-bit integers" if image.mode == "I" else "floats"
+        raise UserError(f"cannot read image {path}: its pixels are {kind} with no fixed range; save it with 8 or 16 "
+                        "bits per channel")
     return image.convert("RGB")
 
 

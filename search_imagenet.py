@@ -48,8 +48,9 @@ from utils import (
     RUN_DESCRIPTIONS, AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy,
     add_device_arguments, all_gather_objects, all_reduce_sum, check_number_rules, check_seed, checkpoint_kind,
     cleanup_distributed, describe_saved_run, fill_from_schedule, frozen, init_distributed, launch, load_checkpoint,
-    new_figure, non_finite_entries, progress_bar, resolve_device_type, rng_states, run_cli, run_folder_lock, run_logger,
-    save_checkpoint, save_checkpoint_again, save_figure, seed_everything, set_rng_states, share_cpu_threads, write_json,
+    new_figure, non_finite_entries, progress_bar, resolve_device_type, resumable_at, rng_states, run_cli,
+    run_folder_lock, run_logger, save_checkpoint, save_checkpoint_again, save_figure, seed_everything, set_rng_states,
+    share_cpu_threads, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -1079,6 +1080,7 @@ def main(args):
                                 resolve_resume_path(args.resume))
     with run_folder_lock(args.save, checkpoint=CHECKPOINT_NAME):
         check_save_folder(args)
+        resumable_at(os.path.join(args.save, CHECKPOINT_NAME))
         launch(search_worker, args, args.gpus)
 
 

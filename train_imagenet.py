@@ -356,6 +356,7 @@ def prepare(args):
         import_onnx_checkers()  # now, not after days of training
     if not args.evaluate:
         resolve_save_folder(args)
+        utils.resumable_at(os.path.join(args.save, CHECKPOINT_FILE))
     return args
 
 

@@ -21,6 +21,7 @@ import math
 import os
 import pickle
 import random
+import shlex
 import shutil
 import socket
 import stat
@@ -81,11 +82,48 @@ def run_cli(main, parser, argv=None):
         print(f"error: {user_error_message(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(interrupted_message(), file=sys.stderr)
         sys.exit(130)
     except RuntimeError as error:
         stop_if_a_peer_was_lost(error)
         raise
+
+
+# Set by a script once it knows where its checkpoint goes (resumable_at):
+# on Ctrl-C, run_cli then prints the command that continues the run.
+_resumable_checkpoint = None
+
+
+def resumable_at(checkpoint_path):
+    """Ctrl-C from now on prints the command that resumes from
+    `checkpoint_path` (once the run has written it)."""
+    global _resumable_checkpoint
+    _resumable_checkpoint = checkpoint_path
+
+
+def interrupted_message():
+    """What run_cli prints on Ctrl-C: the resume command where there is a
+    checkpoint to resume from."""
+    if _resumable_checkpoint is None:
+        return "interrupted"
+    if not os.path.isfile(_resumable_checkpoint):
+        return (f"interrupted before the first checkpoint ({_resumable_checkpoint}) was written: nothing to resume; "
+                "run the same command again to start over")
+    return f"interrupted; continue with: {resume_command(sys.argv, _resumable_checkpoint)}"
+
+
+def resume_command(argv, checkpoint_path):
+    """The command line `argv` with its --resume, if any, replaced by one
+    from `checkpoint_path`, quoted for a POSIX shell."""
+    arguments, skip_next = [], False
+    for argument in argv[1:]:
+        if skip_next:
+            skip_next = False
+        elif argument == "--resume":
+            skip_next = True
+        elif not argument.startswith("--resume="):
+            arguments.append(argument)
+    return shlex.join(["python3", argv[0], *arguments, "--resume", checkpoint_path])
 
 
 def parse_forwarded_arguments(parser, arguments, what):

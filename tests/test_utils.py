@@ -468,3 +468,28 @@ def test_an_unusable_thread_setting_is_named(capsys):
     assert capsys.readouterr().err == ""
     utils.check_thread_setting({"OMP_NUM_THREADS": str(10 * (os.cpu_count() or 1))})
     assert "tens of times slower" in capsys.readouterr().err
+
+
+def test_ctrl_c_prints_the_command_that_resumes_once_there_is_a_checkpoint(tmp_path, capsys, monkeypatch):
+    save = tmp_path / "my run"
+    checkpoint = save / "checkpoint.pth.tar"
+    monkeypatch.setattr(sys, "argv", ["search_imagenet.py", "--save", str(save), "--resume=old/warmup.pth.tar",
+                                      "--target_latency", "22"])
+    monkeypatch.setattr(utils, "_resumable_checkpoint", None)
+
+    def interrupted_run(args):
+        utils.resumable_at(str(checkpoint))
+        raise KeyboardInterrupt
+
+    def stderr_after_ctrl_c():
+        with pytest.raises(SystemExit) as stop:
+            utils.run_cli(interrupted_run, argparse.ArgumentParser(), [])
+        assert stop.value.code == 130
+        return capsys.readouterr().err.strip()
+
+    assert stderr_after_ctrl_c() == (f"interrupted before the first checkpoint ({checkpoint}) was written: nothing "
+                                     "to resume; run the same command again to start over")
+    save.mkdir()
+    checkpoint.write_bytes(b"")
+    assert stderr_after_ctrl_c() == ("interrupted; continue with: python3 search_imagenet.py --save "
+                                     f"'{save}' --target_latency 22 --resume '{checkpoint}'")
