@@ -125,13 +125,13 @@ def run_in_parallel(work, items, parallel, on_done=None):
 
 
 def stop_children_on_sigterm():
-    """On SIGTERM, stop the children of `run_logged` and exit with status
-    143 by raising SystemExit in the main thread, so that its `finally`
-    blocks stop any other children too; none is left running and writing
-    after its parent is gone."""
+    """On SIGTERM, stop the children of `run_logged`, then raise
+    utils.Terminated in the main thread (run_cli exits with status 143), so
+    that its `finally` blocks stop any other children too; none is left
+    running and writing after its parent is gone."""
     def stop(signum, frame):
         terminate_children()
-        raise SystemExit(128 + signum)
+        raise utils.Terminated()
 
     signal.signal(signal.SIGTERM, stop)
 

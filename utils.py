@@ -23,6 +23,7 @@ import pickle
 import random
 import shlex
 import shutil
+import signal
 import socket
 import stat
 import sys
@@ -75,6 +76,9 @@ def run_cli(main, parser, argv=None):
     """Parse arguments, run `main(args)`, and turn a UserError into one
     `error: ...` line on stderr and exit status 2."""
     args = parser.parse_args(argv)
+    global _terminated_process
+    _terminated_process = os.getpid()
+    previous_handler = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         check_thread_setting()
         main(args)
@@ -82,11 +86,36 @@ def run_cli(main, parser, argv=None):
         print(f"error: {user_error_message(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
     except KeyboardInterrupt:
-        print(interrupted_message(), file=sys.stderr)
-        sys.exit(130)
+        print(interrupted_message("interrupted"), file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    except Terminated:
+        print(interrupted_message("terminated"), file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     except RuntimeError as error:
         stop_if_a_peer_was_lost(error)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread (raise_terminated). Not an
+    Exception, so that no `except Exception` swallows it."""
+
+
+_terminated_process = None  # the process whose run_cli installed raise_terminated
+
+
+def raise_terminated(signum, frame):
+    """SIGTERM as an exception rather than an instant end: `finally` blocks
+    run, so a file being written is removed (atomic_write) and children are
+    stopped, and run_cli says how to resume. A forked child (a DataLoader
+    worker) inherits the handler; it ends as SIGTERM always ended it."""
+    if os.getpid() != _terminated_process:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise Terminated()
 
 
 # Set by a script once it knows where its checkpoint goes (resumable_at):
@@ -101,15 +130,16 @@ def resumable_at(checkpoint_path):
     _resumable_checkpoint = checkpoint_path
 
 
-def interrupted_message():
-    """What run_cli prints on Ctrl-C: the resume command where there is a
-    checkpoint to resume from."""
+def interrupted_message(what):
+    """What run_cli prints on Ctrl-C or SIGTERM (`what`: "interrupted",
+    "terminated"): the resume command where there is a checkpoint to resume
+    from."""
     if _resumable_checkpoint is None:
-        return "interrupted"
+        return what
     if not os.path.isfile(_resumable_checkpoint):
-        return (f"interrupted before the first checkpoint ({_resumable_checkpoint}) was written: nothing to resume; "
+        return (f"{what} before the first checkpoint ({_resumable_checkpoint}) was written: nothing to resume; "
                 "run the same command again to start over")
-    return f"interrupted; continue with: {resume_command(sys.argv, _resumable_checkpoint)}"
+    return f"{what}; continue with: {resume_command(sys.argv, _resumable_checkpoint)}"
 
 
 def resume_command(argv, checkpoint_path):

@@ -8,6 +8,7 @@ import os
 import pickle
 import random
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import torch
 
 import utils
 from utils import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_worker_wrapped_user_error_keeps_its_one_line():
@@ -493,3 +496,37 @@ def test_ctrl_c_prints_the_command_that_resumes_once_there_is_a_checkpoint(tmp_p
     checkpoint.write_bytes(b"")
     assert stderr_after_ctrl_c() == ("interrupted; continue with: python3 search_imagenet.py --save "
                                      f"'{save}' --target_latency 22 --resume '{checkpoint}'")
+
+
+SIGTERM_MID_WRITE = """
+import sys, time
+sys.path.insert(0, {repo!r})
+import argparse, utils
+
+def main(args):
+    utils.resumable_at({checkpoint!r})
+    with utils.atomic_write({target!r}) as file:
+        file.write("half of it")
+        file.flush()
+        print("writing", flush=True)
+        time.sleep(60)
+
+utils.run_cli(main, argparse.ArgumentParser(), [])
+"""
+
+
+def test_sigterm_mid_write_removes_the_temporary_file_and_says_how_to_resume(tmp_path):
+    target, checkpoint = tmp_path / "result.json", tmp_path / "checkpoint.pth.tar"
+    target.write_text("the earlier result")
+    checkpoint.write_bytes(b"")
+    script = tmp_path / "writer.py"
+    script.write_text(SIGTERM_MID_WRITE.format(repo=str(REPO_ROOT), checkpoint=str(checkpoint), target=str(target)))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline().strip() == "writing"
+    assert len(list(tmp_path.glob(".result.json.tmp-*"))) == 1
+    process.terminate()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143
+    assert stderr.strip().splitlines() == [f"terminated; continue with: python3 {script} --resume {checkpoint}"]
+    assert not list(tmp_path.glob(".result.json.tmp-*")) and target.read_text() == "the earlier result"
