@@ -34,7 +34,8 @@ from latency_timing import (CLOCKS, CONDITIONS, DEFAULT_CLOCK, DEFAULT_CPU_THREA
                             make_protocol, measure, measure_arch_configs, noise_report, reference_level,
                             session_statistics, time_in_fresh_processes, time_networks)
 from operations import LAYOUT, NUM_LAYERS, NUM_OPS, NUM_SEARCHABLE_LAYERS
-from utils import UserError, new_figure, open_for_reading, resolve_device, run_cli, save_figure, write_csv
+from utils import (UserError, make_output_folder, new_figure, open_for_reading, resolve_device, run_cli, save_figure,
+                   write_csv)
 
 # Authors' measurement set-up (their README and release).
 JETSON_BATCH_SIZE = 8
@@ -323,6 +324,8 @@ def run_validate(args):
     print(f"measuring {args.num_archs} random architectures end to end on {describe_device(protocol.device)['name']}: "
           f"{protocol.runtime}, batch {protocol.batch_size}, {protocol.threads} thread(s), {protocol.clock} clock, "
           f"{protocol.repeats} rounds (1-min load average {load_average()})", flush=True)
+    out_dir = args.out_dir or os.path.join("runs", "validate-" + os.path.splitext(os.path.basename(args.lut))[0])
+    make_output_folder(out_dir, "--out_dir")  # now, not after every network was timed
     indices = sample_architectures(args.num_archs, args.seed)
     level = table_reference_level(metadata) if protocol.reference else None
     sessions = time_networks([operations.indices_to_arch(row) for row in indices], protocol, metadata["num_classes"])
@@ -334,7 +337,6 @@ def run_validate(args):
     measured = session_statistics(sessions, level)
     fresh = (fresh_process_validation(predictor, indices, protocol, args.fresh_process)
              if args.fresh_process else {})
-    out_dir = args.out_dir or os.path.join("runs", "validate-" + os.path.splitext(os.path.basename(args.lut))[0])
     report_validation(predictor, indices, measured, out_dir, fresh)
 
 

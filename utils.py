@@ -894,14 +894,17 @@ def check_run_plan(out, plan):
 
 
 def make_output_folder(path, option="--out"):
-    """Create the folder a command writes into (fine if it exists); a path
+    """Create the folder a command writes into (fine if it exists) and make
+    sure a file can be written there, before any long work starts; a path
     that cannot be one (a file, under a file, read-only, /proc) is a UserError."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{option} {path} is a file, not a folder; choose another {option}")
     try:
         os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # what permission bits do not tell (root, read-only mounts)
+            pass
     except OSError as error:
-        raise UserError(f"{option} {path}: cannot create the folder ({path_error_reason(error)}); choose a "
+        raise UserError(f"{option} {path}: cannot write there ({path_error_reason(error)}); choose a "
                         "writable folder") from None
 
 

@@ -282,6 +282,10 @@ CASES = {
     "calibrate: table without metadata": (latency_build, ["calibrate", "--lut", "{table_no_entries}",
                                                           "--measurements", "{csv}"], "no 'metadata' object"),
     "validate: table missing": (latency_build, ["validate", "--lut", "{root}/none.json"], "not found"),
+    "validate: out_dir under a file": (latency_build, ["validate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                               "cpu_amd_epyc_b1_t1.json"),
+                                                        "--out_dir", "{text}/validation"],
+                                        "notes.txt/validation: cannot write there"),
     # flags that do not go together
     "search: fixed penalty without w": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--penalty",
                                                           "fixed"], "--penalty_weight"),

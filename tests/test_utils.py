@@ -200,7 +200,7 @@ def test_run_folder_lock_refuses_a_second_run_and_tidies_an_empty_new_folder(tmp
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(UserError, match="cannot create the folder"):
+    with pytest.raises(UserError, match="cannot write there"):
         with utils.run_folder_lock(str(blocker / "run")):
             pass
 
