@@ -7,7 +7,7 @@ against target.
 Steps (each reused when its output exists, so an interrupted loop continues;
 a rerun into the same --out with another target, table or options is
 refused, so no step made under other settings is ever reused):
-1. `latency_predictor.py build` (the default method) -> OUT/table.json,
+1. `latency_build.py build` (the default method) -> OUT/table.json,
    unless --lut names a table to use;
 2. `search_imagenet.py --lut OUT/table.json --target_latency T`, on the
    synthetic demo data unless search options say otherwise (give them after
@@ -56,7 +56,7 @@ def run_step(arguments, what):
 def build_table(out, build_options):
     path = os.path.join(out, "table.json")
     if not os.path.isfile(path):
-        run_step([os.path.join(REPO_ROOT, "latency_predictor.py"), "build", "--out", path] + build_options,
+        run_step([os.path.join(REPO_ROOT, "latency_build.py"), "build", "--out", path] + build_options,
                  "building this machine's table")
     return path
 
@@ -148,7 +148,7 @@ def get_args_parser():
     parser.add_argument("--out", default=os.path.join("runs", "closed-loop"), help="folder for the table, the "
                         "search and the report (default: runs/closed-loop)")
     parser.add_argument("--lut", default=None, help="use this table instead of building one")
-    parser.add_argument("--build_options", default="", help="extra options for `latency_predictor.py build`, "
+    parser.add_argument("--build_options", default="", help="extra options for `latency_build.py build`, "
                         "in one string, e.g. \"--runtime onnxruntime\"")
     parser.add_argument("--rounds", type=int, default=LOOP_ROUNDS,
                         help=f"timed rounds for the found network (default: {LOOP_ROUNDS})")

@@ -639,7 +639,7 @@ def _command_line(args):
         if name in ("command", "handler", "out", "force") or value is None or value is False:
             continue
         options.append(f"--{name}" if value is True else f"--{name} {value}")
-    return " ".join(["python3 latency_predictor.py", args.command] + options)
+    return " ".join(["python3 latency_build.py", args.command] + options)
 
 
 def main(args):

@@ -13,16 +13,16 @@ table has the same format and keys (`entry_key`) as a latency table, with
 entries from a power meter and metric "energy", unit "mJ".
 
 This module uses tables; `latency_build.py` makes them (measuring, fitting
-the authors' MLP, validating, calibrating). The command line is the same
-for both:
+the authors' MLP, validating, calibrating) and holds the command line of
+both (this module imports none of the builders):
 
-    python3 latency_predictor.py predict --arch_config LightNet-24ms --verbose
-    python3 latency_predictor.py from-mlp --mlp ../shared/data/lightnas_jetson_latency_mlp.pth.tar \\
+    python3 latency_build.py predict --arch_config LightNet-24ms --verbose
+    python3 latency_build.py from-mlp --mlp ../shared/data/lightnas_jetson_latency_mlp.pth.tar \\
         --out latency_lut/jetson_agx_xavier_b8.json
-    python3 latency_predictor.py build --device cpu --out latency_lut/my_cpu.json
-    python3 latency_predictor.py build --device cpu --runtime onnxruntime --out latency_lut/my_cpu_ort.json
-    python3 latency_predictor.py validate --lut latency_lut/my_cpu.json --device cpu --num_archs 30
-    python3 latency_predictor.py calibrate --lut latency_lut/my_cpu.json \\
+    python3 latency_build.py build --device cpu --out latency_lut/my_cpu.json
+    python3 latency_build.py build --device cpu --runtime onnxruntime --out latency_lut/my_cpu_ort.json
+    python3 latency_build.py validate --lut latency_lut/my_cpu.json --device cpu --num_archs 30
+    python3 latency_build.py calibrate --lut latency_lut/my_cpu.json \\
         --measurements runs/validate-my_cpu/validate.csv
 
 The search calls `load_predictor(spec)` and then `cost`, `expected_cost` and
@@ -37,6 +37,8 @@ import hashlib
 import json
 import math
 import os
+import shlex
+import sys
 import tempfile
 from typing import NamedTuple
 
@@ -48,7 +50,7 @@ import model_train
 import operations
 from operations import (FIXED_FIRST_OP, HEAD_CHANNELS, INPUT_SIZE, LAYOUT, NUM_LAYERS, NUM_OPS,
                         NUM_SEARCHABLE_LAYERS, SEARCHABLE_OPS, SKIP, STEM_CHANNELS, LayerSpec)
-from utils import UserError, load_checkpoint, path_error_reason, read_json, run_cli, write_json
+from utils import USER_ERROR_EXIT_CODE, UserError, load_checkpoint, path_error_reason, read_json, write_json
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LUT_DIR = os.path.join(REPO_ROOT, "latency_lut")
@@ -684,7 +686,8 @@ def entries_from_values(probes, values, num_classes):
 
 
 if __name__ == "__main__":
-    # The subcommands live with the table builder; `predict` only uses tables.
-    import latency_build
-
-    run_cli(latency_build.main, latency_build.get_args_parser())
+    # A library: the tables' commands live with the builder, so that this
+    # module, which every search step uses, depends on none of it.
+    print("error: latency_predictor.py is the tables' library; their commands run from latency_build.py: "
+          + shlex.join(["python3", "latency_build.py", *sys.argv[1:]]), file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT_CODE)

@@ -624,7 +624,7 @@ def write_report(out, context):
     if context["cpu_mismatch"]:
         sections += ["", f"Note: the CPU table was built on {context['cpu']['device']}, this machine is "
                      f"{context['machine']['cpu']}: its predictions are for that machine. Build one for this "
-                     "machine with `python3 latency_predictor.py build` and pass it as --cpu_table."]
+                     "machine with `python3 latency_build.py build` and pass it as --cpu_table."]
     sections += [
         "",
         "## The LightNets beside the networks users would pick instead",

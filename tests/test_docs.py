@@ -14,8 +14,6 @@ PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 README_MAX_LINES = 250
-# latency_predictor.py is the front door of latency_build's commands.
-PARSER_MODULE = {"latency_predictor.py": "latency_build.py"}
 
 
 def heading_anchors(page):
@@ -84,14 +82,14 @@ README_COMMANDS = [found for found in map(script_and_arguments, shell_commands((
 
 def test_the_readme_shows_the_scripts_users_run():
     scripts = {script for script, _ in README_COMMANDS}
-    assert {"search_imagenet.py", "train_imagenet.py", "evaluate.py", "latency_predictor.py"} <= scripts
+    assert {"search_imagenet.py", "train_imagenet.py", "evaluate.py", "latency_build.py"} <= scripts
 
 
 @pytest.mark.parametrize("script, arguments", README_COMMANDS, ids=lambda value: value if isinstance(value, str)
                          else None)
 def test_every_readme_command_parses_with_its_scripts_options(script, arguments, capsys):
     assert (REPO_ROOT / script).is_file(), script
-    parser = importlib.import_module(Path(PARSER_MODULE.get(script, script)).stem).get_args_parser()
+    parser = importlib.import_module(Path(script).stem).get_args_parser()
     try:
         parser.parse_args(arguments)
     except SystemExit:

@@ -6,12 +6,16 @@ authors' MLP skip when ../shared/data is absent.
     python3 -m pytest -q tests/test_latency_predictor.py
 """
 
+import ast
 import copy
 import csv
 import glob
 import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +28,8 @@ import model_train
 import operations
 from operations import LAYOUT, NUM_OPS, NUM_SEARCHABLE_LAYERS, SEARCHABLE_OPS, SKIP
 from utils import UserError, run_cli
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 MLP_PATH = lp.AUTHORS_MLP
 needs_mlp = pytest.mark.skipif(not os.path.isfile(MLP_PATH), reason="../shared/data latency MLP not present")
@@ -548,3 +554,29 @@ def test_the_shipped_cpu_table_of_this_cpu_model_is_chosen():
         name = lp.load_table(path)["metadata"]["device"]["name"]
         assert lp.shipped_cpu_table(name) == path
     assert lp.shipped_cpu_table("a CPU no table was built on") == lp.CPU_LUT
+
+
+def imported_modules(path):
+    """The top-level names of every module a source file imports, anywhere in it."""
+    tree = ast.parse(Path(path).read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_latency_modules_import_each_other_in_one_direction_only():
+    # predictor <- timing <- build: the library every search step uses knows nothing of measuring.
+    assert not imported_modules(REPO_ROOT / "latency_predictor.py") & {"latency_build", "latency_timing"}
+    assert "latency_build" not in imported_modules(REPO_ROOT / "latency_timing.py")
+
+
+def test_running_the_predictor_library_names_the_builders_command():
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "latency_predictor.py"), "predict", "--arch_config",
+                             "LightNet-24ms"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == ("error: latency_predictor.py is the tables' library; their commands run from "
+                                     "latency_build.py: python3 latency_build.py predict --arch_config LightNet-24ms")
