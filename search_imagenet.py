@@ -46,11 +46,11 @@ from model_search import (SHORTCUT_LAYERS, SuperNet, gumbel_softmax_hard, one_ho
 from utils import (
     EXPLODED_LOSS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
     RUN_DESCRIPTIONS, AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy,
-    add_device_arguments, all_gather_objects, all_reduce_sum, check_number_rules, check_seed, checkpoint_kind,
-    cleanup_distributed, describe_saved_run, fill_from_schedule, frozen, init_distributed, launch, load_checkpoint,
-    new_figure, non_finite_entries, progress_bar, resolve_device_type, resumable_at, rng_states, run_cli,
-    run_folder_lock, run_logger, save_checkpoint, save_checkpoint_again, save_figure, seed_everything, set_rng_states,
-    share_cpu_threads, write_json,
+    add_device_arguments, all_gather_objects, all_reduce_sum, any_process_diverged, check_number_rules, check_seed,
+    checkpoint_kind, cleanup_distributed, describe_saved_run, fill_from_schedule, frozen, init_distributed, launch,
+    load_checkpoint, name_a_few, new_figure, non_finite_entries, progress_bar, resolve_device_type, resumable_at,
+    rng_states, run_cli, run_folder_lock, run_logger, save_checkpoint, save_checkpoint_again, save_figure,
+    seed_everything, set_rng_states, share_cpu_threads, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -1017,14 +1017,16 @@ def divergence(train_loss, val_loss, searcher):
         return "alpha holds a value that is not finite", "--arch_learning_rate"
     if not math.isfinite(searcher.state.tradeoff):
         return f"lambda is {searcher.state.tradeoff}", "--tradeoff_learning_rate"
+    broken = non_finite_entries(searcher.model.state_dict())  # a loss can stay finite while a statistic overflows
+    if broken:
+        return f"not finite: {name_a_few(broken)}", "--learning_rate, --grad_clip or --eta"
     return None
 
 
 def check_finite_state(searcher, resume_path):
     """A checkpoint whose weights, alpha or lambda are not finite cannot be
     resumed: every step from it would be NaN too."""
-    weights_finite = not non_finite_entries(searcher.model.state_dict())
-    found = divergence(0.0, None, searcher) or (None if weights_finite else ("a weight is not finite", None))
+    found = divergence(0.0, None, searcher)
     if found is not None:
         raise UserError(f"--resume {resume_path}: {found[0]} in this checkpoint; it cannot be resumed: "
                         "start from an earlier checkpoint or from scratch")
@@ -1035,9 +1037,9 @@ def stop_if_diverged(epoch, train_loss, val_loss, searcher, args):
     is checkpointed and before any architecture is written: a diverged
     search claims no result."""
     found = divergence(train_loss, val_loss, searcher)
-    if found is None:
+    if not any_process_diverged(found is not None, searcher.context.device):
         return
-    what, options = found
+    what, options = found or ("another process's numbers are not finite", "--learning_rate or --grad_clip")
     checkpoint = os.path.join(args.save, CHECKPOINT_NAME)
     last = (f"; the last finite state (epoch {epoch}) is in {checkpoint}"
             if epoch > 0 and os.path.isfile(checkpoint) else "")

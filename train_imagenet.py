@@ -786,14 +786,12 @@ def stop_if_diverged(epoch, loss, model, args):
     finite while a running variance overflows): the checkpoint named for a
     restart is then always one that trains."""
     broken = utils.non_finite_entries(model.state_dict())
-    # BatchNorm statistics are each process's own: decide together, so that
-    # every process stops, not only the one whose statistics overflowed.
-    device = next(model.parameters()).device
-    votes = utils.all_reduce_sum(torch.tensor([float(not loss <= utils.EXPLODED_LOSS), float(len(broken))],
-                                              device=device))
-    if not votes.any():
+    diverged = not loss <= utils.EXPLODED_LOSS or bool(broken)
+    if not utils.any_process_diverged(diverged, next(model.parameters()).device):
         return
     what = f"loss {loss:g}" + (f", not finite: {utils.name_a_few(broken)}" if broken else "")
+    if not diverged:
+        what += "; another process's numbers are not finite"
     checkpoint_path = os.path.join(args.save, CHECKPOINT_FILE)
     restart = (f"resume from {checkpoint_path} (epoch {epoch}) with a lower --lr" if os.path.isfile(checkpoint_path)
                else "no epoch finished, so no checkpoint was saved: start again with a lower --lr "

@@ -346,6 +346,13 @@ def non_finite_entries(state_dict):
             if torch.is_floating_point(value) and not torch.isfinite(value).all()]
 
 
+def any_process_diverged(diverged, device):
+    """Whether `diverged` holds on any process, on every process alike: each
+    decides from its own numbers (BatchNorm statistics are per process), and
+    all must stop together, not only the one whose numbers overflowed."""
+    return bool(all_reduce_sum(torch.tensor([float(diverged)], device=device)).item() > 0)
+
+
 def name_a_few(names, limit=3):
     return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
 

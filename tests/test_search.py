@@ -4,9 +4,11 @@ line, outputs, resume, two processes, infeasible targets and --strict."""
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,7 +20,8 @@ import operations
 import search_imagenet
 import utils
 import constraint
-from constraint import update_lagrange_multiplier
+from constraint import SearchState, update_lagrange_multiplier
+from model_search import SuperNet
 from utils import load_checkpoint, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -439,6 +442,17 @@ def test_lambda_follows_the_sign_of_the_miss_over_a_run(finished_search, tiny_da
         assert after * miss >= 0  # a too-slow argmax never has a negative lambda, a too-fast one no positive
         if before * miss >= 0:  # no reset: one ascent step of exactly step * miss
             assert after - before == pytest.approx(0.05 * miss)
+
+
+def test_a_search_stops_on_an_overflowed_batchnorm_statistic_though_its_losses_are_finite(tmp_path):
+    searcher = SimpleNamespace(model=SuperNet(3, shortcuts=True), state=SearchState(tradeoff=0.0),
+                               context=utils.init_distributed("cpu"))
+    args = SimpleNamespace(save=str(tmp_path))
+    search_imagenet.stop_if_diverged(2, 2.3, 2.3, searcher, args)  # all finite: goes on
+    searcher.model.first_conv[1].running_var[0] = float("inf")
+    with pytest.raises(utils.UserError, match=re.escape("the search diverged in epoch 3: not finite: "
+                                                        "first_conv.1.running_var; check --learning_rate")):
+        search_imagenet.stop_if_diverged(2, 2.3, 2.3, searcher, args)
 
 
 def test_a_search_that_diverges_stops_with_one_line_and_no_architecture(tiny_dataset, tmp_path, capsys):

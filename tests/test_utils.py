@@ -530,3 +530,21 @@ def test_sigterm_mid_write_removes_the_temporary_file_and_says_how_to_resume(tmp
     assert process.returncode == 143
     assert stderr.strip().splitlines() == [f"terminated; continue with: python3 {script} --resume {checkpoint}"]
     assert not list(tmp_path.glob(".result.json.tmp-*")) and target.read_text() == "the earlier result"
+
+
+def _vote_where_only_rank_1_diverged(args):
+    """Runs in each spawned process: rank 1 alone has diverged; every rank
+    writes what the vote told it."""
+    context = utils.init_distributed("cpu")
+    try:
+        verdict = utils.any_process_diverged(context.rank == 1, context.device)
+        (Path(args.out) / f"rank-{context.rank}.txt").write_text(str(verdict))
+    finally:
+        utils.cleanup_distributed()
+
+
+def test_the_divergence_vote_stops_every_process_when_one_diverged(tmp_path):
+    utils.launch(_vote_where_only_rank_1_diverged, argparse.Namespace(out=str(tmp_path)), 2)
+    assert [(tmp_path / f"rank-{rank}.txt").read_text() for rank in (0, 1)] == ["True", "True"]
+    assert utils.any_process_diverged(False, torch.device("cpu")) is False  # one process: its own verdict
+    assert utils.any_process_diverged(True, torch.device("cpu")) is True
