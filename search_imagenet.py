@@ -897,18 +897,54 @@ def search_worker(args):
         cleanup_distributed()
 
 
+@dataclasses.dataclass
+class SearchRecord:
+    """What a search keeps between epochs besides its Searcher: the run's
+    settings, cost predictor, datasets and loaders, and (main process)
+    its log, metrics and plot clock."""
+
+    args: argparse.Namespace
+    predictor: object
+    train_set: torch.utils.data.Dataset
+    arch_set: torch.utils.data.Dataset
+    train_loader: torch.utils.data.DataLoader
+    arch_loader: torch.utils.data.DataLoader
+    logger: object
+    metrics: MetricsFile = None  # main process only
+    figures: RedrawClock = dataclasses.field(default_factory=RedrawClock)
+
+
 def run(args, context):
     """The search in this process; returns its Searcher (alpha, lambda and
     the supernet as this process ended them)."""
     share_cpu_threads(context)
+    searcher, record, start_epoch = set_up_search(args, context)
+    for epoch in range(start_epoch, args.epochs):
+        row = search_epoch(searcher, record, epoch)
+        stop_here = (args.stop_after_epoch is not None and args.stop_after_epoch <= epoch + 1 < args.epochs)
+        if context.is_main:
+            record_search_epoch(record, searcher, row, stop_here)
+        log_search_epoch(record, row)
+        if stop_here:
+            record.logger.info(f"stopped after epoch {epoch + 1} as asked; continue with "
+                               f"--resume {os.path.join(args.save, CHECKPOINT_NAME)}")
+            return searcher
+    if context.is_main:
+        report_architecture(record, searcher)
+    return searcher
+
+
+def set_up_search(args, context):
+    """Datasets, predictor and Searcher (restored on --resume), checked
+    before anything is written; then args.json, the log and the loaders.
+    Returns (searcher, record, first epoch)."""
     if args.dataset is None:
         args.dataset = data.synthetic_dataset_once(context, **DEMO_DATASET)
     predictor = latency_predictor.load_predictor(args.lut, metric=args.metric)
     train_set, arch_set, classes = build_datasets(args)
-    num_classes = len(classes)
     fingerprint = {"weights": data.dataset_fingerprint(train_set), "alpha": data.dataset_fingerprint(arch_set)}
     seed_everything(args.seed)  # the same initial weights and alpha on every process
-    searcher = Searcher(args, context, predictor, num_classes, fingerprint)
+    searcher = Searcher(args, context, predictor, len(classes), fingerprint)
     seed_everything(args.seed + context.rank)  # then each its own augmentation and dropout
     start_epoch = 0
     resume_path = resolve_resume_path(args.resume)
@@ -928,82 +964,92 @@ def run(args, context):
     logger = run_logger(context, args.save, "search")
     if resume_path is not None:
         logger.info(f"resumed from {resume_path} at epoch {start_epoch}")
-
-    train_loader = data.seeded_loader(train_set, args.batch_size_train // context.world_size, args.seed, context,
-                                      args.workers, what="the weights' split")
-    arch_loader = data.seeded_loader(arch_set, args.batch_size_val // context.world_size, args.seed + 1, context,
-                                     args.workers, what="alpha's split")
-    metrics = MetricsFile(os.path.join(args.save, METRICS_NAME), start_epoch) if context.is_main else None
-
+    record = SearchRecord(
+        args, predictor, train_set, arch_set,
+        train_loader=data.seeded_loader(train_set, args.batch_size_train // context.world_size, args.seed, context,
+                                        args.workers, what="the weights' split"),
+        arch_loader=data.seeded_loader(arch_set, args.batch_size_val // context.world_size, args.seed + 1, context,
+                                       args.workers, what="alpha's split"),
+        logger=logger,
+        metrics=MetricsFile(os.path.join(args.save, METRICS_NAME), start_epoch) if context.is_main else None)
     alpha_images = ("val/" if args.arch_split_from_train is None
                     else f"{100 * args.arch_split_from_train:g}% of train/")
-    logger.info(f"searching {args.epochs} epochs ({args.freeze_epochs} warm-up) on {num_classes} classes, "
+    logger.info(f"searching {args.epochs} epochs ({args.freeze_epochs} warm-up) on {len(classes)} classes, "
                 f"{len(train_set)} images for the weights / {len(arch_set)} for alpha ({alpha_images}) "
                 f"at {args.image_size} px, eta {args.eta:g} ({args.eta_decay}), "
                 f"{context.world_size} process(es) on {context.device.type}; "
                 f"target {args.target_latency:g} {predictor.unit} on {predictor.identifier}, {args.penalty} penalty")
-    figures = RedrawClock()
-    for epoch in range(start_epoch, args.epochs):
-        started = time.time()
-        tau, eta = tau_at(epoch, args), eta_at(epoch, args)
-        weight_lr = searcher.weight_optimizer.param_groups[0]["lr"]
-        warmup = epoch < args.freeze_epochs
-        train_loader.sampler.set_epoch(epoch)
-        train_loss, train_top1 = searcher.train_weights(train_loader, epoch, tau, eta, warmup)
-        steps = constraint.new_step_log()
-        if warmup:
-            val_loss = val_top1 = None
-            arch_lr = scheduled_arch_lr(args.freeze_epochs, args)
-        else:
-            arch_loader.sampler.set_epoch(epoch)
-            val_loss, val_top1, arch_lr = searcher.train_alpha(arch_loader, epoch, tau, eta, steps)
-        stop_if_diverged(epoch, train_loss, val_loss, searcher, args)
-        searcher.weight_scheduler.step()
-        process_states = search_state_per_process(searcher, context)
+    return searcher, record, start_epoch
 
-        cost = searcher.argmax_cost()
-        row = {
-            "epoch": epoch + 1, "tau": tau, "eta": eta, "tradeoff": searcher.state.tradeoff, "arch_lr": arch_lr,
-            "weight_lr": weight_lr, "latched": searcher.state.latched,
-            "train_loss": train_loss, "train_top1": train_top1, "val_loss": val_loss, "val_top1": val_top1,
-            "arch_config": searcher.model.derive(), "cost": cost, "expected_cost": searcher.expected_cost(),
-            "target": args.target_latency, "steps": steps, "probabilities": searcher.model.op_probabilities().tolist(),
-            "seconds": time.time() - started, "process_states": process_states,
-        }
-        stop_here = (args.stop_after_epoch is not None and args.stop_after_epoch <= epoch + 1 < args.epochs)
-        if context.is_main:
-            metrics.append(row)
-            state = searcher.checkpoint(epoch)
-            save_checkpoint(state, os.path.join(args.save, CHECKPOINT_NAME))
-            if epoch + 1 == args.freeze_epochs:
-                save_checkpoint_again(os.path.join(args.save, CHECKPOINT_NAME),
-                                      os.path.join(args.save, WARMUP_CHECKPOINT_NAME))
-            if figures.due(last=epoch + 1 == args.epochs or stop_here):
-                write_plots(args.save, metrics.rows, predictor, args.target_latency)
-        accuracy_text = "" if warmup else f" | val loss {val_loss:.3f} top-1 {val_top1:.1f}"
-        penalty_text = (f"w {args.penalty_weight:g} (fixed)" if args.penalty == "fixed"
-                        else f"lambda {searcher.state.tradeoff:.4f}")
-        logger.info(f"epoch {epoch + 1}/{args.epochs} | tau {tau:.3f} | {penalty_text} | "
-                    f"train loss {train_loss:.3f} top-1 {train_top1:.1f}{accuracy_text} | "
-                    f"arch {describe_cost(predictor, cost, args.target_latency)} | {row['seconds']:.0f} s")
-        if stop_here:
-            logger.info(f"stopped after epoch {epoch + 1} as asked; continue with "
-                        f"--resume {os.path.join(args.save, CHECKPOINT_NAME)}")
-            return searcher
 
-    if context.is_main:
-        result = write_arch_json(args, searcher, predictor, train_set, arch_set)
-        logger.info(f"architecture: {result['arch_config']}")
-        if "pick" in result:
-            logger.info(describe_pick(result["pick"], predictor, args.target_latency))
-        if "raw_argmax" in result and "pick" not in result:
-            logger.info(f"raw argmax: {describe_cost(predictor, result['raw_argmax']['predicted'], args.target_latency)}"
-                        f"; projected into [{result['band'][0]:.2f}, {result['band'][1]:.2f}] by changing "
-                        f"layer(s) {result['changed_layers'] or 'none'}, giving up "
-                        f"{result['log_probability_given_up']:.3f} in log-probability (--land_within/--strict)")
-        logger.info(f"predicted: {describe_cost(predictor, result['predicted'], args.target_latency)}; "
-                    f"written to {os.path.join(args.save, 'arch.json')}")
-    return searcher
+def search_epoch(searcher, record, epoch):
+    """One epoch, every process: the weights' pass, then (after the
+    warm-up) alpha's; stops a diverged search. Returns the metrics row."""
+    args = record.args
+    started = time.time()
+    tau, eta = tau_at(epoch, args), eta_at(epoch, args)
+    weight_lr = searcher.weight_optimizer.param_groups[0]["lr"]
+    warmup = epoch < args.freeze_epochs
+    record.train_loader.sampler.set_epoch(epoch)
+    train_loss, train_top1 = searcher.train_weights(record.train_loader, epoch, tau, eta, warmup)
+    steps = constraint.new_step_log()
+    if warmup:
+        val_loss = val_top1 = None
+        arch_lr = scheduled_arch_lr(args.freeze_epochs, args)
+    else:
+        record.arch_loader.sampler.set_epoch(epoch)
+        val_loss, val_top1, arch_lr = searcher.train_alpha(record.arch_loader, epoch, tau, eta, steps)
+    stop_if_diverged(epoch, train_loss, val_loss, searcher, args)
+    searcher.weight_scheduler.step()
+    process_states = search_state_per_process(searcher, searcher.context)
+    return {
+        "epoch": epoch + 1, "tau": tau, "eta": eta, "tradeoff": searcher.state.tradeoff, "arch_lr": arch_lr,
+        "weight_lr": weight_lr, "latched": searcher.state.latched,
+        "train_loss": train_loss, "train_top1": train_top1, "val_loss": val_loss, "val_top1": val_top1,
+        "arch_config": searcher.model.derive(), "cost": searcher.argmax_cost(),
+        "expected_cost": searcher.expected_cost(),
+        "target": args.target_latency, "steps": steps, "probabilities": searcher.model.op_probabilities().tolist(),
+        "seconds": time.time() - started, "process_states": process_states,
+    }
+
+
+def record_search_epoch(record, searcher, row, stop_here):
+    """Main process, after each epoch: the metrics row, then the checkpoint
+    (and, at the warm-up's end, its copy warmup.pth.tar), then the plots."""
+    args, epoch = record.args, row["epoch"] - 1
+    record.metrics.append(row)
+    save_checkpoint(searcher.checkpoint(epoch), os.path.join(args.save, CHECKPOINT_NAME))
+    if epoch + 1 == args.freeze_epochs:
+        save_checkpoint_again(os.path.join(args.save, CHECKPOINT_NAME), os.path.join(args.save, WARMUP_CHECKPOINT_NAME))
+    if record.figures.due(last=epoch + 1 == args.epochs or stop_here):
+        write_plots(args.save, record.metrics.rows, record.predictor, args.target_latency)
+
+
+def log_search_epoch(record, row):
+    args = record.args
+    accuracy_text = "" if row["val_loss"] is None else f" | val loss {row['val_loss']:.3f} top-1 {row['val_top1']:.1f}"
+    penalty_text = (f"w {args.penalty_weight:g} (fixed)" if args.penalty == "fixed"
+                    else f"lambda {row['tradeoff']:.4f}")
+    record.logger.info(f"epoch {row['epoch']}/{args.epochs} | tau {row['tau']:.3f} | {penalty_text} | "
+                       f"train loss {row['train_loss']:.3f} top-1 {row['train_top1']:.1f}{accuracy_text} | "
+                       f"arch {describe_cost(record.predictor, row['cost'], args.target_latency)} | "
+                       f"{row['seconds']:.0f} s")
+
+
+def report_architecture(record, searcher):
+    """Main process, after the last epoch: arch.json and its lines in the log."""
+    args, predictor, logger = record.args, record.predictor, record.logger
+    result = write_arch_json(args, searcher, predictor, record.train_set, record.arch_set)
+    logger.info(f"architecture: {result['arch_config']}")
+    if "pick" in result:
+        logger.info(describe_pick(result["pick"], predictor, args.target_latency))
+    if "raw_argmax" in result and "pick" not in result:
+        logger.info(f"raw argmax: {describe_cost(predictor, result['raw_argmax']['predicted'], args.target_latency)}"
+                    f"; projected into [{result['band'][0]:.2f}, {result['band'][1]:.2f}] by changing "
+                    f"layer(s) {result['changed_layers'] or 'none'}, giving up "
+                    f"{result['log_probability_given_up']:.3f} in log-probability (--land_within/--strict)")
+    logger.info(f"predicted: {describe_cost(predictor, result['predicted'], args.target_latency)}; "
+                f"written to {os.path.join(args.save, 'arch.json')}")
 
 
 def divergence(train_loss, val_loss, searcher):
