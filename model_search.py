@@ -36,6 +36,14 @@ SUPERNET_BN_EPS = 1e-5
 # stream grows (1 + eta) times per layer and a later layer's op is a
 # vanishing share of it).
 SHORTCUT_LAYERS = ("all", "same_shape", "shape_changing")
+# How the eta path downsamples on a stride-2 layer: 2x2 max pooling, as in
+# the release; or, beyond the paper, every second pixel of every second row,
+# which is what a SkipConnect there keeps (a strided 1x1 conv). Max pooling
+# hands the next layer a summary of all four positions whatever op was
+# chosen, so a skip on a stride-2 layer costs the supernet little; the
+# retrained network, which has no such path, loses three quarters of the
+# positions there.
+SHORTCUT_POOLINGS = ("max", "subsample")
 # A forbidden op's logit: its probability is exactly 0 in float32 softmax,
 # while the arithmetic stays finite (Gumbel noise and 1/tau are added to it).
 FORBIDDEN_LOGIT = -1e4
@@ -85,9 +93,18 @@ def unchosen_entries(row, chosen):
     return torch.cat([row[:chosen], row[chosen + 1:]]).sum()
 
 
-def identity_shortcut(spec):
+class Subsample2d(nn.Module):
+    """Every second pixel of every second row: a strided 1x1 conv's view of
+    its input (odd sizes round up: 5 -> 3, 1 -> 1, as the strided ops)."""
+
+    def forward(self, x):
+        return x[:, :, ::2, ::2]
+
+
+def identity_shortcut(spec, pooling="max"):
     """The release's shared shortcut (its `eta` option): a 1x1 conv and BN
-    where the channels change, then 2x2 max pooling where the layer strides;
+    where the channels change, then, where the layer strides, 2x2 max pooling
+    (the release's) or `pooling="subsample"` (see SHORTCUT_POOLINGS);
     nothing where the layer keeps the shape."""
     modules = []
     if spec.in_channels != spec.out_channels:
@@ -96,7 +113,7 @@ def identity_shortcut(spec):
     if spec.stride != 1:
         # ceil_mode matches the strided ops' output size on odd maps (5 -> 3,
         # 1 -> 1); on even maps it is the release's plain 2x2 pooling.
-        modules.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+        modules.append(nn.MaxPool2d(2, 2, ceil_mode=True) if pooling == "max" else Subsample2d())
     return nn.Sequential(*modules)
 
 
@@ -105,13 +122,13 @@ class SearchableLayer(nn.Module):
     `shortcut`, the layer also has the release's op-independent path, added
     to the op's output with weight eta (a layer without one ignores eta)."""
 
-    def __init__(self, spec, shortcut=False):
+    def __init__(self, spec, shortcut=False, pooling="max"):
         super().__init__()
         self.candidates = nn.ModuleList(
             operations.op(name, spec.in_channels, spec.out_channels, spec.stride, affine=False)
             for name in SEARCHABLE_OPS
         )
-        self.shortcut = identity_shortcut(spec) if shortcut else None
+        self.shortcut = identity_shortcut(spec, pooling) if shortcut else None
 
     def forward(self, x, op_index, row=None, eta=0.0):
         out = self.candidates[op_index](x)
@@ -131,11 +148,12 @@ class SuperNet(nn.Module):
     1e-5, the classifier has no BatchNorm1d, and the weights are initialised
     as in the authors' release: He normal (fan-out) convolutions, N(0, 0.01)
     linear weights, zero biases. `shortcuts=True` adds the release's eta
-    paths (see `identity_shortcut`); forward's `eta` weighs them.
+    paths (see `identity_shortcut`; `shortcut_layers` and `shortcut_pooling`
+    choose where they are and how they downsample); forward's `eta` weighs them.
     """
 
     def __init__(self, num_classes, width_mult=1.0, dropout=0.2, shortcuts=False, shortcut_layers="all",
-                 forbidden=None):
+                 shortcut_pooling="max", forbidden=None):
         super().__init__()
         layout = operations.scaled_layout(width_mult)
         self.first_conv = operations.conv_bn_relu6(
@@ -145,9 +163,12 @@ class SuperNet(nn.Module):
             operations.FIXED_FIRST_OP, first.in_channels, first.out_channels, first.stride, affine=False)
         if shortcut_layers not in SHORTCUT_LAYERS:
             raise ValueError(f"shortcut_layers must be one of {SHORTCUT_LAYERS}, got {shortcut_layers!r}")
+        if shortcut_pooling not in SHORTCUT_POOLINGS:
+            raise ValueError(f"shortcut_pooling must be one of {SHORTCUT_POOLINGS}, got {shortcut_pooling!r}")
         self.layers = nn.ModuleList(
             SearchableLayer(spec, shortcuts and (shortcut_layers == "all"
-                                                 or keeps_shape(spec) == (shortcut_layers == "same_shape")))
+                                                 or keeps_shape(spec) == (shortcut_layers == "same_shape")),
+                            shortcut_pooling)
             for spec in layout[1:])
         head = operations.head_channels(width_mult)
         self.last_conv = operations.conv_bn_relu6(layout[-1].out_channels, head, 1, stride=1, affine=False)

@@ -41,7 +41,7 @@ import data
 import latency_predictor
 import operations
 from constraint import SearchState
-from model_search import (SHORTCUT_LAYERS, SuperNet, gumbel_softmax_hard, one_hot_paths, path_top1, strided_skip_mask,
+from model_search import (SHORTCUT_LAYERS, SHORTCUT_POOLINGS, SuperNet, gumbel_softmax_hard, one_hot_paths, path_top1, strided_skip_mask,
                           warmup_paths)
 from utils import (
     EXPLODED_LOSS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
@@ -82,6 +82,7 @@ PAPER_SCHEDULE = {
     "eta_decay": "linear",          # (the release's: eta falls linearly to 0 over the search epochs)
     "eta_floor": 0.0,               # (what eta decays to)
     "eta_layers": "all",            # (the release's shortcut is on every searchable layer)
+    "eta_pooling": "max",           # (and max-pools where the layer strides)
     "hold_lambda": "zero",          # (only with --latch hold, beyond the paper)
     "strided_skips": "allow",       # SkipConnect is a candidate on every layer, as in the release
     "learning_rate": 0.1,           # SGD on the weights, cosine to 0
@@ -124,6 +125,7 @@ DEMO_SCHEDULE = {
     "eta_decay": "none",
     "eta_floor": 0.0,
     "eta_layers": "all",
+    "eta_pooling": "max",
     "hold_lambda": "zero",
     "strided_skips": "allow",
     "learning_rate": 0.05,
@@ -225,6 +227,12 @@ def get_args_parser():
                                "add their ops to the stream as the retrained network does "
                                "(paper: {eta_layers}, demo: {demo})".format(
                                    demo=DEMO_SCHEDULE["eta_layers"], **PAPER_SCHEDULE))
+    schedule.add_argument("--eta_pooling", choices=SHORTCUT_POOLINGS, default=None,
+                          help="how the eta paths downsample on the stride-2 layers: max = 2x2 max pooling, as in "
+                               "the release; subsample = beyond the paper, every second pixel, what a SkipConnect "
+                               "there keeps, so the supernet sees what skipping a stride-2 layer loses "
+                               "(paper: {eta_pooling}, demo: {demo})".format(
+                                   demo=DEMO_SCHEDULE["eta_pooling"], **PAPER_SCHEDULE))
     schedule.add_argument("--strided_skips", choices=("allow", "forbid"), default=None,
                           help="forbid = beyond the paper, SkipConnect is no candidate on the four stride-2 "
                                "layers (as in ProxylessNAS, TF-NAS, Once-for-All) (paper: {strided_skips}, "
@@ -626,7 +634,8 @@ class Searcher:
 
 
 # What a checkpoint saved before these options existed ran with: the release's behaviour.
-OPTIONS_BEFORE_THEY_EXISTED = {name: PAPER_SCHEDULE[name] for name in ("eta_floor", "eta_layers", "strided_skips")}
+OPTIONS_BEFORE_THEY_EXISTED = {name: PAPER_SCHEDULE[name] for name in ("eta_floor", "eta_layers", "eta_pooling",
+                                                                        "strided_skips")}
 
 
 def build_supernet(num_classes, args):
@@ -636,6 +645,7 @@ def build_supernet(num_classes, args):
         return getattr(args, name, OPTIONS_BEFORE_THEY_EXISTED[name])
 
     return SuperNet(num_classes, shortcuts=args.eta > 0, shortcut_layers=setting("eta_layers"),
+                    shortcut_pooling=setting("eta_pooling"),
                     forbidden=strided_skip_mask() if setting("strided_skips") == "forbid" else None)
 
 
@@ -675,7 +685,8 @@ def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, pa
         raise UserError(f"--resume: {path} has {classifier.shape[0]} classes, this dataset {num_classes}")
     check_same_dataset(checkpoint.get("dataset"), dataset_fingerprint, path)
     for name in ("epochs", "freeze_epochs", "seed", "image_size", "batch_size_train", "batch_size_val", "eta",
-                 "eta_decay", "eta_floor", "eta_layers", "strided_skips", "warmup_epochs", "arch_split_from_train"):
+                 "eta_decay", "eta_floor", "eta_layers", "eta_pooling", "strided_skips", "warmup_epochs",
+                 "arch_split_from_train"):
         if saved.get(name, OPTIONS_BEFORE_THEY_EXISTED.get(name)) != getattr(args, name):
             raise UserError(f"--resume: {path} used --{name} {saved.get(name)}, this run {getattr(args, name)}; "
                             "use the same settings to continue")
@@ -829,7 +840,8 @@ def write_arch_json(args, searcher, predictor, train_set, arch_set):
         "predictor": predictor.identifier,
         "search": {name: getattr(args, name) for name in (
             "epochs", "freeze_epochs", "seed", "dataset", "num_classes", "image_size", "tradeoff_learning_rate",
-            "penalty", "penalty_weight", "eta", "eta_decay", "eta_floor", "eta_layers", "strided_skips", "hold_lambda",
+            "penalty", "penalty_weight", "eta", "eta_decay", "eta_floor", "eta_layers", "eta_pooling", "strided_skips",
+            "hold_lambda",
             "learning_rate", "arch_learning_rate", "arch_weight_decay", "augment", "arch_split_from_train",
             "latch", "latch_tolerance", "latch_epochs", "land_within", "strict", "pick_among")},
         "tradeoff_final": searcher.state.tradeoff,

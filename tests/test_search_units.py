@@ -11,6 +11,7 @@ import torch
 
 import constraint
 import latency_predictor
+import model_search
 import operations
 import search_imagenet
 import utils
@@ -343,6 +344,29 @@ def test_same_shape_shortcuts_leave_the_shape_changing_layers_without_one():
     with torch.no_grad():
         assert torch.equal(layer(inputs, 6, eta=3.0), layer(inputs, 6, eta=0.0))  # eta ignored there
         assert not torch.equal(model(x, one_hot_paths([6] * 21), 3.0), model(x, one_hot_paths([6] * 21), 0.0))
+
+
+def test_subsampling_shortcuts_keep_what_a_strided_skip_keeps():
+    # With --eta_pooling subsample the path on a stride-2 layer sees only the
+    # positions a strided 1x1 conv sees: changing any other position of the
+    # input leaves it unchanged, where the release's max pooling responds.
+    torch.manual_seed(0)
+    spec = operations.LAYOUT[3]  # stride 2, 24 -> 48 channels
+    inputs = torch.randn(2, spec.in_channels, 5, 5)
+    moved = inputs.clone()
+    moved[:, :, 1::2, :] += 10.0  # odd rows only: unseen by every second row
+    for pooling, sees_odd_rows in (("subsample", False), ("max", True)):
+        torch.manual_seed(1)
+        shortcut = model_search.identity_shortcut(spec, pooling).eval()
+        with torch.no_grad():
+            before, after = shortcut(inputs), shortcut(moved)
+        assert before.shape == (2, spec.out_channels, 3, 3)  # 5 -> 3, as the strided ops
+        assert torch.equal(before, after) != sees_odd_rows
+    model = SuperNet(num_classes=5, shortcuts=True, shortcut_pooling="subsample")
+    assert all(isinstance(layer.shortcut[-1], model_search.Subsample2d)
+               for layer, spec in zip(model.layers, operations.LAYOUT[1:]) if spec.stride == 2)
+    with pytest.raises(ValueError, match="shortcut_pooling"):
+        SuperNet(num_classes=5, shortcuts=True, shortcut_pooling="mean")
 
 
 def test_forbidden_strided_skips_are_never_sampled_nor_derived():
