@@ -32,9 +32,9 @@ from latency_timing import (CLOCKS, CONDITIONS, DEFAULT_CLOCK, DEFAULT_CPU_THREA
                             DEFAULT_WARMUP_S, REFERENCE_NETWORK, RUNTIMES, SPREAD_NAMES, at_reference_level,
                             deployment_line, describe_device, describe_protocol, describe_runtime, load_average,
                             make_protocol, measure, measure_arch_configs, noise_report, reference_level,
-                            session_statistics, time_in_fresh_processes, time_networks)
+                            TIMING_NUMBER_RULES, session_statistics, time_in_fresh_processes, time_networks)
 from operations import LAYOUT, NUM_LAYERS, NUM_OPS, NUM_SEARCHABLE_LAYERS
-from utils import (UserError, make_output_folder, new_figure, open_for_reading, resolve_device, run_cli, save_figure,
+from utils import (UserError, check_number_rules, make_output_folder, new_figure, open_for_reading, resolve_device, run_cli, save_figure,
                    write_csv)
 
 # Authors' measurement set-up (their README and release).
@@ -643,6 +643,7 @@ def _command_line(args):
 
 
 def main(args):
+    check_number_rules(args, TIMING_NUMBER_RULES)
     args.handler(args)
 
 

@@ -58,7 +58,8 @@ import torch
 import model_train
 from latency_predictor import Probe
 from operations import INPUT_SIZE
-from utils import UserError, progress_bar, resolve_device, run_cli
+from utils import (MAX_BATCH_SIZE, MAX_CLASSES, MAX_SEED, UserError, check_number_rules, progress_bar, resolve_device,
+                   run_cli)
 
 # Protocol defaults (build and validate share them).
 DEFAULT_CPU_THREADS = 1  # one intra-op thread: batch-1 blocks barely scale and a shared 2-core box stays quiet
@@ -91,6 +92,33 @@ class Protocol(NamedTuple):
     seed: int
     runtime: str = DEFAULT_RUNTIME
     reference: bool = True  # normalise every round by the reference network's time in it
+
+
+MAX_WARMUP_S = 600.0  # ten minutes of calls before timing is a typo, not a protocol
+MAX_CALLS = 1_000_000
+MAX_REPEATS = 1_000
+MAX_THREADS = 1_024
+MAX_NETWORKS = 1_000_000  # random networks a table is fitted, validated or checked on
+
+
+def unset_or(test):
+    """A rule's test for an option whose None means "the default applies"."""
+    return lambda value: value is None or test(value)
+
+
+# The timing and table command lines' numbers (latency_timing.py and every
+# latency_build.py subcommand): what each must be (utils.check_number_rules).
+TIMING_NUMBER_RULES = tuple((names, unset_or(test), description) for names, test, description in (
+    (("warmup_s",), lambda value: 0 <= value <= MAX_WARMUP_S, f"in [0, {MAX_WARMUP_S:g}] seconds"),
+    (("calls",), lambda value: 1 <= value <= MAX_CALLS, f"in [1, {MAX_CALLS:,}]"),
+    (("repeats",), lambda value: 1 <= value <= MAX_REPEATS, f"in [1, {MAX_REPEATS:,}]"),
+    (("threads",), lambda value: 1 <= value <= MAX_THREADS, f"in [1, {MAX_THREADS:,}]"),
+    (("batch_size",), lambda value: 1 <= value <= MAX_BATCH_SIZE, f"in [1, {MAX_BATCH_SIZE:,}]"),
+    (("num_classes",), lambda value: 1 <= value <= MAX_CLASSES, f"in [1, {MAX_CLASSES:,}]"),
+    (("seed",), lambda value: 0 <= value <= MAX_SEED, f"in [0, {MAX_SEED}]"),
+    (("num_train", "num_holdout", "num_networks", "num_archs"), lambda value: 1 <= value <= MAX_NETWORKS,
+     f"in [1, {MAX_NETWORKS:,}]"),
+))
 
 
 def make_protocol(device_name, batch_size, threads, clock, warmup_s, repeats, seed, runtime=DEFAULT_RUNTIME,
@@ -590,6 +618,7 @@ def get_args_parser():
 
 
 def main(args):
+    check_number_rules(args, TIMING_NUMBER_RULES)
     arch_config = model_train.resolve_arch_config(args.arch_config)
     if args.num_classes < 1:
         raise UserError("--num_classes must be at least 1")

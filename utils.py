@@ -384,9 +384,12 @@ def check_number_rules(args, rules):
     """Each rule is (option names, test, description): every named option's
     value must pass `test` and, if a float, be finite (NaN fails every
     comparison, an infinity is refused here). The first that does not is one
-    UserError: "--name must be <description>, got <value>"."""
+    UserError: "--name must be <description>, got <value>". An option the
+    command does not have (another subcommand's) is passed over."""
     for names, test, description in rules:
         for name in names:
+            if not hasattr(args, name):
+                continue
             value = getattr(args, name)
             finite = not isinstance(value, float) or math.isfinite(value)
             if not (finite and test(value)):

@@ -24,6 +24,7 @@ import torch
 import data
 import evaluate
 import latency_build
+import latency_timing
 import model_train
 import reproduce_tables
 import search_imagenet
@@ -350,6 +351,24 @@ CASES = {
                                                                                    "cpu_intel_xeon_b1_t1.json"),
                                                          "--measurements", "{empty_dir}", "--out", "{out}.json"],
                                          "is a folder"),
+    # Numbers that would hang (a warm-up of 1e308 s, 10**14 calls) or ask numpy for terabytes.
+    "timing: warm-up 1e308 s": (latency_timing, ["--arch_config", ARCH_24, "--warmup_s", "1e308"], "--warmup_s must"),
+    "timing: 10**14 calls": (latency_timing, ["--arch_config", ARCH_24, "--calls", "99999999999999"], "--calls must"),
+    "build: warm-up inf": (latency_build, ["build", "--out", "{out}.json", "--warmup_s", "inf"], "--warmup_s must"),
+    "build: 0 repeats": (latency_build, ["build", "--out", "{out}.json", "--repeats", "0"], "--repeats must"),
+    "build: seed -1": (latency_build, ["build", "--out", "{out}.json", "--seed", "-1"], "--seed must"),
+    "build: 10**11 networks": (latency_build, ["build", "--out", "{out}.json", "--num_networks", "99999999999"],
+                               "--num_networks must"),
+    "validate: 10**11 networks": (latency_build, ["validate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                           "cpu_intel_xeon_b1_t1.json"),
+                                                  "--num_archs", "99999999999", "--out_dir", "{out}"],
+                                  "--num_archs must"),
+    "from-mlp: 0 training networks": (latency_build, ["from-mlp", "--mlp", "{out}.pth.tar", "--out", "{out}.json",
+                                                      "--num_train", "0"], "--num_train must"),
+    "from-mlp: -5 training networks": (latency_build, ["from-mlp", "--mlp", "{out}.pth.tar", "--out", "{out}.json",
+                                                       "--num_train", "-5"], "--num_train must"),
+    "from-mlp: 0 held-out networks": (latency_build, ["from-mlp", "--mlp", "{out}.pth.tar", "--out", "{out}.json",
+                                                      "--num_holdout", "0"], "--num_holdout must"),
     "reproduce: dataset without weights": (reproduce_tables, ["--quick", "--out", "{out}", "--dataset", "{data}"],
                                            "go together"),
     "reproduce: search options it sets": (reproduce_tables, ["--quick", "--out", "{out}", "--", "--save", "x"],
