@@ -505,7 +505,22 @@ def calibrate_table(table, indices, measured, sources):
     return before, after
 
 
+def check_calibration_files(measurements, out):
+    """Each measurements file once (one given twice would count its rows
+    twice), and the table never written over one of them."""
+    seen = {}
+    for path in measurements:
+        key = os.path.realpath(path)
+        if key in seen:
+            also = "" if seen[key] == path else f" (also as {seen[key]})"
+            raise UserError(f"--measurements: {path} is given twice{also}; give each file once")
+        seen[key] = path
+    if os.path.realpath(out) in seen:
+        raise UserError(f"--out {out} is one of the --measurements files; write the table to another path")
+
+
 def run_calibrate(args):
+    check_calibration_files(args.measurements, args.out or args.lut)
     table = load_table(args.lut)
     # Several validate runs may be pooled: on a shared machine one run can
     # catch a burst of load that the others average out.

@@ -282,6 +282,8 @@ def check_table_path(path, replace=True):
     or measured table is replaced only on request)."""
     if os.path.isdir(path):
         raise UserError(f"--out {path} is a folder; give the table's file name, e.g. {path}/my_device.json")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise UserError(f"--out {path} is not a regular file (a device, pipe or socket); give the table's file name")
     if not replace and os.path.lexists(path):
         raise UserError(f"--out {path} already exists; pass --force to replace it, or choose another --out")
     try:

@@ -46,7 +46,8 @@ from model_search import (SHORTCUT_LAYERS, SHORTCUT_POOLINGS, SuperNet, gumbel_s
 from utils import (
     EXPLODED_LOSS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
     RUN_DESCRIPTIONS, AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy,
-    add_device_arguments, all_gather_objects, all_reduce_sum, any_process_diverged, check_number_rules, check_seed,
+    add_device_arguments, all_gather_objects, all_reduce_sum, any_process_diverged, check_number_rules,
+    check_saved_epoch, check_seed, is_finite_number,
     checkpoint_kind, cleanup_distributed, describe_saved_run, fill_from_schedule, frozen, init_distributed, launch,
     load_checkpoint, name_a_few, new_figure, non_finite_entries, progress_bar, resolve_device_type, resumable_at,
     rng_states, run_cli, run_folder_lock, run_logger, save_checkpoint, save_checkpoint_again, save_figure,
@@ -305,8 +306,10 @@ MAX_TRADEOFF = 1e6  # |initial lambda|
 NUMBER_RULES = (
     (("epochs", "arch_lr_step"), lambda value: 1 <= value <= MAX_EPOCHS, f"in [1, {MAX_EPOCHS}]"),
     (("warmup_epochs", "latch_epochs"), lambda value: 0 <= value <= MAX_EPOCHS, f"in [0, {MAX_EPOCHS}]"),
-    (("batch_size_train", "batch_size_val"), lambda value: 1 <= value <= MAX_BATCH_SIZE,
-     f"in [1, {MAX_BATCH_SIZE}]"),
+    # BatchNorm in training mode needs two values per channel, and the last
+    # stage's maps are 1x1 at the demo's size: one image per batch fails.
+    (("batch_size_train", "batch_size_val"), lambda value: 2 <= value <= MAX_BATCH_SIZE,
+     f"in [2, {MAX_BATCH_SIZE}] (BatchNorm needs two images per batch)"),
     (("learning_rate", "arch_learning_rate"), lambda value: 0 < value <= MAX_LEARNING_RATE,
      f"in (0, {MAX_LEARNING_RATE:g}]"),
     (("tradeoff_learning_rate",), lambda value: 0 <= value <= MAX_LEARNING_RATE, f"in [0, {MAX_LEARNING_RATE:g}]"),
@@ -679,6 +682,10 @@ def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, pa
     if checkpoint["search_space_hash"] != operations.search_space_hash():
         raise UserError(f"--resume: {path} was made for a different search space")
     saved = checkpoint["args"]
+    check_saved_epoch(checkpoint, args.epochs, path)
+    if not isinstance(checkpoint["latched"], bool) or not is_finite_number(checkpoint["tradeoff"]):
+        raise UserError(f"--resume: {path} is damaged (its latch or lambda is not a boolean and a number); "
+                        "start the search again")
     classifier = checkpoint["state_dict"]["classifier.3.weight"]
     num_classes = len(dataset_fingerprint["weights"]["classes"])
     if classifier.shape[0] != num_classes:

@@ -396,6 +396,21 @@ def check_number_rules(args, rules):
                 raise UserError(f"--{name} must be {description}, got {value}")
 
 
+def is_finite_number(value):
+    """A real int or float that is finite (a bool is no number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_saved_epoch(checkpoint, epochs, path):
+    """A checkpoint's epoch count must be a whole number of epochs this run
+    can continue from (0 to --epochs): a damaged one would skip the run or
+    stop it with a traceback."""
+    epoch = checkpoint.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= epochs:
+        raise UserError(f"--resume: {path} records epoch {epoch!r}, not a whole number in [0, {epochs}] for this "
+                        f"run's --epochs {epochs}; it is damaged or from a longer run")
+
+
 def check_seed(seed):
     if not 0 <= seed <= MAX_SEED:
         raise UserError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
@@ -442,6 +457,11 @@ def atomic_write(path, binary=False):
     NAME removes any left over (a run folder has one writer: its lock)."""
     directory = os.path.dirname(os.path.abspath(path))
     prefix = f".{os.path.basename(path)}.tmp-"
+    if os.path.exists(path) and not os.path.isfile(path):
+        # Moving the file over it would replace a folder's name or a device
+        # node (/dev/full, a FIFO) with a regular file.
+        what = "a folder" if os.path.isdir(path) else "not a regular file (a device, pipe or socket)"
+        raise UserError(f"cannot write {path}: it is {what}; give the path of a file")
     try:
         os.makedirs(directory, exist_ok=True)
         handle, temp_path = tempfile.mkstemp(dir=directory, prefix=prefix)
@@ -463,7 +483,7 @@ def atomic_write(path, binary=False):
 
 
 # What torch.save says when the disk fills up under it (its own writer, not an OSError).
-TORCH_WRITE_FAILURES = ("file write failed", "PytorchStreamWriter failed writing")
+TORCH_WRITE_FAILURES = ("file write failed", "PytorchStreamWriter failed writing", "unexpected pos")
 
 
 def _is_write_failure(error):

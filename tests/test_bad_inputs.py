@@ -369,6 +369,15 @@ CASES = {
                                                        "--num_train", "-5"], "--num_train must"),
     "from-mlp: 0 held-out networks": (latency_build, ["from-mlp", "--mlp", "{out}.pth.tar", "--out", "{out}.json",
                                                       "--num_holdout", "0"], "--num_holdout must"),
+    "calibrate: one file given twice": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                                  "cpu_intel_xeon_b1_t1.json"),
+                                                        "--measurements", "{csv}", "{csv}", "--out", "{out}.json"],
+                                        "given twice"),
+    "calibrate: --out the measurements": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                                    "cpu_intel_xeon_b1_t1.json"),
+                                                          "--measurements", "{csv}", "--out", "{csv}"],
+                                          "is one of the --measurements files"),
+    "build: --out a pipe": (latency_build, ["build", "--out", "{fifo}", "--force"], "is not a regular file"),
     "reproduce: dataset without weights": (reproduce_tables, ["--quick", "--out", "{out}", "--dataset", "{data}"],
                                            "go together"),
     "reproduce: search options it sets": (reproduce_tables, ["--quick", "--out", "{out}", "--", "--save", "x"],

@@ -487,6 +487,25 @@ def test_a_checkpoint_with_a_nan_alpha_is_refused_on_resume(finished_search, tin
     assert not (tmp_path / "resumed" / "arch.json").exists()
 
 
+@pytest.mark.parametrize("field, value, expected", [
+    ("epoch", -1, "records epoch -1"),
+    ("epoch", 1.5, "records epoch 1.5"),
+    ("epoch", 10**9, "records epoch 1000000000"),  # before: the search skipped every epoch and wrote its result
+    ("latched", "yes", "is damaged (its latch or lambda"),  # before: the string was taken as True
+    ("tradeoff", float("nan"), "is damaged (its latch or lambda"),
+])
+def test_a_checkpoint_with_a_damaged_counter_or_state_is_refused(field, value, expected, finished_search,
+                                                                  tiny_dataset, tmp_path, capsys):
+    checkpoint = load_checkpoint(os.path.join(finished_search, search_imagenet.WARMUP_CHECKPOINT_NAME))
+    checkpoint[field] = value
+    damaged = tmp_path / "damaged.pth.tar"
+    torch.save(checkpoint, damaged)
+    error = resume_refusal(["--save", str(tmp_path / "resumed"), "--target_latency", "24", "--dataset",
+                            tiny_dataset, "--num_classes", "3", "--resume", str(damaged)], capsys)
+    assert expected in error
+    assert not (tmp_path / "resumed" / "arch.json").exists()
+
+
 def resume_refusal(arguments, capsys):
     """The one error line of a refused search, after checking it exits 2."""
     with pytest.raises(SystemExit) as stop:
