@@ -139,6 +139,9 @@ def parse_tolerance(text):
         raise ValueError(f"must be a number such as 0.15 or a share of the target such as 0.5%, got {text!r}") from None
     if not (math.isfinite(amount) and amount >= 0):
         raise ValueError(f"must be non-negative and finite, got {text!r}")
+    if relative and amount >= 100:
+        raise ValueError(f"must be a share below 100% of the target (at 100% every architecture counts as "
+                         f"landed), got {text!r}")
     return amount, relative
 
 

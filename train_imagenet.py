@@ -343,12 +343,12 @@ def prepare(args):
     if world_size < 1:
         raise UserError("--gpus must be at least 1")
     check_numbers(args, world_size)
-    if args.resume:
-        utils.check_saved_epoch(checkpoint, args.epochs, args.resume)
     args.device_type = utils.resolve_device_type(args)
     if args.sync_bn and args.device_type != "cuda":
         raise UserError("--sync_bn needs CUDA GPUs (SyncBatchNorm has no CPU implementation)")
     args.arch_config = resolve_architecture(args, checkpoint)
+    if args.resume:
+        utils.check_saved_epoch(checkpoint, args.epochs, args.resume)
     if args.dataset is not None:
         check_dataset(args.dataset, ("val",) if args.evaluate else ("train", "val"))
     if args.export_onnx:

@@ -658,6 +658,9 @@ def load_checkpoint(path, what="checkpoint"):
         raise UserError(f"{what} {path} could not be loaded (the file is empty or cut short)") from None
     except (RuntimeError, OSError, ValueError) as error:  # a damaged archive, an unreadable file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "weights_only" in reason:
+            # torch's advice (load with weights_only=False) is neither possible here nor safe
+            reason = "not a PyTorch checkpoint: the file is corrupt or of another format"
         raise UserError(f"{what} {path} could not be loaded ({reason})") from None
 
 

@@ -74,6 +74,8 @@ def inputs(tmp_path_factory):
     files["text"].write_text("not a checkpoint")
     files["empty_file"] = root / "empty.pth.tar"
     files["empty_file"].write_bytes(b"")
+    files["zeros_file"] = root / "zeros.pth.tar"
+    files["zeros_file"].write_bytes(bytes(100_000))
     files["pickle"] = root / "malicious.pth.tar"
     with open(files["pickle"], "wb") as file:
         pickle.dump({"state_dict": RunsCode()}, file)
@@ -378,6 +380,10 @@ CASES = {
                                                           "--measurements", "{csv}", "--out", "{csv}"],
                                           "is one of the --measurements files"),
     "build: --out a pipe": (latency_build, ["build", "--out", "{fifo}", "--force"], "is not a regular file"),
+    "evaluate: weights of zeros": (evaluate, ["--model", "LightNet-24ms", "--weights", "{zeros_file}", "--dataset",
+                                             "{data}"], "not a PyTorch checkpoint"),  # before: torch's weights_only advice
+    "search: latch tolerance 200%": (search_imagenet, ["--save", "{out}", "--dataset", "{data}",
+                                                       "--latch_tolerance", "200%"], "below 100%"),
     "reproduce: dataset without weights": (reproduce_tables, ["--quick", "--out", "{out}", "--dataset", "{data}"],
                                            "go together"),
     "reproduce: search options it sets": (reproduce_tables, ["--quick", "--out", "{out}", "--", "--save", "x"],

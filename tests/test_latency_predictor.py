@@ -13,6 +13,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -499,7 +500,9 @@ def test_calibrate_recovers_a_known_scale_and_offset(tmp_path, jetson_table):
         writer.writerows([lp.arch_to_text(row), 2.0 * value + 1.0] for row, value in zip(indices, raw))
     out = str(tmp_path / "calibrated.json")
     # Two runs pooled (here the same file twice).
-    run(["calibrate", "--lut", lp.DEFAULT_LUT, "--measurements", str(measurements), str(measurements), "--out", out])
+    second_run = tmp_path / "validate-2.csv"  # two runs pooled (the same file twice is refused)
+    shutil.copyfile(measurements, second_run)
+    run(["calibrate", "--lut", lp.DEFAULT_LUT, "--measurements", str(measurements), str(second_run), "--out", out])
     calibration = lp.load_table(out)["metadata"]["calibration"]
     assert calibration["num_measurements"] == 2 * len(indices)
     assert calibration["scale"] == pytest.approx(2.0, abs=1e-6)
