@@ -34,8 +34,8 @@ from latency_timing import (CLOCKS, CONDITIONS, DEFAULT_CLOCK, DEFAULT_CPU_THREA
                             make_protocol, measure, measure_arch_configs, noise_report, reference_level,
                             TIMING_NUMBER_RULES, session_statistics, time_in_fresh_processes, time_networks)
 from operations import LAYOUT, NUM_LAYERS, NUM_OPS, NUM_SEARCHABLE_LAYERS
-from utils import (UserError, check_number_rules, make_output_folder, new_figure, open_for_reading, resolve_device, run_cli, save_figure,
-                   write_csv)
+from utils import (UserError, check_number_rules, make_output_folder, new_figure, open_for_reading, resolve_device,
+                   run_cli, save_figure, write_csv)
 
 # Authors' measurement set-up (their README and release).
 JETSON_BATCH_SIZE = 8

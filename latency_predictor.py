@@ -50,7 +50,8 @@ import model_train
 import operations
 from operations import (FIXED_FIRST_OP, HEAD_CHANNELS, INPUT_SIZE, LAYOUT, NUM_LAYERS, NUM_OPS,
                         NUM_SEARCHABLE_LAYERS, SEARCHABLE_OPS, SKIP, STEM_CHANNELS, LayerSpec)
-from utils import USER_ERROR_EXIT_CODE, UserError, load_checkpoint, path_error_reason, read_json, write_json
+from utils import (USER_ERROR_EXIT_CODE, UserError, is_finite_number, load_checkpoint, path_error_reason, read_json,
+                   write_json)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LUT_DIR = os.path.join(REPO_ROOT, "latency_lut")
@@ -168,12 +169,8 @@ def text_to_arch(text):
 # ------------------------------------------------------------ table files
 
 
-def _finite_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_entry(entry, where):
-    if not isinstance(entry, dict) or not _finite_number(entry.get("value")):
+    if not isinstance(entry, dict) or not is_finite_number(entry.get("value")):
         raise UserError(f"{where}: needs a finite number under 'value', got {entry!r}")
     if entry["value"] < 0:
         raise UserError(f"{where}: a cost cannot be negative ({entry['value']:g}); rebuild the table")
@@ -223,7 +220,7 @@ def _check_metadata(metadata, where):
     calibration = metadata.get("calibration")
     if calibration is not None:
         if not isinstance(calibration, dict) or not (
-                _finite_number(calibration.get("scale")) and _finite_number(calibration.get("offset"))
+                is_finite_number(calibration.get("scale")) and is_finite_number(calibration.get("offset"))
                 and calibration["scale"] > 0):
             raise UserError(f"{where}: calibration needs a positive 'scale' and a finite 'offset'")
 

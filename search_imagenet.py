@@ -41,8 +41,8 @@ import data
 import latency_predictor
 import operations
 from constraint import SearchState
-from model_search import (SHORTCUT_LAYERS, SHORTCUT_POOLINGS, SuperNet, gumbel_softmax_hard, one_hot_paths, path_top1, strided_skip_mask,
-                          warmup_paths)
+from model_search import (SHORTCUT_LAYERS, SHORTCUT_POOLINGS, SuperNet, gumbel_softmax_hard, one_hot_paths, path_top1,
+                          strided_skip_mask, warmup_paths)
 from utils import (
     EXPLODED_LOSS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
     RUN_DESCRIPTIONS, AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy,
