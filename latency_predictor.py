@@ -35,7 +35,6 @@ import datetime
 import functools
 import hashlib
 import json
-import math
 import os
 import shlex
 import sys
