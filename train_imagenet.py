@@ -191,7 +191,8 @@ def get_args_parser():
     recipe.add_argument("--ema", action="store_true",
                         help="also keep an exponential moving average of the weights, evaluated every epoch "
                              f"and saved as {BEST_EMA_FILE}")
-    recipe.add_argument("--ema_decay", type=float, default=EMA_DECAY, help=f"per step (default: {EMA_DECAY})")
+    recipe.add_argument("--ema_decay", type=float, default=None,
+                        help=f"the average's decay per step, with --ema (default: {EMA_DECAY})")
 
     speed = parser.add_argument_group("speed (none changes the numerics unless given)")
     speed.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none",
@@ -232,6 +233,16 @@ def restore_schedule_options(args, checkpoint):
     for name in restored:
         setattr(args, name, saved[name])
     return restored
+
+
+def resolve_ema_decay(args):
+    """--ema_decay means something only with --ema: given alone it would be
+    ignored without a word, so it is refused."""
+    if args.ema_decay is not None and not args.ema:
+        raise UserError("--ema_decay sets the decay of --ema's weight average, which is off; add --ema or drop "
+                        "--ema_decay")
+    if args.ema_decay is None:
+        args.ema_decay = EMA_DECAY
 
 
 # Each numeric option: what it must be (utils.check_number_rules).
@@ -342,6 +353,7 @@ def prepare(args):
     world_size = utils.planned_world_size(args)
     if world_size < 1:
         raise UserError("--gpus must be at least 1")
+    resolve_ema_decay(args)
     check_numbers(args, world_size)
     args.device_type = utils.resolve_device_type(args)
     if args.sync_bn and args.device_type != "cuda":
@@ -352,9 +364,7 @@ def prepare(args):
     if args.dataset is not None:
         check_dataset(args.dataset, ("val",) if args.evaluate else ("train", "val"))
     if args.export_onnx:
-        folder = os.path.dirname(os.path.abspath(args.export_onnx))
-        if not os.path.isdir(folder):
-            raise UserError(f"--export_onnx: folder {folder} does not exist")
+        utils.check_output_file(args.export_onnx, "--export_onnx")
         import_onnx_checkers()  # now, not after days of training
     if not args.evaluate:
         resolve_save_folder(args)

@@ -72,6 +72,28 @@ def check_thread_setting(environment=None):
               f"can be tens of times slower; set at most {cores}", file=sys.stderr)
 
 
+def check_plotting_setting(environment=None):
+    """MPLBACKEND as matplotlib reads it on import: a name it does not know
+    makes that import fail, which would end a run where its first figure is
+    drawn. The figures are written as PNG files and need no backend, so the
+    check imports matplotlib without the variable and only validates it."""
+    environment = os.environ if environment is None else environment
+    value = environment.get("MPLBACKEND")
+    if not value:  # matplotlib ignores an empty one too
+        return
+    hidden = os.environ.pop("MPLBACKEND", None)
+    try:
+        import matplotlib.rcsetup
+    finally:
+        if hidden is not None:
+            os.environ["MPLBACKEND"] = hidden
+    try:
+        matplotlib.rcsetup.validate_backend(value)
+    except ValueError:
+        raise UserError(f"MPLBACKEND={value!r} is not a matplotlib backend; unset it (the figures are written as "
+                        "files and need none) or set MPLBACKEND=agg") from None
+
+
 def run_cli(main, parser, argv=None):
     """Parse arguments, run `main(args)`, and turn a UserError into one
     `error: ...` line on stderr and exit status 2."""
@@ -81,6 +103,7 @@ def run_cli(main, parser, argv=None):
     previous_handler = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         check_thread_setting()
+        check_plotting_setting()
         main(args)
     except UserError as error:
         print(f"error: {user_error_message(error)}", file=sys.stderr)
@@ -934,10 +957,31 @@ def make_output_folder(path, option="--out"):
         raise UserError(f"{option} {path} is a file, not a folder; choose another {option}")
     try:
         os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):  # what permission bits do not tell (root, read-only mounts)
-            pass
     except OSError as error:
         raise UserError(f"{option} {path}: cannot write there ({path_error_reason(error)}); choose a "
+                        "writable folder") from None
+    _check_folder_takes_a_file(path, option)
+
+
+def check_output_file(path, option):
+    """Refuse, before any long work, an output file that could not be
+    written at the end: its folder missing or not writable, or the path a
+    folder, device or pipe (a file already there is fine: it is replaced)."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        what = "a folder" if os.path.isdir(path) else "not a regular file (a device, pipe or socket)"
+        raise UserError(f"{option} {path} is {what}; give the path of a file")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"{option}: folder {folder} does not exist; create it or choose another path")
+    _check_folder_takes_a_file(folder, option)
+
+
+def _check_folder_takes_a_file(folder, option):
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # what permission bits do not tell (root, read-only mounts)
+            pass
+    except OSError as error:
+        raise UserError(f"{option} {folder}: cannot write there ({path_error_reason(error)}); choose a "
                         "writable folder") from None
 
 

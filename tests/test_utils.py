@@ -473,6 +473,20 @@ def test_an_unusable_thread_setting_is_named(capsys):
     assert "tens of times slower" in capsys.readouterr().err
 
 
+def test_an_unknown_plotting_backend_is_named_before_any_work(tmp_path):
+    utils.check_plotting_setting({})
+    utils.check_plotting_setting({"MPLBACKEND": "agg"})
+    # In a fresh process, where importing matplotlib with it would fail: peers.py timed every network
+    # first and then ended in matplotlib's traceback, losing the measurements.
+    result = subprocess.run([sys.executable, "peers.py", "--out", str(tmp_path / "peers"), "--rounds", "1"],
+                            cwd=REPO_ROOT, env={**os.environ, "MPLBACKEND": "bogus"}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == ("error: MPLBACKEND='bogus' is not a matplotlib backend; unset it (the figures "
+                                     "are written as files and need none) or set MPLBACKEND=agg")
+    assert not (tmp_path / "peers").exists()
+
+
 def test_ctrl_c_prints_the_command_that_resumes_once_there_is_a_checkpoint(tmp_path, capsys, monkeypatch):
     save = tmp_path / "my run"
     checkpoint = save / "checkpoint.pth.tar"
