@@ -669,9 +669,22 @@ def check_search_checkpoint(checkpoint, path):
                         + (" (it is a training run's: continue it with train_imagenet.py --resume)"
                            if checkpoint_kind(checkpoint) == "training" else ""))
     missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
-    if missing or not isinstance(checkpoint["args"], dict) or "classifier.3.weight" not in checkpoint["state_dict"]:
+    if not missing and not isinstance(checkpoint["args"], dict):
+        missing = ["args"]
+    if not missing:
+        missing = [f"args.{name}" for name in RESUME_MUST_MATCH + ("target_latency",)
+                   if name not in checkpoint["args"] and name not in OPTIONS_BEFORE_THEY_EXISTED]
+    if not missing and "classifier.3.weight" not in checkpoint["state_dict"]:
+        missing = ["classifier weights"]
+    if missing:
         raise UserError(f"--resume: {path} is an incomplete search checkpoint (missing: "
-                        f"{', '.join(missing) or 'args or classifier weights'}); start the search again")
+                        f"{name_a_few(missing)}); start the search again")
+
+
+# What a resumed search must share with the run that saved its checkpoint.
+RESUME_MUST_MATCH = ("epochs", "freeze_epochs", "seed", "image_size", "batch_size_train", "batch_size_val", "eta",
+                     "eta_decay", "eta_floor", "eta_layers", "eta_pooling", "strided_skips", "warmup_epochs",
+                     "arch_split_from_train")
 
 
 def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, path):
@@ -691,9 +704,7 @@ def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, pa
     if classifier.shape[0] != num_classes:
         raise UserError(f"--resume: {path} has {classifier.shape[0]} classes, this dataset {num_classes}")
     check_same_dataset(checkpoint.get("dataset"), dataset_fingerprint, path)
-    for name in ("epochs", "freeze_epochs", "seed", "image_size", "batch_size_train", "batch_size_val", "eta",
-                 "eta_decay", "eta_floor", "eta_layers", "eta_pooling", "strided_skips", "warmup_epochs",
-                 "arch_split_from_train"):
+    for name in RESUME_MUST_MATCH:
         if saved.get(name, OPTIONS_BEFORE_THEY_EXISTED.get(name)) != getattr(args, name):
             raise UserError(f"--resume: {path} used --{name} {saved.get(name)}, this run {getattr(args, name)}; "
                             "use the same settings to continue")

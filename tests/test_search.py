@@ -158,12 +158,17 @@ def test_a_second_search_into_a_busy_folder_is_refused(tiny_dataset, tmp_path, c
         assert os.listdir(save) == []
 
 
-@pytest.mark.parametrize("damage", ["search_space_hash", "args", "state_dict"])
+@pytest.mark.parametrize("damage", ["search_space_hash", "args", "state_dict", "empty args", "args.target_latency"])
 def test_an_incomplete_search_checkpoint_is_refused_in_one_line(damage, finished_search, tiny_dataset, tmp_path,
                                                                 capsys):
+    # Before: empty args were reported as "used --epochs None", a missing target as a KeyError traceback.
     checkpoint = load_checkpoint(os.path.join(finished_search, "checkpoint.pth.tar"))
     if damage == "state_dict":
         checkpoint["state_dict"] = {}
+    elif damage == "empty args":
+        checkpoint["args"] = {}
+    elif damage == "args.target_latency":
+        del checkpoint["args"]["target_latency"]
     else:
         del checkpoint[damage]
     damaged = tmp_path / "damaged.pth.tar"
@@ -174,6 +179,8 @@ def test_an_incomplete_search_checkpoint_is_refused_in_one_line(damage, finished
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "is an incomplete search checkpoint" in error, error
+    if damage.startswith("args.") or damage == "empty args":
+        assert "(missing: args." in error, error
 
 
 def test_resume_from_another_target_is_refused(finished_search, tiny_dataset, tmp_path, capsys):
