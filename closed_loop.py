@@ -25,6 +25,7 @@ refused, so no step made under other settings is ever reused):
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,14 +36,15 @@ import latency_build
 import latency_predictor as lp
 import latency_timing
 import retraining
-from utils import UserError, atomic_write, check_run_plan, make_output_folder, run_cli
+import search_imagenet
+from utils import (UserError, atomic_write, check_run_plan, make_output_folder, parse_forwarded_arguments,
+                   run_cli)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LOOP_ROUNDS = 100  # end-to-end rounds for the found network
 LOOP_PROCESSES = 5  # fresh processes the found network is timed in (each alone, as deployed)
 LOOP_WARMUP_S = latency_timing.DEFAULT_WARMUP_S
 LOOP_SEED = 3
-SEARCH_CHECKPOINT = "checkpoint.pth.tar"  # search_imagenet.CHECKPOINT_NAME (not imported: the search runs apart)
 
 
 def run_step(arguments, what):
@@ -67,7 +69,7 @@ def search(table, target, out, search_options):
     folder = os.path.join(out, "search")
     arch_path = os.path.join(folder, "arch.json")
     if not os.path.isfile(arch_path):
-        resume = ["--resume", folder] if os.path.isfile(os.path.join(folder, SEARCH_CHECKPOINT)) else []
+        resume = ["--resume", folder] if os.path.isfile(os.path.join(folder, search_imagenet.CHECKPOINT_NAME)) else []
         run_step([os.path.join(REPO_ROOT, "search_imagenet.py"), "--save", folder, "--lut", table,
                   "--target_latency", str(target)] + search_options + resume, f"searching for {target:g} ms on it")
     with open(arch_path) as file:
@@ -140,6 +142,15 @@ def check_target(table, target):
                         f"({low:.2f}-{high:.2f} ms); pick a target in that range")
 
 
+def split_build_options(text):
+    """--build_options as the shell would split it (quotes kept together)."""
+    try:
+        return shlex.split(text)
+    except ValueError as error:
+        raise UserError(f"--build_options {text!r}: {error}; quote it as one string, e.g. "
+                        "--build_options \"--runtime onnxruntime\"") from None
+
+
 def get_args_parser():
     parser = argparse.ArgumentParser(
         description="Build a table on this machine, search for a target on it, time the network found.",
@@ -168,9 +179,12 @@ def main(args):
     if args.fresh_processes < 0:
         raise UserError("--fresh_processes must be 0 or more")
     search_options = args.search_options[1:] if args.search_options[:1] == ["--"] else args.search_options
-    for reserved in ("--save", "--lut", "--target_latency"):
-        if reserved in search_options:
-            raise UserError(f"{reserved} is set by closed_loop.py; remove it from the search options")
+    build_options = split_build_options(args.build_options)
+    # Checked with the steps' own parsers now, not when each step starts.
+    parse_forwarded_arguments(search_imagenet.get_args_parser(), search_options, "the search options after --",
+                              sets_itself=("save", "lut", "target_latency", "resume"), owner="closed_loop.py")
+    parse_forwarded_arguments(latency_build.get_args_parser(), build_options, "--build_options", head=["build"],
+                              sets_itself=("out",), owner="closed_loop.py")
     if args.lut is not None:  # a bad table or target is refused before anything is written
         check_target(args.lut, args.target_latency)
     out = os.path.abspath(args.out)  # the steps run from the repository's root
@@ -179,12 +193,12 @@ def main(args):
     # Its steps are reused on a rerun, so only for the settings that made them.
     check_run_plan(out, {"target_latency": args.target_latency,
                          "lut": None if args.lut is None else os.path.abspath(args.lut),
-                         "build_options": args.build_options.split(), "search_options": search_options})
+                         "build_options": build_options, "search_options": search_options})
     if args.lut is not None:
         table = os.path.abspath(args.lut)
     else:
         try:
-            table = build_table(out, args.build_options.split())
+            table = build_table(out, build_options)
         except UserError:
             if created and set(os.listdir(out)) <= {"plan.json"}:
                 shutil.rmtree(out)  # a failed first step leaves nothing behind

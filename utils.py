@@ -179,15 +179,35 @@ def resume_command(argv, checkpoint_path):
     return shlex.join(["python3", argv[0], *arguments, "--resume", checkpoint_path])
 
 
-def parse_forwarded_arguments(parser, arguments, what):
-    """Parse `arguments` meant for another script's `parser` before any work
-    starts; a complaint becomes one UserError line naming `what` instead of
-    that script's whole usage text."""
+def parse_forwarded_arguments(parser, arguments, what, head=(), sets_itself=(), owner="this script"):
+    """Parse `head + arguments` meant for another script's `parser` before
+    any work starts; a complaint becomes one UserError line naming `what`
+    instead of that script's whole usage text. `sets_itself` names the
+    options the calling script gives that script itself: one the user also
+    put in `arguments`, in any spelling argparse takes (--save=x, --sav x),
+    is refused rather than left to decide which of the two wins. Returns the
+    parsed options, the own ones at placeholder values."""
     def refuse(message):
         raise UserError(f"{what}: {message}")
 
-    parser.error = refuse
-    return parser.parse_args(arguments)
+    for each in [parser] + subcommand_parsers(parser):
+        each.error = refuse
+    # Each own option is put before the user's with two different values:
+    # where the user gave it too, the user's wins both times.
+    first, second = ([*head, *[item for name in sets_itself for item in (f"--{name}", value)], *arguments]
+                     for value in ("1", "2"))
+    first, second = parser.parse_args(first), parser.parse_args(second)
+    for name in sets_itself:
+        if getattr(first, name) == getattr(second, name):
+            raise UserError(f"{what}: --{name} is set by {owner}; remove it")
+    return first
+
+
+def subcommand_parsers(parser):
+    """The parsers of `parser`'s subcommands (argparse keeps them in its
+    subparsers action and offers no public way to reach them)."""
+    return [sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for sub in action.choices.values()]
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -79,6 +79,13 @@ def test_closed_loop_searches_on_the_table_and_measures_the_result(fitted_table,
 @pytest.mark.parametrize("arguments, message", [
     (["--target_latency", "0"], "positive number"),
     (["--target_latency", "20", "--", "--save", "x"], "--save is set by closed_loop.py"),
+    # Before: these reached the steps, where the user's value won over the loop's (or the build wrote elsewhere).
+    (["--target_latency", "20", "--", "--save=x"], "--save is set by closed_loop.py"),
+    (["--target_latency", "20", "--", "--target_lat", "30"], "--target_latency is set by closed_loop.py"),
+    (["--target_latency", "20", "--build_options", "--out x.json"], "--build_options: --out is set by closed_loop.py"),
+    (["--target_latency", "20", "--build_options", "--metod fit"], "--build_options: unrecognized arguments: --metod"),
+    (["--target_latency", "20", "--", "--epoch", "three"], "the search options after --: argument --epochs"),
+    (["--target_latency", "20", "--build_options", "--runtime 'onnx"], "No closing quotation"),
     (["--target_latency", "500", "--lut", lp.CPU_LUT], "outside what the table"),
     (["--target_latency", "20", "--rounds", "0"], "--rounds"),
     (["--target_latency", "24", "--lut", lp.DEFAULT_LUT], "measured on this machine's CPU or GPU"),
