@@ -727,10 +727,9 @@ def validate(args, mode):
         raise UserError("--grid values must be positive")
     if args.grid != sorted(set(args.grid)):
         raise UserError("--grid values must be ascending and distinct: the sweep runs in increasing w")
-    for flag in ("--save", "--dataset", "--target_latency", "--resume", "--penalty", "--penalty_weight",
-                 "--stop_after_epoch"):
-        if flag in args.search_arguments:
-            raise UserError(f"{flag} is set by reproduce_tables.py for each search; remove it after --")
+    parse_forwarded_arguments(search_imagenet.get_args_parser(), args.search_arguments, "the search options after --",
+                              sets_itself=("save", "dataset", "target_latency", "resume", "penalty", "penalty_weight",
+                                           "stop_after_epoch"), owner="reproduce_tables.py for each search")
     jetson = lp.load_predictor(None)
     for target in args.targets + [args.reference_target]:
         search_imagenet.check_target(jetson, target)

@@ -352,11 +352,13 @@ def validate_settings(args):
         raise UserError("--penalty_weight applies to --penalty fixed only; the paper's search learns lambda instead")
 
 
-def check_target(predictor, target):
+def check_target(predictor, target, option="--target_latency"):
     """Stop early when no architecture can meet the target."""
+    if not 0 < target < math.inf:
+        raise UserError(f"{option} must be a positive number of {predictor.unit}, got {target}")
     lowest, highest = predictor.feasible_range()
     if not lowest <= target <= highest:
-        raise UserError(f"--target_latency {target:g} {predictor.unit} is outside what this search space can "
+        raise UserError(f"{option} {target:g} {predictor.unit} is outside what this search space can "
                         f"reach on {predictor.identifier}: {lowest:.2f} to {highest:.2f} {predictor.unit}")
 
 

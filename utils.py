@@ -194,13 +194,22 @@ def parse_forwarded_arguments(parser, arguments, what, head=(), sets_itself=(), 
         each.error = refuse
     # Each own option is put before the user's with two different values:
     # where the user gave it too, the user's wins both times.
-    first, second = ([*head, *[item for name in sets_itself for item in (f"--{name}", value)], *arguments]
-                     for value in ("1", "2"))
+    placeholders = {name: _two_values(parser, name) for name in sets_itself}
+    first, second = ([*head, *[item for name in sets_itself for item in (f"--{name}", placeholders[name][which])],
+                      *arguments] for which in (0, 1))
     first, second = parser.parse_args(first), parser.parse_args(second)
     for name in sets_itself:
         if getattr(first, name) == getattr(second, name):
             raise UserError(f"{what}: --{name} is set by {owner}; remove it")
     return first
+
+
+def _two_values(parser, name):
+    """Two different values option --name accepts (two of its choices)."""
+    for action in [action for each in [parser] + subcommand_parsers(parser) for action in each._actions]:
+        if action.dest == name:
+            return [str(choice) for choice in action.choices][:2] if action.choices else ["1", "2"]
+    raise ValueError(f"{parser.prog} has no option --{name}")
 
 
 def subcommand_parsers(parser):

@@ -50,6 +50,7 @@ import operations  # noqa: E402
 import reproduce_tables  # noqa: E402
 import search_imagenet  # noqa: E402
 import utils  # noqa: E402
+from utils import UserError  # noqa: E402
 from reproduce_tables import SearchJob  # noqa: E402
 
 TOLERANCE_PERCENT = 1.0
@@ -232,9 +233,24 @@ def plot(runs, variants, path):
     utils.save_figure(figure, path)
 
 
+def check_args(args):
+    """Every input, before any folder is made or any search starts."""
+    predictor = latency_predictor.load_predictor()
+    for target in args.targets:
+        search_imagenet.check_target(predictor, target, "--targets")
+    for seed in args.seeds:
+        utils.check_seed(seed)
+    if args.jobs < 1:
+        raise UserError("--jobs must be at least 1")
+    utils.parse_forwarded_arguments(search_imagenet.get_args_parser(), args.search_arguments, "--search_arguments",
+                                    sets_itself=("save", "seed", "target_latency", "resume", "stop_after_epoch"),
+                                    owner="landing.py for each search")
+
+
 def main(args):
+    check_args(args)
     warmups, searches = plan(args)
-    os.makedirs(args.out, exist_ok=True)
+    utils.make_output_folder(args.out)
     log_folder = os.path.join(args.out, "logs")
 
     def report(job, seconds):

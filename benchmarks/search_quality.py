@@ -147,8 +147,6 @@ def check_args(args):
     if args.random_nets < 2 or min(args.searches, args.seeds, args.jobs, args.retrain_epochs) < 1:
         raise UserError("--random_nets must be at least 2; --searches, --seeds, --jobs and --retrain_epochs "
                         "at least 1")
-    if not 0 < args.target < math.inf:
-        raise UserError(f"--target must be a positive latency in ms, got {args.target}")
     check_target_reachable(args.target)
     args.truth_data = None if args.truth is None else checked_truth(args)
     if args.reference.lower() == "none":
@@ -173,10 +171,7 @@ def checked_truth(args):
 
 
 def check_target_reachable(target):
-    lowest, highest = latency_predictor.load_predictor().feasible_range()
-    if not lowest <= target <= highest:
-        raise UserError(f"--target {target:g} ms is outside what the search space reaches on the Jetson table "
-                        f"({lowest:.2f} to {highest:.2f} ms)")
+    search_imagenet.check_target(latency_predictor.load_predictor(), target, "--target")
 
 
 # ------------------------------------------------------------------ searches

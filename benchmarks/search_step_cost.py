@@ -22,6 +22,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import operations  # noqa: E402
+import utils  # noqa: E402
+from latency_timing import MAX_THREADS  # noqa: E402
 from model_search import SuperNet, gumbel_softmax_hard, one_hot_paths, warmup_paths  # noqa: E402
 from model_train import LightNet  # noqa: E402
 
@@ -135,7 +137,22 @@ def get_args_parser():
     return parser
 
 
+MAX_STEPS = 100_000
+
+# Each numeric option: what it must be (utils.check_number_rules).
+NUMBER_RULES = (
+    (("batch_size",), lambda value: 2 <= value <= utils.MAX_BATCH_SIZE,
+     f"in [2, {utils.MAX_BATCH_SIZE}] (BatchNorm needs two images)"),
+    (("image_size",), lambda value: 32 <= value <= utils.MAX_IMAGE_SIZE,
+     f"in [32, {utils.MAX_IMAGE_SIZE}] (the network downsamples 32x)"),
+    (("steps",), lambda value: 1 <= value <= MAX_STEPS, f"in [1, {MAX_STEPS:,}]"),
+    (("warmup_steps",), lambda value: 0 <= value <= MAX_STEPS, f"in [0, {MAX_STEPS:,}]"),
+    (("threads",), lambda value: 1 <= value <= MAX_THREADS, f"in [1, {MAX_THREADS:,}]"),
+)
+
+
 def main(args):
+    utils.check_number_rules(args, NUMBER_RULES)
     torch.set_num_threads(args.threads)
     if args.measure_memory:
         measure_memory_in_this_process(args.measure_memory, args)
@@ -164,4 +181,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    utils.run_cli(main, get_args_parser())

@@ -43,6 +43,8 @@ def load_script(relative_path):
 
 
 search_quality = load_script("benchmarks/search_quality.py")
+landing = load_script("benchmarks/landing.py")
+search_step_cost = load_script("benchmarks/search_step_cost.py")
 
 
 class RunsCode:
@@ -393,6 +395,14 @@ CASES = {
                                                        "--latch_tolerance", "200%"], "below 100%"),
     "reproduce: dataset without weights": (reproduce_tables, ["--quick", "--out", "{out}", "--dataset", "{data}"],
                                            "go together"),
+    # Before: the landing benchmark made its folder and ran warm-ups, the step benchmark ended in a traceback.
+    "landing: target nan": (landing, ["--out", "{out}", "--targets", "24", "nan"],
+                            "--targets must be a positive number of ms, got nan"),
+    "landing: target out of reach": (landing, ["--out", "{out}", "--targets", "3"], "--targets 3 ms is outside"),
+    "landing: search options it sets": (landing, ["--out", "{out}", "--search_arguments", "--seed=3"],
+                                        "--seed is set by landing.py"),
+    "step cost: no steps": (search_step_cost, ["--steps", "0"], "--steps must be in [1, 100,000], got 0"),
+    "step cost: one image": (search_step_cost, ["--batch_size", "1"], "BatchNorm needs two images"),
     "reproduce: search options it sets": (reproduce_tables, ["--quick", "--out", "{out}", "--", "--save", "x"],
                                           "--save is set by reproduce_tables.py"),
 }

@@ -275,7 +275,8 @@ def test_evaluate_released_uses_each_present_file(tmp_path, monkeypatch):
     (["--grid", "0", "1e-3"], "error: --grid values must be positive"),
     (["--grid", "0.1", "0.01"], "error: --grid values must be ascending and distinct"),
     (["--targets", "50"], "error: --target_latency 50 ms is outside"),
-    (["--", "--penalty", "fixed"], "error: --penalty is set by reproduce_tables.py for each search"),
+    (["--", "--penalty", "fixed"], "error: the search options after --: --penalty is set by reproduce_tables.py"),
+    (["--", "--penalty=fixed"], "error: the search options after --: --penalty is set by reproduce_tables.py"),
 ])
 def test_bad_input_is_one_line_and_exit_2(arguments, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:

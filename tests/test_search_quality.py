@@ -92,7 +92,7 @@ def test_unreachable_target_is_one_clear_error(capsys):
     with pytest.raises(SystemExit) as stop:
         search_quality.utils.run_cli(search_quality.main, search_quality.get_args_parser(), ["--target", "3"])
     assert stop.value.code == 2
-    assert "outside what the search space reaches" in capsys.readouterr().err
+    assert "error: --target 3 ms is outside what this search space can reach" in capsys.readouterr().err
 
 
 def test_a_variants_search_options_reach_every_search_and_bind_its_folder(tmp_path, capsys):
