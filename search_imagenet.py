@@ -45,7 +45,7 @@ from model_search import (SHORTCUT_LAYERS, SHORTCUT_POOLINGS, SuperNet, gumbel_s
                           strided_skip_mask, warmup_paths)
 from utils import (
     EXPLODED_LOSS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
-    RUN_DESCRIPTIONS, AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy,
+    LOG_NAME, RUN_DESCRIPTIONS, AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy,
     add_device_arguments, all_gather_objects, all_reduce_sum, any_process_diverged, check_number_rules,
     check_saved_epoch, check_seed, is_finite_number,
     checkpoint_kind, cleanup_distributed, describe_saved_run, fill_from_schedule, frozen, init_distributed, launch,
@@ -57,6 +57,11 @@ from utils import (
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 WARMUP_CHECKPOINT_NAME = "warmup.pth.tar"
 METRICS_NAME = "metrics.jsonl"
+ARCH_NAME, ARGS_NAME = "arch.json", "args.json"
+COST_FIGURE, LAMBDA_TAU_FIGURE, PROBABILITIES_FIGURE = "cost.png", "lambda_tau.png", "op_probabilities.png"
+# Every file a search writes into --save (besides hidden lock and temporary files).
+OUTPUT_NAMES = {CHECKPOINT_NAME, WARMUP_CHECKPOINT_NAME, METRICS_NAME, ARCH_NAME, ARGS_NAME, LOG_NAME, COST_FIGURE,
+                LAMBDA_TAU_FIGURE, PROBABILITIES_FIGURE}
 CHECKPOINT_FORMAT = 2  # 2: the release's supernet init, BN eps, gradient routing and zero-filled gradients
 PENALTIES = ("lagrange", "fixed")
 ETA_DECAYS = ("linear", "late", "none")
@@ -874,7 +879,7 @@ def write_arch_json(args, searcher, predictor, train_set, arch_set):
                       raw_argmax=cost_record(arch_config, cost, args.target_latency))
     elif band is not None:
         result.update(project_final(model, predictor, band, arch_config, cost, args.target_latency))
-    write_json(os.path.join(args.save, "arch.json"), result)
+    write_json(os.path.join(args.save, ARCH_NAME), result)
     return result
 
 
@@ -897,7 +902,7 @@ def write_plots(save_dir, metrics, predictor, target):
     handles, labels = (left + right for left, right in zip(axis.get_legend_handles_labels(),
                                                            right.get_legend_handles_labels()))
     right.legend(handles, labels, loc="best", fontsize=8)  # inside the axes, clear of the title
-    save_figure(figure, os.path.join(save_dir, "cost.png"))
+    save_figure(figure, os.path.join(save_dir, COST_FIGURE))
 
     figure, left = new_figure((6, 4))
     left.plot(epochs, [row["tradeoff"] for row in metrics], color="tab:red", label="lambda")
@@ -906,7 +911,7 @@ def write_plots(save_dir, metrics, predictor, target):
     right.plot(epochs, [row["tau"] for row in metrics], color="tab:blue", label="tau")
     right.set_ylabel("tau")
     figure.legend(loc="upper right")
-    save_figure(figure, os.path.join(save_dir, "lambda_tau.png"))
+    save_figure(figure, os.path.join(save_dir, LAMBDA_TAU_FIGURE))
 
     figure, axis = new_figure((6, 7))
     image = axis.imshow(metrics[-1]["probabilities"], aspect="auto", cmap="viridis", vmin=0, vmax=1)
@@ -914,7 +919,7 @@ def write_plots(save_dir, metrics, predictor, target):
              yticklabels=range(1, operations.NUM_LAYERS), ylabel="layer", title=f"op probabilities, epoch {epochs[-1]}")
     axis.set_xticklabels(operations.SEARCHABLE_OPS, rotation=45, ha="right")
     figure.colorbar(image, ax=axis)
-    save_figure(figure, os.path.join(save_dir, "op_probabilities.png"))
+    save_figure(figure, os.path.join(save_dir, PROBABILITIES_FIGURE))
 
 
 # ---------------------------------------------------------------------- main
@@ -992,7 +997,7 @@ def set_up_search(args, context):
     # always describes the run that continues or starts here.
     if context.is_main:
         os.makedirs(args.save, exist_ok=True)
-        write_json(os.path.join(args.save, "args.json"), vars(args))
+        write_json(os.path.join(args.save, ARGS_NAME), vars(args))
     logger = run_logger(context, args.save, "search")
     if resume_path is not None:
         logger.info(f"resumed from {resume_path} at epoch {start_epoch}")
@@ -1126,7 +1131,10 @@ def stop_if_diverged(epoch, train_loss, val_loss, searcher, args):
 
 
 def check_save_folder(args):
-    """Refuse to overwrite another search unless it is being resumed."""
+    """Refuse to overwrite another search unless it is being resumed, and to
+    write into a folder that holds other files (the shipped tables, a
+    dataset, the repository): the search's log and figures would land among
+    them."""
     existing = os.path.join(args.save, CHECKPOINT_NAME)
     resuming_here = args.resume is not None and os.path.abspath(resolve_resume_path(args.resume)) == \
         os.path.abspath(existing)
@@ -1136,6 +1144,11 @@ def check_save_folder(args):
             raise UserError(f"--save {args.save} holds {held}, not a search: choose another --save")
         raise UserError(f"--save {args.save} already holds a search; continue it with --resume {existing} "
                         "or choose another --save")
+    foreign = sorted(name for name in (os.listdir(args.save) if os.path.isdir(args.save) else [])
+                     if name not in OUTPUT_NAMES and not name.startswith("."))
+    if foreign:
+        raise UserError(f"--save {args.save} holds files a search does not write ({name_a_few(foreign)}); "
+                        "choose a new or empty folder")
 
 
 def main(args):

@@ -336,6 +336,9 @@ class RedrawClock:
 # ------------------------------------------------------------ logging, seed
 
 
+LOG_NAME = "log.txt"  # a run's log in its --save folder
+
+
 def create_logger(save_dir=None, name="lightnas"):
     """A logger printing to stdout and, given `save_dir`, appending to
     `save_dir/log.txt`."""
@@ -347,7 +350,7 @@ def create_logger(save_dir=None, name="lightnas"):
     formatter = logging.Formatter("%(asctime)s %(message)s", "%m/%d %H:%M:%S")
     handlers = [logging.StreamHandler(sys.stdout)]
     if save_dir is not None:
-        handlers.append(logging.FileHandler(os.path.join(save_dir, "log.txt")))
+        handlers.append(logging.FileHandler(os.path.join(save_dir, LOG_NAME)))
     for handler in handlers:
         handler.setFormatter(formatter)
         logger.addHandler(handler)

@@ -403,6 +403,8 @@ CASES = {
                                         "--seed is set by landing.py"),
     "step cost: no steps": (search_step_cost, ["--steps", "0"], "--steps must be in [1, 100,000], got 0"),
     "step cost: one image": (search_step_cost, ["--batch_size", "1"], "BatchNorm needs two images"),
+    "search: --save is the tables' folder": (search_imagenet, ["--save", str(REPO_ROOT / "latency_lut"), "--dataset",
+                                                               "{data}", "--num_classes", "3"], "holds files a search does not write"),
     "reproduce: search options it sets": (reproduce_tables, ["--quick", "--out", "{out}", "--", "--save", "x"],
                                           "--save is set by reproduce_tables.py"),
 }
