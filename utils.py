@@ -512,11 +512,9 @@ def atomic_write(path, binary=False):
     NAME removes any left over (a run folder has one writer: its lock)."""
     directory = os.path.dirname(os.path.abspath(path))
     prefix = f".{os.path.basename(path)}.tmp-"
-    if os.path.exists(path) and not os.path.isfile(path):
-        # Moving the file over it would replace a folder's name or a device
-        # node (/dev/full, a FIFO) with a regular file.
-        what = "a folder" if os.path.isdir(path) else "not a regular file (a device, pipe or socket)"
-        raise UserError(f"cannot write {path}: it is {what}; give the path of a file")
+    # Moving the file over it would replace a folder's name or a device
+    # node (/dev/full, a FIFO) with a regular file.
+    refuse_non_file_output(path, f"cannot write {path}: it is")
     try:
         os.makedirs(directory, exist_ok=True)
         handle, temp_path = tempfile.mkstemp(dir=directory, prefix=prefix)
@@ -995,13 +993,19 @@ def make_output_folder(path, option="--out"):
     _check_folder_takes_a_file(path, option)
 
 
+def refuse_non_file_output(path, prefix):
+    """An output path that exists as something other than a regular file
+    (a folder, device, pipe or socket) is refused: "<prefix> <what>; ..."."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        what = "a folder" if os.path.isdir(path) else "not a regular file (a device, pipe or socket)"
+        raise UserError(f"{prefix} {what}; give the path of a file")
+
+
 def check_output_file(path, option):
     """Refuse, before any long work, an output file that could not be
     written at the end: its folder missing or not writable, or the path a
     folder, device or pipe (a file already there is fine: it is replaced)."""
-    if os.path.exists(path) and not os.path.isfile(path):
-        what = "a folder" if os.path.isdir(path) else "not a regular file (a device, pipe or socket)"
-        raise UserError(f"{option} {path} is {what}; give the path of a file")
+    refuse_non_file_output(path, f"{option} {path} is")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"{option}: folder {folder} does not exist; create it or choose another path")
