@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -133,20 +134,27 @@ def walk_once(folder):
 
 class ImageFolderOnce(datasets.ImageFolder):
     """ImageFolder whose scan follows no symlink cycle and lists each real
-    image file once (two links to one file are one sample). The samples and
-    their order are ImageFolder's otherwise."""
+    image file once (two links to one file are one sample). One file reached
+    from two class folders (a link to `..` inside a class) would carry two
+    labels: a UserError. The samples and their order are ImageFolder's
+    otherwise."""
 
     @staticmethod
     def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
-        samples, seen = [], set()
+        samples, first_seen = [], {}
         for class_name in sorted(class_to_idx):
             for path, file_names in sorted(walk_once(os.path.join(directory, class_name))):
                 for name in sorted(file_names):
                     file_path = os.path.join(path, name)
+                    if not name.lower().endswith(IMG_EXTENSIONS):
+                        continue
                     real = os.path.realpath(file_path)
-                    if name.lower().endswith(IMG_EXTENSIONS) and real not in seen:
-                        seen.add(real)
+                    if real not in first_seen:
+                        first_seen[real] = (class_name, file_path)
                         samples.append((file_path, class_to_idx[class_name]))
+                    elif first_seen[real][0] != class_name:
+                        raise UserError(f"image {file_path} is also {first_seen[real][1]}: one file in two class "
+                                        "folders (through a link) would carry two labels; remove the link")
         return samples
 
 
@@ -201,6 +209,9 @@ def load_rgb_image(path):
     """Open an image as RGB with 8 bits per channel; a file Pillow cannot
     decode, or will not (over its pixel limit), is a UserError naming it."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # opening a pipe would wait for a writer forever
+            raise UserError(f"cannot read image {path}: it is not a regular file (a pipe, device or socket); "
+                            "remove it from the dataset")
         with open(path, "rb") as file:
             return to_rgb(Image.open(file), path)
     except Image.DecompressionBombError as error:

@@ -19,7 +19,8 @@ import data
 import model_train
 from utils import (
     MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_WIDTH_MULT, MAX_WORKERS, UserError, all_reduce_sum, correct_counts,
-    load_checkpoint, name_a_few, non_finite_entries, progress_bar, resolve_device, run_cli, strip_module_prefix,
+    load_checkpoint, name_a_few, non_finite_entries, progress_bar, resolve_device, run_cli, state_dict_mismatch,
+    strip_module_prefix,
 )
 
 CLASSIFIER_WEIGHT = "classifier.4.weight"  # its rows give num_classes
@@ -53,18 +54,11 @@ def check_dataset_classes(dataset, num_classes, option):
                         f"{num_classes}; is this the dataset the network was trained on?")
 
 
-def load_weights(model, state_dict, path):
+def load_weights(model, state_dict, path, option="--weights"):
     """Load weights strictly, turning a mismatch into one readable line."""
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    wrong_shape = [key for key in expected
-                   if key in state_dict and state_dict[key].shape != expected[key].shape]
-    if missing or unexpected or wrong_shape:
-        problems = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                    for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                        ("wrong shape", wrong_shape)) if keys]
-        raise UserError(f"--weights: {path} does not fit this architecture ({'; '.join(problems)}); "
+    mismatch = state_dict_mismatch(model, state_dict)
+    if mismatch:
+        raise UserError(f"{option}: {path} does not fit this architecture ({mismatch}); "
                         "check --model/--arch_config and --width_mult")
     broken = non_finite_entries(state_dict)
     if broken:

@@ -56,6 +56,7 @@ VALIDATE_SEED = 1  # not the fit/build seed, so validation sees fresh architectu
 ERROR_THRESHOLDS_PCT = (5, 10)  # "share within 5% / 10%" in validation summaries
 SUMMARY_DECIMALS = 4  # error summaries stored in table metadata
 MIN_CALIBRATION_ARCHS = 5  # a scale and an offset from fewer points would fit noise
+MAX_MEASURED_MS = 1e6  # 17 minutes for one network: a larger "latency" is a unit or typing error
 
 
 def error_summary(predicted, measured):
@@ -463,9 +464,10 @@ def read_measurements(path):
             raise UserError(f"--measurements {path}: expected the validate.csv written by `validate` "
                             f"(columns arch, measured_ms)") from None
     for row, value in enumerate(measured, start=2):  # row 1 is the header
-        if not (math.isfinite(value) and value > 0):
-            raise UserError(f"--measurements {path}: row {row} measured {value} ms, which is no latency "
-                            "(measurements must be positive and finite); remove or re-measure it")
+        if not (math.isfinite(value) and 0 < value <= MAX_MEASURED_MS):
+            raise UserError(f"--measurements {path}: row {row} measured {value:.6g} ms, which is no latency "
+                            f"(measurements must be positive, at most {MAX_MEASURED_MS:g} ms); remove or re-measure "
+                            "it")
     first_row = {}
     for row, arch in enumerate(map(tuple, indices), start=2):
         if arch in first_row:
@@ -483,6 +485,9 @@ def calibrate_table(table, indices, measured, sources):
                         f"got {len(measured)}")
     metadata = table["metadata"]
     raw = TablePredictor(table, "raw").raw_costs(indices)
+    if np.ptp(measured) <= 1e-9 * measured.max():
+        raise UserError(f"calibration: all {len(measured)} architectures measured {measured[0]:g} ms; latencies that "
+                        "do not vary cannot fit a scale (was the same network timed each time?); nothing was written")
     scale, offset = np.polyfit(raw, measured, 1)
     if not scale > 0:
         raise UserError(f"calibration: measured latency does not grow with the prediction (scale {scale:.3f}); "
@@ -520,7 +525,11 @@ def check_calibration_files(measurements, out):
 
 
 def run_calibrate(args):
+    if args.out is not None and not args.out.strip():
+        raise UserError("--out is empty; give the table to write, or leave --out out to calibrate --lut in place")
     check_calibration_files(args.measurements, args.out or args.lut)
+    if args.out is not None and os.path.realpath(args.out) != os.path.realpath(args.lut):
+        check_table_path(args.out, replace=args.force)
     table = load_table(args.lut)
     # Several validate runs may be pooled: on a shared machine one run can
     # catch a burst of load that the others average out.
@@ -621,6 +630,7 @@ def get_args_parser():
     calibrate.add_argument("--measurements", required=True, nargs="+",
                            help="one or more validate.csv files written by `validate`")
     calibrate.add_argument("--out", default=None, help="table to write (default: overwrite --lut)")
+    calibrate.add_argument("--force", action="store_true", help="replace --out if it exists (another file than --lut)")
     calibrate.set_defaults(handler=run_calibrate)
 
     predict = commands.add_parser("predict", help="predict the cost of one architecture")

@@ -358,6 +358,9 @@ class TablePredictor:
         calibration = metadata.get("calibration") or {"scale": 1.0, "offset": 0.0}
         self.scale = float(calibration["scale"])
         self.offset = float(calibration["offset"])
+        # What the predictions depend on (the identifier names only the file): two tables of one name differ here.
+        numbers = np.concatenate([[self.fixed_cost, self.scale, self.offset], self.layer_costs.ravel()])
+        self.fingerprint = hashlib.sha256(numbers.astype("<f8").tobytes()).hexdigest()
         self._cost_tensors = {}
 
     def _calibrated(self, raw):
@@ -450,6 +453,7 @@ class MLPPredictor:
         self.network = network.eval().requires_grad_(False)
         self.path = path
         self.sha256 = file_sha256(path)
+        self.fingerprint = self.sha256
         self.identifier = f"mlp:{os.path.basename(path)}@{self.sha256[:12]}"
         self._networks = {(torch.device("cpu"), torch.float32): self.network}
         self._range = None

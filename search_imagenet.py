@@ -51,7 +51,7 @@ from utils import (
     checkpoint_kind, cleanup_distributed, describe_saved_run, fill_from_schedule, frozen, init_distributed, launch,
     load_checkpoint, name_a_few, new_figure, non_finite_entries, progress_bar, resolve_device_type, resumable_at,
     rng_states, run_cli, run_folder_lock, run_logger, save_checkpoint, save_checkpoint_again, save_figure,
-    seed_everything, set_rng_states, share_cpu_threads, write_json,
+    seed_everything, state_dict_mismatch, set_rng_states, share_cpu_threads, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -622,11 +622,16 @@ class Searcher:
             "rng": rng_states(),
             "search_space_hash": operations.search_space_hash(),
             "predictor": self.predictor.identifier,
+            "predictor_fingerprint": self.predictor.fingerprint,
             "dataset": self.dataset_fingerprint,
             "args": vars(self.args),
         }
 
     def restore(self, checkpoint):
+        mismatch = state_dict_mismatch(self.model, checkpoint["state_dict"])
+        if mismatch:
+            raise UserError(f"--resume: the checkpoint's supernet does not fit these settings ({mismatch}); it "
+                            "was changed or written by another version: start the search again")
         self.model.load_state_dict(checkpoint["state_dict"])
         self.weight_optimizer.load_state_dict(checkpoint["weight_optimizer"])
         # An uninterrupted search holds zero gradients for every op that has
@@ -716,6 +721,11 @@ def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, pa
             raise UserError(f"--resume: {path} used --{name} {saved.get(name)}, this run {getattr(args, name)}; "
                             "use the same settings to continue")
     is_warmup = checkpoint["epoch"] == args.freeze_epochs
+    if (not is_warmup and checkpoint["predictor"] == predictor.identifier
+            and checkpoint.get("predictor_fingerprint", predictor.fingerprint) != predictor.fingerprint):
+        raise UserError(f"--resume: {path} searched on another {checkpoint['predictor']}: the table now at "
+                        f"{args.lut or latency_predictor.DEFAULT_LUT} has the same name but other costs; continue with the table it used, or "
+                        f"start from its {WARMUP_CHECKPOINT_NAME} for this one")
     same_target = (saved["target_latency"] == args.target_latency and checkpoint["predictor"] == predictor.identifier
                    and saved.get("metric", "latency") == args.metric
                    and saved.get("penalty", "lagrange") == args.penalty
@@ -1151,9 +1161,22 @@ def check_save_folder(args):
                         "choose a new or empty folder")
 
 
+def check_options_apply(args, given):
+    """An option given for a mechanism that is off would be ignored in
+    silence; refuse it instead (`given`: the schedule options the user set)."""
+    if "eta_floor" in given and args.eta_decay == "none":
+        raise UserError(f"--eta_floor {args.eta_floor:g} is where --eta_decay lowers eta to, and --eta_decay is none; "
+                        "add --eta_decay linear or late, or drop --eta_floor")
+    if "hold_lambda" in given and args.latch != "hold":
+        raise UserError(f"--hold_lambda applies to --latch hold only (this search latches with --latch {args.latch}); "
+                        "drop it or add --latch hold")
+
+
 def main(args):
+    given = {name for name in DEMO_SCHEDULE if getattr(args, name) is not None}
     resolve_schedule(args)
     validate_settings(args)
+    check_options_apply(args, given)
     args.device_type = resolve_device_type(args)
     for name in ("batch_size_train", "batch_size_val"):
         if getattr(args, name) % args.gpus:

@@ -65,6 +65,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 
@@ -95,6 +96,7 @@ EMA_DECAY = 0.9999
 # ONNX opset 13: TensorRT 8.x, which JetPack 4.6 and 5.x ship on Jetson
 # AGX Xavier, parses it fully (ReLU6 becomes Clip, BatchNorm is folded).
 ONNX_OPSET = 13
+PREFETCH_FACTOR = 2  # batches each loading process prepares ahead (DataLoader's default)
 MIN_ONNX_OPSET, MAX_ONNX_OPSET = 7, 20  # the TorchScript exporter's range; every opset in it exports and checks
 ONNX_INPUT, ONNX_OUTPUT = "images", "logits"
 ONNX_TOLERANCE = 1e-3  # largest |onnxruntime - PyTorch| logit difference accepted
@@ -137,7 +139,7 @@ def get_args_parser():
                      help="write the network to ONNX for TensorRT: after training the best weights, with "
                           "--evaluate that checkpoint; input 'images' Nx3xSxS (S = --image_size, batch "
                           "dynamic), output 'logits'; checked against PyTorch with onnxruntime")
-    run.add_argument("--onnx_opset", type=int, default=ONNX_OPSET,
+    run.add_argument("--onnx_opset", type=int, default=None,
                      help=f"ONNX opset (default: {ONNX_OPSET}, parsed by TensorRT 8.x on Jetson)")
     run.add_argument("--seed", type=int, default=SEED, help=f"random seed (default: {SEED})")
     run.add_argument("--schedule", choices=tuple(SCHEDULES), default=None,
@@ -161,8 +163,8 @@ def get_args_parser():
                               "flip = resize and flip only, for short runs on small images, where random "
                               "crops of small objects keep the network near chance; evaluated on the whole "
                               "image, without the recipe's centre crop (not in the paper; default: recipe)")
-    dataset.add_argument("--prefetch_factor", type=int, default=2,
-                         help="batches each loading process prepares ahead (default: 2)")
+    dataset.add_argument("--prefetch_factor", type=int, default=None,
+                         help=f"batches each loading process prepares ahead (default: {PREFETCH_FACTOR})")
 
     recipe = parser.add_argument_group("recipe (the paper's retraining)")
     recipe.add_argument("--epochs", type=int, default=None, help=f"training epochs (recipe: {RECIPE_EPOCHS})")
@@ -243,6 +245,22 @@ def resolve_ema_decay(args):
                         "--ema_decay")
     if args.ema_decay is None:
         args.ema_decay = EMA_DECAY
+
+
+def check_options_apply(args):
+    """An option that the rest of the command turns off would be ignored in
+    silence; refuse it, then fill the defaults of those left unset."""
+    if args.onnx_opset is not None and not args.export_onnx:
+        raise UserError("--onnx_opset sets the opset of --export_onnx, which is not given; add --export_onnx PATH or "
+                        "drop --onnx_opset")
+    if args.prefetch_factor is not None and args.workers == 0:
+        raise UserError("--prefetch_factor applies to loading processes, and --workers 0 loads in the training "
+                        "process; drop one of them")
+    if args.evaluate and args.save is not None:
+        raise UserError("--evaluate writes no run folder, so --save has nothing to hold; drop --save (with "
+                        "--export_onnx PATH the network is written to PATH)")
+    args.onnx_opset = ONNX_OPSET if args.onnx_opset is None else args.onnx_opset
+    args.prefetch_factor = PREFETCH_FACTOR if args.prefetch_factor is None else args.prefetch_factor
 
 
 # Each numeric option: what it must be (utils.check_number_rules).
@@ -347,6 +365,9 @@ def prepare(args):
         checkpoint = utils.load_checkpoint(args.evaluate, what="--evaluate")
         if not isinstance(checkpoint, dict):
             raise UserError(f"--evaluate: {args.evaluate} holds no model state_dict")
+        if utils.checkpoint_kind(checkpoint) == "search":
+            raise UserError(f"--evaluate: {args.evaluate} is a search's checkpoint (a supernet, search_imagenet.py); "
+                            "train its arch.json with --arch_config first, then evaluate that run's best.pth.tar")
         if args.image_size is None:
             args.image_size = evaluate.recorded_image_size(checkpoint)  # the size it was trained at, if known
     resolve_schedule(args, checkpoint if args.resume else None)
@@ -354,6 +375,7 @@ def prepare(args):
     if world_size < 1:
         raise UserError("--gpus must be at least 1")
     resolve_ema_decay(args)
+    check_options_apply(args)
     check_numbers(args, world_size)
     args.device_type = utils.resolve_device_type(args)
     if args.sync_bn and args.device_type != "cuda":
@@ -598,6 +620,10 @@ def restore(training, checkpoint, context, num_classes, logger):
     if checkpoint.get("num_classes") != num_classes:
         raise UserError(f"--resume: the checkpoint predicts {checkpoint.get('num_classes')} classes but the "
                         f"dataset has {num_classes}")
+    mismatch = utils.state_dict_mismatch(training.model, checkpoint["state_dict"])
+    if mismatch:
+        raise UserError(f"--resume: the checkpoint's weights do not fit its architecture ({mismatch}); it was "
+                        "changed or written by another version: start a new run")
     training.model.load_state_dict(checkpoint["state_dict"])
     training.optimizer.load_state_dict(checkpoint["optimizer"])
     training.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -757,6 +783,8 @@ def fit(args, context, root):
     # were accepted: a refusal above leaves nothing behind.
     if context.is_main:
         os.makedirs(args.save, exist_ok=True)
+        if args.resume:
+            carry_best_weights(args)
     logger = utils.run_logger(context, args.save, "train")
     if context.is_main:
         log_setup(logger, args, context, training, num_classes, train_loader, val_loader)
@@ -790,6 +818,20 @@ def fit(args, context, root):
             best_path = os.path.join(args.save, BEST_FILE)
             export_weights(utils.load_checkpoint(best_path)["state_dict"], args, num_classes, logger)
     return training.model
+
+
+def carry_best_weights(args):
+    """A run resumed into another --save continues its best result so far,
+    whose weights lie beside the checkpoint: copy them over, or the new
+    folder would lack the best.pth.tar its log and --export_onnx name."""
+    source_folder = os.path.dirname(os.path.abspath(args.resume))
+    if os.path.realpath(source_folder) == os.path.realpath(args.save):
+        return
+    for name in (BEST_FILE, BEST_EMA_FILE):
+        source, destination = os.path.join(source_folder, name), os.path.join(args.save, name)
+        if os.path.isfile(source) and not os.path.exists(destination):
+            with open(source, "rb") as weights, utils.atomic_write(destination, binary=True) as copy_file:
+                shutil.copyfileobj(weights, copy_file)
 
 
 def stop_if_diverged(epoch, loss, model, args):
@@ -860,7 +902,7 @@ def evaluate_checkpoint(args, context, root, logger):
     state_dict = evaluate.checkpoint_state_dict(checkpoint, args.evaluate)
     num_classes = evaluate.weights_num_classes(state_dict, args.evaluate, "--evaluate")
     model = LightNet(args.arch_config, num_classes=num_classes, dropout=args.dropout)
-    evaluate.load_weights(model, state_dict, args.evaluate)
+    evaluate.load_weights(model, state_dict, args.evaluate, "--evaluate")
     crop_ratio = evaluate.recorded_crop_ratio(checkpoint) or data.eval_crop_ratio(args.augment)
     val_loader = build_val_loader(root, args, context, crop_ratio)
     evaluate.check_dataset_classes(val_loader.dataset, num_classes, "--evaluate")

@@ -96,7 +96,9 @@ def check_plotting_setting(environment=None):
 
 def run_cli(main, parser, argv=None):
     """Parse arguments, run `main(args)`, and turn a UserError into one
-    `error: ...` line on stderr and exit status 2."""
+    `error: ...` line on stderr and exit status 2 (a complaint of the
+    parser's too)."""
+    complain_in_one_line(parser)
     args = parser.parse_args(argv)
     global _terminated_process
     _terminated_process = os.getpid()
@@ -119,6 +121,20 @@ def run_cli(main, parser, argv=None):
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+
+
+def complain_in_one_line(parser):
+    """argparse answers a bad option with the whole usage text (37 lines for
+    the search) before its complaint; give the complaint alone, as every
+    other bad input gets it, and where to read the options."""
+    for each in [parser] + subcommand_parsers(parser):
+        def refuse(message, prog=each.prog):
+            if message.endswith("expected one argument"):
+                # argparse reads a value such as -1% as the next option
+                message += "; a value that starts with '-' goes after '=', e.g. --option=-1"
+            print(f"error: {message} (options: {prog} --help)", file=sys.stderr)
+            sys.exit(USER_ERROR_EXIT_CODE)
+        each.error = refuse
 
 
 class Terminated(BaseException):
@@ -399,6 +415,21 @@ def non_finite_entries(state_dict):
     an infinity (a diverged run's weights or BatchNorm statistics)."""
     return [name for name, value in state_dict.items()
             if torch.is_floating_point(value) and not torch.isfinite(value).all()]
+
+
+def state_dict_mismatch(model, state_dict):
+    """How `state_dict` does not fit `model`, in words ("missing: a, b;
+    wrong shape: c"), or None when it fits exactly."""
+    expected = model.state_dict()
+    if not isinstance(state_dict, dict):
+        return "not a state_dict"
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    wrong_shape = [key for key in expected if key in state_dict and getattr(state_dict[key], "shape", None)
+                   != expected[key].shape]
+    problems = [f"{label}: {name_a_few(keys)}" for label, keys in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)) if keys]
+    return "; ".join(problems) or None
 
 
 def any_process_diverged(diverged, device):
@@ -821,6 +852,8 @@ def resolve_device_type(args):
 
     Sets CUDA_VISIBLE_DEVICES from --visible before CUDA is first used.
     """
+    if args.visible is not None and args.device == "cpu":
+        raise UserError(f"--visible {args.visible} picks GPUs, but --device cpu runs on the CPU; drop one of them")
     if args.visible is not None:
         ids = args.visible.split(",")
         if not all(gpu_id.strip().isdigit() for gpu_id in ids):

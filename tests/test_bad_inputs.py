@@ -24,6 +24,7 @@ import torch
 import data
 import evaluate
 import latency_build
+import latency_predictor
 import latency_timing
 import model_train
 import reproduce_tables
@@ -118,6 +119,27 @@ def inputs(tmp_path_factory):
     files["table_huge_integer"].write_text(shipped.replace(f'"value": {entry}', '"value": 1' + "0" * 400))
     files["table_huge_entry"] = root / "huge-entry.json"
     files["table_huge_entry"].write_text(shipped.replace(f'"value": {entry}', '"value": 1e308'))
+    files["pipe_image"] = root / "pipe-image"  # a named pipe called .png among the val images
+    shutil.copytree(files["data"], files["pipe_image"])
+    os.mkfifo(sorted((files["pipe_image"] / "val").iterdir())[0] / "pipe.png")
+    files["class_link_up"] = root / "class-link-up"  # a link to .. inside a class folder
+    shutil.copytree(files["data"], files["class_link_up"])
+    (sorted((files["class_link_up"] / "val").iterdir())[0] / "loop").symlink_to("..")
+    archs = [latency_predictor.arch_to_text([(layer + shift) % 7 for layer in range(21)]) for shift in range(7)]
+    for name, value in (("same_csv", "12.0"), ("huge_csv", "1e301")):
+        files[name] = root / f"{name}.csv"
+        files[name].write_text("arch,measured_ms\n" + "".join(f"{arch},{value}\n" for arch in archs))
+    files["search_checkpoint"] = root / "search-checkpoint.pth.tar"
+    torch.save({"state_dict": {}, "arch_optimizer": {}}, files["search_checkpoint"])
+    files["wrong_shape"] = root / "wrong-shape.pth.tar"  # a training checkpoint whose first conv was replaced
+    state_dict = model_train.LightNet(model_train.LIGHTNETS[ARCH_24], num_classes=3).state_dict()
+    first = next(iter(state_dict))
+    state_dict[first] = torch.zeros(1)
+    torch.save({"state_dict": state_dict, "arch_config": model_train.LIGHTNETS[ARCH_24], "optimizer": {},
+                "scheduler": {}, "epoch": 0, "num_classes": 3}, files["wrong_shape"])
+    files["weights_3_classes"] = root / "three-classes.pth.tar"
+    torch.save({"state_dict": model_train.LightNet(model_train.LIGHTNETS[ARCH_24], num_classes=3).state_dict()},
+               files["weights_3_classes"])
     return files
 
 
@@ -407,6 +429,53 @@ CASES = {
                                                                "{data}", "--num_classes", "3"], "holds files a search does not write"),
     "reproduce: search options it sets": (reproduce_tables, ["--quick", "--out", "{out}", "--", "--save", "x"],
                                           "--save is set by reproduce_tables.py"),
+    # A fresh sweep's findings (2026-12-06). Before: argparse's 37-line usage text; options ignored in silence.
+    "search: epochs 1.5": (search_imagenet, ["--save", "{out}", "--epochs", "1.5"], "invalid int value: '1.5'"),
+    "search: latch tolerance -1%": (search_imagenet, ["--save", "{out}", "--latch_tolerance", "-1%"],
+                                    "goes after '='"),
+    "search: eta floor with no decay": (search_imagenet, ["--save", "{out}", "--eta_floor", "2"],
+                                        "--eta_decay is none"),
+    "search: hold_lambda with the paper's latch": (search_imagenet, ["--save", "{out}", "--hold_lambda", "keep",
+                                                                     "--latch", "scale"], "--latch hold only"),
+    "train: --visible with --device cpu": (train_imagenet, ["--save", "{out}", "--visible", "0", "--device", "cpu"],
+                                           "--device cpu runs on the CPU"),
+    "train: opset without export": (train_imagenet, ["--save", "{out}", "--onnx_opset", "17"],
+                                    "--export_onnx, which is not given"),
+    "train: prefetch with no loading processes": (train_imagenet, ["--save", "{out}", "--workers", "0",
+                                                                   "--prefetch_factor", "4"], "--workers 0"),
+    "train: --save with --evaluate": (train_imagenet, ["--evaluate", "{released_20}", "--arch_config",
+                                                       "LightNet-20ms", "--save", "{out}"], "writes no run folder"),
+    "train: --evaluate a search checkpoint": (train_imagenet, ["--evaluate", "{search_checkpoint}", "--dataset",
+                                                               "{data}"], "is a search's checkpoint"),
+    # Before: a RuntimeError traceback of load_state_dict.
+    "train: resume weights of another shape": (train_imagenet, ["--resume", "{wrong_shape}", "--save", "{out}",
+                                                                "--dataset", "{data}", "--epochs", "1",
+                                                                "--batch_size", "2", "--image_size", "32",
+                                                                "--workers", "0"], "wrong shape"),
+    # Before: the pipe blocked the run forever; the link gave every image label 0 (top-1 0% with exit 0).
+    "evaluate: a pipe among the images": (evaluate, ["--model", ARCH_24, "--weights", "{weights_3_classes}",
+                                                     "--dataset", "{pipe_image}", "--image_size", "32",
+                                                     "--workers", "0"],
+                                          "not a regular file"),
+    "evaluate: a link to .. in a class": (evaluate, ["--model", ARCH_24, "--weights", "{weights_3_classes}",
+                                                     "--dataset", "{class_link_up}", "--image_size", "32",
+                                                     "--workers", "0"], "one file in two class folders"),
+    # Before: all-equal measurements wrote a table of scale 0 and R^2 NaN; 1e301 ms passed; --out '' wrote over
+    # --lut (a shipped table); an existing --out was replaced without --force.
+    "calibrate: all measurements equal": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                                    "cpu_intel_xeon_b1_t1.json"),
+                                                          "--measurements", "{same_csv}", "--out", "{out}.json"],
+                                          "do not vary"),
+    "calibrate: 1e301 ms": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                      "cpu_intel_xeon_b1_t1.json"),
+                                            "--measurements", "{huge_csv}", "--out", "{out}.json"], "is no latency"),
+    "calibrate: --out empty": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                         "cpu_intel_xeon_b1_t1.json"),
+                                               "--measurements", "{same_csv}", "--out", ""], "--out is empty"),
+    "calibrate: --out exists": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                          "cpu_intel_xeon_b1_t1.json"),
+                                                "--measurements", "{same_csv}", "--out", "{text}"],
+                                "pass --force"),
 }
 
 

@@ -183,6 +183,46 @@ def test_an_incomplete_search_checkpoint_is_refused_in_one_line(damage, finished
         assert "(missing: args." in error, error
 
 
+@pytest.mark.parametrize("damage", ["no alpha", "a weight of another shape"])
+def test_a_search_checkpoint_whose_supernet_does_not_fit_is_refused_in_one_line(damage, finished_search, tiny_dataset,
+                                                                                 tmp_path, capsys):
+    # Before: load_state_dict's RuntimeError traceback.
+    checkpoint = load_checkpoint(os.path.join(finished_search, "checkpoint.pth.tar"))
+    state_dict = checkpoint["state_dict"]
+    if damage == "no alpha":
+        del state_dict["alpha"]
+    else:
+        name = next(key for key in state_dict if key != "alpha")
+        state_dict[name] = torch.zeros(1)
+    damaged = tmp_path / "damaged.pth.tar"
+    torch.save(checkpoint, damaged)
+    with pytest.raises(SystemExit) as exit_info:
+        run_search(["--save", str(tmp_path / "run"), "--dataset", tiny_dataset, "--num_classes", "3",
+                    "--resume", str(damaged)] + TINY_SCHEDULE)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    expected = "missing: alpha" if damage == "no alpha" else "wrong shape: "
+    assert error.count("\n") == 0 and "does not fit these settings" in error and expected in error, error
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_table_of_the_same_name_with_other_costs_is_not_taken_for_the_searchs_own(finished_search, tiny_dataset,
+                                                                                     tmp_path, capsys):
+    # Before: the search went on with the other costs, its arch.json labelled with the old table's name.
+    table = json.loads(Path(latency_predictor.DEFAULT_LUT).read_text())
+    for entry in table["entries"].values():
+        entry["value"] *= 1.01
+    same_name = tmp_path / "elsewhere" / os.path.basename(latency_predictor.DEFAULT_LUT)
+    same_name.parent.mkdir()
+    same_name.write_text(json.dumps(table))
+    with pytest.raises(SystemExit) as exit_info:
+        run_search(["--save", str(tmp_path / "run"), "--dataset", tiny_dataset, "--num_classes", "3", "--lut",
+                    str(same_name), "--resume", os.path.join(finished_search, "checkpoint.pth.tar")] + TINY_SCHEDULE)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "has the same name but other costs" in error, error
+
+
 def test_resume_from_another_target_is_refused(finished_search, tiny_dataset, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_search(["--save", str(tmp_path / "other"), "--target_latency", "22", "--dataset", tiny_dataset,

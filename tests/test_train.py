@@ -495,6 +495,16 @@ def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(a
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_resumed_into_another_folder_brings_its_best_weights(authors_run, tiny_dataset, tmp_path):
+    # Before: the finished run "resumed" into a new --save ended with exit 0 and a log naming
+    # new/best.pth.tar, which did not exist; --export_onnx then had nothing to export.
+    new = tmp_path / "continued"
+    train("--resume", authors_run / "checkpoint.pth.tar", "--save", new, "--dataset", tiny_dataset, "--workers", 0)
+    assert (new / "best.pth.tar").read_bytes() == (authors_run / "best.pth.tar").read_bytes()
+    assert f"weights in {new / 'best.pth.tar'}" in (new / "log.txt").read_text()
+    assert sorted(path.name for path in new.iterdir() if path.name.startswith(".")) == []
+
+
 def test_a_search_folder_given_to_training_is_named_as_one(authors_run, tiny_dataset, tmp_path, capsys):
     assert utils.checkpoint_kind(torch.load(authors_run / "checkpoint.pth.tar", weights_only=True)) == "training"
     search = tmp_path / "search-run"

@@ -140,6 +140,8 @@ def test_device_options_on_a_machine_without_gpu(monkeypatch):
     with pytest.raises(UserError, match="expected GPU ids"):
         utils.resolve_device_type(_device_args("--visible", "0,a"))
     with pytest.raises(UserError, match="lists 1 GPU"):
+        utils.resolve_device_type(_device_args("--gpus", "2", "--visible", "0"))
+    with pytest.raises(UserError, match="--visible 0 picks GPUs, but --device cpu runs on the CPU"):
         utils.resolve_device_type(_device_args("--gpus", "2", "--visible", "0", "--device", "cpu"))
 
 
