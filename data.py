@@ -749,7 +749,11 @@ def synthetic_dataset(root=None, **params):
     meta = synthetic_metadata(**params)
     name = (f"synthetic-v{SYNTHETIC_FORMAT_VERSION}-{meta['kind']}-{meta['num_classes']}classes-"
             f"{meta['train_per_class']}train-{meta['val_per_class']}val-{meta['image_size']}px-seed{meta['seed']}")
-    folder = Path(root if root is not None else default_data_dir()) / name
+    base = Path(root if root is not None else default_data_dir())
+    if base.exists() and not base.is_dir():
+        raise UserError(f"the synthetic dataset's folder {base} is a file; give a folder (the --data_root option or "
+                        "LIGHTNAS_DATA)")
+    folder = base / name
     if read_synthetic_metadata(folder) != meta:
         write_synthetic_dataset(folder, **{key: meta[key] for key in DEFAULT_SYNTHETIC})
     return str(folder)  # a plain string: it ends up in saved arguments

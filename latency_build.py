@@ -525,8 +525,6 @@ def check_calibration_files(measurements, out):
 
 
 def run_calibrate(args):
-    if args.out is not None and not args.out.strip():
-        raise UserError("--out is empty; give the table to write, or leave --out out to calibrate --lut in place")
     check_calibration_files(args.measurements, args.out or args.lut)
     if args.out is not None and os.path.realpath(args.out) != os.path.realpath(args.lut):
         check_table_path(args.out, replace=args.force)

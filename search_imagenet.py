@@ -47,7 +47,7 @@ from utils import (
     EXPLODED_LOSS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
     LOG_NAME, RUN_DESCRIPTIONS, AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy,
     add_device_arguments, all_gather_objects, all_reduce_sum, any_process_diverged, check_number_rules,
-    check_saved_epoch, check_seed, is_finite_number,
+    check_regular_file, check_saved_epoch, check_seed, is_finite_number,
     checkpoint_kind, cleanup_distributed, describe_saved_run, fill_from_schedule, frozen, init_distributed, launch,
     load_checkpoint, name_a_few, new_figure, non_finite_entries, progress_bar, resolve_device_type, resumable_at,
     rng_states, run_cli, run_folder_lock, run_logger, save_checkpoint, save_checkpoint_again, save_figure,
@@ -1189,8 +1189,8 @@ def main(args):
             and not os.path.isfile(resolve_resume_path(args.resume))):
         raise UserError(f"--resume: {args.resume} holds no {CHECKPOINT_NAME} yet (the search stopped before its "
                         "first epoch ended); start it again without --resume")
-    if args.resume is not None and not os.path.isfile(resolve_resume_path(args.resume)):
-        raise UserError(f"--resume: {args.resume} not found")
+    if args.resume is not None:
+        check_regular_file(resolve_resume_path(args.resume), "--resume:")
     if args.resume is not None:  # a wrong file fails now, before --save is touched
         check_search_checkpoint(load_checkpoint(resolve_resume_path(args.resume), what="--resume"),
                                 resolve_resume_path(args.resume))

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import errno
 import fcntl
 import glob
 import json
@@ -100,6 +101,11 @@ def run_cli(main, parser, argv=None):
     parser's too)."""
     complain_in_one_line(parser)
     args = parser.parse_args(argv)
+    try:
+        refuse_empty_values(parser, args)
+    except UserError as error:
+        print(f"error: {user_error_message(error)}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
     global _terminated_process
     _terminated_process = os.getpid()
     previous_handler = signal.signal(signal.SIGTERM, raise_terminated)
@@ -135,6 +141,20 @@ def complain_in_one_line(parser):
             print(f"error: {message} (options: {prog} --help)", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT_CODE)
         each.error = refuse
+
+
+def refuse_empty_values(parser, args):
+    """An option given an empty value (--out '', a shell variable that was
+    never set) is no value: taken as "not given", it wrote over a shipped
+    table and into the current folder. An option whose default is empty
+    (extra options to pass on) may be empty."""
+    for action in [action for each in [parser] + subcommand_parsers(parser) for action in each._actions]:
+        if not action.option_strings or action.default == "":
+            continue
+        value = getattr(args, action.dest, None)
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(item, str) and not item.strip() for item in values):
+            raise UserError(f"{action.option_strings[-1]} is empty; give a value or leave the option out")
 
 
 class Terminated(BaseException):
@@ -497,9 +517,9 @@ def check_saved_epoch(checkpoint, epochs, path):
                         f"run's --epochs {epochs}; it is damaged or from a longer run")
 
 
-def check_seed(seed):
+def check_seed(seed, option="--seed"):
     if not 0 <= seed <= MAX_SEED:
-        raise UserError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
+        raise UserError(f"{option} must be in [0, {MAX_SEED}], got {seed}")
 
 
 def seed_everything(seed):
@@ -580,6 +600,8 @@ def _is_write_failure(error):
 def _write_error(path, error):
     reason = path_error_reason(error) if isinstance(error, OSError) else "the disk refused the write; is it full?"
     kept = " (the earlier file is kept)" if os.path.exists(path) else ""
+    if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:
+        return UserError(f"cannot write {path}: {reason}; choose a shorter name")
     return UserError(f"cannot write {path}: {reason}{kept}; free some space or choose a writable folder, then run "
                      "again")
 
@@ -858,6 +880,8 @@ def resolve_device_type(args):
         ids = args.visible.split(",")
         if not all(gpu_id.strip().isdigit() for gpu_id in ids):
             raise UserError(f"--visible {args.visible!r}: expected GPU ids separated by commas, e.g. 0,1,2,3")
+        if len({int(gpu_id) for gpu_id in ids}) < len(ids):
+            raise UserError(f"--visible {args.visible} names a GPU twice; name each once, e.g. 0,1")
         if len(ids) < args.gpus:
             raise UserError(f"--visible lists {len(ids)} GPU(s) but --gpus is {args.gpus}")
         installed = installed_nvidia_gpus()

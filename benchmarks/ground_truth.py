@@ -63,20 +63,20 @@ def network_seeds(truth, net):
     return net.get("seeds", truth["seeds"])
 
 
-def load_truth(path, complete=False):
+def load_truth(path, complete=False, option="--truth"):
     """A ground-truth file, checked: every network has an arch_config and one
     top-1 per seed it lists; with `complete`, every network has every seed
     of the file (paired comparisons need them all)."""
-    truth = utils.read_json(path, "--truth")
+    truth = utils.read_json(path, option)
     if not isinstance(truth, dict) or truth.get("format") != FORMAT or any(key not in truth for key in REQUIRED_KEYS):
-        raise UserError(f"--truth {path} is not a ground-truth file of this project (made by "
+        raise UserError(f"{option} {path} is not a ground-truth file of this project (made by "
                         "benchmarks/ground_truth.py)")
     for net in truth["networks"]:
         seeds = network_seeds(truth, net)
         if not seeds or len(net.get("top1", [])) != len(seeds) or len(net.get("arch_config", [])) == 0:
-            raise UserError(f"--truth {path}: network {net.get('name')} lacks its arch_config or a top-1 per seed")
+            raise UserError(f"{option} {path}: network {net.get('name')} lacks its arch_config or a top-1 per seed")
         if complete and seeds != truth["seeds"]:
-            raise UserError(f"--truth {path} is partial ({net['name']} has seeds {seeds} of {truth['seeds']}); "
+            raise UserError(f"{option} {path} is partial ({net['name']} has seeds {seeds} of {truth['seeds']}); "
                             "paired retrainings need a complete one: finish it with benchmarks/ground_truth.py")
     return truth
 
@@ -159,9 +159,7 @@ def main(args):
     if args.nets < 2 or min(args.seeds, args.jobs) < 1:
         raise UserError("--nets must be at least 2; --seeds and --jobs at least 1")
     search_quality.check_target_reachable(args.target)
-    out_folder = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_folder) or not os.access(out_folder, os.W_OK):
-        raise UserError(f"--out {args.out}: {out_folder} is not a writable folder")
+    utils.check_output_file(args.out, "--out")
     retraining.stop_children_on_sigterm()
     candidates, draws = search_quality.random_architectures(args.nets, args.target, args.sample_seed)
     nets = [{"name": f"random {index + 1}", "kind": "random", "arch_config": arch_config, "predicted": cost}
@@ -214,7 +212,7 @@ def earlier_results(path, truth, nets):
     that a build continues where it stopped, in a later session or on
     another machine of the same kind; `truth` takes over its dates, code
     versions and seconds. Anything else at `path` is refused."""
-    earlier = load_truth(path)
+    earlier = load_truth(path, option="--out")
     why = same_recipe(earlier, truth["recipe"], truth["dataset"], truth["device"]["type"])
     if why is None and (earlier["target"], earlier.get("sample_seed"), earlier["predictor"]) != (
             truth["target"], truth["sample_seed"], truth["predictor"]):

@@ -239,7 +239,7 @@ def check_args(args):
     for target in args.targets:
         search_imagenet.check_target(predictor, target, "--targets")
     for seed in args.seeds:
-        utils.check_seed(seed)
+        utils.check_seed(seed, "--seeds")
     if args.jobs < 1:
         raise UserError("--jobs must be at least 1")
     utils.parse_forwarded_arguments(search_imagenet.get_args_parser(), args.search_arguments, "--search_arguments",

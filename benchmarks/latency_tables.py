@@ -39,7 +39,7 @@ import latency_predictor as lp  # noqa: E402
 import latency_timing  # noqa: E402
 import model_train  # noqa: E402
 import operations  # noqa: E402
-from utils import UserError, progress_bar, run_cli  # noqa: E402
+from utils import UserError, check_regular_file, progress_bar, run_cli  # noqa: E402
 
 JETSON_ARCHS = 10000
 HELD_OUT_ARCHS = 30  # issue: at least 30 held-out random networks
@@ -219,7 +219,9 @@ def get_args_parser():
                         help="runtimes to build and validate tables for (default: all)")
     parser.add_argument("--threads", type=int, default=latency_timing.DEFAULT_CPU_THREADS,
                         help=f"intra-op threads (default: {latency_timing.DEFAULT_CPU_THREADS})")
-    parser.add_argument("--mlp", default=lp.AUTHORS_MLP, help="the authors' latency MLP (default: ../shared/data)")
+    parser.add_argument("--mlp", default=None,
+                        help="the authors' latency MLP (default: the one in ../shared/data; the comparison is "
+                             "skipped when it is not there)")
     return parser
 
 
@@ -228,7 +230,9 @@ def main(args):
     if args.threads < 1:
         raise UserError("--threads must be at least 1")
     started = time.perf_counter()
-    jetson_figures(lp.load_predictor(lp.DEFAULT_LUT), args.mlp, sizes["jetson_archs"])
+    if args.mlp is not None:  # one named on purpose must be there
+        check_regular_file(args.mlp, "--mlp")
+    jetson_figures(lp.load_predictor(lp.DEFAULT_LUT), args.mlp or lp.AUTHORS_MLP, sizes["jetson_archs"])
     print(f"\nmachine: {latency_timing.describe_device(latency_timing.torch.device('cpu'))['name']}, "
           f"{os.cpu_count()} logical CPUs, batch 1, {args.threads} thread(s), 1-min load average "
           f"{latency_timing.load_average()}")

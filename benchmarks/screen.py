@@ -232,12 +232,15 @@ def main(args):
     if args.name is None and args.folders is None:
         raise UserError("give --name (run a variant's searches) or --folders (screen finished searches; --name "
                         "then labels them)")
+    if args.name is not None and (os.path.basename(args.name) != args.name or args.name in (".", "..")):
+        raise UserError(f"--name {args.name!r} must be a plain name (it becomes a folder inside --out): no '/', "
+                        "not '.' or '..'")
     extra = [item for item in args.search_arguments if item != "--"]
     utils.parse_forwarded_arguments(search_imagenet.get_args_parser(), ["--target_latency", str(args.target)] + extra,
                                     "the search options after --")
     truth_paths, truth = resolve_truth(args)
     started = time.time()
-    os.makedirs(args.out, exist_ok=True)
+    utils.make_output_folder(args.out)
     folders = args.folders if args.folders is not None else run_variant(args)
     for folder in folders:
         if not os.path.isfile(os.path.join(folder, "arch.json")):

@@ -106,16 +106,27 @@ TOY = Scale("toy", dict(reproduce_tables.QUICK.dataset),
             dict(train_per_class=8, val_per_class=8, image_size=32), dict(epochs=1, batch_size=16))
 
 
+# How many searches, random networks and retraining seeds; options given win.
+COUNTS = {"full": dict(searches=2, random_nets=16, seeds=3), "quick": dict(searches=1, random_nets=4, seeds=2)}
+
+
 def get_args_parser():
     parser = argparse.ArgumentParser(description="Searched networks vs random networks of equal predicted latency.",
                                      formatter_class=utils.DefaultsHelpFormatter)
     parser.add_argument("--target", type=float, default=24.0, help="target latency T, ms on the Jetson table")
-    parser.add_argument("--searches", type=int, default=2, help="independent searches (search seeds)")
-    parser.add_argument("--random_nets", type=int, default=16, help="random architectures within +-1%% of T")
-    parser.add_argument("--seeds", type=int, default=3, help="paired retraining seeds per architecture")
+    parser.add_argument("--searches", type=int, default=None,
+                        help=f"independent searches (search seeds) (default: {COUNTS['full']['searches']}, "
+                             f"--quick {COUNTS['quick']['searches']})")
+    parser.add_argument("--random_nets", type=int, default=None,
+                        help=f"random architectures within +-1%% of T (default: {COUNTS['full']['random_nets']}, "
+                             f"--quick {COUNTS['quick']['random_nets']})")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help=f"paired retraining seeds per architecture (default: {COUNTS['full']['seeds']}, "
+                             f"--quick {COUNTS['quick']['seeds']})")
     parser.add_argument("--reference", default="LightNet-24ms",
                         help="a released network retrained alongside, outside the statistics ('none': skip)")
-    parser.add_argument("--quick", action="store_true", help="1 search, 4 random nets, 2 seeds")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer of each: the --quick counts of --searches, --random_nets, --seeds")
     parser.add_argument("--toy", action="store_true", help="the whole pipeline on a tiny set (tests; numbers "
                                                             "mean nothing)")
     parser.add_argument("--retrain_epochs", type=int, default=None,
@@ -139,8 +150,13 @@ def check_args(args):
     utils.parse_forwarded_arguments(search_imagenet.get_args_parser(),
                                     ["--target_latency", str(args.target)] + args.search_arguments,
                                     "the search options after --")
-    if args.quick:
-        args.searches, args.random_nets, args.seeds = 1, 4, 2
+    if args.truth is not None:
+        given = [f"--{name}" for name in ("random_nets", "seeds") if getattr(args, name) is not None]
+        if given:
+            raise UserError(f"--truth fixes the random networks and their retraining seeds: drop {' and '.join(given)}")
+    for name, value in COUNTS["quick" if args.quick else "full"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.scale = TOY if args.toy else FULL
     if args.retrain_epochs is None:
         args.retrain_epochs = args.scale.retrain_recipe.get("epochs", retraining.SHORT_RECIPE["epochs"])

@@ -116,7 +116,20 @@ def load_average():
     return " / ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
+# Each numeric option: what it must be (utils.check_number_rules).
+NUMBER_RULES = (
+    (("batch_size",), lambda value: 2 <= value <= utils.MAX_BATCH_SIZE,
+     f"in [2, {utils.MAX_BATCH_SIZE}] (BatchNorm needs two images per batch)"),
+    (("steps",), lambda value: 1 <= value <= utils.MAX_EPOCHS, f"in [1, {utils.MAX_EPOCHS}]"),
+    (("image_size",), lambda value: 32 <= value <= utils.MAX_IMAGE_SIZE, f"in [32, {utils.MAX_IMAGE_SIZE}]"),
+    (("bare_warmup_steps",), lambda value: 0 <= value <= utils.MAX_BATCH_SIZE, "non-negative"),
+    (("workers",), lambda value: 0 <= value <= utils.MAX_WORKERS, f"in [0, {utils.MAX_WORKERS}]"),
+    (("threads",), lambda value: value is None or 1 <= value <= utils.MAX_WORKERS, f"in [1, {utils.MAX_WORKERS}]"),
+)
+
+
 def main(args):
+    utils.check_number_rules(args, NUMBER_RULES)
     device = torch.device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import closed_loop
 import data
 import evaluate
 import latency_build
@@ -46,6 +47,11 @@ def load_script(relative_path):
 search_quality = load_script("benchmarks/search_quality.py")
 landing = load_script("benchmarks/landing.py")
 search_step_cost = load_script("benchmarks/search_step_cost.py")
+screen = load_script("benchmarks/screen.py")
+ground_truth = load_script("benchmarks/ground_truth.py")
+latency_tables = load_script("benchmarks/latency_tables.py")
+train_throughput = load_script("benchmarks/train_throughput.py")
+build_preprocess_script = load_script("tools/build_preprocess_script.py")
 
 
 class RunsCode:
@@ -472,6 +478,38 @@ CASES = {
     "calibrate: --out empty": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
                                                                          "cpu_intel_xeon_b1_t1.json"),
                                                "--measurements", "{same_csv}", "--out", ""], "--out is empty"),
+    # Before: an empty path was taken as "not given": validate wrote into runs/ of the current folder, the closed
+    # loop its plan and search there, an empty --export_onnx exported nothing with exit 0.
+    "validate: --out_dir empty": (latency_build, ["validate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                           "cpu_intel_xeon_b1_t1.json"),
+                                                  "--out_dir", ""], "--out_dir is empty"),
+    "closed loop: --out empty": (closed_loop, ["--target_latency", "15", "--out", ""], "--out is empty"),
+    "train: --export_onnx empty": (train_imagenet, ["--save", "{out}", "--export_onnx", ""], "--export_onnx is empty"),
+    # Before: the pipe blocked forever, /dev/zero was read until memory ran out.
+    "preprocess script: labels a pipe": (build_preprocess_script, ["--labels", "{fifo}", "--out", "{out}.sh"],
+                                         "is not a regular file"),
+    "preprocess script: labels /dev/zero": (build_preprocess_script, ["--labels", "{device_link}", "--out",
+                                                                      "{out}.sh"], "is not a regular file"),
+    "search: --resume a pipe": (search_imagenet, ["--save", "{out}", "--resume", "{fifo}"],
+                                "is not a regular file"),  # before: "not found"
+    "train: --visible 0,0": (train_imagenet, ["--save", "{out}", "--gpus", "2", "--visible", "0,0"],
+                             "names a GPU twice"),
+    # Before: --name ../../x searched outside --out; --out /proc/x was a FileNotFoundError traceback.
+    "screen: name with ..": (screen, ["--name", "../escape", "--out", "{out}"], "must be a plain name"),
+    "screen: --out under /proc": (screen, ["--name", "v", "--out", "/proc/lightnas"], "cannot write there"),
+    # Before: "--truth ... is a folder" for --out; "--seed" for --seeds; a folder given as --mlp was skipped as
+    # "not found"; --steps 0 failed inside the synthetic set's generator and a file as --data_root in pathlib.
+    "ground truth: --out a folder": (ground_truth, ["--out", "{empty_dir}", "--nets", "2"], "--out"),
+    "landing: seed -1": (landing, ["--out", "{out}", "--seeds", "-1"], "--seeds must be in"),
+    "latency tables: --mlp a folder": (latency_tables, ["--quick", "--mlp", "{empty_dir}"], "--mlp"),
+    "throughput: no steps": (train_throughput, ["--steps", "0"], "--steps must be in"),
+    "throughput: --data_root a file": (train_throughput, ["--data_root", "{text}", "--steps", "2", "--image_size",
+                                                          "32", "--batch_size", "2"], "is a file; give a folder"),
+    # Before: --quick replaced an explicit --searches 5 in silence; --truth replaced --seeds.
+    "search quality: --truth with --seeds": (search_quality, ["--out", "{out}", "--truth",
+                                                              str(REPO_ROOT / "benchmarks" / "ground_truth" /
+                                                                  "random_24ms_cpu.json"), "--seeds", "2"],
+                                             "drop --seeds"),
     "calibrate: --out exists": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
                                                                           "cpu_intel_xeon_b1_t1.json"),
                                                 "--measurements", "{same_csv}", "--out", "{text}"],

@@ -95,6 +95,16 @@ def test_unreachable_target_is_one_clear_error(capsys):
     assert "error: --target 3 ms is outside what this search space can reach" in capsys.readouterr().err
 
 
+def test_quick_sets_the_counts_not_given_and_keeps_those_given(tmp_path):
+    # Before: --quick replaced an explicit --searches 5 by 1 in silence.
+    args = search_quality.get_args_parser().parse_args(["--out", str(tmp_path / "sq"), "--quick", "--searches", "5"])
+    search_quality.check_args(args)
+    assert (args.searches, args.random_nets, args.seeds) == (5, 4, 2)
+    args = search_quality.get_args_parser().parse_args(["--out", str(tmp_path / "sq")])
+    search_quality.check_args(args)
+    assert (args.searches, args.random_nets, args.seeds) == (2, 16, 3)
+
+
 def test_a_variants_search_options_reach_every_search_and_bind_its_folder(tmp_path, capsys):
     parser = search_quality.get_args_parser()
     args = parser.parse_args(["--out", str(tmp_path / "sq"), "--", "--freeze_epochs", "6"])

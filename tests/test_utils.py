@@ -248,6 +248,15 @@ def test_a_run_keeps_its_files_once_it_has_a_checkpoint_or_when_it_crashed(tmp_p
     assert {entry.name for entry in folder.iterdir()} == expected
 
 
+def test_a_name_too_long_for_the_file_system_is_named_as_such(tmp_path):
+    # Before: the advice was to free some space.
+    path = tmp_path / ("x" * 300 + ".json")
+    with pytest.raises(UserError, match="File name too long; choose a shorter name"):
+        with utils.atomic_write(path) as file:
+            file.write("{}")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_successful_save_removes_temporary_files_a_killed_write_left(tmp_path):
     path = tmp_path / "checkpoint.pth.tar"
     killed = tmp_path / ".checkpoint.pth.tar.tmp-abc123"  # what a SIGKILL mid-write leaves

@@ -15,8 +15,11 @@ import argparse
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils import UserError, atomic_write, open_for_reading, run_cli  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LABELS = REPO_ROOT.parent / "shared" / "data" / "imagenet_val_labels.tsv"
@@ -162,10 +165,6 @@ main "$@"
 """
 
 
-class LabelsError(Exception):
-    """The label list is unreadable or does not describe the full validation set."""
-
-
 def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=Path, default=DEFAULT_LABELS,
@@ -179,36 +178,37 @@ def parse_line(line_no, line):
     """Return (image number, wnid) for one label line."""
     fields = line.split("\t")
     if len(fields) != 2:
-        raise LabelsError(f"line {line_no}: expected 'IMAGE<TAB>WNID', got {line!r}")
+        raise UserError(f"line {line_no}: expected 'IMAGE<TAB>WNID', got {line!r}")
     name, wnid = fields
     match = IMAGE_NAME.fullmatch(name)
     if not match or not WNID.fullmatch(wnid):
-        raise LabelsError(f"line {line_no}: not an ILSVRC2012 val image and WordNet id: {line!r}")
+        raise UserError(f"line {line_no}: not an ILSVRC2012 val image and WordNet id: {line!r}")
     number = int(match.group(1))
     if not 1 <= number <= EXPECTED_IMAGES:
-        raise LabelsError(f"line {line_no}: image number {number} outside 1..{EXPECTED_IMAGES}")
+        raise UserError(f"line {line_no}: image number {number} outside 1..{EXPECTED_IMAGES}")
     return number, wnid
 
 
 def read_labels(path):
     """Return {wnid: [image numbers]} after checking the list covers every image exactly once."""
-    try:
-        lines = path.read_text(encoding="ascii").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LabelsError(f"cannot read {path}: {exc}") from None
+    with open_for_reading(path, "--labels", encoding="ascii") as file:
+        try:
+            lines = file.read().splitlines()
+        except UnicodeDecodeError as exc:
+            raise UserError(f"--labels {path}: not an ASCII label list ({exc.reason} at byte {exc.start})") from None
     classes = {}
     seen = set()
     for line_no, line in enumerate(lines, start=1):
         number, wnid = parse_line(line_no, line)
         if number in seen:
-            raise LabelsError(f"line {line_no}: image {number} is listed more than once")
+            raise UserError(f"line {line_no}: image {number} is listed more than once")
         seen.add(number)
         classes.setdefault(wnid, []).append(number)
     # With numbers unique and in range, the right count means every image is present.
     if len(seen) != EXPECTED_IMAGES:
-        raise LabelsError(f"{path} lists {len(seen)} images, expected {EXPECTED_IMAGES}")
+        raise UserError(f"{path} lists {len(seen)} images, expected {EXPECTED_IMAGES}")
     if len(classes) != EXPECTED_CLASSES:
-        raise LabelsError(f"{path} has {len(classes)} classes, expected {EXPECTED_CLASSES}")
+        raise UserError(f"{path} has {len(classes)} classes, expected {EXPECTED_CLASSES}")
     return classes
 
 
@@ -221,34 +221,19 @@ def render_script(classes):
     return SCRIPT_HEAD + table + SCRIPT_TAIL
 
 
-def write_atomically(path, text):
-    """Replace path in one step so an interrupted run never leaves a truncated script."""
-    path = path.resolve()
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as tmp:
-            tmp.write(text)
-        os.chmod(tmp_name, 0o755)
-        os.replace(tmp_name, path)
-    except BaseException:
-        os.unlink(tmp_name)
-        raise
+def write_script(path, text):
+    """Write the script in one step (an interrupted run never leaves a
+    truncated one), executable."""
+    with atomic_write(path) as file:
+        file.write(text)
+    os.chmod(path, 0o755)
 
 
 def main(args):
-    try:
-        classes = read_labels(args.labels)
-    except LabelsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        write_atomically(args.out, render_script(classes))
-    except OSError as exc:
-        print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+    classes = read_labels(args.labels)
+    write_script(args.out, render_script(classes))
     print(f"wrote {args.out} ({len(classes)} classes)")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    run_cli(main, get_args_parser())
