@@ -1162,8 +1162,11 @@ def check_save_folder(args):
 
 
 def check_options_apply(args, given):
-    """An option given for a mechanism that is off would be ignored in
-    silence; refuse it instead (`given`: the schedule options the user set)."""
+    """An option set to another value than its schedule's for a mechanism
+    that is off would be ignored in silence; refuse it instead (`given`: the
+    schedule options on the command line; a tool that passes a whole
+    schedule on sets them all)."""
+    given = {name for name in given if getattr(args, name) != SCHEDULES[args.schedule][name]}
     if "eta_floor" in given and args.eta_decay == "none":
         raise UserError(f"--eta_floor {args.eta_floor:g} is where --eta_decay lowers eta to, and --eta_decay is none; "
                         "add --eta_decay linear or late, or drop --eta_floor")

@@ -150,21 +150,17 @@ def check_args(args):
     utils.parse_forwarded_arguments(search_imagenet.get_args_parser(),
                                     ["--target_latency", str(args.target)] + args.search_arguments,
                                     "the search options after --")
-    if args.truth is not None:
-        given = [f"--{name}" for name in ("random_nets", "seeds") if getattr(args, name) is not None]
-        if given:
-            raise UserError(f"--truth fixes the random networks and their retraining seeds: drop {' and '.join(given)}")
-    for name, value in COUNTS["quick" if args.quick else "full"].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
     args.scale = TOY if args.toy else FULL
     if args.retrain_epochs is None:
         args.retrain_epochs = args.scale.retrain_recipe.get("epochs", retraining.SHORT_RECIPE["epochs"])
+    check_target_reachable(args.target)
+    args.truth_data = None if args.truth is None else checked_truth(args)
+    for name, value in COUNTS["quick" if args.quick else "full"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.random_nets < 2 or min(args.searches, args.seeds, args.jobs, args.retrain_epochs) < 1:
         raise UserError("--random_nets must be at least 2; --searches, --seeds, --jobs and --retrain_epochs "
                         "at least 1")
-    check_target_reachable(args.target)
-    args.truth_data = None if args.truth is None else checked_truth(args)
     if args.reference.lower() == "none":
         args.reference = None
     else:
@@ -182,7 +178,11 @@ def checked_truth(args):
     mismatch = ground_truth.same_recipe(truth, recipe, args.scale.retrain_dataset, device_type)
     if mismatch is not None:
         raise UserError(f"--truth {args.truth} cannot stand beside retrainings made here: {mismatch}")
-    args.seeds, args.random_nets = len(truth["seeds"]), len(truth["networks"])
+    for name, value in (("seeds", len(truth["seeds"])), ("random_nets", len(truth["networks"]))):
+        if getattr(args, name) not in (None, value):
+            raise UserError(f"--truth {args.truth} holds {value} for --{name}, not {getattr(args, name)}: drop "
+                            f"--{name} (the file fixes the random networks and their retraining seeds)")
+        setattr(args, name, value)
     return truth
 
 

@@ -509,7 +509,7 @@ CASES = {
     "search quality: --truth with --seeds": (search_quality, ["--out", "{out}", "--truth",
                                                               str(REPO_ROOT / "benchmarks" / "ground_truth" /
                                                                   "random_24ms_cpu.json"), "--seeds", "2"],
-                                             "drop --seeds"),
+                                             "holds 3 for --seeds, not 2"),
     "calibrate: --out exists": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
                                                                           "cpu_intel_xeon_b1_t1.json"),
                                                 "--measurements", "{same_csv}", "--out", "{text}"],

@@ -448,7 +448,7 @@ def test_a_bad_dataset_gives_one_line(tmp_path, capsys, damage, message):
     (["--gpus", 4], "--gpus 4"),
     (["--gpus", 4, "--device", "cuda"], "--gpus 4: only"),
     (["--visible", "0,a"], "--visible '0,a': expected GPU ids"),
-    (["--visible", "0", "--gpus", 2, "--device", "cpu"], "--visible lists 1 GPU(s) but --gpus is 2"),
+    (["--visible", "0", "--gpus", 2], "--visible lists 1 GPU(s) but --gpus is 2"),
     (["--device", "cpu", "--gpus", 3], "must divide evenly over 3 processes"),
     (["--sync_bn", "--device", "cpu"], "--sync_bn needs CUDA"),
     (["--arch_config", "LightNet-99ms"], "LightNet-99ms"),
