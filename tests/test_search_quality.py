@@ -6,6 +6,7 @@ and is run by hand)."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -255,9 +256,11 @@ def test_the_whole_benchmark_runs_at_toy_size_and_reuses_finished_runs(tmp_path)
                    for name in ("random 1", "random 2")]
     recipe = {key: value for key, value in report["retrain"].items() if key not in ("seeds", "dataset")}
     truth = truth_file(tmp_path / "truth.json", random_nets, recipe=recipe, dataset=report["retrain"]["dataset"])
+    shutil.copytree(out / "searches", tmp_path / "sq-truth" / "searches")  # finished searches are kept, as above
     with_truth = subprocess.run(command[:-1] + [str(tmp_path / "sq-truth"), "--truth", truth], capture_output=True,
                                 text=True, env=environment)
     assert with_truth.returncode == 0, with_truth.stderr[-2000:]
+    assert with_truth.stdout.count("kept from an earlier run") == 2
     retrained = sorted(path.name for path in (tmp_path / "sq-truth" / "retrain").iterdir() if path.is_dir())
     assert retrained == ["searched 1-seed0", "searched 1-seed1", "searched 2-seed0", "searched 2-seed1"]
     truth_report = json.loads((tmp_path / "sq-truth" / "search_quality.json").read_text())
