@@ -5,8 +5,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -158,6 +156,21 @@ def test_a_second_search_into_a_busy_folder_is_refused(tiny_dataset, tmp_path, c
         assert os.listdir(save) == []
 
 
+def refused_resume(checkpoint, tiny_dataset, tmp_path, capsys, *options):
+    """Resume a tiny search from `checkpoint` (a dict, saved here, or a
+    path); the one error line it must end with (nothing written)."""
+    if isinstance(checkpoint, dict):
+        torch.save(checkpoint, tmp_path / "damaged.pth.tar")
+        checkpoint = tmp_path / "damaged.pth.tar"
+    with pytest.raises(SystemExit) as exit_info:
+        run_search(["--save", str(tmp_path / "run"), "--dataset", tiny_dataset, "--num_classes", "3",
+                    "--resume", str(checkpoint), *options] + TINY_SCHEDULE)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and not (tmp_path / "run").exists(), error
+    return error
+
+
 @pytest.mark.parametrize("damage", ["search_space_hash", "args", "state_dict", "empty args", "args.target_latency"])
 def test_an_incomplete_search_checkpoint_is_refused_in_one_line(damage, finished_search, tiny_dataset, tmp_path,
                                                                 capsys):
@@ -171,14 +184,8 @@ def test_an_incomplete_search_checkpoint_is_refused_in_one_line(damage, finished
         del checkpoint["args"]["target_latency"]
     else:
         del checkpoint[damage]
-    damaged = tmp_path / "damaged.pth.tar"
-    torch.save(checkpoint, damaged)
-    with pytest.raises(SystemExit) as exit_info:
-        run_search(["--save", str(tmp_path / "run"), "--dataset", tiny_dataset, "--num_classes", "3",
-                    "--resume", str(damaged)] + TINY_SCHEDULE)
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip()
-    assert error.count("\n") == 0 and "is an incomplete search checkpoint" in error, error
+    error = refused_resume(checkpoint, tiny_dataset, tmp_path, capsys)
+    assert "is an incomplete search checkpoint" in error, error
     if damage.startswith("args.") or damage == "empty args":
         assert "(missing: args." in error, error
 
@@ -194,16 +201,9 @@ def test_a_search_checkpoint_whose_supernet_does_not_fit_is_refused_in_one_line(
     else:
         name = next(key for key in state_dict if key != "alpha")
         state_dict[name] = torch.zeros(1)
-    damaged = tmp_path / "damaged.pth.tar"
-    torch.save(checkpoint, damaged)
-    with pytest.raises(SystemExit) as exit_info:
-        run_search(["--save", str(tmp_path / "run"), "--dataset", tiny_dataset, "--num_classes", "3",
-                    "--resume", str(damaged)] + TINY_SCHEDULE)
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip()
+    error = refused_resume(checkpoint, tiny_dataset, tmp_path, capsys)
     expected = "missing: alpha" if damage == "no alpha" else "wrong shape: "
-    assert error.count("\n") == 0 and "does not fit these settings" in error and expected in error, error
-    assert not (tmp_path / "run").exists()
+    assert "does not fit these settings" in error and expected in error, error
 
 
 def test_a_table_of_the_same_name_with_other_costs_is_not_taken_for_the_searchs_own(finished_search, tiny_dataset,
@@ -215,12 +215,9 @@ def test_a_table_of_the_same_name_with_other_costs_is_not_taken_for_the_searchs_
     same_name = tmp_path / "elsewhere" / os.path.basename(latency_predictor.DEFAULT_LUT)
     same_name.parent.mkdir()
     same_name.write_text(json.dumps(table))
-    with pytest.raises(SystemExit) as exit_info:
-        run_search(["--save", str(tmp_path / "run"), "--dataset", tiny_dataset, "--num_classes", "3", "--lut",
-                    str(same_name), "--resume", os.path.join(finished_search, "checkpoint.pth.tar")] + TINY_SCHEDULE)
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip()
-    assert error.count("\n") == 0 and "has the same name but other costs" in error, error
+    error = refused_resume(os.path.join(finished_search, "checkpoint.pth.tar"), tiny_dataset, tmp_path, capsys,
+                           "--lut", str(same_name))
+    assert "has the same name but other costs" in error, error
 
 
 def test_resume_from_another_target_is_refused(finished_search, tiny_dataset, tmp_path, capsys):
