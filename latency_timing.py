@@ -127,6 +127,10 @@ def make_protocol(device_name, batch_size, threads, clock, warmup_s, repeats, se
     device = resolve_device(device_name)
     if min(batch_size, threads, repeats) < 1 or not warmup_s >= 0:
         raise UserError("--batch_size, --threads and --repeats must be at least 1, --warmup_s at least 0")
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and threads > cores:  # as for OMP_NUM_THREADS (utils.check_thread_setting)
+        print(f"warning: --threads {threads} on {cores} cores: the threads wait for each other, so the times "
+              f"measure contention, not the network; use at most {cores}", file=sys.stderr)
     if clock not in CLOCKS:
         raise UserError(f"--clock: unknown clock {clock!r}; known: {', '.join(CLOCKS)}")
     if clock == "thread" and (device.type != "cpu" or threads != 1):

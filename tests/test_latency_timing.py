@@ -362,3 +362,12 @@ def test_validate_reports_the_table_against_fresh_processes(monkeypatch, tmp_pat
 def test_validate_refuses_fresh_processes_for_a_table_of_another_device():
     with pytest.raises(UserError, match="was measured on NVIDIA Jetson AGX Xavier: leave it out"):
         run(["validate", "--lut", lp.DEFAULT_LUT, "--device", "cpu", "--fresh_process", "plain"])
+
+
+def test_more_threads_than_cores_is_warned_about(capsys):
+    # Before: `build --threads 999` on 2 cores measured a table of contention without a word.
+    cores = os.cpu_count() or 1
+    latency_timing.make_protocol("cpu", 1, cores, "wall", 0.0, 1, 0)
+    assert capsys.readouterr().err == ""
+    latency_timing.make_protocol("cpu", 1, cores + 1, "wall", 0.0, 1, 0)
+    assert capsys.readouterr().err.startswith(f"warning: --threads {cores + 1} on {cores} cores")
