@@ -724,8 +724,8 @@ def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, pa
     if (not is_warmup and checkpoint["predictor"] == predictor.identifier
             and checkpoint.get("predictor_fingerprint", predictor.fingerprint) != predictor.fingerprint):
         raise UserError(f"--resume: {path} searched on another {checkpoint['predictor']}: the table now at "
-                        f"{args.lut or latency_predictor.DEFAULT_LUT} has the same name but other costs; continue with the table it used, or "
-                        f"start from its {WARMUP_CHECKPOINT_NAME} for this one")
+                        f"{args.lut or latency_predictor.DEFAULT_LUT} has the same name but other costs; continue with "
+                        f"the table it used, or start from its {WARMUP_CHECKPOINT_NAME} for this one")
     same_target = (saved["target_latency"] == args.target_latency and checkpoint["predictor"] == predictor.identifier
                    and saved.get("metric", "latency") == args.metric
                    and saved.get("penalty", "lagrange") == args.penalty
@@ -1161,12 +1161,11 @@ def check_save_folder(args):
                         "choose a new or empty folder")
 
 
-def check_options_apply(args, given):
+def check_options_apply(args):
     """An option set to another value than its schedule's for a mechanism
-    that is off would be ignored in silence; refuse it instead (`given`: the
-    schedule options on the command line; a tool that passes a whole
-    schedule on sets them all)."""
-    given = {name for name in given if getattr(args, name) != SCHEDULES[args.schedule][name]}
+    that is off would be ignored in silence; refuse it instead (a tool that
+    passes a whole schedule on may repeat the schedule's values)."""
+    given = {name for name in SCHEDULES[args.schedule] if getattr(args, name) != SCHEDULES[args.schedule][name]}
     if "eta_floor" in given and args.eta_decay == "none":
         raise UserError(f"--eta_floor {args.eta_floor:g} is where --eta_decay lowers eta to, and --eta_decay is none; "
                         "add --eta_decay linear or late, or drop --eta_floor")
@@ -1176,10 +1175,9 @@ def check_options_apply(args, given):
 
 
 def main(args):
-    given = {name for name in DEMO_SCHEDULE if getattr(args, name) is not None}
     resolve_schedule(args)
     validate_settings(args)
-    check_options_apply(args, given)
+    check_options_apply(args)
     args.device_type = resolve_device_type(args)
     for name in ("batch_size_train", "batch_size_val"):
         if getattr(args, name) % args.gpus:
