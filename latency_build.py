@@ -48,6 +48,7 @@ DEFAULT_REPEATS = {"isolated": 1000, "fit": 10}  # rounds: 2-3 minutes each on a
 DEFAULT_FIT_NETWORKS = 300  # random networks a fitted table is solved from (plus the seven of fit_architectures)
 MIN_FIT_NETWORKS = NUM_SEARCHABLE_LAYERS * (NUM_OPS - 1) + 1  # unknowns of the fit
 DEFAULT_VALIDATE_ARCHS = 30
+VALIDATION_CSV = "validate.csv"  # what `validate` writes into --out_dir and `calibrate --measurements` reads
 DEFAULT_VALIDATE_REPEATS = 60  # rounds over the networks being validated
 NOISY_JITTER_PCT = 20.0  # reference jitter above which build warns
 MEASURE_SEED = 0
@@ -327,6 +328,7 @@ def run_validate(args):
           f"{protocol.repeats} rounds (1-min load average {load_average()})", flush=True)
     out_dir = args.out_dir or os.path.join("runs", "validate-" + os.path.splitext(os.path.basename(args.lut))[0])
     make_output_folder(out_dir, "--out_dir")  # now, not after every network was timed
+    check_earlier_validation(out_dir, predictor)
     indices = sample_architectures(args.num_archs, args.seed)
     level = table_reference_level(metadata) if protocol.reference else None
     sessions = time_networks([operations.indices_to_arch(row) for row in indices], protocol, metadata["num_classes"])
@@ -339,6 +341,26 @@ def run_validate(args):
     fresh = (fresh_process_validation(predictor, indices, protocol, args.fresh_process)
              if args.fresh_process else {})
     report_validation(predictor, indices, measured, out_dir, fresh)
+
+
+def check_earlier_validation(out_dir, predictor):
+    """A validate.csv already in --out_dir is replaced only if this table
+    wrote it (its predicted_raw_ms are this table's predictions): another
+    table's measurements took minutes and are not lost to a reused folder."""
+    path = os.path.join(out_dir, VALIDATION_CSV)
+    if not os.path.lexists(path):
+        return
+    try:
+        rows = read_csv_rows(path, "--out_dir")
+        indices = np.array([text_to_arch(row["arch"]) for row in rows], dtype=np.int64)
+        written = np.array([float(row["predicted_raw_ms"]) for row in rows])
+        same_table = len(rows) > 0 and np.allclose(written, [rounded_value(value) for value in
+                                                              predictor.raw_costs(indices)], rtol=1e-6, atol=1e-6)
+    except (KeyError, ValueError, TypeError, AttributeError, UserError):
+        same_table = False
+    if not same_table:
+        raise UserError(f"--out_dir {out_dir} holds a {VALIDATION_CSV} that this table did not write (another "
+                        f"table's measurements, or another file); choose another --out_dir or move that file")
 
 
 def fresh_process_validation(predictor, indices, protocol, condition):
@@ -424,7 +446,7 @@ def report_validation(predictor, indices, measured, out_dir, extra_columns=None)
     if is_calibrated:
         print("  calibrated:   " + format_summary(error_summary(calibrated, medians)))
     os.makedirs(out_dir, exist_ok=True)
-    csv_path = os.path.join(out_dir, "validate.csv")
+    csv_path = os.path.join(out_dir, VALIDATION_CSV)
     extra = [[rounded_value(value) for value in values] for values in extra_columns.values()]
     write_csv(csv_path, ["arch", "measured_ms"] + [f"measured_{name}_ms" for name in SPREAD_NAMES]
               + ["predicted_raw_ms", "predicted_ms"] + list(extra_columns),
@@ -449,20 +471,28 @@ def plot_validation(measured, raw, calibrated, title, path):
     save_figure(figure, path)
 
 
+def read_csv_rows(path, option):
+    """The rows of a CSV as dicts; a file that is no CSV text is a UserError."""
+    # utf-8-sig: a CSV saved by a spreadsheet starts with a byte-order mark that would hide the first column
+    with open_for_reading(path, option, newline="", encoding="utf-8-sig") as file:
+        try:
+            return list(csv.DictReader(file))
+        except (csv.Error, UnicodeDecodeError) as error:
+            raise UserError(f"{option} {path} is not a CSV file ({error})") from None
+
+
 def read_measurements(path):
     """(op indices, measured ms) from a validate.csv (a spreadsheet's
     byte-order mark is fine); a measurement that cannot be a latency (zero,
     negative, not finite) or an architecture measured twice in one file is
     refused, naming its rows."""
-    # utf-8-sig: a CSV saved by a spreadsheet starts with a byte-order mark that would hide the first column
-    with open_for_reading(path, "--measurements", newline="", encoding="utf-8-sig") as file:
-        try:
-            rows = list(csv.DictReader(file))
-            indices = np.array([text_to_arch(row["arch"]) for row in rows], dtype=np.int64)
-            measured = np.array([float(row["measured_ms"]) for row in rows])
-        except (KeyError, ValueError, TypeError, AttributeError, csv.Error, UserError):
-            raise UserError(f"--measurements {path}: expected the validate.csv written by `validate` "
-                            f"(columns arch, measured_ms)") from None
+    rows = read_csv_rows(path, "--measurements")
+    try:
+        indices = np.array([text_to_arch(row["arch"]) for row in rows], dtype=np.int64)
+        measured = np.array([float(row["measured_ms"]) for row in rows])
+    except (KeyError, ValueError, TypeError, AttributeError, UserError):
+        raise UserError(f"--measurements {path}: expected the {VALIDATION_CSV} written by `validate` "
+                        f"(columns arch, measured_ms)") from None
     for row, value in enumerate(measured, start=2):  # row 1 is the header
         if not (math.isfinite(value) and 0 < value <= MAX_MEASURED_MS):
             raise UserError(f"--measurements {path}: row {row} measured {value:.6g} ms, which is no latency "

@@ -551,7 +551,13 @@ def train_step(training, images, targets):
         nn.utils.clip_grad_norm_(training.model.parameters(), training.grad_clip)
     training.scaler.step(training.optimizer)
     training.scaler.update()
-    training.scheduler.step()
+    with warnings.catch_warnings():
+        # fp16's scaler skips a step whose gradients overflowed (the first
+        # ones, while it finds its scale); PyTorch then warns that the
+        # schedule moved without an optimizer step. It should move: the lr
+        # follows the step count, whether a step was skipped or not.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        training.scheduler.step()
     if training.ema is not None:
         training.ema.update(training.model)
     return loss.detach(), logits.detach()

@@ -99,6 +99,7 @@ def run_cli(main, parser, argv=None):
     """Parse arguments, run `main(args)`, and turn a UserError into one
     `error: ...` line on stderr and exit status 2 (a complaint of the
     parser's too)."""
+    print_any_path()
     complain_in_one_line(parser)
     args = parser.parse_args(argv)
     try:
@@ -127,6 +128,15 @@ def run_cli(main, parser, argv=None):
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+
+
+def print_any_path():
+    """A terminal or log that cannot show a character of a path the user
+    gave (PYTHONIOENCODING=ascii, LANG=C on old Pythons) gets it escaped
+    (\\xe9) rather than a UnicodeEncodeError after the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):  # a real text stream, not a test's capture
+            stream.reconfigure(errors="backslashreplace")
 
 
 def complain_in_one_line(parser):

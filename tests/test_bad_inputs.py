@@ -135,6 +135,10 @@ def inputs(tmp_path_factory):
     for name, value in (("same_csv", "12.0"), ("huge_csv", "1e301")):
         files[name] = root / f"{name}.csv"
         files[name].write_text("arch,measured_ms\n" + "".join(f"{arch},{value}\n" for arch in archs))
+    files["other_validation"] = root / "other-validation"  # validate's folder for another table
+    files["other_validation"].mkdir()
+    (files["other_validation"] / "validate.csv").write_text(
+        "arch,measured_ms,predicted_raw_ms,predicted_ms\n" + "".join(f"{arch},12.0,1.5,1.5\n" for arch in archs))
     files["search_checkpoint"] = root / "search-checkpoint.pth.tar"
     torch.save({"state_dict": {}, "arch_optimizer": {}}, files["search_checkpoint"])
     files["wrong_shape"] = root / "wrong-shape.pth.tar"  # a training checkpoint whose first conv was replaced
@@ -321,6 +325,11 @@ CASES = {
                                                                                "cpu_amd_epyc_b1_t1.json"),
                                                         "--out_dir", "{text}/validation"],
                                         "notes.txt/validation: cannot write there"),
+    # Before: the other table's measurements were replaced after minutes of timing.
+    "validate: out_dir of another table": (latency_build, ["validate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                                  "cpu_amd_epyc_b1_t1.json"),
+                                                           "--out_dir", "{other_validation}"],
+                                           "holds a validate.csv that this table did not write"),
     # flags that do not go together
     "search: fixed penalty without w": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--penalty",
                                                           "fixed"], "--penalty_weight"),

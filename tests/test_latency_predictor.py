@@ -467,6 +467,10 @@ def test_validate_then_calibrate(built_table, tmp_path, capsys):
                                atol=1e-6)
     assert all(float(row["measured_ms"]) > 0 for row in rows)
     assert (out_dir / "validate.png").read_bytes()[:4] == b"\x89PNG"
+    # A second validate into this folder may replace its own table's file, not another table's.
+    latency_build.check_earlier_validation(str(out_dir), lp.table_predictor(built_table))
+    with pytest.raises(UserError, match="holds a validate.csv that this table did not write"):
+        latency_build.check_earlier_validation(str(out_dir), lp.table_predictor(lp.DEFAULT_LUT))
 
     # calibrate reads validate's CSV; the measured column is replaced by a
     # known line of the prediction (a one-round timing of random networks on

@@ -573,3 +573,14 @@ def test_the_divergence_vote_stops_every_process_when_one_diverged(tmp_path):
     assert [(tmp_path / f"rank-{rank}.txt").read_text() for rank in (0, 1)] == ["True", "True"]
     assert utils.any_process_diverged(False, torch.device("cpu")) is False  # one process: its own verdict
     assert utils.any_process_diverged(True, torch.device("cpu")) is True
+
+
+def test_a_path_the_terminal_cannot_show_is_escaped_not_a_crash():
+    # Before: with PYTHONIOENCODING=ascii a non-ASCII --out was written, then "wrote <path>" raised
+    # UnicodeEncodeError and the run ended in a traceback with exit 1.
+    program = ("import argparse, utils\n"
+               "utils.run_cli(lambda args: print('wrote caf\\u00e9.json'), argparse.ArgumentParser(), [])\n")
+    result = subprocess.run([sys.executable, "-c", program], cwd=REPO_ROOT, capture_output=True,
+                            env={**os.environ, "PYTHONIOENCODING": "ascii"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"wrote caf\\xe9.json\n"
