@@ -41,8 +41,8 @@ import data
 import latency_predictor
 import operations
 from constraint import SearchState
-from model_search import (SHORTCUT_LAYERS, SHORTCUT_POOLINGS, SuperNet, gumbel_softmax_hard, one_hot_paths, path_top1,
-                          strided_skip_mask, warmup_paths)
+from model_search import (FORBIDDEN_LOGIT, SHORTCUT_LAYERS, SHORTCUT_POOLINGS, SuperNet, gumbel_softmax_hard,
+                          one_hot_paths, path_top1, strided_skip_mask, warmup_paths)
 from utils import (
     EXPLODED_LOSS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
     LOG_NAME, RUN_DESCRIPTIONS, AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy,
@@ -190,6 +190,11 @@ def get_args_parser():
                              "architecture in the band and up to K-1 others drawn from alpha there; the band is "
                              "--land_within's, or +-1%% of the target; arch.json lists every candidate (default: "
                              "0 = off: the argmax, as the paper)")
+    target.add_argument("--skip_majority", action="store_true",
+                        help="beyond the paper: the final architecture skips a layer only where SkipConnect holds "
+                             "at least half of alpha's probability there (the six MBConvs share the rest, so a "
+                             "skip can win the argmax with a third of it); the most probable such architecture in "
+                             "the band, --land_within's or +-1%% of the target")
     target.add_argument("--strict", action="store_true",
                         help="beyond the paper: the final architecture is the most probable one whose cost does "
                              "not exceed the target (with --land_within: within PERCENT and not above T)")
@@ -355,6 +360,8 @@ def validate_settings(args):
         raise UserError("--penalty fixed needs a non-negative --penalty_weight, e.g. --penalty_weight 0.1")
     if args.penalty == "lagrange" and args.penalty_weight is not None:
         raise UserError("--penalty_weight applies to --penalty fixed only; the paper's search learns lambda instead")
+    if args.skip_majority and args.pick_among:
+        raise UserError("--skip_majority and --pick_among each choose the final architecture; give one of them")
 
 
 def check_target(predictor, target, option="--target_latency"):
@@ -778,16 +785,34 @@ def alpha_log_probabilities(model):
     return torch.log_softmax(model.arch_logits().detach().double(), dim=-1).cpu().numpy()
 
 
-def project_final(model, predictor, band, arch_config, cost, target):
-    """--land_within / --strict: the most probable architecture in the band
-    (constraint.project_to_band), with what it cost; the raw argmax is kept."""
+SKIP_INDEX = operations.SEARCHABLE_OPS.index(operations.SKIP)
+
+
+def minority_skip_layers(log_p):
+    """Layers (0-based rows of `log_p`) where SkipConnect holds less than
+    half of alpha's probability: --skip_majority keeps the layer there."""
+    return [layer for layer in range(log_p.shape[0]) if log_p[layer, SKIP_INDEX] < math.log(0.5)]
+
+
+def project_final(model, predictor, band, arch_config, cost, target, skip_majority=False):
+    """--land_within / --strict / --skip_majority: the most probable
+    architecture in the band (constraint.project_to_band), with what it
+    cost; the raw argmax is kept. With `skip_majority` a skip is ranked out
+    (as a forbidden op is) wherever it holds less than half the layer's
+    probability."""
     log_p = alpha_log_probabilities(model)
     raw = operations.arch_to_indices(arch_config)
-    indices = constraint.project_to_band(log_p, predictor, *band)
-    if indices is None:  # only a non-additive predictor (the MLP) can miss, see project_to_band
+    minority = minority_skip_layers(log_p) if skip_majority else []
+    ranked = log_p.copy()
+    ranked[minority, SKIP_INDEX] = FORBIDDEN_LOGIT
+    indices = constraint.project_to_band(ranked, predictor, *band)
+    if indices is None or any(indices[layer] == SKIP_INDEX for layer in minority):
+        # only a non-additive predictor (the MLP) can miss, see project_to_band
         raise UserError(f"no architecture found whose cost by {predictor.identifier} lies in "
-                        f"[{band[0]:.2f}, {band[1]:.2f}] {predictor.unit}; the raw argmax is in checkpoint.pth.tar "
-                        "(run again without --land_within/--strict, or with a latency table)")
+                        f"[{band[0]:.2f}, {band[1]:.2f}] {predictor.unit}"
+                        + (" without a skip where alpha gives it less than half" if skip_majority else "")
+                        + "; the raw argmax is in checkpoint.pth.tar (run again without --land_within/--strict/"
+                        "--skip_majority, or with a latency table)")
     final = operations.indices_to_arch(indices)
     projected = predictor.cost(final)
     layers = range(len(raw))
@@ -798,6 +823,8 @@ def project_final(model, predictor, band, arch_config, cost, target):
         "changed_layers": [layer + 1 for layer in layers if raw[layer] != indices[layer]],
         "log_probability_given_up": float(sum(log_p[layer, raw[layer]] - log_p[layer, indices[layer]]
                                               for layer in layers)),
+        **({"minority_skips_kept_out": [layer + 1 for layer in minority if raw[layer] == SKIP_INDEX]}
+           if skip_majority else {}),
     }
 
 
@@ -878,17 +905,20 @@ def write_arch_json(args, searcher, predictor, train_set, arch_set):
             "penalty", "penalty_weight", "eta", "eta_decay", "eta_floor", "eta_layers", "eta_pooling", "strided_skips",
             "hold_lambda",
             "learning_rate", "arch_learning_rate", "arch_weight_decay", "augment", "arch_split_from_train",
-            "latch", "latch_tolerance", "latch_epochs", "land_within", "strict", "pick_among")},
+            "latch", "latch_tolerance", "latch_epochs", "land_within", "strict", "pick_among", "skip_majority")},
         "tradeoff_final": searcher.state.tradeoff,
     }
     band = constraint.landing_band(args.target_latency, args.land_within, args.strict)
+    if args.skip_majority and band is None:
+        band = constraint.landing_band(args.target_latency, PICK_BAND_PERCENT, args.strict)
     if args.pick_among:
         pick = pick_by_supernet(args, searcher, predictor, train_set, arch_set)
         chosen = pick["candidates"][pick["chosen"]]
         result.update(cost_record(chosen["arch_config"], chosen["predicted"], args.target_latency), pick=pick,
                       raw_argmax=cost_record(arch_config, cost, args.target_latency))
     elif band is not None:
-        result.update(project_final(model, predictor, band, arch_config, cost, args.target_latency))
+        result.update(project_final(model, predictor, band, arch_config, cost, args.target_latency,
+                                    skip_majority=args.skip_majority))
     write_json(os.path.join(args.save, ARCH_NAME), result)
     return result
 
@@ -1091,12 +1121,22 @@ def report_architecture(record, searcher):
     if "pick" in result:
         logger.info(describe_pick(result["pick"], predictor, args.target_latency))
     if "raw_argmax" in result and "pick" not in result:
-        logger.info(f"raw argmax: {describe_cost(predictor, result['raw_argmax']['predicted'], args.target_latency)}"
-                    f"; projected into [{result['band'][0]:.2f}, {result['band'][1]:.2f}] by changing "
-                    f"layer(s) {result['changed_layers'] or 'none'}, giving up "
-                    f"{result['log_probability_given_up']:.3f} in log-probability (--land_within/--strict)")
+        logger.info(describe_projection(result, predictor, args.target_latency))
     logger.info(f"predicted: {describe_cost(predictor, result['predicted'], args.target_latency)}; "
                 f"written to {os.path.join(args.save, 'arch.json')}")
+
+
+def describe_projection(result, predictor, target):
+    """--land_within / --strict / --skip_majority: how the final
+    architecture differs from the raw argmax, in one line."""
+    line = (f"raw argmax: {describe_cost(predictor, result['raw_argmax']['predicted'], target)}; projected into "
+            f"[{result['band'][0]:.2f}, {result['band'][1]:.2f}] by changing layer(s) "
+            f"{result['changed_layers'] or 'none'}, giving up {result['log_probability_given_up']:.3f} in "
+            "log-probability")
+    if "minority_skips_kept_out" in result:
+        return line + (f"; skips alpha gives less than half kept out of layer(s) "
+                       f"{result['minority_skips_kept_out'] or 'none'} (--skip_majority)")
+    return line + " (--land_within/--strict)"
 
 
 def divergence(train_loss, val_loss, searcher):

@@ -333,6 +333,8 @@ CASES = {
     # flags that do not go together
     "search: fixed penalty without w": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--penalty",
                                                           "fixed"], "--penalty_weight"),
+    "search: two final choices": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--skip_majority",
+                                                    "--pick_among", "4"], "give one of them"),
     "search: energy metric on a latency table": (search_imagenet, ["--save", "{out}", "--dataset", "{data}",
                                                                    "--metric", "energy"], "not energy"),
     "train: resume and evaluate": (train_imagenet, ["--arch_config", ARCH_24, "--dataset", "{data}", "--resume", "{foreign}", "--evaluate",

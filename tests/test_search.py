@@ -346,6 +346,7 @@ def test_two_processes_keep_alpha_lambda_and_weights_identical(tiny_dataset, tmp
     (["--land_within", "1"], 15.0, (14.85, 15.15)),
     (["--strict"], 15.0, (-float("inf"), 15.0)),
     (["--land_within", "2", "--strict"], 33.0, (32.34, 33.0)),
+    (["--skip_majority"], 30.0, (29.7, 30.3)),  # the tiny search's skips are all minorities: none is kept
 ])
 def test_land_within_and_strict_project_the_final_alpha_into_the_band(finished_search, tiny_dataset, tmp_path,
                                                                        options, target, band):
@@ -369,6 +370,9 @@ def test_land_within_and_strict_project_the_final_alpha_into_the_band(finished_s
                          - log_p[layer - 1, operations.SEARCHABLE_OPS.index(result["arch_config"][layer])])
                    for layer in result["changed_layers"])
     assert result["log_probability_given_up"] == pytest.approx(given_up) and given_up > 0
+    if "--skip_majority" in options:
+        assert operations.SKIP not in result["arch_config"]
+        assert result["minority_skips_kept_out"] == [layer for layer, op in enumerate(raw) if op == operations.SKIP]
 
 
 def test_pick_among_takes_the_supernets_best_of_k_candidates_in_the_band(finished_search, tiny_dataset, tmp_path):

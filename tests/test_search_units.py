@@ -144,6 +144,28 @@ def test_derive_is_argmax(supernet):
     assert arch[4] == "MBK5E3" and arch.count("SkipConnect") == 20
 
 
+def test_skip_majority_keeps_a_layer_where_the_skip_wins_the_argmax_with_a_minority(supernet):
+    skip = operations.SEARCHABLE_OPS.index(operations.SKIP)
+    with torch.no_grad():
+        supernet.alpha.zero_()
+        supernet.alpha[:, 0] = 1.0  # MBK3E3 is every layer's choice, except:
+        supernet.alpha[0] = torch.log(torch.tensor([0.11, 0.11, 0.10, 0.10, 0.10, 0.10, 0.38]))  # layer 1
+        supernet.alpha[12, skip] = 5.0  # layer 13: a skip alpha is sure of
+    raw = supernet.derive()
+    assert raw[1] == operations.SKIP and raw[13] == operations.SKIP  # the paper's argmax takes both
+    predictor = latency_predictor.load_predictor()
+    cost = predictor.cost(raw)
+    wide = (0.0, 1000.0)
+    plain = search_imagenet.project_final(supernet, predictor, wide, raw, cost, 24.0)
+    assert plain["arch_config"] == raw and "minority_skips_kept_out" not in plain
+    kept = search_imagenet.project_final(supernet, predictor, wide, raw, cost, 24.0, skip_majority=True)
+    assert kept["arch_config"] == raw[:1] + ["MBK3E3"] + raw[2:]  # layer 1's most probable MBConv instead
+    assert kept["minority_skips_kept_out"] == [1] and kept["changed_layers"] == [1]
+    assert kept["log_probability_given_up"] == pytest.approx(math.log(0.38 / 0.11))
+    assert search_imagenet.minority_skip_layers(search_imagenet.alpha_log_probabilities(supernet))[0] == 0
+    assert 12 not in search_imagenet.minority_skip_layers(search_imagenet.alpha_log_probabilities(supernet))
+
+
 def demo_searcher(*options):
     """The search's own Searcher (demo schedule, the Jetson table, 3 classes) in this process."""
     args = search_imagenet.get_args_parser().parse_args(["--target_latency", "24", "--num_classes", "3", *options])

@@ -486,7 +486,7 @@ def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(a
         (["--resume", checkpoint, "--arch_config", "LightNet-20ms"], "another --arch_config"),
         (["--save", authors_run], "already holds checkpoint.pth.tar"),
     ]
-    overflowed = torch.load(checkpoint, weights_only=True)  # a finite loss, but a BatchNorm variance overflowed
+    overflowed = utils.load_checkpoint(checkpoint)  # a finite loss, but a BatchNorm variance overflowed
     overflowed["state_dict"]["first_conv.1.running_var"][0] = float("inf")
     torch.save(overflowed, tmp_path / "overflowed.pth.tar")
     cases.append((["--resume", tmp_path / "overflowed.pth.tar"], "holds NaN or infinite values "
