@@ -111,10 +111,22 @@ def from_target(value, target):
     return f"{value:.2f} ms ({(value / target - 1) * 100:+.2f}% from the target)"
 
 
-def report(target, found, now, scaled, fresh=None):
-    lines = [f"target {target:g} ms; the table predicts {found['predicted']:.2f} ms for the found network "
-             f"({found['error_percent']:+.2f}%)",
-             f"measured end to end now: {from_target(now, target)}"]
+def other_machine_note(table):
+    """A line when a CPU table was measured on another CPU model than this
+    machine's (the loop's times then compare two machines), else None."""
+    device = lp.table_predictor(table).metadata["device"]
+    here = latency_timing.cpu_model_name()[0]
+    if device.get("type") != "cpu" or device.get("name") == here:
+        return None
+    return (f"note: the table was measured on {device.get('name')}, this machine is {here}: the times below compare "
+            "two machines (leave --lut out to build a table here)")
+
+
+def report(target, found, now, scaled, fresh=None, note=None):
+    lines = ([note] if note else []) + [
+        f"target {target:g} ms; the table predicts {found['predicted']:.2f} ms for the found network "
+        f"({found['error_percent']:+.2f}%)",
+        f"measured end to end now: {from_target(now, target)}"]
     if scaled is not None:
         lines.append(f"measured, at the machine's speed when the table was built: {from_target(scaled, target)}")
     if fresh is not None:
@@ -123,7 +135,7 @@ def report(target, found, now, scaled, fresh=None):
         if fresh_scaled is not None:
             lines.append(f"  the same, at the machine's speed when the table was built: "
                          f"{from_target(fresh_scaled, target)}")
-    for line in lines:
+    for line in lines[1:] if note else lines:  # the note was printed when the loop started
         print(line)
     return lines
 
@@ -185,6 +197,9 @@ def main(args):
                               sets_itself=("save", "lut", "target_latency", "resume"), owner="closed_loop.py")
     parse_forwarded_arguments(latency_build.get_args_parser(), build_options, "--build_options", head=["build"],
                               sets_itself=("out",), owner="closed_loop.py")
+    if args.lut is not None and build_options:
+        raise UserError("--build_options are for the table the loop builds, and with --lut it builds none; drop "
+                        "one of them")
     if args.lut is not None:  # a bad table or target is refused before anything is written
         check_target(args.lut, args.target_latency)
     out = os.path.abspath(args.out)  # the steps run from the repository's root
@@ -204,11 +219,14 @@ def main(args):
                 shutil.rmtree(out)  # a failed first step leaves nothing behind
             raise
         check_target(table, args.target_latency)
+    note = other_machine_note(table)
+    if note:
+        print(note, flush=True)  # now, not only after the search
     found = search(table, args.target_latency, out, search_options)
     print(f"== timing the found network end to end ({args.rounds} rounds)", flush=True)
     now, scaled = measure_found(table, found["arch_config"], args.rounds)
     fresh = measure_found_in_fresh_processes(table, found["arch_config"], args.fresh_processes)
-    lines = report(args.target_latency, found, now, scaled, fresh)
+    lines = report(args.target_latency, found, now, scaled, fresh, note)
     report_path = os.path.join(out, "report.txt")
     with atomic_write(report_path) as file:
         file.write("\n".join(lines + [f"architecture: {found['arch_config']}", f"table: {table}"]) + "\n")

@@ -168,8 +168,14 @@ def check_image_folder(folder):
     try:
         # Same rule as ImageFolder: every sub-folder, hidden or not, is a class.
         class_folders = sorted(entry for entry in folder.iterdir() if entry.is_dir())
+        # A link to a folder that is gone (a moved ImageNet, as tools/make_imagenet100.py links it) would
+        # drop its class without a word.
+        broken = sorted(entry.name for entry in folder.iterdir() if entry.is_symlink() and not entry.exists())
     except OSError as error:
         raise UserError(f"cannot read dataset folder {folder} ({error})") from error
+    if broken:
+        raise UserError(f"dataset folder {folder} holds links to nothing: {name_class_folders(broken)}; point them "
+                        "at their class folders again (was the dataset they link to moved?) or remove them")
     if not class_folders:
         raise UserError(f"dataset folder {folder} has no class sub-folders: {DATASET_HINT}")
     for class_folder in class_folders:

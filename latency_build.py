@@ -24,7 +24,8 @@ import torch
 import model_train
 import operations
 from latency_predictor import (DEFAULT_LUT, FIT_HOLDOUT_ARCHS, FIT_SEED, FIT_TRAIN_ARCHS, MLPPredictor,
-                               TablePredictor, additive_totals, arch_indices, arch_to_text, base_metadata, check_table_path,
+                               TablePredictor, additive_totals, arch_indices, arch_to_text, base_metadata,
+                               check_calibration_scale, check_table_path,
                                entries_from_values, fit_additive, fixed_probes, layer_keys, layer_probes,
                                load_predictor, load_table, new_table, rounded_value, sample_architectures,
                                table_predictor, text_to_arch, write_table)
@@ -522,6 +523,7 @@ def calibrate_table(table, indices, measured, sources):
     if not scale > 0:
         raise UserError(f"calibration: measured latency does not grow with the prediction (scale {scale:.3f}); "
                         "the measurements do not fit this table")
+    check_calibration_scale(scale, "calibration")
     before, after = error_summary(raw, measured), error_summary(scale * raw + offset, measured)
     if after["mean_abs_pct"] > before["mean_abs_pct"]:
         raise UserError(f"calibration would make the table worse (mean error {before['mean_abs_pct']:.2f}% -> "

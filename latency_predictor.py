@@ -222,6 +222,22 @@ def _check_metadata(metadata, where):
                 is_finite_number(calibration.get("scale")) and is_finite_number(calibration.get("offset"))
                 and calibration["scale"] > 0):
             raise UserError(f"{where}: calibration needs a positive 'scale' and a finite 'offset'")
+        check_calibration_scale(calibration["scale"], where)
+
+
+# A calibration rescales a table to measurements of the same device; a scale
+# outside this range means the two are not of the same thing (seconds read as
+# milliseconds, another device, another batch size).
+CALIBRATION_SCALE_RANGE = (0.02, 50.0)
+
+
+def check_calibration_scale(scale, where):
+    low, high = CALIBRATION_SCALE_RANGE
+    if not low <= scale <= high:
+        raise UserError(f"{where}: a calibration scale of {scale:.4g} (measured / predicted) is outside "
+                        f"[{low:g}, {high:g}]: the measurements and the table are not of the same thing (seconds "
+                        "for milliseconds? another device or batch size?); measure the table's own device in its "
+                        "unit")
 
 
 def _check_fixed(fixed, num_classes, where):

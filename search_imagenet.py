@@ -700,10 +700,16 @@ def check_search_checkpoint(checkpoint, path):
                         f"{name_a_few(missing)}); start the search again")
 
 
-# What a resumed search must share with the run that saved its checkpoint.
+# What a resumed search must share with the run that saved its checkpoint:
+# everything that shaped the supernet's weights (and the schedule's length).
 RESUME_MUST_MATCH = ("epochs", "freeze_epochs", "seed", "image_size", "batch_size_train", "batch_size_val", "eta",
                      "eta_decay", "eta_floor", "eta_layers", "eta_pooling", "strided_skips", "warmup_epochs",
-                     "arch_split_from_train")
+                     "arch_split_from_train", "learning_rate", "momentum", "weight_decay", "grad_clip", "label_smooth",
+                     "augment")
+# What drives alpha and lambda: the same too, except where another target
+# may start, from a warm-up checkpoint (alpha has not moved) into a new --save.
+ALPHA_SETTINGS = ("arch_learning_rate", "arch_weight_decay", "arch_lr_step", "tau_max", "tau_decay", "tradeoff",
+                  "tradeoff_learning_rate", "latch", "latch_epochs", "latch_tolerance", "hold_lambda")
 
 
 def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, path):
@@ -728,6 +734,13 @@ def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, pa
             raise UserError(f"--resume: {path} used --{name} {saved.get(name)}, this run {getattr(args, name)}; "
                             "use the same settings to continue")
     is_warmup = checkpoint["epoch"] == args.freeze_epochs
+    into_its_own_folder = os.path.abspath(os.path.dirname(path)) == os.path.abspath(args.save)
+    if not is_warmup or into_its_own_folder:
+        for name in ALPHA_SETTINGS:
+            if name in saved and saved[name] != getattr(args, name):
+                raise UserError(f"--resume: {path} used --{name} {saved[name]}, this run {getattr(args, name)}; use "
+                                "the same settings to continue (another setting for alpha can start from its "
+                                f"{WARMUP_CHECKPOINT_NAME} into a new --save)")
     if (not is_warmup and checkpoint["predictor"] == predictor.identifier
             and checkpoint.get("predictor_fingerprint", predictor.fingerprint) != predictor.fingerprint):
         raise UserError(f"--resume: {path} searched on another {checkpoint['predictor']}: the table now at "
@@ -737,7 +750,6 @@ def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, pa
                    and saved.get("metric", "latency") == args.metric
                    and saved.get("penalty", "lagrange") == args.penalty
                    and saved.get("penalty_weight") == args.penalty_weight)
-    into_its_own_folder = os.path.abspath(os.path.dirname(path)) == os.path.abspath(args.save)
     if into_its_own_folder and not same_target:
         raise UserError(f"--resume: {path} belongs to the search in {args.save} (for {saved['target_latency']:g} "
                         f"on {checkpoint['predictor']}, {saved.get('penalty', 'lagrange')} penalty); a search for "
@@ -1209,6 +1221,13 @@ def check_options_apply(args):
     if "eta_floor" in given and args.eta_decay == "none":
         raise UserError(f"--eta_floor {args.eta_floor:g} is where --eta_decay lowers eta to, and --eta_decay is none; "
                         "add --eta_decay linear or late, or drop --eta_floor")
+    eta_settings = sorted(given & {"eta_decay", "eta_floor", "eta_layers", "eta_pooling"})
+    if eta_settings and args.eta == 0:
+        raise UserError(f"--{eta_settings[0]} shapes the eta paths, and --eta is 0 (there are none); give --eta, "
+                        f"or drop --{eta_settings[0]}")
+    if args.penalty == "fixed" and args.tradeoff != 0:
+        raise UserError(f"--tradeoff {args.tradeoff:g} is lambda's start, and --penalty fixed has no lambda; "
+                        "drop it")
     if "hold_lambda" in given and args.latch != "hold":
         raise UserError(f"--hold_lambda applies to --latch hold only (this search latches with --latch {args.latch}); "
                         "drop it or add --latch hold")

@@ -678,13 +678,25 @@ def open_for_reading(path, what, newline=None, max_bytes=MAX_TEXT_FILE_BYTES, en
         yield file
 
 
+def _object_without_repeated_keys(pairs):
+    """A JSON object; one that names a key twice is ambiguous (json keeps
+    the last value without a word), so it is refused."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"the key {key!r} appears twice in one object; keep one")
+        result[key] = value
+    return result
+
+
 def read_json(path, what):
     """A user-supplied JSON file, refused in one line when it cannot be read,
-    is not JSON, holds NaN/Infinity or an integer of more than 18 digits, or
-    nests too deeply for Python to read."""
+    is not JSON, holds NaN/Infinity, an integer of more than 18 digits or a
+    key twice in one object, or nests too deeply for Python to read."""
     with open_for_reading(path, what) as file:
         try:
-            return json.load(file, parse_int=_bounded_integer, parse_constant=_no_constant)
+            return json.load(file, parse_int=_bounded_integer, parse_constant=_no_constant,
+                             object_pairs_hook=_object_without_repeated_keys)
         except RecursionError:
             raise UserError(f"{what} {path} nests too deeply to be a file this project wrote") from None
         except ValueError as error:  # json.JSONDecodeError and UnicodeDecodeError included

@@ -135,6 +135,22 @@ def inputs(tmp_path_factory):
     for name, value in (("same_csv", "12.0"), ("huge_csv", "1e301")):
         files[name] = root / f"{name}.csv"
         files[name].write_text("arch,measured_ms\n" + "".join(f"{arch},{value}\n" for arch in archs))
+    intel = latency_predictor.load_predictor(str(REPO_ROOT / "latency_lut" / "cpu_intel_xeon_b1_t1.json"))
+    files["seconds_csv"] = root / "seconds.csv"  # measurements in seconds, read as milliseconds
+    files["seconds_csv"].write_text("arch,measured_ms\n" + "".join(
+        f"{arch},{intel.raw_cost(arch.split()) / 1000 * (1 + 0.01 * number):.6f}\n"
+        for number, arch in enumerate(archs)))
+    calibrated = json.loads(shipped)
+    calibrated["metadata"]["calibration"] = {"scale": 1e200, "offset": 0.0}
+    files["table_huge_scale"] = root / "huge-scale.json"
+    files["table_huge_scale"].write_text(json.dumps(calibrated))
+    files["repeated_key"] = root / "repeated-key.json"
+    files["repeated_key"].write_text(json.dumps({"arch_config": model_train.LIGHTNETS[ARCH_24]})[:-1]
+                                     + ', "arch_config": ["MBK3E1"]}')
+    files["dangling_class"] = root / "dangling-class"  # a class folder linked to a dataset that moved
+    shutil.copytree(files["data"], files["dangling_class"])
+    for split in ("train", "val"):
+        (files["dangling_class"] / split / "class_moved").symlink_to(root / "moved-away")
     files["other_validation"] = root / "other-validation"  # validate's folder for another table
     files["other_validation"].mkdir()
     (files["other_validation"] / "validate.csv").write_text(
@@ -174,6 +190,13 @@ CASES = {
     "predict: code": (latency_build, ["predict", "--arch_config", "[print('x')]"], "--arch_config"),
     # datasets
     "search: dataset missing": (search_imagenet, ["--save", "{out}", "--dataset", "{root}/nowhere"], "nowhere"),
+    # Before: the linked class was dropped without a word (trained, searched and evaluated on one class fewer).
+    "search: a class link to nothing": (search_imagenet, ["--save", "{out}", "--dataset", "{dangling_class}"],
+                                        "holds links to nothing: class_moved"),
+    "train: a class link to nothing": (train_imagenet, ["--save", "{out}", "--dataset", "{dangling_class}",
+                                                        "--arch_config", ARCH_24], "holds links to nothing"),
+    "evaluate: a class link to nothing": (evaluate, ["--weights", "{weights_3_classes}", "--dataset",
+                                                     "{dangling_class}", "--model", ARCH_24], "holds links to nothing"),
     "search: dataset empty": (search_imagenet, ["--save", "{out}", "--dataset", "{empty_dir}"],
                               "empty/train not found"),
     "search: dataset without val": (search_imagenet, ["--save", "{out}", "--dataset", "{no_val}", "--num_classes", "3"],
@@ -450,6 +473,12 @@ CASES = {
     "search: epochs 1.5": (search_imagenet, ["--save", "{out}", "--epochs", "1.5"], "invalid int value: '1.5'"),
     "search: latch tolerance -1%": (search_imagenet, ["--save", "{out}", "--latch_tolerance", "-1%"],
                                     "goes after '='"),
+    # Before: each ran exactly as without the option, and arch.json recorded it as used.
+    "search: eta pooling without eta paths": (search_imagenet, ["--save", "{out}", "--eta", "0", "--eta_pooling",
+                                                                "subsample"], "--eta is 0"),
+    "search: lambda's start with the fixed penalty": (search_imagenet, ["--save", "{out}", "--penalty", "fixed",
+                                                                        "--penalty_weight", "0.1", "--tradeoff", "0.5"],
+                                                      "has no lambda"),
     "search: eta floor with no decay": (search_imagenet, ["--save", "{out}", "--eta_floor", "2"],
                                         "--eta_decay is none"),
     "search: hold_lambda with the paper's latch": (search_imagenet, ["--save", "{out}", "--hold_lambda", "keep",
@@ -483,6 +512,15 @@ CASES = {
                                                                                     "cpu_intel_xeon_b1_t1.json"),
                                                           "--measurements", "{same_csv}", "--out", "{out}.json"],
                                           "do not vary"),
+    # Before: seconds read as milliseconds calibrated the table to 0.019 ms for LightNet-24ms; a hand-edited
+    # scale of 1e200 predicted a 202-digit latency; of a key given twice, json kept the last without a word.
+    "calibrate: seconds for milliseconds": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                                      "cpu_intel_xeon_b1_t1.json"),
+                                                            "--measurements", "{seconds_csv}", "--out", "{out}.json"],
+                                            "seconds for milliseconds?"),
+    "predict: calibration scale 1e200": (latency_build, ["predict", "--lut", "{table_huge_scale}", "--arch_config",
+                                                         ARCH_24], "a calibration scale of 1e+200"),
+    "predict: a key twice": (latency_build, ["predict", "--arch_config", "{repeated_key}"], "appears twice"),
     "calibrate: 1e301 ms": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
                                                                       "cpu_intel_xeon_b1_t1.json"),
                                             "--measurements", "{huge_csv}", "--out", "{out}.json"], "is no latency"),

@@ -89,6 +89,9 @@ def test_closed_loop_searches_on_the_table_and_measures_the_result(fitted_table,
     (["--target_latency", "500", "--lut", lp.CPU_LUT], "outside what the table"),
     (["--target_latency", "20", "--rounds", "0"], "--rounds"),
     (["--target_latency", "24", "--lut", lp.DEFAULT_LUT], "measured on this machine's CPU or GPU"),
+    # Before: the loop ran on the table's own (torch) runtime and recorded the options as used.
+    (["--target_latency", "20", "--lut", lp.CPU_LUT, "--build_options", "--runtime onnxruntime"],
+     "with --lut it builds none"),
 ])
 def test_closed_loop_refuses_bad_input_before_writing(arguments, message, tmp_path):
     out = tmp_path / "loop"
@@ -124,3 +127,13 @@ def test_closed_loop_reuses_steps_only_for_its_own_settings_and_continues_its_se
         with pytest.raises(UserError, match=rf"holds a run with other settings \({changed}\)"):
             loop(*other)
     assert len(steps) == 2  # nothing ran under the other settings
+
+
+def test_the_loop_says_when_its_table_was_measured_on_another_cpu():
+    # Before: a table from another CPU model ran without a word, its +41% read as the table's error.
+    here = latency_timing.cpu_model_name()[0]
+    for table in lp.CPU_LUTS:
+        measured_on = lp.table_predictor(table).metadata["device"]["name"]
+        note = closed_loop.other_machine_note(table)
+        assert note is None if measured_on == here else (measured_on in note and here in note)
+    assert closed_loop.other_machine_note(lp.DEFAULT_LUT) is None  # not a CPU table: refused by check_target

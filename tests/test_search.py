@@ -220,6 +220,20 @@ def test_a_table_of_the_same_name_with_other_costs_is_not_taken_for_the_searchs_
     assert "has the same name but other costs" in error, error
 
 
+@pytest.mark.parametrize("checkpoint_name, option, value", [
+    ("checkpoint.pth.tar", "--learning_rate", "0.5"),  # shaped the weights: never
+    ("warmup.pth.tar", "--learning_rate", "0.5"),
+    ("checkpoint.pth.tar", "--arch_learning_rate", "0.3"),  # drives alpha: not once alpha has moved
+    ("checkpoint.pth.tar", "--latch", "hold"),
+])
+def test_a_resume_with_other_settings_is_refused_by_name(checkpoint_name, option, value, finished_search,
+                                                         tiny_dataset, tmp_path, capsys):
+    # Before: the search went on with the new value and recorded it in arch.json as if it had run throughout.
+    error = refused_resume(os.path.join(finished_search, checkpoint_name), tiny_dataset, tmp_path, capsys,
+                           option, value)
+    assert f"used {option} " in error and "use the same settings to continue" in error, error
+
+
 def test_resume_from_another_target_is_refused(finished_search, tiny_dataset, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_search(["--save", str(tmp_path / "other"), "--target_latency", "22", "--dataset", tiny_dataset,
