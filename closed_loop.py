@@ -50,7 +50,7 @@ LOOP_SEED = 3
 def run_step(arguments, what):
     """Run one of the project's commands; a failure ends the loop in one line."""
     print(f"== {what}: {' '.join(arguments)}", flush=True)
-    completed = subprocess.run([sys.executable] + arguments, cwd=REPO_ROOT)
+    completed = subprocess.run([sys.executable] + arguments)  # in the user's folder, as their paths are
     if completed.returncode != 0:
         raise UserError(f"{what} failed (exit {completed.returncode}); its message is above")
 
@@ -202,7 +202,7 @@ def main(args):
                         "one of them")
     if args.lut is not None:  # a bad table or target is refused before anything is written
         check_target(args.lut, args.target_latency)
-    out = os.path.abspath(args.out)  # the steps run from the repository's root
+    out = os.path.abspath(args.out)  # named absolutely in its steps' logs and report
     created = not os.path.exists(out)
     make_output_folder(out, "--out")
     # Its steps are reused on a rerun, so only for the settings that made them.

@@ -209,6 +209,9 @@ def _check_metadata(metadata, where):
     for name in ("batch_size", "num_classes"):
         if not isinstance(metadata[name], int) or metadata[name] < 1:
             raise UserError(f"{where}: metadata {name} must be a positive integer, got {metadata[name]!r}")
+    threads = metadata.get("threads")  # None: a table of counts or from a device without CPU threads
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise UserError(f"{where}: metadata threads must be a positive integer (or null), got {threads!r}")
     # The entries are keyed by the layout at 224 px and width 1.0; metadata saying otherwise contradicts them.
     if metadata["input_size"] != [3, INPUT_SIZE, INPUT_SIZE]:
         raise UserError(f"{where}: metadata input_size {metadata['input_size']!r}, but the entries are for "

@@ -73,7 +73,8 @@ def run_logged(command, log_path, threads=None):
         with _CHILDREN_LOCK:
             if _STOPPING.is_set():
                 raise UserError(f"{os.path.basename(command[1])} not started: the run is stopping")
-            process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
+            # In the user's folder: relative paths they gave (--out, --lut, ...) mean there what they meant to them.
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
             _CHILDREN.add(process)
         try:
             returncode = process.wait()

@@ -387,6 +387,9 @@ def prepare(args):
         check_dataset(args.dataset, ("val",) if args.evaluate else ("train", "val"))
     if args.export_onnx:
         utils.check_output_file(args.export_onnx, "--export_onnx")
+        if os.path.exists(args.export_onnx) and not args.export_onnx.endswith(".onnx"):
+            raise UserError(f"--export_onnx {args.export_onnx} exists and is not an .onnx file (a checkpoint?); "
+                            "choose another path (an existing .onnx file is replaced)")
         import_onnx_checkers()  # now, not after days of training
     if not args.evaluate:
         resolve_save_folder(args)
@@ -696,9 +699,11 @@ def export_onnx(model, path, image_size, opset=ONNX_OPSET):
                               opset_version=opset, dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
                               dynamo=False)
         difference = check_onnx(model, partial, image_size)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(partial):
             os.remove(partial)
+        if isinstance(error, OSError):  # a full disk, a name too long: one line, not torch's traceback
+            raise utils.write_failure(path, error) from None
         raise
     os.replace(partial, path)
     return difference

@@ -119,12 +119,16 @@ def run_cli(main, parser, argv=None):
         print(f"error: {user_error_message(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
     except KeyboardInterrupt:
-        print(interrupted_message("interrupted"), file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
+        stop_on_signal(signal.SIGINT)
     except Terminated:
-        print(interrupted_message("terminated"), file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
+        stop_on_signal(signal.SIGTERM)
     except RuntimeError as error:
+        # A signal to the process group reaches the DataLoader's workers too; the loader then
+        # reports their death while the main process is already stopping for the same signal.
+        if isinstance(error.__context__, KeyboardInterrupt):
+            stop_on_signal(signal.SIGINT)
+        if isinstance(error.__context__, Terminated):
+            stop_on_signal(signal.SIGTERM)
         stop_if_a_peer_was_lost(error)
         raise
     finally:
@@ -138,6 +142,16 @@ def print_any_path():
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):  # a real text stream, not a test's capture
             stream.reconfigure(errors="backslashreplace")
+
+
+def stop_on_signal(number):
+    """One line for a run stopped by Ctrl-C or SIGTERM (with the command
+    that resumes it, once there is a checkpoint), and the shell's exit status."""
+    print(interrupted_message("interrupted" if number == signal.SIGINT else "terminated"), file=sys.stderr)
+    # The DataLoader's SIGCHLD handler would report its workers, stopped by the same signal, once more
+    # as a traceback while the loader is torn down at exit.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    sys.exit(128 + number)
 
 
 def complain_in_one_line(parser):
@@ -581,7 +595,7 @@ def atomic_write(path, binary=False):
         os.makedirs(directory, exist_ok=True)
         handle, temp_path = tempfile.mkstemp(dir=directory, prefix=prefix)
     except OSError as error:
-        raise _write_error(path, error) from None
+        raise write_failure(path, error) from None
     try:
         with os.fdopen(handle, "wb" if binary else "w") as file:
             yield file
@@ -590,7 +604,7 @@ def atomic_write(path, binary=False):
     except BaseException as error:
         os.unlink(temp_path)
         if _is_write_failure(error):
-            raise _write_error(path, error) from None
+            raise write_failure(path, error) from None
         raise
     for leftover in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + "*")):
         with contextlib.suppress(FileNotFoundError):
@@ -608,7 +622,9 @@ def _is_write_failure(error):
     return isinstance(error, RuntimeError) and any(sign in str(error) for sign in TORCH_WRITE_FAILURES)
 
 
-def _write_error(path, error):
+def write_failure(path, error):
+    """The UserError for a write to `path` that failed with `error` (an
+    OSError, or torch's own writer's complaint)."""
     reason = path_error_reason(error) if isinstance(error, OSError) else "the disk refused the write; is it full?"
     kept = " (the earlier file is kept)" if os.path.exists(path) else ""
     if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:

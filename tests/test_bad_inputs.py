@@ -142,6 +142,10 @@ def inputs(tmp_path_factory):
         for number, arch in enumerate(archs)))
     calibrated = json.loads(shipped)
     calibrated["metadata"]["calibration"] = {"scale": 1e200, "offset": 0.0}
+    wordy = json.loads(shipped)
+    wordy["metadata"]["threads"] = "two"
+    files["table_wordy_threads"] = root / "wordy-threads.json"
+    files["table_wordy_threads"].write_text(json.dumps(wordy))
     files["table_huge_scale"] = root / "huge-scale.json"
     files["table_huge_scale"].write_text(json.dumps(calibrated))
     files["repeated_key"] = root / "repeated-key.json"
@@ -520,6 +524,11 @@ CASES = {
                                             "seconds for milliseconds?"),
     "predict: calibration scale 1e200": (latency_build, ["predict", "--lut", "{table_huge_scale}", "--arch_config",
                                                          ARCH_24], "a calibration scale of 1e+200"),
+    "validate: threads in words": (latency_build, ["validate", "--lut", "{table_wordy_threads}"],
+                                   "metadata threads must be a positive integer"),
+    "train: ONNX over the weights evaluated": (train_imagenet, ["--evaluate", "{weights_3_classes}", "--dataset",
+                                                                "{data}", "--arch_config", ARCH_24, "--export_onnx",
+                                                                "{weights_3_classes}"], "is not an .onnx file"),
     "predict: a key twice": (latency_build, ["predict", "--arch_config", "{repeated_key}"], "appears twice"),
     "calibrate: 1e301 ms": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
                                                                       "cpu_intel_xeon_b1_t1.json"),

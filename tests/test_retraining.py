@@ -92,3 +92,12 @@ def test_the_first_failure_stops_the_running_jobs_and_starts_no_more(tmp_path):
     assert time.monotonic() - started < 20
     assert retraining._CHILDREN == set() and not retraining._STOPPING.is_set()  # ready for the next group
     assert retraining.run_in_parallel(lambda item: 2 * item, [1, 2, 3], parallel=2) == [2, 4, 6]
+
+
+def test_a_step_runs_in_the_users_folder_so_relative_paths_mean_what_they_said(tmp_path, monkeypatch):
+    # Before: every step ran from the repository's root, so reproduce_tables.py, screen.py, landing.py and
+    # search_quality.py started from another folder with a relative --out wrote their searches into the checkout
+    # and then stopped, not finding them.
+    monkeypatch.chdir(tmp_path)
+    retraining.run_logged([sys.executable, "-c", "open('written-here.txt', 'w').write('x')"], str(tmp_path / "log"))
+    assert (tmp_path / "written-here.txt").read_text() == "x"

@@ -9,8 +9,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -603,3 +605,21 @@ def test_zero_init_residual_starts_every_residual_block_as_the_identity():
             assert not torch.allclose(plain.blocks[index](inputs), inputs)
         elif hasattr(block, "main"):
             assert block.main[-1].weight.eq(1).all()  # other blocks as without the option
+
+
+def test_sigterm_to_the_process_group_with_loading_workers_is_one_line(tiny_dataset, tmp_path):
+    # Before: SIGTERM to the group (timeout, systemd, SLURM's scancel) also stopped the DataLoader's workers,
+    # whose deaths torch reported as two chained tracebacks and exit 1.
+    save = tmp_path / "run"
+    options = [str(value) for value in tiny_run(tiny_dataset, save, "--epochs", 50)]
+    options[options.index("--workers") + 1] = "2"
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train_imagenet.py"), *options], cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (save / "checkpoint.pth.tar").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)  # the workers are running once the first epoch is saved
+    os.killpg(process.pid, signal.SIGTERM)
+    _, error = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, error
+    assert "Traceback" not in error and [line for line in error.splitlines() if line.strip()] == [
+        line for line in error.splitlines() if line.startswith("terminated")], error
