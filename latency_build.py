@@ -478,7 +478,9 @@ def read_csv_rows(path, option):
     with open_for_reading(path, option, newline="", encoding="utf-8-sig") as file:
         try:
             return list(csv.DictReader(file))
-        except (csv.Error, UnicodeDecodeError) as error:
+        except UnicodeDecodeError:
+            raise UserError(f"{option} {path} is not UTF-8 text; save it as a UTF-8 CSV") from None
+        except csv.Error as error:
             raise UserError(f"{option} {path} is not a CSV file ({error})") from None
 
 
@@ -488,12 +490,19 @@ def read_measurements(path):
     negative, not finite) or an architecture measured twice in one file is
     refused, naming its rows."""
     rows = read_csv_rows(path, "--measurements")
-    try:
-        indices = np.array([text_to_arch(row["arch"]) for row in rows], dtype=np.int64)
-        measured = np.array([float(row["measured_ms"]) for row in rows])
-    except (KeyError, ValueError, TypeError, AttributeError, UserError):
+    if rows and not {"arch", "measured_ms"} <= set(rows[0]):
         raise UserError(f"--measurements {path}: expected the {VALIDATION_CSV} written by `validate` "
-                        f"(columns arch, measured_ms)") from None
+                        f"(columns arch, measured_ms)")
+    indices, measured = [], []
+    for number, row in enumerate(rows, start=2):  # row 1 is the header
+        try:
+            indices.append(text_to_arch(row["arch"]))
+            measured.append(float(row["measured_ms"]))
+        except (ValueError, TypeError, AttributeError, UserError) as error:
+            reason = str(error) if isinstance(error, UserError) else "a field is missing or not a number"
+            raise UserError(f"--measurements {path}: row {number} ({reason}) is no measurement of "
+                            "an architecture; fix or remove it") from None
+    indices, measured = np.array(indices, dtype=np.int64).reshape(-1, NUM_SEARCHABLE_LAYERS), np.array(measured)
     for row, value in enumerate(measured, start=2):  # row 1 is the header
         if not (math.isfinite(value) and 0 < value <= MAX_MEASURED_MS):
             raise UserError(f"--measurements {path}: row {row} measured {value:.6g} ms, which is no latency "

@@ -155,6 +155,9 @@ def inputs(tmp_path_factory):
     shutil.copytree(files["data"], files["dangling_class"])
     for split in ("train", "val"):
         (files["dangling_class"] / split / "class_moved").symlink_to(root / "moved-away")
+    files["unknown_op_csv"] = root / "unknown-op.csv"
+    files["unknown_op_csv"].write_text("arch,measured_ms\n" + "".join(f"{arch},12.0\n" for arch in archs[:3])
+                                       + f"MBK9E9 {archs[3]},12.0\n")
     files["other_validation"] = root / "other-validation"  # validate's folder for another table
     files["other_validation"].mkdir()
     (files["other_validation"] / "validate.csv").write_text(
@@ -529,6 +532,11 @@ CASES = {
     "train: ONNX over the weights evaluated": (train_imagenet, ["--evaluate", "{weights_3_classes}", "--dataset",
                                                                 "{data}", "--arch_config", ARCH_24, "--export_onnx",
                                                                 "{weights_3_classes}"], "is not an .onnx file"),
+    # Before: "expected the validate.csv written by validate (columns arch, measured_ms)", whose columns were there.
+    "calibrate: a row with an unknown op": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                                      "cpu_intel_xeon_b1_t1.json"),
+                                                            "--measurements", "{unknown_op_csv}", "--out",
+                                                            "{out}.json"], "row 5 (arch_config"),
     "predict: a key twice": (latency_build, ["predict", "--arch_config", "{repeated_key}"], "appears twice"),
     "calibrate: 1e301 ms": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
                                                                       "cpu_intel_xeon_b1_t1.json"),
