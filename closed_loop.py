@@ -142,6 +142,9 @@ def report(target, found, now, scaled, fresh=None, note=None):
 
 def check_target(table, target):
     """A latency table timed on a device here, and a target it can reach."""
+    if table in lp.COUNT_METRICS:
+        raise UserError(f"--lut {table}: the loop times the found network here, so it needs a latency table "
+                        "measured on this machine; leave --lut out to build one")
     predictor = lp.table_predictor(table)
     device = predictor.metadata["device"]
     if predictor.metric != "latency" or device.get("type") not in ("cpu", "cuda"):

@@ -42,7 +42,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from utils import UserError
+from utils import UserError, refuse_running_a_library
 
 # Per-channel statistics of the ImageNet training images, the normalisation the
 # paper and every ImageNet-trained mobile network use.
@@ -761,5 +761,14 @@ def synthetic_dataset(root=None, **params):
                         "LIGHTNAS_DATA)")
     folder = base / name
     if read_synthetic_metadata(folder) != meta:
-        write_synthetic_dataset(folder, **{key: meta[key] for key in DEFAULT_SYNTHETIC})
+        try:
+            write_synthetic_dataset(folder, **{key: meta[key] for key in DEFAULT_SYNTHETIC})
+        except OSError as error:
+            raise UserError(f"cannot write the synthetic dataset into {base} ({error.strerror or error}); set "
+                            "LIGHTNAS_DATA (or --data_root) to a writable folder") from None
     return str(folder)  # a plain string: it ends up in saved arguments
+
+
+if __name__ == "__main__":
+    refuse_running_a_library("data.py", "the scripts load their data through it; its synthetic set: "
+                             "docs/training.md, Synthetic data for demos and tests")

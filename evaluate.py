@@ -19,8 +19,8 @@ import data
 import model_train
 from utils import (
     MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_WIDTH_MULT, MAX_WORKERS, UserError, all_reduce_sum, correct_counts,
-    load_checkpoint, name_a_few, non_finite_entries, progress_bar, resolve_device, run_cli, state_dict_mismatch,
-    strip_module_prefix,
+    load_checkpoint, name_a_few, non_finite_entries, progress_bar, refuse_search_checkpoint, resolve_device, run_cli,
+    state_dict_mismatch, strip_module_prefix,
 )
 
 CLASSIFIER_WEIGHT = "classifier.4.weight"  # its rows give num_classes
@@ -157,6 +157,7 @@ def evaluate_weights(weights, dataset_root, arch_choice=None, device="cpu", batc
     the recipe's centre crop): (images, top-1 hits, top-5 hits)."""
     device = resolve_device(device)
     checkpoint = load_checkpoint(weights, what="--weights")
+    refuse_search_checkpoint(checkpoint, weights, "--weights")
     state_dict = checkpoint_state_dict(checkpoint, weights)
     if arch_choice is None:
         arch_choice = checkpoint.get("arch_config") if isinstance(checkpoint, dict) else None

@@ -591,6 +591,9 @@ def _open_predictor(spec):
     if spec in COUNT_METRICS:
         return TablePredictor(count_table(spec), f"{spec}@{operations.search_space_hash()}")
     if spec.startswith(MLP_PREFIX):
+        if not spec[len(MLP_PREFIX):]:
+            raise UserError(f"cost predictor {spec!r}: name the MLP's file after {MLP_PREFIX}, e.g. "
+                            f"{MLP_PREFIX}../shared/data/lightnas_jetson_latency_mlp.pth.tar")
         return MLPPredictor(spec[len(MLP_PREFIX):])
     if spec.endswith((".pth.tar", ".pth", ".pt")):
         return MLPPredictor(spec)

@@ -180,3 +180,8 @@ def retrain(arch_config, folder, dataset, seed, **recipe_changes):
                             f"(log: {folder}.log)")
         utils.write_json(os.path.join(folder, COMMAND_FILE), command[1:])
     return records[-1]["val_top1"]
+
+
+if __name__ == "__main__":
+    utils.refuse_running_a_library("retraining.py", "the benchmarks retrain through it (benchmarks/search_quality.py, "
+                                   "benchmarks/ground_truth.py); to train one network, run train_imagenet.py")

@@ -721,6 +721,9 @@ def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, pa
         raise UserError(f"--resume: {path} was made for a different search space")
     saved = checkpoint["args"]
     check_saved_epoch(checkpoint, args.epochs, path)
+    if args.stop_after_epoch is not None and args.stop_after_epoch <= checkpoint["epoch"] < args.epochs:
+        raise UserError(f"--stop_after_epoch {args.stop_after_epoch}: {path} is already after epoch "
+                        f"{checkpoint['epoch']}; give a later epoch, or leave it out to finish the search")
     if not isinstance(checkpoint["latched"], bool) or not is_finite_number(checkpoint["tradeoff"]):
         raise UserError(f"--resume: {path} is damaged (its latch or lambda is not a boolean and a number); "
                         "start the search again")

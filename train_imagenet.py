@@ -365,9 +365,7 @@ def prepare(args):
         checkpoint = utils.load_checkpoint(args.evaluate, what="--evaluate")
         if not isinstance(checkpoint, dict):
             raise UserError(f"--evaluate: {args.evaluate} holds no model state_dict")
-        if utils.checkpoint_kind(checkpoint) == "search":
-            raise UserError(f"--evaluate: {args.evaluate} is a search's checkpoint (a supernet, search_imagenet.py); "
-                            "train its arch.json with --arch_config first, then evaluate that run's best.pth.tar")
+        utils.refuse_search_checkpoint(checkpoint, args.evaluate, "--evaluate")
         if args.image_size is None:
             args.image_size = evaluate.recorded_image_size(checkpoint)  # the size it was trained at, if known
     resolve_schedule(args, checkpoint if args.resume else None)

@@ -22,6 +22,7 @@ import math
 import os
 import pickle
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -129,6 +130,7 @@ def run_cli(main, parser, argv=None):
             stop_on_signal(signal.SIGINT)
         if isinstance(error.__context__, Terminated):
             stop_on_signal(signal.SIGTERM)
+        stop_if_out_of_memory(error)
         stop_if_a_peer_was_lost(error)
         raise
     finally:
@@ -142,6 +144,24 @@ def print_any_path():
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):  # a real text stream, not a test's capture
             stream.reconfigure(errors="backslashreplace")
+
+
+def refuse_running_a_library(name, instead):
+    """What a library module says when run as a script: it has no command
+    of its own (it would otherwise exit 0 having done nothing)."""
+    print(f"error: {name} is a library and has no command of its own; {instead}", file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def stop_if_out_of_memory(error):
+    """An allocation the machine (or GPU) cannot make, from a batch too
+    large for it, is one line with what to lower, not torch's traceback."""
+    message = str(error)
+    if isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in message:
+        wanted = re.search(r"allocate (\d+) bytes", message)
+        size = f" ({int(wanted.group(1)) / 2**30:.1f} GiB in one piece)" if wanted else ""
+        print(f"error: out of memory{size}; lower --batch_size (or the image size) until it fits", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
 
 
 def stop_on_signal(number):
@@ -664,6 +684,8 @@ def check_regular_file(path, what, max_bytes=None):
     try:
         info = os.stat(path)
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise UserError(f"{what} {path} is a link to {os.readlink(path)}, which does not exist") from None
         raise UserError(f"{what} {path} not found") from None
     except OSError as error:
         raise UserError(f"{what} {path} cannot be read ({path_error_reason(error)})") from None
@@ -843,6 +865,13 @@ def checkpoint_kind(checkpoint):
     return None
 
 
+def refuse_search_checkpoint(checkpoint, path, option):
+    """A supernet's checkpoint given where a network's weights belong."""
+    if checkpoint_kind(checkpoint) == "search":
+        raise UserError(f"{option}: {path} is a search's checkpoint (a supernet, search_imagenet.py); train its "
+                        "arch.json with train_imagenet.py --arch_config first, then use that run's best.pth.tar")
+
+
 def describe_saved_run(path):
     """What the checkpoint at `path` holds, in words (for an error message)."""
     try:
@@ -959,6 +988,10 @@ def resolve_device_type(args):
     elif args.device == "auto" and args.gpus > 1 and not _under_torchrun():
         raise UserError(f"--gpus {args.gpus}: no CUDA GPU is available; add --device cpu to run "
                         f"{args.gpus} CPU processes with gloo (slow; meant for testing)")
+    elif args.gpus > (os.cpu_count() or 1) and not _under_torchrun():
+        # each process would get a sliver of a core, and gloo's collectives stall behind them for minutes
+        raise UserError(f"--gpus {args.gpus} on the CPU starts {args.gpus} processes, and this machine has "
+                        f"{os.cpu_count()} cores; use at most --gpus {os.cpu_count()}")
     return device_type
 
 

@@ -537,6 +537,16 @@ CASES = {
                                                                                       "cpu_intel_xeon_b1_t1.json"),
                                                             "--measurements", "{unknown_op_csv}", "--out",
                                                             "{out}.json"], "row 5 (arch_config"),
+    # The third sweep's (2026-12-06). Before: 64 gloo processes on 2 cores stalled for minutes; "latency MLP  not
+    # found"; "table flops not found"; "give --model", which no model could answer for a supernet.
+    "search: more CPU processes than cores": (search_imagenet, ["--save", "{out}", "--device", "cpu", "--gpus",
+                                                                str((os.cpu_count() or 1) + 1)], "cores; use at most"),
+    "predict: mlp: without a file": (latency_build, ["predict", "--lut", "mlp:", "--arch_config", ARCH_24],
+                                     "name the MLP's file"),
+    "closed loop: a count for a table": (closed_loop, ["--target_latency", "300", "--lut", "flops", "--out", "{out}"],
+                                         "needs a latency table measured on this machine"),
+    "evaluate: a search checkpoint": (evaluate, ["--weights", "{search_checkpoint}", "--dataset", "{data}"],
+                                      "is a search's checkpoint"),
     "predict: a key twice": (latency_build, ["predict", "--arch_config", "{repeated_key}"], "appears twice"),
     "calibrate: 1e301 ms": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
                                                                       "cpu_intel_xeon_b1_t1.json"),

@@ -234,6 +234,13 @@ def test_a_resume_with_other_settings_is_refused_by_name(checkpoint_name, option
     assert f"used {option} " in error and "use the same settings to continue" in error, error
 
 
+def test_a_resume_asked_to_stop_before_its_checkpoint_is_refused(finished_search, tiny_dataset, tmp_path, capsys):
+    # Before: the search ran on past the asked epoch (to its end) without a word.
+    error = refused_resume(os.path.join(finished_search, "warmup.pth.tar"), tiny_dataset, tmp_path, capsys,
+                           "--stop_after_epoch", "1")
+    assert "is already after epoch 1" in error, error
+
+
 def test_resume_from_another_target_is_refused(finished_search, tiny_dataset, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_search(["--save", str(tmp_path / "other"), "--target_latency", "22", "--dataset", tiny_dataset,

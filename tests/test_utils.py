@@ -597,3 +597,16 @@ def test_a_path_the_terminal_cannot_show_is_escaped_not_a_crash():
                             env={**os.environ, "PYTHONIOENCODING": "ascii"}, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"wrote caf\\xe9.json\n"
+
+
+def test_an_allocation_the_machine_cannot_make_is_one_line(capsys):
+    # Before: --batch_size 65536 at 224 px ended in torch's allocator traceback.
+    def allocate(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 39460012032 bytes. Error code 12 (Cannot allocate memory)")
+
+    with pytest.raises(SystemExit) as stop:
+        utils.run_cli(allocate, argparse.ArgumentParser(), [])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == ("error: out of memory (36.8 GiB in one piece); lower --batch_size (or the "
+                                       "image size) until it fits\n")
