@@ -767,8 +767,15 @@ def read_json_lines(path, up_to_epoch=None):
     of epochs it is about to redo)."""
     if not os.path.isfile(path):
         return []
-    with open(path) as file:
-        rows = [json.loads(line) for line in file if line.strip()]
+    rows = []
+    with open(path, encoding="utf-8-sig") as file:  # an editor's byte-order mark is no reason to fail
+        for number, line in enumerate(file, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    raise UserError(f"{path}: line {number} is not JSON (cut short, or edited?); repair or remove "
+                                    "that line") from None
     return rows if up_to_epoch is None else [row for row in rows if row["epoch"] <= up_to_epoch]
 
 

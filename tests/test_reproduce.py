@@ -323,6 +323,9 @@ def test_imagenet100_refuses_bad_input(tmp_path):
         (["--imagenet", str(tmp_path / "small"), "--out", str(tmp_path / "a")], "has 50 classes"),
         (["--imagenet", str(tmp_path / "full"), "--out", str(tmp_path / "out")], "already exists"),
         (["--imagenet", str(tmp_path / "missing"), "--out", str(tmp_path / "b")], "is not a folder"),
+        # Before: "spread rule" over 120 classes took the first 100, what --rule first takes.
+        (["--imagenet", str(tmp_path / "full"), "--out", str(tmp_path / "c"), "--rule", "spread"],
+         "would pick the first 100"),
     ]
     for arguments, message in cases:
         with pytest.raises(SystemExit) as stop:

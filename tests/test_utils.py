@@ -4,6 +4,7 @@ help texts and progress bars."""
 import argparse
 import importlib.util
 import io
+import json
 import os
 import pickle
 import random
@@ -610,3 +611,13 @@ def test_an_allocation_the_machine_cannot_make_is_one_line(capsys):
     assert stop.value.code == 2
     assert capsys.readouterr().err == ("error: out of memory (36.8 GiB in one piece); lower --batch_size (or the "
                                        "image size) until it fits\n")
+
+
+def test_a_json_lines_file_cut_short_or_with_a_byte_order_mark(tmp_path):
+    # Before: screen.py --table ended in a JSONDecodeError traceback on either.
+    path = tmp_path / "screens.jsonl"
+    path.write_text("\ufeff" + json.dumps({"epoch": 1}) + "\n" + json.dumps({"epoch": 2}) + "\n")
+    assert utils.read_json_lines(path) == [{"epoch": 1}, {"epoch": 2}]
+    path.write_text(json.dumps({"epoch": 1}) + '\n{"epoch": 2, "val')
+    with pytest.raises(UserError, match="line 2 is not JSON"):
+        utils.read_json_lines(path)

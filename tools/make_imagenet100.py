@@ -67,6 +67,9 @@ def choose_classes(classes, rule, count=NUM_CLASSES):
     if rule == "first":
         return classes[:count]
     stride = len(classes) // count
+    if stride < 2:
+        raise UserError(f"with {len(classes)} classes --rule spread would pick the first {count}, as --rule first "
+                        f"does; it needs at least {2 * count} classes (ImageNet has 1000)")
     return classes[::stride][:count]
 
 
