@@ -37,7 +37,7 @@ import latency_predictor as lp
 import latency_timing
 import retraining
 import search_imagenet
-from utils import (UserError, atomic_write, check_run_plan, make_output_folder, parse_forwarded_arguments,
+from utils import (UserError, atomic_write, check_run_plan, make_tool_folder, parse_forwarded_arguments,
                    run_cli)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -207,7 +207,7 @@ def main(args):
         check_target(args.lut, args.target_latency)
     out = os.path.abspath(args.out)  # named absolutely in its steps' logs and report
     created = not os.path.exists(out)
-    make_output_folder(out, "--out")
+    make_tool_folder(out, "--out")
     # Its steps are reused on a rerun, so only for the settings that made them.
     check_run_plan(out, {"target_latency": args.target_latency,
                          "lut": None if args.lut is None else os.path.abspath(args.lut),

@@ -22,7 +22,7 @@ import latency_timing
 import model_train
 from latency_predictor import Probe
 from operations import INPUT_SIZE
-from utils import UserError, make_output_folder, new_figure, run_cli, save_figure, write_csv
+from utils import UserError, make_tool_folder, new_figure, run_cli, save_figure, write_csv
 
 PEERS = {  # torchvision builder name: label
     "mobilenet_v2": "MobileNetV2", "mobilenet_v3_large": "MobileNetV3-Large", "mnasnet1_0": "MnasNet1.0",
@@ -139,7 +139,7 @@ def main(args):
         raise UserError("--rounds and --threads must be at least 1")
     for runtime in args.runtimes or []:
         latency_timing.make_protocol("cpu", 1, args.threads, latency_timing.DEFAULT_CLOCK, 0.0, 1, 0, runtime)
-    make_output_folder(args.out, "--out")
+    make_tool_folder(args.out, "--out")
     results = compare(args.rounds, args.threads, runtimes=args.runtimes)
     print_table(results)
     machine = latency_timing.describe_device(torch.device("cpu"))["name"]

@@ -64,7 +64,7 @@ import operations
 import peers
 import retraining
 import search_imagenet
-from utils import (UserError, check_run_plan, make_output_folder, new_figure, parse_forwarded_arguments, read_json,
+from utils import (UserError, check_run_plan, make_tool_folder, new_figure, parse_forwarded_arguments, read_json,
                    read_json_lines, run_cli, save_figure, write_csv, write_json)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -785,7 +785,7 @@ def main(args):
     cpu_table = lp.table_predictor(args.cpu_table)
     mlp = authors_mlp(args.mlp)
     dataset = args.search_dataset or data.synthetic_dataset(**mode.dataset)
-    make_output_folder(args.out)
+    make_tool_folder(args.out)
     warmup, lightnas_jobs, baseline_jobs, settings, common = plan_searches(args, mode, dataset)
     check_run_plan(args.out, {"mode": mode.name, "search_arguments": common, "targets": args.targets, "grid": args.grid,
                           "reference_target": args.reference_target, "retrain_epochs": args.retrain_epochs})

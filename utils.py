@@ -1147,6 +1147,16 @@ def make_output_folder(path, option="--out"):
     _check_folder_takes_a_file(path, option)
 
 
+def make_tool_folder(path, option="--out"):
+    """make_output_folder for a tool's --out (peers, closed loop, the
+    benchmarks): a folder holding a search's or training's checkpoint is
+    refused, since the tool's files there would stop that run's resume."""
+    checkpoint = os.path.join(path, "checkpoint.pth.tar")
+    if os.path.isfile(checkpoint):
+        raise UserError(f"{option} {path} holds {describe_saved_run(checkpoint)}; choose another {option}")
+    make_output_folder(path, option)
+
+
 def refuse_non_file_output(path, prefix):
     """An output path that exists as something other than a regular file
     (a folder, device, pipe or socket) is refused: "<prefix> <what>; ..."."""

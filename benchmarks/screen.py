@@ -225,6 +225,12 @@ def resolve_truth(args):
 def main(args):
     screens_path = os.path.join(args.out, SCREENS_NAME)
     if args.table:
+        ignored = [name for name, given in (("--name", args.name is not None), ("--folders", args.folders is not None),
+                                            ("search options", any(item != "--" for item in args.search_arguments)))
+                   if given]
+        if ignored:
+            raise UserError(f"--table prints the variants screened so far and screens nothing; drop {ignored[0]}, "
+                            "or drop --table to screen")
         if not os.path.isfile(screens_path):
             raise UserError(f"{screens_path} does not exist yet: screen a variant first")
         print_table(read_json_lines(screens_path))
@@ -240,7 +246,7 @@ def main(args):
                                     "the search options after --")
     truth_paths, truth = resolve_truth(args)
     started = time.time()
-    utils.make_output_folder(args.out)
+    utils.make_tool_folder(args.out)
     folders = args.folders if args.folders is not None else run_variant(args)
     for folder in folders:
         if not os.path.isfile(os.path.join(folder, "arch.json")):

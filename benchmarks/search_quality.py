@@ -543,7 +543,7 @@ def build_nets(args, searches, candidates):
 
 def main(args):
     check_args(args)
-    utils.make_output_folder(args.out)
+    utils.make_tool_folder(args.out)
     # Kept searches and retrainings are reused only for the same variant.
     utils.check_run_plan(args.out, {"search_arguments": args.search_arguments})
     retraining.stop_children_on_sigterm()

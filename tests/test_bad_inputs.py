@@ -164,6 +164,9 @@ def inputs(tmp_path_factory):
         "arch,measured_ms,predicted_raw_ms,predicted_ms\n" + "".join(f"{arch},12.0,1.5,1.5\n" for arch in archs))
     files["search_checkpoint"] = root / "search-checkpoint.pth.tar"
     torch.save({"state_dict": {}, "arch_optimizer": {}}, files["search_checkpoint"])
+    files["search_folder"] = root / "a-search"  # a search's --save folder
+    files["search_folder"].mkdir()
+    torch.save({"state_dict": {}, "arch_optimizer": {}}, files["search_folder"] / "checkpoint.pth.tar")
     files["wrong_shape"] = root / "wrong-shape.pth.tar"  # a training checkpoint whose first conv was replaced
     state_dict = model_train.LightNet(model_train.LIGHTNETS[ARCH_24], num_classes=3).state_dict()
     first = next(iter(state_dict))
@@ -547,6 +550,9 @@ CASES = {
                                          "needs a latency table measured on this machine"),
     "evaluate: a search checkpoint": (evaluate, ["--weights", "{search_checkpoint}", "--dataset", "{data}"],
                                       "is a search's checkpoint"),
+    # Before: the loop's files went into the search's folder, whose resume then refused them.
+    "closed loop: into a search's folder": (closed_loop, ["--target_latency", "15", "--out", "{search_folder}"],
+                                            "holds a search (search_imagenet.py)"),
     "predict: a key twice": (latency_build, ["predict", "--arch_config", "{repeated_key}"], "appears twice"),
     "calibrate: 1e301 ms": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
                                                                       "cpu_intel_xeon_b1_t1.json"),
@@ -571,6 +577,7 @@ CASES = {
     "train: --visible 0,0": (train_imagenet, ["--save", "{out}", "--gpus", "2", "--visible", "0,0"],
                              "names a GPU twice"),
     # Before: --name ../../x searched outside --out; --out /proc/x was a FileNotFoundError traceback.
+    "screen: --table with a name": (screen, ["--table", "--name", "v2", "--out", "{out}"], "screens nothing"),
     "screen: name with ..": (screen, ["--name", "../escape", "--out", "{out}"], "must be a plain name"),
     "screen: --out under /proc": (screen, ["--name", "v", "--out", "/proc/lightnas"], "cannot write there"),
     # Before: "--truth ... is a folder" for --out; "--seed" for --seeds; a folder given as --mlp was skipped as
