@@ -219,6 +219,10 @@ def resolve_schedule(args, checkpoint=None):
     schedule without); then --scale_lr scales an lr not restored (a restored
     one was scaled already) to the batch size."""
     restored = restore_schedule_options(args, checkpoint) if checkpoint is not None else set()
+    started_with = ((checkpoint or {}).get("args") or {}).get("scale_lr", args.scale_lr)
+    if args.scale_lr != started_with:
+        raise UserError(f"--scale_lr: the resumed run started {'with' if started_with else 'without'} it, and its "
+                        "lr schedule is restored as it was; resume with the same --scale_lr (or start a new run)")
     fill_from_schedule(args, SCHEDULES)
     if args.scale_lr and "lr" not in restored:
         args.lr = args.lr * args.batch_size / RECIPE_BATCH_SIZE
@@ -245,6 +249,21 @@ def resolve_ema_decay(args):
                         "--ema_decay")
     if args.ema_decay is None:
         args.ema_decay = EMA_DECAY
+
+
+# What only training reads: given with --evaluate, each would be ignored.
+TRAINING_ONLY = ("epochs", "lr", "scale_lr", "warmup_epochs", "momentum", "weight_decay", "label_smoothing", "dropout",
+                 "zero_init_residual", "grad_clip", "ema", "amp", "compile", "sync_bn")
+
+
+def refuse_training_options(args):
+    """--evaluate with an option only training reads (checked before the
+    schedule fills the unset ones)."""
+    defaults = get_args_parser()
+    trained = [name for name in TRAINING_ONLY if getattr(args, name) != defaults.get_default(name)]
+    if args.evaluate and trained:
+        raise UserError(f"--evaluate trains nothing, so --{trained[0]} would be ignored; drop it (evaluation takes "
+                        "the dataset, image size, batch size, loaders and device options)")
 
 
 def check_options_apply(args):
@@ -358,6 +377,7 @@ def prepare(args):
     receives."""
     if args.resume and args.evaluate:
         raise UserError("give --resume or --evaluate, not both")
+    refuse_training_options(args)
     checkpoint = None
     if args.resume:
         checkpoint = load_resume_checkpoint(args)

@@ -487,6 +487,8 @@ def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(a
         (["--resume", authors_run / "best.pth.tar"], "not a training checkpoint"),
         (["--resume", checkpoint, "--arch_config", "LightNet-20ms"], "another --arch_config"),
         (["--save", authors_run], "already holds checkpoint.pth.tar"),
+        # Before: the log claimed the lr was scaled while the restored schedule ran unscaled.
+        (["--resume", checkpoint, "--scale_lr"], "--scale_lr: the resumed run started without it"),
     ]
     overflowed = utils.load_checkpoint(checkpoint)  # a finite loss, but a BatchNorm variance overflowed
     overflowed["state_dict"]["first_conv.1.running_var"][0] = float("inf")
