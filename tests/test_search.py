@@ -115,7 +115,7 @@ def test_warmup_checkpoint_starts_a_search_for_another_target(finished_search, t
     ("resume missing", ["--resume", "nowhere/checkpoint.pth.tar"], "--resume: nowhere/checkpoint.pth.tar not found"),
     ("resume before any checkpoint", ["--resume", "{empty}"], "holds no checkpoint.pth.tar yet (the search stopped "
                                                                "before its first epoch ended); start it again"),
-    ("divisible", ["--gpus", "3", "--device", "cpu", "--batch_size_train", "4"], "must be divisible by --gpus 3"),
+    ("divisible", ["--gpus", "2", "--device", "cpu", "--batch_size_train", "5"], "must be divisible by --gpus 2"),
     ("freeze", ["--freeze_epochs", "3"], "--freeze_epochs must be in [0, --epochs)"),
     ("fixed without w", ["--penalty", "fixed"], "--penalty fixed needs a non-negative --penalty_weight"),
     ("w without fixed", ["--penalty_weight", "0.1"], "--penalty_weight applies to --penalty fixed only"),
