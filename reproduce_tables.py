@@ -64,8 +64,8 @@ import operations
 import peers
 import retraining
 import search_imagenet
-from utils import (UserError, check_run_plan, make_tool_folder, new_figure, parse_forwarded_arguments, read_json,
-                   read_json_lines, run_cli, save_figure, write_csv, write_json)
+from utils import (UserError, check_run_plan, drop_options, make_tool_folder, new_figure, parse_forwarded_arguments,
+                   read_json, read_json_lines, run_cli, save_figure, write_csv, write_json)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 SEARCH_SCRIPT = os.path.join(REPO_ROOT, "search_imagenet.py")
@@ -247,8 +247,10 @@ def plan_searches(args, mode, dataset):
     lightnas = [SearchJob(f"LightNAS {target:g} ms", os.path.join(searches, f"lightnas-{target:g}ms"),
                           common + ["--target_latency", str(target)] + start, "arch.json")
                 for target in args.targets]
+    # The baseline has no lambda and no latch: their settings stay out of it.
+    fixed_common = drop_options(search_imagenet.get_args_parser(), common, search_imagenet.LAGRANGE_ONLY_SETTINGS)
     baseline = [SearchJob(f"fixed penalty c={c:g}", os.path.join(searches, f"fixed-c{c:g}"),
-                          common + ["--target_latency", str(args.reference_target), "--penalty", "fixed",
+                          fixed_common + ["--target_latency", str(args.reference_target), "--penalty", "fixed",
                                     "--penalty_weight", repr(c * args.reference_target)] + start, "arch.json")
                 for c in args.grid]
     return warmup, lightnas, baseline, settings, common

@@ -710,6 +710,9 @@ RESUME_MUST_MATCH = ("epochs", "freeze_epochs", "seed", "image_size", "batch_siz
 # may start, from a warm-up checkpoint (alpha has not moved) into a new --save.
 ALPHA_SETTINGS = ("arch_learning_rate", "arch_weight_decay", "arch_lr_step", "tau_max", "tau_decay", "tradeoff",
                   "tradeoff_learning_rate", "latch", "latch_epochs", "latch_tolerance", "hold_lambda")
+# What only the paper's penalty reads: lambda's step and the latch, which
+# --penalty fixed has neither of (its --tradeoff is checked on its own).
+LAGRANGE_ONLY_SETTINGS = ("tradeoff_learning_rate", "latch", "latch_epochs", "latch_tolerance", "hold_lambda")
 
 
 def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, path):
@@ -1231,6 +1234,10 @@ def check_options_apply(args):
     if args.penalty == "fixed" and args.tradeoff != 0:
         raise UserError(f"--tradeoff {args.tradeoff:g} is lambda's start, and --penalty fixed has no lambda; "
                         "drop it")
+    lagrange_settings = sorted(given & set(LAGRANGE_ONLY_SETTINGS))
+    if args.penalty == "fixed" and lagrange_settings:
+        raise UserError(f"--{lagrange_settings[0]} sets lambda's step or the latch, and --penalty fixed has neither; "
+                        f"drop --{lagrange_settings[0]}")
     if "hold_lambda" in given and args.latch != "hold":
         raise UserError(f"--hold_lambda applies to --latch hold only (this search latches with --latch {args.latch}); "
                         "drop it or add --latch hold")

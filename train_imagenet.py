@@ -341,6 +341,20 @@ def load_resume_checkpoint(args):
     return checkpoint
 
 
+def check_resume_dataset(args, checkpoint):
+    """A resumed run trains on the data it started on: left out, --dataset
+    would silently switch a real dataset's run to the synthetic demo set (or
+    given, the demo's run to a real one). A moved copy of the same folder is
+    fine, so only the choice between the two is checked."""
+    saved = (checkpoint.get("args") or {}).get("dataset", args.dataset)
+    if saved is not None and args.dataset is None:
+        raise UserError(f"--resume: {args.resume} trained on --dataset {saved}; resume with --dataset {saved} "
+                        "(or where that folder is now)")
+    if saved is None and args.dataset is not None:
+        raise UserError(f"--resume: {args.resume} trained on the synthetic demo set, not on a --dataset; drop "
+                        "--dataset to continue it, or start a new run on your data")
+
+
 def resolve_architecture(args, checkpoint):
     """--arch_config, else the one a checkpoint records, else the demo's."""
     if args.arch_config is not None:
@@ -388,6 +402,8 @@ def prepare(args):
         utils.refuse_search_checkpoint(checkpoint, args.evaluate, "--evaluate")
         if args.image_size is None:
             args.image_size = evaluate.recorded_image_size(checkpoint)  # the size it was trained at, if known
+    if args.resume:
+        check_resume_dataset(args, checkpoint)
     resolve_schedule(args, checkpoint if args.resume else None)
     world_size = utils.planned_world_size(args)
     if world_size < 1:

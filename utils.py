@@ -285,6 +285,30 @@ def parse_forwarded_arguments(parser, arguments, what, head=(), sets_itself=(), 
     return first
 
 
+def drop_options(parser, arguments, names):
+    """`arguments` (valid for `parser`) without the options whose destination
+    is in `names`, in any spelling argparse takes (--name v, --name=v, a
+    unique prefix), together with their values."""
+    kept, tokens = [], iter(arguments)
+    for token in tokens:
+        action = _option_action(parser, token.split("=", 1)[0]) if token.startswith("--") else None
+        if action is None or action.dest not in names:
+            kept.append(token)
+        elif "=" not in token and action.nargs != 0:
+            next(tokens, None)  # its value
+    return kept
+
+
+def _option_action(parser, option):
+    """The action argparse gives `option`: its exact string or the one
+    option it abbreviates."""
+    actions = parser._option_string_actions
+    if option in actions:
+        return actions[option]
+    matches = {actions[string] for string in actions if string.startswith(option)}
+    return matches.pop() if len(matches) == 1 else None
+
+
 def _two_values(parser, name):
     """Two different values option --name accepts (two of its choices)."""
     for action in [action for each in [parser] + subcommand_parsers(parser) for action in each._actions]:

@@ -489,6 +489,13 @@ CASES = {
     "search: lambda's start with the fixed penalty": (search_imagenet, ["--save", "{out}", "--penalty", "fixed",
                                                                         "--penalty_weight", "0.1", "--tradeoff", "0.5"],
                                                       "has no lambda"),
+    # Before: the fixed penalty ran without lambda and latch, the settings ignored in silence.
+    "search: the latch's window with the fixed penalty": (search_imagenet, [
+        "--save", "{out}", "--penalty", "fixed", "--penalty_weight", "0.1", "--latch_epochs", "5"],
+        "--latch_epochs sets lambda's step or the latch, and --penalty fixed has neither"),
+    "search: lambda's step with the fixed penalty": (search_imagenet, [
+        "--save", "{out}", "--penalty", "fixed", "--penalty_weight", "0.1", "--tradeoff_learning_rate", "0.1"],
+        "--tradeoff_learning_rate sets lambda's step or the latch"),
     "search: eta floor with no decay": (search_imagenet, ["--save", "{out}", "--eta_floor", "2"],
                                         "--eta_decay is none"),
     "search: hold_lambda with the paper's latch": (search_imagenet, ["--save", "{out}", "--hold_lambda", "keep",

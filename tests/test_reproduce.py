@@ -20,6 +20,7 @@ import evaluate
 import latency_predictor
 import model_train
 import reproduce_tables
+import search_imagenet
 from tools import make_imagenet100
 from utils import UserError, run_cli
 
@@ -227,9 +228,28 @@ def test_plan_on_synthetic_data_pins_the_demo_schedule(tmp_path):
     assert [job.arguments[-4:] for job in lightnas[:2]] == [
         ["--target_latency", "20.0", "--resume", warmup_checkpoint],
         ["--target_latency", "22.0", "--resume", warmup_checkpoint]]
-    assert baseline[1].arguments[len(common):] == [
+    assert baseline[1].arguments[-8:] == [
         "--target_latency", "25.0", "--penalty", "fixed", "--penalty_weight", repr(4e-4 * 25.0),
         "--resume", warmup_checkpoint]
+
+
+def test_the_fixed_penalty_baseline_gets_no_latch_or_lambda_settings(tmp_path):
+    # The quick schedule's latch window and lambda step, and the user's own
+    # latch options in any spelling, reach the LightNAS searches only (the
+    # fixed penalty's search refuses settings it would ignore).
+    args = reproduce_tables.get_args_parser().parse_args(["--quick", "--out", str(tmp_path)])
+    args.search_arguments = ["--latch_tol=2%", "--hold_lambda", "keep", "--arch_learning_rate", "0.03"]
+    args.search_dataset, args.grid = None, list(reproduce_tables.QUICK.grid)
+    _, lightnas, baseline, _, common = reproduce_tables.plan_searches(args, reproduce_tables.QUICK, "/synthetic")
+    assert {"--latch_epochs", "--tradeoff_learning_rate", "--latch_tol=2%", "--hold_lambda"} <= set(common)
+    for job in baseline:
+        assert not {"--latch", "--latch_epochs", "--latch_tolerance", "--tradeoff_learning_rate", "--hold_lambda",
+                    "--latch_tol=2%", "keep"} & set(job.arguments)
+        settings = search_imagenet.get_args_parser().parse_args(job.arguments)
+        assert settings.arch_learning_rate == 0.03  # the user's other options stay
+        search_imagenet.resolve_schedule(settings)
+        search_imagenet.check_options_apply(settings)  # would raise for any of them
+    assert set(common) <= set(lightnas[0].arguments)
 
 
 def test_plan_on_a_real_dataset_keeps_the_paper_schedule_and_user_options(tmp_path):

@@ -500,6 +500,11 @@ def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(a
         code, lines = user_error(capsys, argv)
         assert code == 2 and len(lines) == 1 and message in lines[0], (options, lines)
     assert not (tmp_path / "run").exists()
+    # Before: without --dataset the run went on with the synthetic demo set and appended to its log.
+    log_before = (authors_run / "log.txt").read_text()
+    code, lines = user_error(capsys, ["--resume", checkpoint, "--workers", 0])
+    assert code == 2 and len(lines) == 1 and f"trained on --dataset {tiny_dataset}; resume with --dataset" in lines[0]
+    assert (authors_run / "log.txt").read_text() == log_before
 
 
 def test_a_run_resumed_into_another_folder_brings_its_best_weights(authors_run, tiny_dataset, tmp_path):
