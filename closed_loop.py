@@ -207,11 +207,11 @@ def main(args):
         check_target(args.lut, args.target_latency)
     out = os.path.abspath(args.out)  # named absolutely in its steps' logs and report
     created = not os.path.exists(out)
-    make_tool_folder(out, "--out")
+    make_tool_folder(out, "closed_loop.py")
     # Its steps are reused on a rerun, so only for the settings that made them.
     check_run_plan(out, {"target_latency": args.target_latency,
                          "lut": None if args.lut is None else os.path.abspath(args.lut),
-                         "build_options": build_options, "search_options": search_options})
+                         "build_options": build_options, "search_options": search_options}, "closed_loop.py")
     if args.lut is not None:
         table = os.path.abspath(args.lut)
     else:

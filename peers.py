@@ -139,7 +139,7 @@ def main(args):
         raise UserError("--rounds and --threads must be at least 1")
     for runtime in args.runtimes or []:
         latency_timing.make_protocol("cpu", 1, args.threads, latency_timing.DEFAULT_CLOCK, 0.0, 1, 0, runtime)
-    make_tool_folder(args.out, "--out")
+    make_tool_folder(args.out, "peers.py")
     results = compare(args.rounds, args.threads, runtimes=args.runtimes)
     print_table(results)
     machine = latency_timing.describe_device(torch.device("cpu"))["name"]

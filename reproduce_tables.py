@@ -711,6 +711,10 @@ def get_args_parser():
     return parser
 
 
+# What only the evaluation of released weights reads.
+EVALUATION_OPTIONS = ("device", "eval_batch_size", "workers")
+
+
 def validate(args, mode):
     if args.jobs is None:
         args.jobs = 1 if args.search_dataset else max(1, (os.cpu_count() or 1) // max(1, args.threads))
@@ -721,6 +725,13 @@ def validate(args, mode):
                         "not negative")
     if bool(args.dataset) != bool(args.weights_dir):
         raise UserError("--dataset and --weights_dir go together: evaluating needs both the images and the weights")
+    defaults = get_args_parser().parse_args([])
+    evaluation_options = [name for name in EVALUATION_OPTIONS if getattr(args, name) != getattr(defaults, name)]
+    if evaluation_options and not args.dataset:
+        raise UserError(f"--{evaluation_options[0]} applies to evaluating the released weights, which needs "
+                        f"--dataset and --weights_dir; add them or drop --{evaluation_options[0]}")
+    if args.eval_batch_size < 1 or args.workers < 0:
+        raise UserError("--eval_batch_size must be at least 1 and --workers not negative")
     for name in ("dataset", "weights_dir"):
         if getattr(args, name) and not os.path.isdir(getattr(args, name)):
             raise UserError(f"--{name} {getattr(args, name)} is not a folder")
@@ -787,10 +798,11 @@ def main(args):
     cpu_table = lp.table_predictor(args.cpu_table)
     mlp = authors_mlp(args.mlp)
     dataset = args.search_dataset or data.synthetic_dataset(**mode.dataset)
-    make_tool_folder(args.out)
+    make_tool_folder(args.out, "reproduce_tables.py")
     warmup, lightnas_jobs, baseline_jobs, settings, common = plan_searches(args, mode, dataset)
     check_run_plan(args.out, {"mode": mode.name, "search_arguments": common, "targets": args.targets, "grid": args.grid,
-                          "reference_target": args.reference_target, "retrain_epochs": args.retrain_epochs})
+                          "reference_target": args.reference_target, "retrain_epochs": args.retrain_epochs},
+                   "reproduce_tables.py")
 
     lightnets, cpu_reference, peer_results = table_1_and_peers(args, mode, jetson, cpu_table)
     kept = run_searches(args, warmup, lightnas_jobs, baseline_jobs)

@@ -1142,19 +1142,33 @@ def path_error_reason(error):
     return error.strerror or type(error).__name__
 
 
-def check_run_plan(out, plan):
+PLAN_NAME = "plan.json"
+
+
+def check_run_plan(out, plan, tool):
     """A rerun into `out` continues only the run it started: the settings
     that decide its steps (`plan`, a JSON-able dict) are kept in
-    out/plan.json, and a rerun with other settings is refused in one line,
-    naming them, instead of reusing steps made under the old ones."""
-    path = os.path.join(out, "plan.json")
+    out/plan.json with the `tool` that made them, and a rerun with other
+    settings is refused in one line, naming them, instead of reusing steps
+    made under the old ones."""
+    path = os.path.join(out, PLAN_NAME)
     if os.path.isfile(path):
         previous = read_json(path, "plan")
+        _refuse_another_tools_folder(out, previous, tool, "--out")
+        previous.pop("tool", None)
         if previous != plan:
             changed = sorted(key for key in set(plan) | set(previous) if previous.get(key) != plan.get(key))
             raise UserError(f"--out {out} holds a run with other settings ({', '.join(changed)}); "
                             "choose another --out, or delete it to start over")
-    write_json(path, plan)
+    write_json(path, {"tool": tool, **plan})
+
+
+def _refuse_another_tools_folder(out, plan, tool, option):
+    """A plan.json written by another tool: its steps and files are not this
+    tool's to continue or overwrite."""
+    owner = plan.get("tool") if isinstance(plan, dict) else None
+    if owner is not None and owner != tool:
+        raise UserError(f"{option} {out} holds a run of {owner}; choose another {option}")
 
 
 def make_output_folder(path, option="--out"):
@@ -1171,13 +1185,17 @@ def make_output_folder(path, option="--out"):
     _check_folder_takes_a_file(path, option)
 
 
-def make_tool_folder(path, option="--out"):
-    """make_output_folder for a tool's --out (peers, closed loop, the
-    benchmarks): a folder holding a search's or training's checkpoint is
-    refused, since the tool's files there would stop that run's resume."""
+def make_tool_folder(path, tool, option="--out"):
+    """make_output_folder for the --out of `tool` (peers, closed loop, the
+    benchmarks): a folder holding a search's or training's checkpoint, or
+    another tool's run (its plan.json), is refused, since this tool's files
+    there would stop that run's resume or mix with its own."""
     checkpoint = os.path.join(path, "checkpoint.pth.tar")
     if os.path.isfile(checkpoint):
         raise UserError(f"{option} {path} holds {describe_saved_run(checkpoint)}; choose another {option}")
+    plan = os.path.join(path, PLAN_NAME)
+    if os.path.isfile(plan):
+        _refuse_another_tools_folder(path, read_json(plan, "plan"), tool, option)
     make_output_folder(path, option)
 
 

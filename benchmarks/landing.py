@@ -250,7 +250,7 @@ def check_args(args):
 def main(args):
     check_args(args)
     warmups, searches = plan(args)
-    utils.make_tool_folder(args.out)
+    utils.make_tool_folder(args.out, "benchmarks/landing.py")
     log_folder = os.path.join(args.out, "logs")
 
     def report(job, seconds):

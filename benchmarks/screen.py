@@ -246,7 +246,7 @@ def main(args):
                                     "the search options after --")
     truth_paths, truth = resolve_truth(args)
     started = time.time()
-    utils.make_tool_folder(args.out)
+    utils.make_tool_folder(args.out, "benchmarks/screen.py")
     folders = args.folders if args.folders is not None else run_variant(args)
     for folder in folders:
         if not os.path.isfile(os.path.join(folder, "arch.json")):

@@ -543,9 +543,9 @@ def build_nets(args, searches, candidates):
 
 def main(args):
     check_args(args)
-    utils.make_tool_folder(args.out)
+    utils.make_tool_folder(args.out, "benchmarks/search_quality.py")
     # Kept searches and retrainings are reused only for the same variant.
-    utils.check_run_plan(args.out, {"search_arguments": args.search_arguments})
+    utils.check_run_plan(args.out, {"search_arguments": args.search_arguments}, "benchmarks/search_quality.py")
     retraining.stop_children_on_sigterm()
     started = time.time()
     searches = run_searches(args)

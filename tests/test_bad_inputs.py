@@ -176,6 +176,9 @@ def inputs(tmp_path_factory):
     files["weights_3_classes"] = root / "three-classes.pth.tar"
     torch.save({"state_dict": model_train.LightNet(model_train.LIGHTNETS[ARCH_24], num_classes=3).state_dict()},
                files["weights_3_classes"])
+    files["reproduce_run"] = root / "reproduce-run"  # what reproduce_tables.py leaves in its --out first
+    files["reproduce_run"].mkdir()
+    (files["reproduce_run"] / "plan.json").write_text(json.dumps({"tool": "reproduce_tables.py", "mode": "quick"}))
     return files
 
 
@@ -477,6 +480,18 @@ CASES = {
     "step cost: one image": (search_step_cost, ["--batch_size", "1"], "BatchNorm needs two images"),
     "search: --save is the tables' folder": (search_imagenet, ["--save", str(REPO_ROOT / "latency_lut"), "--dataset",
                                                                "{data}", "--num_classes", "3"], "holds files a search does not write"),
+    # Before: ignored in silence (only the evaluation of released weights reads them).
+    "reproduce: evaluation batch without evaluation": (reproduce_tables, ["--quick", "--out", "{out}",
+                                                                          "--eval_batch_size", "50"],
+                                                        "--eval_batch_size applies to evaluating the released weights"),
+    "reproduce: evaluation batch 0": (reproduce_tables, ["--quick", "--out", "{out}", "--dataset", "{data}",
+                                                         "--weights_dir", "{out}/..", "--eval_batch_size", "0"],
+                                      "--eval_batch_size must be at least 1"),
+    # Before: landing wrote its searches beside reproduce's, closed_loop named "other settings (build_options, ...)".
+    "landing: into another tool's run": (landing, ["--out", "{reproduce_run}", "--targets", "24", "--seeds", "1"],
+                                         "holds a run of reproduce_tables.py; choose another --out"),
+    "closed loop: into another tool's run": (closed_loop, ["--out", "{reproduce_run}", "--target_latency", "24"],
+                                             "holds a run of reproduce_tables.py; choose another --out"),
     "reproduce: search options it sets": (reproduce_tables, ["--quick", "--out", "{out}", "--", "--save", "x"],
                                           "--save is set by reproduce_tables.py"),
     # A fresh sweep's findings (2026-12-06). Before: argparse's 37-line usage text; options ignored in silence.

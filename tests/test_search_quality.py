@@ -115,7 +115,8 @@ def test_a_variants_search_options_reach_every_search_and_bind_its_folder(tmp_pa
         assert job.arguments.index("--freeze_epochs") > job.arguments.index("--target_latency")
 
     (tmp_path / "sq").mkdir()  # as a run of the plain demo leaves it
-    search_quality.utils.check_run_plan(str(tmp_path / "sq"), {"search_arguments": []})
+    search_quality.utils.check_run_plan(str(tmp_path / "sq"), {"search_arguments": []},
+                                        "benchmarks/search_quality.py")
     with pytest.raises(SystemExit) as stop:  # the folder holds the plain demo: another variant is refused
         search_quality.utils.run_cli(search_quality.main, parser,
                                      ["--out", str(tmp_path / "sq"), "--", "--freeze_epochs", "6"])
