@@ -44,10 +44,10 @@ from constraint import SearchState
 from model_search import (FORBIDDEN_LOGIT, SHORTCUT_LAYERS, SHORTCUT_POOLINGS, SuperNet, gumbel_softmax_hard,
                           one_hot_paths, path_top1, strided_skip_mask, warmup_paths)
 from utils import (
-    EXPLODED_LOSS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
+    MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
     LOG_NAME, RUN_DESCRIPTIONS, AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy,
     add_device_arguments, all_gather_objects, all_reduce_sum, any_process_diverged, check_number_rules,
-    check_regular_file, check_saved_epoch, check_seed, is_finite_number,
+    check_regular_file, check_saved_epoch, check_seed, is_finite_number, loss_exploded,
     checkpoint_kind, cleanup_distributed, describe_saved_run, fill_from_schedule, frozen, init_distributed, launch,
     load_checkpoint, name_a_few, new_figure, non_finite_entries, progress_bar, resolve_device_type, resumable_at,
     rng_states, run_cli, run_folder_lock, run_logger, save_checkpoint, save_checkpoint_again, save_figure,
@@ -482,6 +482,7 @@ class Searcher:
         self.context = context
         self.predictor = predictor
         self.dataset_fingerprint = dataset_fingerprint  # kept in checkpoints: a resume must use the same images
+        self.num_classes = num_classes
         self.model = build_supernet(num_classes, args).to(context.device)
         if context.distributed and context.device.type == "cuda":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -1160,9 +1161,9 @@ def describe_projection(result, predictor, target):
 def divergence(train_loss, val_loss, searcher):
     """(what stopped being finite or exploded, the options most likely at
     fault), or None while the losses, alpha and lambda are all sane."""
-    if not train_loss <= EXPLODED_LOSS:  # NaN too
+    if loss_exploded(train_loss, searcher.num_classes):  # NaN too
         return f"the weights' loss is {train_loss:g}", "--learning_rate, --grad_clip or --eta"
-    if val_loss is not None and not val_loss <= EXPLODED_LOSS:
+    if val_loss is not None and loss_exploded(val_loss, searcher.num_classes):
         return f"alpha's loss is {val_loss:g}", "--tau_decay, --eta or --arch_learning_rate"
     if not torch.isfinite(searcher.model.alpha).all():
         return "alpha holds a value that is not finite", "--arch_learning_rate"

@@ -849,7 +849,7 @@ def fit(args, context, root):
         train_loader.sampler.set_epoch(epoch)
         lr = training.optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(training, train_loader, epoch, context.is_main)
-        stop_if_diverged(epoch, stats.loss, training.model, args)
+        stop_if_diverged(epoch, stats.loss, num_classes, training.model, args)
         val = evaluate_model(training.model, val_loader, context, context.is_main)
         ema_val = evaluate_model(training.ema.model, val_loader, context, False) if training.ema else None
         rng_states = utils.all_gather_objects(utils.rng_states())
@@ -879,13 +879,14 @@ def carry_best_weights(args):
                 shutil.copyfileobj(weights, copy_file)
 
 
-def stop_if_diverged(epoch, loss, model, args):
-    """Stop before this epoch is checkpointed when its loss exploded or is
-    not finite, or a weight or BatchNorm statistic is not (a loss can stay
-    finite while a running variance overflows): the checkpoint named for a
-    restart is then always one that trains."""
+def stop_if_diverged(epoch, loss, num_classes, model, args):
+    """Stop before this epoch is checkpointed when its loss exploded
+    (utils.loss_exploded) or is not finite, or a weight or BatchNorm
+    statistic is not (a loss can stay finite while a running variance
+    overflows): the checkpoint named for a restart is then always one that
+    trains."""
     broken = utils.non_finite_entries(model.state_dict())
-    diverged = not loss <= utils.EXPLODED_LOSS or bool(broken)
+    diverged = utils.loss_exploded(loss, num_classes) or bool(broken)
     if not utils.any_process_diverged(diverged, next(model.parameters()).device):
         return
     what = f"loss {loss:g}" + (f", not finite: {utils.name_a_few(broken)}" if broken else "")

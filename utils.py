@@ -496,7 +496,20 @@ def run_logger(context, save_dir, name):
 MAX_SEED = 2**31 - 1
 
 
-EXPLODED_LOSS = 1e4  # cross-entropy starts near ln(classes); a loss this large means the weights blew up
+# Cross-entropy starts near ln(classes), a uniform guess; a mean loss many
+# times that (logits tens of units wrong on every image) means the weights
+# blew up, even while every number is still finite.
+EXPLODED_LOSS_FACTOR = 25
+
+
+def loss_exploded(loss, num_classes):
+    """Whether a mean cross-entropy is NaN or beyond what a run that learns
+    reaches: EXPLODED_LOSS_FACTOR times a uniform guess's."""
+    return not loss <= EXPLODED_LOSS_FACTOR * uniform_guess_loss(num_classes)
+
+
+def uniform_guess_loss(num_classes):
+    return math.log(max(num_classes, 2))
 
 
 def non_finite_entries(state_dict):

@@ -515,9 +515,14 @@ def test_lambda_follows_the_sign_of_the_miss_over_a_run(finished_search, tiny_da
 
 def test_a_search_stops_on_an_overflowed_batchnorm_statistic_though_its_losses_are_finite(tmp_path):
     searcher = SimpleNamespace(model=SuperNet(3, shortcuts=True), state=SearchState(tradeoff=0.0),
-                               context=utils.init_distributed("cpu"))
+                               context=utils.init_distributed("cpu"), num_classes=3)
     args = SimpleNamespace(save=str(tmp_path))
     search_imagenet.stop_if_diverged(2, 2.3, 2.3, searcher, args)  # all finite: goes on
+    # Before: a finite loss of 400 (25 uniform guesses' loss is 27.5 here) went on to write an architecture.
+    with pytest.raises(utils.UserError, match=re.escape("the search diverged in epoch 3: the weights' loss is 400")):
+        search_imagenet.stop_if_diverged(2, 400.0, 2.3, searcher, args)
+    with pytest.raises(utils.UserError, match=re.escape("alpha's loss is 400")):
+        search_imagenet.stop_if_diverged(2, 2.3, 400.0, searcher, args)
     searcher.model.first_conv[1].running_var[0] = float("inf")
     with pytest.raises(utils.UserError, match=re.escape("the search diverged in epoch 3: not finite: "
                                                         "first_conv.1.running_var; check --learning_rate")):

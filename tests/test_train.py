@@ -537,6 +537,8 @@ def test_a_search_folder_given_to_training_is_named_as_one(authors_run, tiny_dat
     (2.3, False, None),
     (float("nan"), False, "(loss nan)"),
     (2e4, False, "(loss 20000)"),  # exploded, though finite
+    (27.0, False, None),  # 25 uniform guesses' loss (ln 3 each): a bad run, still learning
+    (400.0, False, "(loss 400)"),  # before: trained on to the end and wrote its weights as a result
     (2.3, True, "(loss 2.3, not finite: first_conv.1.running_var)"),  # finite loss, overflowed statistics
 ])
 def test_training_stops_before_checkpointing_a_diverged_epoch(tmp_path, loss, overflow, message):
@@ -545,14 +547,14 @@ def test_training_stops_before_checkpointing_a_diverged_epoch(tmp_path, loss, ov
         model.first_conv[1].running_var[0] = float("inf")
     args = argparse.Namespace(save=str(tmp_path))
     if message is None:
-        train_imagenet.stop_if_diverged(4, loss, model, args)
+        train_imagenet.stop_if_diverged(4, loss, 3, model, args)
         return
     with pytest.raises(utils.UserError, match=re.escape(message)) as stop:
-        train_imagenet.stop_if_diverged(4, loss, model, args)
+        train_imagenet.stop_if_diverged(4, loss, 3, model, args)
     assert "no epoch finished" in str(stop.value)
     (tmp_path / train_imagenet.CHECKPOINT_FILE).write_bytes(b"epoch 4")
     with pytest.raises(utils.UserError, match=r"epoch 5 .*resume from .*checkpoint.pth.tar \(epoch 4\)"):
-        train_imagenet.stop_if_diverged(4, loss, model, args)
+        train_imagenet.stop_if_diverged(4, loss, 3, model, args)
 
 
 def test_a_second_training_into_a_busy_folder_is_refused(tiny_dataset, tmp_path, capsys):
