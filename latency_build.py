@@ -35,7 +35,7 @@ from latency_timing import (CLOCKS, CONDITIONS, DEFAULT_CLOCK, DEFAULT_CPU_THREA
                             make_protocol, measure, measure_arch_configs, noise_report, reference_level,
                             TIMING_NUMBER_RULES, session_statistics, time_in_fresh_processes, time_networks)
 from operations import LAYOUT, NUM_LAYERS, NUM_OPS, NUM_SEARCHABLE_LAYERS
-from utils import (UserError, check_number_rules, make_output_folder, new_figure, open_for_reading, resolve_device,
+from utils import (UserError, check_number_rules, new_figure, open_for_reading, output_folder, resolve_device,
                    run_cli, save_figure, write_csv)
 
 # Authors' measurement set-up (their README and release).
@@ -328,8 +328,14 @@ def run_validate(args):
           f"{protocol.runtime}, batch {protocol.batch_size}, {protocol.threads} thread(s), {protocol.clock} clock, "
           f"{protocol.repeats} rounds (1-min load average {load_average()})", flush=True)
     out_dir = args.out_dir or os.path.join("runs", "validate-" + os.path.splitext(os.path.basename(args.lut))[0])
-    make_output_folder(out_dir, "--out_dir")  # now, not after every network was timed
-    check_earlier_validation(out_dir, predictor)
+    with output_folder(out_dir, "--out_dir"):  # made now, not after every network was timed
+        check_earlier_validation(out_dir, predictor)
+        measure_and_report(predictor, metadata, protocol, out_dir, args)
+
+
+def measure_and_report(predictor, metadata, protocol, out_dir, args):
+    """Time --num_archs random networks end to end, compare them with the
+    table and write validate.csv and validate.png into `out_dir`."""
     indices = sample_architectures(args.num_archs, args.seed)
     level = table_reference_level(metadata) if protocol.reference else None
     sessions = time_networks([operations.indices_to_arch(row) for row in indices], protocol, metadata["num_classes"])

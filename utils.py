@@ -1198,6 +1198,21 @@ def make_output_folder(path, option="--out"):
     _check_folder_takes_a_file(path, option)
 
 
+@contextlib.contextmanager
+def output_folder(path, option="--out"):
+    """make_output_folder for the length of a command: a folder it created
+    and that is still empty when the command fails (a full disk at the
+    first write, Ctrl-C) is removed, so a failed run leaves nothing."""
+    created = not os.path.lexists(path)
+    make_output_folder(path, option)
+    try:
+        yield path
+    except BaseException:
+        if created and os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)
+        raise
+
+
 def make_tool_folder(path, tool, option="--out"):
     """make_output_folder for the --out of `tool` (peers, closed loop, the
     benchmarks): a folder holding a search's or training's checkpoint, or

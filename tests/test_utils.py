@@ -262,6 +262,27 @@ def test_a_run_keeps_its_files_once_it_has_a_checkpoint_or_when_it_crashed(tmp_p
     assert {entry.name for entry in folder.iterdir()} == expected
 
 
+def test_an_output_folder_made_for_a_failed_command_is_removed_only_if_empty(tmp_path):
+    # Before: `validate --out_dir` on a full disk timed every network, failed
+    # at its first write and left the empty folder it had made.
+    new = tmp_path / "new"
+    with pytest.raises(utils.UserError):
+        with utils.output_folder(str(new), "--out_dir"):
+            assert new.is_dir()
+            raise utils.UserError("no space left")
+    assert not new.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    written = tmp_path / "written"
+    for folder, write in ((kept, False), (written, True)):
+        with pytest.raises(KeyboardInterrupt):
+            with utils.output_folder(str(folder)):
+                if write:
+                    (folder / "validate.csv").write_text("arch\n")
+                raise KeyboardInterrupt
+        assert folder.is_dir()  # there before, or holding what the command wrote
+
+
 def test_a_name_too_long_for_the_file_system_is_named_as_such(tmp_path):
     # Before: the advice was to free some space.
     path = tmp_path / ("x" * 300 + ".json")
