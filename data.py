@@ -42,7 +42,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from utils import UserError, refuse_running_a_library
+from utils import UserError, refuse_link_loop, refuse_running_a_library
 
 # Per-channel statistics of the ImageNet training images, the normalisation the
 # paper and every ImageNet-trained mobile network use.
@@ -161,6 +161,7 @@ class ImageFolderOnce(datasets.ImageFolder):
 def check_image_folder(folder):
     """Raise UserError unless `folder` holds class sub-folders that each hold an image."""
     for path in (folder.parent, folder):
+        refuse_link_loop(path, "dataset folder")
         if path.exists() and not path.is_dir():
             raise UserError(f"{path} is a file, not a folder: {DATASET_HINT}")
     if not folder.is_dir():

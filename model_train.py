@@ -23,7 +23,7 @@ from torch import nn
 
 import operations
 from operations import FIXED_FIRST_OP, NUM_LAYERS, OP_NAMES, SE_FIRST_LAYER
-from utils import MAX_CLASSES, MAX_WIDTH_MULT, UserError, read_json, run_cli
+from utils import MAX_CLASSES, MAX_WIDTH_MULT, UserError, read_json, refuse_link_loop, run_cli
 
 DEFAULT_DROPOUT = 0.2  # the paper's retraining recipe
 IMAGENET_CLASSES = 1000
@@ -145,6 +145,7 @@ def resolve_arch_config(value):
     if os.path.exists(text):  # read_json refuses a folder, a device or a pipe in one line
         return validate_arch_config(_load_arch_json(text))
     if text.endswith(".json"):
+        refuse_link_loop(text, "--arch_config:")
         raise UserError(f"--arch_config: file {text} not found")
     raise UserError(f"--arch_config: {text!r} is neither a registered network ({', '.join(LIGHTNETS)}), "
                     f"a JSON file, nor a list like \"['MBK3E1', ...]\"")

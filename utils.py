@@ -1148,6 +1148,17 @@ def process_prefix(local_rank):
     return "" if local_rank == 0 else f"process {local_rank}: "
 
 
+def refuse_link_loop(path, what):
+    """A path whose links lead back to themselves looks missing to
+    os.path.exists; say what it is instead of "not found"."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UserError(f"{what} {path} is a loop of links (each leads to the other); point it at a real "
+                            "file or folder") from None
+
+
 def path_error_reason(error):
     """Why an OSError on a path happened, in the user's terms."""
     if isinstance(error, (FileExistsError, NotADirectoryError)):
@@ -1188,6 +1199,7 @@ def make_output_folder(path, option="--out"):
     """Create the folder a command writes into (fine if it exists) and make
     sure a file can be written there, before any long work starts; a path
     that cannot be one (a file, under a file, read-only, /proc) is a UserError."""
+    refuse_link_loop(path, option)
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{option} {path} is a file, not a folder; choose another {option}")
     try:

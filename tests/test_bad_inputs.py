@@ -176,6 +176,12 @@ def inputs(tmp_path_factory):
     files["weights_3_classes"] = root / "three-classes.pth.tar"
     torch.save({"state_dict": model_train.LightNet(model_train.LIGHTNETS[ARCH_24], num_classes=3).state_dict()},
                files["weights_3_classes"])
+    files["link_loop"] = root / "loop-a"  # two links that point at each other
+    files["link_loop"].symlink_to(root / "loop-b")
+    (root / "loop-b").symlink_to(files["link_loop"])
+    files["json_loop"] = root / "loop-a.json"
+    files["json_loop"].symlink_to(root / "loop-b.json")
+    (root / "loop-b.json").symlink_to(files["json_loop"])
     files["reproduce_run"] = root / "reproduce-run"  # what reproduce_tables.py leaves in its --out first
     files["reproduce_run"].mkdir()
     (files["reproduce_run"] / "plan.json").write_text(json.dumps({"tool": "reproduce_tables.py", "mode": "quick"}))
@@ -488,6 +494,18 @@ CASES = {
                                                          "--weights_dir", "{out}/..", "--eval_batch_size", "0"],
                                       "--eval_batch_size must be at least 1"),
     # Before: landing wrote its searches beside reproduce's, closed_loop named "other settings (build_options, ...)".
+    # Before: "not found", "a part of the path is a file" or "train is not a folder".
+    "train: arch_config a loop of links": (train_imagenet, ["--save", "{out}", "--arch_config", "{json_loop}"],
+                                           "is a loop of links"),
+    "search: dataset a loop of links": (search_imagenet, ["--save", "{out}", "--dataset", "{link_loop}"],
+                                        "loop-a is a loop of links"),
+    "search: save a loop of links": (search_imagenet, ["--save", "{link_loop}"], "loop-a is a loop of links"),
+    "validate: out_dir a loop of links": (latency_build, ["validate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                                  "cpu_amd_epyc_b1_t1.json"),
+                                                          "--out_dir", "{link_loop}"],
+                                          "loop-a is a loop of links"),
+    "imagenet100: a loop of links": (make_imagenet100, ["--imagenet", "{link_loop}", "--out", "{out}"],
+                                     "loop-a is a loop of links"),
     "landing: into another tool's run": (landing, ["--out", "{reproduce_run}", "--targets", "24", "--seeds", "1"],
                                          "holds a run of reproduce_tables.py; choose another --out"),
     "closed loop: into another tool's run": (closed_loop, ["--out", "{reproduce_run}", "--target_latency", "24"],

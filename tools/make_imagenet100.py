@@ -45,7 +45,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data import split_for_architecture  # noqa: E402
-from utils import UserError, run_cli  # noqa: E402
+from utils import UserError, refuse_link_loop, run_cli  # noqa: E402
 
 SPLITS = ("train", "val")
 NUM_CLASSES = 100
@@ -54,6 +54,7 @@ RULES = ("first", "spread")
 
 def class_folders(root, split):
     path = os.path.join(root, split)
+    refuse_link_loop(root, "--imagenet")
     if not os.path.isdir(path):
         raise UserError(f"--imagenet: {path} is not a folder; expected train/ and val/ with one folder per class "
                         "(see preprocess_val_dataset.sh for val/)")
