@@ -131,6 +131,47 @@ def test_empty_folder_is_refused_without_changes(scratch):
     assert tree(val) == {SCRIPT.name}
 
 
+def test_a_file_where_a_class_folder_goes_is_refused_without_changes(scratch, labels):
+    # Before: mkdir's own message, exit 1, and the other 999 class folders left behind empty.
+    val = scratch / "val"
+    make_val_folder(val, sorted(labels)[:3] + ["n01751748"])
+    before = tree(val)
+    result = run_script(val)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "taken by files" in result.stderr and "n01751748" in result.stderr
+    assert tree(val) == before
+
+
+def test_a_folder_named_like_an_image_is_not_moved_as_one(scratch, labels):
+    # Before: counted and moved as an image ("moved 2 images").
+    first, second = sorted(labels)[:2]
+    val = scratch / "val"
+    make_val_folder(val, [second])
+    (val / first).mkdir()
+    result = run_script(val)
+    assert "moved 1 images" in result.stdout
+    assert (val / first).is_dir() and (val / labels[second] / second).is_file()
+
+
+def test_an_unwritable_folder_is_refused_in_one_line(scratch, labels):
+    # Before: 1000 lines of mkdir's "Permission denied" (or "Read-only file system").
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    if as_nobody and not shutil.which("setpriv"):
+        pytest.skip("root ignores permission bits, and setpriv is missing to run as another user")
+    val = scratch / "val"
+    make_val_folder(val, sorted(labels)[:3])
+    before = tree(val)
+    val.chmod(0o555)
+    try:
+        result = subprocess.run([*as_nobody, "bash", SCRIPT.name], cwd=val, capture_output=True, text=True,
+                                timeout=120)
+    finally:
+        val.chmod(0o755)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "is not writable" in result.stderr
+    assert tree(val) == before
+
+
 def test_committed_script_is_up_to_date(tmp_path):
     fresh = tmp_path / SCRIPT.name
     subprocess.run([sys.executable, str(GENERATOR), "--labels", str(LABELS), "--out", str(fresh)],

@@ -3,6 +3,7 @@ that keeps finished searches, the design-cost count, weights lookup and
 evaluation, bad input; and tools/make_imagenet100.py."""
 
 import csv
+import errno
 import importlib.metadata
 import json
 import os
@@ -335,7 +336,7 @@ def test_imagenet100_links_the_classes_of_its_rule(tmp_path, rule, expected):
     assert not (tmp_path / "imagenet100.partial").exists()
 
 
-def test_imagenet100_refuses_bad_input(tmp_path):
+def test_imagenet100_refuses_bad_input(tmp_path, capsys):
     fake_imagenet(tmp_path / "small", 50)
     fake_imagenet(tmp_path / "full", 120)
     (tmp_path / "out").mkdir()
@@ -346,16 +347,48 @@ def test_imagenet100_refuses_bad_input(tmp_path):
         # Before: "spread rule" over 120 classes took the first 100, what --rule first takes.
         (["--imagenet", str(tmp_path / "full"), "--out", str(tmp_path / "c"), "--rule", "spread"],
          "would pick the first 100"),
+        # Before: --seed ignored in silence; a numpy traceback for -1 (and a .partial folder left behind).
+        (["--imagenet", str(tmp_path / "full"), "--out", str(tmp_path / "d"), "--seed", "5"],
+         "there is no --arch_split"),
+        (["--imagenet", str(tmp_path / "full"), "--out", str(tmp_path / "d"), "--arch_split", "0.2", "--seed", "-1"],
+         "--seed must be in [0, "),
+        # Before: the subset was built, then a traceback at the rename onto the link.
+        (["--imagenet", str(tmp_path / "full"), "--out", str(tmp_path / "dangling")], "already exists"),
     ]
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     for arguments, message in cases:
         with pytest.raises(SystemExit) as stop:
             run_cli(make_imagenet100.main, make_imagenet100.get_args_parser(), arguments)
-        assert stop.value.code == 2, message
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(lines) == 1 and message in lines[0], (message, lines)
+    assert not [path for path in tmp_path.iterdir() if path.name.endswith(".partial")]
     (tmp_path / "full" / "val" / "n00000003").rename(tmp_path / "full" / "val" / "n99999999")
     with pytest.raises(SystemExit):
         run_cli(make_imagenet100.main, make_imagenet100.get_args_parser(),
                 ["--imagenet", str(tmp_path / "full"), "--out", str(tmp_path / "c")])
     assert not (tmp_path / "c").exists() and not (tmp_path / "a").exists()
+
+
+def test_imagenet100_on_a_full_disk_is_one_line_and_leaves_no_partial_subset(tmp_path, monkeypatch, capsys):
+    # Before: an OSError traceback mid-build, and out.partial left behind.
+    fake_imagenet(tmp_path / "full", 100)
+    links = []
+
+    def symlink_until_the_disk_is_full(source, destination):
+        if len(links) == 50:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), destination)
+        links.append(destination)
+        os_symlink(source, destination)
+
+    os_symlink = os.symlink
+    monkeypatch.setattr(make_imagenet100.os, "symlink", symlink_until_the_disk_is_full)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(make_imagenet100.main, make_imagenet100.get_args_parser(),
+                ["--imagenet", str(tmp_path / "full"), "--out", str(tmp_path / "subset")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and lines == [f"error: --out {tmp_path / 'subset'}: cannot build the subset there "
+                                              "(No space left on device); free some space or choose a writable folder"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["full"]
 
 
 def test_imagenet100_arch_split_holds_out_the_images_the_search_split_picks(tmp_path):

@@ -45,9 +45,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data import split_for_architecture  # noqa: E402
-from utils import UserError, refuse_link_loop, run_cli  # noqa: E402
+from utils import UserError, check_seed, path_error_reason, refuse_link_loop, run_cli  # noqa: E402
 
 SPLITS = ("train", "val")
+DEFAULT_SEED = 10  # the search's default --seed
 NUM_CLASSES = 100
 RULES = ("first", "spread")
 
@@ -81,16 +82,23 @@ def build_subset(imagenet, out, classes, arch_split=None, seed=0):
     """Write the subset's symlinks and out/classes.txt, atomically."""
     partial = out.rstrip(os.sep) + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
-    if arch_split is None:
-        for split in SPLITS:
-            link_class_folders(os.path.join(imagenet, split), os.path.join(partial, split), classes)
-    else:
-        link_train_split(os.path.join(imagenet, "train"), partial, classes, arch_split, seed)
-        link_class_folders(os.path.join(imagenet, "val"), os.path.join(partial, "test"), classes)
-    with open(os.path.join(partial, "classes.txt"), "w") as file:
-        file.write("\n".join(classes) + "\n")
-    os.rename(partial, out)
+    try:
+        os.makedirs(partial)
+        if arch_split is None:
+            for split in SPLITS:
+                link_class_folders(os.path.join(imagenet, split), os.path.join(partial, split), classes)
+        else:
+            link_train_split(os.path.join(imagenet, "train"), partial, classes, arch_split, seed)
+            link_class_folders(os.path.join(imagenet, "val"), os.path.join(partial, "test"), classes)
+        with open(os.path.join(partial, "classes.txt"), "w") as file:
+            file.write("\n".join(classes) + "\n")
+        os.rename(partial, out)
+    except BaseException as error:  # a full or read-only disk, Ctrl-C: no half-built subset stays
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise UserError(f"--out {out}: cannot build the subset there ({path_error_reason(error)}); free some "
+                            "space or choose a writable folder") from None
+        raise
 
 
 def link_class_folders(source, destination, classes):
@@ -127,7 +135,7 @@ def get_args_parser():
     parser.add_argument("--arch_split", type=float, default=None, metavar="FRACTION",
                         help="beyond the paper: val/ = this fraction of each class's training images (for "
                              "alpha), train/ = the rest, test/ = ImageNet's val/ (see above)")
-    parser.add_argument("--seed", type=int, default=10,
+    parser.add_argument("--seed", type=int, default=None,
                         help="draws --arch_split's images (default: 10, the search's default --seed)")
     return parser
 
@@ -140,7 +148,11 @@ def main(args):
                         "prepare val/ with preprocess_val_dataset.sh first")
     if args.arch_split is not None and not 0 < args.arch_split < 1:
         raise UserError(f"--arch_split must be a fraction in (0, 1), e.g. 0.2; got {args.arch_split}")
-    if os.path.exists(args.out):
+    if args.seed is not None and args.arch_split is None:
+        raise UserError("--seed draws --arch_split's images, and there is no --arch_split; add it or drop --seed")
+    args.seed = DEFAULT_SEED if args.seed is None else args.seed
+    check_seed(args.seed)
+    if os.path.lexists(args.out):  # a link to nowhere too: the subset would be renamed onto it
         raise UserError(f"--out {args.out} already exists; remove it or choose another folder")
     classes = choose_classes(train_classes, args.rule)
     build_subset(args.imagenet, args.out, classes, args.arch_split, args.seed)
