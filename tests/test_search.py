@@ -252,8 +252,12 @@ def test_fixed_penalty_baseline_needs_no_lambda_and_cannot_switch_on_resume(fini
                                                                           capsys):
     save = str(tmp_path / "fixed")
     options = ["--dataset", tiny_dataset, "--num_classes", "3", "--arch_learning_rate", "0.5"] + TINY_SCHEDULE
+    # The fixed penalty has no lambda and no latch: their settings would be refused.
+    fixed_options = utils.drop_options(search_imagenet.get_args_parser(), options,
+                                       search_imagenet.LAGRANGE_ONLY_SETTINGS)
+    assert "--latch_epochs" not in fixed_options and "--tradeoff_learning_rate" not in fixed_options
     run_search(["--save", save, "--target_latency", "24", "--penalty", "fixed", "--penalty_weight", "50",
-                "--resume", os.path.join(finished_search, "warmup.pth.tar")] + options)
+                "--resume", os.path.join(finished_search, "warmup.pth.tar")] + fixed_options)
     rows = read_metrics(save)
     assert all(row["tradeoff"] == 0.0 and not row["latched"] for row in rows)
     with open(os.path.join(save, "arch.json")) as file:
@@ -268,7 +272,7 @@ def test_fixed_penalty_baseline_needs_no_lambda_and_cannot_switch_on_resume(fini
     assert result["predicted"] < warmup_row["cost"] - 1.0
     assert expected_cost[1] < expected_cost[0] - 2.0, expected_cost
     with pytest.raises(SystemExit):
-        run_search(["--save", save, "--target_latency", "24", "--resume", save] + options)
+        run_search(["--save", save, "--target_latency", "24", "--resume", save] + fixed_options)
     assert "fixed penalty); a search for another target, predictor or penalty from it needs a new --save" in (
         capsys.readouterr().err)
 
