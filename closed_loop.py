@@ -43,6 +43,7 @@ from utils import (UserError, atomic_write, check_run_plan, make_tool_folder, pa
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LOOP_ROUNDS = 100  # end-to-end rounds for the found network
 LOOP_PROCESSES = 5  # fresh processes the found network is timed in (each alone, as deployed)
+MAX_FRESH_PROCESSES = 1_000
 LOOP_WARMUP_S = latency_timing.DEFAULT_WARMUP_S
 LOOP_SEED = 3
 
@@ -189,10 +190,10 @@ def main(args):
     retraining.stop_children_on_sigterm()  # SIGTERM ends the loop and the step it runs (subprocess.run kills it)
     if not (args.target_latency > 0 and args.target_latency != float("inf")):
         raise UserError("--target_latency must be a positive number of ms")
-    if args.rounds < 1:
-        raise UserError("--rounds must be at least 1")
-    if args.fresh_processes < 0:
-        raise UserError("--fresh_processes must be 0 or more")
+    if not 1 <= args.rounds <= latency_timing.MAX_REPEATS:
+        raise UserError(f"--rounds must be in [1, {latency_timing.MAX_REPEATS:,}]")
+    if not 0 <= args.fresh_processes <= MAX_FRESH_PROCESSES:  # each a few seconds: 1,000 take over an hour
+        raise UserError(f"--fresh_processes must be in [0, {MAX_FRESH_PROCESSES:,}]")
     search_options = args.search_options[1:] if args.search_options[:1] == ["--"] else args.search_options
     build_options = split_build_options(args.build_options)
     # Checked with the steps' own parsers now, not when each step starts.

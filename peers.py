@@ -135,8 +135,10 @@ def get_args_parser():
 
 
 def main(args):
-    if args.rounds < 1 or args.threads < 1:
-        raise UserError("--rounds and --threads must be at least 1")
+    if not 1 <= args.rounds <= latency_timing.MAX_REPEATS:
+        raise UserError(f"--rounds must be in [1, {latency_timing.MAX_REPEATS:,}]")
+    if not 1 <= args.threads <= latency_timing.MAX_THREADS:
+        raise UserError(f"--threads must be in [1, {latency_timing.MAX_THREADS:,}]")
     for runtime in args.runtimes or []:
         latency_timing.make_protocol("cpu", 1, args.threads, latency_timing.DEFAULT_CLOCK, 0.0, 1, 0, runtime)
     make_tool_folder(args.out, "peers.py")

@@ -45,6 +45,7 @@ import dataclasses
 import datetime
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import re
@@ -720,9 +721,9 @@ def validate(args, mode):
         args.jobs = 1 if args.search_dataset else max(1, (os.cpu_count() or 1) // max(1, args.threads))
     if args.retrain_epochs is None:
         args.retrain_epochs = 0 if args.search_dataset else mode.retrain_epochs
-    if args.jobs < 1 or args.threads < 1 or args.tolerance <= 0 or args.retrain_epochs < 0:
-        raise UserError("--jobs and --threads must be at least 1, --tolerance positive and --retrain_epochs "
-                        "not negative")
+    if args.jobs < 1 or args.threads < 1 or not 0 < args.tolerance < 100 or args.retrain_epochs < 0:
+        raise UserError("--jobs and --threads must be at least 1, --tolerance a percentage in (0, 100) and "
+                        "--retrain_epochs not negative")
     if bool(args.dataset) != bool(args.weights_dir):
         raise UserError("--dataset and --weights_dir go together: evaluating needs both the images and the weights")
     defaults = get_args_parser().parse_args([])
@@ -736,8 +737,8 @@ def validate(args, mode):
         if getattr(args, name) and not os.path.isdir(getattr(args, name)):
             raise UserError(f"--{name} {getattr(args, name)} is not a folder")
     args.grid = list(args.grid or mode.grid)
-    if min(args.grid) <= 0:
-        raise UserError("--grid values must be positive")
+    if not all(0 < value < math.inf for value in args.grid):  # NaN too
+        raise UserError("--grid values must be positive finite numbers")
     if args.grid != sorted(set(args.grid)):
         raise UserError("--grid values must be ascending and distinct: the sweep runs in increasing w")
     parse_forwarded_arguments(search_imagenet.get_args_parser(), args.search_arguments, "the search options after --",

@@ -28,6 +28,7 @@ import latency_build
 import latency_predictor
 import latency_timing
 import model_train
+import peers
 import reproduce_tables
 import search_imagenet
 import train_imagenet
@@ -510,6 +511,23 @@ CASES = {
                                          "holds a run of reproduce_tables.py; choose another --out"),
     "closed loop: into another tool's run": (closed_loop, ["--out", "{reproduce_run}", "--target_latency", "24"],
                                              "holds a run of reproduce_tables.py; choose another --out"),
+    # A fourth sweep's findings (2026-12-06). Before: NaN passed the checks (the grid failed in the baseline's
+    # search after the timings, naming --penalty_weight; the tolerance rewrote the report as "within nan%").
+    "reproduce: grid nan": (reproduce_tables, ["--quick", "--out", "{out}", "--grid", "nan"],
+                            "--grid values must be positive finite numbers"),
+    "reproduce: tolerance nan": (reproduce_tables, ["--quick", "--out", "{out}", "--tolerance", "nan"],
+                                 "--tolerance a percentage in (0, 100)"),
+    "reproduce: tolerance inf": (reproduce_tables, ["--quick", "--out", "{out}", "--tolerance", "inf"],
+                                 "--tolerance a percentage in (0, 100)"),
+    # Before: a numpy memory traceback after the whole search / after the warm-up; 100,000 fresh processes (days).
+    "closed loop: rounds 10**11": (closed_loop, ["--out", "{out}", "--target_latency", "24", "--rounds",
+                                                 "99999999999"], "--rounds must be in [1, 1,000]"),
+    "closed loop: fresh processes 100000": (closed_loop, ["--out", "{out}", "--target_latency", "24",
+                                                          "--fresh_processes", "100000"],
+                                            "--fresh_processes must be in [0, 1,000]"),
+    "peers: rounds 10**11": (peers, ["--out", "{out}", "--rounds", "99999999999"], "--rounds must be in [1, 1,000]"),
+    # Before: "out of memory ... lower --batch_size", an option peers does not have.
+    "peers: threads 100000": (peers, ["--out", "{out}", "--threads", "100000"], "--threads must be in [1, 1,024]"),
     "reproduce: search options it sets": (reproduce_tables, ["--quick", "--out", "{out}", "--", "--save", "x"],
                                           "--save is set by reproduce_tables.py"),
     # A fresh sweep's findings (2026-12-06). Before: argparse's 37-line usage text; options ignored in silence.

@@ -291,7 +291,7 @@ def test_evaluate_released_uses_each_present_file(tmp_path, monkeypatch):
     (["--dataset", "/no/such/imagenet", "--weights_dir", "/no/such/weights"],
      "error: --dataset /no/such/imagenet is not"),
     (["--jobs", "0"], "error: --jobs and --threads must be at least 1"),
-    (["--retrain_epochs", "-1"], "error: --jobs and --threads must be at least 1, --tolerance positive and "
+    (["--retrain_epochs", "-1"], "error: --jobs and --threads must be at least 1, --tolerance a percentage in (0, 100) and "
                                  "--retrain_epochs not negative"),
     (["--grid", "0", "1e-3"], "error: --grid values must be positive"),
     (["--grid", "0.1", "0.01"], "error: --grid values must be ascending and distinct"),
