@@ -213,20 +213,12 @@ def main(args):
     check_run_plan(out, {"target_latency": args.target_latency,
                          "lut": None if args.lut is None else os.path.abspath(args.lut),
                          "build_options": build_options, "search_options": search_options}, "closed_loop.py")
-    if args.lut is not None:
-        table = os.path.abspath(args.lut)
-    else:
-        try:
-            table = build_table(out, build_options)
-        except UserError:
-            if created and set(os.listdir(out)) <= {"plan.json"}:
-                shutil.rmtree(out)  # a failed first step leaves nothing behind
-            raise
-        check_target(table, args.target_latency)
-    note = other_machine_note(table)
-    if note:
-        print(note, flush=True)  # now, not only after the search
-    found = search(table, args.target_latency, out, search_options)
+    try:
+        table, found, note = build_and_search(args, out, build_options, search_options)
+    except UserError:
+        if created and set(os.listdir(out)) <= {"plan.json"}:
+            shutil.rmtree(out)  # a failed first step (the build, or the search on --lut) leaves nothing behind
+        raise
     print(f"== timing the found network end to end ({args.rounds} rounds)", flush=True)
     now, scaled = measure_found(table, found["arch_config"], args.rounds)
     fresh = measure_found_in_fresh_processes(table, found["arch_config"], args.fresh_processes)
@@ -235,6 +227,21 @@ def main(args):
     with atomic_write(report_path) as file:
         file.write("\n".join(lines + [f"architecture: {found['arch_config']}", f"table: {table}"]) + "\n")
     print(f"wrote {report_path}")
+
+
+def build_and_search(args, out, build_options, search_options):
+    """The table (--lut, or built here), then the search on it; returns the
+    table's path, the search's result and the note on where the table was
+    measured."""
+    if args.lut is not None:
+        table = os.path.abspath(args.lut)
+    else:
+        table = build_table(out, build_options)
+        check_target(table, args.target_latency)
+    note = other_machine_note(table)
+    if note:
+        print(note, flush=True)  # now, not only after the search
+    return table, search(table, args.target_latency, out, search_options), note
 
 
 if __name__ == "__main__":
