@@ -251,6 +251,8 @@ def main(args):
     check_args(args)
     warmups, searches = plan(args)
     utils.make_tool_folder(args.out, "benchmarks/landing.py")
+    # Kept searches are reused only for the options that made them (targets and seeds may be added).
+    utils.check_run_plan(args.out, {"search_arguments": args.search_arguments}, "benchmarks/landing.py")
     log_folder = os.path.join(args.out, "logs")
 
     def report(job, seconds):

@@ -87,6 +87,10 @@ def run_variant(args):
     def report(job, seconds):
         print(f"  {job.name}: {'kept' if seconds is None else f'searched in {seconds:.0f} s'}", flush=True)
 
+    # A rerun keeps a seed's finished search only for the options that made it.
+    variant_folder = os.path.join(args.out, args.name)
+    os.makedirs(variant_folder, exist_ok=True)
+    utils.check_run_plan(variant_folder, {"target": args.target, "search_arguments": extra}, "benchmarks/screen.py")
     print(f"{args.name}: {len(jobs)} search(es) for {args.target:g} ms {' '.join(extra)}", flush=True)
     reproduce_tables.run_jobs(jobs, report, os.path.join(args.out, args.name, "logs"), args.jobs, threads=1)
     return [job.folder for job in jobs]
@@ -110,7 +114,10 @@ def hold_undone_share(rows):
 def search_health(folder):
     """What the search itself did: landing, alpha's accuracy and
     concentration at the end, the hold's undo share, its time."""
-    rows = read_json_lines(os.path.join(folder, "metrics.jsonl"))
+    rows = read_json_lines(os.path.join(folder, "metrics.jsonl")) if os.path.isfile(
+        os.path.join(folder, "metrics.jsonl")) else []
+    if not rows:
+        raise UserError(f"{folder} holds no metrics.jsonl rows: give the folder of a finished search")
     with open(os.path.join(folder, "arch.json")) as file:
         result = json.load(file)
     last = rows[-1]
@@ -244,6 +251,9 @@ def main(args):
     extra = [item for item in args.search_arguments if item != "--"]
     utils.parse_forwarded_arguments(search_imagenet.get_args_parser(), ["--target_latency", str(args.target)] + extra,
                                     "the search options after --")
+    bad_seeds = [seed for seed in args.search_seeds if not 0 <= seed <= utils.MAX_SEED]
+    if bad_seeds:
+        raise UserError(f"--search_seeds must be in [0, {utils.MAX_SEED}], got {bad_seeds[0]}")
     truth_paths, truth = resolve_truth(args)
     started = time.time()
     utils.make_tool_folder(args.out, "benchmarks/screen.py")

@@ -528,6 +528,9 @@ CASES = {
     "peers: rounds 10**11": (peers, ["--out", "{out}", "--rounds", "99999999999"], "--rounds must be in [1, 1,000]"),
     # Before: "out of memory ... lower --batch_size", an option peers does not have.
     "peers: threads 100000": (peers, ["--out", "{out}", "--threads", "100000"], "--threads must be in [1, 1,024]"),
+    # Before: the search started and failed naming --seed; a folder of logs was left.
+    "screen: a negative search seed": (screen, ["--name", "v", "--out", "{out}", "--search_seeds", "-5"],
+                                       "--search_seeds must be in [0, "),
     "reproduce: search options it sets": (reproduce_tables, ["--quick", "--out", "{out}", "--", "--save", "x"],
                                           "--save is set by reproduce_tables.py"),
     # A fresh sweep's findings (2026-12-06). Before: argparse's 37-line usage text; options ignored in silence.

@@ -15,11 +15,13 @@ import pytest
 
 import latency_predictor
 import operations
+import utils
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPT = BENCHMARKS / "search_quality.py"
 sys.path.insert(0, str(BENCHMARKS))  # the benchmarks import each other by name, as when run as scripts
 import ground_truth  # noqa: E402
+import landing  # noqa: E402
 import screen  # noqa: E402
 import search_quality  # noqa: E402
 
@@ -281,3 +283,26 @@ def test_the_whole_benchmark_runs_at_toy_size_and_reuses_finished_runs(tmp_path)
         expected_tau = search_quality.kendall_tau([nets[name]["supernet_top1"][seed] for name in ("random 1", "random 2")],
                                                   [sum(net["top1"]) / 2 for net in random_nets])
         assert search["tau"] == expected_tau or (math.isnan(search["tau"]) and math.isnan(expected_tau))
+
+
+def test_landing_and_screen_keep_searches_only_for_the_options_that_made_them(tmp_path, monkeypatch):
+    # Before: a rerun with other search options reported the old searches as "kept" (landing) or
+    # credited a variant with searches run under other options (screen).
+    started = []
+
+    def stopped_jobs(jobs, *rest, **options):
+        started.extend(jobs)
+        raise utils.UserError("stopped")
+
+    monkeypatch.setattr(landing.reproduce_tables, "run_jobs", stopped_jobs)
+    monkeypatch.setattr(screen.reproduce_tables, "run_jobs", stopped_jobs)
+    runs = [(landing, ["--out", str(tmp_path / "landing"), "--targets", "24", "--seeds", "1",
+                       "--search_arguments"]),
+            (screen, ["--out", str(tmp_path / "screens"), "--name", "v", "--search_seeds", "0", "--"])]
+    for module, arguments in runs:
+        parser = module.get_args_parser()
+        with pytest.raises(utils.UserError, match="stopped"):
+            module.main(parser.parse_args(arguments + ["--epochs", "3"]))
+        with pytest.raises(utils.UserError, match="holds a run with other settings"):
+            module.main(parser.parse_args(arguments + ["--epochs", "4"]))
+    assert len(started) == 2  # nothing started under the other options
