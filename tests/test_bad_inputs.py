@@ -531,6 +531,9 @@ CASES = {
     # Before: the search started and failed naming --seed; a folder of logs was left.
     "screen: a negative search seed": (screen, ["--name", "v", "--out", "{out}", "--search_seeds", "-5"],
                                        "--search_seeds must be in [0, "),
+    # Before: both targets' searches went to one folder and collided.
+    "landing: two targets one folder": (landing, ["--out", "{out}", "--targets", "24", "24.000001"],
+                                        "--targets and --seeds must each name different values"),
     "reproduce: search options it sets": (reproduce_tables, ["--quick", "--out", "{out}", "--", "--save", "x"],
                                           "--save is set by reproduce_tables.py"),
     # A fresh sweep's findings (2026-12-06). Before: argparse's 37-line usage text; options ignored in silence.
