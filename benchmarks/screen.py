@@ -111,6 +111,11 @@ def hold_undone_share(rows):
     return undone / latched if latched else None
 
 
+def check_finished_search(folder):
+    if not os.path.isfile(os.path.join(folder, "arch.json")):
+        raise UserError(f"{folder} holds no finished search (no arch.json)")
+
+
 def search_health(folder):
     """What the search itself did: landing, alpha's accuracy and
     concentration at the end, the hold's undo share, its time."""
@@ -256,11 +261,12 @@ def main(args):
         raise UserError(f"--search_seeds must be in [0, {utils.MAX_SEED}], got {bad_seeds[0]}")
     truth_paths, truth = resolve_truth(args)
     started = time.time()
+    for folder in args.folders or []:  # before --out is made: a wrong folder leaves nothing behind
+        check_finished_search(folder)
     utils.make_tool_folder(args.out, "benchmarks/screen.py")
     folders = args.folders if args.folders is not None else run_variant(args)
     for folder in folders:
-        if not os.path.isfile(os.path.join(folder, "arch.json")):
-            raise UserError(f"{folder} holds no finished search (no arch.json)")
+        check_finished_search(folder)
     print(f"scoring {len(truth['networks'])} ground-truth networks ({', '.join(truth_paths)}) with each supernet ...",
           flush=True)
     screens = [screen_search(folder, truth) for folder in folders]

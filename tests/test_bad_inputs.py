@@ -534,6 +534,9 @@ CASES = {
     # Before: both targets' searches went to one folder and collided.
     "landing: two targets one folder": (landing, ["--out", "{out}", "--targets", "24", "24.000001"],
                                         "--targets and --seeds must each name different values"),
+    # Before: refused, but after making --out (left behind empty).
+    "screen: folders without a finished search": (screen, ["--folders", "{empty_dir}", "--out", "{out}"],
+                                                  "holds no finished search"),
     "reproduce: search options it sets": (reproduce_tables, ["--quick", "--out", "{out}", "--", "--save", "x"],
                                           "--save is set by reproduce_tables.py"),
     # A fresh sweep's findings (2026-12-06). Before: argparse's 37-line usage text; options ignored in silence.
