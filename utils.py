@@ -119,6 +119,9 @@ def run_cli(main, parser, argv=None):
     except UserError as error:
         print(f"error: {user_error_message(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
+    except BrokenPipeError:  # output piped to a reader that stopped (`| head -1`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        sys.exit(1)
     except KeyboardInterrupt:
         stop_on_signal(signal.SIGINT)
     except Terminated:

@@ -153,11 +153,15 @@ def get_args_parser():
     return parser
 
 
+MAX_NETS = 1_000  # each is retrained; a thousand take days on a CPU
+
+
 def main(args):
     import search_quality  # noqa: E402  (the draw and the op mix are that benchmark's)
 
-    if args.nets < 2 or min(args.seeds, args.jobs) < 1:
-        raise UserError("--nets must be at least 2; --seeds and --jobs at least 1")
+    if not 2 <= args.nets <= MAX_NETS or min(args.seeds, args.jobs) < 1:
+        raise UserError(f"--nets must be in [2, {MAX_NETS}]; --seeds and --jobs at least 1")
+    utils.check_seed(args.sample_seed, "--sample_seed")
     search_quality.check_target_reachable(args.target)
     utils.check_output_file(args.out, "--out")
     retraining.stop_children_on_sigterm()

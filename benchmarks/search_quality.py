@@ -146,6 +146,8 @@ def get_args_parser():
 
 def check_args(args):
     args.search_arguments = [item for item in args.search_arguments if item != "--"]
+    utils.check_seed(args.sample_seed, "--sample_seed")
+    utils.check_seed(args.search_seed, "--search_seed")
     # A misspelt variant option fails here, in one line, not in every search's log.
     utils.parse_forwarded_arguments(search_imagenet.get_args_parser(),
                                     ["--target_latency", str(args.target)] + args.search_arguments,

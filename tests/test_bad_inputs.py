@@ -663,6 +663,14 @@ CASES = {
                                                               str(REPO_ROOT / "benchmarks" / "ground_truth" /
                                                                   "random_24ms_cpu.json"), "--seeds", "2"],
                                              "holds 3 for --seeds, not 2"),
+    # Before: --nets 10**8 drew networks until memory ran out; a negative seed was a numpy traceback.
+    "ground truth: --nets 10**8": (ground_truth, ["--out", "{out}", "--nets", str(10**8)], "--nets must be in"),
+    "ground truth: --sample_seed -1": (ground_truth, ["--out", "{out}", "--sample_seed", "-1"],
+                                       "--sample_seed must be in"),
+    "search quality: --search_seed -3": (search_quality, ["--out", "{out}", "--search_seed", "-3"],
+                                         "--search_seed must be in"),
+    "search quality: --sample_seed 2**40": (search_quality, ["--out", "{out}", "--sample_seed", str(2**40)],
+                                            "--sample_seed must be in"),
     "calibrate: --out exists": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
                                                                           "cpu_intel_xeon_b1_t1.json"),
                                                 "--measurements", "{same_csv}", "--out", "{text}"],

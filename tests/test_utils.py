@@ -642,3 +642,16 @@ def test_a_json_lines_file_cut_short_or_with_a_byte_order_mark(tmp_path):
     path.write_text(json.dumps({"epoch": 1}) + '\n{"epoch": 2, "val')
     with pytest.raises(UserError, match="line 2 is not JSON"):
         utils.read_json_lines(path)
+
+
+def test_output_piped_to_a_reader_that_stopped_ends_quietly():
+    # `script | head -1`: Python's BrokenPipeError was a traceback, and another one at the exit's flush.
+    printer = ("import argparse, utils\n"
+               "utils.run_cli(lambda args: [print('x' * 80) for _ in range(100_000)], argparse.ArgumentParser(), [])")
+    process = subprocess.Popen([sys.executable, "-c", printer], cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline().strip() == b"x" * 80
+    process.stdout.close()
+    error = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1
+    assert error == ""
