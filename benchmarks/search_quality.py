@@ -543,11 +543,16 @@ def build_nets(args, searches, candidates):
     return nets
 
 
+def run_plan(args):
+    """What decides the kept searches and retrainings: the variant's options
+    and the scale (a toy search is no full-size one)."""
+    return {"search_arguments": args.search_arguments, "scale": args.scale.name}
+
+
 def main(args):
     check_args(args)
     utils.make_tool_folder(args.out, "benchmarks/search_quality.py")
-    # Kept searches and retrainings are reused only for the same variant.
-    utils.check_run_plan(args.out, {"search_arguments": args.search_arguments}, "benchmarks/search_quality.py")
+    utils.check_run_plan(args.out, run_plan(args), "benchmarks/search_quality.py")
     retraining.stop_children_on_sigterm()
     started = time.time()
     searches = run_searches(args)

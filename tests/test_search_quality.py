@@ -116,15 +116,18 @@ def test_a_variants_search_options_reach_every_search_and_bind_its_folder(tmp_pa
         assert job.arguments[job.arguments.index("--freeze_epochs") + 1] == "6"
         assert job.arguments.index("--freeze_epochs") > job.arguments.index("--target_latency")
 
-    (tmp_path / "sq").mkdir()  # as a run of the plain demo leaves it
-    search_quality.utils.check_run_plan(str(tmp_path / "sq"), {"search_arguments": []},
+    (tmp_path / "sq").mkdir()  # as a run of the plain demo at toy size leaves it
+    toy = parser.parse_args(["--out", str(tmp_path / "sq"), "--toy"])
+    search_quality.check_args(toy)
+    search_quality.utils.check_run_plan(str(tmp_path / "sq"), search_quality.run_plan(toy),
                                         "benchmarks/search_quality.py")
-    with pytest.raises(SystemExit) as stop:  # the folder holds the plain demo: another variant is refused
-        search_quality.utils.run_cli(search_quality.main, parser,
-                                     ["--out", str(tmp_path / "sq"), "--", "--freeze_epochs", "6"])
-    assert stop.value.code == 2
-    assert "holds a run with other settings (search_arguments)" in capsys.readouterr().err
-    assert not (tmp_path / "sq" / "searches").exists()
+    # Another variant is refused; so is the full-size benchmark, which took the toy searches as its own.
+    for rerun, changed in ((["--toy", "--", "--freeze_epochs", "6"], "search_arguments"), ([], "scale")):
+        with pytest.raises(SystemExit) as stop:
+            search_quality.utils.run_cli(search_quality.main, parser, ["--out", str(tmp_path / "sq")] + rerun)
+        assert stop.value.code == 2
+        assert f"holds a run with other settings ({changed})" in capsys.readouterr().err
+        assert not (tmp_path / "sq" / "searches").exists()
 
     with pytest.raises(SystemExit) as stop:  # a bad option: one line before anything runs
         search_quality.utils.run_cli(search_quality.main, parser, ["--out", str(tmp_path / "bad"), "--", "--eta", "q"])
