@@ -671,6 +671,9 @@ CASES = {
                                          "--search_seed must be in"),
     "search quality: --sample_seed 2**40": (search_quality, ["--out", "{out}", "--sample_seed", str(2**40)],
                                             "--sample_seed must be in"),
+    # Before: a synthetic set of 65536 x 10000 images was being made, printing nothing (a hang).
+    "throughput: an epoch too large": (train_throughput, ["--batch_size", "65536", "--steps", "10000",
+                                                          "--data_root", "{out}"], "--batch_size x --steps"),
     "calibrate: --out exists": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
                                                                           "cpu_intel_xeon_b1_t1.json"),
                                                 "--measurements", "{same_csv}", "--out", "{text}"],
