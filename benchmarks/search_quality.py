@@ -99,10 +99,12 @@ class Scale:
 
 FULL = Scale("full", None, None, dict(retraining.RETRAIN_DATASET), {})
 # The pipeline at toy size for tests: reproduce_tables' CI-sized search cut
-# to 3 epochs (its numbers mean nothing; every step runs), one retraining
-# epoch over 8 images per class.
+# to 2 epochs, the warm-up and one alpha epoch of 5 steps each way (its
+# numbers mean nothing; every step runs), one retraining epoch over 8 images
+# per class.
 TOY = Scale("toy", dict(reproduce_tables.QUICK.dataset),
-            dict(reproduce_tables.QUICK.schedule, epochs=3, freeze_epochs=1, latch_epochs=1, arch_lr_step=1),
+            dict(reproduce_tables.QUICK.schedule, epochs=2, freeze_epochs=1, latch_epochs=1, arch_lr_step=1,
+                 batch_size_val=32),
             dict(train_per_class=8, val_per_class=8, image_size=32), dict(epochs=1, batch_size=16))
 
 
