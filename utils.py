@@ -458,11 +458,23 @@ def create_logger(save_dir=None, name="lightnas"):
     formatter = logging.Formatter("%(asctime)s %(message)s", "%m/%d %H:%M:%S")
     handlers = [logging.StreamHandler(sys.stdout)]
     if save_dir is not None:
-        handlers.append(logging.FileHandler(os.path.join(save_dir, LOG_NAME)))
+        handlers.append(log_file_handler(os.path.join(save_dir, LOG_NAME)))
     for handler in handlers:
         handler.setFormatter(formatter)
         logger.addHandler(handler)
     return logger
+
+
+def log_file_handler(path):
+    """A handler appending to the run's log; a log.txt that is a folder, a
+    pipe (opening it would wait for a reader) or unwritable is refused."""
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise UserError(f"the run's log {path} is not a regular file (a folder, a pipe or a broken link); remove it")
+    try:
+        return logging.FileHandler(path)
+    except OSError as error:
+        raise UserError(f"cannot append to the run's log {path} ({error.strerror or error}); make it writable "
+                        "or choose another --save") from None
 
 
 def stderr_is_terminal():
@@ -812,10 +824,16 @@ def read_json_lines(path, up_to_epoch=None):
         for number, line in enumerate(file, start=1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except ValueError:
-                    raise UserError(f"{path}: line {number} is not JSON (cut short, or edited?); repair or remove "
-                                    "that line") from None
+                    row = None
+                # A row this project wrote: one object, and in a run's metrics a whole-number epoch.
+                epoch = row.get("epoch") if isinstance(row, dict) else None
+                if not isinstance(row, dict) or (up_to_epoch is not None and (
+                        not isinstance(epoch, int) or isinstance(epoch, bool))):
+                    raise UserError(f"{path}: line {number} is not a row this project wrote (cut short, or "
+                                    "edited?); repair or remove that line")
+                rows.append(row)
     return rows if up_to_epoch is None else [row for row in rows if row["epoch"] <= up_to_epoch]
 
 
@@ -1180,7 +1198,7 @@ def check_run_plan(out, plan, tool):
     made under the old ones."""
     path = os.path.join(out, PLAN_NAME)
     if os.path.isfile(path):
-        previous = read_json(path, "plan")
+        previous = read_plan(path, "--out")
         _refuse_another_tools_folder(out, previous, tool, "--out")
         previous.pop("tool", None)
         if previous != plan:
@@ -1190,10 +1208,19 @@ def check_run_plan(out, plan, tool):
     write_json(path, {"tool": tool, **plan})
 
 
+def read_plan(path, option):
+    """A folder's plan.json, which this project writes as one JSON object."""
+    plan = read_json(path, "plan")
+    if not isinstance(plan, dict):
+        raise UserError(f"{option}: {path} is not a plan this project wrote (not a JSON object); choose another "
+                        f"{option}, or delete the file")
+    return plan
+
+
 def _refuse_another_tools_folder(out, plan, tool, option):
     """A plan.json written by another tool: its steps and files are not this
     tool's to continue or overwrite."""
-    owner = plan.get("tool") if isinstance(plan, dict) else None
+    owner = plan.get("tool")
     if owner is not None and owner != tool:
         raise UserError(f"{option} {out} holds a run of {owner}; choose another {option}")
 
@@ -1238,7 +1265,7 @@ def make_tool_folder(path, tool, option="--out"):
         raise UserError(f"{option} {path} holds {describe_saved_run(checkpoint)}; choose another {option}")
     plan = os.path.join(path, PLAN_NAME)
     if os.path.isfile(plan):
-        _refuse_another_tools_folder(path, read_json(plan, "plan"), tool, option)
+        _refuse_another_tools_folder(path, read_plan(plan, option), tool, option)
     make_output_folder(path, option)
 
 

@@ -164,6 +164,7 @@ def main(args):
     utils.check_seed(args.sample_seed, "--sample_seed")
     search_quality.check_target_reachable(args.target)
     utils.check_output_file(args.out, "--out")
+    utils.make_output_folder(args.work, "--work")
     retraining.stop_children_on_sigterm()
     candidates, draws = search_quality.random_architectures(args.nets, args.target, args.sample_seed)
     nets = [{"name": f"random {index + 1}", "kind": "random", "arch_config": arch_config, "predicted": cost}

@@ -256,6 +256,8 @@ def main(args):
     extra = [item for item in args.search_arguments if item != "--"]
     utils.parse_forwarded_arguments(search_imagenet.get_args_parser(), ["--target_latency", str(args.target)] + extra,
                                     "the search options after --")
+    if args.jobs < 1:
+        raise UserError("--jobs must be at least 1")
     bad_seeds = [seed for seed in args.search_seeds if not 0 <= seed <= utils.MAX_SEED]
     if bad_seeds:
         raise UserError(f"--search_seeds must be in [0, {utils.MAX_SEED}], got {bad_seeds[0]}")

@@ -34,6 +34,9 @@ def sgd(parameters):
     return torch.optim.SGD(parameters, lr=0.01, momentum=0.9, weight_decay=3e-5)
 
 
+STEP_KINDS = ("standalone", "standalone_x7", "supernet", "warmup", "alpha")
+
+
 def make_steps(batch_size, image_size, kinds, seed=0):
     """Step functions for `kinds` sharing one batch and one sampled path;
     only the networks those kinds need are built (so a process measuring
@@ -110,6 +113,8 @@ def peak_memory_mib(step_name, args):
 
 
 def measure_memory_in_this_process(step_name, args):
+    if step_name not in STEP_KINDS:  # an internal option, but a user may still type it
+        raise utils.UserError(f"--measure_memory must be one of {', '.join(STEP_KINDS)}, got {step_name!r}")
     step = make_steps(args.batch_size, args.image_size, [step_name])[step_name]
     for _ in range(3):
         step()

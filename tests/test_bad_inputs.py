@@ -186,6 +186,9 @@ def inputs(tmp_path_factory):
     files["reproduce_run"] = root / "reproduce-run"  # what reproduce_tables.py leaves in its --out first
     files["reproduce_run"].mkdir()
     (files["reproduce_run"] / "plan.json").write_text(json.dumps({"tool": "reproduce_tables.py", "mode": "quick"}))
+    files["list_plan_run"] = root / "list-plan-run"  # a plan.json that is JSON but not an object
+    files["list_plan_run"].mkdir()
+    (files["list_plan_run"] / "plan.json").write_text("[1]\n")
     return files
 
 
@@ -674,6 +677,19 @@ CASES = {
     # Before: a synthetic set of 65536 x 10000 images was being made, printing nothing (a hang).
     "throughput: an epoch too large": (train_throughput, ["--batch_size", "65536", "--steps", "10000",
                                                           "--data_root", "{out}"], "--batch_size x --steps"),
+    # Sweep 5. Before: a plan.json holding a list or a string was a TypeError / AttributeError traceback;
+    # --jobs 0 a ValueError from the thread pool; --work a file a NotADirectoryError after the draw; the
+    # internal --measure_memory given a path a KeyError.
+    "closed loop: plan.json a list": (closed_loop, ["--out", "{list_plan_run}", "--target_latency", "24"],
+                                      "is not a plan this project wrote"),
+    "reproduce: plan.json a list": (reproduce_tables, ["--quick", "--out", "{list_plan_run}"],
+                                    "is not a plan this project wrote"),
+    "screen: --jobs 0": (screen, ["--name", "v", "--jobs", "0", "--out", "{out}"], "--jobs must be at least 1"),
+    "ground truth: --work a file": (ground_truth, ["--nets", "2", "--work", "{text}", "--out", "{out}.json"],
+                                    "--work"),
+    "step cost: --measure_memory a path": (search_step_cost, ["--measure_memory", "{out}", "--steps", "1",
+                                                              "--image_size", "32", "--batch_size", "2"],
+                                           "--measure_memory must be one of"),
     "calibrate: --out exists": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
                                                                           "cpu_intel_xeon_b1_t1.json"),
                                                 "--measurements", "{same_csv}", "--out", "{text}"],

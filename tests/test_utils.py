@@ -640,7 +640,7 @@ def test_a_json_lines_file_cut_short_or_with_a_byte_order_mark(tmp_path):
     path.write_text("\ufeff" + json.dumps({"epoch": 1}) + "\n" + json.dumps({"epoch": 2}) + "\n")
     assert utils.read_json_lines(path) == [{"epoch": 1}, {"epoch": 2}]
     path.write_text(json.dumps({"epoch": 1}) + '\n{"epoch": 2, "val')
-    with pytest.raises(UserError, match="line 2 is not JSON"):
+    with pytest.raises(UserError, match="line 2 is not a row this project wrote"):
         utils.read_json_lines(path)
 
 
@@ -655,3 +655,21 @@ def test_output_piped_to_a_reader_that_stopped_ends_quietly():
     error = process.stderr.read().decode()
     assert process.wait(timeout=60) == 1
     assert error == ""
+
+
+@pytest.mark.parametrize("row", ["[1]", "{}", '{"epoch": "1"}', '{"epoch": true}', '"text"'])
+def test_a_metrics_row_this_project_did_not_write_is_refused_on_resume(tmp_path, row):
+    # Sweep 5. Before: a resumed run read these as rows and failed with KeyError / TypeError tracebacks.
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "loss": 1.0}\n' + row + "\n")
+    with pytest.raises(UserError, match="line 2 is not a row this project wrote"):
+        utils.MetricsFile(path, resume_epoch=1)
+
+
+@pytest.mark.parametrize("kind", ["folder", "pipe"])
+def test_a_log_that_is_not_a_regular_file_is_refused(tmp_path, kind):
+    # Sweep 5. Before: a folder named log.txt was an IsADirectoryError traceback; a pipe would wait for a reader.
+    log = tmp_path / utils.LOG_NAME
+    log.mkdir() if kind == "folder" else os.mkfifo(log)
+    with pytest.raises(UserError, match="is not a regular file"):
+        utils.create_logger(str(tmp_path))
