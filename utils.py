@@ -120,7 +120,7 @@ def run_cli(main, parser, argv=None):
         print(f"error: {user_error_message(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
     except BrokenPipeError:  # output piped to a reader that stopped (`| head -1`): nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        discard_stdout()  # the exit's flush must not fail again
         sys.exit(1)
     except KeyboardInterrupt:
         stop_on_signal(signal.SIGINT)
@@ -456,7 +456,7 @@ def create_logger(save_dir=None, name="lightnas"):
     logger.propagate = False
     logger.disabled = False
     formatter = logging.Formatter("%(asctime)s %(message)s", "%m/%d %H:%M:%S")
-    handlers = [logging.StreamHandler(sys.stdout)]
+    handlers = [StdoutHandler(sys.stdout)]
     if save_dir is not None:
         handlers.append(log_file_handler(os.path.join(save_dir, LOG_NAME)))
     for handler in handlers:
@@ -465,13 +465,30 @@ def create_logger(save_dir=None, name="lightnas"):
     return logger
 
 
+class StdoutHandler(logging.StreamHandler):
+    """The log's lines on stdout. Once stdout's reader has gone (`| head -1`)
+    the run goes on quietly, its log.txt still complete, instead of printing
+    a logging traceback per line; stdout then leads to /dev/null, so that
+    later prints and the exit's flush do not fail either."""
+
+    def handleError(self, record):
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            discard_stdout()
+            return
+        super().handleError(record)
+
+
+def discard_stdout():
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def log_file_handler(path):
     """A handler appending to the run's log; a log.txt that is a folder, a
     pipe (opening it would wait for a reader) or unwritable is refused."""
     if os.path.lexists(path) and not os.path.isfile(path):
         raise UserError(f"the run's log {path} is not a regular file (a folder, a pipe or a broken link); remove it")
     try:
-        return logging.FileHandler(path)
+        return logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")  # a path of any bytes
     except OSError as error:
         raise UserError(f"cannot append to the run's log {path} ({error.strerror or error}); make it writable "
                         "or choose another --save") from None
