@@ -34,6 +34,7 @@ import os
 import shutil
 import stat
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,12 @@ def check_image_folder(folder):
                         "at their class folders again (was the dataset they link to moved?) or remove them")
     if not class_folders:
         raise UserError(f"dataset folder {folder} has no class sub-folders: {DATASET_HINT}")
+    # ImageFolder takes every sub-folder as a class, hidden ones too: a notebook's .ipynb_checkpoints in
+    # train/ and val/ would become class 0 and shift every label (or push a real class out of --num_classes).
+    hidden = [entry.name for entry in class_folders if entry.name.startswith(".")]
+    if hidden:
+        raise UserError(f"dataset folder {folder} holds hidden folders ImageFolder would take as classes: "
+                        f"{name_class_folders(hidden)}; move them out of the dataset")
     for class_folder in class_folders:
         if not holds_an_image(class_folder):
             raise UserError(f"class folder {class_folder} holds no image file "
@@ -219,7 +226,10 @@ def load_rgb_image(path):
         if not stat.S_ISREG(os.stat(path).st_mode):  # opening a pipe would wait for a writer forever
             raise UserError(f"cannot read image {path}: it is not a regular file (a pipe, device or socket); "
                             "remove it from the dataset")
-        with open(path, "rb") as file:
+        with open(path, "rb") as file, warnings.catch_warnings():
+            # Between Pillow's pixel limit and twice it an image loads with a two-line warning; above, the
+            # error below names it. Neither ImageNet nor a resized set comes near.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return to_rgb(Image.open(file), path)
     except Image.DecompressionBombError as error:
         raise UserError(f"cannot read image {path}: {error.args[0] if error.args else error} (Pillow refuses images "
@@ -242,6 +252,8 @@ def to_rgb(image, path):
         kind = "32-bit integers" if image.mode == "I" else "floats"
         raise UserError(f"cannot read image {path}: its pixels are {kind} with no fixed range; save it with 8 or 16 "
                         "bits per channel")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # the same colours; converting to RGB directly warns about the transparency
     return image.convert("RGB")
 
 

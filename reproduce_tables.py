@@ -65,8 +65,8 @@ import operations
 import peers
 import retraining
 import search_imagenet
-from utils import (UserError, check_run_plan, drop_options, make_tool_folder, new_figure, parse_forwarded_arguments,
-                   read_json, read_json_lines, run_cli, save_figure, write_csv, write_json)
+from utils import (UserError, check_regular_file, check_run_plan, drop_options, make_tool_folder, new_figure,
+                   parse_forwarded_arguments, read_json, read_json_lines, run_cli, save_figure, write_csv, write_json)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 SEARCH_SCRIPT = os.path.join(REPO_ROOT, "search_imagenet.py")
@@ -470,7 +470,8 @@ def authors_mlp(path):
     so); a --mlp given by the user must exist."""
     if os.path.isfile(path):
         return lp.load_predictor(path)
-    if os.path.abspath(path) != os.path.abspath(lp.AUTHORS_MLP):
+    if os.path.abspath(path) != os.path.abspath(lp.AUTHORS_MLP) or os.path.lexists(path):
+        check_regular_file(path, "--mlp")  # names what is there instead (a folder, a socket, a broken link)
         raise UserError(f"--mlp {path} not found; give the authors' lightnas_jetson_latency_mlp.pth.tar")
     print(f"note: the authors' MLP is not at {path}: the column \"authors' MLP (ms)\" says {NO_MLP}", flush=True)
     return None

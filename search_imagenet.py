@@ -1213,11 +1213,16 @@ def check_save_folder(args):
             raise UserError(f"--save {args.save} holds {held}, not a search: choose another --save")
         raise UserError(f"--save {args.save} already holds a search; continue it with --resume {existing} "
                         "or choose another --save")
-    foreign = sorted(name for name in (os.listdir(args.save) if os.path.isdir(args.save) else [])
-                     if name not in OUTPUT_NAMES and not name.startswith("."))
+    names = os.listdir(args.save) if os.path.isdir(args.save) else []
+    foreign = sorted(name for name in names if name not in OUTPUT_NAMES and not name.startswith("."))
     if foreign:
         raise UserError(f"--save {args.save} holds files a search does not write ({name_a_few(foreign)}); "
                         "choose a new or empty folder")
+    # An earlier search's results whose checkpoint is gone: a new search would replace them in silence.
+    results = sorted({ARCH_NAME, METRICS_NAME} & set(names))
+    if results and not resuming_here:
+        raise UserError(f"--save {args.save} holds an earlier search's {' and '.join(results)}; choose another "
+                        "--save, or move them away to search there again")
 
 
 def check_options_apply(args):
@@ -1258,6 +1263,9 @@ def main(args):
         build_datasets(args)  # a wrong --dataset fails now, before --save is touched (a scan of the folders)
     if (args.resume is not None and os.path.isdir(args.resume)
             and not os.path.isfile(resolve_resume_path(args.resume))):
+        if not any(os.path.isfile(os.path.join(args.resume, name)) for name in (ARGS_NAME, LOG_NAME)):
+            raise UserError(f"--resume: {args.resume} is a folder no search ran in (no {CHECKPOINT_NAME}); give a "
+                            "search's folder or checkpoint")
         raise UserError(f"--resume: {args.resume} holds no {CHECKPOINT_NAME} yet (the search stopped before its "
                         "first epoch ended); start it again without --resume")
     if args.resume is not None:

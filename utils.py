@@ -52,10 +52,11 @@ def user_error_message(error):
     arrives re-wrapped, its message holding the worker's traceback; its
     original message is that traceback's last line."""
     message = str(error).strip()
-    if "\n" in message:
+    if "Traceback (most recent call last)" in message:
         last_line = message.splitlines()[-1]
         message = last_line.split(f"{UserError.__name__}: ", 1)[-1]
-    return message
+    # A path the user gave may hold a line break; the message stays one line.
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def check_thread_setting(environment=None):
@@ -1300,6 +1301,8 @@ def check_output_file(path, option):
     folder, device or pipe (a file already there is fine: it is replaced)."""
     refuse_non_file_output(path, f"{option} {path} is")
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{option}: {folder} is a file, not a folder; choose another path")
     if not os.path.isdir(folder):
         raise UserError(f"{option}: folder {folder} does not exist; create it or choose another path")
     _check_folder_takes_a_file(folder, option)

@@ -261,6 +261,7 @@ def main(args):
     bad_seeds = [seed for seed in args.search_seeds if not 0 <= seed <= utils.MAX_SEED]
     if bad_seeds:
         raise UserError(f"--search_seeds must be in [0, {utils.MAX_SEED}], got {bad_seeds[0]}")
+    search_quality.check_target_reachable(args.target)  # before asking for a ground truth of it
     truth_paths, truth = resolve_truth(args)
     started = time.time()
     for folder in args.folders or []:  # before --out is made: a wrong folder leaves nothing behind

@@ -186,6 +186,12 @@ def inputs(tmp_path_factory):
     files["reproduce_run"] = root / "reproduce-run"  # what reproduce_tables.py leaves in its --out first
     files["reproduce_run"].mkdir()
     (files["reproduce_run"] / "plan.json").write_text(json.dumps({"tool": "reproduce_tables.py", "mode": "quick"}))
+    for name, results in (("earlier_training", ("best.pth.tar", "metrics.jsonl")),  # their checkpoints deleted
+                          ("earlier_search", ("arch.json", "metrics.jsonl"))):
+        files[name] = root / name
+        files[name].mkdir()
+        for result in results:
+            (files[name] / result).write_text("kept\n")
     files["list_plan_run"] = root / "list-plan-run"  # a plan.json that is JSON but not an object
     files["list_plan_run"].mkdir()
     (files["list_plan_run"] / "plan.json").write_text("[1]\n")
@@ -690,6 +696,23 @@ CASES = {
     "step cost: --measure_memory a path": (search_step_cost, ["--measure_memory", "{out}", "--steps", "1",
                                                               "--image_size", "32", "--batch_size", "2"],
                                            "--measure_memory must be one of"),
+    # Sweep 5. Before: the training wrote among the shipped tables (exit 0, the checkout changed), and a new
+    # training or search replaced an earlier one's results whose checkpoint was gone, without a word.
+    "train: --save the tables' folder": (train_imagenet, ["--save", str(REPO_ROOT / "latency_lut"), "--arch_config",
+                                                          ARCH_24], "holds files a training does not write"),
+    "train: --save an earlier training": (train_imagenet, ["--save", "{earlier_training}", "--arch_config", ARCH_24],
+                                          "holds an earlier training's best.pth.tar, metrics.jsonl"),
+    "search: --save an earlier search": (search_imagenet, ["--save", "{earlier_search}", "--target_latency", "20"],
+                                         "holds an earlier search's arch.json and metrics.jsonl"),
+    # Before: "folder .../file.txt does not exist; create it" for a folder that is a file.
+    "ground truth: --out under a file": (ground_truth, ["--nets", "2", "--out", "{text}/gt.json"],
+                                         "is a file, not a folder"),
+    # Before: "--mlp ... not found" for a pipe that is there; screen --target 0 advised building a ground
+    # truth for 0 ms.
+    "reproduce: --mlp a pipe": (reproduce_tables, ["--quick", "--mlp", "{fifo}", "--out", "{out}"],
+                                "is not a regular file"),
+    "screen: --target 0": (screen, ["--name", "v", "--target", "0", "--out", "{out}"],
+                           "--target must be a positive number of ms"),
     "calibrate: --out exists": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
                                                                           "cpu_intel_xeon_b1_t1.json"),
                                                 "--measurements", "{same_csv}", "--out", "{text}"],

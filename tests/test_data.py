@@ -310,6 +310,35 @@ def test_train_and_val_with_different_classes_name_the_folders_hidden_ones_marke
     data.check_same_classes("/data", many, list(many))  # the same classes: no error
 
 
+def test_a_hidden_folder_in_both_splits_is_refused_not_taken_as_class_0(tmp_path):
+    # Sweep 5. Before: .ipynb_checkpoints in train/ and val/ passed the same-classes check, became class 0 and
+    # pushed a real class out of --num_classes, without a word.
+    for split in ("train", "val"):
+        for name in (".ipynb_checkpoints", "n01", "n02"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / name / "a.png")
+    with pytest.raises(UserError, match=re.escape("holds hidden folders ImageFolder would take as classes: "
+                                                  ".ipynb_checkpoints (hidden); move them out")):
+        data.image_folder(tmp_path, "train", None)
+
+
+def test_a_palette_image_with_transparency_loads_in_its_colours_without_a_warning(tmp_path, recwarn):
+    # Sweep 5. Before: Pillow's two-line "Palette images with Transparency ..." warning for every such image.
+    image = Image.new("P", (4, 4), 1)
+    image.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    image.save(tmp_path / "p.png", transparency=b"\x00\x00\x00")  # alpha per palette entry, as bytes
+    assert data.load_rgb_image(tmp_path / "p.png").getpixel((0, 0)) == (200, 100, 50)
+    assert not [warning for warning in recwarn if "Transparency" in str(warning.message)]
+
+
+def test_an_image_just_over_pillows_pixel_limit_loads_without_a_warning(tmp_path, monkeypatch, recwarn):
+    # Sweep 5. Before: a DecompressionBombWarning of two lines; twice the limit stays a one-line refusal.
+    Image.new("RGB", (20, 10)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 150)
+    assert data.load_rgb_image(tmp_path / "big.png").size == (20, 10)
+    assert not [warning for warning in recwarn if issubclass(warning.category, Image.DecompressionBombWarning)]
+
+
 # --- transforms --------------------------------------------------------------
 
 @pytest.mark.parametrize("image_size", [32, 224])

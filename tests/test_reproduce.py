@@ -391,6 +391,19 @@ def test_imagenet100_on_a_full_disk_is_one_line_and_leaves_no_partial_subset(tmp
     assert sorted(path.name for path in tmp_path.iterdir()) == ["full"]
 
 
+def test_imagenet100_with_an_out_name_too_long_is_told_to_shorten_it(tmp_path, capsys):
+    # Sweep 5. Before: "File name too long; free some space or choose a writable folder".
+    fake_imagenet(tmp_path / "full", 100)
+    out = tmp_path / ("a" * 300)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(make_imagenet100.main, make_imagenet100.get_args_parser(),
+                ["--imagenet", str(tmp_path / "full"), "--out", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and lines == [f"error: --out {out}: cannot build the subset there (File name too "
+                                              "long); choose a shorter --out"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["full"]
+
+
 def test_imagenet100_arch_split_holds_out_the_images_the_search_split_picks(tmp_path):
     """--arch_split: val/ is exactly the part of train/ that
     --arch_split_from_train gives alpha for the same seed, train/ the rest,

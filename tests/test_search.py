@@ -115,6 +115,8 @@ def test_warmup_checkpoint_starts_a_search_for_another_target(finished_search, t
     ("resume missing", ["--resume", "nowhere/checkpoint.pth.tar"], "--resume: nowhere/checkpoint.pth.tar not found"),
     ("resume before any checkpoint", ["--resume", "{empty}"], "holds no checkpoint.pth.tar yet (the search stopped "
                                                                "before its first epoch ended); start it again"),
+    # Sweep 5. Before: a folder no search ran in (a dataset's) was said to hold a search stopped early.
+    ("resume a folder without a search", ["--resume", "{no_search}"], "is a folder no search ran in"),
     ("divisible", ["--gpus", "2", "--device", "cpu", "--batch_size_train", "5"], "must be divisible by --gpus 2"),
     ("freeze", ["--freeze_epochs", "3"], "--freeze_epochs must be in [0, --epochs)"),
     ("fixed without w", ["--penalty", "fixed"], "--penalty fixed needs a non-negative --penalty_weight"),
@@ -133,8 +135,11 @@ def test_warmup_checkpoint_starts_a_search_for_another_target(finished_search, t
 ])
 def test_bad_settings_exit_2_with_one_line(case, arguments, message, tiny_dataset, tmp_path, capsys):
     base = ["--save", str(tmp_path / "run"), "--dataset", tiny_dataset, "--num_classes", "3"] + TINY_SCHEDULE
-    (tmp_path / "killed-early").mkdir()  # a search killed before its first checkpoint
-    arguments = [argument.replace("{empty}", str(tmp_path / "killed-early")) for argument in arguments]
+    (tmp_path / "killed-early").mkdir()  # a search killed before its first checkpoint: its log, no checkpoint
+    (tmp_path / "killed-early" / utils.LOG_NAME).write_text("searching ...\n")
+    (tmp_path / "no-search").mkdir()
+    arguments = [argument.replace("{empty}", str(tmp_path / "killed-early"))
+                 .replace("{no_search}", str(tmp_path / "no-search")) for argument in arguments]
     with pytest.raises(SystemExit) as exit_info:
         run_search(base + arguments)
     assert exit_info.value.code == 2

@@ -28,6 +28,8 @@ def test_worker_wrapped_user_error_keeps_its_one_line():
                         "call last):\n  File \"x.py\", line 1, in f\nutils.UserError: cannot read image a.png")
     assert utils.user_error_message(wrapped) == "cannot read image a.png"
     assert utils.user_error_message(UserError("plain")) == "plain"
+    # Sweep 5. Before: a path holding a line break was cut to its last line ("error: b.json not found").
+    assert utils.user_error_message(UserError("file /tmp/a\nb.json not found")) == "file /tmp/a\\nb.json not found"
 
 
 def test_checkpoint_round_trip_restores_rng_streams(tmp_path):

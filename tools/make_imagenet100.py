@@ -38,6 +38,7 @@ an interrupted run leaves no half-built subset.
 """
 
 import argparse
+import errno
 import os
 import shutil
 import sys
@@ -96,8 +97,9 @@ def build_subset(imagenet, out, classes, arch_split=None, seed=0):
     except BaseException as error:  # a full or read-only disk, Ctrl-C: no half-built subset stays
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(error, OSError):
-            raise UserError(f"--out {out}: cannot build the subset there ({path_error_reason(error)}); free some "
-                            "space or choose a writable folder") from None
+            fix = ("choose a shorter --out" if error.errno == errno.ENAMETOOLONG
+                   else "free some space or choose a writable folder")
+            raise UserError(f"--out {out}: cannot build the subset there ({path_error_reason(error)}); {fix}") from None
         raise
 
 
