@@ -122,8 +122,11 @@ def walk_once(folder):
     symlinked folders as ImageFolder does but entering each real folder once,
     so that a link cycle (`loop -> .`) ends instead of repeating the same
     files until the path is too long. Sub-folders are visited in sorted order."""
+    def unreadable(error):  # os.walk would skip the folder in silence: its class would look empty
+        raise UserError(f"cannot read dataset folder {error.filename} ({error.strerror}); make it readable") from None
+
     seen = set()
-    for path, folder_names, file_names in os.walk(folder, followlinks=True):
+    for path, folder_names, file_names in os.walk(folder, followlinks=True, onerror=unreadable):
         real = os.path.realpath(path)
         if real in seen:
             folder_names[:] = []

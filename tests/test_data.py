@@ -1,6 +1,7 @@
 """Tests for data.py: the synthetic dataset, the image-folder checks and the transforms."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -337,6 +338,24 @@ def test_an_image_just_over_pillows_pixel_limit_loads_without_a_warning(tmp_path
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 150)
     assert data.load_rgb_image(tmp_path / "big.png").size == (20, 10)
     assert not [warning for warning in recwarn if issubclass(warning.category, Image.DecompressionBombWarning)]
+
+
+def test_a_class_folder_that_cannot_be_read_is_named_not_called_empty(tmp_path, monkeypatch):
+    # Sweep 5. Before: os.walk skipped an unreadable folder in silence: "holds no image file: add its images".
+    for name in ("n01", "n02"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "train" / name / "a.png")
+    scandir = os.scandir
+
+    def denied(path="."):
+        if str(path).endswith("n02"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)  # what chmod 000 does to a user who is not root
+    with pytest.raises(UserError, match=re.escape(f"cannot read dataset folder {tmp_path / 'train' / 'n02'} "
+                                                  "(Permission denied); make it readable")):
+        data.image_folder(tmp_path, "train", None)
 
 
 # --- transforms --------------------------------------------------------------
