@@ -395,6 +395,7 @@ def refuse_files_of_others_or_earlier_runs(save):
     among files it does not write (another tool's run, the shipped tables),
     and not over an earlier training's results whose checkpoint is gone."""
     names = [name for name in (os.listdir(save) if os.path.isdir(save) else []) if not name.startswith(".")]
+    utils.refuse_outputs_that_are_not_files(save, set(names) & TRAINING_OUTPUTS)
     foreign = sorted(name for name in names if name not in TRAINING_OUTPUTS)
     if foreign:
         raise UserError(f"--save {save} holds files a training does not write ({utils.name_a_few(foreign)}); "

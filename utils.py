@@ -483,6 +483,16 @@ def discard_stdout():
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def refuse_outputs_that_are_not_files(folder, names):
+    """Before a run: an output it will write (arch.json, best.pth.tar, ...)
+    that is already there as a folder, pipe or broken link would fail it only
+    at the end, when the file is written."""
+    odd = sorted(name for name in names if not os.path.isfile(os.path.join(folder, name)))
+    if odd:
+        raise UserError(f"--save {folder} holds {name_a_few(odd)}, which the run writes, as something other than a "
+                        "file (a folder, a pipe or a broken link); remove it")
+
+
 def log_file_handler(path):
     """A handler appending to the run's log; a log.txt that is a folder, a
     pipe (opening it would wait for a reader) or unwritable is refused."""

@@ -192,6 +192,10 @@ def inputs(tmp_path_factory):
         files[name].mkdir()
         for result in results:
             (files[name] / result).write_text("kept\n")
+    files["odd_outputs"] = root / "odd-outputs"  # outputs a run writes, there as a pipe and a folder
+    files["odd_outputs"].mkdir()
+    os.mkfifo(files["odd_outputs"] / "arch.json")
+    (files["odd_outputs"] / "best.pth.tar").mkdir()
     files["list_plan_run"] = root / "list-plan-run"  # a plan.json that is JSON but not an object
     files["list_plan_run"].mkdir()
     (files["list_plan_run"] / "plan.json").write_text("[1]\n")
@@ -713,6 +717,11 @@ CASES = {
                                 "is not a regular file"),
     "screen: --target 0": (screen, ["--name", "v", "--target", "0", "--out", "{out}"],
                            "--target must be a positive number of ms"),
+    # Before: refused only at the end, when the run wrote its arch.json or best.pth.tar.
+    "search: --save holds arch.json as a pipe": (search_imagenet, ["--save", "{odd_outputs}"],
+                                                 "holds arch.json, which the run writes, as something"),
+    "train: --save holds best.pth.tar as a folder": (train_imagenet, ["--save", "{odd_outputs}", "--arch_config",
+                                                                      ARCH_24], "holds best.pth.tar, which the run"),
     "calibrate: --out exists": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
                                                                           "cpu_intel_xeon_b1_t1.json"),
                                                 "--measurements", "{same_csv}", "--out", "{text}"],
