@@ -49,7 +49,7 @@ from utils import (
     add_device_arguments, all_gather_objects, all_reduce_sum, any_process_diverged, check_number_rules,
     check_regular_file, check_saved_epoch, check_seed, is_finite_number, loss_exploded,
     checkpoint_kind, cleanup_distributed, describe_saved_run, fill_from_schedule, frozen, init_distributed, launch,
-    load_checkpoint, name_a_few, new_figure, non_finite_entries, progress_bar, refuse_outputs_that_are_not_files,
+    load_checkpoint, name_a_few, new_figure, non_finite_entries, progress_bar, refuse_files_of_others_or_earlier_runs,
     resolve_device_type, resumable_at,
     rng_states, run_cli, run_folder_lock, run_logger, save_checkpoint, save_checkpoint_again, save_figure,
     seed_everything, state_dict_mismatch, set_rng_states, share_cpu_threads, write_json,
@@ -1214,17 +1214,9 @@ def check_save_folder(args):
             raise UserError(f"--save {args.save} holds {held}, not a search: choose another --save")
         raise UserError(f"--save {args.save} already holds a search; continue it with --resume {existing} "
                         "or choose another --save")
-    names = os.listdir(args.save) if os.path.isdir(args.save) else []
-    refuse_outputs_that_are_not_files(args.save, set(names) & OUTPUT_NAMES)
-    foreign = sorted(name for name in names if name not in OUTPUT_NAMES and not name.startswith("."))
-    if foreign:
-        raise UserError(f"--save {args.save} holds files a search does not write ({name_a_few(foreign)}); "
-                        "choose a new or empty folder")
-    # An earlier search's results whose checkpoint is gone: a new search would replace them in silence.
-    results = sorted({ARCH_NAME, METRICS_NAME} & set(names))
-    if results and not resuming_here:
-        raise UserError(f"--save {args.save} holds an earlier search's {' and '.join(results)}; choose another "
-                        "--save, or move them away to search there again")
+    # Resuming here, the earlier results are this search's own.
+    refuse_files_of_others_or_earlier_runs(args.save, "search", OUTPUT_NAMES,
+                                           () if resuming_here else (ARCH_NAME, METRICS_NAME))
 
 
 def check_options_apply(args):

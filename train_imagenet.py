@@ -384,26 +384,11 @@ def resolve_save_folder(args):
         raise UserError(f"--save {args.save} already holds {CHECKPOINT_FILE}: continue it with --resume "
                         f"{existing} or choose another --save")
     if not args.resume:
-        refuse_files_of_others_or_earlier_runs(args.save)
+        utils.refuse_files_of_others_or_earlier_runs(args.save, "training", TRAINING_OUTPUTS,
+                                                     (BEST_FILE, BEST_EMA_FILE, METRICS_FILE))
 
 
 TRAINING_OUTPUTS = {CHECKPOINT_FILE, BEST_FILE, BEST_EMA_FILE, METRICS_FILE, CURVES_FILE, utils.LOG_NAME}
-
-
-def refuse_files_of_others_or_earlier_runs(save):
-    """A new training writes its log, curves and weights into --save: not
-    among files it does not write (another tool's run, the shipped tables),
-    and not over an earlier training's results whose checkpoint is gone."""
-    names = [name for name in (os.listdir(save) if os.path.isdir(save) else []) if not name.startswith(".")]
-    utils.refuse_outputs_that_are_not_files(save, set(names) & TRAINING_OUTPUTS)
-    foreign = sorted(name for name in names if name not in TRAINING_OUTPUTS)
-    if foreign:
-        raise UserError(f"--save {save} holds files a training does not write ({utils.name_a_few(foreign)}); "
-                        "choose a new or empty folder")
-    results = sorted({BEST_FILE, BEST_EMA_FILE, METRICS_FILE} & set(names))
-    if results:
-        raise UserError(f"--save {save} holds an earlier training's {utils.name_a_few(results)}; choose another "
-                        "--save, or move them away to train there again")
 
 
 def prepare(args):

@@ -493,6 +493,25 @@ def refuse_outputs_that_are_not_files(folder, names):
                         "file (a folder, a pipe or a broken link); remove it")
 
 
+def refuse_files_of_others_or_earlier_runs(folder, kind, outputs, results):
+    """Before a run of `kind` ("search", "training") writes its `outputs`
+    into `folder`: none of them may be there as something other than a file;
+    the folder may hold nothing else (another tool's run, the shipped tables,
+    a dataset: the log and figures would land among them); and it may hold
+    no earlier run's `results` whose checkpoint is gone, which would be
+    replaced in silence (give no `results` when resuming: they are its own)."""
+    names = [name for name in (os.listdir(folder) if os.path.isdir(folder) else []) if not name.startswith(".")]
+    refuse_outputs_that_are_not_files(folder, set(names) & set(outputs))
+    foreign = sorted(name for name in names if name not in outputs)
+    if foreign:
+        raise UserError(f"--save {folder} holds files a {kind} does not write ({name_a_few(foreign)}); "
+                        "choose a new or empty folder")
+    earlier = sorted(set(results) & set(names))
+    if earlier:
+        raise UserError(f"--save {folder} holds an earlier {kind}'s {' and '.join(earlier)}; choose another "
+                        f"--save, or move them away to start a new {kind} there")
+
+
 def log_file_handler(path):
     """A handler appending to the run's log; a log.txt that is a folder, a
     pipe (opening it would wait for a reader) or unwritable is refused."""

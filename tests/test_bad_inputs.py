@@ -705,7 +705,7 @@ CASES = {
     "train: --save the tables' folder": (train_imagenet, ["--save", str(REPO_ROOT / "latency_lut"), "--arch_config",
                                                           ARCH_24], "holds files a training does not write"),
     "train: --save an earlier training": (train_imagenet, ["--save", "{earlier_training}", "--arch_config", ARCH_24],
-                                          "holds an earlier training's best.pth.tar, metrics.jsonl"),
+                                          "holds an earlier training's best.pth.tar and metrics.jsonl"),
     "search: --save an earlier search": (search_imagenet, ["--save", "{earlier_search}", "--target_latency", "20"],
                                          "holds an earlier search's arch.json and metrics.jsonl"),
     # Before: "folder .../file.txt does not exist; create it" for a folder that is a file.
