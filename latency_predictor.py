@@ -199,6 +199,12 @@ def _check_metadata(metadata, where):
     if absent:
         raise UserError(f"{where}: metadata lacks {', '.join(absent)}")
     metric, unit = metadata["metric"], metadata["unit"]
+    if not isinstance(metric, str) or not isinstance(unit, str):
+        raise UserError(f"{where}: metadata metric and unit must be names, got {metric!r} and {unit!r}")
+    # The tools read the device's type and name and the protocol's settings from these.
+    for name in ("device", "protocol", "runtime"):
+        if not isinstance(metadata[name], dict):
+            raise UserError(f"{where}: metadata {name} must be an object, got {metadata[name]!r}")
     if metric not in METRIC_UNITS:
         raise UserError(f"{where}: unknown metric {metric!r}; known: {', '.join(METRIC_UNITS)}")
     if unit != METRIC_UNITS[metric]:

@@ -153,14 +153,12 @@ def get_args_parser():
     return parser
 
 
-MAX_NETS = 1_000  # each is retrained; a thousand take days on a CPU
-
-
 def main(args):
     import search_quality  # noqa: E402  (the draw and the op mix are that benchmark's)
 
-    if not 2 <= args.nets <= MAX_NETS or min(args.seeds, args.jobs) < 1:
-        raise UserError(f"--nets must be in [2, {MAX_NETS}]; --seeds and --jobs at least 1")
+    if not 2 <= args.nets <= retraining.MAX_NETS or not 1 <= args.seeds <= retraining.MAX_SEEDS or args.jobs < 1:
+        raise UserError(f"--nets must be in [2, {retraining.MAX_NETS}], --seeds in [1, {retraining.MAX_SEEDS}]; --jobs at "
+                        "least 1")
     utils.check_seed(args.sample_seed, "--sample_seed")
     search_quality.check_target_reachable(args.target)
     utils.check_output_file(args.out, "--out")

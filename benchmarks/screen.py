@@ -263,6 +263,9 @@ def main(args):
         raise UserError(f"--search_seeds must be in [0, {utils.MAX_SEED}], got {bad_seeds[0]}")
     search_quality.check_target_reachable(args.target)  # before asking for a ground truth of it
     truth_paths, truth = resolve_truth(args)
+    if os.path.lexists(screens_path) and not os.path.isfile(screens_path):  # appended to after all the scoring
+        raise UserError(f"{screens_path} is not a file (a folder, a pipe or a broken link); remove it or choose "
+                        "another --out")
     started = time.time()
     for folder in args.folders or []:  # before --out is made: a wrong folder leaves nothing behind
         check_finished_search(folder)

@@ -165,6 +165,12 @@ def check_args(args):
     if args.random_nets < 2 or min(args.searches, args.seeds, args.jobs, args.retrain_epochs) < 1:
         raise UserError("--random_nets must be at least 2; --searches, --seeds, --jobs and --retrain_epochs "
                         "at least 1")
+    for option, value, most in (("--random_nets", args.random_nets, retraining.MAX_NETS),
+                                ("--searches", args.searches, retraining.MAX_SEARCHES),
+                                ("--seeds", args.seeds, retraining.MAX_SEEDS),
+                                ("--retrain_epochs", args.retrain_epochs, utils.MAX_EPOCHS)):
+        if value > most:
+            raise UserError(f"{option} {value} is more than the {most} this benchmark allows")
     if args.reference.lower() == "none":
         args.reference = None
     else:

@@ -199,6 +199,13 @@ def inputs(tmp_path_factory):
     files["list_plan_run"] = root / "list-plan-run"  # a plan.json that is JSON but not an object
     files["list_plan_run"].mkdir()
     (files["list_plan_run"] / "plan.json").write_text("[1]\n")
+    files["screens_folder"] = root / "screens-folder"  # screen's results file there as a folder
+    (files["screens_folder"] / "screens.jsonl").mkdir(parents=True)
+    for name, field, value in (("table_metric_list", "metric", ["latency"]), ("table_device_text", "device", "cpu")):
+        odd = json.loads(shipped)
+        odd["metadata"][field] = value
+        files[name] = root / f"{name}.json"
+        files[name].write_text(json.dumps(odd))
     return files
 
 
@@ -726,6 +733,21 @@ CASES = {
                                                                           "cpu_intel_xeon_b1_t1.json"),
                                                 "--measurements", "{same_csv}", "--out", "{text}"],
                                 "pass --force"),
+    # Before: a list of 10**9 jobs built before any check (memory), a retraining refusing --epochs only after
+    # the searches, screen's results lost at the end to a traceback, table metadata of the wrong kind a
+    # TypeError or AttributeError traceback.
+    "ground truth: --seeds 10**9": (ground_truth, ["--out", "{out}.json", "--nets", "2", "--seeds", str(10**9)],
+                                    "--seeds in [1, 100]"),
+    "search quality: --seeds 10**9": (search_quality, ["--out", "{out}", "--seeds", str(10**9)],
+                                      "--seeds 1000000000 is more than the 100"),
+    "search quality: --retrain_epochs 20000": (search_quality, ["--out", "{out}", "--retrain_epochs", "20000"],
+                                               "--retrain_epochs 20000 is more than"),
+    "screen: screens.jsonl a folder": (screen, ["--name", "v", "--out", "{screens_folder}"],
+                                       "screens.jsonl is not a file"),
+    "predict: table metric a list": (latency_build, ["predict", "--lut", "{table_metric_list}", "--arch_config",
+                                                     ARCH_24], "metadata metric and unit must be names"),
+    "validate: table device a string": (latency_build, ["validate", "--lut", "{table_device_text}"],
+                                        "metadata device must be an object"),
 }
 
 
