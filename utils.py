@@ -82,6 +82,7 @@ def check_plotting_setting(environment=None):
     drawn. The figures are written as PNG files and need no backend, so the
     check imports matplotlib without the variable and only validates it."""
     environment = os.environ if environment is None else environment
+    check_plotting_cache(environment.get("MPLCONFIGDIR"))
     value = environment.get("MPLBACKEND")
     if not value:  # matplotlib ignores an empty one too
         return
@@ -96,6 +97,24 @@ def check_plotting_setting(environment=None):
     except ValueError:
         raise UserError(f"MPLBACKEND={value!r} is not a matplotlib backend; unset it (the figures are written as "
                         "files and need none) or set MPLBACKEND=agg") from None
+
+
+def check_plotting_cache(folder):
+    """MPLCONFIGDIR, where matplotlib keeps its font cache: one it cannot
+    write makes it print a two-line warning on every run and rebuild the
+    cache in a temporary folder each time; name the setting instead."""
+    if not folder:
+        return
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        reason = "it is a file"
+    else:
+        try:
+            os.makedirs(folder, exist_ok=True)  # as matplotlib would
+            reason = None if os.access(folder, os.W_OK | os.X_OK) else "Permission denied"
+        except OSError as error:
+            reason = error.strerror or str(error)
+    if reason:
+        raise UserError(f"MPLCONFIGDIR={folder!r} is not a writable folder ({reason}); unset it or point it at one")
 
 
 def run_cli(main, parser, argv=None):
@@ -698,6 +717,13 @@ def set_rng_states(states):
 # -------------------------------------------------------------- checkpoints
 
 
+def temporary_prefix(path):
+    return f".{os.path.basename(path)}.tmp-"
+
+
+TEMPORARY_RANDOM_CHARACTERS = 8  # what tempfile.mkstemp adds after the prefix
+
+
 @contextlib.contextmanager
 def atomic_write(path, binary=False):
     """Open a temporary file beside `path` and, once the block succeeds,
@@ -706,7 +732,7 @@ def atomic_write(path, binary=False):
     killed mid-write cannot delete its own, so the next successful write of
     NAME removes any left over (a run folder has one writer: its lock)."""
     directory = os.path.dirname(os.path.abspath(path))
-    prefix = f".{os.path.basename(path)}.tmp-"
+    prefix = temporary_prefix(path)
     # Moving the file over it would replace a folder's name or a device
     # node (/dev/full, a FIFO) with a regular file.
     refuse_non_file_output(path, f"cannot write {path}: it is")
@@ -1335,6 +1361,21 @@ def check_output_file(path, option):
     if not os.path.isdir(folder):
         raise UserError(f"{option}: folder {folder} does not exist; create it or choose another path")
     _check_folder_takes_a_file(folder, option)
+    _check_name_fits(path, folder, option)
+
+
+def _check_name_fits(path, folder, option):
+    """The file is written under a longer temporary name first (atomic_write):
+    a name that fits the file system alone would fail only then, at the end."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255  # what Linux file systems allow
+    longest = limit - len(os.fsencode(temporary_prefix(""))) - TEMPORARY_RANDOM_CHARACTERS
+    length = len(os.fsencode(os.path.basename(path)))
+    if length > longest:
+        raise UserError(f"{option}: the file name is {length} bytes long, and at most {longest} fit in {folder} "
+                        "(with the temporary name it is written under first); choose a shorter name")
 
 
 def _check_folder_takes_a_file(folder, option):

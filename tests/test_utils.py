@@ -294,6 +294,16 @@ def test_a_name_too_long_for_the_file_system_is_named_as_such(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_output_name_too_long_with_its_temporary_name_is_refused_before_the_run(tmp_path):
+    # Before: train --export_onnx with such a name was refused only after the training, when it was written.
+    fits = tmp_path / ("y" * 241)  # .NAME.tmp-XXXXXXXX: 255 bytes, the file system's limit
+    utils.check_output_file(str(fits), "--out")
+    with utils.atomic_write(fits) as file:
+        file.write("{}")
+    with pytest.raises(UserError, match="--export_onnx: the file name is 242 bytes long, and at most 241 fit"):
+        utils.check_output_file(str(tmp_path / ("y" * 237 + ".onnx")), "--export_onnx")
+
+
 def test_a_successful_save_removes_temporary_files_a_killed_write_left(tmp_path):
     path = tmp_path / "checkpoint.pth.tar"
     killed = tmp_path / ".checkpoint.pth.tar.tmp-abc123"  # what a SIGKILL mid-write leaves
@@ -533,6 +543,17 @@ def test_an_unknown_plotting_backend_is_named_before_any_work(tmp_path):
     assert result.stderr.strip() == ("error: MPLBACKEND='bogus' is not a matplotlib backend; unset it (the figures "
                                      "are written as files and need none) or set MPLBACKEND=agg")
     assert not (tmp_path / "peers").exists()
+
+
+def test_a_plotting_cache_folder_that_cannot_be_written_is_named(tmp_path):
+    # Before: matplotlib's own two-line warning on every run, and its font cache rebuilt each time.
+    utils.check_plotting_setting({"MPLCONFIGDIR": str(tmp_path / "cache")})  # made, as matplotlib would
+    assert (tmp_path / "cache").is_dir()
+    (tmp_path / "file").write_text("")
+    for folder, reason in ((tmp_path / "file", "it is a file"), (tmp_path / "file" / "cache", "Not a directory")):
+        with pytest.raises(utils.UserError, match=re.escape(f"MPLCONFIGDIR={str(folder)!r} is not a writable "
+                                                            f"folder ({reason}); unset it")):
+            utils.check_plotting_setting({"MPLCONFIGDIR": str(folder)})
 
 
 def test_ctrl_c_prints_the_command_that_resumes_once_there_is_a_checkpoint(tmp_path, capsys, monkeypatch):
