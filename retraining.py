@@ -54,14 +54,14 @@ SHORT_RECIPE = {"epochs": 16, "batch_size": 64, "lr": 0.05, "warmup_epochs": 3, 
 # The synthetic set the recipe trains on (data.synthetic_dataset parameters).
 # Images are seeded one by one, so the search demo's images (60 train and 30
 # val per class, same seed) are a subset of these, each in the same split.
+RETRAIN_DATASET = {"train_per_class": 500, "val_per_class": 200, "image_size": 32}
+
 # Upper bounds of the benchmarks' counts: each seed or search is a run of
 # minutes, so a count past these is a typo, not a plan (and would first build
 # a list of that many jobs).
 MAX_SEEDS = 100
 MAX_NETS = 1_000  # random networks, each retrained: a thousand take days on a CPU
 MAX_SEARCHES = 100
-
-RETRAIN_DATASET = {"train_per_class": 500, "val_per_class": 200, "image_size": 32}
 
 
 def retraining_dataset():

@@ -156,9 +156,9 @@ def get_args_parser():
 def main(args):
     import search_quality  # noqa: E402  (the draw and the op mix are that benchmark's)
 
-    if not 2 <= args.nets <= retraining.MAX_NETS or not 1 <= args.seeds <= retraining.MAX_SEEDS or args.jobs < 1:
-        raise UserError(f"--nets must be in [2, {retraining.MAX_NETS}], --seeds in [1, {retraining.MAX_SEEDS}]; --jobs at "
-                        "least 1")
+    most_nets, most_seeds = retraining.MAX_NETS, retraining.MAX_SEEDS
+    if not 2 <= args.nets <= most_nets or not 1 <= args.seeds <= most_seeds or args.jobs < 1:
+        raise UserError(f"--nets must be in [2, {most_nets}], --seeds in [1, {most_seeds}]; --jobs at least 1")
     utils.check_seed(args.sample_seed, "--sample_seed")
     search_quality.check_target_reachable(args.target)
     utils.check_output_file(args.out, "--out")
