@@ -210,9 +210,7 @@ def main(args):
     created = not os.path.exists(out)
     make_tool_folder(out, "closed_loop.py")
     # Its steps are reused on a rerun, so only for the settings that made them.
-    check_run_plan(out, {"target_latency": args.target_latency,
-                         "lut": None if args.lut is None else os.path.abspath(args.lut),
-                         "build_options": build_options, "search_options": search_options}, "closed_loop.py")
+    check_run_plan(out, run_plan(args, build_options, search_options), "closed_loop.py")
     try:
         table, found, note = build_and_search(args, out, build_options, search_options)
     except UserError:
@@ -227,6 +225,16 @@ def main(args):
     with atomic_write(report_path) as file:
         file.write("\n".join(lines + [f"architecture: {found['arch_config']}", f"table: {table}"]) + "\n")
     print(f"wrote {report_path}")
+
+
+def run_plan(args, build_options, search_options):
+    """The settings that make the loop's steps; a rerun into the same --out
+    continues them only if these are the same. The table's costs count too:
+    one recalibrated in place keeps its path."""
+    return {"target_latency": args.target_latency,
+            "lut": None if args.lut is None else os.path.abspath(args.lut),
+            "lut_costs": None if args.lut is None else lp.load_predictor(args.lut).fingerprint,
+            "build_options": build_options, "search_options": search_options}
 
 
 def build_and_search(args, out, build_options, search_options):

@@ -58,6 +58,8 @@ DATASET_HINT = ("--dataset must point at a folder holding train/ and val/, each 
 # Greyscale images with 16 bits per pixel: Pillow's convert("RGB") clips
 # every value above 255 to white, so these are scaled to 8 bits first.
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# Formats whose 16-bit greyscale Pillow opens as "I" (32-bit integers) all the same.
+SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
 SIXTEEN_BIT_SCALE = 257  # 65535 / 255
 CLASS_NAMES_SHOWN = 5  # class folders named in a train/ vs val/ mismatch
 
@@ -240,7 +242,8 @@ def load_rgb_image(path):
     except UnidentifiedImageError as error:  # its message names Python's file object, not the file
         raise UserError(f"cannot read image {path} (not an image format Pillow knows): replace or delete the "
                         "file") from error
-    except (OSError, SyntaxError) as error:  # Pillow's errors for unreadable/corrupt files
+    # Pillow's errors for unreadable or corrupt files (ValueError: text chunks decompressing past its limit).
+    except (OSError, SyntaxError, ValueError) as error:
         raise UserError(f"cannot read image {path} ({error}): replace or delete the file") from error
 
 
@@ -248,7 +251,7 @@ def to_rgb(image, path):
     """`image` as 8-bit RGB. 16-bit greyscale keeps its range (scaled by
     1/257); 32-bit integer or float pixels, which have no fixed range, are
     refused."""
-    if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG"):  # PNG's "I" is 16-bit
+    if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.format in SIXTEEN_BIT_I_FORMATS):
         pixels = np.asarray(image, dtype=np.float64) / SIXTEEN_BIT_SCALE
         return Image.fromarray(np.round(pixels).clip(0, 255).astype(np.uint8)).convert("RGB")
     if image.mode in ("I", "F"):
@@ -273,6 +276,21 @@ def dataset_fingerprint(dataset):
     for path, label in samples:
         digest.update(f"{os.path.relpath(path, dataset.root)}\t{label}\n".encode())
     return {"classes": list(dataset.classes), "images": len(samples), "files_sha256": digest.hexdigest()}
+
+
+def describe_image_change(before, now):
+    """How the images of fingerprint `now` differ from those of `before`
+    (dataset_fingerprint's), or None when they are the same."""
+    if len(before["classes"]) != len(now["classes"]):
+        return f"its classes differ ({len(before['classes'])} then, {len(now['classes'])} now)"
+    renamed = [(then, current) for then, current in zip(before["classes"], now["classes"]) if then != current]
+    if renamed:
+        return f"other classes ({renamed[0][1]} where it had {renamed[0][0]})"
+    if before["images"] != now["images"]:
+        return f"{before['images']} images then, {now['images']} now"
+    if before["files_sha256"] != now["files_sha256"]:
+        return "the same number of images, but other files"
+    return None
 
 
 def keep_first_classes(dataset, num_classes, path):
@@ -730,6 +748,12 @@ def move_into_place(staging, root):
         shutil.rmtree(parked)
     else:
         os.replace(staging, root)
+
+
+def is_synthetic_dataset(root):
+    """Whether `root` names a synthetic set's folder (as synthetic_dataset
+    names them), whether or not it is still there."""
+    return os.path.basename(os.path.normpath(root)).startswith("synthetic-v")
 
 
 def read_synthetic_metadata(root):

@@ -430,8 +430,14 @@ def validation_protocol(metadata, device_name, threads, clock, warmup_s, repeats
     """The table's batch size, threads, clock and runtime unless overridden."""
     threads = threads or metadata["threads"] or DEFAULT_CPU_THREADS
     clock = clock or metadata["protocol"].get("clock", DEFAULT_CLOCK)
-    return make_protocol(device_name, metadata["batch_size"], threads, clock, warmup_s, repeats, seed,
-                         table_runtime(metadata), reference)
+    runtime = table_runtime(metadata)
+    # Checked here, not left to make_protocol, which would blame options the user did not give.
+    for name, value, known in (("clock", clock, CLOCKS), ("runtime", runtime, RUNTIMES)):
+        if value not in known:
+            raise UserError(f"the table records {name} {value!r}, which this project does not time with "
+                            f"({', '.join(known)}); was it made elsewhere?")
+    return make_protocol(device_name, metadata["batch_size"], threads, clock, warmup_s, repeats, seed, runtime,
+                         reference)
 
 
 def report_validation(predictor, indices, measured, out_dir, extra_columns=None):

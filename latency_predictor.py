@@ -49,8 +49,8 @@ import model_train
 import operations
 from operations import (FIXED_FIRST_OP, HEAD_CHANNELS, INPUT_SIZE, LAYOUT, NUM_LAYERS, NUM_OPS,
                         NUM_SEARCHABLE_LAYERS, SEARCHABLE_OPS, SKIP, STEM_CHANNELS, LayerSpec)
-from utils import (USER_ERROR_EXIT_CODE, UserError, is_finite_number, load_checkpoint, path_error_reason, read_json,
-                   write_json)
+from utils import (MAX_BATCH_SIZE, MAX_CLASSES, USER_ERROR_EXIT_CODE, UserError, is_finite_number, load_checkpoint,
+                   path_error_reason, read_json, write_json)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LUT_DIR = os.path.join(REPO_ROOT, "latency_lut")
@@ -212,9 +212,10 @@ def _check_metadata(metadata, where):
     if metadata["search_space_hash"] != operations.search_space_hash():
         raise UserError(f"{where}: made for search space {metadata['search_space_hash']}, this code defines "
                         f"{operations.search_space_hash()}; rebuild the table")
-    for name in ("batch_size", "num_classes"):
-        if not isinstance(metadata[name], int) or metadata[name] < 1:
-            raise UserError(f"{where}: metadata {name} must be a positive integer, got {metadata[name]!r}")
+    for name, most in (("batch_size", MAX_BATCH_SIZE), ("num_classes", MAX_CLASSES)):
+        value = metadata[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+            raise UserError(f"{where}: metadata {name} must be an integer in [1, {most}], got {value!r}")
     threads = metadata.get("threads")  # None: a table of counts or from a device without CPU threads
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise UserError(f"{where}: metadata threads must be a positive integer (or null), got {threads!r}")
@@ -225,6 +226,7 @@ def _check_metadata(metadata, where):
     if metadata.get("width_mult", 1.0) != 1.0:
         raise UserError(f"{where}: metadata width_mult {metadata['width_mult']!r}, but the entries are for 1.0; "
                         "rebuild the table")
+    _check_recorded_timing(metadata, where)
     calibration = metadata.get("calibration")
     if calibration is not None:
         if not isinstance(calibration, dict) or not (
@@ -232,6 +234,21 @@ def _check_metadata(metadata, where):
                 and calibration["scale"] > 0):
             raise UserError(f"{where}: calibration needs a positive 'scale' and a finite 'offset'")
         check_calibration_scale(calibration["scale"], where)
+
+
+def _check_recorded_timing(metadata, where):
+    """What validation and the closed loop take from a measured table: the
+    reference network's median (a ratio's denominator) and the line its
+    timings hold under."""
+    noise = metadata.get("noise")
+    if noise is not None and not isinstance(noise, dict):
+        raise UserError(f"{where}: metadata noise must be an object, got {noise!r}")
+    median = (noise or {}).get("reference_median_ms", 1.0)
+    if not (is_finite_number(median) and median > 0):
+        raise UserError(f"{where}: metadata noise reference_median_ms must be a positive number of ms, got {median!r}")
+    condition = metadata["protocol"].get("condition")
+    if condition is not None and not (isinstance(condition, dict) and isinstance(condition.get("line"), str)):
+        raise UserError(f"{where}: metadata protocol condition must be an object with the 'line' to run under")
 
 
 # A calibration rescales a table to measurements of the same device; a scale
@@ -611,7 +628,7 @@ def _open_predictor(spec):
 
 def table_predictor(path):
     table = load_table(path)
-    calibrated = "+calibrated" if "calibration" in table["metadata"] else ""
+    calibrated = "+calibrated" if table["metadata"].get("calibration") is not None else ""
     return TablePredictor(table, f"{os.path.basename(path)}@{operations.search_space_hash()}{calibrated}")
 
 

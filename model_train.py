@@ -17,6 +17,7 @@ import ast
 import copy
 import math
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -231,8 +232,10 @@ def count_macs(module, input_shape, device="cpu"):
     them (thop calls MACs "FLOPs", and so do the LightNAS tables). thop
     finds its counter by exact module type, so the depthwise conv subclass
     is named to it."""
-    from thop import profile  # imported here: only summaries and count tables need it
-    from thop.vision.basic_hooks import count_convNd
+    with warnings.catch_warnings():  # thop's own use of a deprecated module: not the user's to fix
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from thop import profile  # imported here: only summaries and count tables need it
+        from thop.vision.basic_hooks import count_convNd
 
     image = torch.zeros(1, *input_shape, device=device)
     macs, _ = profile(module, inputs=(image,), custom_ops={operations.DepthwiseConv2d: count_convNd},

@@ -44,15 +44,15 @@ from constraint import SearchState
 from model_search import (FORBIDDEN_LOGIT, SHORTCUT_LAYERS, SHORTCUT_POOLINGS, SuperNet, gumbel_softmax_hard,
                           one_hot_paths, path_top1, strided_skip_mask, warmup_paths)
 from utils import (
-    MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
-    LOG_NAME, RUN_DESCRIPTIONS, AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy,
+    LOG_NAME, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
+    RUN_DESCRIPTIONS, AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy,
     add_device_arguments, all_gather_objects, all_reduce_sum, any_process_diverged, check_number_rules,
-    check_regular_file, check_saved_epoch, check_seed, is_finite_number, loss_exploded,
-    checkpoint_kind, cleanup_distributed, describe_saved_run, fill_from_schedule, frozen, init_distributed, launch,
-    load_checkpoint, name_a_few, new_figure, non_finite_entries, progress_bar, refuse_files_of_others_or_earlier_runs,
-    resolve_device_type, resumable_at,
-    rng_states, run_cli, run_folder_lock, run_logger, save_checkpoint, save_checkpoint_again, save_figure,
-    seed_everything, state_dict_mismatch, set_rng_states, share_cpu_threads, write_json,
+    check_regular_file, check_saved_epoch, check_seed, checkpoint_kind, cleanup_distributed,
+    damaged_checkpoint_refused, describe_saved_run, fill_from_schedule, frozen, init_distributed, is_finite_number,
+    launch, load_checkpoint, loss_exploded, name_a_few, new_figure, non_finite_entries, progress_bar,
+    refuse_files_of_others_or_earlier_runs, refuse_save_inside_dataset, resolve_device_type, resumable_at, rng_states,
+    run_cli, run_folder_lock, run_logger, save_checkpoint, save_checkpoint_again, save_figure, seed_everything,
+    set_rng_states, share_cpu_threads, state_dict_mismatch, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -768,20 +768,23 @@ def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, pa
                         f"to search for another target, start from its {WARMUP_CHECKPOINT_NAME}")
 
 
+def check_resume_dataset_given(checkpoint, args, path):
+    """Left out, --dataset means the demo's synthetic set: a search of the
+    user's own folder resumed without it would go on with other images."""
+    saved = checkpoint["args"].get("dataset")
+    if args.dataset is None and isinstance(saved, str) and not data.is_synthetic_dataset(saved):
+        raise UserError(f"--resume: {path} searched on --dataset {saved}; resume with --dataset {saved} (or where "
+                        "that folder is now)")
+
+
 def check_same_dataset(saved, current, path):
     """Refuse to continue a search on other images than it started on (a
     checkpoint from before fingerprints were kept is not checked)."""
     if saved is None:
         return
     for split, what in (("weights", "the weights' images"), ("alpha", "alpha's images")):
-        before, now = saved[split], current[split]
-        if before["classes"] != now["classes"]:
-            change = f"its classes differ ({len(before['classes'])} then, {len(now['classes'])} now)"
-        elif before["images"] != now["images"]:
-            change = f"{before['images']} images then, {now['images']} now"
-        elif before["files_sha256"] != now["files_sha256"]:
-            change = "the same number of images, but other files"
-        else:
+        change = data.describe_image_change(saved[split], current[split])
+        if change is None:
             continue
         raise UserError(f"--resume: {path} searched on another dataset: {what}, {change}; continue it with the "
                         "same --dataset, or start a new search")
@@ -1047,8 +1050,9 @@ def set_up_search(args, context):
     resume_path = resolve_resume_path(args.resume)
     if resume_path is not None:
         checkpoint = load_checkpoint(resume_path, what="--resume")
-        check_resume_compatible(checkpoint, args, predictor, fingerprint, resume_path)
-        start_epoch = searcher.restore(checkpoint)
+        with damaged_checkpoint_refused(resume_path):
+            check_resume_compatible(checkpoint, args, predictor, fingerprint, resume_path)
+            start_epoch = searcher.restore(checkpoint)
         check_finite_state(searcher, resume_path)
         if checkpoint["epoch"] == args.freeze_epochs:
             searcher.state = SearchState(tradeoff=args.tradeoff)  # a search from the warm-up starts a fresh lambda
@@ -1214,9 +1218,12 @@ def check_save_folder(args):
             raise UserError(f"--save {args.save} holds {held}, not a search: choose another --save")
         raise UserError(f"--save {args.save} already holds a search; continue it with --resume {existing} "
                         "or choose another --save")
-    # Resuming here, the earlier results are this search's own.
+    refuse_save_inside_dataset(args.save, args.dataset)
+    # Resuming here (from its checkpoint or its warm-up's), the earlier results are this search's own.
+    own_warmup = args.resume is not None and os.path.abspath(resolve_resume_path(args.resume)) == \
+        os.path.abspath(os.path.join(args.save, WARMUP_CHECKPOINT_NAME))
     refuse_files_of_others_or_earlier_runs(args.save, "search", OUTPUT_NAMES,
-                                           () if resuming_here else (ARCH_NAME, METRICS_NAME))
+                                           () if resuming_here or own_warmup else (ARCH_NAME, METRICS_NAME))
 
 
 def check_options_apply(args):
@@ -1260,13 +1267,19 @@ def main(args):
         if not any(os.path.isfile(os.path.join(args.resume, name)) for name in (ARGS_NAME, LOG_NAME)):
             raise UserError(f"--resume: {args.resume} is a folder no search ran in (no {CHECKPOINT_NAME}); give a "
                             "search's folder or checkpoint")
+        warmup = os.path.join(args.resume, WARMUP_CHECKPOINT_NAME)
+        if os.path.isfile(warmup):
+            raise UserError(f"--resume: {args.resume} holds no {CHECKPOINT_NAME}, only its warm-up's; continue from "
+                            f"that with --resume {warmup}")
         raise UserError(f"--resume: {args.resume} holds no {CHECKPOINT_NAME} yet (the search stopped before its "
                         "first epoch ended); start it again without --resume")
     if args.resume is not None:
         check_regular_file(resolve_resume_path(args.resume), "--resume:")
     if args.resume is not None:  # a wrong file fails now, before --save is touched
-        check_search_checkpoint(load_checkpoint(resolve_resume_path(args.resume), what="--resume"),
-                                resolve_resume_path(args.resume))
+        resume_path = resolve_resume_path(args.resume)
+        checkpoint = load_checkpoint(resume_path, what="--resume")
+        check_search_checkpoint(checkpoint, resume_path)
+        check_resume_dataset_given(checkpoint, args, resume_path)
     with run_folder_lock(args.save, checkpoint=CHECKPOINT_NAME):
         check_save_folder(args)
         resumable_at(os.path.join(args.save, CHECKPOINT_NAME))

@@ -334,6 +334,12 @@ def load_resume_checkpoint(args):
                             "search with search_imagenet.py --resume, or train its arch.json with --arch_config")
         raise UserError(f"--resume: {args.resume} is not a training checkpoint of this script "
                         f"(no {', '.join(missing)}); to evaluate weights use --evaluate")
+    records = {"best": dict, "optimizer": dict, "scheduler": dict, "args": (dict, type(None)), "num_classes": int,
+               "arch_config": list}
+    wrong = [key for key, kind in records.items() if not isinstance(checkpoint.get(key), kind)]
+    if wrong:
+        raise UserError(f"--resume: {args.resume} is damaged or of another version (missing or of the wrong kind: "
+                        f"{', '.join(wrong)}); resume from another checkpoint or start again")
     broken = utils.non_finite_entries(checkpoint["state_dict"])
     if broken:
         raise UserError(f"--resume: {args.resume} holds NaN or infinite values ({utils.name_a_few(broken)}): "
@@ -383,6 +389,7 @@ def resolve_save_folder(args):
             raise UserError(f"--save {args.save} holds {held}, not a training run: choose another --save")
         raise UserError(f"--save {args.save} already holds {CHECKPOINT_FILE}: continue it with --resume "
                         f"{existing} or choose another --save")
+    utils.refuse_save_inside_dataset(args.save, args.dataset)
     if not args.resume:
         utils.refuse_files_of_others_or_earlier_runs(args.save, "training", TRAINING_OUTPUTS,
                                                      (BEST_FILE, BEST_EMA_FILE, METRICS_FILE))
@@ -644,12 +651,13 @@ def evaluate_model(model, loader, context, progress):
 # ------------------------------------------------------------------ state
 
 
-def checkpoint_state(training, args, num_classes, epoch, best, rng_states):
+def checkpoint_state(training, args, num_classes, epoch, best, rng_states, images):
     state = dict(state_dict=training.model.state_dict(), arch_config=list(args.arch_config),
                  num_classes=num_classes, image_size=args.image_size,
                  eval_crop_ratio=data.eval_crop_ratio(args.augment), epoch=epoch,
                  optimizer=training.optimizer.state_dict(), scheduler=training.scheduler.state_dict(),
-                 scaler=training.scaler.state_dict(), best=dict(best), rng_states=rng_states, args=vars(args))
+                 scaler=training.scaler.state_dict(), best=dict(best), rng_states=rng_states, args=vars(args),
+                 dataset=images)
     if training.ema is not None:
         state["ema_state_dict"] = training.ema.model.state_dict()
     return state
@@ -664,11 +672,16 @@ def weights_file(state_dict, args, num_classes, epoch, result):
                 top1=result["top1"], top5=result["top5"])
 
 
-def restore(training, checkpoint, context, num_classes, logger):
+def restore(training, checkpoint, context, num_classes, images, logger):
     """Load a training checkpoint; returns (epochs done, best results)."""
     if checkpoint.get("num_classes") != num_classes:
         raise UserError(f"--resume: the checkpoint predicts {checkpoint.get('num_classes')} classes but the "
                         f"dataset has {num_classes}")
+    # Checkpoints from before the training images were fingerprinted are not checked.
+    change = data.describe_image_change(checkpoint["dataset"], images) if "dataset" in checkpoint else None
+    if change is not None:
+        raise UserError(f"--resume: the checkpoint trained on other images: {change}; continue it with the same "
+                        "--dataset, or start a new run")
     mismatch = utils.state_dict_mismatch(training.model, checkpoint["state_dict"])
     if mismatch:
         raise UserError(f"--resume: the checkpoint's weights do not fit its architecture ({mismatch}); it was "
@@ -829,6 +842,7 @@ def fit(args, context, root):
     train_loader = build_train_loader(root, args, context)
     val_loader = build_val_loader(root, args, context, data.eval_crop_ratio(args.augment))
     num_classes = len(train_loader.dataset.dataset.classes)
+    images = data.dataset_fingerprint(train_loader.dataset.dataset)  # kept in checkpoints: a resume must use them
     training = setup_training(args, context, num_classes, len(train_loader))
     # The run's folder and log appear only now that the data and the model
     # were accepted: a refusal above leaves nothing behind.
@@ -842,14 +856,16 @@ def fit(args, context, root):
     start_epoch, best = 0, dict(top1=-1.0, epoch=0, ema_top1=-1.0)
     if args.resume:
         checkpoint = utils.load_checkpoint(args.resume, what="--resume")
-        start_epoch, best = restore(training, checkpoint, context, num_classes, logger)
+        with utils.damaged_checkpoint_refused(args.resume):
+            start_epoch, best = restore(training, checkpoint, context, num_classes, images, logger)
         log_changed_options(checkpoint, args, logger)
         logger.info(f"resumed from {args.resume} after epoch {start_epoch}")
     else:
         # Each process its own dropout stream; the weights are already equal.
         utils.seed_everything(args.seed + context.rank)
-    run = (RunRecord(args, num_classes, logger, utils.MetricsFile(os.path.join(args.save, METRICS_FILE), start_epoch),
-                     best) if context.is_main else None)
+    run = (RunRecord(args, num_classes, images, logger,
+                     utils.MetricsFile(os.path.join(args.save, METRICS_FILE), start_epoch), best)
+           if context.is_main else None)
 
     for epoch in range(start_epoch, args.epochs):
         train_loader.sampler.set_epoch(epoch)
@@ -911,6 +927,7 @@ class RunRecord:
 
     args: argparse.Namespace
     num_classes: int
+    images: dict  # the training images' fingerprint (data.dataset_fingerprint)
     logger: logging.Logger
     metrics: utils.MetricsFile
     best: dict  # best val top-1 so far, its epoch, the best EMA top-1
@@ -936,7 +953,7 @@ def record_epoch(run, training, epoch, lr, stats, val, ema_val, rng_states):
             utils.save_checkpoint(weights_file(training.ema.model.state_dict(), args, num_classes, done, ema_val),
                                   os.path.join(args.save, BEST_EMA_FILE))
     run.metrics.append(record)
-    utils.save_checkpoint(checkpoint_state(training, args, num_classes, done, best, rng_states),
+    utils.save_checkpoint(checkpoint_state(training, args, num_classes, done, best, rng_states, run.images),
                           os.path.join(args.save, CHECKPOINT_FILE))
     if run.figures.due(last=done == args.epochs):
         plot_curves(run.metrics.rows, os.path.join(args.save, CURVES_FILE))

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import pickle
+import resource
 import random
 import re
 import shlex
@@ -141,6 +142,16 @@ def run_cli(main, parser, argv=None):
         sys.exit(USER_ERROR_EXIT_CODE)
     except BrokenPipeError:  # output piped to a reader that stopped (`| head -1`): nothing more to say
         discard_stdout()  # the exit's flush must not fail again
+        sys.exit(1)
+    except OSError as error:
+        if error.errno in (errno.EMFILE, errno.ENFILE):  # the loading processes' pipes and shared memory count
+            print(f"error: too many open files for this process (ulimit -n is {open_file_limit()}); raise the "
+                  "limit (ulimit -n 4096) or give fewer --workers", file=sys.stderr)
+            sys.exit(USER_ERROR_EXIT_CODE)
+        if not is_output_failure(error):
+            raise
+        discard_stdout()
+        print(f"error: cannot write the output ({error.strerror or error}); send it elsewhere", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         stop_on_signal(signal.SIGINT)
@@ -487,19 +498,35 @@ def create_logger(save_dir=None, name="lightnas"):
 
 class StdoutHandler(logging.StreamHandler):
     """The log's lines on stdout. Once stdout's reader has gone (`| head -1`)
-    the run goes on quietly, its log.txt still complete, instead of printing
-    a logging traceback per line; stdout then leads to /dev/null, so that
-    later prints and the exit's flush do not fail either."""
+    or stdout cannot be written (a full disk, /dev/full) the run goes on,
+    its log.txt still complete, instead of printing a logging traceback per
+    line; stdout then leads to /dev/null, so that later prints and the
+    exit's flush do not fail either."""
 
     def handleError(self, record):
-        if isinstance(sys.exc_info()[1], BrokenPipeError):
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
             discard_stdout()
+            if not isinstance(error, BrokenPipeError):  # a full disk or /dev/full: say so, once
+                print(f"warning: cannot write the output ({error.strerror or error}); the run goes on, its log in "
+                      "log.txt", file=sys.stderr)
             return
         super().handleError(record)
 
 
 def discard_stdout():
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def open_file_limit():
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def is_output_failure(error):
+    """Whether an OSError that reached the top is printing to a full disk or
+    /dev/full: the project's own files are written by functions that turn
+    such errors into UserErrors naming the file, and these name none."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO) and error.filename is None
 
 
 def refuse_outputs_that_are_not_files(folder, names):
@@ -510,6 +537,18 @@ def refuse_outputs_that_are_not_files(folder, names):
     if odd:
         raise UserError(f"--save {folder} holds {name_a_few(odd)}, which the run writes, as something other than a "
                         "file (a folder, a pipe or a broken link); remove it")
+
+
+def refuse_save_inside_dataset(save, dataset):
+    """A run's folder inside its dataset: its figures (PNG files) would be
+    read as images of a class by this run or the next."""
+    if dataset is None:
+        return
+    inside = os.path.realpath(save)
+    root = os.path.realpath(dataset)
+    if os.path.commonpath([inside, root]) == root:
+        raise UserError(f"--save {save} is inside --dataset {dataset}: the run's figures would be read as images; "
+                        "choose a folder outside it")
 
 
 def refuse_files_of_others_or_earlier_runs(folder, kind, outputs, results):
@@ -893,7 +932,8 @@ def read_json_lines(path, up_to_epoch=None):
     if not os.path.isfile(path):
         return []
     rows = []
-    with open(path, encoding="utf-8-sig") as file:  # an editor's byte-order mark is no reason to fail
+    # An editor's byte-order mark is no reason to fail; a file of gigabytes is not one of ours.
+    with open_for_reading(path, "JSON-lines file", encoding="utf-8-sig") as file:
         for number, line in enumerate(file, start=1):
             if line.strip():
                 try:
@@ -961,6 +1001,20 @@ def save_checkpoint_again(source, path):
     except OSError:
         shutil.copyfile(source, temp_path)
     os.replace(temp_path, path)
+
+
+@contextlib.contextmanager
+def damaged_checkpoint_refused(path, what="--resume"):
+    """Around restoring a checkpoint's states (weights, optimizers, random
+    generators) and reading its records: one whose parts were edited, cut or
+    written by another version fails deep inside torch or Python with a
+    KeyError or TypeError; it is named instead, in one line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+        detail = f"{type(error).__name__}: {error}"
+        raise UserError(f"{what}: {path} is damaged or of another version ({detail[:160]}); resume from another "
+                        "checkpoint or start again") from None
 
 
 def load_checkpoint(path, what="checkpoint"):
@@ -1330,16 +1384,21 @@ def output_folder(path, option="--out"):
 
 def make_tool_folder(path, tool, option="--out"):
     """make_output_folder for the --out of `tool` (peers, closed loop, the
-    benchmarks): a folder holding a search's or training's checkpoint, or
-    another tool's run (its plan.json), is refused, since this tool's files
-    there would stop that run's resume or mix with its own."""
+    benchmarks), once check_tool_folder accepts it."""
+    check_tool_folder(path, tool, option)
+    make_output_folder(path, option)
+
+
+def check_tool_folder(path, tool, option="--out"):
+    """A folder holding a search's or training's checkpoint, or another
+    tool's run (its plan.json), is refused as the --out of `tool`, since this
+    tool's files there would stop that run's resume or mix with its own."""
     checkpoint = os.path.join(path, "checkpoint.pth.tar")
     if os.path.isfile(checkpoint):
         raise UserError(f"{option} {path} holds {describe_saved_run(checkpoint)}; choose another {option}")
     plan = os.path.join(path, PLAN_NAME)
     if os.path.isfile(plan):
         _refuse_another_tools_folder(path, read_plan(plan, option), tool, option)
-    make_output_folder(path, option)
 
 
 def refuse_non_file_output(path, prefix):

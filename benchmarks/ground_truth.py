@@ -162,7 +162,6 @@ def main(args):
     utils.check_seed(args.sample_seed, "--sample_seed")
     search_quality.check_target_reachable(args.target)
     utils.check_output_file(args.out, "--out")
-    utils.make_output_folder(args.work, "--work")
     retraining.stop_children_on_sigterm()
     candidates, draws = search_quality.random_architectures(args.nets, args.target, args.sample_seed)
     nets = [{"name": f"random {index + 1}", "kind": "random", "arch_config": arch_config, "predicted": cost}
@@ -171,6 +170,7 @@ def main(args):
     known = earlier_results(args.out, truth, nets) if os.path.exists(args.out) else {}
     if known:
         print(f"continuing {args.out}: {len(known)} retrainings kept from it", flush=True)
+    utils.make_output_folder(args.work, "--work")  # only now: a refusal above leaves no empty folder
     settings = argparse.Namespace(out=args.work, seeds=args.seeds, jobs=args.jobs, scale=search_quality.FULL,
                                   retrain_epochs=retraining.SHORT_RECIPE["epochs"])
     started = datetime.datetime.now(datetime.timezone.utc)

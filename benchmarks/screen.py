@@ -44,6 +44,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import ground_truth  # noqa: E402
+import latency_predictor  # noqa: E402
 import reproduce_tables  # noqa: E402
 import search_imagenet  # noqa: E402
 import search_quality  # noqa: E402
@@ -111,9 +112,23 @@ def hold_undone_share(rows):
     return undone / latched if latched else None
 
 
-def check_finished_search(folder):
-    if not os.path.isfile(os.path.join(folder, "arch.json")):
+def finished_search(folder, target):
+    """The arch.json of a finished search for `target` ms on the table the
+    ground truth is about (the default one)."""
+    path = os.path.join(folder, "arch.json")
+    if not os.path.isfile(path):
         raise UserError(f"{folder} holds no finished search (no arch.json)")
+    result = utils.read_json(path, "arch.json")
+    if (not isinstance(result, dict) or not {"arch_config", "predicted", "error_percent", "target"} <= set(result)
+            or not utils.is_finite_number(result["target"])):
+        raise UserError(f"{path} is not a search's arch.json; give the folder of a finished search")
+    if result["target"] != target:
+        raise UserError(f"{folder} searched for {result['target']:g} ms, not --target {target:g}: give --target "
+                        f"{result['target']:g} and its ground truth")
+    default = latency_predictor.load_predictor().identifier
+    if result.get("predictor", default) != default:
+        raise UserError(f"{folder} searched on {result['predictor']}; the ground truth is about {default}")
+    return result
 
 
 def search_health(folder):
@@ -123,8 +138,7 @@ def search_health(folder):
         os.path.join(folder, "metrics.jsonl")) else []
     if not rows:
         raise UserError(f"{folder} holds no metrics.jsonl rows: give the folder of a finished search")
-    with open(os.path.join(folder, "arch.json")) as file:
-        result = json.load(file)
+    result = utils.read_json(os.path.join(folder, "arch.json"), "arch.json")
     last = rows[-1]
     return {
         "arch_config": result["arch_config"],
@@ -268,11 +282,11 @@ def main(args):
                         "another --out")
     started = time.time()
     for folder in args.folders or []:  # before --out is made: a wrong folder leaves nothing behind
-        check_finished_search(folder)
+        finished_search(folder, args.target)
     utils.make_tool_folder(args.out, "benchmarks/screen.py")
     folders = args.folders if args.folders is not None else run_variant(args)
     for folder in folders:
-        check_finished_search(folder)
+        finished_search(folder, args.target)
     print(f"scoring {len(truth['networks'])} ground-truth networks ({', '.join(truth_paths)}) with each supernet ...",
           flush=True)
     screens = [screen_search(folder, truth) for folder in folders]

@@ -199,6 +199,38 @@ def inputs(tmp_path_factory):
     files["list_plan_run"] = root / "list-plan-run"  # a plan.json that is JSON but not an object
     files["list_plan_run"].mkdir()
     (files["list_plan_run"] / "plan.json").write_text("[1]\n")
+    for name, field, value in (("table_bool_batch", "batch_size", True), ("table_clock", "protocol", "clock"),
+                               ("table_zero_reference", "noise", 0)):
+        odd = json.loads(shipped)
+        if field == "protocol":
+            odd["metadata"]["protocol"]["clock"] = "process"
+        elif field == "noise":
+            odd["metadata"]["noise"]["reference_median_ms"] = value
+        else:
+            odd["metadata"][field] = value
+        files[name] = root / f"{name}.json"
+        files[name].write_text(json.dumps(odd))
+    training_state = {"state_dict": model_train.LightNet(model_train.LIGHTNETS[ARCH_24], num_classes=3).state_dict(),
+                      "arch_config": model_train.LIGHTNETS[ARCH_24], "num_classes": 3, "epoch": 1, "args": {},
+                      "best": {"top1": 30.0, "epoch": 1, "ema_top1": -1.0}, "optimizer": {}, "scheduler": {}}
+    files["empty_optimizer"] = root / "empty-optimizer.pth.tar"  # edited: its optimizer state emptied
+    torch.save(training_state, files["empty_optimizer"])
+    files["no_best"] = root / "no-best.pth.tar"  # edited: its best result removed
+    torch.save({key: value for key, value in training_state.items() if key != "best"}, files["no_best"])
+    files["big_screens"] = root / "big-screens"  # screens.jsonl of 10 GiB (sparse)
+    files["big_screens"].mkdir()
+    with open(files["big_screens"] / "screens.jsonl", "wb") as file:
+        file.truncate(10 * 2**30)
+    files["search_24"] = root / "search-24"  # a finished search for 24 ms
+    files["search_24"].mkdir()
+    (files["search_24"] / "arch.json").write_text(json.dumps(
+        {"arch_config": model_train.LIGHTNETS[ARCH_24], "predicted": 23.9, "error_percent": -0.4, "target": 24.0}))
+    files["warmup_only"] = root / "warmup-only"  # a search whose checkpoint.pth.tar was deleted
+    files["warmup_only"].mkdir()
+    for name in ("warmup.pth.tar", "args.json", "log.txt"):
+        (files["warmup_only"] / name).write_text("kept\n")
+    files["cuda_truth"] = root / "cuda-truth.json"  # a ground truth made on another kind of device
+    shutil.copy(REPO_ROOT / "benchmarks" / "ground_truth" / "random_24ms_cuda.json", files["cuda_truth"])
     files["screens_folder"] = root / "screens-folder"  # screen's results file there as a folder
     (files["screens_folder"] / "screens.jsonl").mkdir(parents=True)
     for name, field, value in (("table_metric_list", "metric", ["latency"]), ("table_device_text", "device", "cpu")):
@@ -748,6 +780,40 @@ CASES = {
                                                      ARCH_24], "metadata metric and unit must be names"),
     "validate: table device a string": (latency_build, ["validate", "--lut", "{table_device_text}"],
                                         "metadata device must be an object"),
+    # Before: tracebacks (a TypeError deep in the timing, a ZeroDivisionError, KeyErrors while restoring a
+    # checkpoint, a MemoryError reading a JSON-lines file), a refusal blaming --clock though the table
+    # named the clock, a search for another target screened as this one, runs writing their figures into
+    # the dataset they read, an empty --work folder left by a refusal.
+    "validate: table batch_size true": (latency_build, ["validate", "--lut", "{table_bool_batch}", "--out_dir",
+                                                        "{out}"], "metadata batch_size must be an integer in"),
+    "validate: table reference median 0": (latency_build, ["validate", "--lut", "{table_zero_reference}",
+                                                           "--out_dir", "{out}"],
+                                           "reference_median_ms must be a positive number of ms, got 0"),
+    "validate: table clock 'process'": (latency_build, ["validate", "--lut", "{table_clock}", "--out_dir", "{out}"],
+                                        "the table records clock 'process'"),
+    "train: resume with an emptied optimizer": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo",
+                                                                 "--save", "{out}", "--resume", "{empty_optimizer}",
+                                                                 "--epochs", "2", "--workers", "0", "--batch_size",
+                                                                 "4", "--image_size", "32"],
+                                                "is damaged or of another version (KeyError: 'param_groups')"),
+    "train: resume without a best result": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo", "--save",
+                                                             "{out}", "--resume", "{no_best}", "--epochs", "2"],
+                                            "missing or of the wrong kind: best"),
+    "screen: --table of a 10 GiB screens.jsonl": (screen, ["--table", "--out", "{big_screens}"],
+                                                  "is 10240 MiB, more than the 64 MiB"),
+    "screen: a search for another target": (screen, ["--folders", "{search_24}", "--name", "x", "--target", "28",
+                                                     "--truth", str(REPO_ROOT / "benchmarks" / "ground_truth" /
+                                                                    "random_28ms_cuda.json"), "--out", "{out}"],
+                                            "searched for 24 ms, not --target 28"),
+    "search: --save inside --dataset": (search_imagenet, ["--dataset", "{data}", "--num_classes", "3", "--save",
+                                                          "{data}/val/run"], "is inside --dataset"),
+    "train: --save inside --dataset": (train_imagenet, ["--dataset", "{data}", "--arch_config", ARCH_24, "--save",
+                                                        "{data}/train/run"], "is inside --dataset"),
+    "search: --resume a folder with only its warm-up": (search_imagenet, ["--resume", "{warmup_only}", "--save",
+                                                                          "{out}"], "only its warm-up's"),
+    "ground truth: --out another device's truth": (ground_truth, ["--nets", "2", "--seeds", "1", "--out",
+                                                                  "{cuda_truth}", "--work", "{out}"],
+                                                   "cannot be continued"),
 }
 
 

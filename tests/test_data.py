@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from torch import nn
 from torchvision import transforms
 
@@ -264,8 +264,10 @@ def test_images_load_as_rgb(tmp_path):
     assert data.load_rgb_image(path).mode == "RGB"
 
 
-def test_a_16_bit_greyscale_png_keeps_its_range(tmp_path):
-    path = tmp_path / "grey16.png"
+@pytest.mark.parametrize("suffix", ["png", "pgm"])
+def test_a_16_bit_greyscale_png_or_pgm_keeps_its_range(tmp_path, suffix):
+    # Sweep 6: a 16-bit PGM opens as 32-bit integers too; it was refused as such.
+    path = tmp_path / f"grey16.{suffix}"
     ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
     Image.fromarray(ramp).save(path)
     assert Image.open(path).mode.startswith("I")  # Pillow reads it with 16 bits per pixel
@@ -275,6 +277,28 @@ def test_a_16_bit_greyscale_png_keeps_its_range(tmp_path):
     assert (pixels == 255).mean() < 0.01
     expected = np.round(ramp / data.SIXTEEN_BIT_SCALE)
     assert np.abs(pixels[..., 0].astype(int) - expected).max() <= 1
+
+
+def test_an_image_whose_text_decompresses_past_pillows_limit_is_named(tmp_path):
+    # Sweep 6. Before: Pillow's ValueError was a traceback, mid-epoch in a training.
+    path = tmp_path / "text.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)
+    Image.new("RGB", (4, 4)).save(path, pnginfo=info)
+    with pytest.raises(UserError, match=re.escape(f"cannot read image {path} (Decompressed data too large")):
+        data.load_rgb_image(path)
+
+
+def test_a_change_of_images_is_described():
+    before = {"classes": ["cat", "dog"], "images": 10, "files_sha256": "a"}
+    assert data.describe_image_change(before, dict(before)) is None
+    assert data.describe_image_change(before, dict(before, classes=["cat"])) == "its classes differ (2 then, 1 now)"
+    # Sweep 6: the same number of classes with other names was "its classes differ (3 then, 3 now)".
+    assert data.describe_image_change(before, dict(before, classes=["cat", "fox"])) == \
+        "other classes (fox where it had dog)"
+    assert data.describe_image_change(before, dict(before, images=12)) == "10 images then, 12 now"
+    assert data.describe_image_change(before, dict(before, files_sha256="b")) == \
+        "the same number of images, but other files"
 
 
 def test_an_image_with_float_pixels_is_refused_by_name(tmp_path):

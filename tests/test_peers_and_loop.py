@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import re
+import shutil
 
 import pytest
 
@@ -109,9 +110,11 @@ def test_closed_loop_reuses_steps_only_for_its_own_settings_and_continues_its_se
         raise UserError(f"{what} failed")
 
     monkeypatch.setattr(closed_loop, "run_step", stopped_step)
+    table = tmp_path / "table.json"
+    shutil.copy(lp.CPU_LUT, table)
 
     def loop(*arguments):
-        return closed_loop.main(closed_loop.get_args_parser().parse_args(["--out", str(out), "--lut", lp.CPU_LUT,
+        return closed_loop.main(closed_loop.get_args_parser().parse_args(["--out", str(out), "--lut", str(table),
                                                                           *arguments]))
 
     with pytest.raises(UserError, match="failed"):
@@ -127,6 +130,13 @@ def test_closed_loop_reuses_steps_only_for_its_own_settings_and_continues_its_se
                            (["--target_latency", "20", "--", "--epochs", "4"], "search_options")):
         with pytest.raises(UserError, match=rf"holds a run with other settings \({changed}\)"):
             loop(*other)
+    # The table recalibrated in place, same path (before: its old search reused, its error reported against
+    # the new costs).
+    recalibrated = json.loads(table.read_text())
+    recalibrated["metadata"]["calibration"] = {"scale": 1.2, "offset": 0.0}
+    table.write_text(json.dumps(recalibrated))
+    with pytest.raises(UserError, match=r"holds a run with other settings \(lut_costs\)"):
+        loop("--target_latency", "20", "--", "--epochs", "3")
     assert len(steps) == 2  # nothing ran under the other settings
 
 

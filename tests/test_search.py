@@ -619,6 +619,16 @@ def test_resume_on_another_dataset_is_refused_and_writes_nothing(change, expecte
     assert not save.exists()  # nothing written: not even args.json or an empty log
 
 
+def test_resume_without_the_dataset_it_searched_is_refused(finished_search, tiny_dataset, tmp_path, capsys):
+    # Sweep 6. Before: left out, --dataset meant the synthetic demo set, refused only as "3 classes, this
+    # dataset 10".
+    save = tmp_path / "branch"
+    error = resume_refusal(["--save", str(save), "--resume", os.path.join(finished_search, "warmup.pth.tar")],
+                           capsys)
+    assert f"searched on --dataset {tiny_dataset}; resume with --dataset {tiny_dataset}" in error, error
+    assert not save.exists()
+
+
 def test_a_search_cannot_continue_in_its_own_folder_for_another_target(tiny_dataset, tmp_path, capsys):
     save = tmp_path / "search-24ms"
     run_search(["--save", str(save), "--target_latency", "24", "--dataset", tiny_dataset, "--num_classes", "3",

@@ -495,6 +495,13 @@ def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(a
     torch.save(overflowed, tmp_path / "overflowed.pth.tar")
     cases.append((["--resume", tmp_path / "overflowed.pth.tar"], "holds NaN or infinite values "
                                                                   "(first_conv.1.running_var)"))
+    # Sweep 6. Before: resumed on another set of as many classes, without a word.
+    renamed = tmp_path / "renamed"
+    shutil.copytree(tiny_dataset, renamed)
+    for split in ("train", "val"):
+        (renamed / split / "class_00_disc").rename(renamed / split / "class_00_zebra")
+    cases.append((["--resume", checkpoint, "--dataset", renamed, "--epochs", 3],
+                  "the checkpoint trained on other images: other classes (class_00_zebra where it had class_00_disc)"))
     for options, message in cases:
         argv = tiny_run(tiny_dataset, tmp_path / "run") + options
         code, lines = user_error(capsys, argv)

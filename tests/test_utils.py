@@ -689,6 +689,36 @@ def test_output_piped_to_a_reader_that_stopped_ends_quietly(tmp_path, kind):
         assert (tmp_path / utils.LOG_NAME).read_text().count("x" * 80) == 100_000
 
 
+@pytest.mark.parametrize("kind", PIPED_PRINTERS)
+def test_output_to_a_full_disk_is_one_line(tmp_path, kind):
+    # Sweep 6. Before: `> /dev/full` was an OSError traceback (a print) or a "--- Logging error ---"
+    # traceback per line (a run's log), exit 0.
+    loop, exit_code = PIPED_PRINTERS[kind]
+    printer = f"import argparse, sys, utils\nutils.run_cli(lambda args: {loop}, argparse.ArgumentParser(), [])"
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-c", printer, str(tmp_path)], cwd=REPO_ROOT, stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == exit_code
+    expected = ("error: cannot write the output (No space left on device); send it elsewhere" if kind == "print"
+                else "warning: cannot write the output (No space left on device); the run goes on, its log in "
+                     "log.txt")
+    assert result.stderr.strip() == expected
+    if kind == "log":
+        assert (tmp_path / utils.LOG_NAME).read_text().count("x" * 80) == 100_000
+
+
+def test_too_many_open_files_is_one_line():
+    # Sweep 6. Before: `ulimit -n 12` with loading processes ended in an OSError traceback.
+    command = ("import argparse, os, utils\n"
+               "utils.run_cli(lambda args: [os.open(os.devnull, os.O_RDONLY) for _ in range(100)], "
+               "argparse.ArgumentParser(), [])")
+    result = subprocess.run(["bash", "-c", f'ulimit -n 20; exec "{sys.executable}" -c "$0"', command],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: too many open files for this process (ulimit -n is 20); raise the limit "
+                                     "(ulimit -n 4096) or give fewer --workers")
+
+
 @pytest.mark.parametrize("row", ["[1]", "{}", '{"epoch": "1"}', '{"epoch": true}', '"text"'])
 def test_a_metrics_row_this_project_did_not_write_is_refused_on_resume(tmp_path, row):
     # Sweep 5. Before: a resumed run read these as rows and failed with KeyError / TypeError tracebacks.
