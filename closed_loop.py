@@ -146,6 +146,9 @@ def check_target(table, target):
     if table in lp.COUNT_METRICS:
         raise UserError(f"--lut {table}: the loop times the found network here, so it needs a latency table "
                         "measured on this machine; leave --lut out to build one")
+    if not table.endswith(".json"):  # the MLP predictor, or another file: it would be read as JSON
+        raise UserError(f"--lut {table}: the loop needs a latency table (.json) measured on this machine; leave "
+                        "--lut out to build one")
     predictor = lp.table_predictor(table)
     device = predictor.metadata["device"]
     if predictor.metric != "latency" or device.get("type") not in ("cpu", "cuda"):

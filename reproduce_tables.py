@@ -798,6 +798,10 @@ def main(args):
     mode = QUICK if args.quick else FULL
     jetson = validate(args, mode)
     cpu_table = lp.table_predictor(args.cpu_table)
+    if cpu_table.metric != "latency" or cpu_table.metadata["device"].get("type") != "cpu":
+        raise UserError(f"--cpu_table {args.cpu_table} holds {cpu_table.metric} of "
+                        f"{cpu_table.metadata['device'].get('name')}; Table 1 compares it with timings on this CPU: "
+                        "give a CPU latency table (latency_build.py build)")
     mlp = authors_mlp(args.mlp)
     dataset = args.search_dataset or data.synthetic_dataset(**mode.dataset)
     make_tool_folder(args.out, "reproduce_tables.py")

@@ -800,16 +800,28 @@ TORCH_WRITE_FAILURES = ("file write failed", "PytorchStreamWriter failed writing
 
 
 def _is_write_failure(error):
-    """An error of the disk (full, read-only, no permission, quota), not of the code."""
+    """An error of the disk (full, read-only, no permission, quota), not of
+    the code, nor a signal that stopped torch's writer mid-file (Ctrl-C,
+    SIGTERM: the run stops for it and says so)."""
+    if isinstance(error.__context__, (KeyboardInterrupt, Terminated)):
+        return False
     if isinstance(error, OSError):
         return True
     return isinstance(error, RuntimeError) and any(sign in str(error) for sign in TORCH_WRITE_FAILURES)
 
 
+def torch_write_failure_reason():
+    """Why torch's writer failed, as far as can be told: it does not say."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:  # `ulimit -f`: a file past it fails as a full disk would
+        return f"the write was refused: is the disk full, or the file over this shell's size limit ({limit} bytes)?"
+    return "the disk refused the write; is it full?"
+
+
 def write_failure(path, error):
     """The UserError for a write to `path` that failed with `error` (an
     OSError, or torch's own writer's complaint)."""
-    reason = path_error_reason(error) if isinstance(error, OSError) else "the disk refused the write; is it full?"
+    reason = path_error_reason(error) if isinstance(error, OSError) else torch_write_failure_reason()
     kept = " (the earlier file is kept)" if os.path.exists(path) else ""
     if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:
         return UserError(f"cannot write {path}: {reason}; choose a shorter name")
@@ -1454,9 +1466,9 @@ def run_folder_lock(folder, option="--save", checkpoint=None):
     starts the run takes it (under torchrun, rank 0).
 
     A run that stops on bad input (an unreadable image found mid-epoch, a
-    divergence) before it has written `checkpoint` leaves nothing behind:
-    the files it created are removed, and the folder too if this run made
-    it. Files that were there before are kept."""
+    divergence) or on Ctrl-C or SIGTERM before it has written `checkpoint`
+    leaves nothing behind: the files it created are removed, and the folder
+    too if this run made it. Files that were there before are kept."""
     if os.environ.get("RANK", "0") != "0":
         yield
         return
@@ -1472,8 +1484,11 @@ def run_folder_lock(folder, option="--save", checkpoint=None):
                         f"{option}") from None
     try:
         yield
-    except (UserError, SystemExit) as error:
-        if _stopped_on_bad_input(error) and not (checkpoint and os.path.exists(os.path.join(folder, checkpoint))):
+    except BaseException as error:
+        # Stopped on bad input, or by Ctrl-C or SIGTERM, before there is anything to resume: nothing is kept,
+        # so that the same command can start over (an earlier metrics.jsonl would make it refuse).
+        stopped = _stopped_on_bad_input(error) or _stopped_by_signal(error)
+        if stopped and not (checkpoint and os.path.exists(os.path.join(folder, checkpoint))):
             _remove_new_files(folder, present_before)
         raise
     finally:
@@ -1484,7 +1499,14 @@ def run_folder_lock(folder, option="--save", checkpoint=None):
 
 def _stopped_on_bad_input(error):
     """A UserError here, or the exit status a spawned process gives for one."""
-    return isinstance(error, UserError) or error.code == USER_ERROR_EXIT_CODE
+    return isinstance(error, UserError) or (isinstance(error, SystemExit) and error.code == USER_ERROR_EXIT_CODE)
+
+
+def _stopped_by_signal(error):
+    """Ctrl-C or SIGTERM, raised here or while torch was inside its own code
+    (which then reports a RuntimeError in its place)."""
+    signals = (KeyboardInterrupt, Terminated)
+    return isinstance(error, signals) or isinstance(error.__context__, signals)
 
 
 def _remove_new_files(folder, present_before):

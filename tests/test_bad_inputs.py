@@ -811,6 +811,14 @@ CASES = {
                                                         "{data}/train/run"], "is inside --dataset"),
     "search: --resume a folder with only its warm-up": (search_imagenet, ["--resume", "{warmup_only}", "--save",
                                                                           "{out}"], "only its warm-up's"),
+    # Before: "not valid JSON here (utf-8 codec ...)" for the authors' MLP; a Jetson table taken as the CPU
+    # table, Table 1 then comparing Jetson predictions with CPU timings for 6.5 minutes.
+    "closed loop: --lut the authors' MLP": (closed_loop, ["--lut", str(REPO_ROOT.parent / "shared" / "data" /
+                                                                       "lightnas_jetson_latency_mlp.pth.tar"),
+                                                          "--target_latency", "17", "--out", "{out}"],
+                                            "the loop needs a latency table (.json)"),
+    "reproduce: --cpu_table a Jetson table": (reproduce_tables, ["--quick", "--cpu_table", str(
+        REPO_ROOT / "latency_lut" / "jetson_agx_xavier_b8.json"), "--out", "{out}"], "give a CPU latency table"),
     "ground truth: --out another device's truth": (ground_truth, ["--nets", "2", "--seeds", "1", "--out",
                                                                   "{cuda_truth}", "--work", "{out}"],
                                                    "cannot be continued"),

@@ -230,8 +230,33 @@ def write_run_files(folder, checkpoint=False):
         (folder / "checkpoint.pth.tar").write_bytes(b"epoch 1")
 
 
-@pytest.mark.parametrize("stop", [UserError("cannot read image x.png"), SystemExit(utils.USER_ERROR_EXIT_CODE)])
-def test_a_run_stopped_by_bad_input_before_its_first_checkpoint_leaves_nothing(tmp_path, stop):
+def torch_writer_stopped_by_sigterm():
+    """What torch.save raises when SIGTERM's exception interrupts its writer."""
+    try:
+        raise utils.Terminated
+    except utils.Terminated:
+        try:
+            raise RuntimeError("[enforce fail at inline_container.cc] PytorchStreamWriter failed writing file")
+        except RuntimeError as error:
+            return error
+
+
+def test_a_write_stopped_by_a_signal_or_a_file_size_limit_is_not_called_a_full_disk():
+    # Sweep 6. Before: SIGTERM inside torch's writer and `ulimit -f` were both "is it full?".
+    assert not utils._is_write_failure(torch_writer_stopped_by_sigterm())
+    assert utils._is_write_failure(RuntimeError("PytorchStreamWriter failed writing file data/0"))
+    command = "import utils; print(utils.torch_write_failure_reason())"
+    limited = subprocess.run(["bash", "-c", f'ulimit -f 1000; exec "{sys.executable}" -c "$0"', command],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert limited.stdout.strip() == ("the write was refused: is the disk full, or the file over this shell's size "
+                                      "limit (1024000 bytes)?")
+
+
+# Sweep 6: Ctrl-C or SIGTERM at the first checkpoint's write said "run the same command again to start
+# over", and the same command was then refused (the first epoch's metrics.jsonl was kept).
+@pytest.mark.parametrize("stop", [UserError("cannot read image x.png"), SystemExit(utils.USER_ERROR_EXIT_CODE),
+                                  KeyboardInterrupt(), utils.Terminated(), torch_writer_stopped_by_sigterm()])
+def test_a_run_stopped_by_bad_input_or_a_signal_before_its_first_checkpoint_leaves_nothing(tmp_path, stop):
     new_folder = tmp_path / "new"
     with pytest.raises(type(stop)):
         with utils.run_folder_lock(str(new_folder), checkpoint="checkpoint.pth.tar"):
