@@ -382,6 +382,7 @@ def resolve_save_folder(args):
     if args.save is None:
         args.save = (os.path.dirname(os.path.abspath(args.resume)) if args.resume
                      else time.strftime("train-%Y%m%d-%H%M%S"))
+    utils.refuse_folder_in_use(args.save)
     existing = os.path.join(args.save, CHECKPOINT_FILE)
     if not args.resume and os.path.exists(existing):
         held = utils.describe_saved_run(existing)

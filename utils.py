@@ -234,6 +234,12 @@ def refuse_empty_values(parser, args):
         values = value if isinstance(value, list) else [value]
         if any(isinstance(item, str) and not item.strip() for item in values):
             raise UserError(f"{action.option_strings[-1]} is empty; give a value or leave the option out")
+        # A quoted '~/runs' reaches the program unexpanded: it would make a folder named '~' here.
+        unexpanded = [item for item in values if isinstance(item, str) and (item == "~" or item.startswith("~/"))
+                      and not os.path.lexists(item)]
+        if unexpanded:
+            raise UserError(f"{action.option_strings[-1]} {unexpanded[0]}: the shell did not expand '~' (it was "
+                            f"quoted); write {os.path.expanduser(unexpanded[0])} or leave '~' unquoted")
 
 
 class Terminated(BaseException):
@@ -1475,13 +1481,7 @@ def run_folder_lock(folder, option="--save", checkpoint=None):
     created = not os.path.isdir(folder)
     make_output_folder(folder, option)
     present_before = set(os.listdir(folder))
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        raise UserError(f"{option} {folder} is in use by another run; wait for it to end or choose another "
-                        f"{option}") from None
+    descriptor = _locked_folder(folder, option)
     try:
         yield
     except BaseException as error:
@@ -1495,6 +1495,27 @@ def run_folder_lock(folder, option="--save", checkpoint=None):
         os.close(descriptor)  # releases the lock
         if created and os.path.isdir(folder) and not os.listdir(folder):
             os.rmdir(folder)
+
+
+def _locked_folder(folder, option):
+    """An open descriptor of `folder` holding its exclusive lock; refused
+    when another run holds it."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise UserError(f"{option} {folder} is in use by another run; wait for it to end or choose another "
+                        f"{option}") from None
+    return descriptor
+
+
+def refuse_folder_in_use(folder, option="--save"):
+    """Before checks that read a run folder's files: a folder another run
+    is writing (it holds run_folder_lock) is named as such, not its files
+    as an earlier run's to resume or move away."""
+    if os.path.isdir(folder):
+        os.close(_locked_folder(folder, option))  # closing releases it
 
 
 def _stopped_on_bad_input(error):

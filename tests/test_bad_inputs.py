@@ -819,6 +819,10 @@ CASES = {
                                             "the loop needs a latency table (.json)"),
     "reproduce: --cpu_table a Jetson table": (reproduce_tables, ["--quick", "--cpu_table", str(
         REPO_ROOT / "latency_lut" / "jetson_agx_xavier_b8.json"), "--out", "{out}"], "give a CPU latency table"),
+    # Before: a quoted '~/...' made a folder named '~' in the current folder, and the log named a path a shell
+    # reads as the home folder.
+    "train: --save a quoted '~/'": (train_imagenet, ["--save", "~/lightnas-quoted-tilde", "--arch_config", ARCH_24],
+                                    "the shell did not expand '~' (it was quoted)"),
     "ground truth: --out another device's truth": (ground_truth, ["--nets", "2", "--seeds", "1", "--out",
                                                                   "{cuda_truth}", "--work", "{out}"],
                                                    "cannot be continued"),

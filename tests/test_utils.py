@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import train_imagenet
 import utils
 from utils import UserError
 
@@ -221,6 +222,21 @@ def test_run_folder_lock_refuses_a_second_run_and_tidies_an_empty_new_folder(tmp
     with pytest.raises(UserError, match="cannot write there"):
         with utils.run_folder_lock(str(blocker / "run")):
             pass
+
+
+def test_a_folder_another_run_writes_is_named_in_use_before_its_files_are_read(tmp_path):
+    # Sweep 6. Before: a second training started a second after the first into the same --save was told to
+    # resume the first one's checkpoint, or to move its results away.
+    folder = tmp_path / "run"
+    utils.refuse_folder_in_use(str(folder))  # not there yet: nothing to say
+    with utils.run_folder_lock(str(folder)):
+        (folder / "checkpoint.pth.tar").write_bytes(b"epoch 1")
+        with pytest.raises(UserError, match=f"--save {folder} is in use by another run"):
+            utils.refuse_folder_in_use(str(folder))
+        args = train_imagenet.get_args_parser().parse_args(["--save", str(folder)])
+        with pytest.raises(UserError, match="is in use by another run"):
+            train_imagenet.resolve_save_folder(args)
+    utils.refuse_folder_in_use(str(folder))  # released
 
 
 def write_run_files(folder, checkpoint=False):
