@@ -47,11 +47,18 @@ def weights_num_classes(state_dict, path, option):
     return state_dict[CLASSIFIER_WEIGHT].shape[0]
 
 
-def check_dataset_classes(dataset, num_classes, option):
-    """Weights and val/ must agree on the number of classes."""
+def check_dataset_classes(dataset, num_classes, option, recorded=None):
+    """Weights and val/ must agree on the number of classes, and on their
+    names where the weights record them (`recorded`; this project's
+    best.pth.tar does, the released checkpoints do not)."""
     if len(dataset.classes) != num_classes:
         raise UserError(f"{option}: val/ has {len(dataset.classes)} classes but the weights predict "
                         f"{num_classes}; is this the dataset the network was trained on?")
+    if isinstance(recorded, list) and recorded != list(dataset.classes):
+        renamed = [(now, then) for now, then in zip(dataset.classes, recorded) if now != then]
+        detail = f" ({renamed[0][0]} where they had {renamed[0][1]})" if renamed else ""
+        raise UserError(f"{option}: val/ holds other classes than the weights were trained on{detail}; is this the "
+                        "dataset the network was trained on?")
 
 
 def load_weights(model, state_dict, path, option="--weights"):
@@ -172,7 +179,8 @@ def evaluate_weights(weights, dataset_root, arch_choice=None, device="cpu", batc
 
     crop_ratio = recorded_crop_ratio(checkpoint) or data.EVAL_CROP_RATIO
     dataset = data.image_folder(dataset_root, "val", data.build_eval_transform(image_size, crop_ratio))
-    check_dataset_classes(dataset, num_classes, "--dataset")
+    check_dataset_classes(dataset, num_classes, "--dataset", checkpoint.get("classes") if isinstance(checkpoint, dict)
+                          else None)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda")
     return evaluate_counts(model.to(device), loader, device, progress)

@@ -664,13 +664,14 @@ def checkpoint_state(training, args, num_classes, epoch, best, rng_states, image
     return state
 
 
-def weights_file(state_dict, args, num_classes, epoch, result):
+def weights_file(state_dict, args, classes, epoch, result):
     """best.pth.tar: the released layout ({"state_dict": ...}, the released
     parameter names, without the `module.` prefix) plus the architecture, so
-    evaluate.py needs no --model."""
-    return dict(state_dict=state_dict, arch_config=list(args.arch_config), num_classes=num_classes,
-                image_size=args.image_size, eval_crop_ratio=data.eval_crop_ratio(args.augment), epoch=epoch,
-                top1=result["top1"], top5=result["top5"])
+    evaluate.py needs no --model, and the class names, so that it can tell
+    another dataset of as many classes."""
+    return dict(state_dict=state_dict, arch_config=list(args.arch_config), num_classes=len(classes),
+                classes=list(classes), image_size=args.image_size, eval_crop_ratio=data.eval_crop_ratio(args.augment),
+                epoch=epoch, top1=result["top1"], top5=result["top5"])
 
 
 def restore(training, checkpoint, context, num_classes, images, logger):
@@ -945,13 +946,14 @@ def record_epoch(run, training, epoch, lr, stats, val, ema_val, rng_states):
                   images_per_s=stats.images_per_second, data_wait=stats.data_wait, epoch_s=stats.seconds)
     if val["top1"] > best["top1"]:
         best.update(top1=val["top1"], epoch=done)
-        utils.save_checkpoint(weights_file(training.model.state_dict(), args, num_classes, done, val),
+        utils.save_checkpoint(weights_file(training.model.state_dict(), args, run.images["classes"], done, val),
                               os.path.join(args.save, BEST_FILE))
     if ema_val is not None:
         record.update(ema_val_top1=ema_val["top1"], ema_val_top5=ema_val["top5"])
         if ema_val["top1"] > best["ema_top1"]:
             best["ema_top1"] = ema_val["top1"]
-            utils.save_checkpoint(weights_file(training.ema.model.state_dict(), args, num_classes, done, ema_val),
+            utils.save_checkpoint(weights_file(training.ema.model.state_dict(), args, run.images["classes"], done,
+                                               ema_val),
                                   os.path.join(args.save, BEST_EMA_FILE))
     run.metrics.append(record)
     utils.save_checkpoint(checkpoint_state(training, args, num_classes, done, best, rng_states, run.images),
@@ -975,7 +977,7 @@ def evaluate_checkpoint(args, context, root, logger):
     evaluate.load_weights(model, state_dict, args.evaluate, "--evaluate")
     crop_ratio = evaluate.recorded_crop_ratio(checkpoint) or data.eval_crop_ratio(args.augment)
     val_loader = build_val_loader(root, args, context, crop_ratio)
-    evaluate.check_dataset_classes(val_loader.dataset, num_classes, "--evaluate")
+    evaluate.check_dataset_classes(val_loader.dataset, num_classes, "--evaluate", checkpoint.get("classes"))
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model.to(context.device, memory_format=memory_format)
     total, top1, top5 = evaluate.evaluate_counts_distributed(model, val_loader, context.device, context.is_main)

@@ -514,6 +514,19 @@ def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(a
     assert (authors_run / "log.txt").read_text() == log_before
 
 
+def test_weights_evaluated_on_other_classes_of_the_same_count_are_refused(authors_run, tiny_dataset, tmp_path):
+    # Sweep 6 (suspected there, shown here). Before: any 3-class set was evaluated without a word.
+    renamed = tmp_path / "renamed"
+    shutil.copytree(tiny_dataset, renamed)
+    (renamed / "val" / "class_01_square").rename(renamed / "val" / "class_01_zebra")
+    with pytest.raises(utils.UserError, match=r"val/ holds other classes than the weights were trained on "
+                                        r"\(class_01_zebra where they had class_01_square\)"):
+        evaluate.evaluate_weights(authors_run / "best.pth.tar", renamed, image_size=32, progress=False)
+    images, _, _ = evaluate.evaluate_weights(authors_run / "best.pth.tar", tiny_dataset, image_size=32,
+                                             progress=False)
+    assert images == TINY_VAL_IMAGES
+
+
 def test_a_run_resumed_into_another_folder_brings_its_best_weights(authors_run, tiny_dataset, tmp_path):
     # Before: the finished run "resumed" into a new --save ended with exit 0 and a log naming
     # new/best.pth.tar, which did not exist; --export_onnx then had nothing to export.
