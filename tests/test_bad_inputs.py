@@ -173,7 +173,8 @@ def inputs(tmp_path_factory):
     first = next(iter(state_dict))
     state_dict[first] = torch.zeros(1)
     torch.save({"state_dict": state_dict, "arch_config": model_train.LIGHTNETS[ARCH_24], "optimizer": {},
-                "scheduler": {}, "epoch": 0, "num_classes": 3}, files["wrong_shape"])
+                "scheduler": {}, "epoch": 0, "num_classes": 3, "best": {"top1": 0.0, "epoch": 0}, "args": {}},
+               files["wrong_shape"])
     files["weights_3_classes"] = root / "three-classes.pth.tar"
     torch.save({"state_dict": model_train.LightNet(model_train.LIGHTNETS[ARCH_24], num_classes=3).state_dict()},
                files["weights_3_classes"])

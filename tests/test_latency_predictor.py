@@ -323,7 +323,7 @@ MALFORMED = {
     "wrong unit": (_set("metadata", "unit", "us"), "unit 'us' for metric 'latency'"),
     "energy in ms": (_set("metadata", "metric", "energy"), "expected 'mJ'"),
     "missing metadata": (lambda table: table["metadata"].pop("batch_size"), "metadata lacks batch_size"),
-    "bad batch size": (_set("metadata", "batch_size", 0), "batch_size must be a positive integer"),
+    "bad batch size": (_set("metadata", "batch_size", 0), "batch_size must be an integer in [1, "),
     "text value": (_set("entries", "layer01:MBK3E3:16->24:s2:112x112", {"value": "fast"}), "finite number"),
     "nan value": (_set("entries", "layer01:MBK3E3:16->24:s2:112x112", {"value": float("nan")}), "NaN is not a number JSON allows"),
     "negative value": (_set("entries", "layer01:MBK3E3:16->24:s2:112x112", {"value": -0.5}), "cannot be negative"),
