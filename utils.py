@@ -21,9 +21,9 @@ import logging
 import math
 import os
 import pickle
-import resource
 import random
 import re
+import resource
 import shlex
 import shutil
 import signal
