@@ -144,7 +144,12 @@ def recorded_image_size(checkpoint):
     """The image size a project checkpoint records it was trained at (None
     for released weights, which record none)."""
     size = checkpoint.get("image_size") if isinstance(checkpoint, dict) else None
-    return size if isinstance(size, int) and size > 0 else None
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        return None
+    if size > MAX_IMAGE_SIZE:  # an edited file: taken at its word, the first batch would not fit in memory
+        raise UserError(f"the checkpoint records an image size of {size} px, more than the {MAX_IMAGE_SIZE} this "
+                        "project allows (an edited file?); give --image_size")
+    return size
 
 
 def recorded_crop_ratio(checkpoint):

@@ -337,6 +337,10 @@ def load_resume_checkpoint(args):
     records = {"best": dict, "optimizer": dict, "scheduler": dict, "args": (dict, type(None)), "num_classes": int,
                "arch_config": list}
     wrong = [key for key, kind in records.items() if not isinstance(checkpoint.get(key), kind)]
+    best = checkpoint.get("best")
+    if "best" not in wrong and not (utils.is_finite_number(best.get("top1")) and isinstance(best.get("epoch"), int)
+                                    and utils.is_finite_number(best.get("ema_top1", -1.0))):
+        wrong.append("best")
     if wrong:
         raise UserError(f"--resume: {args.resume} is damaged or of another version (missing or of the wrong kind: "
                         f"{', '.join(wrong)}); resume from another checkpoint or start again")

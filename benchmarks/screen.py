@@ -140,15 +140,19 @@ def search_health(folder):
         raise UserError(f"{folder} holds no metrics.jsonl rows: give the folder of a finished search")
     result = utils.read_json(os.path.join(folder, "arch.json"), "arch.json")
     last = rows[-1]
-    return {
-        "arch_config": result["arch_config"],
-        "predicted": result["predicted"],
-        "error_percent": result["error_percent"],
-        "val_top1": last["val_top1"],
-        "max_p": statistics.fmean(max(layer) for layer in last["probabilities"]),
-        "undone_share": hold_undone_share(rows),
-        "search_seconds": sum(row["seconds"] for row in rows),
-    }
+    try:
+        return {
+            "arch_config": result["arch_config"],
+            "predicted": result["predicted"],
+            "error_percent": result["error_percent"],
+            "val_top1": last["val_top1"],
+            "max_p": statistics.fmean(max(layer) for layer in last["probabilities"]),
+            "undone_share": hold_undone_share(rows),
+            "search_seconds": sum(row["seconds"] for row in rows),
+        }
+    except (KeyError, TypeError, ValueError, AttributeError, statistics.StatisticsError) as error:
+        raise UserError(f"{folder}: its metrics.jsonl or arch.json is not a finished search's (edited? "
+                        f"{type(error).__name__}: {str(error)[:80]}); give the folder of a finished search") from None
 
 
 def percentile_among(value, others):
@@ -283,6 +287,7 @@ def main(args):
     started = time.time()
     for folder in args.folders or []:  # before --out is made: a wrong folder leaves nothing behind
         finished_search(folder, args.target)
+        search_health(folder)
     utils.make_tool_folder(args.out, "benchmarks/screen.py")
     folders = args.folders if args.folders is not None else run_variant(args)
     for folder in folders:

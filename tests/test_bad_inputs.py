@@ -218,6 +218,16 @@ def inputs(tmp_path_factory):
     torch.save(training_state, files["empty_optimizer"])
     files["no_best"] = root / "no-best.pth.tar"  # edited: its best result removed
     torch.save({key: value for key, value in training_state.items() if key != "best"}, files["no_best"])
+    files["best_in_words"] = root / "best-in-words.pth.tar"  # edited: its best top-1 a string
+    torch.save(dict(training_state, best={"top1": "high", "epoch": 1}), files["best_in_words"])
+    files["huge_image_size"] = root / "huge-image-size.pth.tar"  # weights recording an image size of 100,000
+    torch.save({"state_dict": training_state["state_dict"], "arch_config": model_train.LIGHTNETS[ARCH_24],
+                "image_size": 100_000}, files["huge_image_size"])
+    files["search_24_edited"] = root / "search-24-edited"  # its metrics.jsonl rows lack the search's columns
+    files["search_24_edited"].mkdir()
+    (files["search_24_edited"] / "arch.json").write_text(json.dumps(
+        {"arch_config": model_train.LIGHTNETS[ARCH_24], "predicted": 23.9, "error_percent": -0.4, "target": 24.0}))
+    (files["search_24_edited"] / "metrics.jsonl").write_text('{"epoch": 1}\n')
     files["big_screens"] = root / "big-screens"  # screens.jsonl of 10 GiB (sparse)
     files["big_screens"].mkdir()
     with open(files["big_screens"] / "screens.jsonl", "wb") as file:
@@ -824,6 +834,20 @@ CASES = {
     # reads as the home folder.
     "train: --save a quoted '~/'": (train_imagenet, ["--save", "~/lightnas-quoted-tilde", "--arch_config", ARCH_24],
                                     "the shell did not expand '~' (it was quoted)"),
+    # Sweep 7. Before: KeyError/TypeError tracebacks on resume, a MemoryError building the first batch, a
+    # KeyError after screen had made its --out.
+    "train: resume with its best top-1 in words": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo",
+                                                                    "--save", "{out}", "--resume", "{best_in_words}",
+                                                                    "--epochs", "2"],
+                                                   "missing or of the wrong kind: best"),
+    "evaluate: weights recording 100,000 px": (evaluate, ["--weights", "{huge_image_size}", "--dataset", "{data}",
+                                                          "--workers", "0"], "records an image size of 100000 px"),
+    "screen: a search's metrics without its columns": (screen, ["--folders", "{search_24_edited}", "--name", "x",
+                                                                "--truth", str(REPO_ROOT / "benchmarks" /
+                                                                               "ground_truth" /
+                                                                               "random_24ms_cuda.json"),
+                                                                "--out", "{out}"],
+                                                       "is not a finished search's (edited? KeyError: 'val_top1')"),
     "ground truth: --out another device's truth": (ground_truth, ["--nets", "2", "--seeds", "1", "--out",
                                                                   "{cuda_truth}", "--work", "{out}"],
                                                    "cannot be continued"),
