@@ -274,7 +274,8 @@ def dataset_fingerprint(dataset):
     samples = dataset.samples if indices is None else [dataset.samples[index] for index in indices]
     digest = hashlib.sha256()
     for path, label in samples:
-        digest.update(f"{os.path.relpath(path, dataset.root)}\t{label}\n".encode())
+        # fsencode: a file name of bytes that are not UTF-8 hashes as those bytes (encode() would fail)
+        digest.update(os.fsencode(os.path.relpath(path, dataset.root)) + f"\t{label}\n".encode())
     return {"classes": list(dataset.classes), "images": len(samples), "files_sha256": digest.hexdigest()}
 
 

@@ -289,6 +289,17 @@ def test_an_image_whose_text_decompresses_past_pillows_limit_is_named(tmp_path):
         data.load_rgb_image(path)
 
 
+def test_a_file_name_of_bytes_that_are_not_utf8_is_fingerprinted(tmp_path):
+    # Sweep 7. Before: a UnicodeEncodeError traceback at the start of every search and training on it.
+    root = data.write_synthetic_dataset(tmp_path / "set", num_classes=2, train_per_class=2, val_per_class=1,
+                                        image_size=32, seed=0)
+    before = data.dataset_fingerprint(data.image_folder(root, "train", None))
+    first = sorted((root / "train").rglob("*.png"))[0]
+    os.rename(first, os.path.join(os.fsencode(first.parent), b"\xff.png"))
+    after = data.dataset_fingerprint(data.image_folder(root, "train", None))
+    assert after["images"] == before["images"] and after["files_sha256"] != before["files_sha256"]
+
+
 def test_a_change_of_images_is_described():
     before = {"classes": ["cat", "dog"], "images": 10, "files_sha256": "a"}
     assert data.describe_image_change(before, dict(before)) is None
