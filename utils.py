@@ -136,6 +136,7 @@ def run_cli(main, parser, argv=None):
     try:
         check_thread_setting()
         check_plotting_setting()
+        check_process_group_setting()
         main(args)
     except UserError as error:
         print(f"error: {user_error_message(error)}", file=sys.stderr)
@@ -1134,6 +1135,28 @@ def add_device_arguments(parser):
                        help="auto: CUDA when available, else CPU; --device cpu with --gpus N "
                             "runs N CPU processes with gloo (default: auto)")
     return group
+
+
+def check_process_group_setting(environment=None):
+    """torchrun's variables, set by hand or left over in a shell: numbers
+    that are not, or a process group without the address of its first
+    process, fail deep in torch.distributed (a ValueError traceback)."""
+    environment = os.environ if environment is None else environment
+    names = [name for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if name in environment]
+    if not names:
+        return
+    fix = "start runs of several processes with torchrun (docs/training.md), or unset RANK, WORLD_SIZE and LOCAL_RANK"
+    for name in names:
+        if not environment[name].isdigit():
+            raise UserError(f"{name}={environment[name]!r} is not a process number; {fix}")
+    if "WORLD_SIZE" in environment:
+        rank, world_size = int(environment.get("RANK", 0)), int(environment["WORLD_SIZE"])
+        if world_size < 1 or rank >= world_size:
+            raise UserError(f"RANK={rank} with WORLD_SIZE={world_size}: not a process of that group; {fix}")
+        absent = [name for name in ("MASTER_ADDR", "MASTER_PORT") if world_size > 1 and not environment.get(name)]
+        if absent:
+            raise UserError(f"WORLD_SIZE={world_size} without {' and '.join(absent)}: the processes cannot find each "
+                            f"other; {fix}")
 
 
 def _under_torchrun():

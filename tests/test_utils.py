@@ -572,6 +572,19 @@ def test_an_unusable_thread_setting_is_named(capsys):
     assert "tens of times slower" in capsys.readouterr().err
 
 
+def test_torchruns_variables_set_by_hand_are_named():
+    # Sweep 7. Before: ValueError tracebacks from torch.distributed's rendezvous.
+    utils.check_process_group_setting({})
+    utils.check_process_group_setting({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                                       "MASTER_PORT": "29500"})  # as torchrun sets them
+    for environment, message in (({"RANK": "0", "WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a process number"),
+                                 ({"RANK": "1", "WORLD_SIZE": "2"}, "WORLD_SIZE=2 without MASTER_ADDR and MASTER_PORT"),
+                                 ({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "x", "MASTER_PORT": "1"},
+                                  "RANK=2 with WORLD_SIZE=2: not a process of that group")):
+        with pytest.raises(UserError, match=re.escape(message) + ".*start runs of several processes with torchrun"):
+            utils.check_process_group_setting(environment)
+
+
 def test_an_unknown_plotting_backend_is_named_before_any_work(tmp_path):
     utils.check_plotting_setting({})
     utils.check_plotting_setting({"MPLBACKEND": "agg"})
