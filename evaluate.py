@@ -54,11 +54,16 @@ def check_dataset_classes(dataset, num_classes, option, recorded=None):
     if len(dataset.classes) != num_classes:
         raise UserError(f"{option}: val/ has {len(dataset.classes)} classes but the weights predict "
                         f"{num_classes}; is this the dataset the network was trained on?")
-    if isinstance(recorded, list) and recorded != list(dataset.classes):
-        renamed = [(now, then) for now, then in zip(dataset.classes, recorded) if now != then]
-        detail = f" ({renamed[0][0]} where they had {renamed[0][1]})" if renamed else ""
-        raise UserError(f"{option}: val/ holds other classes than the weights were trained on{detail}; is this the "
-                        "dataset the network was trained on?")
+    if recorded is None:
+        return
+    if not (isinstance(recorded, list) and len(recorded) == num_classes and all(isinstance(name, str)
+                                                                               for name in recorded)):
+        raise UserError(f"{option}: the weights' record of their class names is damaged (not {num_classes} names; "
+                        "an edited file?)")
+    if recorded != list(dataset.classes):
+        now, then = next((now, then) for now, then in zip(dataset.classes, recorded) if now != then)
+        raise UserError(f"{option}: val/ holds other classes than the weights were trained on ({now} where they had "
+                        f"{then}); is this the dataset the network was trained on?")
 
 
 def load_weights(model, state_dict, path, option="--weights"):

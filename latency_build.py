@@ -509,6 +509,8 @@ def read_measurements(path):
     for number, row in enumerate(rows, start=2):  # row 1 is the header
         try:
             indices.append(text_to_arch(row["arch"]))
+            if "_" in row["measured_ms"]:  # float() reads "2_3.4" as 23.4: a typo, not a number
+                raise ValueError(row["measured_ms"])
             measured.append(float(row["measured_ms"]))
         except (ValueError, TypeError, AttributeError, UserError) as error:
             reason = str(error) if isinstance(error, UserError) else "a field is missing or not a number"

@@ -149,7 +149,8 @@ def get_args_parser():
         description="LightNAS: search a network whose predicted latency lands on --target_latency.",
         formatter_class=DefaultsHelpFormatter)
     run = parser.add_argument_group("run")
-    run.add_argument("--save", default="search-demo", help="output folder (log, metrics, arch.json, checkpoints)")
+    run.add_argument("--save", default=None, help="output folder (log, metrics, arch.json, checkpoints) (default: "
+                                                   "search-demo; with --resume, the checkpoint's folder)")
     run.add_argument("--dataset", default=None,
                      help="folder with train/ and val/ (ImageNet layout); omitted: the synthetic demo dataset "
                           "with a short schedule")
@@ -1251,6 +1252,8 @@ def check_options_apply(args):
 
 
 def main(args):
+    if args.save is None:  # a resumed search continues in its own folder, not in a new search-demo/
+        args.save = os.path.dirname(os.path.abspath(resolve_resume_path(args.resume))) if args.resume else "search-demo"
     resolve_schedule(args)
     validate_settings(args)
     check_options_apply(args)

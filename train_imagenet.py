@@ -336,7 +336,10 @@ def load_resume_checkpoint(args):
                         f"(no {', '.join(missing)}); to evaluate weights use --evaluate")
     records = {"best": dict, "optimizer": dict, "scheduler": dict, "args": (dict, type(None)), "num_classes": int,
                "arch_config": list}
-    wrong = [key for key, kind in records.items() if not isinstance(checkpoint.get(key), kind)]
+    wrong = [key for key, kind in records.items() if not isinstance(checkpoint.get(key), kind)
+             or isinstance(checkpoint.get(key), bool)]
+    if "arch_config" not in wrong and not all(isinstance(op, str) for op in checkpoint["arch_config"]):
+        wrong.append("arch_config")  # op names, as this script writes it
     best = checkpoint.get("best")
     if "best" not in wrong and not (utils.is_finite_number(best.get("top1")) and isinstance(best.get("epoch"), int)
                                     and utils.is_finite_number(best.get("ema_top1", -1.0))):
@@ -388,14 +391,17 @@ def resolve_save_folder(args):
                      else time.strftime("train-%Y%m%d-%H%M%S"))
     utils.refuse_folder_in_use(args.save)
     existing = os.path.join(args.save, CHECKPOINT_FILE)
-    if not args.resume and os.path.exists(existing):
+    # Resumed into another folder, the run starts that folder afresh: it may hold no other run.
+    resuming_here = args.resume is not None and (
+        os.path.realpath(os.path.dirname(os.path.abspath(args.resume))) == os.path.realpath(args.save))
+    if not resuming_here and os.path.exists(existing):
         held = utils.describe_saved_run(existing)
         if held != utils.RUN_DESCRIPTIONS["training"]:
             raise UserError(f"--save {args.save} holds {held}, not a training run: choose another --save")
         raise UserError(f"--save {args.save} already holds {CHECKPOINT_FILE}: continue it with --resume "
                         f"{existing} or choose another --save")
     utils.refuse_save_inside_dataset(args.save, args.dataset)
-    if not args.resume:
+    if not resuming_here:
         utils.refuse_files_of_others_or_earlier_runs(args.save, "training", TRAINING_OUTPUTS,
                                                      (BEST_FILE, BEST_EMA_FILE, METRICS_FILE))
 

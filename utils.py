@@ -122,6 +122,10 @@ def run_cli(main, parser, argv=None):
     """Parse arguments, run `main(args)`, and turn a UserError into one
     `error: ...` line on stderr and exit status 2 (a complaint of the
     parser's too)."""
+    if sys.stdout is None:  # started with stdout closed (`>&-`): every print would vanish without a word
+        print("error: standard output is closed; give the command somewhere to write (a file or /dev/null)",
+              file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT_CODE)
     print_any_path()
     complain_in_one_line(parser)
     args = parser.parse_args(argv)
@@ -133,6 +137,8 @@ def run_cli(main, parser, argv=None):
     global _terminated_process
     _terminated_process = os.getpid()
     previous_handler = signal.signal(signal.SIGTERM, raise_terminated)
+    # A closed terminal (SIGHUP) stops the run as SIGTERM does: its files cleaned up, the resume command logged.
+    previous_hangup = signal.signal(signal.SIGHUP, raise_terminated)
     try:
         check_thread_setting()
         check_plotting_setting()
@@ -170,6 +176,7 @@ def run_cli(main, parser, argv=None):
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+        signal.signal(signal.SIGHUP, previous_hangup)
 
 
 def print_any_path():

@@ -254,24 +254,25 @@ def check_args(args):
 def main(args):
     check_args(args)
     warmups, searches = plan(args)
-    utils.make_tool_folder(args.out, "benchmarks/landing.py")
-    # Kept searches are reused only for the options that made them (targets and seeds may be added).
-    utils.check_run_plan(args.out, {"search_arguments": args.search_arguments}, "benchmarks/landing.py")
-    log_folder = os.path.join(args.out, "logs")
+    utils.check_tool_folder(args.out, "benchmarks/landing.py")
+    with utils.output_folder(args.out):  # left empty by a failure (a full disk at plan.json), it is removed
+        # Kept searches are reused only for the options that made them (targets and seeds may be added).
+        utils.check_run_plan(args.out, {"search_arguments": args.search_arguments}, "benchmarks/landing.py")
+        log_folder = os.path.join(args.out, "logs")
 
-    def report(job, seconds):
-        state = "kept from an earlier run" if seconds is None else f"{seconds / 60:.1f} min"
-        print(f"{job.name}: {state}", flush=True)
+        def report(job, seconds):
+            state = "kept from an earlier run" if seconds is None else f"{seconds / 60:.1f} min"
+            print(f"{job.name}: {state}", flush=True)
 
-    reproduce_tables.run_jobs(warmups, report, log_folder, args.jobs, threads=1)
-    reproduce_tables.run_jobs([job for job, *_ in searches], report, log_folder, args.jobs, threads=1)
-    runs = [run_summary(*search) for search in searches]
-    print()
-    summaries = print_report(runs, args.variants)
-    comparison = compare_projection_with_greedy(runs, searches)
-    utils.write_json(os.path.join(args.out, "landing.json"),
-                     {"runs": runs, "summaries": summaries, "projection_vs_greedy": comparison})
-    plot(runs, args.variants, os.path.join(args.out, "landing.png"))
+        reproduce_tables.run_jobs(warmups, report, log_folder, args.jobs, threads=1)
+        reproduce_tables.run_jobs([job for job, *_ in searches], report, log_folder, args.jobs, threads=1)
+        runs = [run_summary(*search) for search in searches]
+        print()
+        summaries = print_report(runs, args.variants)
+        comparison = compare_projection_with_greedy(runs, searches)
+        utils.write_json(os.path.join(args.out, "landing.json"),
+                         {"runs": runs, "summaries": summaries, "projection_vs_greedy": comparison})
+        plot(runs, args.variants, os.path.join(args.out, "landing.png"))
 
 
 if __name__ == "__main__":

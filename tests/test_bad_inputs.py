@@ -133,7 +133,7 @@ def inputs(tmp_path_factory):
     shutil.copytree(files["data"], files["class_link_up"])
     (sorted((files["class_link_up"] / "val").iterdir())[0] / "loop").symlink_to("..")
     archs = [latency_predictor.arch_to_text([(layer + shift) % 7 for layer in range(21)]) for shift in range(7)]
-    for name, value in (("same_csv", "12.0"), ("huge_csv", "1e301")):
+    for name, value in (("same_csv", "12.0"), ("huge_csv", "1e301"), ("underscore_csv", "1_2.5")):
         files[name] = root / f"{name}.csv"
         files[name].write_text("arch,measured_ms\n" + "".join(f"{arch},{value}\n" for arch in archs))
     intel = latency_predictor.load_predictor(str(REPO_ROOT / "latency_lut" / "cpu_intel_xeon_b1_t1.json"))
@@ -220,6 +220,11 @@ def inputs(tmp_path_factory):
     torch.save({key: value for key, value in training_state.items() if key != "best"}, files["no_best"])
     files["best_in_words"] = root / "best-in-words.pth.tar"  # edited: its best top-1 a string
     torch.save(dict(training_state, best={"top1": "high", "epoch": 1}), files["best_in_words"])
+    files["classes_damaged"] = root / "classes-damaged.pth.tar"  # weights whose class names are numbers
+    torch.save({"state_dict": training_state["state_dict"], "arch_config": model_train.LIGHTNETS[ARCH_24],
+                "classes": [0, 1, 2]}, files["classes_damaged"])
+    files["classes_true"] = root / "classes-true.pth.tar"  # edited: num_classes true
+    torch.save(dict(training_state, num_classes=True), files["classes_true"])
     files["huge_image_size"] = root / "huge-image-size.pth.tar"  # weights recording an image size of 100,000
     torch.save({"state_dict": training_state["state_dict"], "arch_config": model_train.LIGHTNETS[ARCH_24],
                 "image_size": 100_000}, files["huge_image_size"])
@@ -848,6 +853,17 @@ CASES = {
                                                                                "random_24ms_cuda.json"),
                                                                 "--out", "{out}"],
                                                        "is not a finished search's (edited? KeyError: 'val_top1')"),
+    # Sweep 7. Before: "1_2.5" read as 12.5 ms (Python's float() allows underscores); num_classes true and
+    # class names that are numbers taken as records ("predicts True classes", "other classes").
+    "calibrate: a measurement with an underscore": (latency_build, ["calibrate", "--lut", str(
+        REPO_ROOT / "latency_lut" / "cpu_intel_xeon_b1_t1.json"), "--measurements", "{underscore_csv}", "--out",
+        "{out}.json"], "row 2 (a field is missing or not a number)"),
+    "evaluate: weights whose class names are numbers": (evaluate, ["--weights", "{classes_damaged}", "--dataset",
+                                                                   "{data}", "--workers", "0"],
+                                                        "record of their class names is damaged"),
+    "train: resume with num_classes true": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo", "--save",
+                                                             "{out}", "--resume", "{classes_true}", "--epochs", "2"],
+                                            "missing or of the wrong kind: num_classes"),
     "ground truth: --out another device's truth": (ground_truth, ["--nets", "2", "--seeds", "1", "--out",
                                                                   "{cuda_truth}", "--work", "{out}"],
                                                    "cannot be continued"),

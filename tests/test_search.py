@@ -629,6 +629,18 @@ def test_resume_without_the_dataset_it_searched_is_refused(finished_search, tiny
     assert not save.exists()
 
 
+def test_a_search_resumed_without_save_continues_in_its_own_folder(tiny_dataset, tmp_path, monkeypatch):
+    # Sweep 7. Before: --save defaulted to search-demo/, so `--resume FOLDER` (as the stop message says)
+    # finished the search there, and FOLDER never got its arch.json.
+    save = tmp_path / "stopped"
+    common = ["--target_latency", "24", "--dataset", tiny_dataset, "--num_classes", "3"] + TINY_SCHEDULE
+    run_search(["--save", str(save), "--stop_after_epoch", "1"] + common)
+    monkeypatch.chdir(tmp_path)
+    run_search(["--resume", str(save)] + common)
+    assert json.loads((save / "arch.json").read_text())["target"] == 24
+    assert not (tmp_path / "search-demo").exists()
+
+
 def test_a_search_cannot_continue_in_its_own_folder_for_another_target(tiny_dataset, tmp_path, capsys):
     save = tmp_path / "search-24ms"
     run_search(["--save", str(save), "--target_latency", "24", "--dataset", tiny_dataset, "--num_classes", "3",

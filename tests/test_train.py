@@ -495,6 +495,11 @@ def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(a
     torch.save(overflowed, tmp_path / "overflowed.pth.tar")
     cases.append((["--resume", tmp_path / "overflowed.pth.tar"], "holds NaN or infinite values "
                                                                   "(first_conv.1.running_var)"))
+    # Sweep 7. Before: resumed into another run's folder, it replaced that run's checkpoint and log.
+    other_run = tmp_path / "other-run"
+    shutil.copytree(authors_run, other_run)
+    cases.append((["--resume", checkpoint, "--save", other_run, "--epochs", 3],
+                  f"--save {other_run} already holds checkpoint.pth.tar"))
     # Sweep 6. Before: resumed on another set of as many classes, without a word.
     renamed = tmp_path / "renamed"
     shutil.copytree(tiny_dataset, renamed)

@@ -9,8 +9,10 @@ import os
 import pickle
 import random
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -759,6 +761,22 @@ def test_output_to_a_full_disk_is_one_line(tmp_path, kind):
     assert result.stderr.strip() == expected
     if kind == "log":
         assert (tmp_path / utils.LOG_NAME).read_text().count("x" * 80) == 100_000
+
+
+def test_a_closed_stdout_is_named_and_a_hangup_stops_like_sigterm():
+    # Sweep 7. Before: `>&-` printed nothing with exit 0; SIGHUP killed a run without a word, leaving its files.
+    closed = subprocess.run(["bash", "-c", f'exec "{sys.executable}" latency_build.py predict --arch_config '
+                                           'LightNet-24ms >&-'], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert closed.returncode == 2
+    assert closed.stderr.strip() == ("error: standard output is closed; give the command somewhere to write (a file "
+                                     "or /dev/null)")
+    sleeper = "import argparse, time, utils\nutils.run_cli(lambda args: time.sleep(60), argparse.ArgumentParser(), [])"
+    process = subprocess.Popen([sys.executable, "-c", sleeper], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # into the sleep
+    process.send_signal(signal.SIGHUP)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert process.stderr.read().strip() == "terminated"
 
 
 def test_too_many_open_files_is_one_line():
