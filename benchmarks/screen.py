@@ -284,6 +284,11 @@ def main(args):
     if os.path.lexists(screens_path) and not os.path.isfile(screens_path):  # appended to after all the scoring
         raise UserError(f"{screens_path} is not a file (a folder, a pipe or a broken link); remove it or choose "
                         "another --out")
+    name = args.name or "folders"
+    if os.path.isfile(screens_path) and any(row.get("name") == name for row in read_json_lines(screens_path)):
+        # A second row of one name would be listed twice by --table, the two indistinguishable.
+        raise UserError(f"{screens_path} already holds a variant named {name!r}; give another --name, or remove "
+                        "its row to screen it again")
     started = time.time()
     for folder in args.folders or []:  # before --out is made: a wrong folder leaves nothing behind
         finished_search(folder, args.target)
@@ -296,7 +301,6 @@ def main(args):
           flush=True)
     screens = [screen_search(folder, truth) for folder in folders]
     print_searches(screens)
-    name = args.name or "folders"
     row = summary_row(name, screens, extra, truth_paths, time.time() - started)
     print_table([row])
     with open(screens_path, "a") as file:

@@ -233,6 +233,9 @@ def inputs(tmp_path_factory):
     (files["search_24_edited"] / "arch.json").write_text(json.dumps(
         {"arch_config": model_train.LIGHTNETS[ARCH_24], "predicted": 23.9, "error_percent": -0.4, "target": 24.0}))
     (files["search_24_edited"] / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    files["screened_v"] = root / "screened-v"  # a screen folder that already holds variant "v"
+    files["screened_v"].mkdir()
+    (files["screened_v"] / "screens.jsonl").write_text(json.dumps({"name": "v"}) + "\n")
     files["big_screens"] = root / "big-screens"  # screens.jsonl of 10 GiB (sparse)
     files["big_screens"].mkdir()
     with open(files["big_screens"] / "screens.jsonl", "wb") as file:
@@ -864,6 +867,8 @@ CASES = {
     "train: resume with num_classes true": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo", "--save",
                                                              "{out}", "--resume", "{classes_true}", "--epochs", "2"],
                                             "missing or of the wrong kind: num_classes"),
+    "screen: a variant name screened before": (screen, ["--name", "v", "--out", "{screened_v}"],
+                                               "already holds a variant named 'v'"),
     "ground truth: --out another device's truth": (ground_truth, ["--nets", "2", "--seeds", "1", "--out",
                                                                   "{cuda_truth}", "--work", "{out}"],
                                                    "cannot be continued"),
