@@ -1543,8 +1543,9 @@ def _locked_folder(folder, option):
 def refuse_folder_in_use(folder, option="--save"):
     """Before checks that read a run folder's files: a folder another run
     is writing (it holds run_folder_lock) is named as such, not its files
-    as an earlier run's to resume or move away."""
-    if os.path.isdir(folder):
+    as an earlier run's to resume or move away. Only the process that
+    starts the run checks, as only it takes the lock."""
+    if os.environ.get("RANK", "0") == "0" and os.path.isdir(folder):
         os.close(_locked_folder(folder, option))  # closing releases it
 
 
