@@ -279,14 +279,20 @@ def dataset_fingerprint(dataset):
     return {"classes": list(dataset.classes), "images": len(samples), "files_sha256": digest.hexdigest()}
 
 
+def first_renamed_class(then, now):
+    """(name now, name then) of the first class of two equally long lists
+    of class names that differs, or None."""
+    return next(((current, earlier) for earlier, current in zip(then, now) if earlier != current), None)
+
+
 def describe_image_change(before, now):
     """How the images of fingerprint `now` differ from those of `before`
     (dataset_fingerprint's), or None when they are the same."""
     if len(before["classes"]) != len(now["classes"]):
         return f"its classes differ ({len(before['classes'])} then, {len(now['classes'])} now)"
-    renamed = [(then, current) for then, current in zip(before["classes"], now["classes"]) if then != current]
+    renamed = first_renamed_class(before["classes"], now["classes"])
     if renamed:
-        return f"other classes ({renamed[0][1]} where it had {renamed[0][0]})"
+        return f"other classes ({renamed[0]} where it had {renamed[1]})"
     if before["images"] != now["images"]:
         return f"{before['images']} images then, {now['images']} now"
     if before["files_sha256"] != now["files_sha256"]:

@@ -61,7 +61,7 @@ def check_dataset_classes(dataset, num_classes, option, recorded=None):
         raise UserError(f"{option}: the weights' record of their class names is damaged (not {num_classes} names; "
                         "an edited file?)")
     if recorded != list(dataset.classes):
-        now, then = next((now, then) for now, then in zip(dataset.classes, recorded) if now != then)
+        now, then = data.first_renamed_class(recorded, list(dataset.classes))
         raise UserError(f"{option}: val/ holds other classes than the weights were trained on ({now} where they had "
                         f"{then}); is this the dataset the network was trained on?")
 

@@ -294,9 +294,11 @@ def main(args):
         finished_search(folder, args.target)
         search_health(folder)
     utils.make_tool_folder(args.out, "benchmarks/screen.py")
-    folders = args.folders if args.folders is not None else run_variant(args)
-    for folder in folders:
-        finished_search(folder, args.target)
+    folders = args.folders
+    if folders is None:  # the variant's own searches, checked as given folders were above
+        folders = run_variant(args)
+        for folder in folders:
+            finished_search(folder, args.target)
     print(f"scoring {len(truth['networks'])} ground-truth networks ({', '.join(truth_paths)}) with each supernet ...",
           flush=True)
     screens = [screen_search(folder, truth) for folder in folders]
