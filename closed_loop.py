@@ -37,8 +37,7 @@ import latency_predictor as lp
 import latency_timing
 import retraining
 import search_imagenet
-from utils import (UserError, atomic_write, check_run_plan, make_tool_folder, parse_forwarded_arguments,
-                   run_cli)
+from utils import UserError, atomic_write, check_run_plan, parse_forwarded_arguments, run_cli, tool_folder
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LOOP_ROUNDS = 100  # end-to-end rounds for the found network
@@ -211,23 +210,23 @@ def main(args):
         check_target(args.lut, args.target_latency)
     out = os.path.abspath(args.out)  # named absolutely in its steps' logs and report
     created = not os.path.exists(out)
-    make_tool_folder(out, "closed_loop.py")
-    # Its steps are reused on a rerun, so only for the settings that made them.
-    check_run_plan(out, run_plan(args, build_options, search_options), "closed_loop.py")
-    try:
-        table, found, note = build_and_search(args, out, build_options, search_options)
-    except UserError:
-        if created and set(os.listdir(out)) <= {"plan.json"}:
-            shutil.rmtree(out)  # a failed first step (the build, or the search on --lut) leaves nothing behind
-        raise
-    print(f"== timing the found network end to end ({args.rounds} rounds)", flush=True)
-    now, scaled = measure_found(table, found["arch_config"], args.rounds)
-    fresh = measure_found_in_fresh_processes(table, found["arch_config"], args.fresh_processes)
-    lines = report(args.target_latency, found, now, scaled, fresh, note)
-    report_path = os.path.join(out, "report.txt")
-    with atomic_write(report_path) as file:
-        file.write("\n".join(lines + [f"architecture: {found['arch_config']}", f"table: {table}"]) + "\n")
-    print(f"wrote {report_path}")
+    with tool_folder(out, "closed_loop.py"):  # left empty by a failure, it is removed
+        # Its steps are reused on a rerun, so only for the settings that made them.
+        check_run_plan(out, run_plan(args, build_options, search_options), "closed_loop.py")
+        try:
+            table, found, note = build_and_search(args, out, build_options, search_options)
+        except UserError:
+            if created and set(os.listdir(out)) <= {"plan.json"}:
+                shutil.rmtree(out)  # a failed first step (the build, or the search on --lut) leaves nothing behind
+            raise
+        print(f"== timing the found network end to end ({args.rounds} rounds)", flush=True)
+        now, scaled = measure_found(table, found["arch_config"], args.rounds)
+        fresh = measure_found_in_fresh_processes(table, found["arch_config"], args.fresh_processes)
+        lines = report(args.target_latency, found, now, scaled, fresh, note)
+        report_path = os.path.join(out, "report.txt")
+        with atomic_write(report_path) as file:
+            file.write("\n".join(lines + [f"architecture: {found['arch_config']}", f"table: {table}"]) + "\n")
+        print(f"wrote {report_path}")
 
 
 def run_plan(args, build_options, search_options):

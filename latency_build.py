@@ -59,6 +59,7 @@ ERROR_THRESHOLDS_PCT = (5, 10)  # "share within 5% / 10%" in validation summarie
 SUMMARY_DECIMALS = 4  # error summaries stored in table metadata
 MIN_CALIBRATION_ARCHS = 5  # a scale and an offset from fewer points would fit noise
 MAX_MEASURED_MS = 1e6  # 17 minutes for one network: a larger "latency" is a unit or typing error
+MIN_MEASURED_MS = 1e-3  # one microsecond: no network of 22 blocks runs faster on any device; less is a typo
 
 
 def error_summary(predicted, measured):
@@ -518,10 +519,10 @@ def read_measurements(path):
                             "an architecture; fix or remove it") from None
     indices, measured = np.array(indices, dtype=np.int64).reshape(-1, NUM_SEARCHABLE_LAYERS), np.array(measured)
     for row, value in enumerate(measured, start=2):  # row 1 is the header
-        if not (math.isfinite(value) and 0 < value <= MAX_MEASURED_MS):
+        if not (math.isfinite(value) and MIN_MEASURED_MS <= value <= MAX_MEASURED_MS):
             raise UserError(f"--measurements {path}: row {row} measured {value:.6g} ms, which is no latency "
-                            f"(measurements must be positive, at most {MAX_MEASURED_MS:g} ms); remove or re-measure "
-                            "it")
+                            f"(measurements must be between {MIN_MEASURED_MS:g} and {MAX_MEASURED_MS:g} ms); "
+                            "remove or re-measure it")
     first_row = {}
     for row, arch in enumerate(map(tuple, indices), start=2):
         if arch in first_row:

@@ -22,7 +22,7 @@ import latency_timing
 import model_train
 from latency_predictor import Probe
 from operations import INPUT_SIZE
-from utils import UserError, check_tool_folder, new_figure, output_folder, run_cli, save_figure, write_csv
+from utils import UserError, new_figure, run_cli, save_figure, tool_folder, write_csv
 
 PEERS = {  # torchvision builder name: label
     "mobilenet_v2": "MobileNetV2", "mobilenet_v3_large": "MobileNetV3-Large", "mnasnet1_0": "MnasNet1.0",
@@ -141,8 +141,7 @@ def main(args):
         raise UserError(f"--threads must be in [1, {latency_timing.MAX_THREADS:,}]")
     for runtime in args.runtimes or []:
         latency_timing.make_protocol("cpu", 1, args.threads, latency_timing.DEFAULT_CLOCK, 0.0, 1, 0, runtime)
-    check_tool_folder(args.out, "peers.py")
-    with output_folder(args.out):  # left empty by a failure (a full disk, Ctrl-C), it is removed
+    with tool_folder(args.out, "peers.py"):  # left empty by a failure (a full disk, Ctrl-C), it is removed
         results = compare(args.rounds, args.threads, runtimes=args.runtimes)
         print_table(results)
         machine = latency_timing.describe_device(torch.device("cpu"))["name"]

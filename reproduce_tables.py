@@ -65,7 +65,7 @@ import operations
 import peers
 import retraining
 import search_imagenet
-from utils import (UserError, check_regular_file, check_run_plan, drop_options, make_tool_folder, new_figure,
+from utils import (UserError, check_regular_file, check_run_plan, drop_options, new_figure, tool_folder,
                    parse_forwarded_arguments, read_json, read_json_lines, run_cli, save_figure, write_csv, write_json)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -804,41 +804,41 @@ def main(args):
                         "give a CPU latency table (latency_build.py build)")
     mlp = authors_mlp(args.mlp)
     dataset = args.search_dataset or data.synthetic_dataset(**mode.dataset)
-    make_tool_folder(args.out, "reproduce_tables.py")
-    warmup, lightnas_jobs, baseline_jobs, settings, common = plan_searches(args, mode, dataset)
-    check_run_plan(args.out, {"mode": mode.name, "search_arguments": common, "targets": args.targets, "grid": args.grid,
-                          "reference_target": args.reference_target, "retrain_epochs": args.retrain_epochs},
-                   "reproduce_tables.py")
+    with tool_folder(args.out, "reproduce_tables.py"):  # left empty by a failure (a full disk, Ctrl-C), it is removed
+        warmup, lightnas_jobs, baseline_jobs, settings, common = plan_searches(args, mode, dataset)
+        check_run_plan(args.out, {"mode": mode.name, "search_arguments": common, "targets": args.targets,
+                                  "grid": args.grid, "reference_target": args.reference_target,
+                                  "retrain_epochs": args.retrain_epochs}, "reproduce_tables.py")
 
-    lightnets, cpu_reference, peer_results = table_1_and_peers(args, mode, jetson, cpu_table)
-    kept = run_searches(args, warmup, lightnas_jobs, baseline_jobs)
+        lightnets, cpu_reference, peer_results = table_1_and_peers(args, mode, jetson, cpu_table)
+        kept = run_searches(args, warmup, lightnas_jobs, baseline_jobs)
 
-    warmup_metrics = read_json_lines(os.path.join(warmup.folder, "metrics.jsonl"))[:settings.freeze_epochs]
-    lightnas_results = [search_result(job) for job in lightnas_jobs]
-    baseline_results = [search_result(job) for job in baseline_jobs]
-    retrain_dataset = data.synthetic_dataset(**mode.retrain_dataset)
-    retrained = retrain_found_networks(args, retrain_dataset, lightnas_jobs + baseline_jobs,
-                                       lightnas_results + baseline_results)
-    lightnas = lightnas_rows(lightnas_results, args.targets, args.tolerance, mlp, retrained[:len(lightnas_jobs)])
-    baseline = baseline_rows(baseline_results, args.grid, retrained[len(lightnas_jobs):])
-    machine = describe_machine()
-    context = {
-        "command": "python3 " + " ".join(sys.argv), "date": datetime.date.today().isoformat(), "mode": mode.name,
-        "seconds": time.time() - started, "kept_searches": kept, "machine": machine,
-        "jetson": describe_table(jetson), "cpu": describe_table(cpu_table),
-        "cpu_mismatch": cpu_table.metadata["device"]["name"] != machine["cpu"], "cpu_reference": cpu_reference,
-        "lightnets": lightnets, "peers": peer_results, "lightnas": lightnas, "baseline": baseline,
-        "design_cost": design_cost(lightnas, baseline, args.tolerance),
-        "tolerance": args.tolerance, "targets": args.targets, "reference_target": args.reference_target,
-        "retrain_epochs": args.retrain_epochs,
-        "warmup_seconds": sum(row["seconds"] for row in warmup_metrics),
-        "synthetic": args.search_dataset is None,
-        "search_description": describe_search(settings, dataset, args.search_dataset is None),
-    }
-    write_outputs(args.out, context, lightnas_results, baseline_results, warmup_metrics)
-    with open(os.path.join(args.out, "report.md")) as file:
-        print("\n" + file.read())
-    print(f"wrote {args.out}/ in {(time.time() - started) / 60:.1f} min")
+        warmup_metrics = read_json_lines(os.path.join(warmup.folder, "metrics.jsonl"))[:settings.freeze_epochs]
+        lightnas_results = [search_result(job) for job in lightnas_jobs]
+        baseline_results = [search_result(job) for job in baseline_jobs]
+        retrain_dataset = data.synthetic_dataset(**mode.retrain_dataset)
+        retrained = retrain_found_networks(args, retrain_dataset, lightnas_jobs + baseline_jobs,
+                                           lightnas_results + baseline_results)
+        lightnas = lightnas_rows(lightnas_results, args.targets, args.tolerance, mlp, retrained[:len(lightnas_jobs)])
+        baseline = baseline_rows(baseline_results, args.grid, retrained[len(lightnas_jobs):])
+        machine = describe_machine()
+        context = {
+            "command": "python3 " + " ".join(sys.argv), "date": datetime.date.today().isoformat(), "mode": mode.name,
+            "seconds": time.time() - started, "kept_searches": kept, "machine": machine,
+            "jetson": describe_table(jetson), "cpu": describe_table(cpu_table),
+            "cpu_mismatch": cpu_table.metadata["device"]["name"] != machine["cpu"], "cpu_reference": cpu_reference,
+            "lightnets": lightnets, "peers": peer_results, "lightnas": lightnas, "baseline": baseline,
+            "design_cost": design_cost(lightnas, baseline, args.tolerance),
+            "tolerance": args.tolerance, "targets": args.targets, "reference_target": args.reference_target,
+            "retrain_epochs": args.retrain_epochs,
+            "warmup_seconds": sum(row["seconds"] for row in warmup_metrics),
+            "synthetic": args.search_dataset is None,
+            "search_description": describe_search(settings, dataset, args.search_dataset is None),
+        }
+        write_outputs(args.out, context, lightnas_results, baseline_results, warmup_metrics)
+        with open(os.path.join(args.out, "report.md")) as file:
+            print("\n" + file.read())
+        print(f"wrote {args.out}/ in {(time.time() - started) / 60:.1f} min")
 
 
 TIMINGS_FILE = "timings.json"

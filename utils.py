@@ -928,6 +928,9 @@ def read_json(path, what):
         except RecursionError:
             raise UserError(f"{what} {path} nests too deeply to be a file this project wrote") from None
         except ValueError as error:  # json.JSONDecodeError and UnicodeDecodeError included
+            if zipfile.is_zipfile(path):  # a checkpoint (.pth.tar) given where its JSON belongs
+                raise UserError(f"{what} {path} is a zip archive such as a checkpoint, not a JSON file; give the "
+                                "JSON file itself (a search's arch.json, a table's .json)") from None
             raise UserError(f"{what} {path} is not valid JSON here ({error})") from None
 
 
@@ -1420,21 +1423,49 @@ def output_folder(path, option="--out"):
     """make_output_folder for the length of a command: a folder it created
     and that is still empty when the command fails (a full disk at the
     first write, Ctrl-C) is removed, so a failed run leaves nothing."""
-    created = not os.path.lexists(path)
+    first_made = _first_missing_folder(path)
     make_output_folder(path, option)
     try:
         yield path
     except BaseException:
-        if created and os.path.isdir(path) and not os.listdir(path):
-            os.rmdir(path)
+        if first_made is not None:
+            _remove_empty_folders(path, up_to=first_made)
         raise
 
 
-def make_tool_folder(path, tool, option="--out"):
-    """make_output_folder for the --out of `tool` (peers, closed loop, the
-    benchmarks), once check_tool_folder accepts it."""
+def _first_missing_folder(path):
+    """The outermost folder of `path` that does not exist yet (os.makedirs
+    will make it and those inside it), or None when `path` exists."""
+    path = os.path.abspath(path)
+    missing = None
+    while not os.path.lexists(path):
+        missing, path = path, os.path.dirname(path)
+    return missing
+
+
+def _remove_empty_folders(path, up_to):
+    """Remove `path` and its parents up to `up_to`, each only while empty."""
+    path = os.path.abspath(path)
+    while os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path):
+        os.rmdir(path)
+        if path == up_to:
+            break
+        path = os.path.dirname(path)
+
+
+@contextlib.contextmanager
+def tool_folder(path, tool, option="--out"):
+    """output_folder for the --out of `tool` (peers, closed loop, the
+    benchmarks), once check_tool_folder accepts it, locked while the tool
+    runs: a second run into the same --out is refused, not mixed in."""
+    refuse_folder_in_use(path, option)
     check_tool_folder(path, tool, option)
-    make_output_folder(path, option)
+    with output_folder(path, option):
+        descriptor = _locked_folder(path, option)
+        try:
+            yield path
+        finally:
+            os.close(descriptor)
 
 
 def check_tool_folder(path, tool, option="--out"):

@@ -254,8 +254,7 @@ def check_args(args):
 def main(args):
     check_args(args)
     warmups, searches = plan(args)
-    utils.check_tool_folder(args.out, "benchmarks/landing.py")
-    with utils.output_folder(args.out):  # left empty by a failure (a full disk at plan.json), it is removed
+    with utils.tool_folder(args.out, "benchmarks/landing.py"):  # left empty by a failure, it is removed
         # Kept searches are reused only for the options that made them (targets and seeds may be added).
         utils.check_run_plan(args.out, {"search_arguments": args.search_arguments}, "benchmarks/landing.py")
         log_folder = os.path.join(args.out, "logs")

@@ -293,21 +293,21 @@ def main(args):
     for folder in args.folders or []:  # before --out is made: a wrong folder leaves nothing behind
         finished_search(folder, args.target)
         search_health(folder)
-    utils.make_tool_folder(args.out, "benchmarks/screen.py")
-    folders = args.folders
-    if folders is None:  # the variant's own searches, checked as given folders were above
-        folders = run_variant(args)
-        for folder in folders:
-            finished_search(folder, args.target)
-    print(f"scoring {len(truth['networks'])} ground-truth networks ({', '.join(truth_paths)}) with each supernet ...",
-          flush=True)
-    screens = [screen_search(folder, truth) for folder in folders]
-    print_searches(screens)
-    row = summary_row(name, screens, extra, truth_paths, time.time() - started)
-    print_table([row])
-    with open(screens_path, "a") as file:
-        file.write(json.dumps(row) + "\n")
-    print(f"\nappended to {screens_path} ({row['screen_seconds'] / 60:.1f} min)")
+    with utils.tool_folder(args.out, "benchmarks/screen.py"):  # left empty by a failure, it is removed
+        folders = args.folders
+        if folders is None:  # the variant's own searches, checked as given folders were above
+            folders = run_variant(args)
+            for folder in folders:
+                finished_search(folder, args.target)
+        print(f"scoring {len(truth['networks'])} ground-truth networks ({', '.join(truth_paths)}) with each "
+              "supernet ...", flush=True)
+        screens = [screen_search(folder, truth) for folder in folders]
+        print_searches(screens)
+        row = summary_row(name, screens, extra, truth_paths, time.time() - started)
+        print_table([row])
+        with open(screens_path, "a") as file:
+            file.write(json.dumps(row) + "\n")
+        print(f"\nappended to {screens_path} ({row['screen_seconds'] / 60:.1f} min)")
 
 
 if __name__ == "__main__":

@@ -559,50 +559,50 @@ def run_plan(args):
 
 def main(args):
     check_args(args)
-    utils.make_tool_folder(args.out, "benchmarks/search_quality.py")
-    utils.check_run_plan(args.out, run_plan(args), "benchmarks/search_quality.py")
-    retraining.stop_children_on_sigterm()
-    started = time.time()
-    searches = run_searches(args)
-    if args.truth_data is None:
-        candidates, draws = random_architectures(args.random_nets, args.target, args.sample_seed)
-        print(f"{len(candidates)} random architectures within 1% of {args.target:g} ms ({draws} draws)", flush=True)
-    else:
-        candidates, draws = [], args.truth_data["draws"]
-        print(f"{args.random_nets} random architectures and their results from {args.truth}", flush=True)
-    nets = build_nets(args, searches, candidates)
+    with utils.tool_folder(args.out, "benchmarks/search_quality.py"):  # left empty by a failure, it is removed
+        utils.check_run_plan(args.out, run_plan(args), "benchmarks/search_quality.py")
+        retraining.stop_children_on_sigterm()
+        started = time.time()
+        searches = run_searches(args)
+        if args.truth_data is None:
+            candidates, draws = random_architectures(args.random_nets, args.target, args.sample_seed)
+            print(f"{len(candidates)} random architectures within 1% of {args.target:g} ms ({draws} draws)", flush=True)
+        else:
+            candidates, draws = [], args.truth_data["draws"]
+            print(f"{args.random_nets} random architectures and their results from {args.truth}", flush=True)
+        nets = build_nets(args, searches, candidates)
 
-    print("scoring every network with each search's supernet ...", flush=True)
-    for net in nets:
-        net["supernet_top1"] = []
-    for _, folder in searches:
-        for net, score in zip(nets, supernet_scores(folder, [net["arch_config"] for net in nets],
-                                                    args.scale.retrain_dataset)):
-            net["supernet_top1"].append(score)
+        print("scoring every network with each search's supernet ...", flush=True)
+        for net in nets:
+            net["supernet_top1"] = []
+        for _, folder in searches:
+            for net, score in zip(nets, supernet_scores(folder, [net["arch_config"] for net in nets],
+                                                        args.scale.retrain_dataset)):
+                net["supernet_top1"].append(score)
 
-    retrain_all([net for net in nets if "top1" not in net], args)
-    searched = [net for net in nets if net["kind"] == "searched"]
-    random_nets = [net for net in nets if net["kind"] == "random"]
-    summary = summarize(searched, random_nets, len(searches))
-    print_table(nets, summary, args.seeds)
-    report = {
-        "target": args.target,
-        "networks": [{key: value for key, value in net.items()} for net in nets],
-        "summary": summary,
-        "retrain": dict(retraining.SHORT_RECIPE, **retrain_recipe(args), seeds=args.seeds,
-                        dataset=args.scale.retrain_dataset),
-        "searches": [result.get("search", {}) for result, _ in searches],
-        "search_arguments": args.search_arguments,
-        "random_draws": draws,
-        "truth": None if args.truth is None else {"path": args.truth, "device": args.truth_data["device"],
-                                                   "code": args.truth_data["code"], "date": args.truth_data["date"]},
-        "device": ground_truth.describe_device(),
-        "seconds": time.time() - started,
-    }
-    utils.write_json(os.path.join(args.out, "search_quality.json"), report)
-    plot(nets, args.target, os.path.join(args.out, "search_quality.png"))
-    print(f"\nwritten: {os.path.join(args.out, 'search_quality.json')} and search_quality.png "
-          f"({(time.time() - started) / 60:.1f} min)")
+        retrain_all([net for net in nets if "top1" not in net], args)
+        searched = [net for net in nets if net["kind"] == "searched"]
+        random_nets = [net for net in nets if net["kind"] == "random"]
+        summary = summarize(searched, random_nets, len(searches))
+        print_table(nets, summary, args.seeds)
+        report = {
+            "target": args.target,
+            "networks": [{key: value for key, value in net.items()} for net in nets],
+            "summary": summary,
+            "retrain": dict(retraining.SHORT_RECIPE, **retrain_recipe(args), seeds=args.seeds,
+                            dataset=args.scale.retrain_dataset),
+            "searches": [result.get("search", {}) for result, _ in searches],
+            "search_arguments": args.search_arguments,
+            "random_draws": draws,
+            "truth": None if args.truth is None else {"path": args.truth, "device": args.truth_data["device"],
+                                                       "code": args.truth_data["code"], "date": args.truth_data["date"]},
+            "device": ground_truth.describe_device(),
+            "seconds": time.time() - started,
+        }
+        utils.write_json(os.path.join(args.out, "search_quality.json"), report)
+        plot(nets, args.target, os.path.join(args.out, "search_quality.png"))
+        print(f"\nwritten: {os.path.join(args.out, 'search_quality.json')} and search_quality.png "
+              f"({(time.time() - started) / 60:.1f} min)")
 
 
 if __name__ == "__main__":

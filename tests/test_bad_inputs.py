@@ -272,6 +272,10 @@ CASES = {
                                                          "--arch_config", "{json_list}"], "list of op names"),
     "train: arch broken json": (train_imagenet, ["--dataset", "{data}", "--save", "{out}", "--arch_config",
                                                 "{bad_json}"], "not valid JSON"),
+    # Sweep 7: a checkpoint (which records its arch_config) was "not valid JSON here ('utf-8' codec can't decode
+    # byte 0x80 ...)", read as a damaged JSON file.
+    "train: arch_config a checkpoint": (train_imagenet, ["--dataset", "{data}", "--save", "{out}", "--arch_config",
+                                                         "{empty_optimizer}"], "is a zip archive such as a checkpoint"),
     "evaluate: unknown model": (evaluate, ["--model", "LightNet-99ms", "--weights", "{released_20}", "--dataset",
                                            "{data}"], "LightNet-99ms"),
     "evaluate: arch of 21 ops": (evaluate, ["--arch_config", str(model_train.LIGHTNETS[ARCH_24][:-1]), "--weights",

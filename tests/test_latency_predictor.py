@@ -536,7 +536,7 @@ def test_calibrate_refuses_bad_measurements(tmp_path):
             run(["calibrate", "--lut", lp.DEFAULT_LUT, "--measurements", str(path), "--out", str(out)])
         assert not out.exists()
 
-    for bad in (-34.15, 0.0, float("nan"), float("inf")):
+    for bad in (-34.15, 0.0, float("nan"), float("inf"), 5e-324, 1e-9, 2e6):  # 5e-324 and 1e-9: sweep 7
         refused(list(raw[:3]) + [bad] + list(raw[4:]), "row 5 measured .* which is no latency")
     refused(raw, "rows 2 and 7 measure the same architecture", rows=list(indices[:5]) + [indices[0]])
     refused([raw[0] * 0.5] + list(raw[1:]), r"would make the table worse \(mean error 16.67% -> 20.63%\)")

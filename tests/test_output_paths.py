@@ -12,6 +12,7 @@ import latency_predictor
 import reproduce_tables
 import search_imagenet
 import train_imagenet
+import utils
 from utils import run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -55,3 +56,21 @@ def test_unusable_output_path_is_one_line(command, place, tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert sorted(tmp_path.rglob("*")) == before and blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("command", ["reproduce_tables", "search_quality"])
+def test_a_tool_whose_first_write_fails_leaves_no_empty_out_folder(command, tmp_path, monkeypatch, capsys):
+    # Sweep 7: a full disk at plan.json was one line, but the --out folder made just before it was left behind
+    # (empty), so the next run's checks met a folder the user never asked to keep.
+    def full_disk(path, content, indent=2):
+        raise utils.UserError(f"cannot write {path}: No space left on device; free some space or choose a "
+                              "writable folder, then run again")
+
+    monkeypatch.setattr(utils, "write_json", full_disk)
+    module, arguments = COMMANDS[command]
+    out = tmp_path / "new" / "out"  # "new" is made for it too
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(module.main, module.get_args_parser(), [argument.format(out=out) for argument in arguments])
+    assert exit_info.value.code == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

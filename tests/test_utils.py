@@ -316,6 +316,11 @@ def test_an_output_folder_made_for_a_failed_command_is_removed_only_if_empty(tmp
             assert new.is_dir()
             raise utils.UserError("no space left")
     assert not new.exists()
+    nested = tmp_path / "parent" / "child" / "run"  # the folders os.makedirs made for it go too
+    with pytest.raises(utils.UserError):
+        with utils.output_folder(str(nested)):
+            raise utils.UserError("no space left")
+    assert not (tmp_path / "parent").exists()
     kept = tmp_path / "kept"
     kept.mkdir()
     written = tmp_path / "written"
@@ -326,6 +331,19 @@ def test_an_output_folder_made_for_a_failed_command_is_removed_only_if_empty(tmp
                     (folder / "validate.csv").write_text("arch\n")
                 raise KeyboardInterrupt
         assert folder.is_dir()  # there before, or holding what the command wrote
+
+
+def test_a_second_tool_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path):
+    # Sweep 7: two closed_loop runs into one --out: the second was told its search's "--save .../search is in use;
+    # choose another --save" (closed_loop has no --save), as only the search inside locked its folder.
+    out = tmp_path / "loop"
+    with utils.tool_folder(str(out), "closed_loop.py"):
+        with pytest.raises(UserError, match=f"--out {out} is in use by another run; wait for it to end or choose "
+                                            "another --out"):
+            with utils.tool_folder(str(out), "closed_loop.py"):
+                pass
+    with utils.tool_folder(str(out), "closed_loop.py"):  # free again once the first has ended
+        pass
 
 
 def test_a_name_too_long_for_the_file_system_is_named_as_such(tmp_path):
