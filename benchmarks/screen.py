@@ -32,7 +32,6 @@ keeps the finished ones.
 """
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -305,8 +304,9 @@ def main(args):
         print_searches(screens)
         row = summary_row(name, screens, extra, truth_paths, time.time() - started)
         print_table([row])
-        with open(screens_path, "a") as file:
-            file.write(json.dumps(row) + "\n")
+        # The file is written anew, not appended to: a run killed mid-write leaves the rows before it whole.
+        earlier = utils.read_json_lines(screens_path) if os.path.isfile(screens_path) else []
+        utils.write_json_lines(screens_path, earlier + [row])
         print(f"\nappended to {screens_path} ({row['screen_seconds'] / 60:.1f} min)")
 
 

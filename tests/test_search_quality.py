@@ -279,6 +279,12 @@ def test_the_whole_benchmark_runs_at_toy_size_and_reuses_finished_runs(tmp_path)
     assert screened.returncode == 0, screened.stderr[-2000:]
     row = json.loads((tmp_path / "screens" / "screens.jsonl").read_text().splitlines()[-1])
     assert row["name"] == "toy" and len(row["searches"]) == 2
+    again = subprocess.run([sys.executable, str(BENCHMARKS / "screen.py"), "--folders", folders[0], "--truth", truth,
+                            "--name", "toy, one seed", "--out", str(tmp_path / "screens")], capture_output=True,
+                           text=True, env=environment)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "screens" / "screens.jsonl").read_text().splitlines()]
+    assert [kept["name"] for kept in rows] == ["toy", "toy, one seed"] and rows[0] == row  # rewritten, row kept
     for search, seed in zip(row["searches"], (0, 1)):
         scores = nets[f"searched {seed + 1}"]["supernet_top1"]  # the same supernets, the same scoring
         assert search["predicted"] == pytest.approx(nets[f"searched {seed + 1}"]["predicted"])
