@@ -11,11 +11,13 @@ retrains only the searched networks beside them.
 
     python3 benchmarks/ground_truth.py --target 24 --nets 24 --seeds 3 --out benchmarks/ground_truth/random_24ms_cuda.json
     python3 benchmarks/ground_truth.py --target 28 --nets 16 --jobs 14 --out truth28.json   # 14 at a time (a GPU)
+    python3 benchmarks/ground_truth.py --proxy composite --seeds 2 --out benchmarks/ground_truth/composite_24ms_cpu.json
 
 The networks are drawn as search_quality.py draws them (uniform op per
 layer, kept within +-1% of the target on the Jetson table, --sample_seed 0
 by default), so the first 16 are that benchmark's 16. Each is retrained
-with retraining.SHORT_RECIPE on retraining.RETRAIN_DATASET with --seeds
+with retraining.SHORT_RECIPE on retraining.RETRAIN_DATASET (--proxy
+composite: that benchmark's harder set and its recipe) with --seeds
 paired seeds, on the device train_imagenet.py picks (CUDA when there is
 one). The file records the recipe, the dataset, the device, the torch
 version and the code's commit, and a network's results are only compared
@@ -149,6 +151,9 @@ def get_args_parser():
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="retrainings side by side, one thread each")
     parser.add_argument("--work", default="ground-truth-runs", help="folder for the retraining runs")
+    parser.add_argument("--proxy", choices=("patterns", "composite"), default="patterns",
+                        help="the synthetic task the networks are retrained on (benchmarks/search_quality.py "
+                             "--proxy): its dataset and recipe")
     parser.add_argument("--out", required=True, help="the ground-truth file to write (.json)")
     return parser
 
@@ -166,13 +171,14 @@ def main(args):
     candidates, draws = search_quality.random_architectures(args.nets, args.target, args.sample_seed)
     nets = [{"name": f"random {index + 1}", "kind": "random", "arch_config": arch_config, "predicted": cost}
             for index, (arch_config, cost) in enumerate(candidates)]
-    truth = new_truth(args, draws)
+    scale = search_quality.PROXIES[args.proxy]
+    truth = new_truth(args, draws, scale)
     known = earlier_results(args.out, truth, nets) if os.path.exists(args.out) else {}
     if known:
         print(f"continuing {args.out}: {len(known)} retrainings kept from it", flush=True)
     utils.make_output_folder(args.work, "--work")  # only now: a refusal above leaves no empty folder
-    settings = argparse.Namespace(out=args.work, seeds=args.seeds, jobs=args.jobs, scale=search_quality.FULL,
-                                  retrain_epochs=retraining.SHORT_RECIPE["epochs"])
+    settings = argparse.Namespace(out=args.work, seeds=args.seeds, jobs=args.jobs, scale=scale,
+                                  retrain_epochs=truth["recipe"]["epochs"])
     started = datetime.datetime.now(datetime.timezone.utc)
     earlier_seconds = truth["seconds"]
 
@@ -188,8 +194,9 @@ def main(args):
           f"{truth['seconds'] / 60:.1f} min)")
 
 
-def new_truth(args, draws):
-    """The header of the ground-truth file for this build (no networks yet)."""
+def new_truth(args, draws, scale):
+    """The header of the ground-truth file for this build (no networks yet),
+    retrained with `scale`'s recipe on its dataset."""
     return {
         "format": FORMAT,
         "what": (f"{args.nets} random architectures within +-1% of {args.target:g} ms on the Jetson table, each "
@@ -198,8 +205,8 @@ def new_truth(args, draws):
         "predictor": latency_predictor.load_predictor().identifier,
         "sample_seed": args.sample_seed,
         "draws": draws,
-        "recipe": dict(retraining.SHORT_RECIPE),
-        "dataset": dict(retraining.RETRAIN_DATASET),
+        "recipe": dict(retraining.SHORT_RECIPE, **scale.retrain_recipe),
+        "dataset": dict(scale.retrain_dataset),
         "device": describe_device(),
         "code": code_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),

@@ -25,6 +25,11 @@ networks retrained once (benchmarks/ground_truth.py):
     python3 benchmarks/screen.py --name eta-late -- --eta_decay late           # a variant: search options after --
     python3 benchmarks/screen.py --folders search-demo other-search            # finished searches
     python3 benchmarks/screen.py --table                                       # every variant screened so far
+    python3 benchmarks/screen.py --name demo --truth benchmarks/ground_truth/composite_24ms_cpu.json
+
+A variant's searches run on the images of the proxy the ground truth was
+retrained on: the demo's set for the shipped random_*ms_* files, the
+composite set (search_quality.py --proxy composite) for a composite one.
 
 Each screened variant is appended to --out/screens.jsonl; --table prints
 them side by side. Searches run --jobs at a time, one thread each; a rerun
@@ -76,9 +81,10 @@ def get_args_parser():
 # ------------------------------------------------------------- the searches
 
 
-def run_variant(args):
-    """Run (or keep) one search per seed; their folders."""
-    extra = [item for item in args.search_arguments if item != "--"]
+def run_variant(args, scale):
+    """Run (or keep) one search per seed on `scale`'s search set (the proxy
+    the ground truth was retrained on); their folders."""
+    extra = search_quality.scale_search_arguments(scale) + [item for item in args.search_arguments if item != "--"]
     common = ["--target_latency", str(args.target), "--land_within", "0", "--workers", "0"] + extra
     jobs = [reproduce_tables.SearchJob(f"{args.name} seed {seed}", os.path.join(args.out, args.name, f"seed{seed}"),
                                        common + ["--seed", str(seed)], "arch.json")
@@ -248,6 +254,10 @@ def resolve_truth(args):
     if truth["target"] != args.target:
         raise UserError(f"--truth {' '.join(paths)} holds networks for {truth['target']:g} ms, not --target "
                         f"{args.target:g}")
+    try:
+        search_quality.proxy_of_truth(truth)  # the variant's searches run on that proxy's images
+    except UserError as error:
+        raise UserError(f"--truth {' '.join(paths)}: {error}") from None
     return paths, truth
 
 
@@ -295,7 +305,7 @@ def main(args):
     with utils.tool_folder(args.out, "benchmarks/screen.py"):  # left empty by a failure, it is removed
         folders = args.folders
         if folders is None:  # the variant's own searches, checked as given folders were above
-            folders = run_variant(args)
+            folders = run_variant(args, search_quality.PROXIES[search_quality.proxy_of_truth(truth)])
             for folder in folders:
                 finished_search(folder, args.target)
         print(f"scoring {len(truth['networks'])} ground-truth networks ({', '.join(truth_paths)}) with each "

@@ -15,6 +15,7 @@ import pytest
 
 import latency_predictor
 import operations
+import retraining
 import utils
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -195,6 +196,44 @@ def test_a_ground_truth_build_stopped_halfway_continues_from_its_file(tmp_path):
     other_draw = [net("random 1", "MBK7E6", None), nets[1]]
     with pytest.raises(search_quality.UserError, match="not this draw's"):
         ground_truth.earlier_results(str(partial), dict(header), other_draw)
+
+
+def test_the_composite_proxy_searches_and_retrains_on_its_own_set_and_a_truth_file_names_it(tmp_path, monkeypatch):
+    parser = search_quality.get_args_parser()
+    args = parser.parse_args(["--out", str(tmp_path / "sq"), "--proxy", "composite"])
+    search_quality.check_args(args)
+    assert args.retrain_epochs == 32 and args.scale.retrain_dataset["kind"] == "composite"
+    arguments = search_quality.search_jobs(args)[0].arguments
+    meta = search_quality.data.read_synthetic_metadata(arguments[arguments.index("--dataset") + 1])
+    assert (meta["kind"], meta["train_per_class"], meta["val_per_class"]) == ("composite", 30, 15)
+    assert arguments[arguments.index("--num_classes") + 1] == "20" and "--schedule" in arguments
+    assert arguments[arguments.index("--schedule") + 1] == "demo"  # a --dataset alone would take the paper's
+
+    build = ground_truth.get_args_parser().parse_args(["--proxy", "composite", "--seeds", "2", "--out", "t.json"])
+    header = ground_truth.new_truth(build, 10, search_quality.PROXIES[build.proxy])
+    assert header["recipe"] == dict(retraining.SHORT_RECIPE, epochs=32)
+    assert header["dataset"] == search_quality.COMPOSITE.retrain_dataset
+    truth = truth_file(tmp_path / "composite.json", [net("random 1", "MBK3E3", [70.0, 71.0]),
+                                                     net("random 2", "MBK5E3", [75.0, 74.0])],
+                       recipe=header["recipe"], dataset=header["dataset"])
+    with_truth = parser.parse_args(["--out", str(tmp_path / "sq"), "--truth", truth])
+    search_quality.check_args(with_truth)  # the file decides the proxy
+    assert with_truth.scale is search_quality.COMPOSITE and with_truth.random_nets == 2
+    for given, message in ((["--truth", truth, "--proxy", "patterns"],
+                            "was retrained on the composite proxy, not --proxy patterns"),
+                           (["--toy", "--proxy", "composite"], "--toy runs on its own tiny set")):
+        with pytest.raises(search_quality.UserError, match=message):
+            search_quality.check_args(parser.parse_args(["--out", str(tmp_path / "sq")] + given))
+    odd = truth_file(tmp_path / "odd.json", [net("random 1", "MBK3E3", [70.0, 71.0])], recipe=header["recipe"],
+                     dataset={"kind": "composite", "image_size": 48})
+    with pytest.raises(search_quality.UserError, match="is none of the proxies"):
+        search_quality.check_args(parser.parse_args(["--out", str(tmp_path / "sq"), "--truth", odd]))
+
+    ran = []  # screen's own searches for a composite truth run on the composite set too
+    monkeypatch.setattr(screen.reproduce_tables, "run_jobs", lambda jobs, *rest, **options: ran.extend(jobs))
+    screen_args = screen.get_args_parser().parse_args(["--name", "v", "--out", str(tmp_path / "screens")])
+    screen.run_variant(screen_args, search_quality.COMPOSITE)
+    assert all(job.arguments[job.arguments.index("--num_classes") + 1] == "20" for job in ran) and len(ran) == 2
 
 
 def test_screen_counts_the_holds_undone_steps_among_the_latched_ones():
