@@ -34,6 +34,7 @@ import os
 import shutil
 import stat
 import tempfile
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -204,6 +205,14 @@ def check_same_classes(root, train_classes, val_classes):
         return
     only_in = {"train": sorted(set(train_classes) - set(val_classes)),
                "val": sorted(set(val_classes) - set(train_classes))}
+    val_by_composed_form = {unicodedata.normalize("NFC", name): name for name in only_in["val"]}
+    for name in only_in["train"]:
+        in_val = val_by_composed_form.get(unicodedata.normalize("NFC", name))
+        if in_val is not None:  # the two print alike, so the list below would give no clue
+            raise UserError(f"--dataset {root}: class folder {name} is spelt with other Unicode characters in "
+                            f"train/ ({ascii(name)}) than in val/ ({ascii(in_val)}): accents composed in one, "
+                            "decomposed in the other, as copies from macOS leave them; rename one so that the two "
+                            "match")
     differences = [f"only in {split}/: {name_class_folders(names)}" for split, names in only_in.items() if names]
     raise UserError(f"--dataset {root}: train/ and val/ hold different class folders ({'; '.join(differences)}); "
                     "both need the same ones (a hidden folder counts as a class too: remove it)")

@@ -344,6 +344,11 @@ def test_train_and_val_with_different_classes_name_the_folders_hidden_ones_marke
     with pytest.raises(UserError, match=re.escape("only in val/: n00, n01, n02, n03, n04 and 3 more)")):
         data.check_same_classes("/data", [], many)
     data.check_same_classes("/data", many, list(many))  # the same classes: no error
+    # Sweep 6: "only in train/: café; only in val/: café" -- one composed, one decomposed (a macOS copy).
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    with pytest.raises(UserError, match=re.escape("class folder café is spelt with other Unicode characters in "
+                                                  "train/ ('caf\\xe9') than in val/ ('cafe\\u0301')")):
+        data.check_same_classes("/data", ["n01", composed], ["n01", decomposed])
 
 
 def test_a_hidden_folder_in_both_splits_is_refused_not_taken_as_class_0(tmp_path):
