@@ -51,8 +51,8 @@ from utils import (
     damaged_checkpoint_refused, describe_saved_run, fill_from_schedule, frozen, init_distributed, is_finite_number,
     launch, load_checkpoint, loss_exploded, name_a_few, new_figure, non_finite_entries, progress_bar,
     refuse_files_of_others_or_earlier_runs, refuse_save_inside_dataset, resolve_device_type, resumable_at, rng_states,
-    run_cli, run_folder_lock, run_logger, save_checkpoint, save_checkpoint_again, save_figure, seed_everything,
-    set_rng_states, share_cpu_threads, state_dict_mismatch, write_json,
+    run_cli, run_folder_lock, run_logger, same_kind_of_value, save_checkpoint, save_checkpoint_again, save_figure,
+    seed_everything, set_rng_states, share_cpu_threads, state_dict_mismatch, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -718,6 +718,17 @@ ALPHA_SETTINGS = ("arch_learning_rate", "arch_weight_decay", "arch_lr_step", "ta
 LAGRANGE_ONLY_SETTINGS = ("tradeoff_learning_rate", "latch", "latch_epochs", "latch_tolerance", "hold_lambda")
 
 
+def check_same_setting(used, name, args, path, otherwise=None):
+    """Refuse a resume whose checkpoint used another --name than this run;
+    `otherwise` says what to do instead."""
+    if not same_kind_of_value(used, getattr(args, name)):  # "3" prints as 3: no advice would help
+        raise UserError(f"--resume: {path} is damaged (its --{name} is {used!r}, not a value of that option); "
+                        "start the search again")
+    if used != getattr(args, name):
+        raise UserError(f"--resume: {path} used --{name} {used}, this run {getattr(args, name)}; use the same "
+                        "settings to continue" + (f" ({otherwise})" if otherwise else ""))
+
+
 def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, path):
     """Refuse a checkpoint from another search space, dataset or schedule;
     a warm-up checkpoint may start a search for any target, into a folder
@@ -739,17 +750,14 @@ def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, pa
         raise UserError(f"--resume: {path} has {classifier.shape[0]} classes, this dataset {num_classes}")
     check_same_dataset(checkpoint.get("dataset"), dataset_fingerprint, path)
     for name in RESUME_MUST_MATCH:
-        if saved.get(name, OPTIONS_BEFORE_THEY_EXISTED.get(name)) != getattr(args, name):
-            raise UserError(f"--resume: {path} used --{name} {saved.get(name)}, this run {getattr(args, name)}; "
-                            "use the same settings to continue")
+        check_same_setting(saved.get(name, OPTIONS_BEFORE_THEY_EXISTED.get(name)), name, args, path)
     is_warmup = checkpoint["epoch"] == args.freeze_epochs
     into_its_own_folder = os.path.abspath(os.path.dirname(path)) == os.path.abspath(args.save)
     if not is_warmup or into_its_own_folder:
         for name in ALPHA_SETTINGS:
-            if name in saved and saved[name] != getattr(args, name):
-                raise UserError(f"--resume: {path} used --{name} {saved[name]}, this run {getattr(args, name)}; use "
-                                "the same settings to continue (another setting for alpha can start from its "
-                                f"{WARMUP_CHECKPOINT_NAME} into a new --save)")
+            if name in saved:
+                check_same_setting(saved[name], name, args, path, "another setting for alpha can start from its "
+                                   f"{WARMUP_CHECKPOINT_NAME} into a new --save")
     if (not is_warmup and checkpoint["predictor"] == predictor.identifier
             and checkpoint.get("predictor_fingerprint", predictor.fingerprint) != predictor.fingerprint):
         raise UserError(f"--resume: {path} searched on another {checkpoint['predictor']}: the table now at "

@@ -917,6 +917,19 @@ def _object_without_repeated_keys(pairs):
     return result
 
 
+def same_kind_of_value(saved, current):
+    """Whether a setting saved in a checkpoint is of the kind the option
+    takes now (any number for a number; None, the option unset, for any),
+    so that comparing the two means something."""
+    if saved is None or current is None:
+        return True
+    if isinstance(current, bool) or isinstance(saved, bool):
+        return isinstance(current, bool) and isinstance(saved, bool)
+    if isinstance(current, (int, float)):
+        return isinstance(saved, (int, float))
+    return type(saved) is type(current)
+
+
 def read_json(path, what):
     """A user-supplied JSON file, refused in one line when it cannot be read,
     is not JSON, holds NaN/Infinity, an integer of more than 18 digits or a

@@ -239,6 +239,15 @@ def test_a_resume_with_other_settings_is_refused_by_name(checkpoint_name, option
     assert f"used {option} " in error and "use the same settings to continue" in error, error
 
 
+def test_a_saved_setting_of_the_wrong_kind_is_called_damage_not_another_setting(finished_search, tiny_dataset,
+                                                                                 tmp_path, capsys):
+    # Sweep 7: args.epochs "3" (text) was "used --epochs 3, this run 3; use the same settings to continue".
+    checkpoint = load_checkpoint(os.path.join(finished_search, "checkpoint.pth.tar"))
+    checkpoint["args"]["epochs"] = str(checkpoint["args"]["epochs"])
+    error = refused_resume(checkpoint, tiny_dataset, tmp_path, capsys)
+    assert f"is damaged (its --epochs is '{checkpoint['args']['epochs']}', not a value of that option)" in error, error
+
+
 def test_a_resume_asked_to_stop_before_its_checkpoint_is_refused(finished_search, tiny_dataset, tmp_path, capsys):
     # Before: the search ran on past the asked epoch (to its end) without a word.
     error = refused_resume(os.path.join(finished_search, "warmup.pth.tar"), tiny_dataset, tmp_path, capsys,
