@@ -23,7 +23,6 @@ refused, so no step made under other settings is ever reused):
 """
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -72,8 +71,7 @@ def search(table, target, out, search_options):
         resume = ["--resume", folder] if os.path.isfile(os.path.join(folder, search_imagenet.CHECKPOINT_NAME)) else []
         run_step([os.path.join(REPO_ROOT, "search_imagenet.py"), "--save", folder, "--lut", table,
                   "--target_latency", str(target)] + search_options + resume, f"searching for {target:g} ms on it")
-    with open(arch_path) as file:
-        return json.load(file)
+    return search_imagenet.read_finished_search(folder)[0]
 
 
 def measure_found(table_path, arch_config, rounds):

@@ -490,7 +490,11 @@ def read_csv_rows(path, option):
     # utf-8-sig: a CSV saved by a spreadsheet starts with a byte-order mark that would hide the first column
     with open_for_reading(path, option, newline="", encoding="utf-8-sig") as file:
         try:
-            return list(csv.DictReader(file))
+            reader = csv.DictReader(file)
+            repeated = sorted({name for name in reader.fieldnames or [] if reader.fieldnames.count(name) > 1})
+            if repeated:  # DictReader would keep the last column of the name, silently
+                raise UserError(f"{option} {path}: its header names the column {repeated[0]} twice; keep one")
+            return list(reader)
         except UnicodeDecodeError:
             raise UserError(f"{option} {path} is not UTF-8 text; save it as a UTF-8 CSV") from None
         except csv.Error as error:

@@ -44,7 +44,6 @@ import argparse
 import dataclasses
 import datetime
 import importlib.metadata
-import json
 import math
 import os
 import platform
@@ -288,9 +287,7 @@ def _without_resume(arguments):
 
 
 def search_result(job):
-    with open(os.path.join(job.folder, "arch.json")) as file:
-        result = json.load(file)
-    metrics = read_json_lines(os.path.join(job.folder, "metrics.jsonl"))
+    result, metrics = search_imagenet.read_finished_search(job.folder)
     result["seconds"] = sum(row["seconds"] for row in metrics
                             if row["epoch"] > result["search"]["freeze_epochs"])
     result["metrics"] = metrics

@@ -43,16 +43,18 @@ import operations
 from constraint import SearchState
 from model_search import (FORBIDDEN_LOGIT, SHORTCUT_LAYERS, SHORTCUT_POOLINGS, SuperNet, gumbel_softmax_hard,
                           one_hot_paths, path_top1, strided_skip_mask, warmup_paths)
+from model_train import validate_arch_config
 from utils import (
     LOG_NAME, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
     RUN_DESCRIPTIONS, AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy,
     add_device_arguments, all_gather_objects, all_reduce_sum, any_process_diverged, check_number_rules,
     check_regular_file, check_saved_epoch, check_seed, checkpoint_kind, cleanup_distributed,
     damaged_checkpoint_refused, describe_saved_run, fill_from_schedule, frozen, init_distributed, is_finite_number,
-    launch, load_checkpoint, loss_exploded, name_a_few, new_figure, non_finite_entries, progress_bar,
-    refuse_files_of_others_or_earlier_runs, refuse_save_inside_dataset, resolve_device_type, resumable_at, rng_states,
-    run_cli, run_folder_lock, run_logger, same_kind_of_value, save_checkpoint, save_checkpoint_again, save_figure,
-    seed_everything, set_rng_states, share_cpu_threads, state_dict_mismatch, write_json,
+    launch, load_checkpoint, loss_exploded, name_a_few, new_figure, non_finite_entries, progress_bar, read_json,
+    read_json_lines, refuse_files_of_others_or_earlier_runs, refuse_save_inside_dataset, resolve_device_type,
+    resumable_at, rng_states, run_cli, run_folder_lock, run_logger, same_kind_of_value, save_checkpoint,
+    save_checkpoint_again, save_figure, seed_everything, set_rng_states, share_cpu_threads, state_dict_mismatch,
+    write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -955,6 +957,38 @@ def write_arch_json(args, searcher, predictor, train_set, arch_set):
     return result
 
 
+def read_finished_search(folder, remedy="delete that folder to run its search again"):
+    """(arch.json, metrics.jsonl rows) of a finished search, checked to be
+    what write_arch_json and the epochs wrote: a folder kept by a composite
+    tool (closed_loop.py, reproduce_tables.py, the benchmarks) whose files
+    were cut short or edited is named in one line, with `remedy`."""
+    def refuse(problem):
+        raise UserError(f"{folder} is not a finished search ({problem}); {remedy}")
+
+    try:
+        result = read_json(os.path.join(folder, ARCH_NAME), "the file")
+        rows = read_json_lines(os.path.join(folder, METRICS_NAME))
+    except UserError as error:
+        refuse(str(error))
+    if not isinstance(result, dict) or not isinstance(result.get("search"), dict) or not all(
+            is_finite_number(result.get(key)) for key in ("predicted", "error_percent", "target")):
+        refuse(f"its {ARCH_NAME} lacks the found network's cost, target or settings")
+    try:
+        result["arch_config"] = validate_arch_config(result.get("arch_config"))
+    except UserError as error:
+        refuse(f"its {ARCH_NAME}'s arch_config: {str(error).removeprefix('--arch_config: ')}")
+    if not rows:
+        refuse(f"its {METRICS_NAME} holds no epochs")
+    if not all(is_finite_number(row.get("seconds")) and isinstance(row.get("epoch"), int) for row in rows):
+        refuse(f"a row of its {METRICS_NAME} lacks its epoch or time")
+    last = rows[-1]
+    probabilities = last.get("probabilities")
+    if not is_finite_number(last.get("val_top1")) or not isinstance(probabilities, list) or not all(
+            isinstance(layer, list) and layer and all(is_finite_number(p) for p in layer) for layer in probabilities):
+        refuse(f"the last row of its {METRICS_NAME} lacks alpha's accuracy or op probabilities")
+    return result, rows
+
+
 def write_plots(save_dir, metrics, predictor, target):
     """Cost vs target (per alpha step, with lambda), lambda and tau per
     epoch, and the op-probability heatmap."""
@@ -1283,7 +1317,8 @@ def main(args):
             raise UserError(f"--resume: {args.resume} holds no {CHECKPOINT_NAME}, only its warm-up's; continue from "
                             f"that with --resume {warmup}")
         raise UserError(f"--resume: {args.resume} holds no {CHECKPOINT_NAME} yet (the search stopped before its "
-                        "first epoch ended); start it again without --resume")
+                        f"first epoch ended): nothing to resume; delete {args.resume} and start the search again "
+                        "without --resume, or start it into another --save")
     if args.resume is not None:
         check_regular_file(resolve_resume_path(args.resume), "--resume:")
     if args.resume is not None:  # a wrong file fails now, before --save is touched

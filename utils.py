@@ -136,9 +136,7 @@ def run_cli(main, parser, argv=None):
         sys.exit(USER_ERROR_EXIT_CODE)
     global _terminated_process
     _terminated_process = os.getpid()
-    previous_handler = signal.signal(signal.SIGTERM, raise_terminated)
-    # A closed terminal (SIGHUP) stops the run as SIGTERM does: its files cleaned up, the resume command logged.
-    previous_hangup = signal.signal(signal.SIGHUP, raise_terminated)
+    previous_handlers = {number: signal.signal(number, raise_terminated) for number in STOPPING_SIGNALS}
     try:
         check_thread_setting()
         check_plotting_setting()
@@ -175,8 +173,8 @@ def run_cli(main, parser, argv=None):
         stop_if_a_peer_was_lost(error)
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-        signal.signal(signal.SIGHUP, previous_hangup)
+        for number, handler in previous_handlers.items():
+            signal.signal(number, handler)
 
 
 def print_any_path():
@@ -256,6 +254,13 @@ class Terminated(BaseException):
 
 
 _terminated_process = None  # the process whose run_cli installed raise_terminated
+
+
+# Signals that stop a run as SIGTERM does (its new files cleaned up, the resume
+# command logged) instead of ending it on the spot: a closed terminal (SIGHUP),
+# Ctrl-\ (SIGQUIT), a batch system's warning before its time limit (SLURM's
+# --signal sends SIGUSR1 or SIGUSR2) and a soft CPU-time limit (SIGXCPU).
+STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU)
 
 
 def raise_terminated(signum, frame):
@@ -839,6 +844,10 @@ def write_failure(path, error):
     kept = " (the earlier file is kept)" if os.path.exists(path) else ""
     if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:
         return UserError(f"cannot write {path}: {reason}; choose a shorter name")
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if isinstance(error, OSError) and error.errno == errno.EFBIG and limit != resource.RLIM_INFINITY:
+        return UserError(f"cannot write {path}: {reason}{kept}: the file would pass this shell's size limit "
+                         f"({limit} bytes, `ulimit -f`); raise the limit, then run again")
     return UserError(f"cannot write {path}: {reason}{kept}; free some space or choose a writable folder, then run "
                      "again")
 
@@ -980,7 +989,7 @@ def read_json_lines(path, up_to_epoch=None):
             if line.strip():
                 try:
                     row = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: a line of 200,000 '['
                     row = None
                 # A row this project wrote: one object, and in a run's metrics a whole-number epoch.
                 epoch = row.get("epoch") if isinstance(row, dict) else None

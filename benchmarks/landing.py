@@ -34,7 +34,6 @@ finished ones.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -99,9 +98,7 @@ def plan(args):
 
 def run_summary(job, variant, seed, target):
     """One finished search: what it landed and how much its supernet learned."""
-    with open(os.path.join(job.folder, "arch.json")) as file:
-        result = json.load(file)
-    rows = utils.read_json_lines(os.path.join(job.folder, search_imagenet.METRICS_NAME))
+    result, rows = search_imagenet.read_finished_search(job.folder)
     last = rows[-1]
     latched = [row["epoch"] for row in rows if row.get("latched")]
     return {

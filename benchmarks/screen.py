@@ -56,6 +56,7 @@ import utils  # noqa: E402
 from utils import UserError, read_json_lines  # noqa: E402
 
 SCREENS_NAME = "screens.jsonl"
+GIVE_A_FINISHED_SEARCH = "give the folder of a finished search (a variant's own: delete it to search again)"
 
 
 def get_args_parser():
@@ -120,13 +121,9 @@ def hold_undone_share(rows):
 def finished_search(folder, target):
     """The arch.json of a finished search for `target` ms on the table the
     ground truth is about (the default one)."""
-    path = os.path.join(folder, "arch.json")
-    if not os.path.isfile(path):
+    if not os.path.isfile(os.path.join(folder, search_imagenet.ARCH_NAME)):
         raise UserError(f"{folder} holds no finished search (no arch.json)")
-    result = utils.read_json(path, "arch.json")
-    if (not isinstance(result, dict) or not {"arch_config", "predicted", "error_percent", "target"} <= set(result)
-            or not utils.is_finite_number(result["target"])):
-        raise UserError(f"{path} is not a search's arch.json; give the folder of a finished search")
+    result = search_imagenet.read_finished_search(folder, GIVE_A_FINISHED_SEARCH)[0]
     if result["target"] != target:
         raise UserError(f"{folder} searched for {result['target']:g} ms, not --target {target:g}: give --target "
                         f"{result['target']:g} and its ground truth")
@@ -139,11 +136,7 @@ def finished_search(folder, target):
 def search_health(folder):
     """What the search itself did: landing, alpha's accuracy and
     concentration at the end, the hold's undo share, its time."""
-    rows = read_json_lines(os.path.join(folder, "metrics.jsonl")) if os.path.isfile(
-        os.path.join(folder, "metrics.jsonl")) else []
-    if not rows:
-        raise UserError(f"{folder} holds no metrics.jsonl rows: give the folder of a finished search")
-    result = utils.read_json(os.path.join(folder, "arch.json"), "arch.json")
+    result, rows = search_imagenet.read_finished_search(folder, GIVE_A_FINISHED_SEARCH)
     last = rows[-1]
     try:
         return {
@@ -255,7 +248,7 @@ def resolve_truth(args):
         raise UserError(f"--truth {' '.join(paths)} holds networks for {truth['target']:g} ms, not --target "
                         f"{args.target:g}")
     try:
-        search_quality.proxy_of_truth(truth)  # the variant's searches run on that proxy's images
+        search_quality.scale_of_truth(truth)  # the variant's searches run on that set's images
     except UserError as error:
         raise UserError(f"--truth {' '.join(paths)}: {error}") from None
     return paths, truth
@@ -305,7 +298,7 @@ def main(args):
     with utils.tool_folder(args.out, "benchmarks/screen.py"):  # left empty by a failure, it is removed
         folders = args.folders
         if folders is None:  # the variant's own searches, checked as given folders were above
-            folders = run_variant(args, search_quality.PROXIES[search_quality.proxy_of_truth(truth)])
+            folders = run_variant(args, search_quality.scale_of_truth(truth))
             for folder in folders:
                 finished_search(folder, args.target)
         print(f"scoring {len(truth['networks'])} ground-truth networks ({', '.join(truth_paths)}) with each "

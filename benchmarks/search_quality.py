@@ -55,7 +55,6 @@ networks of 24 ms do not crowd near 95% as on the demo's set.
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import random
@@ -167,12 +166,13 @@ def add_proxy_option(parser):
                              "networks spread further; its own recipe of 32 epochs); with --truth, the file's")
 
 
-def proxy_of_truth(truth):
-    """The proxy a ground-truth file was retrained on (its dataset names it)."""
-    for name, scale in PROXIES.items():
+def scale_of_truth(truth):
+    """The scale a ground-truth file was retrained at (its dataset names it)."""
+    for scale in (*PROXIES.values(), TOY):
         if scale.retrain_dataset == truth["dataset"]:
-            return name
-    raise UserError(f"its dataset {truth['dataset']} is none of the proxies ({', '.join(PROXIES)})")
+            return scale
+    raise UserError(f"its dataset {truth['dataset']} is none this benchmark retrains on (--proxy "
+                    f"{' or '.join(PROXIES)}, or --toy)")
 
 
 def check_args(args):
@@ -208,7 +208,7 @@ def check_args(args):
 
 
 def chosen_scale(args, truth):
-    """--toy's tiny set, else the --truth file's proxy, else --proxy's."""
+    """--toy's tiny set, else the --truth file's, else --proxy's."""
     if args.toy:
         if args.proxy is not None:
             raise UserError("--toy runs on its own tiny set; drop --proxy or --toy")
@@ -216,13 +216,13 @@ def chosen_scale(args, truth):
     if truth is None:
         return PROXIES[args.proxy or "patterns"]
     try:
-        proxy = proxy_of_truth(truth)
+        scale = scale_of_truth(truth)
     except UserError as error:
         raise UserError(f"--truth {args.truth}: {error}") from None
-    if args.proxy not in (None, proxy):
-        raise UserError(f"--truth {args.truth} was retrained on the {proxy} proxy, not --proxy {args.proxy}; "
-                        "drop --proxy (the file decides it)")
-    return PROXIES[proxy]
+    if args.proxy is not None and PROXIES[args.proxy] is not scale:
+        raise UserError(f"--truth {args.truth} was retrained on another set than --proxy {args.proxy}'s; drop "
+                        "--proxy (the file decides it)")
+    return scale
 
 
 def checked_truth(args, truth):
@@ -284,19 +284,13 @@ def run_searches(args):
 
     print(f"running {len(jobs)} search(es) for {args.target:g} ms ...", flush=True)
     reproduce_tables.run_jobs(jobs, report, os.path.join(args.out, "logs"), args.jobs, threads=1)
-    results = []
-    for job in jobs:
-        with open(os.path.join(job.folder, "arch.json")) as file:
-            results.append((json.load(file), job.folder))
-    return results
+    return [(search_imagenet.read_finished_search(job.folder)[0], job.folder) for job in jobs]
 
 
 def check_finished_search(job, args):
     """A kept search must be the one asked for: same target."""
-    arch_path = os.path.join(job.folder, "arch.json")
-    if os.path.isfile(arch_path):
-        with open(arch_path) as file:
-            target = json.load(file).get("target")
+    if os.path.isfile(os.path.join(job.folder, "arch.json")):
+        target = search_imagenet.read_finished_search(job.folder)[0]["target"]
         if target != args.target:
             raise UserError(f"{job.folder} holds a search for {target} ms, not {args.target:g}; "
                             "choose another --out or remove it")

@@ -136,6 +136,9 @@ def inputs(tmp_path_factory):
     for name, value in (("same_csv", "12.0"), ("huge_csv", "1e301"), ("underscore_csv", "1_2.5")):
         files[name] = root / f"{name}.csv"
         files[name].write_text("arch,measured_ms\n" + "".join(f"{arch},{value}\n" for arch in archs))
+    files["two_measured_columns"] = root / "two-measured-columns.csv"  # a spreadsheet's column of another run
+    files["two_measured_columns"].write_text("arch,measured_ms,measured_ms\n" + "".join(
+        f"{arch},{10 + number},{16 + number}\n" for number, arch in enumerate(archs)))
     intel = latency_predictor.load_predictor(str(REPO_ROOT / "latency_lut" / "cpu_intel_xeon_b1_t1.json"))
     files["seconds_csv"] = root / "seconds.csv"  # measurements in seconds, read as milliseconds
     files["seconds_csv"].write_text("arch,measured_ms\n" + "".join(
@@ -231,7 +234,8 @@ def inputs(tmp_path_factory):
     files["search_24_edited"] = root / "search-24-edited"  # its metrics.jsonl rows lack the search's columns
     files["search_24_edited"].mkdir()
     (files["search_24_edited"] / "arch.json").write_text(json.dumps(
-        {"arch_config": model_train.LIGHTNETS[ARCH_24], "predicted": 23.9, "error_percent": -0.4, "target": 24.0}))
+        {"arch_config": model_train.LIGHTNETS[ARCH_24], "predicted": 23.9, "error_percent": -0.4, "target": 24.0,
+         "search": {}}))
     (files["search_24_edited"] / "metrics.jsonl").write_text('{"epoch": 1}\n')
     files["screened_v"] = root / "screened-v"  # a screen folder that already holds variant "v"
     files["screened_v"].mkdir()
@@ -859,12 +863,17 @@ CASES = {
                                                                                "ground_truth" /
                                                                                "random_24ms_cuda.json"),
                                                                 "--out", "{out}"],
-                                                       "is not a finished search's (edited? KeyError: 'val_top1')"),
+                                                       "is not a finished search (a row of its metrics.jsonl lacks "
+                                                       "its epoch or time)"),
     # Sweep 7. Before: "1_2.5" read as 12.5 ms (Python's float() allows underscores); num_classes true and
     # class names that are numbers taken as records ("predicts True classes", "other classes").
     "calibrate: a measurement with an underscore": (latency_build, ["calibrate", "--lut", str(
         REPO_ROOT / "latency_lut" / "cpu_intel_xeon_b1_t1.json"), "--measurements", "{underscore_csv}", "--out",
         "{out}.json"], "row 2 (a field is missing or not a number)"),
+    # Sweep 8. Before: the fit silently took the last of two measured_ms columns.
+    "calibrate: two measured_ms columns": (latency_build, ["calibrate", "--lut", str(
+        REPO_ROOT / "latency_lut" / "cpu_intel_xeon_b1_t1.json"), "--measurements", "{two_measured_columns}", "--out",
+        "{out}.json"], "its header names the column measured_ms twice; keep one"),
     "evaluate: weights whose class names are numbers": (evaluate, ["--weights", "{classes_damaged}", "--dataset",
                                                                    "{data}", "--workers", "0"],
                                                         "record of their class names is damaged"),

@@ -113,8 +113,10 @@ def test_warmup_checkpoint_starts_a_search_for_another_target(finished_search, t
 @pytest.mark.parametrize("case,arguments,message", [
     ("infeasible", ["--target_latency", "1"], "outside what this search space can reach"),
     ("resume missing", ["--resume", "nowhere/checkpoint.pth.tar"], "--resume: nowhere/checkpoint.pth.tar not found"),
+    # Sweep 8. Before: "start it again without --resume", which the same --save then refused (its earlier files).
     ("resume before any checkpoint", ["--resume", "{empty}"], "holds no checkpoint.pth.tar yet (the search stopped "
-                                                               "before its first epoch ended); start it again"),
+                                                               "before its first epoch ended): nothing to resume; "
+                                                               "delete {empty} and start the search again"),
     # Sweep 5. Before: a folder no search ran in (a dataset's) was said to hold a search stopped early.
     ("resume a folder without a search", ["--resume", "{no_search}"], "is a folder no search ran in"),
     ("divisible", ["--gpus", "2", "--device", "cpu", "--batch_size_train", "5"], "must be divisible by --gpus 2"),
@@ -144,7 +146,7 @@ def test_bad_settings_exit_2_with_one_line(case, arguments, message, tiny_datase
         run_search(base + arguments)
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
-    assert error.count("\n") == 0 and message in error, error
+    assert error.count("\n") == 0 and message.replace("{empty}", str(tmp_path / "killed-early")) in error, error
     assert not (tmp_path / "run").exists()  # nothing half-written
 
 

@@ -1,6 +1,7 @@
 """The supernet and the search's update rules, one piece at a time."""
 
 import argparse
+import json
 import io
 import math
 import sys
@@ -12,6 +13,7 @@ import torch
 import constraint
 import latency_predictor
 import model_search
+import model_train
 import operations
 import search_imagenet
 import utils
@@ -438,3 +440,42 @@ def test_path_top1_recomputes_batchnorm_for_the_path_and_leaves_the_supernet_as_
         supernet.eval()
         expected = 100.0 * float((supernet(images, one_hot_paths(path), 1.0).argmax(1) == targets).float().mean())
     assert score == pytest.approx(expected)
+
+
+def write_finished_search(folder, arch_json, metrics_lines):
+    folder.mkdir()
+    (folder / "arch.json").write_text(arch_json)
+    (folder / "metrics.jsonl").write_text("".join(line + "\n" for line in metrics_lines))
+    return str(folder)
+
+
+FINISHED_ARCH = json.dumps({"arch_config": model_train.LIGHTNETS["LightNet-24ms"], "predicted": 23.9,
+                            "error_percent": -0.4, "target": 24.0, "search": {"epochs": 1}})
+FINISHED_ROW = json.dumps({"epoch": 1, "seconds": 2.0, "val_top1": 40.0, "probabilities": [[0.5, 0.5]] * 21})
+
+
+@pytest.mark.parametrize("arch_json, metrics_lines, problem", [
+    ("{", [FINISHED_ROW], "the file {folder}/arch.json is not valid JSON here"),
+    ("[]", [FINISHED_ROW], "its arch.json lacks the found network's cost, target or settings"),
+    (FINISHED_ARCH.replace('"MBK3E3"', '"MBK9E9"', 1), [FINISHED_ROW], "its arch.json's arch_config: layer"),
+    (FINISHED_ARCH, [], "its metrics.jsonl holds no epochs"),
+    (FINISHED_ARCH, ["[" * 200_000], "line 1 is not a row this project wrote"),
+    (FINISHED_ARCH, ['{"epoch": 1}'], "a row of its metrics.jsonl lacks its epoch or time"),
+    (FINISHED_ARCH, [FINISHED_ROW.replace('"val_top1": 40.0', '"val_top1": null')], "lacks alpha's accuracy"),
+])
+def test_a_kept_search_cut_short_or_edited_is_named_with_the_way_out(arch_json, metrics_lines, problem, tmp_path):
+    # Sweep 8: closed_loop.py and landing.py reran into folders whose kept search had a cut arch.json ('{', '[]',
+    # a checkpoint) or an emptied metrics.jsonl: JSONDecodeError, TypeError and IndexError tracebacks; a line of
+    # 200,000 '[' in metrics.jsonl was a RecursionError in every reader of it.
+    folder = write_finished_search(tmp_path / "search", arch_json, metrics_lines)
+    with pytest.raises(utils.UserError) as refusal:
+        search_imagenet.read_finished_search(folder)
+    assert str(refusal.value).startswith(f"{folder} is not a finished search (")
+    assert problem.format(folder=folder) in str(refusal.value)
+    assert str(refusal.value).endswith("; delete that folder to run its search again")
+
+
+def test_a_finished_search_is_read_with_its_rows(tmp_path):
+    folder = write_finished_search(tmp_path / "search", FINISHED_ARCH, [FINISHED_ROW])
+    result, rows = search_imagenet.read_finished_search(folder)
+    assert result["arch_config"] == model_train.LIGHTNETS["LightNet-24ms"] and rows[0]["val_top1"] == 40.0

@@ -259,7 +259,7 @@ def torch_writer_stopped_by_sigterm():
             return error
 
 
-def test_a_write_stopped_by_a_signal_or_a_file_size_limit_is_not_called_a_full_disk():
+def test_a_write_stopped_by_a_signal_or_a_file_size_limit_is_not_called_a_full_disk(tmp_path):
     # Sweep 6. Before: SIGTERM inside torch's writer and `ulimit -f` were both "is it full?".
     assert not utils._is_write_failure(torch_writer_stopped_by_sigterm())
     assert utils._is_write_failure(RuntimeError("PytorchStreamWriter failed writing file data/0"))
@@ -268,6 +268,15 @@ def test_a_write_stopped_by_a_signal_or_a_file_size_limit_is_not_called_a_full_d
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert limited.stdout.strip() == ("the write was refused: is the disk full, or the file over this shell's size "
                                       "limit (1024000 bytes)?")
+    # Sweep 8: an OSError of the size limit (File too large) advised freeing space, which cannot help.
+    command = ("import utils\ntry:\n    utils.write_json('big.json', ['x' * 2_000_000])\nexcept utils.UserError as e:"
+               "\n    print(e)")
+    limited = subprocess.run(["bash", "-c", f'cd "{tmp_path}" && ulimit -f 1000; exec "{sys.executable}" -c "$0"',
+                              command], env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True,
+                             text=True, timeout=120)
+    assert limited.stdout.strip() == (f"cannot write big.json: File too large: the file would pass this shell's size "
+                                      "limit (1024000 bytes, `ulimit -f`); raise the limit, then run again")
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
 
 
 # Sweep 6: Ctrl-C or SIGTERM at the first checkpoint's write said "run the same command again to start
@@ -781,7 +790,7 @@ def test_output_to_a_full_disk_is_one_line(tmp_path, kind):
         assert (tmp_path / utils.LOG_NAME).read_text().count("x" * 80) == 100_000
 
 
-def test_a_closed_stdout_is_named_and_a_hangup_stops_like_sigterm():
+def test_a_closed_stdout_is_named_and_a_hangup_quit_or_usr1_stops_like_sigterm():
     # Sweep 7. Before: `>&-` printed nothing with exit 0; SIGHUP killed a run without a word, leaving its files.
     closed = subprocess.run(["bash", "-c", f'exec "{sys.executable}" latency_build.py predict --arch_config '
                                            'LightNet-24ms >&-'], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -789,12 +798,14 @@ def test_a_closed_stdout_is_named_and_a_hangup_stops_like_sigterm():
     assert closed.returncode == 2
     assert closed.stderr.strip() == ("error: standard output is closed; give the command somewhere to write (a file "
                                      "or /dev/null)")
+    # Sweep 8: SIGQUIT (Ctrl-\\) and SIGUSR1 (SLURM's warning before a time limit) did the same.
     sleeper = "import argparse, time, utils\nutils.run_cli(lambda args: time.sleep(60), argparse.ArgumentParser(), [])"
-    process = subprocess.Popen([sys.executable, "-c", sleeper], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)  # into the sleep
-    process.send_signal(signal.SIGHUP)
-    assert process.wait(timeout=60) == 128 + signal.SIGTERM
-    assert process.stderr.read().strip() == "terminated"
+    for number in (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1):
+        process = subprocess.Popen([sys.executable, "-c", sleeper], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)  # into the sleep
+        process.send_signal(number)
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM, number
+        assert process.stderr.read().strip() == "terminated"
 
 
 def test_too_many_open_files_is_one_line():
