@@ -64,8 +64,9 @@ import operations
 import peers
 import retraining
 import search_imagenet
-from utils import (UserError, check_regular_file, check_run_plan, drop_options, new_figure, tool_folder,
-                   parse_forwarded_arguments, read_json, read_json_lines, run_cli, save_figure, write_csv, write_json)
+from utils import (UserError, check_regular_file, check_run_plan, drop_options, first_repeated, new_figure,
+                   parse_forwarded_arguments, read_json, read_json_lines, run_cli, save_figure, tool_folder, write_csv,
+                   write_json)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 SEARCH_SCRIPT = os.path.join(REPO_ROOT, "search_imagenet.py")
@@ -745,6 +746,9 @@ def validate(args, mode):
     jetson = lp.load_predictor(None)
     for target in args.targets + [args.reference_target]:
         search_imagenet.check_target(jetson, target)
+    repeated = first_repeated(args.targets, key=lambda target: f"{target:g}")  # each names its search's folder
+    if repeated is not None:
+        raise UserError(f"--targets names {repeated:g} ms twice; give each target once")
     return jetson
 
 

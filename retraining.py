@@ -133,30 +133,37 @@ def run_in_parallel(work, items, parallel, on_done=None):
 
 
 def stop_children_on_sigterm():
-    """On SIGTERM, stop the children of `run_logged`, then raise
-    utils.Terminated in the main thread (run_cli exits with status 143), so
-    that its `finally` blocks stop any other children too; none is left
-    running and writing after its parent is gone."""
+    """On SIGTERM (or another of utils.STOPPING_SIGNALS: SIGHUP, SIGQUIT,
+    ...), stop the children of `run_logged`, then raise utils.Terminated in
+    the main thread (run_cli exits with status 143), so that its `finally`
+    blocks stop any other children too; none is left running and writing
+    after its parent is gone."""
     def stop(signum, frame):
         terminate_children()
         raise utils.Terminated()
 
-    signal.signal(signal.SIGTERM, stop)
+    for number in utils.STOPPING_SIGNALS:
+        signal.signal(number, stop)
 
 
 COMMAND_FILE = "retrain_command.json"  # written last: the run it describes is complete
 
 
-def finished_records(folder, command):
+def finished_records(folder, command, epochs):
     """The per-epoch records of a complete retraining run with `command`
-    (its options; the interpreter's path aside), else None."""
+    (its options; the interpreter's path aside) and `epochs` epochs, else
+    None (also for files cut short or edited since)."""
     path = os.path.join(folder, COMMAND_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path) as file:
-        if json.load(file) != command[1:]:
+    try:
+        if utils.read_json(path, "the file") != command[1:]:
             return None
-    return read_json_lines(os.path.join(folder, "metrics.jsonl"))
+        records = read_json_lines(os.path.join(folder, "metrics.jsonl"))
+    except utils.UserError:  # cut short or edited: not known to be complete, so run again
+        return None
+    complete = len(records) == epochs and utils.is_finite_number(records[-1].get("val_top1"))
+    return records if complete else None
 
 
 def retrain_command(arch_config, folder, dataset, seed, recipe):
@@ -175,7 +182,7 @@ def retrain(arch_config, folder, dataset, seed, **recipe_changes):
     started again."""
     recipe = dict(SHORT_RECIPE, **recipe_changes)
     command = retrain_command(arch_config, folder, dataset, seed, recipe)
-    records = finished_records(folder, command)
+    records = finished_records(folder, command, recipe["epochs"])
     if records is None:
         if os.path.exists(folder):
             shutil.rmtree(folder)

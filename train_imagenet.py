@@ -568,6 +568,9 @@ def setup_training(args, context, num_classes, steps_per_epoch):
     optimizer = torch.optim.SGD(parameter_groups(model, args.weight_decay), lr=args.lr, momentum=args.momentum)
     train_model = torch.compile(model) if args.compile else model
     if context.distributed:
+        # A depthwise weight (C, 1, k, k) in channels_last has strides that differ from the bucket's only in its
+        # dimension of size 1, the same layout in memory; DDP still warns in four lines on the first backward.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         train_model = DistributedDataParallel(
             train_model, device_ids=[context.local_rank] if context.device.type == "cuda" else None,
             gradient_as_bucket_view=True)

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import datetime
 import errno
 import fcntl
 import glob
@@ -926,6 +927,18 @@ def _object_without_repeated_keys(pairs):
     return result
 
 
+def first_repeated(items, key=None):
+    """The first item whose `key` (the item itself by default) an earlier
+    item shares, or None when all differ."""
+    seen = set()
+    for item in items:
+        identity = item if key is None else key(item)
+        if identity in seen:
+            return item
+        seen.add(identity)
+    return None
+
+
 def same_kind_of_value(saved, current):
     """Whether a setting saved in a checkpoint is of the kind the option
     takes now (any number for a number; None, the option unset, for any),
@@ -1179,7 +1192,7 @@ def check_process_group_setting(environment=None):
         return
     fix = "start runs of several processes with torchrun (docs/training.md), or unset RANK, WORLD_SIZE and LOCAL_RANK"
     for name in names:
-        if not environment[name].isdigit():
+        if not re.fullmatch(r"[0-9]+", environment[name]):  # not str.isdigit(): it takes '²' too
             raise UserError(f"{name}={environment[name]!r} is not a process number; {fix}")
     if "WORLD_SIZE" in environment:
         rank, world_size = int(environment.get("RANK", 0)), int(environment["WORLD_SIZE"])
@@ -1189,6 +1202,20 @@ def check_process_group_setting(environment=None):
         if absent:
             raise UserError(f"WORLD_SIZE={world_size} without {' and '.join(absent)}: the processes cannot find each "
                             f"other; {fix}")
+        if world_size > 1:
+            check_group_address(environment["MASTER_ADDR"], environment["MASTER_PORT"])
+
+
+def check_group_address(host, port):
+    """MASTER_ADDR and MASTER_PORT that torch would retry until its timeout
+    (a port that is no number, a host no name server knows)."""
+    if not re.fullmatch(r"[0-9]+", port) or not 1 <= int(port) <= 65535:
+        raise UserError(f"MASTER_PORT={port!r} is not a port number (1 to 65535); give the port process 0 listens on")
+    try:
+        socket.getaddrinfo(host, int(port))
+    except (socket.gaierror, UnicodeError) as error:
+        raise UserError(f"MASTER_ADDR={host!r} cannot be found ({error}); give the address of the machine that "
+                        "runs process 0") from None
 
 
 def _under_torchrun():
@@ -1289,8 +1316,49 @@ def init_distributed(device_type):
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if os.environ.get("TORCHELASTIC_RUN_ID"):  # torchrun's agent hosts the store and has gathered every process
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=gathered_store(rank, world_size), rank=rank, world_size=world_size)
     return DistributedContext(rank, local_rank, world_size, device)
+
+
+RENDEZVOUS_POLL_S = 2  # how long one attempt to reach rank 0 blocks (a signal is handled between attempts)
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default for the group's operations
+
+
+def gathered_store(rank, world_size):
+    """The group's store at MASTER_ADDR:MASTER_PORT (hosted by rank 0) once
+    all `world_size` processes have joined it. torch's own rendezvous waits
+    in C++ for up to 30 minutes, deaf to Ctrl-C and SIGTERM and without a
+    word; here a process that waits says so, and is stopped like any run."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    poll = datetime.timedelta(seconds=RENDEZVOUS_POLL_S)
+    announced = False
+
+    def announce():
+        nonlocal announced
+        if not announced:
+            print(f"process {rank} of {world_size}: waiting for the group's other processes at {host}:{port} "
+                  "(Ctrl-C stops)", flush=True)
+            announced = True
+
+    while True:
+        try:
+            store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=poll, wait_for_workers=False)
+            break
+        except (RuntimeError, OSError) as error:  # torch's DistNetworkError is a RuntimeError
+            if rank == 0:
+                raise UserError(f"MASTER_PORT {port}: process 0 cannot listen there ({str(error).splitlines()[0]}); "
+                                "choose a free port") from None
+            announce()  # process 0 is not listening yet
+    store.add("joined", 1)
+    while store.add("joined", 0) < world_size:
+        announce()
+        time.sleep(0.2)
+    store.set_timeout(PROCESS_GROUP_TIMEOUT)
+    return store
 
 
 def cleanup_distributed():

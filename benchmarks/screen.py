@@ -227,6 +227,25 @@ def print_searches(screens):
               f"({screen['control_percentile']:.0f}%)")
 
 
+MEAN_KEYS = ("tau_mean", "pick_percentile_mean", "val_top1_mean", "undone_share_mean", "search_seconds_mean")
+
+
+def read_screens(path):
+    """The rows of a screens.jsonl, each checked to be a row summary_row
+    wrote (what --table prints), so an edited one is named, not a KeyError."""
+    rows = read_json_lines(path)
+    for number, row in enumerate(rows, start=1):
+        fits = (isinstance(row.get("name"), str) and utils.is_finite_number(row.get("abs_error_max"))
+                and isinstance(row.get("strided_skips"), list) and isinstance(row.get("search_arguments"), list)
+                and all(isinstance(item, str) for item in row["search_arguments"])
+                and all(row.get(key) is None or utils.is_finite_number(row[key]) for key in MEAN_KEYS)
+                and all(key in row for key in MEAN_KEYS))
+        if not fits:
+            raise UserError(f"{path}: line {number} is not a screened variant's row (edited?); repair or remove "
+                            "that line")
+    return rows
+
+
 def print_table(rows):
     print(f"\n{'variant':<22} {'tau':>6} {'pick %':>6} {'s2 skips':>8} {'|err| max':>9} {'val':>5} {'undone':>6} "
           f"{'search s':>8}  options")
@@ -265,7 +284,7 @@ def main(args):
                             "or drop --table to screen")
         if not os.path.isfile(screens_path):
             raise UserError(f"{screens_path} does not exist yet: screen a variant first")
-        print_table(read_json_lines(screens_path))
+        print_table(read_screens(screens_path))
         return
     if args.name is None and args.folders is None:
         raise UserError("give --name (run a variant's searches) or --folders (screen finished searches; --name "
@@ -281,13 +300,20 @@ def main(args):
     bad_seeds = [seed for seed in args.search_seeds if not 0 <= seed <= utils.MAX_SEED]
     if bad_seeds:
         raise UserError(f"--search_seeds must be in [0, {utils.MAX_SEED}], got {bad_seeds[0]}")
+    # One search counted twice would weigh twice in the variant's means (and two runs of it share a folder).
+    repeated_seed = utils.first_repeated(args.search_seeds)
+    if repeated_seed is not None:
+        raise UserError(f"--search_seeds names seed {repeated_seed} twice; give each once")
+    repeated_folder = utils.first_repeated(args.folders or [], key=os.path.realpath)
+    if repeated_folder is not None:
+        raise UserError(f"--folders names {repeated_folder} twice; give each search once")
     search_quality.check_target_reachable(args.target)  # before asking for a ground truth of it
     truth_paths, truth = resolve_truth(args)
     if os.path.lexists(screens_path) and not os.path.isfile(screens_path):  # appended to after all the scoring
         raise UserError(f"{screens_path} is not a file (a folder, a pipe or a broken link); remove it or choose "
                         "another --out")
     name = args.name or "folders"
-    if os.path.isfile(screens_path) and any(row.get("name") == name for row in read_json_lines(screens_path)):
+    if os.path.isfile(screens_path) and any(row["name"] == name for row in read_screens(screens_path)):
         # A second row of one name would be listed twice by --table, the two indistinguishable.
         raise UserError(f"{screens_path} already holds a variant named {name!r}; give another --name, or remove "
                         "its row to screen it again")
@@ -308,7 +334,7 @@ def main(args):
         row = summary_row(name, screens, extra, truth_paths, time.time() - started)
         print_table([row])
         # The file is written anew, not appended to: a run killed mid-write leaves the rows before it whole.
-        earlier = utils.read_json_lines(screens_path) if os.path.isfile(screens_path) else []
+        earlier = read_screens(screens_path) if os.path.isfile(screens_path) else []
         utils.write_json_lines(screens_path, earlier + [row])
         print(f"\nappended to {screens_path} ({row['screen_seconds'] / 60:.1f} min)")
 

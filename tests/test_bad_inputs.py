@@ -239,7 +239,13 @@ def inputs(tmp_path_factory):
     (files["search_24_edited"] / "metrics.jsonl").write_text('{"epoch": 1}\n')
     files["screened_v"] = root / "screened-v"  # a screen folder that already holds variant "v"
     files["screened_v"].mkdir()
-    (files["screened_v"] / "screens.jsonl").write_text(json.dumps({"name": "v"}) + "\n")
+    screened = {"name": "v", "search_arguments": [], "strided_skips": [[]], "abs_error_max": 0.5, "tau_mean": 0.3,
+                "pick_percentile_mean": 50.0, "val_top1_mean": 40.0, "undone_share_mean": None,
+                "search_seconds_mean": 100.0}
+    (files["screened_v"] / "screens.jsonl").write_text(json.dumps(screened) + "\n")
+    files["screen_edited"] = root / "screen-edited"  # a screens.jsonl row cut down by hand
+    files["screen_edited"].mkdir()
+    (files["screen_edited"] / "screens.jsonl").write_text(json.dumps(screened) + "\n" + '{"name": "a"}\n')
     files["big_screens"] = root / "big-screens"  # screens.jsonl of 10 GiB (sparse)
     files["big_screens"].mkdir()
     with open(files["big_screens"] / "screens.jsonl", "wb") as file:
@@ -247,7 +253,10 @@ def inputs(tmp_path_factory):
     files["search_24"] = root / "search-24"  # a finished search for 24 ms
     files["search_24"].mkdir()
     (files["search_24"] / "arch.json").write_text(json.dumps(
-        {"arch_config": model_train.LIGHTNETS[ARCH_24], "predicted": 23.9, "error_percent": -0.4, "target": 24.0}))
+        {"arch_config": model_train.LIGHTNETS[ARCH_24], "predicted": 23.9, "error_percent": -0.4, "target": 24.0,
+         "search": {}}))
+    (files["search_24"] / "metrics.jsonl").write_text(json.dumps(
+        {"epoch": 1, "seconds": 1.0, "val_top1": 40.0, "probabilities": [[0.5, 0.5]] * 21}) + "\n")
     files["warmup_only"] = root / "warmup-only"  # a search whose checkpoint.pth.tar was deleted
     files["warmup_only"].mkdir()
     for name in ("warmup.pth.tar", "args.json", "log.txt"):
@@ -882,6 +891,17 @@ CASES = {
                                             "missing or of the wrong kind: num_classes"),
     "screen: a variant name screened before": (screen, ["--name", "v", "--out", "{screened_v}"],
                                                "already holds a variant named 'v'"),
+    # Sweep 8. Before: a row without its columns was a KeyError in --table; a seed or a folder given twice was
+    # counted twice in the variant's means (two searches of one seed also shared one folder and log); a target
+    # given twice to reproduce_tables.py failed after 39 s, quoting a progress line.
+    "screen: --table with an edited row": (screen, ["--table", "--out", "{screen_edited}"],
+                                           "line 2 is not a screened variant's row (edited?)"),
+    "screen: a search seed twice": (screen, ["--name", "v", "--search_seeds", "0", "0", "--out", "{out}"],
+                                    "--search_seeds names seed 0 twice"),
+    "screen: one folder twice": (screen, ["--folders", "{search_24}", "{search_24}/", "--out", "{out}"],
+                                 "/ twice; give each search once"),
+    "reproduce: a target twice": (reproduce_tables, ["--quick", "--targets", "24", "24.0", "--out", "{out}"],
+                                  "--targets names 24 ms twice"),
     "ground truth: --out another device's truth": (ground_truth, ["--nets", "2", "--seeds", "1", "--out",
                                                                   "{cuda_truth}", "--work", "{out}"],
                                                    "cannot be continued"),

@@ -101,3 +101,18 @@ def test_a_step_runs_in_the_users_folder_so_relative_paths_mean_what_they_said(t
     monkeypatch.chdir(tmp_path)
     retraining.run_logged([sys.executable, "-c", "open('written-here.txt', 'w').write('x')"], str(tmp_path / "log"))
     assert (tmp_path / "written-here.txt").read_text() == "x"
+
+
+def test_a_kept_retraining_cut_short_or_edited_is_run_again_not_read(tmp_path):
+    # Sweep 8 (suspected there): a retrain_command.json cut short was a JSONDecodeError traceback, and metrics
+    # without a final val top-1 a KeyError, in every benchmark that keeps finished retrainings.
+    command = ["python3", "train_imagenet.py", "--epochs", "2"]
+    (tmp_path / retraining.COMMAND_FILE).write_text(json.dumps(command[1:]))
+    rows = [{"epoch": 1, "val_top1": 40.0}, {"epoch": 2, "val_top1": 50.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert retraining.finished_records(str(tmp_path), command, epochs=2) == rows
+    assert retraining.finished_records(str(tmp_path), command, epochs=3) is None  # fewer epochs than asked
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps({"epoch": 2}) + "\n")
+    assert retraining.finished_records(str(tmp_path), command, epochs=2) is None
+    (tmp_path / retraining.COMMAND_FILE).write_text('["train_imagenet.py", ')
+    assert retraining.finished_records(str(tmp_path), command, epochs=2) is None

@@ -612,6 +612,33 @@ def test_torchruns_variables_set_by_hand_are_named():
                                   "RANK=2 with WORLD_SIZE=2: not a process of that group")):
         with pytest.raises(UserError, match=re.escape(message) + ".*start runs of several processes with torchrun"):
             utils.check_process_group_setting(environment)
+    # Sweep 8. Before: '²' passed str.isdigit() and failed in int(); a port 'abc' and an address no name server
+    # knows failed, or were retried for minutes, inside torch's rendezvous.
+    group = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    for change, message in (({"RANK": "\u00b2"}, "RANK='²' is not a process number"),
+                            ({"MASTER_PORT": "abc"}, "MASTER_PORT='abc' is not a port number (1 to 65535)"),
+                            ({"MASTER_PORT": "70000"}, "MASTER_PORT='70000' is not a port number"),
+                            ({"MASTER_ADDR": "no-such-host.invalid"}, "MASTER_ADDR='no-such-host.invalid' cannot be "
+                                                                       "found")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            utils.check_process_group_setting(dict(group, **change))
+
+
+def test_a_process_waiting_for_its_group_says_so_and_stops_on_sigterm(tmp_path):
+    # Sweep 8. Before: process 0 of a hand-set group of two waited in torch's rendezvous without a word, deaf to
+    # SIGTERM, for up to 30 minutes; killed, it left its new run folder behind.
+    command = ("import argparse, time, utils\n"
+               "utils.run_cli(lambda args: utils.init_distributed('cpu'), argparse.ArgumentParser(), [])")
+    environment = dict(os.environ, RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(utils._free_local_port()))
+    environment.pop("TORCHELASTIC_RUN_ID", None)
+    process = subprocess.Popen([sys.executable, "-c", command], cwd=REPO_ROOT, env=environment, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first_line = process.stdout.readline()
+    assert first_line.startswith(f"process 0 of 2: waiting for the group's other processes at 127.0.0.1:")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    assert process.stderr.read().strip() == "terminated"
 
 
 def test_an_unknown_plotting_backend_is_named_before_any_work(tmp_path):
