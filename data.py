@@ -244,6 +244,8 @@ def load_rgb_image(path):
             # Between Pillow's pixel limit and twice it an image loads with a two-line warning; above, the
             # error below names it. Neither ImageNet nor a resized set comes near.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # A camera's damaged EXIF block does not touch the pixels; Pillow's warning names no file.
+            warnings.filterwarnings("ignore", message="Corrupt EXIF data")
             return to_rgb(Image.open(file), path)
     except Image.DecompressionBombError as error:
         raise UserError(f"cannot read image {path}: {error.args[0] if error.args else error} (Pillow refuses images "

@@ -360,6 +360,9 @@ def validate_settings(args):
     if final_tau < MIN_FINAL_TAU:
         raise UserError(f"--tau_decay {args.tau_decay:g} lowers the Gumbel temperature to {final_tau:.1e} by the "
                         f"last epoch, below {MIN_FINAL_TAU:g} where sampling overflows; use a smaller --tau_decay")
+    if args.eta_decay != "none" and args.eta_floor > args.eta:
+        raise UserError(f"--eta_floor {args.eta_floor:g} is above --eta {args.eta:g}: --eta_decay lowers eta to the "
+                        "floor, it does not raise it; give a floor at most --eta")
     if args.penalty == "fixed" and (args.penalty_weight is None or not 0 <= args.penalty_weight < math.inf):
         raise UserError("--penalty fixed needs a non-negative --penalty_weight, e.g. --penalty_weight 0.1")
     if args.penalty == "lagrange" and args.penalty_weight is not None:

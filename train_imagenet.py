@@ -351,6 +351,12 @@ def load_resume_checkpoint(args):
     if broken:
         raise UserError(f"--resume: {args.resume} holds NaN or infinite values ({utils.name_a_few(broken)}): "
                         "the run diverged before it was saved; resume from an earlier checkpoint or start again")
+    # Not a divergence of this run (its weights are finite) but a damaged record: a lower --lr would not help.
+    broken = (utils.non_finite_settings(checkpoint["optimizer"], "optimizer")
+              + utils.non_finite_settings(checkpoint["scheduler"], "scheduler"))
+    if broken:
+        raise UserError(f"--resume: {args.resume} is damaged (NaN or infinite: {utils.name_a_few(broken)}); resume "
+                        "from another checkpoint or start again")
     return checkpoint
 
 

@@ -52,11 +52,12 @@ class UserError(Exception):
 def user_error_message(error):
     """The one-line message of a UserError. One raised in a DataLoader worker
     arrives re-wrapped, its message holding the worker's traceback; its
-    original message is that traceback's last line."""
+    original message ends that traceback (all of it: a path in it may hold
+    a line break)."""
     message = str(error).strip()
     if "Traceback (most recent call last)" in message:
-        last_line = message.splitlines()[-1]
-        message = last_line.split(f"{UserError.__name__}: ", 1)[-1]
+        name = f"{UserError.__name__}: "
+        message = message[message.rfind(name) + len(name):] if name in message else message.splitlines()[-1]
     # A path the user gave may hold a line break; the message stays one line.
     return message.replace("\r", "\\r").replace("\n", "\\n")
 
@@ -659,6 +660,21 @@ def non_finite_entries(state_dict):
             if torch.is_floating_point(value) and not torch.isfinite(value).all()]
 
 
+def non_finite_settings(value, name):
+    """Paths ("optimizer.param_groups.0.lr") of the NaN or infinite numbers
+    and tensors in nested dicts and lists, such as an optimizer's or a
+    schedule's state_dict."""
+    if isinstance(value, dict):
+        return [path for key, item in value.items() for path in non_finite_settings(item, f"{name}.{key}")]
+    if isinstance(value, (list, tuple)):
+        return [path for index, item in enumerate(value) for path in non_finite_settings(item, f"{name}.{index}")]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [name]
+    if isinstance(value, torch.Tensor) and torch.is_floating_point(value) and not torch.isfinite(value).all():
+        return [name]
+    return []
+
+
 def state_dict_mismatch(model, state_dict):
     """How `state_dict` does not fit `model`, in words ("missing: a, b;
     wrong shape: c"), or None when it fits exactly."""
@@ -731,11 +747,12 @@ def is_finite_number(value):
 
 def check_saved_epoch(checkpoint, epochs, path):
     """A checkpoint's epoch count must be a whole number of epochs this run
-    can continue from (0 to --epochs): a damaged one would skip the run or
-    stop it with a traceback."""
+    can continue from (1 to --epochs: one is written after an epoch ends): a
+    damaged one would skip the run, redo trained epochs or stop it with a
+    traceback."""
     epoch = checkpoint.get("epoch")
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= epochs:
-        raise UserError(f"--resume: {path} records epoch {epoch!r}, not a whole number in [0, {epochs}] for this "
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 1 <= epoch <= epochs:
+        raise UserError(f"--resume: {path} records epoch {epoch!r}, not a whole number in [1, {epochs}] for this "
                         f"run's --epochs {epochs}; it is damaged or from a longer run")
 
 

@@ -176,7 +176,7 @@ def inputs(tmp_path_factory):
     first = next(iter(state_dict))
     state_dict[first] = torch.zeros(1)
     torch.save({"state_dict": state_dict, "arch_config": model_train.LIGHTNETS[ARCH_24], "optimizer": {},
-                "scheduler": {}, "epoch": 0, "num_classes": 3, "best": {"top1": 0.0, "epoch": 0}, "args": {}},
+                "scheduler": {}, "epoch": 1, "num_classes": 3, "best": {"top1": 0.0, "epoch": 1}, "args": {}},
                files["wrong_shape"])
     files["weights_3_classes"] = root / "three-classes.pth.tar"
     torch.save({"state_dict": model_train.LightNet(model_train.LIGHTNETS[ARCH_24], num_classes=3).state_dict()},
@@ -219,6 +219,9 @@ def inputs(tmp_path_factory):
                       "best": {"top1": 30.0, "epoch": 1, "ema_top1": -1.0}, "optimizer": {}, "scheduler": {}}
     files["empty_optimizer"] = root / "empty-optimizer.pth.tar"  # edited: its optimizer state emptied
     torch.save(training_state, files["empty_optimizer"])
+    files["nan_lr"] = root / "nan-lr.pth.tar"  # edited: its optimizer's learning rate NaN
+    torch.save(dict(training_state, optimizer={"state": {}, "param_groups": [{"lr": float("nan"), "params": [0]}]}),
+               files["nan_lr"])
     files["no_best"] = root / "no-best.pth.tar"  # edited: its best result removed
     torch.save({key: value for key, value in training_state.items() if key != "best"}, files["no_best"])
     files["best_in_words"] = root / "best-in-words.pth.tar"  # edited: its best top-1 a string
@@ -861,6 +864,10 @@ CASES = {
                                     "the shell did not expand '~' (it was quoted)"),
     # Sweep 7. Before: KeyError/TypeError tracebacks on resume, a MemoryError building the first batch, a
     # KeyError after screen had made its --out.
+    # Sweep 8. Before: "diverged ... resume with a lower --lr", and a lower --lr diverged again the same way.
+    "train: resume with a NaN learning rate": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo", "--save",
+                                                                "{out}", "--resume", "{nan_lr}", "--epochs", "2"],
+                                               "is damaged (NaN or infinite: optimizer.param_groups.0.lr)"),
     "train: resume with its best top-1 in words": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo",
                                                                     "--save", "{out}", "--resume", "{best_in_words}",
                                                                     "--epochs", "2"],

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -452,3 +453,12 @@ def test_a_synthetic_set_that_cannot_be_written_is_one_line():
     # Before: with a read-only HOME the demo search ended in write_synthetic_dataset's OSError traceback.
     with pytest.raises(UserError, match="cannot write the synthetic dataset into /proc/lightnas-data .* LIGHTNAS_DATA"):
         data.synthetic_dataset(root="/proc/lightnas-data", num_classes=2, train_per_class=1, val_per_class=1)
+
+
+def test_a_jpeg_with_a_damaged_exif_block_loads_without_a_warning(tmp_path, recwarn):
+    # Sweep 8. Before: Pillow's two-line "Corrupt EXIF data" warning, naming no file, for each such image.
+    path = tmp_path / "camera.jpg"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path, exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff")
+    warnings.simplefilter("always")
+    assert data.load_rgb_image(path).size == (8, 8)
+    assert [str(warning.message) for warning in recwarn] == []

@@ -134,6 +134,9 @@ def test_warmup_checkpoint_starts_a_search_for_another_target(finished_search, t
     ("negative clip", ["--grad_clip", "-1"], "--grad_clip must be positive, got -1.0"),
     ("momentum 1", ["--momentum", "1"], "--momentum must be in [0, 1), got 1.0"),
     ("inf weight", ["--penalty", "fixed", "--penalty_weight", "inf"], "needs a non-negative --penalty_weight"),
+    # Sweep 8. Before: eta rose from 3 to the floor of 5, though --help calls the floor what eta is lowered to.
+    ("floor above eta", ["--eta", "3", "--eta_decay", "linear", "--eta_floor", "5"],
+     "--eta_floor 5 is above --eta 3"),
 ])
 def test_bad_settings_exit_2_with_one_line(case, arguments, message, tiny_dataset, tmp_path, capsys):
     base = ["--save", str(tmp_path / "run"), "--dataset", tiny_dataset, "--num_classes", "3"] + TINY_SCHEDULE
@@ -583,6 +586,7 @@ def test_a_checkpoint_with_a_nan_alpha_is_refused_on_resume(finished_search, tin
 
 @pytest.mark.parametrize("field, value, expected", [
     ("epoch", -1, "records epoch -1"),
+    ("epoch", 0, "records epoch 0"),  # sweep 8: the warm-up and every epoch redone on a trained supernet
     ("epoch", 1.5, "records epoch 1.5"),
     ("epoch", 10**9, "records epoch 1000000000"),  # before: the search skipped every epoch and wrote its result
     ("latched", "yes", "is damaged (its latch or lambda"),  # before: the string was taken as True

@@ -33,6 +33,11 @@ def test_worker_wrapped_user_error_keeps_its_one_line():
     assert utils.user_error_message(UserError("plain")) == "plain"
     # Sweep 5. Before: a path holding a line break was cut to its last line ("error: b.json not found").
     assert utils.user_error_message(UserError("file /tmp/a\nb.json not found")) == "file /tmp/a\\nb.json not found"
+    # Sweep 8: the same from a loading process ("error: y.png (not an image format ...)").
+    wrapped = UserError("Caught UserError in DataLoader worker process 1.\nOriginal Traceback (most recent call "
+                        "last):\n  File \"x.py\", line 1, in f\nutils.UserError: cannot read image /d/x\ny.png (not "
+                        "an image format Pillow knows)")
+    assert utils.user_error_message(wrapped) == "cannot read image /d/x\\ny.png (not an image format Pillow knows)"
 
 
 def test_checkpoint_round_trip_restores_rng_streams(tmp_path):
