@@ -230,6 +230,11 @@ def print_searches(screens):
 MEAN_KEYS = ("tau_mean", "pick_percentile_mean", "val_top1_mean", "undone_share_mean", "search_seconds_mean")
 
 
+def is_number(value):
+    """An int or float, NaN included (tau is NaN when the scores tie)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def read_screens(path):
     """The rows of a screens.jsonl, each checked to be a row summary_row
     wrote (what --table prints), so an edited one is named, not a KeyError."""
@@ -238,7 +243,7 @@ def read_screens(path):
         fits = (isinstance(row.get("name"), str) and utils.is_finite_number(row.get("abs_error_max"))
                 and isinstance(row.get("strided_skips"), list) and isinstance(row.get("search_arguments"), list)
                 and all(isinstance(item, str) for item in row["search_arguments"])
-                and all(row.get(key) is None or utils.is_finite_number(row[key]) for key in MEAN_KEYS)
+                and all(row.get(key) is None or is_number(row[key]) for key in MEAN_KEYS)
                 and all(key in row for key in MEAN_KEYS))
         if not fits:
             raise UserError(f"{path}: line {number} is not a screened variant's row (edited?); repair or remove "
