@@ -65,8 +65,8 @@ import peers
 import retraining
 import search_imagenet
 from utils import (UserError, check_regular_file, check_run_plan, drop_options, first_repeated, new_figure,
-                   parse_forwarded_arguments, read_json, read_json_lines, run_cli, save_figure, tool_folder, write_csv,
-                   write_json)
+                   parse_forwarded_arguments, read_json_lines, read_sealed_json, run_cli, save_figure,
+                   tool_folder, write_csv, write_json, write_sealed_json)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 SEARCH_SCRIPT = os.path.join(REPO_ROOT, "search_imagenet.py")
@@ -853,7 +853,7 @@ def table_1_and_peers(args, mode, jetson, cpu_table):
     time them again. Evaluating released weights (--dataset) is never kept."""
     path = os.path.join(args.out, TIMINGS_FILE)
     if args.dataset is None and os.path.isfile(path):
-        timings = read_json(path, what=f"{path} (delete it to time the networks again)")
+        timings = read_sealed_json(path, "delete it to time the networks again")
         print(f"== Table 1 and the peers: kept from an earlier run ({path}) ==", flush=True)
         return timings["lightnets"], timings["cpu_reference"], timings["peers"]
     print("== Table 1: the LightNets ==", flush=True)
@@ -863,7 +863,7 @@ def table_1_and_peers(args, mode, jetson, cpu_table):
     peer_results = peers.compare(mode.timing_rounds)
     peers.print_table(peer_results)
     if args.dataset is None:
-        write_json(path, {"lightnets": lightnets, "cpu_reference": cpu_reference, "peers": peer_results})
+        write_sealed_json(path, {"lightnets": lightnets, "cpu_reference": cpu_reference, "peers": peer_results})
     return lightnets, cpu_reference, peer_results
 
 

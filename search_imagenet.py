@@ -973,9 +973,13 @@ def read_finished_search(folder, remedy="delete that folder to run its search ag
         rows = read_json_lines(os.path.join(folder, METRICS_NAME))
     except UserError as error:
         refuse(str(error))
-    if not isinstance(result, dict) or not isinstance(result.get("search"), dict) or not all(
+    if not isinstance(result, dict) or not all(
             is_finite_number(result.get(key)) for key in ("predicted", "error_percent", "target")):
-        refuse(f"its {ARCH_NAME} lacks the found network's cost, target or settings")
+        refuse(f"its {ARCH_NAME} lacks the found network's cost or target")
+    settings = result.get("search")
+    if not isinstance(settings, dict) or not all(isinstance(settings.get(name), int) and not isinstance(
+            settings.get(name), bool) for name in ("epochs", "freeze_epochs", "seed")):
+        refuse(f"its {ARCH_NAME} lacks the search's settings (epochs, freeze_epochs, seed)")
     try:
         result["arch_config"] = validate_arch_config(result.get("arch_config"))
     except UserError as error:
@@ -986,9 +990,12 @@ def read_finished_search(folder, remedy="delete that folder to run its search ag
         refuse(f"a row of its {METRICS_NAME} lacks its epoch or time")
     last = rows[-1]
     probabilities = last.get("probabilities")
-    if not is_finite_number(last.get("val_top1")) or not isinstance(probabilities, list) or not all(
-            isinstance(layer, list) and layer and all(is_finite_number(p) for p in layer) for layer in probabilities):
-        refuse(f"the last row of its {METRICS_NAME} lacks alpha's accuracy or op probabilities")
+    whole_table = (isinstance(probabilities, list) and len(probabilities) == operations.NUM_SEARCHABLE_LAYERS
+                   and all(isinstance(layer, list) and len(layer) == operations.NUM_OPS
+                           and all(is_finite_number(p) for p in layer) for layer in probabilities))
+    if not is_finite_number(last.get("val_top1")) or not whole_table:
+        refuse(f"the last row of its {METRICS_NAME} lacks alpha's accuracy or op probabilities (one per op of each "
+               "layer)")
     return result, rows
 
 

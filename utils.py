@@ -17,6 +17,7 @@ import datetime
 import errno
 import fcntl
 import glob
+import hashlib
 import json
 import logging
 import math
@@ -992,6 +993,32 @@ def write_json(path, content, indent=2):
         file.write("\n")
 
 
+def content_digest(content):
+    """SHA-256 of a JSON-able value, independent of its keys' order."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def write_sealed_json(path, content):
+    """`content` as JSON with its digest: a file this project keeps for its
+    own later use (measurements a rerun reuses), so that one cut short or
+    edited since is noticed on reading instead of failing deep inside."""
+    write_json(path, {"content": content, "sha256": content_digest(content)})
+
+
+def read_sealed_json(path, remedy):
+    """The content of a file write_sealed_json wrote, or one line naming the
+    change with `remedy` (what to do instead)."""
+    try:
+        sealed = read_json(path, "the file")
+    except UserError as error:
+        raise UserError(f"{error}; {remedy}") from None
+    if not isinstance(sealed, dict) or set(sealed) != {"content", "sha256"} or \
+            sealed["sha256"] != content_digest(sealed["content"]):
+        raise UserError(f"{path} was changed since this project wrote it (edited, cut short, or from an older "
+                        f"version); {remedy}")
+    return sealed["content"]
+
+
 def write_csv(path, header, rows):
     """A CSV file with a header row, written atomically."""
     with atomic_write(path) as file:
@@ -1551,12 +1578,18 @@ def _first_missing_folder(path):
 
 
 def _remove_empty_folders(path, up_to):
-    """Remove `path` and its parents up to `up_to`, each only while empty."""
+    """Remove `path` and its parents up to `up_to`, each only while empty
+    (one already removed, by the command's own clean-up, is passed over)."""
     path = os.path.abspath(path)
-    while os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path):
-        os.rmdir(path)
+    while True:
+        if os.path.isdir(path) and not os.path.islink(path):
+            if os.listdir(path):
+                return
+            os.rmdir(path)
+        elif os.path.lexists(path):
+            return
         if path == up_to:
-            break
+            return
         path = os.path.dirname(path)
 
 

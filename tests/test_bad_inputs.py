@@ -238,7 +238,7 @@ def inputs(tmp_path_factory):
     files["search_24_edited"].mkdir()
     (files["search_24_edited"] / "arch.json").write_text(json.dumps(
         {"arch_config": model_train.LIGHTNETS[ARCH_24], "predicted": 23.9, "error_percent": -0.4, "target": 24.0,
-         "search": {}}))
+         "search": {"epochs": 2, "freeze_epochs": 1, "seed": 0}}))
     (files["search_24_edited"] / "metrics.jsonl").write_text('{"epoch": 1}\n')
     files["screened_v"] = root / "screened-v"  # a screen folder that already holds variant "v"
     files["screened_v"].mkdir()
@@ -257,9 +257,9 @@ def inputs(tmp_path_factory):
     files["search_24"].mkdir()
     (files["search_24"] / "arch.json").write_text(json.dumps(
         {"arch_config": model_train.LIGHTNETS[ARCH_24], "predicted": 23.9, "error_percent": -0.4, "target": 24.0,
-         "search": {}}))
+         "search": {"epochs": 2, "freeze_epochs": 1, "seed": 0}}))
     (files["search_24"] / "metrics.jsonl").write_text(json.dumps(
-        {"epoch": 1, "seconds": 1.0, "val_top1": 40.0, "probabilities": [[0.5, 0.5]] * 21}) + "\n")
+        {"epoch": 1, "seconds": 1.0, "val_top1": 40.0, "probabilities": [[1 / 7] * 7] * 21}) + "\n")
     files["warmup_only"] = root / "warmup-only"  # a search whose checkpoint.pth.tar was deleted
     files["warmup_only"].mkdir()
     for name in ("warmup.pth.tar", "args.json", "log.txt"):

@@ -450,13 +450,20 @@ def write_finished_search(folder, arch_json, metrics_lines):
 
 
 FINISHED_ARCH = json.dumps({"arch_config": model_train.LIGHTNETS["LightNet-24ms"], "predicted": 23.9,
-                            "error_percent": -0.4, "target": 24.0, "search": {"epochs": 1}})
-FINISHED_ROW = json.dumps({"epoch": 1, "seconds": 2.0, "val_top1": 40.0, "probabilities": [[0.5, 0.5]] * 21})
+                            "error_percent": -0.4, "target": 24.0,
+                            "search": {"epochs": 2, "freeze_epochs": 1, "seed": 0}})
+FINISHED_ROW = json.dumps({"epoch": 1, "seconds": 2.0, "val_top1": 40.0, "probabilities": [[1 / 7] * 7] * 21})
 
 
 @pytest.mark.parametrize("arch_json, metrics_lines, problem", [
     ("{", [FINISHED_ROW], "the file {folder}/arch.json is not valid JSON here"),
-    ("[]", [FINISHED_ROW], "its arch.json lacks the found network's cost, target or settings"),
+    ("[]", [FINISHED_ROW], "its arch.json lacks the found network's cost or target"),
+    # Sweep 9: the settings reproduce_tables.py reads (a KeyError), and a cut or empty probability table (numpy's
+    # ValueError and AxisError in landing.py).
+    (FINISHED_ARCH.replace('"freeze_epochs": 1, ', ""), [FINISHED_ROW], "lacks the search's settings"),
+    (FINISHED_ARCH, [FINISHED_ROW.replace("[[", "[[0.5, 0.5], [", 1)], "op probabilities (one per op"),
+    (FINISHED_ARCH, [FINISHED_ROW.replace('"probabilities": [', '"probabilities": [], "x": [', 1)],
+     "op probabilities (one per op"),
     (FINISHED_ARCH.replace('"MBK3E3"', '"MBK9E9"', 1), [FINISHED_ROW], "its arch.json's arch_config: layer"),
     (FINISHED_ARCH, [], "its metrics.jsonl holds no epochs"),
     (FINISHED_ARCH, ["[" * 200_000], "line 1 is not a row this project wrote"),

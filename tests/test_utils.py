@@ -9,6 +9,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -334,6 +335,11 @@ def test_an_output_folder_made_for_a_failed_command_is_removed_only_if_empty(tmp
     with pytest.raises(utils.UserError):
         with utils.output_folder(str(nested)):
             raise utils.UserError("no space left")
+    assert not (tmp_path / "parent").exists()
+    with pytest.raises(utils.UserError):  # sweep 9: the command removed its own folder first; its parents went on
+        with utils.output_folder(str(nested)):
+            shutil.rmtree(nested)
+            raise utils.UserError("the first step failed")
     assert not (tmp_path / "parent").exists()
     kept = tmp_path / "kept"
     kept.mkdir()
@@ -878,3 +884,17 @@ def test_a_save_path_of_bytes_that_are_not_utf8_is_escaped_in_the_log(tmp_path):
     for handler in logger.handlers:
         handler.flush()
     assert (tmp_path / utils.LOG_NAME).read_text().rstrip().endswith("written to /tmp/s\\udcff/arch.json")
+
+
+def test_a_kept_file_edited_or_cut_short_is_noticed_on_reading(tmp_path):
+    # Sweep 9: reproduce_tables.py's kept timings.json holding '[]', or a LightNet's time "fast", ended in
+    # TypeError tracebacks after every search had been kept.
+    path = tmp_path / "timings.json"
+    content = {"lightnets": [{"model": "LightNet-24ms", "cpu_measured_ms": 9.5}], "peers": []}
+    utils.write_sealed_json(path, content)
+    assert utils.read_sealed_json(path, "delete it") == content
+    for changed in (path.read_text().replace("9.5", '"fast"'), "[]", path.read_text()[:40],
+                    json.dumps(content)):  # the last: the unsealed content, as an older version wrote it
+        path.write_text(changed)
+        with pytest.raises(UserError, match=f"{re.escape(str(path))}.*; delete it$"):
+            utils.read_sealed_json(path, "delete it")
