@@ -50,11 +50,11 @@ from utils import (
     add_device_arguments, all_gather_objects, all_reduce_sum, any_process_diverged, check_number_rules,
     check_regular_file, check_saved_epoch, check_seed, checkpoint_kind, cleanup_distributed,
     damaged_checkpoint_refused, describe_saved_run, fill_from_schedule, frozen, init_distributed, is_finite_number,
-    launch, load_checkpoint, loss_exploded, name_a_few, new_figure, non_finite_entries, progress_bar, read_json,
-    read_json_lines, refuse_files_of_others_or_earlier_runs, refuse_save_inside_dataset, resolve_device_type,
-    resumable_at, rng_states, run_cli, run_folder_lock, run_logger, same_kind_of_value, save_checkpoint,
-    save_checkpoint_again, save_figure, seed_everything, set_rng_states, share_cpu_threads, state_dict_mismatch,
-    write_json,
+    launch, load_checkpoint, loss_exploded, name_a_few, new_figure, non_finite_entries, optimizer_state_mismatch,
+    progress_bar, read_json, read_json_lines, refuse_files_of_others_or_earlier_runs, refuse_save_inside_dataset,
+    resolve_device_type, resumable_at, rng_states, run_cli, run_folder_lock, run_logger, same_kind_of_value,
+    save_checkpoint, save_checkpoint_again, save_figure, seed_everything, set_rng_states, settings_mismatch,
+    share_cpu_threads, state_dict_mismatch, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -647,6 +647,14 @@ class Searcher:
         if mismatch:
             raise UserError(f"--resume: the checkpoint's supernet does not fit these settings ({mismatch}); it "
                             "was changed or written by another version: start the search again")
+        # torch loads an optimizer or schedule state of any kind and fails at the first step with it.
+        damaged = (optimizer_state_mismatch(self.weight_optimizer, checkpoint["weight_optimizer"], "weight_optimizer")
+                   + optimizer_state_mismatch(self.arch_optimizer, checkpoint["arch_optimizer"], "arch_optimizer")
+                   + settings_mismatch(checkpoint["weight_scheduler"], self.weight_scheduler.state_dict(),
+                                       "weight_scheduler"))
+        if damaged:
+            raise UserError(f"--resume: the checkpoint's optimizers or schedule are damaged or of another version "
+                            f"(wrong kind or shape: {name_a_few(damaged)}); start the search again")
         self.model.load_state_dict(checkpoint["state_dict"])
         self.weight_optimizer.load_state_dict(checkpoint["weight_optimizer"])
         # An uninterrupted search holds zero gradients for every op that has

@@ -693,6 +693,14 @@ def weights_file(state_dict, args, classes, epoch, result):
                 epoch=epoch, top1=result["top1"], top5=result["top5"])
 
 
+def damaged_training_state(training, checkpoint):
+    """Where the checkpoint's optimizer and schedule state do not fit this
+    run's (checked against the fresh ones: torch loads anything and fails at
+    the first step, an epoch later)."""
+    return (utils.optimizer_state_mismatch(training.optimizer, checkpoint["optimizer"], "optimizer")
+            + utils.settings_mismatch(checkpoint["scheduler"], training.scheduler.state_dict(), "scheduler"))
+
+
 def restore(training, checkpoint, context, num_classes, images, logger):
     """Load a training checkpoint; returns (epochs done, best results)."""
     if checkpoint.get("num_classes") != num_classes:
@@ -707,6 +715,10 @@ def restore(training, checkpoint, context, num_classes, images, logger):
     if mismatch:
         raise UserError(f"--resume: the checkpoint's weights do not fit its architecture ({mismatch}); it was "
                         "changed or written by another version: start a new run")
+    damaged = damaged_training_state(training, checkpoint)
+    if damaged:
+        raise UserError(f"--resume: the checkpoint's optimizer or schedule is damaged or of another version (wrong "
+                        f"kind or shape: {utils.name_a_few(damaged)}); resume from another checkpoint or start again")
     training.model.load_state_dict(checkpoint["state_dict"])
     training.optimizer.load_state_dict(checkpoint["optimizer"])
     training.scheduler.load_state_dict(checkpoint["scheduler"])

@@ -676,6 +676,49 @@ def non_finite_settings(value, name):
     return []
 
 
+def settings_mismatch(saved, fresh, name):
+    """Paths where `saved` (an optimizer's param_groups or a schedule's
+    state from a checkpoint) differs in kind or length from `fresh`, the
+    same object's state as this run built it: torch's load_state_dict takes
+    any value and fails at the first step. Keys only one of them has are
+    left to torch (another version's)."""
+    if fresh is None:  # a setting torch fills in itself (foreach, fused)
+        return []
+    if isinstance(fresh, dict):
+        if not isinstance(saved, dict):
+            return [name]
+        return [path for key in fresh if key in saved for path in settings_mismatch(saved[key], fresh[key],
+                                                                                   f"{name}.{key}")]
+    if isinstance(fresh, (list, tuple)):
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(fresh):
+            return [name]
+        return [path for index, (item, fresh_item) in enumerate(zip(saved, fresh))
+                for path in settings_mismatch(item, fresh_item, f"{name}.{index}")]
+    return [] if saved is not None and same_kind_of_value(saved, fresh) else [name]
+
+
+def optimizer_state_mismatch(optimizer, saved, name):
+    """Paths where an optimizer's saved state_dict does not fit `optimizer`
+    as this run built it: settings of another kind (settings_mismatch) or
+    per-parameter state (momentum buffers) of another shape."""
+    if not isinstance(saved, dict):
+        return [name]
+    wrong = settings_mismatch(saved.get("param_groups"), optimizer.state_dict()["param_groups"],
+                              f"{name}.param_groups")
+    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    state = saved.get("state", {})
+    if not isinstance(state, dict):
+        return wrong + [f"{name}.state"]
+    for index, entries in state.items():
+        if not (isinstance(index, int) and 0 <= index < len(parameters) and isinstance(entries, dict)):
+            wrong.append(f"{name}.state.{index}")
+            continue
+        # Buffers have their parameter's shape; a count (Adam's step) is a tensor of no dimensions.
+        wrong += [f"{name}.state.{index}.{key}" for key, value in entries.items()
+                  if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != parameters[index].shape]
+    return wrong
+
+
 def state_dict_mismatch(model, state_dict):
     """How `state_dict` does not fit `model`, in words ("missing: a, b;
     wrong shape: c"), or None when it fits exactly."""

@@ -604,6 +604,33 @@ def test_a_checkpoint_with_a_damaged_counter_or_state_is_refused(field, value, e
     assert not (tmp_path / "resumed" / "arch.json").exists()
 
 
+def set_momentum_buffers(optimizer_state, value):
+    for entry in optimizer_state["state"].values():
+        entry["momentum_buffer"] = value
+
+
+@pytest.mark.parametrize("damage, path", [
+    (lambda state: state["weight_optimizer"]["param_groups"][0].update(momentum="0.9"),
+     "weight_optimizer.param_groups.0.momentum"),
+    (lambda state: set_momentum_buffers(state["weight_optimizer"], torch.zeros(3)),
+     "weight_optimizer.state.0.momentum_buffer"),
+    (lambda state: state["arch_optimizer"]["param_groups"][0].update(lr=None), "arch_optimizer.param_groups.0.lr"),
+    (lambda state: state["weight_scheduler"].update(base_lrs="0.1"), "weight_scheduler.base_lrs"),
+])
+def test_a_checkpoint_whose_optimizer_or_schedule_was_edited_is_refused(damage, path, finished_search, tiny_dataset,
+                                                                       tmp_path, capsys):
+    # Sweep 9 (the training's; the search loads the same kinds of state). Before: torch took any of these and
+    # failed at the first step with a TypeError or RuntimeError traceback.
+    checkpoint = load_checkpoint(os.path.join(finished_search, search_imagenet.WARMUP_CHECKPOINT_NAME))
+    damage(checkpoint)
+    damaged = tmp_path / "damaged.pth.tar"
+    torch.save(checkpoint, damaged)
+    error = resume_refusal(["--save", str(tmp_path / "resumed"), "--target_latency", "24", "--dataset",
+                            tiny_dataset, "--num_classes", "3", "--resume", str(damaged)], capsys)
+    assert f"the checkpoint's optimizers or schedule are damaged or of another version (wrong kind or shape: {path}" \
+        in error, error
+
+
 def resume_refusal(arguments, capsys):
     """The one error line of a refused search, after checking it exits 2."""
     with pytest.raises(SystemExit) as stop:

@@ -507,6 +507,21 @@ def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(a
         (renamed / split / "class_00_disc").rename(renamed / split / "class_00_zebra")
     cases.append((["--resume", checkpoint, "--dataset", renamed, "--epochs", 3],
                   "the checkpoint trained on other images: other classes (class_00_zebra where it had class_00_disc)"))
+    # Sweep 9. Before: torch loaded each of these and failed at the first step with a TypeError or RuntimeError.
+    for name, damage, path in (
+            ("momentum-text", lambda state: state["optimizer"]["param_groups"][0].update(momentum="0.9"),
+             "optimizer.param_groups.0.momentum"),
+            ("buffer-shape", lambda state: [entry.update(momentum_buffer=torch.zeros(3))
+                                            for entry in state["optimizer"]["state"].values()],
+             "optimizer.state.0.momentum_buffer"),
+            ("base-lrs-text", lambda state: state["scheduler"].update(base_lrs=["0.1"] * len(
+                state["scheduler"]["base_lrs"])), "scheduler.base_lrs.0")):
+        damaged = utils.load_checkpoint(checkpoint)
+        damage(damaged)
+        torch.save(damaged, tmp_path / f"{name}.pth.tar")
+        cases.append((["--resume", tmp_path / f"{name}.pth.tar", "--epochs", 3],
+                      f"the checkpoint's optimizer or schedule is damaged or of another version (wrong kind or shape: "
+                      f"{path}"))
     for options, message in cases:
         argv = tiny_run(tiny_dataset, tmp_path / "run") + options
         code, lines = user_error(capsys, argv)
