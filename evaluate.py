@@ -177,12 +177,14 @@ def evaluate_weights(weights, dataset_root, arch_choice=None, device="cpu", batc
     refuse_search_checkpoint(checkpoint, weights, "--weights")
     state_dict = checkpoint_state_dict(checkpoint, weights)
     if arch_choice is None:
-        arch_choice = checkpoint.get("arch_config") if isinstance(checkpoint, dict) else None
-        if arch_choice is None:
+        recorded = checkpoint.get("arch_config") if isinstance(checkpoint, dict) else None
+        if recorded is None:
             raise UserError("give --model or --arch_config: the checkpoint does not record its architecture")
+        arch_config = model_train.recorded_arch_config(recorded, weights)
+    else:
+        arch_config = model_train.resolve_arch_config(arch_choice)
     if image_size is None:
         image_size = recorded_image_size(checkpoint) or DEFAULT_IMAGE_SIZE
-    arch_config = model_train.resolve_arch_config(arch_choice)
     num_classes = weights_num_classes(state_dict, weights, "--weights")
     model = model_train.LightNet(arch_config, num_classes=num_classes, width_mult=width_mult)
     load_weights(model, state_dict, weights)

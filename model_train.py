@@ -131,6 +131,17 @@ def validate_arch_config(arch_config):
     return arch_config
 
 
+def recorded_arch_config(value, path):
+    """The architecture a checkpoint at `path` records, checked; a damaged
+    record is named as the file's, not as an option the user never gave."""
+    try:
+        return validate_arch_config(value)
+    except UserError as error:
+        raise UserError(f"{path} records an architecture that is not valid "
+                        f"({str(error).removeprefix('--arch_config: ')}); give --arch_config, or use another "
+                        "checkpoint") from None
+
+
 def resolve_arch_config(value):
     """Turn any accepted form of `--arch_config` into a validated list:
     a list, a registered name, a JSON file, or the list's string form."""

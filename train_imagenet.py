@@ -76,7 +76,7 @@ from torch.nn.parallel import DistributedDataParallel
 import data
 import evaluate
 import utils
-from model_train import DEFAULT_DROPOUT, LightNet, count_params_and_flops, resolve_arch_config
+from model_train import DEFAULT_DROPOUT, LightNet, count_params_and_flops, recorded_arch_config, resolve_arch_config
 from utils import UserError, check_number_rules, fill_from_schedule
 
 # ------------------------------------------------------------ the recipe
@@ -342,7 +342,8 @@ def load_resume_checkpoint(args):
         wrong.append("arch_config")  # op names, as this script writes it
     best = checkpoint.get("best")
     if "best" not in wrong and not (utils.is_finite_number(best.get("top1")) and isinstance(best.get("epoch"), int)
-                                    and utils.is_finite_number(best.get("ema_top1", -1.0))):
+                                    and utils.is_finite_number(best.get("ema_top1", -1.0))
+                                    and best["epoch"] <= checkpoint["epoch"]):  # no best from an epoch to come
         wrong.append("best")
     if wrong:
         raise UserError(f"--resume: {args.resume} is damaged or of another version (missing or of the wrong kind: "
@@ -379,7 +380,7 @@ def resolve_architecture(args, checkpoint):
     if args.arch_config is not None:
         arch_config = resolve_arch_config(args.arch_config)
     elif checkpoint is not None and checkpoint.get("arch_config") is not None:
-        arch_config = resolve_arch_config(checkpoint["arch_config"])
+        arch_config = recorded_arch_config(checkpoint["arch_config"], args.resume or args.evaluate)
     elif args.dataset is None:
         arch_config = resolve_arch_config(DEMO_ARCH)
     else:
@@ -693,6 +694,27 @@ def weights_file(state_dict, args, classes, epoch, result):
                 epoch=epoch, top1=result["top1"], top5=result["top5"])
 
 
+OPTIMIZER_SETTINGS = ("momentum", "dampening", "weight_decay", "nesterov", "initial_lr")
+
+
+def load_optimizer_keeping_this_runs_settings(training, checkpoint):
+    """The checkpoint's momentum buffers and place in the schedule, with this
+    run's settings: torch's load_state_dict would bring back the saved lr,
+    weight decay and momentum over a changed --lr, --weight_decay or
+    --momentum (logged as changed, then silently not applied). Unchanged,
+    they are the saved ones, and so is every lr below."""
+    settings = [{key: group[key] for key in OPTIMIZER_SETTINGS if key in group}
+                for group in training.optimizer.param_groups]
+    base_lrs = list(training.scheduler.base_lrs)
+    training.optimizer.load_state_dict(checkpoint["optimizer"])
+    training.scheduler.load_state_dict(checkpoint["scheduler"])
+    for group, setting in zip(training.optimizer.param_groups, settings):
+        group.update(setting)
+    training.scheduler.base_lrs = base_lrs
+    for group, base_lr, factor in zip(training.optimizer.param_groups, base_lrs, training.scheduler.lr_lambdas):
+        group["lr"] = base_lr * factor(training.scheduler.last_epoch)
+
+
 def damaged_training_state(training, checkpoint):
     """Where the checkpoint's optimizer and schedule state do not fit this
     run's (checked against the fresh ones: torch loads anything and fails at
@@ -720,8 +742,7 @@ def restore(training, checkpoint, context, num_classes, images, logger):
         raise UserError(f"--resume: the checkpoint's optimizer or schedule is damaged or of another version (wrong "
                         f"kind or shape: {utils.name_a_few(damaged)}); resume from another checkpoint or start again")
     training.model.load_state_dict(checkpoint["state_dict"])
-    training.optimizer.load_state_dict(checkpoint["optimizer"])
-    training.scheduler.load_state_dict(checkpoint["scheduler"])
+    load_optimizer_keeping_this_runs_settings(training, checkpoint)
     if training.scaler.is_enabled() and checkpoint.get("scaler"):
         training.scaler.load_state_dict(checkpoint["scaler"])
     if training.ema is not None:
@@ -743,8 +764,9 @@ def restore(training, checkpoint, context, num_classes, images, logger):
 def log_changed_options(checkpoint, args, logger):
     previous = checkpoint.get("args") or {}
     ignored = {"resume", "save", "workers", "prefetch_factor", "gpus", "visible", "device"}
+    # str(): a record of another kind ("4" for 4) is no change of the setting, whose value is this run's anyway.
     changed = [f"--{name} {previous[name]} -> {value}" for name, value in vars(args).items()
-               if name in previous and name not in ignored and previous[name] != value]
+               if name in previous and name not in ignored and str(previous[name]) != str(value)]
     if changed:
         logger.info("resuming with changed options: " + ", ".join(changed))
 

@@ -694,6 +694,8 @@ def settings_mismatch(saved, fresh, name):
             return [name]
         return [path for index, (item, fresh_item) in enumerate(zip(saved, fresh))
                 for path in settings_mismatch(item, fresh_item, f"{name}.{index}")]
+    if isinstance(saved, float) and not math.isfinite(saved):
+        return [name]
     return [] if saved is not None and same_kind_of_value(saved, fresh) else [name]
 
 

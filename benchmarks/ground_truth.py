@@ -65,18 +65,28 @@ def network_seeds(truth, net):
     return net.get("seeds", truth["seeds"])
 
 
-def load_truth(path, complete=False, option="--truth"):
+def load_truth(path, complete=False, option="--truth", judging=True):
     """A ground-truth file, checked: every network has an arch_config and one
-    top-1 per seed it lists; with `complete`, every network has every seed
-    of the file (paired comparisons need them all)."""
+    top-1 (a percentage) per seed it lists; with `complete`, every network has
+    every seed of the file (paired comparisons need them all); `judging` (a
+    search against it), at least two networks (a build being continued may
+    hold one)."""
     truth = utils.read_json(path, option)
     if not isinstance(truth, dict) or truth.get("format") != FORMAT or any(key not in truth for key in REQUIRED_KEYS):
         raise UserError(f"{option} {path} is not a ground-truth file of this project (made by "
                         "benchmarks/ground_truth.py)")
+    if not isinstance(truth["networks"], list) or not all(isinstance(net, dict) for net in truth["networks"]):
+        raise UserError(f"{option} {path}: its networks are not a list of records; the file was edited or damaged")
+    if judging and len(truth["networks"]) < 2:
+        raise UserError(f"{option} {path} holds fewer than 2 networks: no ranking to judge a search by; build a "
+                        "ground truth of several with benchmarks/ground_truth.py")
     for net in truth["networks"]:
         seeds = network_seeds(truth, net)
         if not seeds or len(net.get("top1", [])) != len(seeds) or len(net.get("arch_config", [])) == 0:
             raise UserError(f"{option} {path}: network {net.get('name')} lacks its arch_config or a top-1 per seed")
+        if not all(utils.is_finite_number(top1) and 0 <= top1 <= 100 for top1 in net["top1"]):
+            raise UserError(f"{option} {path}: network {net.get('name')} has a top-1 that is no percentage "
+                            f"({net['top1']}); the file was edited or damaged")
         if complete and seeds != truth["seeds"]:
             raise UserError(f"{option} {path} is partial ({net['name']} has seeds {seeds} of {truth['seeds']}); "
                             "paired retrainings need a complete one: finish it with benchmarks/ground_truth.py")
@@ -222,7 +232,7 @@ def earlier_results(path, truth, nets):
     that a build continues where it stopped, in a later session or on
     another machine of the same kind; `truth` takes over its dates, code
     versions and seconds. Anything else at `path` is refused."""
-    earlier = load_truth(path, option="--out")
+    earlier = load_truth(path, option="--out", judging=False)
     why = same_recipe(earlier, truth["recipe"], truth["dataset"], truth["device"]["type"])
     if why is None and (earlier["target"], earlier.get("sample_seed"), earlier["predictor"]) != (
             truth["target"], truth["sample_seed"], truth["predictor"]):

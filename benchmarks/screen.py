@@ -294,9 +294,10 @@ def main(args):
     if args.name is None and args.folders is None:
         raise UserError("give --name (run a variant's searches) or --folders (screen finished searches; --name "
                         "then labels them)")
-    if args.name is not None and (os.path.basename(args.name) != args.name or args.name in (".", "..")):
-        raise UserError(f"--name {args.name!r} must be a plain name (it becomes a folder inside --out): no '/', "
-                        "not '.' or '..'")
+    if args.name is not None and (os.path.basename(args.name) != args.name or args.name in (".", "..")
+                                  or not args.name.isprintable()):
+        raise UserError(f"--name {args.name!r} must be a plain name (it becomes a folder inside --out and a row of "
+                        "the table): no '/', no line break or other control character, not '.' or '..'")
     extra = [item for item in args.search_arguments if item != "--"]
     utils.parse_forwarded_arguments(search_imagenet.get_args_parser(), ["--target_latency", str(args.target)] + extra,
                                     "the search options after --")

@@ -219,6 +219,11 @@ def inputs(tmp_path_factory):
                       "best": {"top1": 30.0, "epoch": 1, "ema_top1": -1.0}, "optimizer": {}, "scheduler": {}}
     files["empty_optimizer"] = root / "empty-optimizer.pth.tar"  # edited: its optimizer state emptied
     torch.save(training_state, files["empty_optimizer"])
+    files["best_to_come"] = root / "best-to-come.pth.tar"  # edited: its best from epoch 99 of a run after epoch 1
+    torch.save(dict(training_state, best={"top1": 30.0, "epoch": 99, "ema_top1": -1.0}), files["best_to_come"])
+    files["short_record"] = root / "short-record.pth.tar"  # weights whose recorded architecture lost a layer
+    torch.save({"state_dict": training_state["state_dict"], "arch_config": model_train.LIGHTNETS[ARCH_24][:-1]},
+               files["short_record"])
     files["nan_lr"] = root / "nan-lr.pth.tar"  # edited: its optimizer's learning rate NaN
     torch.save(dict(training_state, optimizer={"state": {}, "param_groups": [{"lr": float("nan"), "params": [0]}]}),
                files["nan_lr"])
@@ -868,6 +873,22 @@ CASES = {
     "train: resume with a NaN learning rate": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo", "--save",
                                                                 "{out}", "--resume", "{nan_lr}", "--epochs", "2"],
                                                "is damaged (NaN or infinite: optimizer.param_groups.0.lr)"),
+    # Sweep 9. Before: "done: best val top-1 ... at epoch 99" of a 3-epoch run; a short architecture record was
+    # "--arch_config: expected 22 op names", naming an option not given; a variant name with a line break split
+    # its table row.
+    "train: resume with a best from an epoch to come": (train_imagenet, ["--dataset", "{data}", "--schedule",
+                                                                         "demo", "--save", "{out}", "--resume",
+                                                                         "{best_to_come}", "--epochs", "3"],
+                                                        "missing or of the wrong kind: best"),
+    "evaluate: weights recording 21 ops": (evaluate, ["--weights", "{short_record}", "--dataset", "{data}",
+                                                      "--workers", "0"],
+                                           "short-record.pth.tar records an architecture that is not valid (expected "
+                                           "22 op names"),
+    "train --evaluate: weights recording 21 ops": (train_imagenet, ["--evaluate", "{short_record}", "--dataset",
+                                                                    "{data}", "--workers", "0"],
+                                                   "short-record.pth.tar records an architecture that is not valid"),
+    "screen: a name with a line break": (screen, ["--name", "a\nb", "--out", "{out}"],
+                                         "no line break or other control character"),
     "train: resume with its best top-1 in words": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo",
                                                                     "--save", "{out}", "--resume", "{best_in_words}",
                                                                     "--epochs", "2"],

@@ -616,6 +616,9 @@ def set_momentum_buffers(optimizer_state, value):
      "weight_optimizer.state.0.momentum_buffer"),
     (lambda state: state["arch_optimizer"]["param_groups"][0].update(lr=None), "arch_optimizer.param_groups.0.lr"),
     (lambda state: state["weight_scheduler"].update(base_lrs="0.1"), "weight_scheduler.base_lrs"),
+    # Sweep 9: a NaN lr was "the search diverged ...; the last finite state is in <this very checkpoint>".
+    (lambda state: state["weight_optimizer"]["param_groups"][0].update(lr=float("nan")),
+     "weight_optimizer.param_groups.0.lr"),
 ])
 def test_a_checkpoint_whose_optimizer_or_schedule_was_edited_is_refused(damage, path, finished_search, tiny_dataset,
                                                                        tmp_path, capsys):

@@ -166,12 +166,23 @@ def test_pooled_truth_ranks_each_network_by_all_its_retrainings(tmp_path):
     assert len(by_name["random 1"]["sources"]) == 3 and "(cuda) seed 0" in by_name["random 1"]["sources"][2]
     with pytest.raises(search_quality.UserError, match="partial"):
         ground_truth.load_truth(second, complete=True)  # paired retrainings need every seed
-    other_target = truth_file(tmp_path / "28.json", [net("random 1", "MBK3E3", [1.0, 2.0])], target=28.0)
+    other_target = truth_file(tmp_path / "28.json", [net("random 1", "MBK3E3", [1.0, 2.0]),
+                                                     net("random 2", "MBK5E3", [3.0, 4.0])], target=28.0)
     with pytest.raises(search_quality.UserError, match="different targets"):
         ground_truth.pooled_truth([first, other_target])
-    broken = truth_file(tmp_path / "broken.json", [net("random 1", "MBK3E3", [90.0])])  # one result, two seeds
+    broken = truth_file(tmp_path / "broken.json", [net("random 1", "MBK3E3", [90.0]),  # one result, two seeds
+                                                   net("random 2", "MBK5E3", [80.0, 82.0])])
     with pytest.raises(search_quality.UserError, match="a top-1 per seed"):
         ground_truth.load_truth(broken)
+    # Sweep 9. Before: no networks was a ValueError in screen (max() of nothing) and "--random_nets must be at
+    # least 2" in search_quality (an option not given); a top-1 of 1000% was ranked as given.
+    for networks, message in (([], "holds fewer than 2 networks"),
+                              ([net("random 1", "MBK3E3", [90.0, 92.0])], "holds fewer than 2 networks"),
+                              ([net("random 1", "MBK3E3", [1000.0, 92.0]), net("random 2", "MBK5E3", [80.0, 82.0])],
+                               r"random 1 has a top-1 that is no percentage \(\[1000.0, 92.0\]\)"),
+                              (["random 1", "random 2"], "its networks are not a list of records")):
+        with pytest.raises(search_quality.UserError, match=message):
+            ground_truth.load_truth(truth_file(tmp_path / "edited.json", networks))
 
 
 def test_a_ground_truth_build_stopped_halfway_continues_from_its_file(tmp_path):
@@ -224,7 +235,8 @@ def test_the_composite_proxy_searches_and_retrains_on_its_own_set_and_a_truth_fi
                            (["--toy", "--proxy", "composite"], "--toy runs on its own tiny set")):
         with pytest.raises(search_quality.UserError, match=message):
             search_quality.check_args(parser.parse_args(["--out", str(tmp_path / "sq")] + given))
-    odd = truth_file(tmp_path / "odd.json", [net("random 1", "MBK3E3", [70.0, 71.0])], recipe=header["recipe"],
+    odd = truth_file(tmp_path / "odd.json", [net("random 1", "MBK3E3", [70.0, 71.0]),
+                                             net("random 2", "MBK5E3", [75.0, 74.0])], recipe=header["recipe"],
                      dataset={"kind": "composite", "image_size": 48})
     with pytest.raises(search_quality.UserError, match="is none this benchmark retrains on"):
         search_quality.check_args(parser.parse_args(["--out", str(tmp_path / "sq"), "--truth", odd]))

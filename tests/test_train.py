@@ -557,6 +557,21 @@ def test_a_run_resumed_into_another_folder_brings_its_best_weights(authors_run, 
     assert sorted(path.name for path in new.iterdir() if path.name.startswith(".")) == []
 
 
+def test_a_resume_with_a_new_lr_or_weight_decay_trains_with_them(authors_run, tiny_dataset, tmp_path):
+    # Sweep 9. Before: logged as "resuming with changed options: --lr 0.04 -> 0.0001", then the checkpoint's lr,
+    # schedule and weight decay were loaded over them: the divergence message's advice ("resume with a lower
+    # --lr") changed nothing.
+    saved_lr = utils.load_checkpoint(authors_run / "checkpoint.pth.tar")["args"]["lr"]
+    rows = {}
+    for name, options in (("same", []), ("halved", ["--lr", saved_lr / 2, "--weight_decay", 0.5])):
+        with one_thread():
+            train("--resume", authors_run / "checkpoint.pth.tar", "--save", tmp_path / name, "--epochs", 3,
+                  "--dataset", tiny_dataset, "--workers", 0, *options)
+        rows[name] = read_metrics(tmp_path / name)[-1]
+    assert rows["halved"]["lr"] == pytest.approx(rows["same"]["lr"] / 2)
+    assert rows["halved"]["train_loss"] != rows["same"]["train_loss"]
+
+
 def test_a_search_folder_given_to_training_is_named_as_one(authors_run, tiny_dataset, tmp_path, capsys):
     assert utils.checkpoint_kind(torch.load(authors_run / "checkpoint.pth.tar", weights_only=True)) == "training"
     search = tmp_path / "search-run"
