@@ -467,8 +467,11 @@ def new_figure(figsize, rows=1, columns=1, **subplot_options):
 
 
 def save_figure(figure, path, dpi=120):
+    """The figure as a file (its format from the name), written atomically:
+    a full disk or a file-size limit is named as such, with the file."""
     figure.tight_layout()
-    figure.savefig(path, dpi=dpi)
+    with atomic_write(path, binary=True) as file:
+        figure.savefig(file, dpi=dpi, format=os.path.splitext(path)[1].lstrip(".").lower() or "png")
 
 
 # A run's figures are redrawn at most this often, and after its last epoch:

@@ -238,9 +238,10 @@ def check_args(args):
     for seed in args.seeds:
         utils.check_seed(seed, "--seeds")
     names = [f"{target:g}" for target in args.targets]  # each target's folders are named so
-    if len(set(names)) < len(names) or len(set(args.seeds)) < len(args.seeds):
-        raise UserError("--targets and --seeds must each name different values (targets are told apart by 6 "
-                        f"significant digits: {' '.join(names)})")
+    if len(set(names)) < len(names) or len(set(args.seeds)) < len(args.seeds) or \
+            len(set(args.variants)) < len(args.variants):  # one search listed twice would count twice
+        raise UserError("--targets, --seeds and --variants must each name different values (targets are told "
+                        f"apart by 6 significant digits: {' '.join(names)})")
     if args.jobs < 1:
         raise UserError("--jobs must be at least 1")
     utils.parse_forwarded_arguments(search_imagenet.get_args_parser(), args.search_arguments, "--search_arguments",

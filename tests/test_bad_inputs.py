@@ -629,7 +629,10 @@ CASES = {
                                        "--search_seeds must be in [0, "),
     # Before: both targets' searches went to one folder and collided.
     "landing: two targets one folder": (landing, ["--out", "{out}", "--targets", "24", "24.000001"],
-                                        "--targets and --seeds must each name different values"),
+                                        "--targets, --seeds and --variants must each name different values"),
+    # Sweep 9. Before: one search, listed twice in landing.json and counted as two runs.
+    "landing: a variant twice": (landing, ["--out", "{out}", "--variants", "demo", "demo"],
+                                 "--targets, --seeds and --variants must each name different values"),
     # Before: refused, but after making --out (left behind empty).
     "screen: folders without a finished search": (screen, ["--folders", "{empty_dir}", "--out", "{out}"],
                                                   "holds no finished search"),

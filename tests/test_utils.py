@@ -898,3 +898,16 @@ def test_a_kept_file_edited_or_cut_short_is_noticed_on_reading(tmp_path):
         path.write_text(changed)
         with pytest.raises(UserError, match=f"{re.escape(str(path))}.*; delete it$"):
             utils.read_sealed_json(path, "delete it")
+
+
+def test_a_figure_past_the_file_size_limit_is_named_with_its_file(tmp_path):
+    # Sweep 9. Before: "cannot write the output (File too large); send it elsewhere", blaming standard output
+    # for landing.png, and a cut figure could be left behind.
+    command = ("import utils\nfigure, axis = utils.new_figure((40, 40))\naxis.plot(range(100000))\n"
+               "try:\n    utils.save_figure(figure, 'big.png')\nexcept utils.UserError as e:\n    print(e)")
+    limited = subprocess.run(["bash", "-c", f'cd "{tmp_path}" && ulimit -f 4; exec "{sys.executable}" -c "$0"',
+                              command], env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True,
+                             text=True, timeout=120)
+    assert limited.stdout.strip().startswith("cannot write big.png: File too large: the file would pass this "
+                                             "shell's size limit (4096 bytes, `ulimit -f`)"), limited
+    assert list(tmp_path.iterdir()) == []
