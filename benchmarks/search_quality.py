@@ -404,7 +404,7 @@ def retrain_all(nets, args, known=None, on_done=None):
     `on_done(net, seed, top1)` is called as each retraining finishes."""
     dataset = data.synthetic_dataset(**args.scale.retrain_dataset)
     recipe = retrain_recipe(args)
-    known = known or {}
+    known = {} if known is None else known  # the caller's own dict, even empty: on_done reads it
     jobs = [(net, seed) for seed in range(args.seeds) for net in nets if (net["name"], seed) not in known]
     print(f"retraining {len(jobs)} networks ({args.retrain_epochs} epochs each, {args.jobs} at a time) ...",
           flush=True)

@@ -3,6 +3,7 @@ and its whole pipeline at toy size (--toy: two searches, two random nets,
 two seeds, one retraining epoch each; the full benchmark takes over an hour
 and is run by hand)."""
 
+import argparse
 import json
 import math
 import os
@@ -183,6 +184,20 @@ def test_pooled_truth_ranks_each_network_by_all_its_retrainings(tmp_path):
                               (["random 1", "random 2"], "its networks are not a list of records")):
         with pytest.raises(search_quality.UserError, match=message):
             ground_truth.load_truth(truth_file(tmp_path / "edited.json", networks))
+
+
+def test_a_fresh_ground_truth_build_stores_each_result_as_it_comes(tmp_path, monkeypatch):
+    # Before: a build started without a file passed an empty dict of results, which retrain_all replaced by a
+    # new one; the file was written after every retraining, and at the end, with no networks at all.
+    monkeypatch.setattr(search_quality.retraining, "retrain", lambda arch, folder, dataset, seed, **recipe: 50.0 + seed)
+    nets = [net("random 1", "MBK3E3", None), net("random 2", "MBK5E3", None)]
+    settings = argparse.Namespace(out=str(tmp_path), seeds=2, jobs=1, scale=search_quality.TOY, retrain_epochs=1)
+    known, stored = {}, []
+    search_quality.retrain_all(nets, settings, known,
+                               on_done=lambda *done: stored.append(len(ground_truth.stored_networks(
+                                   nets, known, 2, search_quality.op_mix))))
+    assert known == {("random 1", 0): 50.0, ("random 2", 0): 50.0, ("random 1", 1): 51.0, ("random 2", 1): 51.0}
+    assert stored == [1, 2, 2, 2]  # each save holds every network with a result so far
 
 
 def test_a_ground_truth_build_stopped_halfway_continues_from_its_file(tmp_path):
