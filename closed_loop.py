@@ -36,7 +36,7 @@ import latency_predictor as lp
 import latency_timing
 import retraining
 import search_imagenet
-from utils import UserError, atomic_write, check_run_plan, parse_forwarded_arguments, run_cli, tool_folder
+from utils import Terminated, UserError, atomic_write, check_run_plan, parse_forwarded_arguments, run_cli, tool_folder
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LOOP_ROUNDS = 100  # end-to-end rounds for the found network
@@ -44,14 +44,24 @@ LOOP_PROCESSES = 5  # fresh processes the found network is timed in (each alone,
 MAX_FRESH_PROCESSES = 1_000
 LOOP_WARMUP_S = latency_timing.DEFAULT_WARMUP_S
 LOOP_SEED = 3
+STEP_STOP_TIMEOUT_S = 60  # a stopped step's own clean-up (a checkpoint being written) before it is killed
 
 
 def run_step(arguments, what):
     """Run one of the project's commands; a failure ends the loop in one line."""
     print(f"== {what}: {' '.join(arguments)}", flush=True)
-    completed = subprocess.run([sys.executable] + arguments)  # in the user's folder, as their paths are
-    if completed.returncode != 0:
-        raise UserError(f"{what} failed (exit {completed.returncode}); its message is above")
+    process = subprocess.Popen([sys.executable] + arguments)  # in the user's folder, as their paths are
+    try:
+        returncode = process.wait()
+    except BaseException:  # Ctrl-C or SIGTERM: the step stops as it would alone, cleaning up after itself
+        process.terminate()
+        try:
+            process.wait(timeout=STEP_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
+    if returncode != 0:
+        raise UserError(f"{what} failed (exit {returncode}); its message is above")
 
 
 def build_table(out, build_options):
@@ -187,7 +197,7 @@ def get_args_parser():
 
 
 def main(args):
-    retraining.stop_children_on_sigterm()  # SIGTERM ends the loop and the step it runs (subprocess.run kills it)
+    retraining.stop_children_on_sigterm()  # SIGTERM ends the loop and the step it runs (run_step stops it)
     if not (args.target_latency > 0 and args.target_latency != float("inf")):
         raise UserError("--target_latency must be a positive number of ms")
     if not 1 <= args.rounds <= latency_timing.MAX_REPEATS:
@@ -213,7 +223,7 @@ def main(args):
         check_run_plan(out, run_plan(args, build_options, search_options), "closed_loop.py")
         try:
             table, found, note = build_and_search(args, out, build_options, search_options)
-        except UserError:
+        except (UserError, KeyboardInterrupt, Terminated):
             if created and set(os.listdir(out)) <= {"plan.json"}:
                 shutil.rmtree(out)  # a failed first step (the build, or the search on --lut) leaves nothing behind
             raise

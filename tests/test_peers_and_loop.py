@@ -6,6 +6,11 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +21,8 @@ import latency_timing
 import model_train
 import peers
 from utils import UserError, run_cli
+
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
 
 TINY_SEARCH = ["--epochs", "3", "--freeze_epochs", "1", "--latch_epochs", "1", "--arch_lr_step", "1",
                "--batch_size_train", "4", "--batch_size_val", "4", "--image_size", "32", "--workers", "0",
@@ -148,3 +155,25 @@ def test_the_loop_says_when_its_table_was_measured_on_another_cpu():
         note = closed_loop.other_machine_note(table)
         assert note is None if measured_on == here else (measured_on in note and here in note)
     assert closed_loop.other_machine_note(lp.DEFAULT_LUT) is None  # not a CPU table: refused by check_target
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_first_closed_loop_run_leaves_no_folder(fitted_table, tmp_path):
+    # Sweep 9. Before: the search step was killed (SIGKILL) before it could remove its new files, and the loop's
+    # own clean-up ran for bad input only: plan.json and search/ were left in a --out nothing could resume.
+    import data
+    dataset = data.write_synthetic_dataset(tmp_path / "data", num_classes=3, train_per_class=40, val_per_class=4,
+                                           image_size=32, seed=0)
+    out = tmp_path / "loop"
+    command = [sys.executable, os.path.join(REPO_ROOT, "closed_loop.py"), "--target_latency", "20", "--lut",
+               fitted_table, "--out", str(out), "--", "--dataset", str(dataset), "--epochs", "30"] + TINY_SEARCH[2:]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 120
+    while not (out / "search" / "log.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2)  # into the search's first epoch
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    assert process.stderr.read().strip().splitlines()[-1].startswith("terminated")
+    assert not out.exists()
