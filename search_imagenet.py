@@ -50,11 +50,12 @@ from utils import (
     add_device_arguments, all_gather_objects, all_reduce_sum, any_process_diverged, check_number_rules,
     check_regular_file, check_saved_epoch, check_seed, checkpoint_kind, cleanup_distributed,
     damaged_checkpoint_refused, describe_saved_run, fill_from_schedule, frozen, init_distributed, is_finite_number,
-    launch, load_checkpoint, loss_exploded, name_a_few, new_figure, non_finite_entries, optimizer_state_mismatch,
-    progress_bar, read_json, read_json_lines, refuse_files_of_others_or_earlier_runs, refuse_save_inside_dataset,
-    resolve_device_type, resumable_at, rng_states, run_cli, run_folder_lock, run_logger, same_kind_of_value,
-    save_checkpoint, save_checkpoint_again, save_figure, seed_everything, set_rng_states, settings_mismatch,
-    share_cpu_threads, state_dict_mismatch, write_json,
+    launch, load_checkpoint, load_keeping_this_runs_settings, loss_exploded, name_a_few, new_figure,
+    non_finite_entries, optimizer_state_mismatch, progress_bar, read_json, read_json_lines,
+    refuse_files_of_others_or_earlier_runs, refuse_save_inside_dataset, resolve_device_type, resumable_at, rng_states,
+    run_cli, run_folder_lock, run_logger, same_kind_of_value, save_checkpoint, save_checkpoint_again, save_figure,
+    schedule_position_mismatch, seed_everything, set_rng_states, settings_mismatch, share_cpu_threads,
+    state_dict_mismatch, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -651,20 +652,22 @@ class Searcher:
         damaged = (optimizer_state_mismatch(self.weight_optimizer, checkpoint["weight_optimizer"], "weight_optimizer")
                    + optimizer_state_mismatch(self.arch_optimizer, checkpoint["arch_optimizer"], "arch_optimizer")
                    + settings_mismatch(checkpoint["weight_scheduler"], self.weight_scheduler.state_dict(),
-                                       "weight_scheduler"))
+                                       "weight_scheduler")
+                   + schedule_position_mismatch(checkpoint["weight_scheduler"], "weight_scheduler"))
         if damaged:
             raise UserError(f"--resume: the checkpoint's optimizers or schedule are damaged or of another version "
                             f"(wrong kind or shape: {name_a_few(damaged)}); start the search again")
         self.model.load_state_dict(checkpoint["state_dict"])
-        self.weight_optimizer.load_state_dict(checkpoint["weight_optimizer"])
+        # The settings are this run's (the same as the checkpoint's, checked before), never an edited file's.
+        load_keeping_this_runs_settings(self.weight_optimizer, checkpoint["weight_optimizer"],
+                                        self.weight_scheduler, checkpoint["weight_scheduler"])
         # An uninterrupted search holds zero gradients for every op that has
         # run (see _weight_step); give them back, or the first steps after
         # resuming would skip the momentum of the ops they do not sample.
         for parameter in self.weight_parameters:
             if "momentum_buffer" in self.weight_optimizer.state.get(parameter, {}):
                 parameter.grad = torch.zeros_like(parameter)
-        self.weight_scheduler.load_state_dict(checkpoint["weight_scheduler"])
-        self.arch_optimizer.load_state_dict(checkpoint["arch_optimizer"])
+        load_keeping_this_runs_settings(self.arch_optimizer, checkpoint["arch_optimizer"])
         self.arch_generator.set_state(checkpoint["arch_generator"])
         self.state = SearchState(tradeoff=checkpoint["tradeoff"], latched=checkpoint["latched"])
         set_rng_states(checkpoint["rng"])

@@ -341,7 +341,8 @@ def load_resume_checkpoint(args):
     if "arch_config" not in wrong and not all(isinstance(op, str) for op in checkpoint["arch_config"]):
         wrong.append("arch_config")  # op names, as this script writes it
     best = checkpoint.get("best")
-    if "best" not in wrong and not (utils.is_finite_number(best.get("top1")) and isinstance(best.get("epoch"), int)
+    if "best" not in wrong and not (utils.is_finite_number(best.get("top1")) and 0 <= best["top1"] <= 100
+                                    and isinstance(best.get("epoch"), int)
                                     and utils.is_finite_number(best.get("ema_top1", -1.0))
                                     and best["epoch"] <= checkpoint["epoch"]):  # no best from an epoch to come
         wrong.append("best")
@@ -694,33 +695,13 @@ def weights_file(state_dict, args, classes, epoch, result):
                 epoch=epoch, top1=result["top1"], top5=result["top5"])
 
 
-OPTIMIZER_SETTINGS = ("momentum", "dampening", "weight_decay", "nesterov", "initial_lr")
-
-
-def load_optimizer_keeping_this_runs_settings(training, checkpoint):
-    """The checkpoint's momentum buffers and place in the schedule, with this
-    run's settings: torch's load_state_dict would bring back the saved lr,
-    weight decay and momentum over a changed --lr, --weight_decay or
-    --momentum (logged as changed, then silently not applied). Unchanged,
-    they are the saved ones, and so is every lr below."""
-    settings = [{key: group[key] for key in OPTIMIZER_SETTINGS if key in group}
-                for group in training.optimizer.param_groups]
-    base_lrs = list(training.scheduler.base_lrs)
-    training.optimizer.load_state_dict(checkpoint["optimizer"])
-    training.scheduler.load_state_dict(checkpoint["scheduler"])
-    for group, setting in zip(training.optimizer.param_groups, settings):
-        group.update(setting)
-    training.scheduler.base_lrs = base_lrs
-    for group, base_lr, factor in zip(training.optimizer.param_groups, base_lrs, training.scheduler.lr_lambdas):
-        group["lr"] = base_lr * factor(training.scheduler.last_epoch)
-
-
 def damaged_training_state(training, checkpoint):
     """Where the checkpoint's optimizer and schedule state do not fit this
     run's (checked against the fresh ones: torch loads anything and fails at
     the first step, an epoch later)."""
     return (utils.optimizer_state_mismatch(training.optimizer, checkpoint["optimizer"], "optimizer")
-            + utils.settings_mismatch(checkpoint["scheduler"], training.scheduler.state_dict(), "scheduler"))
+            + utils.settings_mismatch(checkpoint["scheduler"], training.scheduler.state_dict(), "scheduler")
+            + utils.schedule_position_mismatch(checkpoint["scheduler"], "scheduler"))
 
 
 def restore(training, checkpoint, context, num_classes, images, logger):
@@ -742,7 +723,9 @@ def restore(training, checkpoint, context, num_classes, images, logger):
         raise UserError(f"--resume: the checkpoint's optimizer or schedule is damaged or of another version (wrong "
                         f"kind or shape: {utils.name_a_few(damaged)}); resume from another checkpoint or start again")
     training.model.load_state_dict(checkpoint["state_dict"])
-    load_optimizer_keeping_this_runs_settings(training, checkpoint)
+    # A changed --lr, --weight_decay or --momentum applies (torch's load would bring back the saved ones).
+    utils.load_keeping_this_runs_settings(training.optimizer, checkpoint["optimizer"], training.scheduler,
+                                          checkpoint["scheduler"])
     if training.scaler.is_enabled() and checkpoint.get("scaler"):
         training.scaler.load_state_dict(checkpoint["scaler"])
     if training.ema is not None:

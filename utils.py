@@ -702,6 +702,33 @@ def settings_mismatch(saved, fresh, name):
     return [] if saved is not None and same_kind_of_value(saved, fresh) else [name]
 
 
+def load_keeping_this_runs_settings(optimizer, saved_optimizer, scheduler=None, saved_scheduler=None):
+    """A checkpoint's optimizer state (momentum buffers) and place in the
+    schedule, with the settings this run built them with: torch's
+    load_state_dict brings back the saved ones (lr, weight decay, momentum),
+    so a resumed run given another --lr would log the change and silently not
+    apply it, and an edited checkpoint's would be used unchecked. Unchanged,
+    they are the saved ones, and so is every lr set here."""
+    settings = [{key: value for key, value in group.items() if key not in ("params", "lr")}
+                for group in optimizer.param_groups]
+    base_lrs = None if scheduler is None else list(scheduler.base_lrs)
+    optimizer.load_state_dict(saved_optimizer)
+    for group, setting in zip(optimizer.param_groups, settings):
+        group.update(setting)
+    if scheduler is not None:
+        scheduler.load_state_dict(saved_scheduler)
+        scheduler.base_lrs = base_lrs
+        for group, base_lr, factor in zip(optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base_lr * factor(scheduler.last_epoch)
+
+
+def schedule_position_mismatch(saved_scheduler, name):
+    """A schedule saved before its start (a negative step: a negative lr)."""
+    position = saved_scheduler.get("last_epoch") if isinstance(saved_scheduler, dict) else None
+    return [] if isinstance(position, int) and not isinstance(position, bool) and position >= 0 else \
+        [f"{name}.last_epoch"]
+
+
 def optimizer_state_mismatch(optimizer, saved, name):
     """Paths where an optimizer's saved state_dict does not fit `optimizer`
     as this run built it: settings of another kind (settings_mismatch) or

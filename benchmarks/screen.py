@@ -37,6 +37,7 @@ keeps the finished ones.
 """
 
 import argparse
+import hashlib
 import math
 import os
 import statistics
@@ -116,6 +117,19 @@ def hold_undone_share(rows):
             latched += bool(on)
             undone += bool(was_undone)
     return undone / latched if latched else None
+
+
+def search_identity(folder):
+    """What tells searches apart: the bytes of a finished search's arch.json
+    and metrics.jsonl (a copy of a folder is the same search), else its path."""
+    files = [os.path.join(folder, name) for name in (search_imagenet.ARCH_NAME, search_imagenet.METRICS_NAME)]
+    if not all(os.path.isfile(path) for path in files):
+        return os.path.realpath(folder)
+    digest = hashlib.sha256()
+    for path in files:
+        with utils.open_for_reading(path, "search file", encoding="latin-1") as file:
+            digest.update(file.read().encode("latin-1"))
+    return digest.hexdigest()
 
 
 def finished_search(folder, target):
@@ -310,9 +324,10 @@ def main(args):
     repeated_seed = utils.first_repeated(args.search_seeds)
     if repeated_seed is not None:
         raise UserError(f"--search_seeds names seed {repeated_seed} twice; give each once")
-    repeated_folder = utils.first_repeated(args.folders or [], key=os.path.realpath)
+    repeated_folder = utils.first_repeated(args.folders or [], key=search_identity)
     if repeated_folder is not None:
-        raise UserError(f"--folders names {repeated_folder} twice; give each search once")
+        raise UserError(f"--folders names the search in {repeated_folder} twice (a folder or a copy of it); give "
+                        "each search once")
     search_quality.check_target_reachable(args.target)  # before asking for a ground truth of it
     truth_paths, truth = resolve_truth(args)
     if os.path.lexists(screens_path) and not os.path.isfile(screens_path):  # appended to after all the scoring

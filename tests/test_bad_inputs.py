@@ -219,6 +219,10 @@ def inputs(tmp_path_factory):
                       "best": {"top1": 30.0, "epoch": 1, "ema_top1": -1.0}, "optimizer": {}, "scheduler": {}}
     files["empty_optimizer"] = root / "empty-optimizer.pth.tar"  # edited: its optimizer state emptied
     torch.save(training_state, files["empty_optimizer"])
+    files["best_200"] = root / "best-200.pth.tar"  # edited: a best top-1 of 200%
+    torch.save(dict(training_state, best={"top1": 200.0, "epoch": 1, "ema_top1": -1.0}), files["best_200"])
+    files["schedule_before_start"] = root / "schedule-before-start.pth.tar"  # edited: the schedule at step -5
+    torch.save(dict(training_state, scheduler={"last_epoch": -5}), files["schedule_before_start"])
     files["best_to_come"] = root / "best-to-come.pth.tar"  # edited: its best from epoch 99 of a run after epoch 1
     torch.save(dict(training_state, best={"top1": 30.0, "epoch": 99, "ema_top1": -1.0}), files["best_to_come"])
     files["short_record"] = root / "short-record.pth.tar"  # weights whose recorded architecture lost a layer
@@ -265,6 +269,8 @@ def inputs(tmp_path_factory):
          "search": {"epochs": 2, "freeze_epochs": 1, "seed": 0}}))
     (files["search_24"] / "metrics.jsonl").write_text(json.dumps(
         {"epoch": 1, "seconds": 1.0, "val_top1": 40.0, "probabilities": [[1 / 7] * 7] * 21}) + "\n")
+    files["search_24_copy"] = root / "search-24-copy"
+    shutil.copytree(files["search_24"], files["search_24_copy"])
     files["warmup_only"] = root / "warmup-only"  # a search whose checkpoint.pth.tar was deleted
     files["warmup_only"].mkdir()
     for name in ("warmup.pth.tar", "args.json", "log.txt"):
@@ -884,6 +890,18 @@ CASES = {
                                                                          "demo", "--save", "{out}", "--resume",
                                                                          "{best_to_come}", "--epochs", "3"],
                                                         "missing or of the wrong kind: best"),
+    # Sweep 10. Before: taken as the record ("best val top-1 200.000"), and a negative lr (step -5 of the
+    # warm-up) trained an epoch.
+    "train: resume with a best top-1 of 200%": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo",
+                                                                 "--save", "{out}", "--resume", "{best_200}",
+                                                                 "--epochs", "3"],
+                                                "missing or of the wrong kind: best"),
+    "train: resume a schedule before its start": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo",
+                                                                   "--save", "{out}", "--resume",
+                                                                   "{schedule_before_start}", "--epochs", "3",
+                                                                   "--workers", "0", "--batch_size", "4",
+                                                                   "--image_size", "32"],
+                                                  "scheduler.last_epoch"),
     "evaluate: weights recording 21 ops": (evaluate, ["--weights", "{short_record}", "--dataset", "{data}",
                                                       "--workers", "0"],
                                            "short-record.pth.tar records an architecture that is not valid (expected "
@@ -931,7 +949,10 @@ CASES = {
     "screen: a search seed twice": (screen, ["--name", "v", "--search_seeds", "0", "0", "--out", "{out}"],
                                     "--search_seeds names seed 0 twice"),
     "screen: one folder twice": (screen, ["--folders", "{search_24}", "{search_24}/", "--out", "{out}"],
-                                 "/ twice; give each search once"),
+                                 "/ twice (a folder or a copy of it); give each search once"),
+    # Sweep 10: a plain copy of the folder was counted as a second search.
+    "screen: a search and its copy": (screen, ["--folders", "{search_24}", "{search_24_copy}", "--out", "{out}"],
+                                      "search-24-copy twice (a folder or a copy of it)"),
     "reproduce: a target twice": (reproduce_tables, ["--quick", "--targets", "24", "24.0", "--out", "{out}"],
                                   "--targets names 24 ms twice"),
     "ground truth: --out another device's truth": (ground_truth, ["--nets", "2", "--seeds", "1", "--out",

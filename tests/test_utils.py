@@ -911,3 +911,27 @@ def test_a_figure_past_the_file_size_limit_is_named_with_its_file(tmp_path):
     assert limited.stdout.strip().startswith("cannot write big.png: File too large: the file would pass this "
                                              "shell's size limit (4096 bytes, `ulimit -f`)"), limited
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_loaded_optimizer_keeps_this_runs_settings_and_the_saved_buffers():
+    # Sweeps 9 and 10: the saved lr, weight decay or momentum came back over this run's (a changed --lr did
+    # nothing; an edited arch optimizer's weight decay of -1 was trained with).
+    def build(lr, weight_decay):
+        parameter = torch.nn.Parameter(torch.ones(3))
+        optimizer = torch.optim.SGD([parameter], lr=lr, momentum=0.9, weight_decay=weight_decay)
+        return parameter, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+
+    parameter, saved_optimizer, saved_scheduler = build(0.1, 0.0)
+    for _ in range(3):
+        parameter.grad = torch.ones(3)
+        saved_optimizer.step()
+        saved_scheduler.step()
+    saved = saved_optimizer.state_dict()
+    saved["param_groups"][0]["weight_decay"] = -1.0  # as an edited checkpoint holds it
+    _, optimizer, scheduler = build(0.02, 1e-4)
+    utils.load_keeping_this_runs_settings(optimizer, saved, scheduler, saved_scheduler.state_dict())
+    group = optimizer.param_groups[0]
+    assert (group["weight_decay"], group["momentum"], scheduler.last_epoch) == (1e-4, 0.9, 3)
+    assert group["lr"] == pytest.approx(0.02 / 4)  # this run's lr at the saved place in the schedule
+    buffer = optimizer.state[group["params"][0]]["momentum_buffer"]
+    assert torch.equal(buffer, saved_optimizer.state[parameter]["momentum_buffer"])
