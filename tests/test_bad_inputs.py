@@ -849,7 +849,7 @@ CASES = {
                                                                  "--epochs", "2", "--workers", "0", "--batch_size",
                                                                  "4", "--image_size", "32"],
                                                 "is damaged or of another version (wrong kind or shape: "
-                                                "optimizer.param_groups)"),
+                                                "optimizer.param_groups, scheduler.last_epoch)"),
     "train: resume without a best result": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo", "--save",
                                                              "{out}", "--resume", "{no_best}", "--epochs", "2"],
                                             "missing or of the wrong kind: best"),
