@@ -238,8 +238,8 @@ def check_args(args):
     for seed in args.seeds:
         utils.check_seed(seed, "--seeds")
     names = [f"{target:g}" for target in args.targets]  # each target's folders are named so
-    if len(set(names)) < len(names) or len(set(args.seeds)) < len(args.seeds) or \
-            len(set(args.variants)) < len(args.variants):  # one search listed twice would count twice
+    # One search listed twice would count twice.
+    if any(utils.first_repeated(values) is not None for values in (names, args.seeds, args.variants)):
         raise UserError("--targets, --seeds and --variants must each name different values (targets are told "
                         f"apart by 6 significant digits: {' '.join(names)})")
     if args.jobs < 1:
