@@ -36,7 +36,8 @@ import latency_predictor as lp
 import latency_timing
 import retraining
 import search_imagenet
-from utils import Terminated, UserError, atomic_write, check_run_plan, parse_forwarded_arguments, run_cli, tool_folder
+from utils import (Terminated, UserError, atomic_write, check_run_plan, forwarded_settings, parse_forwarded_arguments,
+                   run_cli, tool_folder)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LOOP_ROUNDS = 100  # end-to-end rounds for the found network
@@ -207,10 +208,13 @@ def main(args):
     search_options = args.search_options[1:] if args.search_options[:1] == ["--"] else args.search_options
     build_options = split_build_options(args.build_options)
     # Checked with the steps' own parsers now, not when each step starts.
-    parse_forwarded_arguments(search_imagenet.get_args_parser(), search_options, "the search options after --",
-                              sets_itself=("save", "lut", "target_latency", "resume"), owner="closed_loop.py")
-    parse_forwarded_arguments(latency_build.get_args_parser(), build_options, "--build_options", head=["build"],
-                              sets_itself=("out",), owner="closed_loop.py")
+    search_sets, build_sets = ("save", "lut", "target_latency", "resume"), ("out",)
+    search_settings = forwarded_settings(parse_forwarded_arguments(
+        search_imagenet.get_args_parser(), search_options, "the search options after --", sets_itself=search_sets,
+        owner="closed_loop.py"), search_sets)
+    build_settings = forwarded_settings(parse_forwarded_arguments(
+        latency_build.get_args_parser(), build_options, "--build_options", head=["build"], sets_itself=build_sets,
+        owner="closed_loop.py"), build_sets)
     if args.lut is not None and build_options:
         raise UserError("--build_options are for the table the loop builds, and with --lut it builds none; drop "
                         "one of them")
@@ -220,7 +224,7 @@ def main(args):
     created = not os.path.exists(out)
     with tool_folder(out, "closed_loop.py"):  # left empty by a failure, it is removed
         # Its steps are reused on a rerun, so only for the settings that made them.
-        check_run_plan(out, run_plan(args, build_options, search_options), "closed_loop.py")
+        check_run_plan(out, run_plan(args, build_settings, search_settings), "closed_loop.py")
         try:
             table, found, note = build_and_search(args, out, build_options, search_options)
         except (UserError, KeyboardInterrupt, Terminated):
@@ -237,14 +241,16 @@ def main(args):
         print(f"wrote {report_path}")
 
 
-def run_plan(args, build_options, search_options):
+def run_plan(args, build_settings, search_settings):
     """The settings that make the loop's steps; a rerun into the same --out
-    continues them only if these are the same. The table's costs count too:
-    one recalibrated in place keeps its path."""
+    continues them only if these are the same. The steps' options count as
+    the settings they parse to (the same options in another order are the
+    same run), and the table's costs count too: one recalibrated in place
+    keeps its path."""
     return {"target_latency": args.target_latency,
             "lut": None if args.lut is None else os.path.abspath(args.lut),
             "lut_costs": None if args.lut is None else lp.load_predictor(args.lut).fingerprint,
-            "build_options": build_options, "search_options": search_options}
+            "build_options": build_settings, "search_options": search_settings}
 
 
 def build_and_search(args, out, build_options, search_options):

@@ -341,6 +341,15 @@ def parse_forwarded_arguments(parser, arguments, what, head=(), sets_itself=(), 
     return first
 
 
+def forwarded_settings(parsed, sets_itself):
+    """The settings parse_forwarded_arguments' result `parsed` holds, as a
+    JSON-able dict: the same options given in another order or spelling (or
+    left at their defaults) give the same dict. The calling script's own
+    options (`sets_itself`) and a subcommand's handler are left out."""
+    return {name: value for name, value in sorted(vars(parsed).items())
+            if name not in sets_itself and not callable(value)}
+
+
 def drop_options(parser, arguments, names):
     """`arguments` (valid for `parser`) without the options whose destination
     is in `names`, in any spelling argparse takes (--name v, --name=v, a
@@ -1588,6 +1597,7 @@ def check_run_plan(out, plan, tool):
         previous = read_plan(path, "--out")
         _refuse_another_tools_folder(out, previous, tool, "--out")
         previous.pop("tool", None)
+        plan = json.loads(json.dumps(plan))  # as it reads back (a tuple is a list there)
         if previous != plan:
             changed = sorted(key for key in set(plan) | set(previous) if previous.get(key) != plan.get(key))
             raise UserError(f"--out {out} holds a run with other settings ({', '.join(changed)}); "

@@ -133,6 +133,11 @@ def test_closed_loop_reuses_steps_only_for_its_own_settings_and_continues_its_se
     with pytest.raises(UserError, match="failed"):
         loop("--target_latency", "20", "--", "--epochs", "3")
     assert steps[-1][-2:] == ["--resume", str(out / "search")]  # the same loop again: its search continues
+    # The same settings in other words: a default spelled out, another order, --option=value, a prefix.
+    # Before: refused as "other settings (search_options)", the list of words compared as it was typed.
+    with pytest.raises(UserError, match="failed"):
+        loop("--target_latency", "20", "--", "--penalty=lagrange", "--epo", "3")
+    assert steps[-1][-2:] == ["--resume", str(out / "search")]
     for other, changed in ((["--target_latency", "21", "--", "--epochs", "3"], "target_latency"),
                            (["--target_latency", "20", "--", "--epochs", "4"], "search_options")):
         with pytest.raises(UserError, match=rf"holds a run with other settings \({changed}\)"):
@@ -144,7 +149,7 @@ def test_closed_loop_reuses_steps_only_for_its_own_settings_and_continues_its_se
     table.write_text(json.dumps(recalibrated))
     with pytest.raises(UserError, match=r"holds a run with other settings \(lut_costs\)"):
         loop("--target_latency", "20", "--", "--epochs", "3")
-    assert len(steps) == 2  # nothing ran under the other settings
+    assert len(steps) == 3  # nothing ran under the other settings
 
 
 def test_the_loop_says_when_its_table_was_measured_on_another_cpu():
