@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import latency_predictor  # noqa: E402
 import latency_timing  # noqa: E402
+import operations  # noqa: E402
 import retraining  # noqa: E402
 import utils  # noqa: E402
 from utils import UserError  # noqa: E402
@@ -82,8 +83,14 @@ def load_truth(path, complete=False, option="--truth", judging=True):
                         "ground truth of several with benchmarks/ground_truth.py")
     for net in truth["networks"]:
         seeds = network_seeds(truth, net)
-        if not seeds or len(net.get("top1", [])) != len(seeds) or len(net.get("arch_config", [])) == 0:
+        top1 = net.get("top1")
+        if not (isinstance(seeds, list) and seeds and isinstance(top1, list) and len(top1) == len(seeds)
+                and net.get("arch_config")):
             raise UserError(f"{option} {path}: network {net.get('name')} lacks its arch_config or a top-1 per seed")
+        why = searchable_network_fault(net["arch_config"])
+        if why:
+            raise UserError(f"{option} {path}: network {net.get('name')}'s arch_config is not a network of the "
+                            f"search space ({why}); the file was edited or damaged")
         if not all(utils.is_finite_number(top1) and 0 <= top1 <= 100 for top1 in net["top1"]):
             raise UserError(f"{option} {path}: network {net.get('name')} has a top-1 that is no percentage "
                             f"({net['top1']}); the file was edited or damaged")
@@ -91,6 +98,18 @@ def load_truth(path, complete=False, option="--truth", judging=True):
             raise UserError(f"{option} {path} is partial ({net['name']} has seeds {seeds} of {truth['seeds']}); "
                             "paired retrainings need a complete one: finish it with benchmarks/ground_truth.py")
     return truth
+
+
+def searchable_network_fault(arch_config):
+    """Why `arch_config` is no network of the search space (the supernet
+    scores it and the retraining builds it), or None."""
+    if not isinstance(arch_config, list) or not all(isinstance(name, str) for name in arch_config):
+        return "not a list of op names"
+    try:
+        operations.arch_to_indices(arch_config)
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def pooled_truth(paths):

@@ -181,7 +181,17 @@ def test_pooled_truth_ranks_each_network_by_all_its_retrainings(tmp_path):
                               ([net("random 1", "MBK3E3", [90.0, 92.0])], "holds fewer than 2 networks"),
                               ([net("random 1", "MBK3E3", [1000.0, 92.0]), net("random 2", "MBK5E3", [80.0, 82.0])],
                                r"random 1 has a top-1 that is no percentage \(\[1000.0, 92.0\]\)"),
-                              (["random 1", "random 2"], "its networks are not a list of records")):
+                              (["random 1", "random 2"], "its networks are not a list of records"),
+                              # Sweep 11. Before: a ValueError traceback in screen (the supernet refused it).
+                              ([net("random 1", "MBK3E3", [90.0, 92.0]), {**net("random 2", "MBK5E3", [80.0, 82.0]),
+                                                                          "arch_config": ["MBK3E1"] * 21}],
+                               r"random 2's arch_config is not a network of the search space \(not searchable ops: "
+                               "MBK3E1"),
+                              ([net("random 1", "MBK3E3", [90.0, 92.0]), {**net("random 2", "MBK5E3", [80.0, 82.0]),
+                                                                          "arch_config": "MBK3E3" * 21}],
+                               "random 2's arch_config is not a network of the search space \\(not a list"),
+                              ([net("random 1", "MBK3E3", [90.0, 92.0]), net("random 2", "MBK5E3", 80.0)],
+                               "random 2 lacks its arch_config or a top-1 per seed")):  # before: a TypeError
         with pytest.raises(search_quality.UserError, match=message):
             ground_truth.load_truth(truth_file(tmp_path / "edited.json", networks))
 
