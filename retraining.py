@@ -142,7 +142,7 @@ def stop_children_on_sigterm():
         terminate_children()
         raise utils.Terminated()
 
-    for number in utils.STOPPING_SIGNALS:
+    for number in utils.signals_to_take_over():
         signal.signal(number, stop)
 
 

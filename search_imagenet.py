@@ -1007,7 +1007,39 @@ def read_finished_search(folder, remedy="delete that folder to run its search ag
     if not is_finite_number(last.get("val_top1")) or not whole_table:
         refuse(f"the last row of its {METRICS_NAME} lacks alpha's accuracy or op probabilities (one per op of each "
                "layer)")
+    if [row["epoch"] for row in rows] != list(range(1, settings["epochs"] + 1)):
+        refuse(f"its {METRICS_NAME} does not hold epochs 1 to {settings['epochs']} once each, in order")
+    if last.get("target") != result["target"]:
+        refuse(f"its {ARCH_NAME} names target {result['target']:g}, its last epoch {last.get('target')}")
+    if not math.isclose(result["error_percent"], 100.0 * (result["predicted"] / result["target"] - 1.0),
+                        rel_tol=1e-9, abs_tol=1e-9):
+        refuse(f"its {ARCH_NAME}'s error_percent is not its predicted cost's error against its target")
+    fault = recorded_cost_fault(folder, result, last)
+    if fault:
+        refuse(fault)
     return result, rows
+
+
+def recorded_cost_fault(folder, result, last_row):
+    """Why arch.json's predicted cost is not what its search's cost predictor
+    gives its arch_config, or None. Checked where that predictor can still
+    be opened as the search named it (its args.json's --lut, the same
+    identifier, and the cost its last epoch logged for that epoch's network
+    reproduced); a search whose table is elsewhere now (moved from another
+    machine, a relative --lut) is taken as written."""
+    try:
+        settings = read_json(os.path.join(folder, ARGS_NAME), "the file")
+        predictor = latency_predictor.load_predictor(settings.get("lut"), metric=settings.get("metric"))
+        if predictor.identifier != result.get("predictor") or not math.isclose(
+                predictor.cost(last_row["arch_config"]), last_row["cost"], rel_tol=1e-9, abs_tol=1e-9):
+            return None
+    except (UserError, AttributeError, TypeError, ValueError, KeyError):
+        return None
+    expected = predictor.cost(result["arch_config"])
+    if math.isclose(expected, result["predicted"], rel_tol=1e-9, abs_tol=1e-9):
+        return None
+    return (f"its {ARCH_NAME} gives its network {result['predicted']:g} {predictor.unit}, but {predictor.identifier} "
+            f"predicts {expected:g} for it: the file was edited, or the table changed after the search")
 
 
 def write_plots(save_dir, metrics, predictor, target):

@@ -344,7 +344,7 @@ def load_resume_checkpoint(args):
     if "best" not in wrong and not (utils.is_finite_number(best.get("top1")) and 0 <= best["top1"] <= 100
                                     and isinstance(best.get("epoch"), int)
                                     and utils.is_finite_number(best.get("ema_top1", -1.0))
-                                    and best["epoch"] <= checkpoint["epoch"]):  # no best from an epoch to come
+                                    and 1 <= best["epoch"] <= checkpoint["epoch"]):  # from an epoch it trained
         wrong.append("best")
     if wrong:
         raise UserError(f"--resume: {args.resume} is damaged or of another version (missing or of the wrong kind: "

@@ -64,19 +64,22 @@ def user_error_message(error):
 
 
 def check_thread_setting(environment=None):
-    """OMP_NUM_THREADS as torch reads it: anything but a positive integer is
-    refused; more threads than cores only warned about (the threads of each
-    process then wait for each other: runs measured 40-60x slower)."""
+    """OMP_NUM_THREADS as OpenMP reads it: anything but a positive integer,
+    or a list of them for nested levels ("2,1": torch's threads are the
+    first), is refused; more threads than cores only warned about (the
+    threads of each process then wait for each other: runs measured 40-60x
+    slower)."""
     environment = os.environ if environment is None else environment
     value = environment.get("OMP_NUM_THREADS")
     if value is None:
         return
-    if not value.strip().isdigit() or int(value) < 1:
+    levels = value.split(",")
+    if not all(level.strip().isdigit() and int(level) >= 1 for level in levels):
         raise UserError(f"OMP_NUM_THREADS={value!r} is not a number of threads; unset it or set e.g. "
                         f"OMP_NUM_THREADS={os.cpu_count() or 1}")
     cores = os.cpu_count() or 1
-    if int(value) > cores:
-        print(f"warning: OMP_NUM_THREADS={value} on {cores} cores: the threads wait for each other and a run "
+    if int(levels[0]) > cores:
+        print(f"warning: OMP_NUM_THREADS={levels[0]} on {cores} cores: the threads wait for each other and a run "
               f"can be tens of times slower; set at most {cores}", file=sys.stderr)
 
 
@@ -139,7 +142,7 @@ def run_cli(main, parser, argv=None):
         sys.exit(USER_ERROR_EXIT_CODE)
     global _terminated_process
     _terminated_process = os.getpid()
-    previous_handlers = {number: signal.signal(number, raise_terminated) for number in STOPPING_SIGNALS}
+    previous_handlers = {number: signal.signal(number, raise_terminated) for number in signals_to_take_over()}
     try:
         check_thread_setting()
         check_plotting_setting()
@@ -262,8 +265,20 @@ _terminated_process = None  # the process whose run_cli installed raise_terminat
 # Signals that stop a run as SIGTERM does (its new files cleaned up, the resume
 # command logged) instead of ending it on the spot: a closed terminal (SIGHUP),
 # Ctrl-\ (SIGQUIT), a batch system's warning before its time limit (SLURM's
-# --signal sends SIGUSR1 or SIGUSR2) and a soft CPU-time limit (SIGXCPU).
-STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU)
+# --signal sends SIGUSR1 or SIGUSR2), a soft CPU-time limit (SIGXCPU) and the
+# timer signals, whose default action also ends a process (SIGALRM, SIGVTALRM,
+# SIGPROF).
+STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU,
+                    signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF)
+
+
+def signals_to_take_over():
+    """The STOPPING_SIGNALS this process turns into a clean stop: those at
+    their default action (which would end the run on the spot) or already
+    turned. One the process was started ignoring stays ignored (nohup ignores
+    SIGHUP: a closed terminal must not stop the run), and a handler another
+    program installed stays its own (a sampling profiler's SIGPROF)."""
+    return [number for number in STOPPING_SIGNALS if signal.getsignal(number) in (signal.SIG_DFL, raise_terminated)]
 
 
 def raise_terminated(signum, frame):
@@ -1456,6 +1471,16 @@ RENDEZVOUS_POLL_S = 2  # how long one attempt to reach rank 0 blocks (a signal i
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default for the group's operations
 
 
+def accepts_connections(host, port):
+    """Whether something listens at host:port (process 0's store, once it
+    has started)."""
+    try:
+        with socket.create_connection((host, port), timeout=RENDEZVOUS_POLL_S):
+            return True
+    except OSError:
+        return False
+
+
 def gathered_store(rank, world_size):
     """The group's store at MASTER_ADDR:MASTER_PORT (hosted by rank 0) once
     all `world_size` processes have joined it. torch's own rendezvous waits
@@ -1473,6 +1498,10 @@ def gathered_store(rank, world_size):
             announced = True
 
     while True:
+        if rank != 0 and not accepts_connections(host, port):
+            announce()  # asked before torch's client, which prints its C++ errors on every failed try
+            time.sleep(RENDEZVOUS_POLL_S)
+            continue
         try:
             store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=poll, wait_for_workers=False)
             break

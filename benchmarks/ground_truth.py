@@ -84,7 +84,8 @@ def load_truth(path, complete=False, option="--truth", judging=True):
     for net in truth["networks"]:
         seeds = network_seeds(truth, net)
         top1 = net.get("top1")
-        if not (isinstance(seeds, list) and seeds and isinstance(top1, list) and len(top1) == len(seeds)
+        if not (isinstance(seeds, list) and seeds and all(isinstance(seed, int) for seed in seeds)
+                and isinstance(top1, list) and len(top1) == len(seeds)
                 and net.get("arch_config")):
             raise UserError(f"{option} {path}: network {net.get('name')} lacks its arch_config or a top-1 per seed")
         why = searchable_network_fault(net["arch_config"])
@@ -94,9 +95,15 @@ def load_truth(path, complete=False, option="--truth", judging=True):
         if not all(utils.is_finite_number(top1) and 0 <= top1 <= 100 for top1 in net["top1"]):
             raise UserError(f"{option} {path}: network {net.get('name')} has a top-1 that is no percentage "
                             f"({net['top1']}); the file was edited or damaged")
+        if len(set(seeds)) != len(seeds):
+            raise UserError(f"{option} {path}: network {net.get('name')} lists a seed twice ({seeds}); the file was "
+                            "edited or damaged")
         if complete and seeds != truth["seeds"]:
             raise UserError(f"{option} {path} is partial ({net['name']} has seeds {seeds} of {truth['seeds']}); "
                             "paired retrainings need a complete one: finish it with benchmarks/ground_truth.py")
+    repeated = utils.first_repeated(str(net.get("name")) for net in truth["networks"])
+    if repeated is not None:
+        raise UserError(f"{option} {path}: two networks are named {repeated!r}; the file was edited or damaged")
     return truth
 
 

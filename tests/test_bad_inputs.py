@@ -225,6 +225,8 @@ def inputs(tmp_path_factory):
     torch.save(dict(training_state, scheduler={"last_epoch": -5}), files["schedule_before_start"])
     files["best_to_come"] = root / "best-to-come.pth.tar"  # edited: its best from epoch 99 of a run after epoch 1
     torch.save(dict(training_state, best={"top1": 30.0, "epoch": 99, "ema_top1": -1.0}), files["best_to_come"])
+    files["best_epoch_0"] = root / "best-epoch-0.pth.tar"  # edited: its best from epoch 0 (epochs count from 1)
+    torch.save(dict(training_state, best={"top1": 30.0, "epoch": 0, "ema_top1": -1.0}), files["best_epoch_0"])
     files["short_record"] = root / "short-record.pth.tar"  # weights whose recorded architecture lost a layer
     torch.save({"state_dict": training_state["state_dict"], "arch_config": model_train.LIGHTNETS[ARCH_24][:-1]},
                files["short_record"])
@@ -890,6 +892,10 @@ CASES = {
                                                                          "demo", "--save", "{out}", "--resume",
                                                                          "{best_to_come}", "--epochs", "3"],
                                                         "missing or of the wrong kind: best"),
+    # Sweep 11. Before: "done: best val top-1 ... at epoch 0".
+    "train: resume with a best from epoch 0": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo", "--save",
+                                                                "{out}", "--resume", "{best_epoch_0}", "--epochs", "3"],
+                                               "missing or of the wrong kind: best"),
     # Sweep 10. Before: taken as the record ("best val top-1 200.000"), and a negative lr (step -5 of the
     # warm-up) trained an epoch.
     "train: resume with a best top-1 of 200%": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo",

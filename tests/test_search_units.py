@@ -449,10 +449,14 @@ def write_finished_search(folder, arch_json, metrics_lines):
     return str(folder)
 
 
-FINISHED_ARCH = json.dumps({"arch_config": model_train.LIGHTNETS["LightNet-24ms"], "predicted": 23.9,
-                            "error_percent": -0.4, "target": 24.0,
-                            "search": {"epochs": 2, "freeze_epochs": 1, "seed": 0}})
-FINISHED_ROW = json.dumps({"epoch": 1, "seconds": 2.0, "val_top1": 40.0, "probabilities": [[1 / 7] * 7] * 21})
+FINISHED_COST = latency_predictor.load_predictor().cost(model_train.LIGHTNETS["LightNet-24ms"])
+FINISHED_ARCH = json.dumps({"arch_config": model_train.LIGHTNETS["LightNet-24ms"], "predicted": FINISHED_COST,
+                            "error_percent": 100.0 * (FINISHED_COST / 24.0 - 1.0), "target": 24.0,
+                            "predictor": latency_predictor.load_predictor().identifier,
+                            "search": {"epochs": 1, "freeze_epochs": 1, "seed": 0}})
+FINISHED_ROW = json.dumps({"epoch": 1, "seconds": 2.0, "val_top1": 40.0, "probabilities": [[1 / 7] * 7] * 21,
+                           "target": 24.0, "arch_config": model_train.LIGHTNETS["LightNet-24ms"],
+                           "cost": FINISHED_COST})
 
 
 @pytest.mark.parametrize("arch_json, metrics_lines, problem", [
@@ -469,6 +473,13 @@ FINISHED_ROW = json.dumps({"epoch": 1, "seconds": 2.0, "val_top1": 40.0, "probab
     (FINISHED_ARCH, ["[" * 200_000], "line 1 is not a row this project wrote"),
     (FINISHED_ARCH, ['{"epoch": 1}'], "a row of its metrics.jsonl lacks its epoch or time"),
     (FINISHED_ARCH, [FINISHED_ROW.replace('"val_top1": 40.0', '"val_top1": null')], "lacks alpha's accuracy"),
+    # Sweep 11: a repeated last row (screen's "search s" counted it twice), a target edited to another (screen
+    # judged a 24-ms search against the 28-ms truth), an error that is not the cost's.
+    (FINISHED_ARCH, [FINISHED_ROW, FINISHED_ROW], "its metrics.jsonl does not hold epochs 1 to 1 once each, in order"),
+    (FINISHED_ARCH.replace('"target": 24.0', '"target": 28.0'), [FINISHED_ROW],
+     "its arch.json names target 28, its last epoch 24.0"),
+    (FINISHED_ARCH.replace('"error_percent": ', '"error_percent": 1.0, "was": ', 1), [FINISHED_ROW],
+     "its arch.json's error_percent is not its predicted cost's error against its target"),
 ])
 def test_a_kept_search_cut_short_or_edited_is_named_with_the_way_out(arch_json, metrics_lines, problem, tmp_path):
     # Sweep 8: closed_loop.py and landing.py reran into folders whose kept search had a cut arch.json ('{', '[]',
@@ -486,3 +497,22 @@ def test_a_finished_search_is_read_with_its_rows(tmp_path):
     folder = write_finished_search(tmp_path / "search", FINISHED_ARCH, [FINISHED_ROW])
     result, rows = search_imagenet.read_finished_search(folder)
     assert result["arch_config"] == model_train.LIGHTNETS["LightNet-24ms"] and rows[0]["val_top1"] == 40.0
+
+
+def test_a_kept_searchs_cost_is_checked_against_its_table_where_that_can_be_opened(tmp_path):
+    # Sweep 11. Before: screen, closed_loop and landing reported an arch.json's predicted cost as written: edited
+    # to the target, a search 18% over it "landed" at +0.00%; another network put in, it kept the old cost.
+    folder = write_finished_search(tmp_path / "search", FINISHED_ARCH, [FINISHED_ROW])
+    (tmp_path / "search" / "args.json").write_text(json.dumps({"lut": None, "metric": None}))
+    assert search_imagenet.read_finished_search(folder)[0]["predicted"] == FINISHED_COST
+    other = ["MBK3E1"] + ["MBK3E3"] * 21
+    for edit in ({"predicted": 24.0, "error_percent": 0.0}, {"arch_config": other}):
+        (tmp_path / "search" / "arch.json").write_text(json.dumps({**json.loads(FINISHED_ARCH), **edit}))
+        with pytest.raises(utils.UserError, match=r"its arch.json gives its network .* ms, but "
+                                                  r"jetson_agx_xavier_b8.json@\w+ predicts .* for it: the file was "
+                                                  "edited, or the table changed after the search"):
+            search_imagenet.read_finished_search(folder)
+    # A table the search's args.json names that is not the one it ran on (its last epoch's cost not reproduced):
+    # taken as written, as is a search without args.json.
+    (tmp_path / "search" / "metrics.jsonl").write_text(FINISHED_ROW.replace(str(FINISHED_COST), "99.0") + "\n")
+    assert search_imagenet.read_finished_search(folder)[0]["arch_config"] == other

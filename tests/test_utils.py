@@ -604,7 +604,8 @@ def test_visible_naming_a_gpu_the_machine_lacks_is_refused(tmp_path, monkeypatch
 def test_an_unusable_thread_setting_is_named(capsys):
     utils.check_thread_setting({})
     utils.check_thread_setting({"OMP_NUM_THREADS": "1"})
-    for bad in ("abc", "0", "-2", ""):
+    utils.check_thread_setting({"OMP_NUM_THREADS": "1,1"})  # OpenMP's nested levels (sweep 11: refused before)
+    for bad in ("abc", "0", "-2", "", "2,", "1,0"):
         with pytest.raises(utils.UserError, match=f"OMP_NUM_THREADS={bad!r} is not a number of threads"):
             utils.check_thread_setting({"OMP_NUM_THREADS": bad})
     assert capsys.readouterr().err == ""
@@ -635,18 +636,21 @@ def test_torchruns_variables_set_by_hand_are_named():
             utils.check_process_group_setting(dict(group, **change))
 
 
-def test_a_process_waiting_for_its_group_says_so_and_stops_on_sigterm(tmp_path):
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_process_waiting_for_its_group_says_so_and_stops_on_sigterm(tmp_path, rank):
     # Sweep 8. Before: process 0 of a hand-set group of two waited in torch's rendezvous without a word, deaf to
     # SIGTERM, for up to 30 minutes; killed, it left its new run folder behind.
+    # Sweep 11: process 1 alone printed torch's C++ connection errors, with stack dumps, on every try.
     command = ("import argparse, time, utils\n"
                "utils.run_cli(lambda args: utils.init_distributed('cpu'), argparse.ArgumentParser(), [])")
-    environment = dict(os.environ, RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+    environment = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                        MASTER_PORT=str(utils._free_local_port()))
     environment.pop("TORCHELASTIC_RUN_ID", None)
     process = subprocess.Popen([sys.executable, "-c", command], cwd=REPO_ROOT, env=environment, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first_line = process.stdout.readline()
-    assert first_line.startswith(f"process 0 of 2: waiting for the group's other processes at 127.0.0.1:")
+    assert first_line.startswith(f"process {rank} of 2: waiting for the group's other processes at 127.0.0.1:")
+    time.sleep(5)  # a few tries to reach process 0
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 128 + signal.SIGTERM
     assert process.stderr.read().strip() == "terminated"
@@ -838,12 +842,20 @@ def test_a_closed_stdout_is_named_and_a_hangup_quit_or_usr1_stops_like_sigterm()
                                      "or /dev/null)")
     # Sweep 8: SIGQUIT (Ctrl-\\) and SIGUSR1 (SLURM's warning before a time limit) did the same.
     sleeper = "import argparse, time, utils\nutils.run_cli(lambda args: time.sleep(60), argparse.ArgumentParser(), [])"
-    for number in (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1):
+    # Sweep 11: the timer signals (SIGALRM, SIGVTALRM, SIGPROF) killed a run without a word.
+    for number in (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGALRM, signal.SIGPROF):
         process = subprocess.Popen([sys.executable, "-c", sleeper], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
         time.sleep(3)  # into the sleep
         process.send_signal(number)
         assert process.wait(timeout=60) == 128 + signal.SIGTERM, number
         assert process.stderr.read().strip() == "terminated"
+    # A run started under nohup (SIGHUP ignored) ignores a hangup still: a closed terminal does not stop it.
+    # Before: run_cli replaced the ignore with its stop, ending nohup's runs when the terminal closed.
+    process = subprocess.Popen(["nohup", sys.executable, "-c", sleeper.replace("60", "6")], cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    process.send_signal(signal.SIGHUP)
+    assert process.wait(timeout=60) == 0
 
 
 def test_too_many_open_files_is_one_line():
