@@ -1007,8 +1007,10 @@ def read_finished_search(folder, remedy="delete that folder to run its search ag
     if not is_finite_number(last.get("val_top1")) or not whole_table:
         refuse(f"the last row of its {METRICS_NAME} lacks alpha's accuracy or op probabilities (one per op of each "
                "layer)")
-    if [row["epoch"] for row in rows] != list(range(1, settings["epochs"] + 1)):
-        refuse(f"its {METRICS_NAME} does not hold epochs 1 to {settings['epochs']} once each, in order")
+    # From epoch 1, or after a warm-up shared from another search's checkpoint (reproduce_tables.py's).
+    first = rows[0]["epoch"] if rows[0]["epoch"] == settings["freeze_epochs"] + 1 else 1
+    if [row["epoch"] for row in rows] != list(range(first, settings["epochs"] + 1)):
+        refuse(f"its {METRICS_NAME} does not hold epochs {first} to {settings['epochs']} once each, in order")
     if last.get("target") != result["target"]:
         refuse(f"its {ARCH_NAME} names target {result['target']:g}, its last epoch {last.get('target')}")
     if not math.isclose(result["error_percent"], 100.0 * (result["predicted"] / result["target"] - 1.0),

@@ -267,10 +267,10 @@ def inputs(tmp_path_factory):
     files["search_24"] = root / "search-24"  # a finished search for 24 ms
     files["search_24"].mkdir()
     (files["search_24"] / "arch.json").write_text(json.dumps(
-        {"arch_config": model_train.LIGHTNETS[ARCH_24], "predicted": 23.9, "error_percent": -0.4, "target": 24.0,
-         "search": {"epochs": 2, "freeze_epochs": 1, "seed": 0}}))
+        {"arch_config": model_train.LIGHTNETS[ARCH_24], "predicted": 23.9, "error_percent": 100 * (23.9 / 24 - 1),
+         "target": 24.0, "search": {"epochs": 1, "freeze_epochs": 1, "seed": 0}}))
     (files["search_24"] / "metrics.jsonl").write_text(json.dumps(
-        {"epoch": 1, "seconds": 1.0, "val_top1": 40.0, "probabilities": [[1 / 7] * 7] * 21}) + "\n")
+        {"epoch": 1, "seconds": 1.0, "val_top1": 40.0, "probabilities": [[1 / 7] * 7] * 21, "target": 24.0}) + "\n")
     files["search_24_copy"] = root / "search-24-copy"
     shutil.copytree(files["search_24"], files["search_24_copy"])
     files["warmup_only"] = root / "warmup-only"  # a search whose checkpoint.pth.tar was deleted

@@ -497,6 +497,10 @@ def test_a_finished_search_is_read_with_its_rows(tmp_path):
     folder = write_finished_search(tmp_path / "search", FINISHED_ARCH, [FINISHED_ROW])
     result, rows = search_imagenet.read_finished_search(folder)
     assert result["arch_config"] == model_train.LIGHTNETS["LightNet-24ms"] and rows[0]["val_top1"] == 40.0
+    # One that started from another search's warm-up (reproduce_tables.py shares one) logs the epochs after it.
+    shared = write_finished_search(tmp_path / "shared", FINISHED_ARCH.replace('"epochs": 1', '"epochs": 2'),
+                                   [FINISHED_ROW.replace('"epoch": 1', '"epoch": 2')])
+    assert [row["epoch"] for row in search_imagenet.read_finished_search(shared)[1]] == [2]
 
 
 def test_a_kept_searchs_cost_is_checked_against_its_table_where_that_can_be_opened(tmp_path):
