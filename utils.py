@@ -63,6 +63,12 @@ def user_error_message(error):
     return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
+def is_plain_integer(text):
+    """Whether `text` is ASCII digits (spaces around allowed): str.isdigit()
+    takes '²' too, which int() then refuses."""
+    return re.fullmatch(r"\s*[0-9]+\s*", text) is not None
+
+
 def check_thread_setting(environment=None):
     """OMP_NUM_THREADS as OpenMP reads it: anything but a positive integer,
     or a list of them for nested levels ("2,1": torch's threads are the
@@ -74,7 +80,7 @@ def check_thread_setting(environment=None):
     if value is None:
         return
     levels = value.split(",")
-    if not all(level.strip().isdigit() and int(level) >= 1 for level in levels):
+    if not all(is_plain_integer(level) and int(level) >= 1 for level in levels):
         raise UserError(f"OMP_NUM_THREADS={value!r} is not a number of threads; unset it or set e.g. "
                         f"OMP_NUM_THREADS={os.cpu_count() or 1}")
     cores = os.cpu_count() or 1
@@ -1399,7 +1405,7 @@ def resolve_device_type(args):
         raise UserError(f"--visible {args.visible} picks GPUs, but --device cpu runs on the CPU; drop one of them")
     if args.visible is not None:
         ids = args.visible.split(",")
-        if not all(gpu_id.strip().isdigit() for gpu_id in ids):
+        if not all(is_plain_integer(gpu_id) for gpu_id in ids):
             raise UserError(f"--visible {args.visible!r}: expected GPU ids separated by commas, e.g. 0,1,2,3")
         if len({int(gpu_id) for gpu_id in ids}) < len(ids):
             raise UserError(f"--visible {args.visible} names a GPU twice; name each once, e.g. 0,1")

@@ -73,9 +73,13 @@ def load_truth(path, complete=False, option="--truth", judging=True):
     search against it), at least two networks (a build being continued may
     hold one)."""
     truth = utils.read_json(path, option)
-    if not isinstance(truth, dict) or truth.get("format") != FORMAT or any(key not in truth for key in REQUIRED_KEYS):
+    if not isinstance(truth, dict) or type(truth.get("format")) is not int or truth["format"] != FORMAT or any(
+            key not in truth for key in REQUIRED_KEYS):
         raise UserError(f"{option} {path} is not a ground-truth file of this project (made by "
                         "benchmarks/ground_truth.py)")
+    if not (utils.is_finite_number(truth["target"]) and truth["target"] > 0 and seed_list(truth["seeds"])):
+        raise UserError(f"{option} {path}: its target or seeds are not a number of ms and a list of distinct seeds; "
+                        "the file was edited or damaged")
     if not isinstance(truth["networks"], list) or not all(isinstance(net, dict) for net in truth["networks"]):
         raise UserError(f"{option} {path}: its networks are not a list of records; the file was edited or damaged")
     if judging and len(truth["networks"]) < 2:
@@ -84,8 +88,7 @@ def load_truth(path, complete=False, option="--truth", judging=True):
     for net in truth["networks"]:
         seeds = network_seeds(truth, net)
         top1 = net.get("top1")
-        if not (isinstance(seeds, list) and seeds and all(isinstance(seed, int) for seed in seeds)
-                and isinstance(top1, list) and len(top1) == len(seeds)
+        if not (seed_list(seeds) and isinstance(top1, list) and len(top1) == len(seeds)
                 and net.get("arch_config")):
             raise UserError(f"{option} {path}: network {net.get('name')} lacks its arch_config or a top-1 per seed")
         why = searchable_network_fault(net["arch_config"])
@@ -95,9 +98,9 @@ def load_truth(path, complete=False, option="--truth", judging=True):
         if not all(utils.is_finite_number(top1) and 0 <= top1 <= 100 for top1 in net["top1"]):
             raise UserError(f"{option} {path}: network {net.get('name')} has a top-1 that is no percentage "
                             f"({net['top1']}); the file was edited or damaged")
-        if len(set(seeds)) != len(seeds):
-            raise UserError(f"{option} {path}: network {net.get('name')} lists a seed twice ({seeds}); the file was "
-                            "edited or damaged")
+        if len(set(seeds)) != len(seeds) or not set(seeds) <= set(truth["seeds"]):
+            raise UserError(f"{option} {path}: network {net.get('name')} lists a seed twice or one the file does not "
+                            f"({seeds} of {truth['seeds']}); the file was edited or damaged")
         if complete and seeds != truth["seeds"]:
             raise UserError(f"{option} {path} is partial ({net['name']} has seeds {seeds} of {truth['seeds']}); "
                             "paired retrainings need a complete one: finish it with benchmarks/ground_truth.py")
@@ -105,6 +108,12 @@ def load_truth(path, complete=False, option="--truth", judging=True):
     if repeated is not None:
         raise UserError(f"{option} {path}: two networks are named {repeated!r}; the file was edited or damaged")
     return truth
+
+
+def seed_list(seeds):
+    """Whether `seeds` is a non-empty list of seeds (integers, not booleans)."""
+    return isinstance(seeds, list) and bool(seeds) and all(
+        isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds)
 
 
 def searchable_network_fault(arch_config):

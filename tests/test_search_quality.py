@@ -195,11 +195,22 @@ def test_pooled_truth_ranks_each_network_by_all_its_retrainings(tmp_path):
                               # Sweep 11. Before: both accepted (one seed's run counted twice; a control named
                               # "random 1" that 24 networks share).
                               ([net("random 1", "MBK3E3", [90.0, 92.0], seeds=[0, 0]),
-                                net("random 2", "MBK5E3", [80.0, 82.0])], r"random 1 lists a seed twice \(\[0, 0\]\)"),
+                                net("random 2", "MBK5E3", [80.0, 82.0])], r"random 1 lists a seed twice or one the file does not \(\[0, 0\] of"),
                               ([net("random 1", "MBK3E3", [90.0, 92.0]), net("random 1", "MBK5E3", [80.0, 82.0])],
                                "two networks are named 'random 1'")):
         with pytest.raises(search_quality.UserError, match=message):
             ground_truth.load_truth(truth_file(tmp_path / "edited.json", networks))
+    # Sweep 12. Before: a target written as text was a ValueError traceback in screen; seeds true/false and a
+    # network's seeds the file does not list were taken.
+    two = [net("random 1", "MBK3E3", [90.0, 92.0]), net("random 2", "MBK5E3", [80.0, 82.0])]
+    for edit, message in (({"target": "24"}, "its target or seeds are not a number of ms"),
+                          ({"seeds": [False, True]}, "its target or seeds are not a number of ms"),
+                          ({"networks": [two[0], dict(two[1], seeds=[5, 6])]},
+                           r"random 2 lists a seed twice or one the file does not \(\[5, 6\] of \[0, 1\]\)")):
+        edited = truth_file(tmp_path / "edited.json", two)
+        Path(edited).write_text(json.dumps({**json.loads(Path(edited).read_text()), **edit}))
+        with pytest.raises(search_quality.UserError, match=message):
+            ground_truth.load_truth(edited)
 
 
 def test_a_fresh_ground_truth_build_stores_each_result_as_it_comes(tmp_path, monkeypatch):

@@ -164,6 +164,8 @@ def test_device_options_on_a_machine_without_gpu(monkeypatch):
         utils.resolve_device_type(_device_args("--device", "cuda"))
     with pytest.raises(UserError, match="expected GPU ids"):
         utils.resolve_device_type(_device_args("--visible", "0,a"))
+    with pytest.raises(UserError, match="expected GPU ids separated by commas"):  # sweep 12: a ValueError before
+        utils.resolve_device_type(_device_args("--visible", "\u00b2"))
     with pytest.raises(UserError, match="lists 1 GPU"):
         utils.resolve_device_type(_device_args("--gpus", "2", "--visible", "0"))
     with pytest.raises(UserError, match="--visible 0 picks GPUs, but --device cpu runs on the CPU"):
@@ -605,7 +607,7 @@ def test_an_unusable_thread_setting_is_named(capsys):
     utils.check_thread_setting({})
     utils.check_thread_setting({"OMP_NUM_THREADS": "1"})
     utils.check_thread_setting({"OMP_NUM_THREADS": "1,1"})  # OpenMP's nested levels (sweep 11: refused before)
-    for bad in ("abc", "0", "-2", "", "2,", "1,0"):
+    for bad in ("abc", "0", "-2", "", "2,", "1,0", "\u00b2"):  # sweep 12: '²' was a ValueError traceback
         with pytest.raises(utils.UserError, match=f"OMP_NUM_THREADS={bad!r} is not a number of threads"):
             utils.check_thread_setting({"OMP_NUM_THREADS": bad})
     assert capsys.readouterr().err == ""
