@@ -62,6 +62,7 @@ CHECKPOINT_NAME = "checkpoint.pth.tar"
 WARMUP_CHECKPOINT_NAME = "warmup.pth.tar"
 METRICS_NAME = "metrics.jsonl"
 ARCH_NAME, ARGS_NAME = "arch.json", "args.json"
+MAX_EPOCH_SECONDS = 365 * 24 * 3600  # an epoch's time beyond this is an edited record
 COST_FIGURE, LAMBDA_TAU_FIGURE, PROBABILITIES_FIGURE = "cost.png", "lambda_tau.png", "op_probabilities.png"
 # Every file a search writes into --save (besides hidden lock and temporary files).
 OUTPUT_NAMES = {CHECKPOINT_NAME, WARMUP_CHECKPOINT_NAME, METRICS_NAME, ARCH_NAME, ARGS_NAME, LOG_NAME, COST_FIGURE,
@@ -997,14 +998,15 @@ def read_finished_search(folder, remedy="delete that folder to run its search ag
         refuse(f"its {ARCH_NAME}'s arch_config: {str(error).removeprefix('--arch_config: ')}")
     if not rows:
         refuse(f"its {METRICS_NAME} holds no epochs")
-    if not all(is_finite_number(row.get("seconds")) and isinstance(row.get("epoch"), int) for row in rows):
-        refuse(f"a row of its {METRICS_NAME} lacks its epoch or time")
+    if not all(is_finite_number(row.get("seconds")) and 0 <= row["seconds"] <= MAX_EPOCH_SECONDS
+               and isinstance(row.get("epoch"), int) for row in rows):
+        refuse(f"a row of its {METRICS_NAME} lacks its epoch or time (seconds, 0 to a year)")
     last = rows[-1]
     probabilities = last.get("probabilities")
     whole_table = (isinstance(probabilities, list) and len(probabilities) == operations.NUM_SEARCHABLE_LAYERS
                    and all(isinstance(layer, list) and len(layer) == operations.NUM_OPS
                            and all(is_finite_number(p) for p in layer) for layer in probabilities))
-    if not is_finite_number(last.get("val_top1")) or not whole_table:
+    if not (is_finite_number(last.get("val_top1")) and 0 <= last["val_top1"] <= 100) or not whole_table:
         refuse(f"the last row of its {METRICS_NAME} lacks alpha's accuracy or op probabilities (one per op of each "
                "layer)")
     # From epoch 1, or after a warm-up shared from another search's checkpoint (reproduce_tables.py's).

@@ -342,7 +342,7 @@ def load_resume_checkpoint(args):
         wrong.append("arch_config")  # op names, as this script writes it
     best = checkpoint.get("best")
     if "best" not in wrong and not (utils.is_finite_number(best.get("top1")) and 0 <= best["top1"] <= 100
-                                    and isinstance(best.get("epoch"), int)
+                                    and isinstance(best.get("epoch"), int) and not isinstance(best["epoch"], bool)
                                     and utils.is_finite_number(best.get("ema_top1", -1.0))
                                     and 1 <= best["epoch"] <= checkpoint["epoch"]):  # from an epoch it trained
         wrong.append("best")

@@ -90,7 +90,8 @@ def load_truth(path, complete=False, option="--truth", judging=True):
         top1 = net.get("top1")
         if not (seed_list(seeds) and isinstance(top1, list) and len(top1) == len(seeds)
                 and net.get("arch_config")):
-            raise UserError(f"{option} {path}: network {net.get('name')} lacks its arch_config or a top-1 per seed")
+            raise UserError(f"{option} {path}: network {net.get('name')} lacks its arch_config, its seeds (whole "
+                            "numbers) or a top-1 per seed")
         why = searchable_network_fault(net["arch_config"])
         if why:
             raise UserError(f"{option} {path}: network {net.get('name')}'s arch_config is not a network of the "

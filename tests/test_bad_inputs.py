@@ -227,6 +227,8 @@ def inputs(tmp_path_factory):
     torch.save(dict(training_state, best={"top1": 30.0, "epoch": 99, "ema_top1": -1.0}), files["best_to_come"])
     files["best_epoch_0"] = root / "best-epoch-0.pth.tar"  # edited: its best from epoch 0 (epochs count from 1)
     torch.save(dict(training_state, best={"top1": 30.0, "epoch": 0, "ema_top1": -1.0}), files["best_epoch_0"])
+    files["best_epoch_true"] = root / "best-epoch-true.pth.tar"  # edited: its best epoch a boolean
+    torch.save(dict(training_state, best={"top1": 30.0, "epoch": True, "ema_top1": -1.0}), files["best_epoch_true"])
     files["short_record"] = root / "short-record.pth.tar"  # weights whose recorded architecture lost a layer
     torch.save({"state_dict": training_state["state_dict"], "arch_config": model_train.LIGHTNETS[ARCH_24][:-1]},
                files["short_record"])
@@ -829,6 +831,9 @@ CASES = {
                                       "--seeds 1000000000 is more than the 100"),
     "search quality: --retrain_epochs 20000": (search_quality, ["--out", "{out}", "--retrain_epochs", "20000"],
                                                "--retrain_epochs 20000 is more than"),
+    # Sweep 12. Before: "does not exist yet: screen a variant first", which then failed on the folder.
+    "screen: --table with screens.jsonl a folder": (screen, ["--table", "--out", "{screens_folder}"],
+                                                    "screens.jsonl is not a file (a folder?); remove it"),
     "screen: screens.jsonl a folder": (screen, ["--name", "v", "--out", "{screens_folder}"],
                                        "screens.jsonl is not a file"),
     "predict: table metric a list": (latency_build, ["predict", "--lut", "{table_metric_list}", "--arch_config",
@@ -896,6 +901,10 @@ CASES = {
     "train: resume with a best from epoch 0": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo", "--save",
                                                                 "{out}", "--resume", "{best_epoch_0}", "--epochs", "3"],
                                                "missing or of the wrong kind: best"),
+    # Sweep 12. Before: "done: best val top-1 ... at epoch True".
+    "train: resume with a best epoch true": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo", "--save",
+                                                              "{out}", "--resume", "{best_epoch_true}", "--epochs",
+                                                              "3"], "missing or of the wrong kind: best"),
     # Sweep 10. Before: taken as the record ("best val top-1 200.000"), and a negative lr (step -5 of the
     # warm-up) trained an epoch.
     "train: resume with a best top-1 of 200%": (train_imagenet, ["--dataset", "{data}", "--schedule", "demo",

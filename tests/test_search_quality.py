@@ -191,7 +191,7 @@ def test_pooled_truth_ranks_each_network_by_all_its_retrainings(tmp_path):
                                                                           "arch_config": "MBK3E3" * 21}],
                                "random 2's arch_config is not a network of the search space \\(not a list"),
                               ([net("random 1", "MBK3E3", [90.0, 92.0]), net("random 2", "MBK5E3", 80.0)],
-                               "random 2 lacks its arch_config or a top-1 per seed"),  # before: a TypeError
+                               "random 2 lacks its arch_config, its seeds"),  # before: a TypeError
                               # Sweep 11. Before: both accepted (one seed's run counted twice; a control named
                               # "random 1" that 24 networks share).
                               ([net("random 1", "MBK3E3", [90.0, 92.0], seeds=[0, 0]),

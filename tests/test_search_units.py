@@ -473,6 +473,10 @@ FINISHED_ROW = json.dumps({"epoch": 1, "seconds": 2.0, "val_top1": 40.0, "probab
     (FINISHED_ARCH, ["[" * 200_000], "line 1 is not a row this project wrote"),
     (FINISHED_ARCH, ['{"epoch": 1}'], "a row of its metrics.jsonl lacks its epoch or time"),
     (FINISHED_ARCH, [FINISHED_ROW.replace('"val_top1": 40.0', '"val_top1": null')], "lacks alpha's accuracy"),
+    # Sweep 12: screen showed a val top-1 of 250% and a search time of -3.45 s or 1e+300 s.
+    (FINISHED_ARCH, [FINISHED_ROW.replace('"val_top1": 40.0', '"val_top1": 250.0')], "lacks alpha's accuracy"),
+    (FINISHED_ARCH, [FINISHED_ROW.replace('"seconds": 2.0', '"seconds": -5.0')], "lacks its epoch or time"),
+    (FINISHED_ARCH, [FINISHED_ROW.replace('"seconds": 2.0', '"seconds": 1e300')], "lacks its epoch or time"),
     # Sweep 11: a repeated last row (screen's "search s" counted it twice), a target edited to another (screen
     # judged a 24-ms search against the 28-ms truth), an error that is not the cost's.
     (FINISHED_ARCH, [FINISHED_ROW, FINISHED_ROW], "its metrics.jsonl does not hold epochs 1 to 1 once each, in order"),
