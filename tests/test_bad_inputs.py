@@ -938,7 +938,7 @@ CASES = {
                                                                                "random_24ms_cuda.json"),
                                                                 "--out", "{out}"],
                                                        "is not a finished search (a row of its metrics.jsonl lacks "
-                                                       "its epoch or time)"),
+                                                       "its epoch or time (seconds, 0 to a year))"),
     # Sweep 7. Before: "1_2.5" read as 12.5 ms (Python's float() allows underscores); num_classes true and
     # class names that are numbers taken as records ("predicts True classes", "other classes").
     "calibrate: a measurement with an underscore": (latency_build, ["calibrate", "--lut", str(
