@@ -244,9 +244,11 @@ def check_args(args):
                         f"apart by 6 significant digits: {' '.join(names)})")
     if args.jobs < 1:
         raise UserError("--jobs must be at least 1")
-    utils.parse_forwarded_arguments(search_imagenet.get_args_parser(), args.search_arguments, "--search_arguments",
-                                    sets_itself=("save", "seed", "target_latency", "resume", "stop_after_epoch"),
-                                    owner="landing.py for each search")
+    own = ("save", "seed", "target_latency", "resume", "stop_after_epoch")
+    parsed = utils.parse_forwarded_arguments(search_imagenet.get_args_parser(), args.search_arguments,
+                                             "--search_arguments", sets_itself=own, owner="landing.py for each search")
+    # The settings they parse to decide the kept searches: the same options in another order are the same run.
+    args.search_settings = utils.forwarded_settings(parsed, own)
 
 
 def main(args):
@@ -254,7 +256,7 @@ def main(args):
     warmups, searches = plan(args)
     with utils.tool_folder(args.out, "benchmarks/landing.py"):  # left empty by a failure, it is removed
         # Kept searches are reused only for the options that made them (targets and seeds may be added).
-        utils.check_run_plan(args.out, {"search_arguments": args.search_arguments}, "benchmarks/landing.py")
+        utils.check_run_plan(args.out, {"search_arguments": args.search_settings}, "benchmarks/landing.py")
         log_folder = os.path.join(args.out, "logs")
 
         def report(job, seconds):

@@ -408,3 +408,9 @@ def test_landing_and_screen_keep_searches_only_for_the_options_that_made_them(tm
         with pytest.raises(utils.UserError, match="holds a run with other settings"):
             module.main(parser.parse_args(arguments + ["--epochs", "4"]))
     assert len(started) == 2  # nothing started under the other options
+    # landing compares the options by the settings they parse to. Sweep 12: the same options in another order
+    # were refused as other settings.
+    parser = landing.get_args_parser()
+    with pytest.raises(utils.UserError, match="stopped"):
+        landing.main(parser.parse_args(runs[0][1] + ["--epo", "3", "--penalty=lagrange"]))
+    assert len(started) == 3
