@@ -31,6 +31,7 @@ or with more --seeds to add seeds to a finished file.
 import argparse
 import datetime
 import json
+import math
 import os
 import subprocess
 import sys
@@ -105,10 +106,25 @@ def load_truth(path, complete=False, option="--truth", judging=True):
         if complete and seeds != truth["seeds"]:
             raise UserError(f"{option} {path} is partial ({net['name']} has seeds {seeds} of {truth['seeds']}); "
                             "paired retrainings need a complete one: finish it with benchmarks/ground_truth.py")
+    check_predicted_costs(truth, path, option)
     repeated = utils.first_repeated(str(net.get("name")) for net in truth["networks"])
     if repeated is not None:
         raise UserError(f"{option} {path}: two networks are named {repeated!r}; the file was edited or damaged")
     return truth
+
+
+def check_predicted_costs(truth, path, option):
+    """Each network's recorded cost, where the file names the table the
+    draws are made on (the default one, as this script draws): a network put
+    in by hand, or edited, would be judged as one of the target's."""
+    predictor = latency_predictor.load_predictor()
+    if truth["predictor"] != predictor.identifier:
+        return
+    for net in truth["networks"]:
+        cost = predictor.cost(net["arch_config"])
+        if not (utils.is_finite_number(net.get("predicted")) and math.isclose(cost, net["predicted"], rel_tol=1e-9)):
+            raise UserError(f"{option} {path}: network {net.get('name')} costs {cost:g} ms on {predictor.identifier}, "
+                            f"not its recorded {net.get('predicted')}; the file was edited or damaged")
 
 
 def seed_list(seeds):
