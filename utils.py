@@ -1172,6 +1172,11 @@ class MetricsFile:
     def __init__(self, path, resume_epoch=0):
         self.path = path
         self.rows = read_json_lines(path, up_to_epoch=resume_epoch) if resume_epoch else []
+        # Each epoch's row is written before its checkpoint, so a checkpoint past the last row was edited.
+        if self.rows and self.rows[-1]["epoch"] < resume_epoch:
+            raise UserError(f"--resume: the checkpoint records epoch {resume_epoch}, but {path} ends at epoch "
+                            f"{self.rows[-1]['epoch']} (each epoch's row is written before its checkpoint): one was "
+                            "edited; resume from another checkpoint or start again")
 
     def append(self, row):
         self.rows.append(row)

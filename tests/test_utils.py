@@ -872,6 +872,16 @@ def test_too_many_open_files_is_one_line():
                                      "(ulimit -n 4096) or give fewer --workers")
 
 
+def test_a_checkpoint_past_its_metrics_last_row_is_refused_on_resume(tmp_path):
+    # Sweep 12. Before: a search checkpoint's epoch edited from 2 to 3 "finished" a 3-epoch search, epoch 3 never run.
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    assert [row["epoch"] for row in utils.MetricsFile(path, resume_epoch=2).rows] == [1, 2]
+    assert [row["epoch"] for row in utils.MetricsFile(path, resume_epoch=1).rows] == [1]  # later rows are redone
+    with pytest.raises(UserError, match=r"the checkpoint records epoch 3, but .* ends at epoch 2"):
+        utils.MetricsFile(path, resume_epoch=3)
+
+
 @pytest.mark.parametrize("row", ["[1]", "{}", '{"epoch": "1"}', '{"epoch": true}', '"text"'])
 def test_a_metrics_row_this_project_did_not_write_is_refused_on_resume(tmp_path, row):
     # Sweep 5. Before: a resumed run read these as rows and failed with KeyError / TypeError tracebacks.
