@@ -48,7 +48,7 @@ from utils import (
     LOG_NAME, MAX_BATCH_SIZE, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LEARNING_RATE, MAX_WORKERS,
     RUN_DESCRIPTIONS, AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy,
     add_device_arguments, all_gather_objects, all_reduce_sum, any_process_diverged, check_number_rules,
-    check_regular_file, check_saved_epoch, check_seed, checkpoint_kind, cleanup_distributed,
+    check_regular_file, check_saved_epoch, check_seed, checkpoint_kind, cleanup_distributed, content_digest,
     damaged_checkpoint_refused, describe_saved_run, fill_from_schedule, frozen, init_distributed, is_finite_number,
     launch, load_checkpoint, load_keeping_this_runs_settings, loss_exploded, name_a_few, new_figure,
     non_finite_entries, optimizer_state_mismatch, progress_bar, read_json, read_json_lines,
@@ -968,8 +968,20 @@ def write_arch_json(args, searcher, predictor, train_set, arch_set):
     elif band is not None:
         result.update(project_final(model, predictor, band, arch_config, cost, args.target_latency,
                                     skip_majority=args.skip_majority))
+    result["seal"] = search_seal(result, read_json_lines(os.path.join(args.save, METRICS_NAME)),
+                                 read_json(os.path.join(args.save, ARGS_NAME), "the file"))
     write_json(os.path.join(args.save, ARCH_NAME), result)
     return result
+
+
+def search_seal(result, rows, settings):
+    """SHA-256 binding arch.json (less this seal) to its search's
+    metrics.jsonl rows and args.json. A composite tool reuses a kept search
+    only if its three files are still the ones the search wrote: an edit that
+    keeps them consistent with each other (a cost and its error changed
+    together) is then noticed, not reported as that search's result."""
+    return content_digest({"arch": {key: value for key, value in result.items() if key != "seal"},
+                           "metrics": rows, "args": settings})
 
 
 def read_finished_search(folder, remedy="delete that folder to run its search again"):
@@ -992,6 +1004,7 @@ def read_finished_search(folder, remedy="delete that folder to run its search ag
     if not isinstance(settings, dict) or not all(isinstance(settings.get(name), int) and not isinstance(
             settings.get(name), bool) for name in ("epochs", "freeze_epochs", "seed")):
         refuse(f"its {ARCH_NAME} lacks the search's settings (epochs, freeze_epochs, seed)")
+    written = dict(result)
     try:
         result["arch_config"] = validate_arch_config(result.get("arch_config"))
     except UserError as error:
@@ -1013,6 +1026,13 @@ def read_finished_search(folder, remedy="delete that folder to run its search ag
     first = rows[0]["epoch"] if rows[0]["epoch"] == settings["freeze_epochs"] + 1 else 1
     if [row["epoch"] for row in rows] != list(range(first, settings["epochs"] + 1)):
         refuse(f"its {METRICS_NAME} does not hold epochs {first} to {settings['epochs']} once each, in order")
+    try:
+        arguments = read_json(os.path.join(folder, ARGS_NAME), "the file")
+    except UserError as error:
+        refuse(str(error))
+    if written.get("seal") != search_seal(written, rows, arguments):
+        refuse(f"its {ARCH_NAME}, {METRICS_NAME} and {ARGS_NAME} are not the ones the search wrote: edited since, or "
+               "written by a version of this project before arch.json carried their seal")
     if last.get("target") != result["target"]:
         refuse(f"its {ARCH_NAME} names target {result['target']:g}, its last epoch {last.get('target')}")
     if not math.isclose(result["error_percent"], 100.0 * (result["predicted"] / result["target"] - 1.0),

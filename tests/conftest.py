@@ -44,6 +44,31 @@ def spy(monkeypatch):
     return watch
 
 
+@pytest.fixture(scope="session")
+def seal_search():
+    """seal_search(folder): a search folder made by hand (arch.json,
+    metrics.jsonl, args.json) sealed as a finished search seals its own, so
+    that tests can stand it in for one; left as it is where arch.json or
+    metrics.jsonl cannot be read (the test is then about that)."""
+    import json
+
+    import search_imagenet
+    import utils
+
+    def seal(folder):
+        folder = Path(folder)
+        try:
+            result = json.loads((folder / "arch.json").read_text())
+            rows = utils.read_json_lines(str(folder / "metrics.jsonl"))
+            arguments = json.loads((folder / "args.json").read_text())
+        except (ValueError, RecursionError, utils.UserError):
+            return
+        if isinstance(result, dict):
+            result["seal"] = search_imagenet.search_seal(result, rows, arguments)
+            (folder / "arch.json").write_text(json.dumps(result))
+    return seal
+
+
 # Every test gets TIMEOUT_S (pytest.ini); one marked slow, which runs a
 # script end to end (several searches, a benchmark, torchrun), gets
 # SLOW_TIMEOUT_S. `-m "not slow"` leaves them out for a quick pass.

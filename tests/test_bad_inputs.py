@@ -63,7 +63,7 @@ class RunsCode:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def inputs(tmp_path_factory, seal_search):
     """Every bad (and one good) file the cases refer to, by name."""
     root = tmp_path_factory.mktemp("inputs")
     files = {"root": root}
@@ -273,6 +273,8 @@ def inputs(tmp_path_factory):
          "target": 24.0, "search": {"epochs": 1, "freeze_epochs": 1, "seed": 0}}))
     (files["search_24"] / "metrics.jsonl").write_text(json.dumps(
         {"epoch": 1, "seconds": 1.0, "val_top1": 40.0, "probabilities": [[1 / 7] * 7] * 21, "target": 24.0}) + "\n")
+    (files["search_24"] / "args.json").write_text(json.dumps({"lut": None, "metric": None}))
+    seal_search(files["search_24"])
     files["search_24_copy"] = root / "search-24-copy"
     shutil.copytree(files["search_24"], files["search_24_copy"])
     files["warmup_only"] = root / "warmup-only"  # a search whose checkpoint.pth.tar was deleted

@@ -442,11 +442,18 @@ def test_path_top1_recomputes_batchnorm_for_the_path_and_leaves_the_supernet_as_
     assert score == pytest.approx(expected)
 
 
-def write_finished_search(folder, arch_json, metrics_lines):
-    folder.mkdir()
-    (folder / "arch.json").write_text(arch_json)
-    (folder / "metrics.jsonl").write_text("".join(line + "\n" for line in metrics_lines))
-    return str(folder)
+@pytest.fixture
+def write_finished_search(seal_search):
+    """write(folder, arch_json, metrics_lines): a finished search's files,
+    sealed (args.json: the default table)."""
+    def write(folder, arch_json, metrics_lines):
+        folder.mkdir()
+        (folder / "arch.json").write_text(arch_json)
+        (folder / "metrics.jsonl").write_text("".join(line + "\n" for line in metrics_lines))
+        (folder / "args.json").write_text(json.dumps({"lut": None, "metric": None}))
+        seal_search(folder)
+        return str(folder)
+    return write
 
 
 FINISHED_COST = latency_predictor.load_predictor().cost(model_train.LIGHTNETS["LightNet-24ms"])
@@ -485,7 +492,8 @@ FINISHED_ROW = json.dumps({"epoch": 1, "seconds": 2.0, "val_top1": 40.0, "probab
     (FINISHED_ARCH.replace('"error_percent": ', '"error_percent": 1.0, "was": ', 1), [FINISHED_ROW],
      "its arch.json's error_percent is not its predicted cost's error against its target"),
 ])
-def test_a_kept_search_cut_short_or_edited_is_named_with_the_way_out(arch_json, metrics_lines, problem, tmp_path):
+def test_a_kept_search_cut_short_or_edited_is_named_with_the_way_out(arch_json, metrics_lines, problem, tmp_path,
+                                                                    write_finished_search):
     # Sweep 8: closed_loop.py and landing.py reran into folders whose kept search had a cut arch.json ('{', '[]',
     # a checkpoint) or an emptied metrics.jsonl: JSONDecodeError, TypeError and IndexError tracebacks; a line of
     # 200,000 '[' in metrics.jsonl was a RecursionError in every reader of it.
@@ -497,7 +505,7 @@ def test_a_kept_search_cut_short_or_edited_is_named_with_the_way_out(arch_json, 
     assert str(refusal.value).endswith("; delete that folder to run its search again")
 
 
-def test_a_finished_search_is_read_with_its_rows(tmp_path):
+def test_a_finished_search_is_read_with_its_rows(tmp_path, write_finished_search):
     folder = write_finished_search(tmp_path / "search", FINISHED_ARCH, [FINISHED_ROW])
     result, rows = search_imagenet.read_finished_search(folder)
     assert result["arch_config"] == model_train.LIGHTNETS["LightNet-24ms"] and rows[0]["val_top1"] == 40.0
@@ -507,20 +515,46 @@ def test_a_finished_search_is_read_with_its_rows(tmp_path):
     assert [row["epoch"] for row in search_imagenet.read_finished_search(shared)[1]] == [2]
 
 
-def test_a_kept_searchs_cost_is_checked_against_its_table_where_that_can_be_opened(tmp_path):
+def test_a_kept_searchs_cost_is_checked_against_its_table_where_that_can_be_opened(tmp_path, write_finished_search,
+                                                                                   seal_search):
     # Sweep 11. Before: screen, closed_loop and landing reported an arch.json's predicted cost as written: edited
-    # to the target, a search 18% over it "landed" at +0.00%; another network put in, it kept the old cost.
+    # to the target, a search 18% over it "landed" at +0.00%; another network put in, it kept the old cost. An
+    # edit is now refused by the seal (below); this check stays for a table changed after the search, which
+    # the seal cannot see: each case is resealed, as if its files had been written so.
     folder = write_finished_search(tmp_path / "search", FINISHED_ARCH, [FINISHED_ROW])
-    (tmp_path / "search" / "args.json").write_text(json.dumps({"lut": None, "metric": None}))
     assert search_imagenet.read_finished_search(folder)[0]["predicted"] == FINISHED_COST
     other = ["MBK3E1"] + ["MBK3E3"] * 21
     for edit in ({"predicted": 24.0, "error_percent": 0.0}, {"arch_config": other}):
         (tmp_path / "search" / "arch.json").write_text(json.dumps({**json.loads(FINISHED_ARCH), **edit}))
+        seal_search(folder)
         with pytest.raises(utils.UserError, match=r"its arch.json gives its network .* ms, but "
                                                   r"jetson_agx_xavier_b8.json@\w+ predicts .* for it: the file was "
                                                   "edited, or the table changed after the search"):
             search_imagenet.read_finished_search(folder)
     # A table the search's args.json names that is not the one it ran on (its last epoch's cost not reproduced):
-    # taken as written, as is a search without args.json.
+    # taken as written.
     (tmp_path / "search" / "metrics.jsonl").write_text(FINISHED_ROW.replace(str(FINISHED_COST), "99.0") + "\n")
+    seal_search(folder)
     assert search_imagenet.read_finished_search(folder)[0]["arch_config"] == other
+
+
+@pytest.mark.parametrize("name, edit", [
+    ("arch.json", lambda text: text.replace(f'"predicted": {FINISHED_COST}', '"predicted": 24.0').replace(
+        f'"error_percent": {100.0 * (FINISHED_COST / 24.0 - 1.0)}', '"error_percent": 0.0')),
+    ("arch.json", lambda text: text.replace('"seed": 0', '"seed": 1')),
+    ("metrics.jsonl", lambda text: text.replace('"val_top1": 40.0', '"val_top1": 90.0')),
+    ("args.json", lambda text: text.replace('"metric": null', '"metric": null, "eta": 0')),
+    ("arch.json", lambda text: text[:text.index(', "seal"')] + "}"),  # unsealed: an older version's
+])
+def test_a_kept_search_edited_consistently_is_refused_by_its_seal(name, edit, tmp_path, write_finished_search):
+    # Sweep 12: closed_loop.py, landing.py, reproduce_tables.py and screen reported kept searches whose cost and
+    # error were edited together (a 24.46 ms search "landed" at +0.00%), whose val top-1 or seed was changed:
+    # every check of one file against another passed.
+    folder = write_finished_search(tmp_path / "search", FINISHED_ARCH, [FINISHED_ROW])
+    path = tmp_path / "search" / name
+    edited = edit(path.read_text())
+    assert edited != path.read_text()
+    path.write_text(edited)
+    with pytest.raises(utils.UserError, match=r"is not a finished search \(its arch.json, metrics.jsonl and "
+                                              r"args.json are not the ones the search wrote: edited since, or"):
+        search_imagenet.read_finished_search(folder)
