@@ -33,6 +33,7 @@ import socket
 import stat
 import sys
 import tempfile
+import threading
 import time
 import warnings
 import zipfile
@@ -1479,6 +1480,7 @@ def init_distributed(device_type):
 
 
 RENDEZVOUS_POLL_S = 2  # how long one attempt to reach rank 0 blocks (a signal is handled between attempts)
+STORE_ANSWER_LIMIT_S = 30  # process 0's store answers a client at once; something else at its port never does
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default for the group's operations
 
 
@@ -1513,20 +1515,52 @@ def gathered_store(rank, world_size):
             announce()  # asked before torch's client, which prints its C++ errors on every failed try
             time.sleep(RENDEZVOUS_POLL_S)
             continue
+        if rank != 0:
+            store = store_client(host, port, world_size, poll)
+            if store is not None:
+                break
+            announce()  # process 0 is not listening yet
+            continue
         try:
-            store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=poll, wait_for_workers=False)
+            store = dist.TCPStore(host, port, world_size, is_master=True, timeout=poll, wait_for_workers=False)
             break
         except (RuntimeError, OSError) as error:  # torch's DistNetworkError is a RuntimeError
-            if rank == 0:
-                raise UserError(f"MASTER_PORT {port}: process 0 cannot listen there ({str(error).splitlines()[0]}); "
-                                "choose a free port") from None
-            announce()  # process 0 is not listening yet
+            raise UserError(f"MASTER_PORT {port}: process 0 cannot listen there ({str(error).splitlines()[0]}); "
+                            "choose a free port") from None
     store.add("joined", 1)
     while store.add("joined", 0) < world_size:
         announce()
         time.sleep(0.2)
     store.set_timeout(PROCESS_GROUP_TIMEOUT)
     return store
+
+
+def store_client(host, port, world_size, timeout):
+    """A client of process 0's store at host:port, or None while none is
+    there yet. torch's client blocks in C++ until its handshake is answered,
+    deaf to Ctrl-C and SIGTERM; a program that is not a store (a web server
+    on that port) never answers. So the client is made in a helper thread
+    while this one waits, stoppable, and gives up after STORE_ANSWER_LIMIT_S
+    (the helper, left blocked, ends with the process)."""
+    made = {}
+
+    def connect():
+        try:
+            made["store"] = dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout,
+                                          wait_for_workers=False)
+        except (RuntimeError, OSError):  # torch's DistNetworkError is a RuntimeError
+            made["store"] = None
+
+    helper = threading.Thread(target=connect, name="store-client", daemon=True)
+    helper.start()
+    deadline = time.monotonic() + STORE_ANSWER_LIMIT_S
+    while "store" not in made and time.monotonic() < deadline:
+        helper.join(0.2)  # short waits: a signal's handler runs between them
+    if "store" not in made:
+        raise UserError(f"MASTER_ADDR:MASTER_PORT {host}:{port}: something accepts connections there but did not "
+                        f"answer as process 0's store within {STORE_ANSWER_LIMIT_S} s (another program on that "
+                        "port?); give every process the address and port process 0 listens on")
+    return made["store"]
 
 
 def cleanup_distributed():

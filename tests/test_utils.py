@@ -11,6 +11,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -656,6 +657,34 @@ def test_a_process_waiting_for_its_group_says_so_and_stops_on_sigterm(tmp_path, 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 128 + signal.SIGTERM
     assert process.stderr.read().strip() == "terminated"
+
+
+@pytest.mark.parametrize("stopped_by", ["its time limit", "SIGTERM"])
+def test_a_process_whose_port_holds_another_program_is_not_hung(stopped_by):
+    # Sweep 12: process 1 given the port of a web server waited inside torch's store client, silent and deaf to
+    # SIGTERM, for as long as it was left (ten minutes, then kill -9). A listener that never answers stands in.
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts (the kernel's backlog), never answers
+        limit = "utils.STORE_ANSWER_LIMIT_S = 3\n" if stopped_by == "its time limit" else ""
+        command = ("import argparse, utils\n" + limit +
+                   "utils.run_cli(lambda args: utils.init_distributed('cpu'), argparse.ArgumentParser(), [])")
+        environment = dict(os.environ, RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(listener.getsockname()[1]))
+        environment.pop("TORCHELASTIC_RUN_ID", None)
+        process = subprocess.Popen([sys.executable, "-c", command], cwd=REPO_ROOT, env=environment, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if stopped_by == "SIGTERM":
+            time.sleep(8)  # in torch's client by now
+            process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+        stderr = process.stderr.read().strip()
+    if stopped_by == "SIGTERM":
+        assert (code, stderr) == (128 + signal.SIGTERM, "terminated")
+    else:
+        assert code == 2
+        assert stderr == (f"error: MASTER_ADDR:MASTER_PORT {environment['MASTER_ADDR']}:{environment['MASTER_PORT']}: "
+                          "something accepts connections there but did not answer as process 0's store within 3 s "
+                          "(another program on that port?); give every process the address and port process 0 "
+                          "listens on")
 
 
 def test_an_unknown_plotting_backend_is_named_before_any_work(tmp_path):
