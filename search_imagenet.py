@@ -318,6 +318,9 @@ MAX_TAU = 100.0  # a Gumbel temperature above this makes every sample uniform no
 MIN_FINAL_TAU = 1e-4  # below it alpha / tau overflows float32 (the paper's schedule ends at 1.7e-3)
 MAX_ETA = 100.0  # the shared shortcut's weight
 MAX_TRADEOFF = 1e6  # |initial lambda|
+# |lambda| in a checkpoint: far beyond what the multiplier's steps reach in
+# any search, and far below where lambda times a cost overflows.
+MAX_RESUMED_TRADEOFF = 1e12
 # Each numeric option: what it must be (utils.check_number_rules).
 NUMBER_RULES = (
     (("epochs", "arch_lr_step"), lambda value: 1 <= value <= MAX_EPOCHS, f"in [1, {MAX_EPOCHS}]"),
@@ -761,6 +764,10 @@ def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, pa
     if not isinstance(checkpoint["latched"], bool) or not is_finite_number(checkpoint["tradeoff"]):
         raise UserError(f"--resume: {path} is damaged (its latch or lambda is not a boolean and a number); "
                         "start the search again")
+    if abs(checkpoint["tradeoff"]) > MAX_RESUMED_TRADEOFF:
+        raise UserError(f"--resume: {path} is damaged: its lambda is {checkpoint['tradeoff']:g}, beyond "
+                        f"{MAX_RESUMED_TRADEOFF:g}, which no search reaches; resume from an earlier checkpoint or "
+                        "start from scratch")
     classifier = checkpoint["state_dict"]["classifier.3.weight"]
     num_classes = len(dataset_fingerprint["weights"]["classes"])
     if classifier.shape[0] != num_classes:

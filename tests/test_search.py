@@ -591,6 +591,8 @@ def test_a_checkpoint_with_a_nan_alpha_is_refused_on_resume(finished_search, tin
     ("epoch", 10**9, "records epoch 1000000000"),  # before: the search skipped every epoch and wrote its result
     ("latched", "yes", "is damaged (its latch or lambda"),  # before: the string was taken as True
     ("tradeoff", float("nan"), "is damaged (its latch or lambda"),
+    # Sweep 12: resumed, the search diverged and advised a smaller --tradeoff_learning_rate.
+    ("tradeoff", 1e308, "is damaged: its lambda is 1e+308, beyond 1e+12, which no search reaches"),
 ])
 def test_a_checkpoint_with_a_damaged_counter_or_state_is_refused(field, value, expected, finished_search,
                                                                   tiny_dataset, tmp_path, capsys):
