@@ -1672,6 +1672,10 @@ def check_run_plan(out, plan, tool):
         _refuse_another_tools_folder(out, previous, tool, "--out")
         previous.pop("tool", None)
         plan = json.loads(json.dumps(plan))  # as it reads back (a tuple is a list there)
+        if set(previous) != set(plan) or not all(same_kind_of_value(previous[key], plan[key]) for key in plan):
+            raise UserError(f"--out {out} holds a run whose plan.json is in another form than this version of {tool} "
+                            "writes (made by an earlier version, or edited); choose another --out, or delete it to "
+                            "start over")
         if previous != plan:
             changed = sorted(key for key in set(plan) | set(previous) if previous.get(key) != plan.get(key))
             raise UserError(f"--out {out} holds a run with other settings ({', '.join(changed)}); "

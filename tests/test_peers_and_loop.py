@@ -150,6 +150,14 @@ def test_closed_loop_reuses_steps_only_for_its_own_settings_and_continues_its_se
     with pytest.raises(UserError, match=r"holds a run with other settings \(lut_costs\)"):
         loop("--target_latency", "20", "--", "--epochs", "3")
     assert len(steps) == 3  # nothing ran under the other settings
+    # Sweep 12: a plan.json of an earlier version (the steps' options as lists of words) was refused as "other
+    # settings (build_options, search_options)", as if the user had changed them.
+    plan = json.loads((out / "plan.json").read_text())
+    (out / "plan.json").write_text(json.dumps({**plan, "build_options": [], "search_options": ["--epochs", "3"]}))
+    with pytest.raises(UserError, match=r"holds a run whose plan.json is in another form than this version of "
+                                        r"closed_loop.py writes \(made by an earlier version, or edited\)"):
+        loop("--target_latency", "20", "--", "--epochs", "3")
+    assert len(steps) == 3
 
 
 def test_the_loop_says_when_its_table_was_measured_on_another_cpu():
