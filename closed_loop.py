@@ -36,8 +36,7 @@ import latency_predictor as lp
 import latency_timing
 import retraining
 import search_imagenet
-from utils import (Terminated, UserError, atomic_write, check_run_plan, forwarded_settings, parse_forwarded_arguments,
-                   run_cli, tool_folder)
+from utils import Terminated, UserError, atomic_write, check_run_plan, forwarded_settings, run_cli, tool_folder
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LOOP_ROUNDS = 100  # end-to-end rounds for the found network
@@ -209,12 +208,10 @@ def main(args):
     build_options = split_build_options(args.build_options)
     # Checked with the steps' own parsers now, not when each step starts.
     search_sets, build_sets = ("save", "lut", "target_latency", "resume"), ("out",)
-    search_settings = forwarded_settings(parse_forwarded_arguments(
-        search_imagenet.get_args_parser(), search_options, "the search options after --", sets_itself=search_sets,
-        owner="closed_loop.py"), search_sets)
-    build_settings = forwarded_settings(parse_forwarded_arguments(
-        latency_build.get_args_parser(), build_options, "--build_options", head=["build"], sets_itself=build_sets,
-        owner="closed_loop.py"), build_sets)
+    search_settings = forwarded_settings(search_imagenet.get_args_parser(), search_options,
+                                         "the search options after --", sets_itself=search_sets, owner="closed_loop.py")
+    build_settings = forwarded_settings(latency_build.get_args_parser(), build_options, "--build_options",
+                                        head=["build"], sets_itself=build_sets, owner="closed_loop.py")
     if args.lut is not None and build_options:
         raise UserError("--build_options are for the table the loop builds, and with --lut it builds none; drop "
                         "one of them")

@@ -363,13 +363,20 @@ def parse_forwarded_arguments(parser, arguments, what, head=(), sets_itself=(), 
     return first
 
 
-def forwarded_settings(parsed, sets_itself):
-    """The settings parse_forwarded_arguments' result `parsed` holds, as a
-    JSON-able dict: the same options given in another order or spelling (or
-    left at their defaults) give the same dict. The calling script's own
+# Options of the project's scripts whose value is a place on disk: compared
+# as absolute paths ("data/", "./data" and "data" are one setting).
+PATH_OPTIONS = frozenset({"dataset", "lut", "resume", "save", "out", "out_dir", "arch_config"})
+
+
+def forwarded_settings(parser, arguments, what, head=(), sets_itself=(), owner="this script"):
+    """The settings `arguments` give another script's `parser`, checked as
+    parse_forwarded_arguments checks them, as a JSON-able dict: the same
+    options in another order or spelling (or left at their defaults, or a
+    path written otherwise) give the same dict. The calling script's own
     options (`sets_itself`) and a subcommand's handler are left out."""
-    return {name: value for name, value in sorted(vars(parsed).items())
-            if name not in sets_itself and not callable(value)}
+    parsed = parse_forwarded_arguments(parser, arguments, what, head, sets_itself, owner)
+    return {name: os.path.abspath(value) if name in PATH_OPTIONS and isinstance(value, str) else value
+            for name, value in sorted(vars(parsed).items()) if name not in sets_itself and not callable(value)}
 
 
 def drop_options(parser, arguments, names):

@@ -245,10 +245,10 @@ def check_args(args):
     if args.jobs < 1:
         raise UserError("--jobs must be at least 1")
     own = ("save", "seed", "target_latency", "resume", "stop_after_epoch")
-    parsed = utils.parse_forwarded_arguments(search_imagenet.get_args_parser(), args.search_arguments,
-                                             "--search_arguments", sets_itself=own, owner="landing.py for each search")
     # The settings they parse to decide the kept searches: the same options in another order are the same run.
-    args.search_settings = utils.forwarded_settings(parsed, own)
+    args.search_settings = utils.forwarded_settings(search_imagenet.get_args_parser(), args.search_arguments,
+                                                    "--search_arguments", sets_itself=own,
+                                                    owner="landing.py for each search")
 
 
 def main(args):

@@ -659,6 +659,20 @@ def test_a_process_waiting_for_its_group_says_so_and_stops_on_sigterm(tmp_path, 
     assert process.stderr.read().strip() == "terminated"
 
 
+def test_forwarded_options_count_as_the_settings_they_give():
+    import search_imagenet
+
+    def settings(*arguments):
+        return utils.forwarded_settings(search_imagenet.get_args_parser(), list(arguments), "the search options",
+                                        sets_itself=("save",), owner="the loop")
+    same = settings("--dataset", "data", "--epochs", "3")
+    assert settings("--epo=3", "--dataset", "./data/") == same  # sweep 12: "data/" was another setting
+    assert settings("--dataset", os.path.abspath("data"), "--epochs", "3", "--penalty", "lagrange") == same
+    assert settings("--dataset", "data2", "--epochs", "3") != same
+    with pytest.raises(UserError, match="the search options: --save is set by the loop; remove it"):
+        settings("--save", "x")
+
+
 @pytest.mark.parametrize("stopped_by", ["its time limit", "SIGTERM"])
 def test_a_process_whose_port_holds_another_program_is_not_hung(stopped_by):
     # Sweep 12: process 1 given the port of a web server waited inside torch's store client, silent and deaf to
