@@ -1354,7 +1354,7 @@ def check_process_group_setting(environment=None):
         return
     fix = "start runs of several processes with torchrun (docs/training.md), or unset RANK, WORLD_SIZE and LOCAL_RANK"
     for name in names:
-        if not re.fullmatch(r"[0-9]+", environment[name]):  # not str.isdigit(): it takes '²' too
+        if not is_plain_integer(environment[name]):
             raise UserError(f"{name}={environment[name]!r} is not a process number; {fix}")
     if "WORLD_SIZE" in environment:
         rank, world_size = int(environment.get("RANK", 0)), int(environment["WORLD_SIZE"])
@@ -1371,7 +1371,7 @@ def check_process_group_setting(environment=None):
 def check_group_address(host, port):
     """MASTER_ADDR and MASTER_PORT that torch would retry until its timeout
     (a port that is no number, a host no name server knows)."""
-    if not re.fullmatch(r"[0-9]+", port) or not 1 <= int(port) <= 65535:
+    if not is_plain_integer(port) or not 1 <= int(port) <= 65535:
         raise UserError(f"MASTER_PORT={port!r} is not a port number (1 to 65535); give the port process 0 listens on")
     try:
         socket.getaddrinfo(host, int(port))
