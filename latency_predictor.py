@@ -293,16 +293,34 @@ def check_table(table, where):
 
 
 def _check_reachable_range(table, where):
-    """The cheapest architecture must cost more than 0: a table of zeros (or
-    a calibration offset that drives costs below 0) would let the search
-    chase costs no device has."""
+    """The costs a table gives must be ones a device could have: the
+    cheapest architecture above 0 (a table of zeros, or a calibration offset
+    that drives costs below 0, would let the search chase costs no device
+    has), not every architecture at one cost (entries all zero or all equal:
+    nothing for the search to trade), and a calibration offset no larger than
+    the largest scale could make of the most expensive one."""
     entries, metadata = table["entries"], table["metadata"]
-    lowest = table["fixed"]["value"] + sum(min(entries[key]["value"] for key in row) for row in layer_keys())
+    fixed = table["fixed"]["value"]
+    lowest = fixed + sum(min(entries[key]["value"] for key in row) for row in layer_keys())
+    highest = fixed + sum(max(entries[key]["value"] for key in row) for row in layer_keys())
+    unit = metadata["unit"]
+    _refuse_cost_below_zero(lowest, unit, where)
+    if not highest - lowest > 1e-9 * abs(highest):
+        raise UserError(f"{where}: every architecture costs {highest:.4g} {unit} by this table (its entries do not "
+                        "differ between ops), so it cannot guide a search; rebuild it")
     calibration = metadata.get("calibration")
     if calibration is not None:
-        lowest = calibration["scale"] * lowest + calibration["offset"]
+        if abs(calibration["offset"]) > CALIBRATION_SCALE_RANGE[1] * highest:
+            raise UserError(f"{where}: a calibration offset of {calibration['offset']:.4g} {unit} is more than "
+                            f"{CALIBRATION_SCALE_RANGE[1]:g} times the most expensive architecture's cost "
+                            f"({highest:.4g}): the measurements and the table are not of the same thing; calibrate "
+                            "it again from the raw table")
+        _refuse_cost_below_zero(calibration["scale"] * lowest + calibration["offset"], unit, where)
+
+
+def _refuse_cost_below_zero(lowest, unit, where):
     if not lowest > 0:
-        raise UserError(f"{where}: the cheapest architecture costs {lowest:.4g} {metadata['unit']} by this table; "
+        raise UserError(f"{where}: the cheapest architecture costs {lowest:.4g} {unit} by this table; "
                         "no device has that, so the table is broken: rebuild it")
 
 

@@ -336,6 +336,15 @@ MALFORMED = {
                                 [table["fixed"], *table["entries"].values(), *table["fixed"].get("components",
                                                                                                  {}).values()]],
                  "the cheapest architecture costs 0 ms"),
+    # Sweep 13: entries all 0 (the fixed part kept) or all equal: every network cost the same, a search "landed"
+    # on any, and calibrate fitted a line through one point (numpy's RankWarning, then a table written).
+    "entries all zero": (lambda table: [entry.update(value=0.0) for entry in table["entries"].values()],
+                         "every architecture costs 3.674 ms by this table (its entries do not differ between ops)"),
+    "entries all equal": (lambda table: [entry.update(value=1.0) for entry in table["entries"].values()],
+                          "every architecture costs 24.67 ms by this table"),
+    # Sweep 13: a calibration offset of a million ms: every network predicted at 1,000,017 ms.
+    "huge offset": (_set("metadata", "calibration", {"scale": 1.0, "offset": 1e6}),
+                    "a calibration offset of 1e+06 ms is more than 50 times the most expensive architecture's cost"),
     "calibrated below zero": (_set("metadata", "calibration", {"scale": 1.0, "offset": -10.0}),
                               "the cheapest architecture costs -6.326 ms"),
     "other input size": (_set("metadata", "input_size", [3, 160, 160]), "input_size [3, 160, 160]"),
