@@ -1150,10 +1150,11 @@ def read_json_lines(path, up_to_epoch=None):
     """The rows of a metrics.jsonl file ([] if there is none); with
     `up_to_epoch`, only rows of epochs up to it (a resumed run drops the rows
     of epochs it is about to redo)."""
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return []
     rows = []
-    # An editor's byte-order mark is no reason to fail; a file of gigabytes is not one of ours.
+    # A folder, pipe or device there is named (open_for_reading), not read as
+    # no rows. An editor's byte-order mark is no reason to fail; a file of gigabytes is not one of ours.
     with open_for_reading(path, "JSON-lines file", encoding="utf-8-sig") as file:
         for number, line in enumerate(file, start=1):
             if line.strip():

@@ -301,9 +301,7 @@ def main(args):
         if ignored:
             raise UserError(f"--table prints the variants screened so far and screens nothing; drop {ignored[0]}, "
                             "or drop --table to screen")
-        if os.path.exists(screens_path) and not os.path.isfile(screens_path):
-            raise UserError(f"{screens_path} is not a file (a folder?); remove it, then screen a variant")
-        if not os.path.isfile(screens_path):
+        if not os.path.lexists(screens_path):
             raise UserError(f"{screens_path} does not exist yet: screen a variant first")
         print_table(read_screens(screens_path))
         return

@@ -283,6 +283,13 @@ def inputs(tmp_path_factory, seal_search):
         (files["warmup_only"] / name).write_text("kept\n")
     files["cuda_truth"] = root / "cuda-truth.json"  # a ground truth made on another kind of device
     shutil.copy(REPO_ROOT / "benchmarks" / "ground_truth" / "random_24ms_cuda.json", files["cuda_truth"])
+    files["screens_fifo"] = root / "screens-fifo"  # screen's results file there as a pipe
+    files["screens_fifo"].mkdir()
+    os.mkfifo(files["screens_fifo"] / "screens.jsonl")
+    files["search_fifo_metrics"] = root / "search-fifo-metrics"  # a finished search whose metrics.jsonl is a pipe
+    shutil.copytree(files["search_24"], files["search_fifo_metrics"])
+    (files["search_fifo_metrics"] / "metrics.jsonl").unlink()
+    os.mkfifo(files["search_fifo_metrics"] / "metrics.jsonl")
     files["screens_folder"] = root / "screens-folder"  # screen's results file there as a folder
     (files["screens_folder"] / "screens.jsonl").mkdir(parents=True)
     for name, field, value in (("table_metric_list", "metric", ["latency"]), ("table_device_text", "device", "cpu")):
@@ -835,7 +842,15 @@ CASES = {
                                                "--retrain_epochs 20000 is more than"),
     # Sweep 12. Before: "does not exist yet: screen a variant first", which then failed on the folder.
     "screen: --table with screens.jsonl a folder": (screen, ["--table", "--out", "{screens_folder}"],
-                                                    "screens.jsonl is not a file (a folder?); remove it"),
+                                                    "screens.jsonl is a folder; give a file"),
+    # Sweep 13. Before: a pipe was guessed to be "a folder?"; a kept search's metrics.jsonl as a pipe "held no
+    # epochs".
+    "screen: --table with screens.jsonl a pipe": (screen, ["--table", "--out", "{screens_fifo}"],
+                                                  "screens.jsonl is not a regular file (a device, pipe or socket)"),
+    "screen: a search whose metrics.jsonl is a pipe": (screen, ["--folders", "{search_fifo_metrics}", "--out",
+                                                                "{out}"],
+                                                       "metrics.jsonl is not a regular file (a device, pipe or "
+                                                       "socket)"),
     "screen: screens.jsonl a folder": (screen, ["--name", "v", "--out", "{screens_folder}"],
                                        "screens.jsonl is not a file"),
     "predict: table metric a list": (latency_build, ["predict", "--lut", "{table_metric_list}", "--arch_config",
