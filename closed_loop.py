@@ -30,6 +30,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 
 import latency_build
 import latency_predictor as lp
@@ -162,6 +163,10 @@ def check_target(table, target):
         raise UserError(f"--lut {table}: the loop times the found network here, so it needs a latency table "
                         f"measured on this machine's CPU or GPU, not {device.get('name')} "
                         f"({predictor.metric}); leave --lut out to build one")
+    if device["type"] == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--lut {table} was measured on a CUDA GPU ({device.get('name')}), and this machine has none "
+                        "to time the found network on; run the loop where that GPU is, or leave --lut out to build "
+                        "a table here")
     low, high = predictor.feasible_range()
     if not low <= target <= high:
         raise UserError(f"--target_latency {target:g} ms is outside what the table {table} can reach "

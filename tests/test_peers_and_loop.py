@@ -84,6 +84,21 @@ def test_closed_loop_searches_on_the_table_and_measures_the_result(fitted_table,
     assert f"architecture: {found}" in report and f"table: {os.path.abspath(fitted_table)}" in report
 
 
+def test_closed_loop_refuses_a_gpu_table_on_a_machine_without_one(tmp_path, monkeypatch):
+    # Sweep 13. Before: the whole search ran, then the timing stopped with "--device cuda: ... use --device cpu",
+    # an option the loop does not have.
+    table = json.loads(open(lp.CPU_LUT).read())
+    table["metadata"]["device"]["type"] = "cuda"
+    (tmp_path / "gpu.json").write_text(json.dumps(table))
+    monkeypatch.setattr(closed_loop.torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "loop"
+    with pytest.raises(UserError, match=r"gpu.json was measured on a CUDA GPU \(.*\), and this machine has none to "
+                                        "time the found network on; run the loop where that GPU is"):
+        closed_loop.main(closed_loop.get_args_parser().parse_args(
+            ["--out", str(out), "--target_latency", "20", "--lut", str(tmp_path / "gpu.json")]))
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--target_latency", "0"], "positive number"),
     (["--target_latency", "20", "--", "--save", "x"], "--save is set by closed_loop.py"),
