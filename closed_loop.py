@@ -82,7 +82,13 @@ def search(table, target, out, search_options):
         resume = ["--resume", folder] if os.path.isfile(os.path.join(folder, search_imagenet.CHECKPOINT_NAME)) else []
         run_step([os.path.join(REPO_ROOT, "search_imagenet.py"), "--save", folder, "--lut", table,
                   "--target_latency", str(target)] + search_options + resume, f"searching for {target:g} ms on it")
-    return search_imagenet.read_finished_search(folder)[0]
+    found = search_imagenet.read_finished_search(folder)[0]
+    # Its plan.json vouches for a kept search; this also covers a folder put together by hand without one.
+    table_name = lp.load_predictor(table).identifier
+    if found["target"] != target or found.get("predictor") != table_name:
+        raise UserError(f"{folder} holds a search for {found['target']:g} ms on {found.get('predictor')}, not this "
+                        f"loop's {target:g} ms on {table_name}; delete it to search again")
+    return found
 
 
 def measure_found(table_path, arch_config, rounds):

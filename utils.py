@@ -1673,7 +1673,9 @@ def check_run_plan(out, plan, tool):
     that decide its steps (`plan`, a JSON-able dict) are kept in
     out/plan.json with the `tool` that made them, and a rerun with other
     settings is refused in one line, naming them, instead of reusing steps
-    made under the old ones."""
+    made under the old ones. The file is sealed (write_sealed_json): one
+    edited by hand would otherwise let steps made under other settings pass
+    as this run's."""
     path = os.path.join(out, PLAN_NAME)
     if os.path.isfile(path):
         previous = read_plan(path, "--out")
@@ -1688,12 +1690,13 @@ def check_run_plan(out, plan, tool):
             changed = sorted(key for key in set(plan) | set(previous) if previous.get(key) != plan.get(key))
             raise UserError(f"--out {out} holds a run with other settings ({', '.join(changed)}); "
                             "choose another --out, or delete it to start over")
-    write_json(path, {"tool": tool, **plan})
+    write_sealed_json(path, {"tool": tool, **plan})
 
 
 def read_plan(path, option):
-    """A folder's plan.json, which this project writes as one JSON object."""
-    plan = read_json(path, "plan")
+    """A folder's plan.json, which this project writes as one sealed JSON
+    object."""
+    plan = read_sealed_json(path, f"choose another {option}, or delete the folder to start over")
     if not isinstance(plan, dict):
         raise UserError(f"{option}: {path} is not a plan this project wrote (not a JSON object); choose another "
                         f"{option}, or delete the file")

@@ -33,6 +33,7 @@ import reproduce_tables
 import search_imagenet
 import train_imagenet
 from tools import make_imagenet100
+import utils
 from utils import run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -189,7 +190,7 @@ def inputs(tmp_path_factory, seal_search):
     (root / "loop-b.json").symlink_to(files["json_loop"])
     files["reproduce_run"] = root / "reproduce-run"  # what reproduce_tables.py leaves in its --out first
     files["reproduce_run"].mkdir()
-    (files["reproduce_run"] / "plan.json").write_text(json.dumps({"tool": "reproduce_tables.py", "mode": "quick"}))
+    utils.write_sealed_json(str(files["reproduce_run"] / "plan.json"), {"tool": "reproduce_tables.py", "mode": "quick"})
     for name, results in (("earlier_training", ("best.pth.tar", "metrics.jsonl")),  # their checkpoints deleted
                           ("earlier_search", ("arch.json", "metrics.jsonl"))):
         files[name] = root / name
@@ -796,9 +797,9 @@ CASES = {
     # --jobs 0 a ValueError from the thread pool; --work a file a NotADirectoryError after the draw; the
     # internal --measure_memory given a path a KeyError.
     "closed loop: plan.json a list": (closed_loop, ["--out", "{list_plan_run}", "--target_latency", "24"],
-                                      "is not a plan this project wrote"),
+                                      "plan.json was changed since this project wrote it"),
     "reproduce: plan.json a list": (reproduce_tables, ["--quick", "--out", "{list_plan_run}"],
-                                    "is not a plan this project wrote"),
+                                    "plan.json was changed since this project wrote it"),
     "screen: --jobs 0": (screen, ["--name", "v", "--jobs", "0", "--out", "{out}"], "--jobs must be at least 1"),
     "ground truth: --work a file": (ground_truth, ["--nets", "2", "--work", "{text}", "--out", "{out}.json"],
                                     "--work"),

@@ -20,6 +20,7 @@ import latency_predictor as lp
 import latency_timing
 import model_train
 import peers
+import utils
 from utils import UserError, run_cli
 
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
@@ -82,6 +83,27 @@ def test_closed_loop_searches_on_the_table_and_measures_the_result(fitted_table,
     report = (out / "report.txt").read_text().splitlines()
     assert "the same, at the machine's speed when the table was built" in "\n".join(report)
     assert f"architecture: {found}" in report and f"table: {os.path.abspath(fitted_table)}" in report
+
+
+def test_closed_loop_reuses_a_kept_search_only_for_its_own_target_and_table(tmp_path, seal_search):
+    # Sweep 13: a finished 15 ms search in --out without plan.json (deleted, or the folder put together by hand)
+    # was reused for --target_latency 17, its error against 15 ms reported as the error against 17.
+    jetson = lp.load_predictor()
+    arch_config = model_train.LIGHTNETS["LightNet-24ms"]
+    cost = jetson.cost(arch_config)
+    folder = tmp_path / "loop" / "search"
+    folder.mkdir(parents=True)
+    (folder / "arch.json").write_text(json.dumps({
+        "arch_config": arch_config, "predicted": cost, "error_percent": 100.0 * (cost / 24.0 - 1.0), "target": 24.0,
+        "predictor": jetson.identifier, "search": {"epochs": 1, "freeze_epochs": 1, "seed": 0}}))
+    (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "seconds": 2.0, "val_top1": 40.0, "target": 24.0,
+                                                      "probabilities": [[1 / 7] * 7] * 21}) + "\n")
+    (folder / "args.json").write_text(json.dumps({"lut": None, "metric": None}))
+    seal_search(folder)
+    with pytest.raises(UserError, match=r"search holds a search for 24 ms on jetson_agx_xavier_b8.json@\w+, not this "
+                                        r"loop's 20 ms on cpu_amd_epyc_b1_t1.json@\w+\+calibrated; delete it to search again"):
+        closed_loop.main(closed_loop.get_args_parser().parse_args(
+            ["--out", str(tmp_path / "loop"), "--target_latency", "20", "--lut", lp.CPU_LUT]))
 
 
 def test_closed_loop_refuses_a_gpu_table_on_a_machine_without_one(tmp_path, monkeypatch):
@@ -166,12 +188,19 @@ def test_closed_loop_reuses_steps_only_for_its_own_settings_and_continues_its_se
         loop("--target_latency", "20", "--", "--epochs", "3")
     assert len(steps) == 3  # nothing ran under the other settings
     # Sweep 12: a plan.json of an earlier version (the steps' options as lists of words) was refused as "other
-    # settings (build_options, search_options)", as if the user had changed them.
-    plan = json.loads((out / "plan.json").read_text())
-    (out / "plan.json").write_text(json.dumps({**plan, "build_options": [], "search_options": ["--epochs", "3"]}))
-    with pytest.raises(UserError, match=r"holds a run whose plan.json is in another form than this version of "
-                                        r"closed_loop.py writes \(made by an earlier version, or edited\)"):
-        loop("--target_latency", "20", "--", "--epochs", "3")
+    # settings (build_options, search_options)", as if the user had changed them. Sweep 13: plan.json's target
+    # edited to the new one let the old target's search pass as the new one's; plan.json is now sealed.
+    plan = utils.read_sealed_json(str(out / "plan.json"), "")
+    for older_form in (dict(plan, build_options=[], search_options=["--epochs", "3"]), dict(plan, lut_costs=[])):
+        utils.write_sealed_json(str(out / "plan.json"), older_form)
+        with pytest.raises(UserError, match=r"holds a run whose plan.json is in another form than this version of "
+                                            r"closed_loop.py writes \(made by an earlier version, or edited\)"):
+            loop("--target_latency", "20", "--", "--epochs", "3")
+    for edited in (json.dumps(plan), json.dumps({"content": dict(plan, target_latency=21), "sha256": "0" * 64})):
+        (out / "plan.json").write_text(edited)
+        with pytest.raises(UserError, match=r"plan.json was changed since this project wrote it \(edited, cut short, "
+                                            r"or from an older version\); choose another --out, or delete the folder"):
+            loop("--target_latency", "21", "--", "--epochs", "3")
     assert len(steps) == 3
 
 
