@@ -37,7 +37,8 @@ import latency_predictor as lp
 import latency_timing
 import retraining
 import search_imagenet
-from utils import Terminated, UserError, atomic_write, check_run_plan, forwarded_settings, run_cli, tool_folder
+from utils import (Terminated, UserError, atomic_write, check_run_plan, continued_by_rerun, forwarded_settings, run_cli,
+                   step_environment, tool_folder)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LOOP_ROUNDS = 100  # end-to-end rounds for the found network
@@ -51,7 +52,8 @@ STEP_STOP_TIMEOUT_S = 60  # a stopped step's own clean-up (a checkpoint being wr
 def run_step(arguments, what):
     """Run one of the project's commands; a failure ends the loop in one line."""
     print(f"== {what}: {' '.join(arguments)}", flush=True)
-    process = subprocess.Popen([sys.executable] + arguments)  # in the user's folder, as their paths are
+    # In the user's folder, as their paths are; on Ctrl-C the loop, not the step, says how to continue.
+    process = subprocess.Popen([sys.executable] + arguments, env=step_environment())
     try:
         returncode = process.wait()
     except BaseException:  # Ctrl-C or SIGTERM: the step stops as it would alone, cleaning up after itself
@@ -209,6 +211,7 @@ def get_args_parser():
 
 def main(args):
     retraining.stop_children_on_sigterm()  # SIGTERM ends the loop and the step it runs (run_step stops it)
+    continued_by_rerun()
     if not (args.target_latency > 0 and args.target_latency != float("inf")):
         raise UserError("--target_latency must be a positive number of ms")
     if not 1 <= args.rounds <= latency_timing.MAX_REPEATS:

@@ -64,8 +64,8 @@ import operations
 import peers
 import retraining
 import search_imagenet
-from utils import (UserError, check_regular_file, check_run_plan, drop_options, first_repeated, new_figure,
-                   parse_forwarded_arguments, read_json_lines, read_sealed_json, run_cli, save_figure,
+from utils import (UserError, check_regular_file, check_run_plan, continued_by_rerun, drop_options, first_repeated,
+                   new_figure, parse_forwarded_arguments, read_json_lines, read_sealed_json, run_cli, save_figure,
                    tool_folder, write_csv, write_json, write_sealed_json)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -796,6 +796,7 @@ def write_outputs(out, context, lightnas_results, baseline_results, warmup_metri
 def main(args):
     started = time.time()
     retraining.stop_children_on_sigterm()
+    continued_by_rerun()
     mode = QUICK if args.quick else FULL
     jetson = validate(args, mode)
     cpu_table = lp.table_predictor(args.cpu_table)
@@ -809,7 +810,9 @@ def main(args):
         warmup, lightnas_jobs, baseline_jobs, settings, common = plan_searches(args, mode, dataset)
         check_run_plan(args.out, {"mode": mode.name, "search_arguments": common, "targets": args.targets,
                                   "grid": args.grid, "reference_target": args.reference_target,
-                                  "retrain_epochs": args.retrain_epochs}, "reproduce_tables.py")
+                                  "retrain_epochs": args.retrain_epochs,
+                                  # Table 1's kept timings are compared with this table's costs.
+                                  "cpu_table_costs": cpu_table.fingerprint}, "reproduce_tables.py")
 
         lightnets, cpu_reference, peer_results = table_1_and_peers(args, mode, jetson, cpu_table)
         kept = run_searches(args, warmup, lightnas_jobs, baseline_jobs)

@@ -73,7 +73,7 @@ def run_logged(command, log_path, threads=None):
     """Run a project script with its output into `log_path`; a failure
     raises a UserError quoting the log's last line. The child is known to
     `terminate_children` while it runs."""
-    environment = dict(os.environ)
+    environment = utils.step_environment()
     if threads is not None:
         environment.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(log_path, "w") as log:

@@ -147,8 +147,9 @@ def run_cli(main, parser, argv=None):
     except UserError as error:
         print(f"error: {user_error_message(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
-    global _terminated_process
+    global _terminated_process, _resumable_checkpoint, _continued_by_rerun
     _terminated_process = os.getpid()
+    _resumable_checkpoint, _continued_by_rerun = None, False  # set again by this run (one process may run several)
     previous_handlers = {number: signal.signal(number, raise_terminated) for number in signals_to_take_over()}
     try:
         check_thread_setting()
@@ -220,7 +221,9 @@ def stop_if_out_of_memory(error):
 def stop_on_signal(number):
     """One line for a run stopped by Ctrl-C or SIGTERM (with the command
     that resumes it, once there is a checkpoint), and the shell's exit status."""
-    print(interrupted_message("interrupted" if number == signal.SIGINT else "terminated"), file=sys.stderr)
+    message = interrupted_message("interrupted" if number == signal.SIGINT else "terminated")
+    if message is not None:
+        print(message, file=sys.stderr)
     # The DataLoader's SIGCHLD handler would report its workers, stopped by the same signal, once more
     # as a traceback while the loader is torn down at exit.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -312,10 +315,38 @@ def resumable_at(checkpoint_path):
     _resumable_checkpoint = checkpoint_path
 
 
+# Set by a composite tool (closed_loop.py, reproduce_tables.py, the
+# benchmarks) whose rerun continues its kept steps (continued_by_rerun).
+_continued_by_rerun = False
+# Set for a composite tool's step: on Ctrl-C the tool, not the step, says how
+# to continue (one line, the tool's own command).
+STEP_OF_TOOL_VARIABLE = "LIGHTNAS_STEP_OF_TOOL"
+
+
+def continued_by_rerun():
+    """Ctrl-C or SIGTERM from now on prints the command that continues this
+    run (the same one: its finished steps are kept); the steps it starts
+    (with step_environment) leave that line to it."""
+    global _continued_by_rerun
+    _continued_by_rerun = True
+
+
+def step_environment(**variables):
+    """The environment for a step a composite tool starts: this one's, with
+    `variables`, marked as a step (interrupted_message)."""
+    return {**os.environ, STEP_OF_TOOL_VARIABLE: os.path.basename(sys.argv[0]), **variables}
+
+
 def interrupted_message(what):
     """What run_cli prints on Ctrl-C or SIGTERM (`what`: "interrupted",
     "terminated"): the resume command where there is a checkpoint to resume
-    from."""
+    from, or the composite tool's own command; None in a step of a composite
+    tool, which says it instead."""
+    if _continued_by_rerun:
+        command = shlex.join(["python3", *sys.argv])
+        return f"{what}; the same command continues it, keeping the finished steps: {command}"
+    if os.environ.get(STEP_OF_TOOL_VARIABLE):
+        return None
     if _resumable_checkpoint is None:
         return what
     if not os.path.isfile(_resumable_checkpoint):

@@ -230,6 +230,7 @@ def main(args):
     search_quality.check_target_reachable(args.target)
     utils.check_output_file(args.out, "--out")
     retraining.stop_children_on_sigterm()
+    utils.continued_by_rerun()
     candidates, draws = search_quality.random_architectures(args.nets, args.target, args.sample_seed)
     nets = [{"name": f"random {index + 1}", "kind": "random", "arch_config": arch_config, "predicted": cost}
             for index, (arch_config, cost) in enumerate(candidates)]

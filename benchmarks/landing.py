@@ -257,6 +257,7 @@ def main(args):
     with utils.tool_folder(args.out, "benchmarks/landing.py"):  # left empty by a failure, it is removed
         # Kept searches are reused only for the options that made them (targets and seeds may be added).
         utils.check_run_plan(args.out, {"search_arguments": args.search_settings}, "benchmarks/landing.py")
+        utils.continued_by_rerun()
         log_folder = os.path.join(args.out, "logs")
 
         def report(job, seconds):

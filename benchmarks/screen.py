@@ -99,6 +99,7 @@ def run_variant(args, scale):
     variant_folder = os.path.join(args.out, args.name)
     os.makedirs(variant_folder, exist_ok=True)
     utils.check_run_plan(variant_folder, {"target": args.target, "search_arguments": extra}, "benchmarks/screen.py")
+    utils.continued_by_rerun()
     print(f"{args.name}: {len(jobs)} search(es) for {args.target:g} ms {' '.join(extra)}", flush=True)
     reproduce_tables.run_jobs(jobs, report, os.path.join(args.out, args.name, "logs"), args.jobs, threads=1)
     return [job.folder for job in jobs]

@@ -609,6 +609,7 @@ def main(args):
     with utils.tool_folder(args.out, "benchmarks/search_quality.py"):  # left empty by a failure, it is removed
         utils.check_run_plan(args.out, run_plan(args), "benchmarks/search_quality.py")
         retraining.stop_children_on_sigterm()
+        utils.continued_by_rerun()
         started = time.time()
         searches = run_searches(args)
         if args.truth_data is None:

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -232,5 +233,8 @@ def test_sigterm_to_a_first_closed_loop_run_leaves_no_folder(fitted_table, tmp_p
     time.sleep(2)  # into the search's first epoch
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143
-    assert process.stderr.read().strip().splitlines()[-1].startswith("terminated")
+    # Sweep 13: two lines, the search step's own "continue with: search_imagenet.py ... --resume" and the loop's
+    # bare "terminated"; now one, the loop's command (the search leaves that line to it).
+    assert process.stderr.read().strip().splitlines() == [
+        "terminated; the same command continues it, keeping the finished steps: " + shlex.join(["python3", *command[1:]])]
     assert not out.exists()

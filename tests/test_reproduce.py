@@ -136,6 +136,13 @@ def test_rerun_keeps_finished_searches_and_refuses_other_settings(quick_run, cap
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: --out {out} holds a run with other settings (grid); choose another --out, or delete it to start over"]
+    # Sweep 13: another --cpu_table reused Table 1's timings, its column compared with the old table's costs.
+    other_table = [table for table in latency_predictor.CPU_LUTS if os.path.abspath(table) != os.path.abspath(
+        reproduce_tables.get_args_parser().parse_args(QUICK_RUN[1:] + ["--out", "x"]).cpu_table)][0]
+    with pytest.raises(SystemExit):
+        run_cli(reproduce_tables.main, reproduce_tables.get_args_parser(),
+                QUICK_RUN[1:] + ["--out", str(out), "--cpu_table", other_table])
+    assert "holds a run with other settings (cpu_table_costs)" in capsys.readouterr().err
 
 
 def test_found_networks_are_retrained_once_each_in_order(tmp_path, monkeypatch):
