@@ -1708,7 +1708,11 @@ def check_run_plan(out, plan, tool):
     edited by hand would otherwise let steps made under other settings pass
     as this run's."""
     path = os.path.join(out, PLAN_NAME)
-    if os.path.isfile(path):
+    if not os.path.lexists(path) and os.path.isdir(out) and os.listdir(out):
+        # Steps whose settings nothing records (plan.json deleted, or the folder put together by hand).
+        raise UserError(f"--out {out} holds files but no {PLAN_NAME}, so the settings that made them are unknown; "
+                        "choose another --out, or delete it to start over")
+    if os.path.lexists(path):
         previous = read_plan(path, "--out")
         _refuse_another_tools_folder(out, previous, tool, "--out")
         previous.pop("tool", None)

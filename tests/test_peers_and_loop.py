@@ -101,10 +101,17 @@ def test_closed_loop_reuses_a_kept_search_only_for_its_own_target_and_table(tmp_
                                                       "probabilities": [[1 / 7] * 7] * 21}) + "\n")
     (folder / "args.json").write_text(json.dumps({"lut": None, "metric": None}))
     seal_search(folder)
-    with pytest.raises(UserError, match=r"search holds a search for 24 ms on jetson_agx_xavier_b8.json@\w+, not this "
-                                        r"loop's 20 ms on cpu_amd_epyc_b1_t1.json@\w+\+calibrated; delete it to search again"):
+    # Without plan.json nothing says under which settings the folder's steps were made.
+    with pytest.raises(UserError, match=r"loop holds files but no plan.json, so the settings that made them are "
+                                        "unknown; choose another --out, or delete it to start over"):
         closed_loop.main(closed_loop.get_args_parser().parse_args(
             ["--out", str(tmp_path / "loop"), "--target_latency", "20", "--lut", lp.CPU_LUT]))
+    # The search step itself compares a kept search's target and table with its own (a plan.json edited to the
+    # new target, or one of an older version of the loop).
+    with pytest.raises(UserError, match=r"search holds a search for 24 ms on jetson_agx_xavier_b8.json@\w+, not this "
+                                        r"loop's 20 ms on cpu_amd_epyc_b1_t1.json@\w+\+calibrated; delete it to "
+                                        "search again"):
+        closed_loop.search(lp.CPU_LUT, 20.0, str(tmp_path / "loop"), [])
 
 
 def test_closed_loop_refuses_a_gpu_table_on_a_machine_without_one(tmp_path, monkeypatch):
@@ -152,6 +159,9 @@ def test_closed_loop_reuses_steps_only_for_its_own_settings_and_continues_its_se
 
     def stopped_step(arguments, what):  # each step is recorded, then "interrupted"
         steps.append(arguments)
+        if len(steps) > 1:  # the first fails at once; the later ones stop halfway
+            (out / "search").mkdir(exist_ok=True)
+            (out / "search" / "checkpoint.pth.tar").write_bytes(b"")
         raise UserError(f"{what} failed")
 
     monkeypatch.setattr(closed_loop, "run_step", stopped_step)
@@ -166,8 +176,9 @@ def test_closed_loop_reuses_steps_only_for_its_own_settings_and_continues_its_se
         loop("--target_latency", "20", "--", "--epochs", "3")
     assert "--resume" not in steps[-1]
     assert not out.exists()  # a first search that failed at once leaves nothing (before: a folder with plan.json)
-    (out / "search").mkdir(parents=True)
-    (out / "search" / "checkpoint.pth.tar").write_bytes(b"")  # the search stopped halfway
+    with pytest.raises(UserError, match="failed"):
+        loop("--target_latency", "20", "--", "--epochs", "3")  # this one stops halfway
+    assert "--resume" not in steps[-1] and (out / "search" / "checkpoint.pth.tar").exists()
     with pytest.raises(UserError, match="failed"):
         loop("--target_latency", "20", "--", "--epochs", "3")
     assert steps[-1][-2:] == ["--resume", str(out / "search")]  # the same loop again: its search continues
@@ -187,7 +198,7 @@ def test_closed_loop_reuses_steps_only_for_its_own_settings_and_continues_its_se
     table.write_text(json.dumps(recalibrated))
     with pytest.raises(UserError, match=r"holds a run with other settings \(lut_costs\)"):
         loop("--target_latency", "20", "--", "--epochs", "3")
-    assert len(steps) == 3  # nothing ran under the other settings
+    assert len(steps) == 4  # nothing ran under the other settings
     # Sweep 12: a plan.json of an earlier version (the steps' options as lists of words) was refused as "other
     # settings (build_options, search_options)", as if the user had changed them. Sweep 13: plan.json's target
     # edited to the new one let the old target's search pass as the new one's; plan.json is now sealed.
@@ -202,7 +213,7 @@ def test_closed_loop_reuses_steps_only_for_its_own_settings_and_continues_its_se
         with pytest.raises(UserError, match=r"plan.json was changed since this project wrote it \(edited, cut short, "
                                             r"or from an older version\); choose another --out, or delete the folder"):
             loop("--target_latency", "21", "--", "--epochs", "3")
-    assert len(steps) == 3
+    assert len(steps) == 4
 
 
 def test_the_loop_says_when_its_table_was_measured_on_another_cpu():

@@ -358,7 +358,8 @@ def test_the_whole_benchmark_runs_at_toy_size_and_reuses_finished_runs(tmp_path)
                    for name in ("random 1", "random 2")]
     recipe = {key: value for key, value in report["retrain"].items() if key not in ("seeds", "dataset")}
     truth = truth_file(tmp_path / "truth.json", random_nets, recipe=recipe, dataset=report["retrain"]["dataset"])
-    shutil.copytree(out / "searches", tmp_path / "sq-truth" / "searches")  # finished searches are kept, as above
+    shutil.copytree(out / "searches", tmp_path / "sq-truth" / "searches")  # finished searches are kept, as above,
+    shutil.copy(out / "plan.json", tmp_path / "sq-truth")  # with the plan they were made under
     with_truth = subprocess.run(command[:-1] + [str(tmp_path / "sq-truth"), "--truth", truth], capture_output=True,
                                 text=True, env=environment)
     assert with_truth.returncode == 0, with_truth.stderr[-2000:]
