@@ -146,7 +146,9 @@ def stop_children_on_sigterm():
         signal.signal(number, stop)
 
 
-COMMAND_FILE = "retrain_command.json"  # written last: the run it describes is complete
+# Written last (the run it describes is complete), sealed over the run's
+# command and its metrics: a kept run edited since is run again, not read.
+COMMAND_FILE = "retrain_command.json"
 
 
 def finished_records(folder, command, epochs):
@@ -157,13 +159,20 @@ def finished_records(folder, command, epochs):
     if not os.path.isfile(path):
         return None
     try:
-        if utils.read_json(path, "the file") != command[1:]:
-            return None
+        kept = utils.read_sealed_json(path, "")
         records = read_json_lines(os.path.join(folder, "metrics.jsonl"))
     except utils.UserError:  # cut short or edited: not known to be complete, so run again
         return None
+    if kept != kept_run(command, records):
+        return None
     complete = len(records) == epochs and utils.is_finite_number(records[-1].get("val_top1"))
     return records if complete else None
+
+
+def kept_run(command, records):
+    """What COMMAND_FILE holds for a run of `command` (the interpreter's path
+    aside, as it differs between machines) that logged `records`."""
+    return {"command": command[1:], "metrics": utils.content_digest(records)}
 
 
 def retrain_command(arch_config, folder, dataset, seed, recipe):
@@ -192,7 +201,7 @@ def retrain(arch_config, folder, dataset, seed, **recipe_changes):
         if len(records) != recipe["epochs"]:
             raise UserError(f"retraining in {folder} ended without {recipe['epochs']} epochs of metrics "
                             f"(log: {folder}.log)")
-        utils.write_json(os.path.join(folder, COMMAND_FILE), command[1:])
+        utils.write_sealed_json(os.path.join(folder, COMMAND_FILE), kept_run(command, records))
     return records[-1]["val_top1"]
 
 

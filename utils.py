@@ -608,6 +608,19 @@ class StdoutHandler(logging.StreamHandler):
         super().handleError(record)
 
 
+class LogFileHandler(logging.FileHandler):
+    """The run's log.txt. A line that cannot be written there (a full disk)
+    stops the run with one line naming the file, instead of logging's
+    traceback on stderr while the run goes on without its log."""
+
+    def handleError(self, record):
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            raise UserError(f"cannot write the run's log {self.baseFilename} ({error.strerror or error}); free space "
+                            "there or choose another --save") from None
+        super().handleError(record)
+
+
 def discard_stdout():
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
@@ -670,7 +683,7 @@ def log_file_handler(path):
     if os.path.lexists(path) and not os.path.isfile(path):
         raise UserError(f"the run's log {path} is not a regular file (a folder, a pipe or a broken link); remove it")
     try:
-        return logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")  # a path of any bytes
+        return LogFileHandler(path, encoding="utf-8", errors="backslashreplace")  # a path of any bytes
     except OSError as error:
         raise UserError(f"cannot append to the run's log {path} ({error.strerror or error}); make it writable "
                         "or choose another --save") from None

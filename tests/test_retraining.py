@@ -9,6 +9,7 @@ import pytest
 
 import retraining
 import train_imagenet
+import utils
 from utils import UserError
 
 ARCH = ["MBK3E1"] + ["SkipConnect"] * 21
@@ -107,12 +108,19 @@ def test_a_kept_retraining_cut_short_or_edited_is_run_again_not_read(tmp_path):
     # Sweep 8 (suspected there): a retrain_command.json cut short was a JSONDecodeError traceback, and metrics
     # without a final val top-1 a KeyError, in every benchmark that keeps finished retrainings.
     command = ["python3", "train_imagenet.py", "--epochs", "2"]
-    (tmp_path / retraining.COMMAND_FILE).write_text(json.dumps(command[1:]))
     rows = [{"epoch": 1, "val_top1": 40.0}, {"epoch": 2, "val_top1": 50.0}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    utils.write_sealed_json(str(tmp_path / retraining.COMMAND_FILE), retraining.kept_run(command, rows))
     assert retraining.finished_records(str(tmp_path), command, epochs=2) == rows
     assert retraining.finished_records(str(tmp_path), command, epochs=3) is None  # fewer epochs than asked
+    assert retraining.finished_records(str(tmp_path), command[:-1] + ["3"], epochs=2) is None  # another run
+    # Sweep 13: a kept run's final val top-1 edited from 10.0 to 97.5 was reported and counted in the statistics.
+    edited = [rows[0], dict(rows[1], val_top1=97.5)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in edited))
+    assert retraining.finished_records(str(tmp_path), command, epochs=2) is None
     (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps({"epoch": 2}) + "\n")
+    assert retraining.finished_records(str(tmp_path), command, epochs=2) is None
+    (tmp_path / retraining.COMMAND_FILE).write_text(json.dumps(command[1:]))  # an older version's, unsealed
     assert retraining.finished_records(str(tmp_path), command, epochs=2) is None
     (tmp_path / retraining.COMMAND_FILE).write_text('["train_imagenet.py", ')
     assert retraining.finished_records(str(tmp_path), command, epochs=2) is None

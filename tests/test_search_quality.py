@@ -326,7 +326,7 @@ def test_the_whole_benchmark_runs_at_toy_size_and_reuses_finished_runs(tmp_path)
         assert len(net["top1"]) == 2
         for seed, top1 in enumerate(net["top1"]):  # paired seeds: seed s for every network
             folder = out / "retrain" / f"{name}-seed{seed}"
-            command_line = json.loads((folder / "retrain_command.json").read_text())
+            command_line = json.loads((folder / "retrain_command.json").read_text())["content"]["command"]
             assert command_line[command_line.index("--seed") + 1] == str(seed)
             assert json.loads(command_line[command_line.index("--arch_config") + 1]) == net["arch_config"]
             records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]

@@ -2,6 +2,7 @@
 help texts and progress bars."""
 
 import argparse
+import contextlib
 import importlib.util
 import io
 import json
@@ -941,6 +942,21 @@ def test_a_log_that_is_not_a_regular_file_is_refused(tmp_path, kind):
     log.mkdir() if kind == "folder" else os.mkfifo(log)
     with pytest.raises(UserError, match="is not a regular file"):
         utils.create_logger(str(tmp_path))
+
+
+def test_a_log_line_that_cannot_be_written_stops_the_run_in_one_line(tmp_path):
+    # Sweep 13: a search whose disk filled at log.txt printed logging's 23-line "--- Logging error ---" traceback
+    # and went on without its log.
+    logger = utils.create_logger(str(tmp_path), name="full-disk")
+    handler = next(handler for handler in logger.handlers if isinstance(handler, utils.LogFileHandler))
+    handler.stream.close()
+    handler.stream = open("/dev/full", "w")  # every write: No space left on device
+    with pytest.raises(UserError, match=r"cannot write the run's log .*log.txt \(No space left on device\); free "
+                                        "space there or choose another --save"):
+        logger.info("epoch 1")
+    logger.removeHandler(handler)
+    with contextlib.suppress(OSError):  # the line is still buffered: closing writes it again
+        handler.stream.close()
 
 
 def test_a_save_path_of_bytes_that_are_not_utf8_is_escaped_in_the_log(tmp_path):
