@@ -53,8 +53,8 @@ from utils import (
     launch, load_checkpoint, load_keeping_this_runs_settings, loss_exploded, name_a_few, new_figure,
     non_finite_entries, optimizer_state_mismatch, progress_bar, read_json, read_json_lines,
     refuse_files_of_others_or_earlier_runs, refuse_save_inside_dataset, resolve_device_type, resumable_at, rng_states,
-    run_cli, run_folder_lock, run_logger, same_kind_of_value, save_checkpoint, save_checkpoint_again, save_figure,
-    schedule_position_mismatch, seed_everything, set_rng_states, settings_mismatch, share_cpu_threads,
+    run_cli, run_folder_lock, run_logger, same_folder, same_kind_of_value, save_checkpoint, save_checkpoint_again,
+    save_figure, schedule_position_mismatch, seed_everything, set_rng_states, settings_mismatch, share_cpu_threads,
     state_dict_mismatch, write_json,
 )
 
@@ -1199,7 +1199,11 @@ def set_up_search(args, context):
         arch_loader=data.seeded_loader(arch_set, args.batch_size_val // context.world_size, args.seed + 1, context,
                                        args.workers, what="alpha's split"),
         logger=logger,
-        metrics=MetricsFile(os.path.join(args.save, METRICS_NAME), start_epoch) if context.is_main else None)
+        metrics=MetricsFile(os.path.join(args.save, METRICS_NAME), start_epoch,
+                            resumed_in_place=resume_path is not None and same_folder(resume_path, args.save))
+        if context.is_main else None)
+    if record.metrics is not None and start_epoch > args.freeze_epochs:
+        check_lambda_matches_its_row(searcher.state.tradeoff, record.metrics.rows, start_epoch, resume_path)
     alpha_images = ("val/" if args.arch_split_from_train is None
                     else f"{100 * args.arch_split_from_train:g}% of train/")
     logger.info(f"searching {args.epochs} epochs ({args.freeze_epochs} warm-up) on {len(classes)} classes, "
@@ -1314,6 +1318,17 @@ def check_finite_state(searcher, resume_path):
     if found is not None:
         raise UserError(f"--resume {resume_path}: {found[0]} in this checkpoint; it cannot be resumed: "
                         "start from an earlier checkpoint or from scratch")
+
+
+def check_lambda_matches_its_row(tradeoff, rows, epoch, resume_path):
+    """A search checkpoint's lambda is the one its epoch's metrics row logged
+    just before it was written; one that differs was edited (a lambda of
+    1e11 would throw alpha to the cheapest ops in one step)."""
+    row = rows[-1] if rows and rows[-1]["epoch"] == epoch else None
+    if row is not None and is_finite_number(row.get("tradeoff")) and row["tradeoff"] != tradeoff:
+        raise UserError(f"--resume {resume_path}: its lambda is {tradeoff:g}, but its epoch {epoch} logged "
+                        f"{row['tradeoff']:g} just before it was written: one of the two was edited; resume from "
+                        "another checkpoint or start again")
 
 
 def stop_if_diverged(epoch, train_loss, val_loss, searcher, args):

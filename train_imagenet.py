@@ -902,7 +902,8 @@ def fit(args, context, root):
         # Each process its own dropout stream; the weights are already equal.
         utils.seed_everything(args.seed + context.rank)
     run = (RunRecord(args, num_classes, images, logger,
-                     utils.MetricsFile(os.path.join(args.save, METRICS_FILE), start_epoch), best)
+                     utils.MetricsFile(os.path.join(args.save, METRICS_FILE), start_epoch, resumed_in_place=bool(
+                         args.resume) and utils.same_folder(args.resume, args.save)), best)
            if context.is_main else None)
 
     for epoch in range(start_epoch, args.epochs):

@@ -1222,9 +1222,15 @@ class MetricsFile:
     (rows of later epochs were written before an interruption and are about
     to be redone); a fresh run starts empty."""
 
-    def __init__(self, path, resume_epoch=0):
+    def __init__(self, path, resume_epoch=0, resumed_in_place=False):
+        """`resumed_in_place`: the checkpoint is this folder's own, so its
+        rows must be here (a run resumed from another folder's checkpoint,
+        such as a shared warm-up, starts its file at that epoch)."""
         self.path = path
         self.rows = read_json_lines(path, up_to_epoch=resume_epoch) if resume_epoch else []
+        if resumed_in_place and resume_epoch and not self.rows:
+            raise UserError(f"--resume: the checkpoint records epoch {resume_epoch}, but {path} is missing or empty "
+                            "(deleted?), and with it the record of those epochs; restore it, or start again")
         # Each epoch's row is written before its checkpoint, so a checkpoint past the last row was edited.
         if self.rows and self.rows[-1]["epoch"] < resume_epoch:
             raise UserError(f"--resume: the checkpoint records epoch {resume_epoch}, but {path} ends at epoch "
@@ -1234,6 +1240,12 @@ class MetricsFile:
     def append(self, row):
         self.rows.append(row)
         write_json_lines(self.path, self.rows)
+
+
+def same_folder(file_path, folder):
+    """Whether `file_path` lies directly in `folder` (a run resumed from its
+    own checkpoint)."""
+    return os.path.abspath(os.path.dirname(file_path)) == os.path.abspath(folder)
 
 
 def save_checkpoint(state, path):

@@ -86,6 +86,24 @@ def operations_names(indices):
     return operations.indices_to_arch(indices)
 
 
+def test_a_stopped_search_resumed_after_its_record_was_edited_is_refused(tiny_dataset, tmp_path, capsys):
+    # Sweep 13: a checkpoint's lambda edited to 1e11 (under the 1e12 bound) threw alpha to the cheapest ops in
+    # one step and the search ended 22% under its target; resumed after its metrics.jsonl was deleted, a search
+    # finished with rows and figures for its later epochs only.
+    save = tmp_path / "stopped"
+    common = ["--save", str(save), "--target_latency", "24", "--dataset", tiny_dataset, "--num_classes", "3"]
+    run_search(common + TINY_SCHEDULE + ["--stop_after_epoch", "2"])
+    checkpoint_path = save / "checkpoint.pth.tar"
+    kept = checkpoint_path.read_bytes()
+    checkpoint = load_checkpoint(str(checkpoint_path))
+    torch.save(dict(checkpoint, tradeoff=1e11), checkpoint_path)
+    assert "its lambda is 1e+11, but its epoch 2 logged" in resume_refusal(common + ["--resume", str(save)], capsys)
+    checkpoint_path.write_bytes(kept)
+    (save / "metrics.jsonl").unlink()
+    assert "metrics.jsonl is missing or empty (deleted?)" in resume_refusal(common + ["--resume", str(save)], capsys)
+    assert not (save / "arch.json").exists()
+
+
 def test_stop_and_resume_equals_an_uninterrupted_search(finished_search, tiny_dataset, tmp_path):
     save = str(tmp_path / "interrupted")
     common = ["--save", save, "--target_latency", "24", "--dataset", tiny_dataset, "--num_classes", "3"]

@@ -926,6 +926,18 @@ def test_a_checkpoint_past_its_metrics_last_row_is_refused_on_resume(tmp_path):
         utils.MetricsFile(path, resume_epoch=3)
 
 
+def test_a_run_resumed_in_place_without_its_metrics_is_refused(tmp_path):
+    # Sweep 13: a search and a training resumed at epoch 2 after their metrics.jsonl was deleted finished with
+    # rows (and figures) for the later epochs only.
+    path = tmp_path / "metrics.jsonl"
+    with pytest.raises(UserError, match=r"the checkpoint records epoch 2, but .*metrics.jsonl is missing or empty "
+                                        r"\(deleted\?\), and with it the record of those epochs"):
+        utils.MetricsFile(str(path), resume_epoch=2, resumed_in_place=True)
+    assert utils.MetricsFile(str(path), resume_epoch=2).rows == []  # from another folder's checkpoint (a warm-up)
+    assert utils.same_folder(str(tmp_path / "run" / "checkpoint.pth.tar"), str(tmp_path / "run" / "."))
+    assert not utils.same_folder(str(tmp_path / "warmup" / "warmup.pth.tar"), str(tmp_path / "run"))
+
+
 @pytest.mark.parametrize("row", ["[1]", "{}", '{"epoch": "1"}', '{"epoch": true}', '"text"'])
 def test_a_metrics_row_this_project_did_not_write_is_refused_on_resume(tmp_path, row):
     # Sweep 5. Before: a resumed run read these as rows and failed with KeyError / TypeError tracebacks.
