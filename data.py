@@ -291,9 +291,14 @@ def dataset_fingerprint(dataset):
 
 
 def first_renamed_class(then, now):
-    """(name now, name then) of the first class of two equally long lists
-    of class names that differs, or None."""
-    return next(((current, earlier) for earlier, current in zip(then, now) if earlier != current), None)
+    """(a class name now that was not there then, one then that is not there
+    now) for two equally long lists of class names, or None when they are the
+    same. Compared as names, not by position: a renamed class sorts elsewhere
+    ('Class_01' before 'class_00'), and pairing by position would name an
+    unchanged class."""
+    added = [name for name in now if name not in then]
+    gone = [name for name in then if name not in now]
+    return (added[0], gone[0]) if added and gone else None
 
 
 def describe_image_change(before, now):
@@ -303,7 +308,7 @@ def describe_image_change(before, now):
         return f"its classes differ ({len(before['classes'])} then, {len(now['classes'])} now)"
     renamed = first_renamed_class(before["classes"], now["classes"])
     if renamed:
-        return f"other classes ({renamed[0]} where it had {renamed[1]})"
+        return f"other classes ({renamed[0]!r} where it had {renamed[1]!r})"
     if before["images"] != now["images"]:
         return f"{before['images']} images then, {now['images']} now"
     if before["files_sha256"] != now["files_sha256"]:

@@ -62,8 +62,8 @@ def check_dataset_classes(dataset, num_classes, option, recorded=None):
                         "an edited file?)")
     if recorded != list(dataset.classes):
         now, then = data.first_renamed_class(recorded, list(dataset.classes))
-        raise UserError(f"{option}: val/ holds other classes than the weights were trained on ({now} where they had "
-                        f"{then}); is this the dataset the network was trained on?")
+        raise UserError(f"{option}: val/ holds other classes than the weights were trained on ({now!r} where they "
+                        f"had {then!r}); is this the dataset the network was trained on?")
 
 
 def load_weights(model, state_dict, path, option="--weights"):

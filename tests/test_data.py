@@ -307,7 +307,14 @@ def test_a_change_of_images_is_described():
     assert data.describe_image_change(before, dict(before, classes=["cat"])) == "its classes differ (2 then, 1 now)"
     # Sweep 6: the same number of classes with other names was "its classes differ (3 then, 3 now)".
     assert data.describe_image_change(before, dict(before, classes=["cat", "fox"])) == \
-        "other classes (fox where it had dog)"
+        "other classes ('fox' where it had 'dog')"
+    # Sweep 13: paired by position, a class renamed by case only ('Class_01' sorts first) named an unchanged one
+    # ("Class_01 where it had class_00"), and a trailing space was invisible ("X where it had X").
+    cases = {"class_00": "class_00", "class_01": "Class_01"}
+    assert data.describe_image_change(dict(before, classes=sorted(cases)), dict(before, classes=sorted(
+        cases.values()))) == "other classes ('Class_01' where it had 'class_01')"
+    assert data.describe_image_change(before, dict(before, classes=["cat", "dog "])) == \
+        "other classes ('dog ' where it had 'dog')"
     assert data.describe_image_change(before, dict(before, images=12)) == "10 images then, 12 now"
     assert data.describe_image_change(before, dict(before, files_sha256="b")) == \
         "the same number of images, but other files"

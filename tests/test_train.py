@@ -506,7 +506,7 @@ def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(a
     for split in ("train", "val"):
         (renamed / split / "class_00_disc").rename(renamed / split / "class_00_zebra")
     cases.append((["--resume", checkpoint, "--dataset", renamed, "--epochs", 3],
-                  "the checkpoint trained on other images: other classes (class_00_zebra where it had class_00_disc)"))
+                  "the checkpoint trained on other images: other classes ('class_00_zebra' where it had 'class_00_disc')"))
     # Sweep 9. Before: torch loaded each of these and failed at the first step with a TypeError or RuntimeError.
     for name, damage, path in (
             ("momentum-text", lambda state: state["optimizer"]["param_groups"][0].update(momentum="0.9"),
@@ -540,7 +540,7 @@ def test_weights_evaluated_on_other_classes_of_the_same_count_are_refused(author
     shutil.copytree(tiny_dataset, renamed)
     (renamed / "val" / "class_01_square").rename(renamed / "val" / "class_01_zebra")
     with pytest.raises(utils.UserError, match=r"val/ holds other classes than the weights were trained on "
-                                        r"\(class_01_zebra where they had class_01_square\)"):
+                                        r"\('class_01_zebra' where they had 'class_01_square'\)"):
         evaluate.evaluate_weights(authors_run / "best.pth.tar", renamed, image_size=32, progress=False)
     images, _, _ = evaluate.evaluate_weights(authors_run / "best.pth.tar", tiny_dataset, image_size=32,
                                              progress=False)
