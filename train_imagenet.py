@@ -889,13 +889,15 @@ def fit(args, context, root):
         if args.resume:
             carry_best_weights(args)
     logger = utils.run_logger(context, args.save, "train")
-    if context.is_main:
-        log_setup(logger, args, context, training, num_classes, train_loader, val_loader)
     start_epoch, best = 0, dict(top1=-1.0, epoch=0, ema_top1=-1.0)
     if args.resume:
         checkpoint = utils.load_checkpoint(args.resume, what="--resume")
         with utils.damaged_checkpoint_refused(args.resume):
+            # Before the setup is logged: a refused resume adds nothing to the kept run's log.txt.
             start_epoch, best = restore(training, checkpoint, context, num_classes, images, logger)
+    if context.is_main:
+        log_setup(logger, args, context, training, num_classes, train_loader, val_loader)
+    if args.resume:
         log_changed_options(checkpoint, args, logger)
         logger.info(f"resumed from {args.resume} after epoch {start_epoch}")
     else:

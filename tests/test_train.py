@@ -532,6 +532,10 @@ def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(a
     code, lines = user_error(capsys, ["--resume", checkpoint, "--workers", 0])
     assert code == 2 and len(lines) == 1 and f"trained on --dataset {tiny_dataset}; resume with --dataset" in lines[0]
     assert (authors_run / "log.txt").read_text() == log_before
+    # Sweep 13: refused for other images, it had first appended its setup to the kept run's log.txt.
+    code, lines = user_error(capsys, ["--resume", checkpoint, "--dataset", renamed, "--workers", 0])
+    assert code == 2 and len(lines) == 1 and "the checkpoint trained on other images" in lines[0]
+    assert (authors_run / "log.txt").read_text() == log_before
 
 
 def test_weights_evaluated_on_other_classes_of_the_same_count_are_refused(authors_run, tiny_dataset, tmp_path):
