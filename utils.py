@@ -1574,16 +1574,20 @@ def gathered_store(rank, world_size):
                   "(Ctrl-C stops)", flush=True)
             announced = True
 
+    answer_due = None  # while something listens at the port: when it must have answered as a store
     while True:
         if rank != 0 and not accepts_connections(host, port):
             announce()  # asked before torch's client, which prints its C++ errors on every failed try
+            answer_due = None
             time.sleep(RENDEZVOUS_POLL_S)
             continue
         if rank != 0:
-            store = store_client(host, port, world_size, poll)
+            announce()
+            answer_due = answer_due or time.monotonic() + STORE_ANSWER_LIMIT_S
+            store = store_client(host, port, world_size, poll, answer_due)
             if store is not None:
                 break
-            announce()  # process 0 is not listening yet
+            time.sleep(RENDEZVOUS_POLL_S)  # refused (a program that answers otherwise, or process 0 restarting)
             continue
         try:
             store = dist.TCPStore(host, port, world_size, is_master=True, timeout=poll, wait_for_workers=False)
@@ -1599,13 +1603,15 @@ def gathered_store(rank, world_size):
     return store
 
 
-def store_client(host, port, world_size, timeout):
-    """A client of process 0's store at host:port, or None while none is
-    there yet. torch's client blocks in C++ until its handshake is answered,
-    deaf to Ctrl-C and SIGTERM; a program that is not a store (a web server
-    on that port) never answers. So the client is made in a helper thread
-    while this one waits, stoppable, and gives up after STORE_ANSWER_LIMIT_S
-    (the helper, left blocked, ends with the process)."""
+def store_client(host, port, world_size, timeout, answer_due):
+    """A client of process 0's store at host:port, or None after a refused
+    try. torch's client blocks in C++ until its handshake is answered, deaf
+    to Ctrl-C and SIGTERM, and prints a stack dump for every refused try; a
+    program that is not a store never answers (a web server) or refuses every
+    time (one that sends a banner and closes). So the client is made in a
+    helper thread, its C++ output sent to /dev/null, while this thread waits,
+    stoppable; past `answer_due` (time.monotonic()) it gives up in one line
+    (the helper, if left blocked, ends with the process)."""
     made = {}
 
     def connect():
@@ -1615,16 +1621,27 @@ def store_client(host, port, world_size, timeout):
         except (RuntimeError, OSError):  # torch's DistNetworkError is a RuntimeError
             made["store"] = None
 
-    helper = threading.Thread(target=connect, name="store-client", daemon=True)
-    helper.start()
-    deadline = time.monotonic() + STORE_ANSWER_LIMIT_S
-    while "store" not in made and time.monotonic() < deadline:
-        helper.join(0.2)  # short waits: a signal's handler runs between them
-    if "store" not in made:
+    stderr_copy = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        helper = threading.Thread(target=connect, name="store-client", daemon=True)
+        helper.start()
+        while "store" not in made and time.monotonic() < answer_due:
+            helper.join(0.2)  # short waits: a signal's handler runs between them
+        # A client still retrying (refused each time) ends within its timeout: let it, since one left in the
+        # middle of a try when the process exits aborts it. One blocked for good (never answered) is left.
+        finish_by = time.monotonic() + timeout.total_seconds() + 1
+        while "store" not in made and time.monotonic() < finish_by:
+            helper.join(0.2)
+    finally:
+        os.dup2(stderr_copy, 2)
+        os.close(stderr_copy)
+    if made.get("store") is None and time.monotonic() >= answer_due:
         raise UserError(f"MASTER_ADDR:MASTER_PORT {host}:{port}: something accepts connections there but did not "
                         f"answer as process 0's store within {STORE_ANSWER_LIMIT_S} s (another program on that "
                         "port?); give every process the address and port process 0 listens on")
-    return made["store"]
+    return made.get("store")
 
 
 def cleanup_distributed():

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -674,11 +675,28 @@ def test_forwarded_options_count_as_the_settings_they_give():
         settings("--save", "x")
 
 
-@pytest.mark.parametrize("stopped_by", ["its time limit", "SIGTERM"])
-def test_a_process_whose_port_holds_another_program_is_not_hung(stopped_by):
+def answer_with_a_banner(listener):
+    """Serve `listener` as an SSH or SMTP server does a stranger: a banner,
+    then the connection closed."""
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except OSError:  # the listener was closed: the test is over
+            return
+        with connection, contextlib.suppress(OSError):
+            connection.sendall(b"SSH-2.0-OpenSSH_9.2\r\n" + b"x" * 1000)
+
+
+@pytest.mark.parametrize("listener_kind, stopped_by", [("silent", "its time limit"), ("silent", "SIGTERM"),
+                                                       ("banner", "its time limit")])
+def test_a_process_whose_port_holds_another_program_is_not_hung(listener_kind, stopped_by):
     # Sweep 12: process 1 given the port of a web server waited inside torch's store client, silent and deaf to
     # SIGTERM, for as long as it was left (ten minutes, then kill -9). A listener that never answers stands in.
-    with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts (the kernel's backlog), never answers
+    # Sweep 13: one that sends a banner and closes (SSH, SMTP) had it retry forever, printing torch's C++ stack
+    # dumps on every try (9,102 lines in 300 s).
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts (the kernel's backlog)
+        if listener_kind == "banner":
+            threading.Thread(target=answer_with_a_banner, args=(listener,), daemon=True).start()
         limit = "utils.STORE_ANSWER_LIMIT_S = 3\n" if stopped_by == "its time limit" else ""
         command = ("import argparse, utils\n" + limit +
                    "utils.run_cli(lambda args: utils.init_distributed('cpu'), argparse.ArgumentParser(), [])")
