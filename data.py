@@ -819,16 +819,17 @@ def synthetic_dataset(root=None, **params):
     name = (f"synthetic-v{SYNTHETIC_FORMAT_VERSION}-{meta['kind']}-{meta['num_classes']}classes-"
             f"{meta['train_per_class']}train-{meta['val_per_class']}val-{meta['image_size']}px-seed{meta['seed']}")
     base = Path(root if root is not None else default_data_dir())
+    # What names the folder: a script's --data_root where it has one, else the variable.
+    setting = "--data_root" if root is not None else "LIGHTNAS_DATA"
     if base.exists() and not base.is_dir():
-        raise UserError(f"the synthetic dataset's folder {base} is a file; give a folder (the --data_root option or "
-                        "LIGHTNAS_DATA)")
+        raise UserError(f"the synthetic dataset's folder {base} is a file; give a folder ({setting})")
     folder = base / name
     if read_synthetic_metadata(folder) != meta:
         try:
             write_synthetic_dataset(folder, **{key: meta[key] for key in DEFAULT_SYNTHETIC})
         except OSError as error:
             raise UserError(f"cannot write the synthetic dataset into {base} ({error.strerror or error}); set "
-                            "LIGHTNAS_DATA (or --data_root) to a writable folder") from None
+                            f"{setting} to a writable folder") from None
     return str(folder)  # a plain string: it ends up in saved arguments
 
 

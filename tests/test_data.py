@@ -469,3 +469,14 @@ def test_a_jpeg_with_a_damaged_exif_block_loads_without_a_warning(tmp_path, recw
     warnings.simplefilter("always")
     assert data.load_rgb_image(path).size == (8, 8)
     assert [str(warning.message) for warning in recwarn] == []
+
+
+def test_an_unwritable_data_folder_names_the_setting_that_chose_it(monkeypatch, tmp_path):
+    # Sweep 13: the search, which has no --data_root, was told to "set LIGHTNAS_DATA (or --data_root)".
+    monkeypatch.setenv("LIGHTNAS_DATA", "/proc/lightnas-data")  # no one can write there, root neither
+    with pytest.raises(UserError, match=r"cannot write the synthetic dataset into /proc/lightnas-data \(.*\); set "
+                                        "LIGHTNAS_DATA to a writable folder$"):
+        data.synthetic_dataset(num_classes=2, train_per_class=2, val_per_class=1, image_size=16)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match=r"is a file; give a folder \(--data_root\)$"):
+        data.synthetic_dataset(str(tmp_path / "file"), num_classes=2, train_per_class=2, val_per_class=1, image_size=16)
