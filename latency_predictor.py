@@ -49,8 +49,8 @@ import model_train
 import operations
 from operations import (FIXED_FIRST_OP, HEAD_CHANNELS, INPUT_SIZE, LAYOUT, NUM_LAYERS, NUM_OPS,
                         NUM_SEARCHABLE_LAYERS, SEARCHABLE_OPS, SKIP, STEM_CHANNELS, LayerSpec)
-from utils import (MAX_BATCH_SIZE, MAX_CLASSES, USER_ERROR_EXIT_CODE, UserError, is_finite_number, load_checkpoint,
-                   path_error_reason, read_json, write_json)
+from utils import (MAX_BATCH_SIZE, MAX_CLASSES, USER_ERROR_EXIT_CODE, UserError, file_sha256, is_finite_number,
+                   load_checkpoint, path_error_reason, read_json, write_json)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LUT_DIR = os.path.join(REPO_ROOT, "latency_lut")
@@ -382,14 +382,6 @@ def base_metadata(metric, batch_size, num_classes, threads):
 
 def rounded_value(value):
     return round(float(value), VALUE_DECIMALS)
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(functools.partial(file.read, 1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------- predictors

@@ -49,8 +49,8 @@ from utils import (
     RUN_DESCRIPTIONS, AverageMeter, DefaultsHelpFormatter, MetricsFile, RedrawClock, UserError, accuracy,
     add_device_arguments, all_gather_objects, all_reduce_sum, any_process_diverged, check_number_rules,
     check_regular_file, check_saved_epoch, check_seed, checkpoint_kind, cleanup_distributed, content_digest,
-    damaged_checkpoint_refused, describe_saved_run, fill_from_schedule, frozen, init_distributed, is_finite_number,
-    launch, load_checkpoint, load_keeping_this_runs_settings, loss_exploded, name_a_few, new_figure,
+    damaged_checkpoint_refused, describe_saved_run, file_sha256, fill_from_schedule, frozen, init_distributed,
+    is_finite_number, launch, load_checkpoint, load_keeping_this_runs_settings, loss_exploded, name_a_few, new_figure,
     non_finite_entries, optimizer_state_mismatch, progress_bar, read_json, read_json_lines,
     refuse_files_of_others_or_earlier_runs, refuse_save_inside_dataset, resolve_device_type, resumable_at, rng_states,
     run_cli, run_folder_lock, run_logger, same_folder, same_kind_of_value, save_checkpoint, save_checkpoint_again,
@@ -975,6 +975,9 @@ def write_arch_json(args, searcher, predictor, train_set, arch_set):
     elif band is not None:
         result.update(project_final(model, predictor, band, arch_config, cost, args.target_latency,
                                     skip_majority=args.skip_majority))
+    # The supernet it ended with (what benchmarks/screen.py scores networks with), so that another
+    # search's checkpoint put in its place is noticed.
+    result["checkpoint_sha256"] = file_sha256(os.path.join(args.save, CHECKPOINT_NAME))
     result["seal"] = search_seal(result, read_json_lines(os.path.join(args.save, METRICS_NAME)),
                                  read_json(os.path.join(args.save, ARGS_NAME), "the file"))
     write_json(os.path.join(args.save, ARCH_NAME), result)

@@ -304,6 +304,11 @@ NUMBER_RULES = (
 def check_numbers(args, world_size):
     check_number_rules(args, NUMBER_RULES)
     utils.check_seed(args.seed)
+    if not args.evaluate and args.warmup_epochs and args.warmup_epochs >= args.epochs:
+        # The lr would only ramp up, never reaching --lr's peak or decaying (a schedule's warm-up, kept with a
+        # shorter --epochs).
+        raise UserError(f"--warmup_epochs {args.warmup_epochs:g} is not shorter than --epochs {args.epochs}: the whole "
+                        "run would be warm-up; give fewer --warmup_epochs (or more --epochs)")
     if args.batch_size % world_size:
         raise UserError(f"--batch_size {args.batch_size} is the global batch and must divide evenly "
                         f"over {world_size} processes")

@@ -1150,6 +1150,15 @@ def write_json(path, content, indent=2):
         file.write("\n")
 
 
+def file_sha256(path):
+    """SHA-256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def content_digest(content):
     """SHA-256 of a JSON-able value, independent of its keys' order."""
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()

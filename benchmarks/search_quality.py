@@ -345,7 +345,15 @@ def op_mix(arch_config):
 
 
 def load_supernet(search_folder):
-    checkpoint = utils.load_checkpoint(os.path.join(search_folder, search_imagenet.CHECKPOINT_NAME), "search checkpoint")
+    """The supernet a finished search ended with, and its settings; a
+    checkpoint that is not that one (another search's put in its place) is
+    refused."""
+    path = os.path.join(search_folder, search_imagenet.CHECKPOINT_NAME)
+    expected = search_imagenet.read_finished_search(search_folder)[0].get("checkpoint_sha256")
+    if not os.path.isfile(path) or utils.file_sha256(path) != expected:
+        raise UserError(f"{path} is not the checkpoint its search ended with (arch.json records another: replaced, "
+                        "edited or missing); give the folder of a finished search as it was written")
+    checkpoint = utils.load_checkpoint(path, "search checkpoint")
     saved = argparse.Namespace(**checkpoint["args"])
     classifier_weights = [value for key, value in checkpoint["state_dict"].items()
                           if key.startswith("classifier.") and value.ndim == 2]

@@ -389,6 +389,13 @@ def test_the_whole_benchmark_runs_at_toy_size_and_reuses_finished_runs(tmp_path)
         expected_tau = search_quality.kendall_tau([nets[name]["supernet_top1"][seed] for name in ("random 1", "random 2")],
                                                   [sum(net["top1"]) / 2 for net in random_nets])
         assert search["tau"] == expected_tau or (math.isnan(search["tau"]) and math.isnan(expected_tau))
+    # Sweep 13: a search folder holding another search's checkpoint had its row scored with that supernet.
+    swapped = tmp_path / "swapped"
+    shutil.copytree(folders[0], swapped)
+    shutil.copy(Path(folders[1]) / "checkpoint.pth.tar", swapped / "checkpoint.pth.tar")
+    with pytest.raises(search_quality.UserError, match="checkpoint.pth.tar is not the checkpoint its search ended "
+                                                       "with"):
+        search_quality.load_supernet(str(swapped))
 
 
 def test_landing_and_screen_keep_searches_only_for_the_options_that_made_them(tmp_path, monkeypatch):
