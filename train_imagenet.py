@@ -304,11 +304,6 @@ NUMBER_RULES = (
 def check_numbers(args, world_size):
     check_number_rules(args, NUMBER_RULES)
     utils.check_seed(args.seed)
-    if not args.evaluate and args.warmup_epochs and args.warmup_epochs >= args.epochs:
-        # The lr would only ramp up, never reaching --lr's peak or decaying (a schedule's warm-up, kept with a
-        # shorter --epochs).
-        raise UserError(f"--warmup_epochs {args.warmup_epochs:g} is not shorter than --epochs {args.epochs}: the whole "
-                        "run would be warm-up; give fewer --warmup_epochs (or more --epochs)")
     if args.batch_size % world_size:
         raise UserError(f"--batch_size {args.batch_size} is the global batch and must divide evenly "
                         f"over {world_size} processes")
@@ -878,6 +873,11 @@ def log_setup(logger, args, context, training, num_classes, train_loader, val_lo
                 f"train {len(train_loader.dataset)} images, val {len(val_loader.dataset)}; amp {args.amp}, "
                 f"channels_last {args.channels_last}, compile {args.compile}, sync_bn {args.sync_bn}, "
                 f"EMA {args.ema_decay if args.ema else 'off'}; {args.workers} loading process(es) each")
+    if args.warmup_epochs >= args.epochs:
+        # Said, not refused: a run of a few epochs that only checks the pipeline is common; a user who shortened
+        # a schedule's run should know its lr never reaches its peak.
+        logger.info(f"note: the warm-up ({args.warmup_epochs:g} epochs) is as long as the run ({args.epochs}): the lr "
+                    f"only ramps up and never reaches {args.lr:g}; give fewer --warmup_epochs for a real run")
     logger.info(f"writing to {os.path.abspath(args.save)}")
 
 

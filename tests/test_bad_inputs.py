@@ -305,11 +305,6 @@ ARCH_24 = "LightNet-24ms"
 # (script, arguments, what the one line must say). {name} is a file of `inputs`; {out} a fresh path.
 CASES = {
     # --arch_config, everywhere it is accepted
-    # Sweep 13. Before: the demo schedule's 5 warm-up epochs kept with --epochs 3: the lr only ramped up.
-    "train: warm-up as long as the run": (train_imagenet, ["--dataset", "{data}", "--save", "{out}", "--schedule",
-                                                          "demo", "--epochs", "3"],
-                                          "--warmup_epochs 5 is not shorter than --epochs 3: the whole run would be "
-                                          "warm-up"),
     "train: code in arch_config": (train_imagenet, ["--dataset", "{data}", "--save", "{out}", "--arch_config",
                                                    "__import__('os').system('touch /tmp/x')"], "--arch_config"),
     "train: dict arch_config": (train_imagenet, ["--dataset", "{data}", "--save", "{out}", "--arch_config",

@@ -112,6 +112,8 @@ def test_authors_command_line_writes_metrics_checkpoints_log_and_curves(authors_
     network = LightNet(resolve_arch_config(ARCH), num_classes=TINY["num_classes"])
     params = sum(parameter.numel() for parameter in network.parameters())
     assert f"Params: {params / 1e6:.2f} M;" in log and "FLOPs:" in log and "epoch 2/2" in log
+    # Sweep 13: the recipe's warm-up kept with a 2-epoch run, without a word that the lr never peaks.
+    assert "note: the warm-up (5 epochs) is as long as the run (2): the lr only ramps up" in log
 
     checkpoint = torch.load(authors_run / "checkpoint.pth.tar", weights_only=True)
     assert checkpoint["epoch"] == 2 and checkpoint["arch_config"] == resolve_arch_config(ARCH)
