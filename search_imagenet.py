@@ -976,8 +976,10 @@ def write_arch_json(args, searcher, predictor, train_set, arch_set):
         result.update(project_final(model, predictor, band, arch_config, cost, args.target_latency,
                                     skip_majority=args.skip_majority))
     # The supernet it ended with (what benchmarks/screen.py scores networks with), so that another
-    # search's checkpoint put in its place is noticed.
-    result["checkpoint_sha256"] = file_sha256(os.path.join(args.save, CHECKPOINT_NAME))
+    # search's checkpoint put in its place is noticed; None where --save holds none (a finished search
+    # resumed into a new folder only to choose its architecture again).
+    checkpoint = os.path.join(args.save, CHECKPOINT_NAME)
+    result["checkpoint_sha256"] = file_sha256(checkpoint) if os.path.isfile(checkpoint) else None
     result["seal"] = search_seal(result, read_json_lines(os.path.join(args.save, METRICS_NAME)),
                                  read_json(os.path.join(args.save, ARGS_NAME), "the file"))
     write_json(os.path.join(args.save, ARCH_NAME), result)

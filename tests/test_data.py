@@ -458,7 +458,7 @@ def test_scanning_lists_what_imagefolder_lists_and_follows_no_symlink_cycle(tmp_
 
 def test_a_synthetic_set_that_cannot_be_written_is_one_line():
     # Before: with a read-only HOME the demo search ended in write_synthetic_dataset's OSError traceback.
-    with pytest.raises(UserError, match="cannot write the synthetic dataset into /proc/lightnas-data .* LIGHTNAS_DATA"):
+    with pytest.raises(UserError, match="cannot write the synthetic dataset into /proc/lightnas-data .* --data_root"):
         data.synthetic_dataset(root="/proc/lightnas-data", num_classes=2, train_per_class=1, val_per_class=1)
 
 
