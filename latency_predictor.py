@@ -292,6 +292,13 @@ def check_table(table, where):
     _check_reachable_range(table, where)
 
 
+# The cheapest and the dearest architecture a table allows differ by at least
+# this share of the dearest (several-fold on every real device): under it,
+# any network lands within 1% of any target in range, and the search's cost
+# term steers nothing.
+MIN_COST_SPREAD = 0.01
+
+
 def _check_reachable_range(table, where):
     """The costs a table gives must be ones a device could have: the
     cheapest architecture above 0 (a table of zeros, or a calibration offset
@@ -305,9 +312,10 @@ def _check_reachable_range(table, where):
     highest = fixed + sum(max(entries[key]["value"] for key in row) for row in layer_keys())
     unit = metadata["unit"]
     _refuse_cost_below_zero(lowest, unit, where)
-    if not highest - lowest > 1e-9 * abs(highest):
-        raise UserError(f"{where}: every architecture costs {highest:.4g} {unit} by this table (its entries do not "
-                        "differ between ops), so it cannot guide a search; rebuild it")
+    if not highest - lowest > MIN_COST_SPREAD * abs(highest):
+        raise UserError(f"{where}: every architecture costs {lowest:.4g} to {highest:.4g} {unit} by this table (its "
+                        f"entries barely differ between ops: under {MIN_COST_SPREAD:.0%} apart), so it cannot guide a "
+                        "search; rebuild it")
     calibration = metadata.get("calibration")
     if calibration is not None:
         if abs(calibration["offset"]) > CALIBRATION_SCALE_RANGE[1] * highest:

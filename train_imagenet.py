@@ -900,6 +900,8 @@ def fit(args, context, root):
         with utils.damaged_checkpoint_refused(args.resume):
             # Before the setup is logged: a refused resume adds nothing to the kept run's log.txt.
             start_epoch, best = restore(training, checkpoint, context, num_classes, images, logger)
+    metrics = (utils.MetricsFile(os.path.join(args.save, METRICS_FILE), start_epoch, resumed_in_place=bool(
+        args.resume) and utils.same_folder(args.resume, args.save)) if context.is_main else None)
     if context.is_main:
         log_setup(logger, args, context, training, num_classes, train_loader, val_loader)
     if args.resume:
@@ -908,10 +910,7 @@ def fit(args, context, root):
     else:
         # Each process its own dropout stream; the weights are already equal.
         utils.seed_everything(args.seed + context.rank)
-    run = (RunRecord(args, num_classes, images, logger,
-                     utils.MetricsFile(os.path.join(args.save, METRICS_FILE), start_epoch, resumed_in_place=bool(
-                         args.resume) and utils.same_folder(args.resume, args.save)), best)
-           if context.is_main else None)
+    run = RunRecord(args, num_classes, images, logger, metrics, best) if context.is_main else None
 
     for epoch in range(start_epoch, args.epochs):
         train_loader.sampler.set_epoch(epoch)

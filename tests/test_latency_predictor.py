@@ -339,9 +339,14 @@ MALFORMED = {
     # Sweep 13: entries all 0 (the fixed part kept) or all equal: every network cost the same, a search "landed"
     # on any, and calibrate fitted a line through one point (numpy's RankWarning, then a table written).
     "entries all zero": (lambda table: [entry.update(value=0.0) for entry in table["entries"].values()],
-                         "every architecture costs 3.674 ms by this table (its entries do not differ between ops)"),
+                         "every architecture costs 3.674 to 3.674 ms by this table (its entries barely differ "
+                         "between ops: under 1% apart)"),
     "entries all equal": (lambda table: [entry.update(value=1.0) for entry in table["entries"].values()],
-                          "every architecture costs 24.67 ms by this table"),
+                          "every architecture costs 24.67 to 24.67 ms by this table"),
+    # Sweep 14: entries differing by 1e-9 ms each passed a test for exactly equal costs.
+    "entries barely differ": (lambda table: [entry.update(value=1e-9 * number) for number, entry in
+                                             enumerate(table["entries"].values())],
+                              "its entries barely differ between ops: under 1% apart"),
     # Sweep 13: a calibration offset of a million ms: every network predicted at 1,000,017 ms.
     "huge offset": (_set("metadata", "calibration", {"scale": 1.0, "offset": 1e6}),
                     "a calibration offset of 1e+06 ms is more than 50 times the most expensive architecture's cost"),

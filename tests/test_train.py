@@ -538,6 +538,15 @@ def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(a
     code, lines = user_error(capsys, ["--resume", checkpoint, "--dataset", renamed, "--workers", 0])
     assert code == 2 and len(lines) == 1 and "the checkpoint trained on other images" in lines[0]
     assert (authors_run / "log.txt").read_text() == log_before
+    # Sweep 14: so had one refused for its metrics.jsonl (there a folder).
+    odd_metrics = tmp_path / "odd-metrics"
+    shutil.copytree(authors_run, odd_metrics)
+    (odd_metrics / "metrics.jsonl").unlink()
+    (odd_metrics / "metrics.jsonl").mkdir()
+    code, lines = user_error(capsys, ["--resume", odd_metrics / "checkpoint.pth.tar", "--dataset", tiny_dataset,
+                                      "--workers", 0, "--epochs", 3])
+    assert code == 2 and len(lines) == 1 and "metrics.jsonl is a folder" in lines[0], lines
+    assert (odd_metrics / "log.txt").read_text() == log_before
 
 
 def test_weights_evaluated_on_other_classes_of_the_same_count_are_refused(authors_run, tiny_dataset, tmp_path):
