@@ -1188,6 +1188,13 @@ def set_up_search(args, context):
         check_finite_state(searcher, resume_path)
         if checkpoint["epoch"] == args.freeze_epochs:
             searcher.state = SearchState(tradeoff=args.tradeoff)  # a search from the warm-up starts a fresh lambda
+    # Read (and checked against the checkpoint) before anything is written: a refused resume leaves the kept
+    # run's args.json and log.txt as they were.
+    metrics = (MetricsFile(os.path.join(args.save, METRICS_NAME), start_epoch,
+                           resumed_in_place=resume_path is not None and same_folder(resume_path, args.save))
+               if context.is_main else None)
+    if metrics is not None and start_epoch > args.freeze_epochs:
+        check_lambda_matches_its_row(searcher.state.tradeoff, metrics.rows, start_epoch, resume_path)
     # Only now, every check passed, does the run write into --save (only the
     # main process writes; the others only read args.save): args.json
     # always describes the run that continues or starts here.
@@ -1204,11 +1211,7 @@ def set_up_search(args, context):
         arch_loader=data.seeded_loader(arch_set, args.batch_size_val // context.world_size, args.seed + 1, context,
                                        args.workers, what="alpha's split"),
         logger=logger,
-        metrics=MetricsFile(os.path.join(args.save, METRICS_NAME), start_epoch,
-                            resumed_in_place=resume_path is not None and same_folder(resume_path, args.save))
-        if context.is_main else None)
-    if record.metrics is not None and start_epoch > args.freeze_epochs:
-        check_lambda_matches_its_row(searcher.state.tradeoff, record.metrics.rows, start_epoch, resume_path)
+        metrics=metrics)
     alpha_images = ("val/" if args.arch_split_from_train is None
                     else f"{100 * args.arch_split_from_train:g}% of train/")
     logger.info(f"searching {args.epochs} epochs ({args.freeze_epochs} warm-up) on {len(classes)} classes, "

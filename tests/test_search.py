@@ -95,6 +95,7 @@ def test_a_stopped_search_resumed_after_its_record_was_edited_is_refused(tiny_da
     run_search(common + TINY_SCHEDULE + ["--stop_after_epoch", "2"])
     checkpoint_path = save / "checkpoint.pth.tar"
     kept = checkpoint_path.read_bytes()
+    written = {name: (save / name).read_text() for name in ("args.json", "log.txt")}
     checkpoint = load_checkpoint(str(checkpoint_path))
     torch.save(dict(checkpoint, tradeoff=1e11), checkpoint_path)
     assert "its lambda is 1e+11, but its epoch 2 logged" in resume_refusal(common + ["--resume", str(save)], capsys)
@@ -102,6 +103,8 @@ def test_a_stopped_search_resumed_after_its_record_was_edited_is_refused(tiny_da
     (save / "metrics.jsonl").unlink()
     assert "metrics.jsonl is missing or empty (deleted?)" in resume_refusal(common + ["--resume", str(save)], capsys)
     assert not (save / "arch.json").exists()
+    # Sweep 14: each refusal had first rewritten the kept args.json and appended to its log.txt.
+    assert {name: (save / name).read_text() for name in written} == written
 
 
 def test_stop_and_resume_equals_an_uninterrupted_search(finished_search, tiny_dataset, tmp_path):
