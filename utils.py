@@ -1563,6 +1563,8 @@ def accepts_connections(host, port):
     try:
         with socket.create_connection((host, port), timeout=RENDEZVOUS_POLL_S):
             return True
+    except (ConnectionResetError, ConnectionAbortedError):
+        return True  # something is there: it took the connection and dropped it at once (not process 0's store)
     except OSError:
         return False
 

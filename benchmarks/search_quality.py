@@ -352,7 +352,7 @@ def load_supernet(search_folder):
     expected = search_imagenet.read_finished_search(search_folder)[0].get("checkpoint_sha256")
     if not os.path.isfile(path) or utils.file_sha256(path) != expected:
         raise UserError(f"{path} is not the checkpoint its search ended with (arch.json records another: replaced, "
-                        "edited or missing); give the folder of a finished search as it was written")
+                        "edited or missing); delete that search's folder to run it again (or give another)")
     checkpoint = utils.load_checkpoint(path, "search checkpoint")
     saved = argparse.Namespace(**checkpoint["args"])
     classifier_weights = [value for key, value in checkpoint["state_dict"].items()

@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -687,16 +688,30 @@ def answer_with_a_banner(listener):
             connection.sendall(b"SSH-2.0-OpenSSH_9.2\r\n" + b"x" * 1000)
 
 
+def reset_each_connection(listener):
+    """Serve `listener` as a firewall or a crashed server might: each
+    connection taken and dropped at once (a TCP reset)."""
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except OSError:  # the listener was closed: the test is over
+            return
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()
+
+
 @pytest.mark.parametrize("listener_kind, stopped_by", [("silent", "its time limit"), ("silent", "SIGTERM"),
-                                                       ("banner", "its time limit")])
+                                                       ("banner", "its time limit"), ("reset", "its time limit")])
 def test_a_process_whose_port_holds_another_program_is_not_hung(listener_kind, stopped_by):
     # Sweep 12: process 1 given the port of a web server waited inside torch's store client, silent and deaf to
     # SIGTERM, for as long as it was left (ten minutes, then kill -9). A listener that never answers stands in.
     # Sweep 13: one that sends a banner and closes (SSH, SMTP) had it retry forever, printing torch's C++ stack
-    # dumps on every try (9,102 lines in 300 s).
+    # dumps on every try (9,102 lines in 300 s). Sweep 14: one that resets each connection was taken for no
+    # listener at all, and the process waited for process 0 for good.
     with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts (the kernel's backlog)
-        if listener_kind == "banner":
-            threading.Thread(target=answer_with_a_banner, args=(listener,), daemon=True).start()
+        serve = {"banner": answer_with_a_banner, "reset": reset_each_connection}.get(listener_kind)
+        if serve is not None:
+            threading.Thread(target=serve, args=(listener,), daemon=True).start()
         limit = "utils.STORE_ANSWER_LIMIT_S = 3\n" if stopped_by == "its time limit" else ""
         command = ("import argparse, utils\n" + limit +
                    "utils.run_cli(lambda args: utils.init_distributed('cpu'), argparse.ArgumentParser(), [])")
