@@ -1554,6 +1554,7 @@ def init_distributed(device_type):
 
 RENDEZVOUS_POLL_S = 2  # how long one attempt to reach rank 0 blocks (a signal is handled between attempts)
 STORE_ANSWER_LIMIT_S = 30  # process 0's store answers a client at once; something else at its port never does
+STORE_CLIENT_GRACE_S = 15  # for a refused client's last try to end (its timeout is 2 s; slower on a loaded machine)
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default for the group's operations
 
 
@@ -1640,10 +1641,11 @@ def store_client(host, port, world_size, timeout, answer_due):
         helper.start()
         while "store" not in made and time.monotonic() < answer_due:
             helper.join(0.2)  # short waits: a signal's handler runs between them
-        # A client still retrying (refused each time) ends within its timeout: let it, since one left in the
-        # middle of a try when the process exits aborts it. One blocked for good (never answered) is left.
-        finish_by = time.monotonic() + timeout.total_seconds() + 1
-        while "store" not in made and time.monotonic() < finish_by:
+        # A client still retrying (refused each time) ends soon after its timeout: let it, since one left in
+        # the middle of a try when the process exits aborts it (SIGABRT). One blocked for good (never
+        # answered) is left: that one does not.
+        finish_by = time.monotonic() + STORE_CLIENT_GRACE_S
+        while helper.is_alive() and "store" not in made and time.monotonic() < finish_by:
             helper.join(0.2)
     finally:
         os.dup2(stderr_copy, 2)
