@@ -156,8 +156,8 @@ def resolve_arch_config(value):
         return validate_arch_config(_parse_list_string(text))
     if os.path.exists(text):  # read_json refuses a folder, a device or a pipe in one line
         return validate_arch_config(_load_arch_json(text))
+    refuse_link_loop(text, "--arch_config:")  # looks missing to os.path.exists, whatever its name
     if text.endswith(".json"):
-        refuse_link_loop(text, "--arch_config:")
         raise UserError(f"--arch_config: file {text} not found")
     raise UserError(f"--arch_config: {text!r} is neither a registered network ({', '.join(LIGHTNETS)}), "
                     f"a JSON file, nor a list like \"['MBK3E1', ...]\"")

@@ -1475,6 +1475,18 @@ def installed_nvidia_gpus():
         return 0
 
 
+def check_visible_without_gpu(visible, available):
+    """On a machine that sees no GPU, --visible 0 (the authors' commands
+    carry `--gpus 1 --visible 0`) runs on the CPU; any other id names a GPU
+    that is not there, and the run would fall back to the CPU in silence."""
+    if visible is None or available:
+        return
+    ids = [gpu_id.strip() for gpu_id in visible.split(",")]
+    if ids != ["0"]:
+        raise UserError(f"--visible {visible}: this machine has no CUDA GPU, so there is no GPU {', '.join(ids)}; "
+                        "drop --visible to run on the CPU")
+
+
 def resolve_device_type(args):
     """Validate --device/--gpus/--visible and return "cuda" or "cpu".
 
@@ -1512,6 +1524,7 @@ def resolve_device_type(args):
         # each process would get a sliver of a core, and gloo's collectives stall behind them for minutes
         raise UserError(f"--gpus {args.gpus} on the CPU starts {args.gpus} processes, and this machine has "
                         f"{os.cpu_count()} cores; use at most --gpus {os.cpu_count()}")
+    check_visible_without_gpu(args.visible, available)
     return device_type
 
 

@@ -614,6 +614,11 @@ CASES = {
     # Before: "not found", "a part of the path is a file" or "train is not a folder".
     "train: arch_config a loop of links": (train_imagenet, ["--save", "{out}", "--arch_config", "{json_loop}"],
                                            "is a loop of links"),
+    # Sweep 14 #216: "holds no finished search (no arch.json)"; a loop not named .json was "neither a registered
+    # network, a JSON file, nor a list".
+    "screen: folders a loop of links": (screen, ["--folders", "{link_loop}"], "loop-a is a loop of links"),
+    "train: arch_config a loop of links not named .json": (train_imagenet, ["--save", "{out}", "--arch_config",
+                                                                            "{link_loop}"], "loop-a is a loop of links"),
     "search: dataset a loop of links": (search_imagenet, ["--save", "{out}", "--dataset", "{link_loop}"],
                                         "loop-a is a loop of links"),
     "search: save a loop of links": (search_imagenet, ["--save", "{link_loop}"], "loop-a is a loop of links"),

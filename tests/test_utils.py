@@ -605,6 +605,10 @@ def test_visible_naming_a_gpu_the_machine_lacks_is_refused(tmp_path, monkeypatch
     monkeypatch.setattr(utils, "NVIDIA_GPU_FOLDER", str(tmp_path / "no-driver"))
     monkeypatch.setattr(utils.torch.cuda, "device_count", lambda: 0)
     assert utils.resolve_device_type(argparse.Namespace(visible="0", gpus=1, device="auto")) == "cpu"
+    # Any other id names a GPU that is not there: it ran on the CPU in silence (sweep 14 #152, #188).
+    for visible in ("3", "1", "0,1"):
+        with pytest.raises(utils.UserError, match=f"--visible {visible}: this machine has no CUDA GPU"):
+            utils.resolve_device_type(argparse.Namespace(visible=visible, gpus=1, device="auto"))
 
 
 def test_an_unusable_thread_setting_is_named(capsys):
