@@ -331,10 +331,10 @@ def continued_by_rerun():
     _continued_by_rerun = True
 
 
-def step_environment(**variables):
-    """The environment for a step a composite tool starts: this one's, with
-    `variables`, marked as a step (interrupted_message)."""
-    return {**os.environ, STEP_OF_TOOL_VARIABLE: os.path.basename(sys.argv[0]), **variables}
+def step_environment():
+    """The environment for a step a composite tool starts: this one's,
+    marked as a step (interrupted_message)."""
+    return {**os.environ, STEP_OF_TOOL_VARIABLE: os.path.basename(sys.argv[0])}
 
 
 def interrupted_message(what):
