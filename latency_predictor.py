@@ -303,19 +303,17 @@ def _check_reachable_range(table, where):
     """The costs a table gives must be ones a device could have: the
     cheapest architecture above 0 (a table of zeros, or a calibration offset
     that drives costs below 0, would let the search chase costs no device
-    has), not every architecture at one cost (entries all zero or all equal:
-    nothing for the search to trade), and a calibration offset no larger than
-    the largest scale could make of the most expensive one."""
+    has), not every architecture at one cost (entries all zero or all equal,
+    or a calibration offset that dwarfs what the entries add: nothing for the
+    search to trade), and a calibration offset no larger than the largest
+    scale could make of the most expensive one."""
     entries, metadata = table["entries"], table["metadata"]
     fixed = table["fixed"]["value"]
     lowest = fixed + sum(min(entries[key]["value"] for key in row) for row in layer_keys())
     highest = fixed + sum(max(entries[key]["value"] for key in row) for row in layer_keys())
     unit = metadata["unit"]
     _refuse_cost_below_zero(lowest, unit, where)
-    if not highest - lowest > MIN_COST_SPREAD * abs(highest):
-        raise UserError(f"{where}: every architecture costs {lowest:.4g} to {highest:.4g} {unit} by this table (its "
-                        f"entries barely differ between ops: under {MIN_COST_SPREAD:.0%} apart), so it cannot guide a "
-                        "search; rebuild it")
+    _refuse_costs_too_close(lowest, highest, unit, where, "its entries barely differ between ops")
     calibration = metadata.get("calibration")
     if calibration is not None:
         if abs(calibration["offset"]) > CALIBRATION_SCALE_RANGE[1] * highest:
@@ -323,7 +321,15 @@ def _check_reachable_range(table, where):
                             f"{CALIBRATION_SCALE_RANGE[1]:g} times the most expensive architecture's cost "
                             f"({highest:.4g}): the measurements and the table are not of the same thing; calibrate "
                             "it again from the raw table")
-        _refuse_cost_below_zero(calibration["scale"] * lowest + calibration["offset"], unit, where)
+        lowest, highest = (calibration["scale"] * cost + calibration["offset"] for cost in (lowest, highest))
+        _refuse_cost_below_zero(lowest, unit, where)
+        _refuse_costs_too_close(lowest, highest, unit, where, "its calibration offset dwarfs what the ops add")
+
+
+def _refuse_costs_too_close(lowest, highest, unit, where, why):
+    if not highest - lowest > MIN_COST_SPREAD * abs(highest):
+        raise UserError(f"{where}: every architecture costs {lowest:.4g} to {highest:.4g} {unit} by this table "
+                        f"({why}: under {MIN_COST_SPREAD:.0%} apart), so it cannot guide a search; rebuild it")
 
 
 def _refuse_cost_below_zero(lowest, unit, where):
