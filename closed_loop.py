@@ -28,6 +28,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import torch
@@ -50,10 +51,15 @@ STEP_STOP_TIMEOUT_S = 60  # a stopped step's own clean-up (a checkpoint being wr
 
 
 def run_step(arguments, what):
-    """Run one of the project's commands; a failure ends the loop in one line."""
+    """Run one of the project's commands; a failure ends the loop in one
+    line, the step's own error line folded into it."""
     print(f"== {what}: {' '.join(arguments)}", flush=True)
     # In the user's folder, as their paths are; on Ctrl-C the loop, not the step, says how to continue.
-    process = subprocess.Popen([sys.executable] + arguments, env=step_environment())
+    process = subprocess.Popen([sys.executable] + arguments, env=step_environment(), stderr=subprocess.PIPE,
+                               text=True, errors="replace")
+    error_lines = []
+    relay = threading.Thread(target=relay_stderr, args=(process.stderr, error_lines), daemon=True)
+    relay.start()
     try:
         returncode = process.wait()
     except BaseException:  # Ctrl-C or SIGTERM: the step stops as it would alone, cleaning up after itself
@@ -63,8 +69,25 @@ def run_step(arguments, what):
         except subprocess.TimeoutExpired:
             process.kill()
         raise
+    relay.join()
     if returncode != 0:
-        raise UserError(f"{what} failed (exit {returncode}); its message is above")
+        if error_lines:
+            raise UserError(f"{what} failed: {error_lines[-1].removeprefix(ERROR_PREFIX)}")
+        raise UserError(f"{what} failed (exit {returncode}); its output is above")
+
+
+ERROR_PREFIX = "error: "
+
+
+def relay_stderr(stream, error_lines):
+    """Pass a step's stderr on as it comes (warnings, a bug's traceback),
+    keeping back its `error:` lines for run_step's one line."""
+    for line in stream:
+        if line.startswith(ERROR_PREFIX):
+            error_lines.append(line.rstrip("\n"))
+        else:
+            sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def build_table(out, build_options):

@@ -249,3 +249,15 @@ def test_sigterm_to_a_first_closed_loop_run_leaves_no_folder(fitted_table, tmp_p
     assert process.stderr.read().strip().splitlines() == [
         "terminated; the same command continues it, keeping the finished steps: " + shlex.join(["python3", *command[1:]])]
     assert not out.exists()
+
+
+def test_a_failed_step_is_one_line_that_carries_its_own_error(capfd):
+    # Sweep 15 #80: a step's "error: ..." line, then the loop's "... failed (exit 2); its message is above".
+    step = ("import sys\nprint('warning: kept as it came', file=sys.stderr)\n"
+            "print('error: no space left for log.txt', file=sys.stderr)\nsys.exit(2)")
+    with pytest.raises(UserError) as caught:
+        closed_loop.run_step(["-c", step], "searching for 15 ms")
+    assert str(caught.value) == "searching for 15 ms failed: no space left for log.txt"
+    assert capfd.readouterr().err == "warning: kept as it came\n"  # other lines pass, the error line is folded in
+    with pytest.raises(UserError, match=r"^a step failed \(exit 3\); its output is above$"):
+        closed_loop.run_step(["-c", "raise SystemExit(3)"], "a step")
