@@ -1566,7 +1566,7 @@ def init_distributed(device_type):
 
 
 RENDEZVOUS_POLL_S = 2  # how long one attempt to reach rank 0 blocks (a signal is handled between attempts)
-STORE_ANSWER_LIMIT_S = 30  # process 0's store answers a client at once; something else at its port never does
+STORE_ANSWER_LIMIT_S = 20  # process 0's store answers a client at once; something else at its port never does
 STORE_CLIENT_GRACE_S = 15  # for a refused client's last try to end (its timeout is 2 s; slower on a loaded machine)
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default for the group's operations
 
