@@ -626,9 +626,12 @@ class Searcher:
 
     # ------------------------------------------------------------ checkpoints
 
-    def checkpoint(self, epoch):
-        """Everything needed to continue after `epoch` exactly."""
+    def checkpoint(self, epoch, row):
+        """Everything needed to continue after `epoch` exactly, and the
+        digest of its metrics row (`row`), so that a resume in place can
+        tell its own folder's record from another search's."""
         return {
+            "metrics_row_sha256": content_digest(row),
             "format": CHECKPOINT_FORMAT,
             "epoch": epoch + 1,
             "state_dict": self.model.state_dict(),
@@ -1191,7 +1194,8 @@ def set_up_search(args, context):
     # Read (and checked against the checkpoint) before anything is written: a refused resume leaves the kept
     # run's args.json and log.txt as they were.
     metrics = (MetricsFile(os.path.join(args.save, METRICS_NAME), start_epoch,
-                           resumed_in_place=resume_path is not None and same_folder(resume_path, args.save))
+                           resumed_in_place=resume_path is not None and same_folder(resume_path, args.save),
+                           row_digest=checkpoint.get("metrics_row_sha256") if resume_path else None)
                if context.is_main else None)
     if metrics is not None and start_epoch > args.freeze_epochs:
         check_lambda_matches_its_row(searcher.state.tradeoff, metrics.rows, start_epoch, resume_path)
@@ -1258,7 +1262,7 @@ def record_search_epoch(record, searcher, row, stop_here):
     (and, at the warm-up's end, its copy warmup.pth.tar), then the plots."""
     args, epoch = record.args, row["epoch"] - 1
     record.metrics.append(row)
-    save_checkpoint(searcher.checkpoint(epoch), os.path.join(args.save, CHECKPOINT_NAME))
+    save_checkpoint(searcher.checkpoint(epoch, row), os.path.join(args.save, CHECKPOINT_NAME))
     if epoch + 1 == args.freeze_epochs:
         save_checkpoint_again(os.path.join(args.save, CHECKPOINT_NAME), os.path.join(args.save, WARMUP_CHECKPOINT_NAME))
     if record.figures.due(last=epoch + 1 == args.epochs or stop_here):

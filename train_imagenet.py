@@ -673,10 +673,14 @@ def evaluate_model(model, loader, context, progress):
 # ------------------------------------------------------------------ state
 
 
-def checkpoint_state(training, args, num_classes, epoch, best, rng_states, images):
+def checkpoint_state(training, args, num_classes, epoch, record, best, rng_states, images):
+    """Everything needed to continue after `epoch`, and the digest of its
+    metrics row (`record`), so that a resume in place can tell its own
+    folder's record from another run's."""
     state = dict(state_dict=training.model.state_dict(), arch_config=list(args.arch_config),
                  num_classes=num_classes, image_size=args.image_size,
                  eval_crop_ratio=data.eval_crop_ratio(args.augment), epoch=epoch,
+                 metrics_row_sha256=utils.content_digest(record),
                  optimizer=training.optimizer.state_dict(), scheduler=training.scheduler.state_dict(),
                  scaler=training.scaler.state_dict(), best=dict(best), rng_states=rng_states, args=vars(args),
                  dataset=images)
@@ -901,7 +905,8 @@ def fit(args, context, root):
             # Before the setup is logged: a refused resume adds nothing to the kept run's log.txt.
             start_epoch, best = restore(training, checkpoint, context, num_classes, images, logger)
     metrics = (utils.MetricsFile(os.path.join(args.save, METRICS_FILE), start_epoch, resumed_in_place=bool(
-        args.resume) and utils.same_folder(args.resume, args.save)) if context.is_main else None)
+        args.resume) and utils.same_folder(args.resume, args.save), row_digest=checkpoint.get("metrics_row_sha256")
+        if args.resume else None) if context.is_main else None)
     if context.is_main:
         log_setup(logger, args, context, training, num_classes, train_loader, val_loader)
     if args.resume:
@@ -999,7 +1004,7 @@ def record_epoch(run, training, epoch, lr, stats, val, ema_val, rng_states):
                                                ema_val),
                                   os.path.join(args.save, BEST_EMA_FILE))
     run.metrics.append(record)
-    utils.save_checkpoint(checkpoint_state(training, args, num_classes, done, best, rng_states, run.images),
+    utils.save_checkpoint(checkpoint_state(training, args, num_classes, done, record, best, rng_states, run.images),
                           os.path.join(args.save, CHECKPOINT_FILE))
     if run.figures.due(last=done == args.epochs):
         plot_curves(run.metrics.rows, os.path.join(args.save, CURVES_FILE))

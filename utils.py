@@ -1231,10 +1231,12 @@ class MetricsFile:
     (rows of later epochs were written before an interruption and are about
     to be redone); a fresh run starts empty."""
 
-    def __init__(self, path, resume_epoch=0, resumed_in_place=False):
+    def __init__(self, path, resume_epoch=0, resumed_in_place=False, row_digest=None):
         """`resumed_in_place`: the checkpoint is this folder's own, so its
         rows must be here (a run resumed from another folder's checkpoint,
-        such as a shared warm-up, starts its file at that epoch)."""
+        such as a shared warm-up, starts its file at that epoch), and its
+        epoch's row must be the one whose content_digest the checkpoint
+        records (`row_digest`; None for a checkpoint that records none)."""
         self.path = path
         self.rows = read_json_lines(path, up_to_epoch=resume_epoch) if resume_epoch else []
         if resumed_in_place and resume_epoch and not self.rows:
@@ -1245,6 +1247,10 @@ class MetricsFile:
             raise UserError(f"--resume: the checkpoint records epoch {resume_epoch}, but {path} ends at epoch "
                             f"{self.rows[-1]['epoch']} (each epoch's row is written before its checkpoint): one was "
                             "edited; resume from another checkpoint or start again")
+        if resumed_in_place and row_digest is not None and self.rows and content_digest(self.rows[-1]) != row_digest:
+            raise UserError(f"--resume: the checkpoint is not the one whose epoch {resume_epoch} {path} records "
+                            "(another run's checkpoint put in its place, or one of the two edited); resume from "
+                            "that run's own folder, or start again")
 
     def append(self, row):
         self.rows.append(row)

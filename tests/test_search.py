@@ -99,6 +99,12 @@ def test_a_stopped_search_resumed_after_its_record_was_edited_is_refused(tiny_da
     checkpoint = load_checkpoint(str(checkpoint_path))
     torch.save(dict(checkpoint, tradeoff=1e11), checkpoint_path)
     assert "its lambda is 1e+11, but its epoch 2 logged" in resume_refusal(common + ["--resume", str(save)], capsys)
+    # Sweep 15 (#180, in training): another search's checkpoint of the same epoch put in its place (the same
+    # settings: its rows differ from this folder's in their times).
+    other = tmp_path / "other"
+    run_search(common[:1] + [str(other)] + common[2:] + TINY_SCHEDULE + ["--stop_after_epoch", "2"])
+    checkpoint_path.write_bytes((other / "checkpoint.pth.tar").read_bytes())
+    assert "the checkpoint is not the one whose epoch 2" in resume_refusal(common + ["--resume", str(save)], capsys)
     checkpoint_path.write_bytes(kept)
     (save / "metrics.jsonl").unlink()
     assert "metrics.jsonl is missing or empty (deleted?)" in resume_refusal(common + ["--resume", str(save)], capsys)

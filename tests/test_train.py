@@ -547,6 +547,18 @@ def test_resume_refuses_weights_only_files_other_architectures_and_overwriting(a
                                       "--workers", 0, "--epochs", 3])
     assert code == 2 and len(lines) == 1 and "metrics.jsonl is a folder" in lines[0], lines
     assert (odd_metrics / "log.txt").read_text() == log_before
+    # Sweep 15 #180: a copy of the run with another run's checkpoint in its place. Before: resumed, the other
+    # run's weights continued under this run's metrics rows and best weights.
+    train(*tiny_run(tiny_dataset, tmp_path / "other", "--epochs", 1))
+    mixed = tmp_path / "mixed"
+    shutil.copytree(authors_run, mixed)
+    shutil.copy(tmp_path / "other" / "checkpoint.pth.tar", mixed / "checkpoint.pth.tar")
+    metrics_before = (mixed / "metrics.jsonl").read_text()
+    code, lines = user_error(capsys, ["--resume", mixed / "checkpoint.pth.tar", "--dataset", tiny_dataset,
+                                      "--workers", 0, "--epochs", 3])
+    assert code == 2 and len(lines) == 1 and "the checkpoint is not the one whose epoch 1" in lines[0], lines
+    assert (mixed / "log.txt").read_text() == log_before
+    assert (mixed / "metrics.jsonl").read_text() == metrics_before
 
 
 def test_weights_evaluated_on_other_classes_of_the_same_count_are_refused(authors_run, tiny_dataset, tmp_path):
