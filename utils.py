@@ -1763,6 +1763,16 @@ def refuse_link_loop(path, what):
                             "file or folder") from None
 
 
+def refuse_non_folder(path, what):
+    """A path given where a folder belongs that is something else (a file,
+    a pipe, a loop of links) is named as such, rather than as a folder that
+    lacks what it should hold."""
+    refuse_link_loop(path, what)
+    if os.path.exists(path) and not os.path.isdir(path):
+        kind = "a file" if os.path.isfile(path) else "a pipe, device or socket"
+        raise UserError(f"{what} {path} is {kind}, not a folder; give a folder")
+
+
 def path_error_reason(error):
     """Why an OSError on a path happened, in the user's terms."""
     if isinstance(error, (FileExistsError, NotADirectoryError)):

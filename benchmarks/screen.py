@@ -137,7 +137,7 @@ def finished_search(folder, target):
     """The arch.json of a finished search for `target` ms on the table the
     ground truth is about (the default one)."""
     # An arch.json that is no regular file (a device, a pipe) is named by read_finished_search.
-    utils.refuse_link_loop(folder, "--folders:")
+    utils.refuse_non_folder(folder, "--folders:")
     if not os.path.lexists(os.path.join(folder, search_imagenet.ARCH_NAME)):
         raise UserError(f"{folder} holds no finished search (no arch.json)")
     result = search_imagenet.read_finished_search(folder, GIVE_A_FINISHED_SEARCH)[0]

@@ -626,6 +626,10 @@ CASES = {
                                                                                   "cpu_amd_epyc_b1_t1.json"),
                                                           "--out_dir", "{link_loop}"],
                                           "loop-a is a loop of links"),
+    # Sweep 15 #182, #184: named as a folder that lacks train/ ("pipe.json/train is not a folder") or arch.json.
+    "imagenet100: a pipe": (make_imagenet100, ["--imagenet", "{fifo}", "--out", "{out}"],
+                            "pipe.json is a pipe, device or socket, not a folder"),
+    "screen: folders a pipe": (screen, ["--folders", "{fifo}"], "pipe.json is a pipe, device or socket, not a folder"),
     "imagenet100: a loop of links": (make_imagenet100, ["--imagenet", "{link_loop}", "--out", "{out}"],
                                      "loop-a is a loop of links"),
     "landing: into another tool's run": (landing, ["--out", "{reproduce_run}", "--targets", "24", "--seeds", "1"],

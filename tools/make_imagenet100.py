@@ -46,7 +46,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data import split_for_architecture  # noqa: E402
-from utils import UserError, check_seed, path_error_reason, refuse_link_loop, run_cli  # noqa: E402
+from utils import UserError, check_seed, path_error_reason, refuse_non_folder, run_cli  # noqa: E402
 
 SPLITS = ("train", "val")
 DEFAULT_SEED = 10  # the search's default --seed
@@ -56,7 +56,7 @@ RULES = ("first", "spread")
 
 def class_folders(root, split):
     path = os.path.join(root, split)
-    refuse_link_loop(root, "--imagenet")
+    refuse_non_folder(root, "--imagenet:")
     if not os.path.isdir(path):
         raise UserError(f"--imagenet: {path} is not a folder; expected train/ and val/ with one folder per class "
                         "(see preprocess_val_dataset.sh for val/)")
