@@ -39,7 +39,7 @@ import latency_timing
 import retraining
 import search_imagenet
 from utils import (Terminated, UserError, atomic_write, check_run_plan, continued_by_rerun, forwarded_settings, run_cli,
-                   step_environment, tool_folder)
+                   setting_value, step_environment, tool_folder)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LOOP_ROUNDS = 100  # end-to-end rounds for the found network
@@ -282,7 +282,7 @@ def run_plan(args, build_settings, search_settings):
     same run), and the table's costs count too: one recalibrated in place
     keeps its path."""
     return {"target_latency": args.target_latency,
-            "lut": None if args.lut is None else os.path.abspath(args.lut),
+            "lut": setting_value("lut", args.lut),
             "lut_costs": None if args.lut is None else lp.load_predictor(args.lut).fingerprint,
             "build_options": build_settings, "search_options": search_settings}
 

@@ -395,8 +395,20 @@ def parse_forwarded_arguments(parser, arguments, what, head=(), sets_itself=(), 
 
 
 # Options of the project's scripts whose value is a place on disk: compared
-# as absolute paths ("data/", "./data" and "data" are one setting).
+# as the place they lead to ("data/", "./data", "data" and a link to it are
+# one setting).
 PATH_OPTIONS = frozenset({"dataset", "lut", "resume", "save", "out", "out_dir", "arch_config"})
+
+
+def setting_value(name, value):
+    """An option's value as a run's plan compares it: a path as the place
+    it leads to (an --arch_config that names no file is a network's name
+    or list, kept as written)."""
+    if name not in PATH_OPTIONS or not isinstance(value, str):
+        return value
+    if name == "arch_config" and not os.path.exists(value):
+        return value
+    return os.path.realpath(value)
 
 
 def forwarded_settings(parser, arguments, what, head=(), sets_itself=(), owner="this script"):
@@ -406,8 +418,8 @@ def forwarded_settings(parser, arguments, what, head=(), sets_itself=(), owner="
     path written otherwise) give the same dict. The calling script's own
     options (`sets_itself`) and a subcommand's handler are left out."""
     parsed = parse_forwarded_arguments(parser, arguments, what, head, sets_itself, owner)
-    return {name: os.path.abspath(value) if name in PATH_OPTIONS and isinstance(value, str) else value
-            for name, value in sorted(vars(parsed).items()) if name not in sets_itself and not callable(value)}
+    return {name: setting_value(name, value) for name, value in sorted(vars(parsed).items())
+            if name not in sets_itself and not callable(value)}
 
 
 def drop_options(parser, arguments, names):

@@ -187,6 +187,12 @@ def test_closed_loop_reuses_steps_only_for_its_own_settings_and_continues_its_se
     with pytest.raises(UserError, match="failed"):
         loop("--target_latency", "20", "--", "--penalty=lagrange", "--epo", "3")
     assert steps[-1][-2:] == ["--resume", str(out / "search")]
+    # Sweep 15 #264: the same table through a link was "other settings (lut)", and the fix offered deleted the work.
+    (tmp_path / "link.json").symlink_to(table)
+    with pytest.raises(UserError, match="failed"):
+        closed_loop.main(closed_loop.get_args_parser().parse_args(["--out", str(out), "--lut", str(tmp_path / "link.json"),
+                                                                   "--target_latency", "20", "--", "--epochs", "3"]))
+    assert steps[-1][-2:] == ["--resume", str(out / "search")]
     for other, changed in ((["--target_latency", "21", "--", "--epochs", "3"], "target_latency"),
                            (["--target_latency", "20", "--", "--epochs", "4"], "search_options")):
         with pytest.raises(UserError, match=rf"holds a run with other settings \({changed}\)"):
@@ -198,7 +204,7 @@ def test_closed_loop_reuses_steps_only_for_its_own_settings_and_continues_its_se
     table.write_text(json.dumps(recalibrated))
     with pytest.raises(UserError, match=r"holds a run with other settings \(lut_costs\)"):
         loop("--target_latency", "20", "--", "--epochs", "3")
-    assert len(steps) == 4  # nothing ran under the other settings
+    assert len(steps) == 5  # nothing ran under the other settings
     # Sweep 12: a plan.json of an earlier version (the steps' options as lists of words) was refused as "other
     # settings (build_options, search_options)", as if the user had changed them. Sweep 13: plan.json's target
     # edited to the new one let the old target's search pass as the new one's; plan.json is now sealed.
@@ -213,7 +219,7 @@ def test_closed_loop_reuses_steps_only_for_its_own_settings_and_continues_its_se
         with pytest.raises(UserError, match=r"plan.json was changed since this project wrote it \(edited, cut short, "
                                             r"or from an older version\); choose another --out, or delete the folder"):
             loop("--target_latency", "21", "--", "--epochs", "3")
-    assert len(steps) == 4
+    assert len(steps) == 5
 
 
 def test_the_loop_says_when_its_table_was_measured_on_another_cpu():
