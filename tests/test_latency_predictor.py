@@ -560,6 +560,9 @@ def test_calibrate_refuses_bad_measurements(tmp_path):
     refused([raw[0] * 0.5] + list(raw[1:]), r"would make the table worse \(mean error 16.67% -> 20.63%\)")
     # scale 3, offset -20: every measurement positive, but the fastest architecture would be predicted below 0
     refused(3 * raw - 20, "would predict -.* ms for the fastest architecture")
+    # Sweep 15 #258: scale 0.025, offset 1000 (each inside its bound) put every network within 0.04% of 1000 ms;
+    # the table was written, and a search on it "landed" on any network.
+    refused(0.025 * raw + 1000, r"calibration \(nothing was written\): every architecture costs 1000 to 1001 ms")
 
 
 def test_validate_refuses_a_table_from_another_device():
