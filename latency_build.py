@@ -23,8 +23,8 @@ import torch
 
 import model_train
 import operations
-from latency_predictor import (DEFAULT_LUT, FIT_HOLDOUT_ARCHS, FIT_SEED, FIT_TRAIN_ARCHS, MLPPredictor,
-                               TablePredictor, additive_totals, arch_indices, arch_to_text, base_metadata,
+from latency_predictor import (DEFAULT_LUT, FIT_HOLDOUT_ARCHS, FIT_SEED, FIT_TRAIN_ARCHS, MIN_NETWORK_COST,
+                               MLPPredictor, TablePredictor, additive_totals, arch_indices, arch_to_text, base_metadata,
                                check_calibration_scale, check_table, check_table_path,
                                entries_from_values, fit_additive, fixed_probes, layer_keys, layer_probes,
                                load_predictor, load_table, new_table, rounded_value, sample_architectures,
@@ -59,7 +59,7 @@ ERROR_THRESHOLDS_PCT = (5, 10)  # "share within 5% / 10%" in validation summarie
 SUMMARY_DECIMALS = 4  # error summaries stored in table metadata
 MIN_CALIBRATION_ARCHS = 5  # a scale and an offset from fewer points would fit noise
 MAX_MEASURED_MS = 1e6  # 17 minutes for one network: a larger "latency" is a unit or typing error
-MIN_MEASURED_MS = 1e-3  # one microsecond: no network of 22 blocks runs faster on any device; less is a typo
+MIN_MEASURED_MS = MIN_NETWORK_COST  # one microsecond: no network runs faster on any device; less is a typo
 
 
 def error_summary(predicted, measured):

@@ -82,6 +82,10 @@ REQUIRED_METADATA = ("metric", "unit", "device", "runtime", "batch_size", "input
 
 VALUE_DECIMALS = 6  # 1 ns for ms tables; exact for counts stored in millions
 MAX_ENTRY = 1e6  # no op costs a million ms, mJ or M; sums of such entries stay far from overflow
+# No network of 22 blocks costs less than this (a microsecond, a microjoule,
+# a thousand FLOPs or parameters) on any device; a table or a measurement
+# that says so holds a unit or typing error.
+MIN_NETWORK_COST = 1e-3
 SUM_TOLERANCE = 1e-4  # fixed components must add up to the fixed value (rounding slack)
 # The authors' MLP: one-hot of layers 1..21 (147) -> 128 -> 64 -> 1, ReLU.
 MLP_HIDDEN = (128, 64)
@@ -301,10 +305,11 @@ MIN_COST_SPREAD = 0.01
 
 def _check_reachable_range(table, where):
     """The costs a table gives must be ones a device could have: the
-    cheapest architecture above 0 (a table of zeros, or a calibration offset
-    that drives costs below 0, would let the search chase costs no device
-    has), not every architecture at one cost (entries all zero or all equal,
-    or a calibration offset that dwarfs what the entries add: nothing for the
+    cheapest architecture at least MIN_NETWORK_COST (a table of zeros, a
+    calibration offset that drives costs below 0, or entries a million times
+    too small would let the search chase costs no device has), not every
+    architecture at one cost (entries all zero or all equal, or a
+    calibration offset that dwarfs what the entries add: nothing for the
     search to trade), and a calibration offset no larger than the largest
     scale could make of the most expensive one."""
     entries, metadata = table["entries"], table["metadata"]
@@ -312,7 +317,7 @@ def _check_reachable_range(table, where):
     lowest = fixed + sum(min(entries[key]["value"] for key in row) for row in layer_keys())
     highest = fixed + sum(max(entries[key]["value"] for key in row) for row in layer_keys())
     unit = metadata["unit"]
-    _refuse_cost_below_zero(lowest, unit, where)
+    _refuse_implausibly_cheap(lowest, unit, where)
     _refuse_costs_too_close(lowest, highest, unit, where, "its entries barely differ between ops")
     calibration = metadata.get("calibration")
     if calibration is not None:
@@ -322,7 +327,7 @@ def _check_reachable_range(table, where):
                             f"({highest:.4g}): the measurements and the table are not of the same thing; calibrate "
                             "it again from the raw table")
         lowest, highest = (calibration["scale"] * cost + calibration["offset"] for cost in (lowest, highest))
-        _refuse_cost_below_zero(lowest, unit, where)
+        _refuse_implausibly_cheap(lowest, unit, where)
         _refuse_costs_too_close(lowest, highest, unit, where, "its calibration offset dwarfs what the ops add")
 
 
@@ -332,8 +337,8 @@ def _refuse_costs_too_close(lowest, highest, unit, where, why):
                         f"({why}: under {MIN_COST_SPREAD:.0%} apart), so it cannot guide a search; rebuild it")
 
 
-def _refuse_cost_below_zero(lowest, unit, where):
-    if not lowest > 0:
+def _refuse_implausibly_cheap(lowest, unit, where):
+    if not lowest >= MIN_NETWORK_COST:
         raise UserError(f"{where}: the cheapest architecture costs {lowest:.4g} {unit} by this table; "
                         "no device has that, so the table is broken: rebuild it")
 
