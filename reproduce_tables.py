@@ -744,8 +744,9 @@ def validate(args, mode):
                               sets_itself=("save", "dataset", "target_latency", "resume", "penalty", "penalty_weight",
                                            "stop_after_epoch"), owner="reproduce_tables.py for each search")
     jetson = lp.load_predictor(None)
-    for target in args.targets + [args.reference_target]:
-        search_imagenet.check_target(jetson, target)
+    for target in args.targets:
+        search_imagenet.check_target(jetson, target, "--targets:")
+    search_imagenet.check_target(jetson, args.reference_target, "--reference_target")
     repeated = first_repeated(args.targets, key=lambda target: f"{target:g}")  # each names its search's folder
     if repeated is not None:
         raise UserError(f"--targets names {repeated:g} ms twice; give each target once")

@@ -630,6 +630,11 @@ CASES = {
     "imagenet100: a pipe": (make_imagenet100, ["--imagenet", "{fifo}", "--out", "{out}"],
                             "pipe.json is a pipe, device or socket, not a folder"),
     "screen: folders a pipe": (screen, ["--folders", "{fifo}"], "pipe.json is a pipe, device or socket, not a folder"),
+    # Sweep 16 #204, #205, #216: named --target_latency, an option reproduce_tables does not have.
+    "reproduce: a target out of reach": (reproduce_tables, ["--quick", "--targets", "99", "--out", "{out}"],
+                                         "--targets: 99 ms is outside what this search space can reach"),
+    "reproduce: reference target 0": (reproduce_tables, ["--quick", "--reference_target", "0", "--out", "{out}"],
+                                      "--reference_target must be a positive number of ms, got 0.0"),
     "imagenet100: a loop of links": (make_imagenet100, ["--imagenet", "{link_loop}", "--out", "{out}"],
                                      "loop-a is a loop of links"),
     "landing: into another tool's run": (landing, ["--out", "{reproduce_run}", "--targets", "24", "--seeds", "1"],

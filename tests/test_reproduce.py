@@ -302,7 +302,7 @@ def test_evaluate_released_uses_each_present_file(tmp_path, monkeypatch):
                                  "--retrain_epochs not negative"),
     (["--grid", "0", "1e-3"], "error: --grid values must be positive"),
     (["--grid", "0.1", "0.01"], "error: --grid values must be ascending and distinct"),
-    (["--targets", "50"], "error: --target_latency 50 ms is outside"),
+    (["--targets", "50"], "error: --targets: 50 ms is outside"),
     (["--", "--penalty", "fixed"], "error: the search options after --: --penalty is set by reproduce_tables.py"),
     (["--", "--penalty=fixed"], "error: the search options after --: --penalty is set by reproduce_tables.py"),
 ])
