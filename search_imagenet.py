@@ -53,8 +53,8 @@ from utils import (
     is_finite_number, launch, load_checkpoint, load_keeping_this_runs_settings, loss_exploded, name_a_few, new_figure,
     non_finite_entries, optimizer_state_mismatch, progress_bar, read_json, read_json_lines,
     refuse_files_of_others_or_earlier_runs, refuse_save_inside_dataset, resolve_device_type, resumable_at, rng_states,
-    run_cli, run_folder_lock, run_logger, same_folder, same_kind_of_value, save_checkpoint, save_checkpoint_again,
-    save_figure, schedule_position_mismatch, seed_everything, set_rng_states, settings_mismatch, share_cpu_threads,
+    run_cli, run_folder_lock, run_logger, run_metrics_file, same_kind_of_value, save_checkpoint,
+    save_checkpoint_again, save_figure, schedule_position_mismatch, seed_everything, set_rng_states, settings_mismatch, share_cpu_threads,
     state_dict_mismatch, write_json,
 )
 
@@ -1182,7 +1182,7 @@ def set_up_search(args, context):
     searcher = Searcher(args, context, predictor, len(classes), fingerprint)
     seed_everything(args.seed + context.rank)  # then each its own augmentation and dropout
     start_epoch = 0
-    resume_path = resolve_resume_path(args.resume)
+    resume_path, checkpoint = resolve_resume_path(args.resume), None
     if resume_path is not None:
         checkpoint = load_checkpoint(resume_path, what="--resume")
         with damaged_checkpoint_refused(resume_path):
@@ -1193,9 +1193,7 @@ def set_up_search(args, context):
             searcher.state = SearchState(tradeoff=args.tradeoff)  # a search from the warm-up starts a fresh lambda
     # Read (and checked against the checkpoint) before anything is written: a refused resume leaves the kept
     # run's args.json and log.txt as they were.
-    metrics = (MetricsFile(os.path.join(args.save, METRICS_NAME), start_epoch,
-                           resumed_in_place=resume_path is not None and same_folder(resume_path, args.save),
-                           row_digest=checkpoint.get("metrics_row_sha256") if resume_path else None)
+    metrics = (run_metrics_file(os.path.join(args.save, METRICS_NAME), start_epoch, resume_path, checkpoint)
                if context.is_main else None)
     if metrics is not None and start_epoch > args.freeze_epochs:
         check_lambda_matches_its_row(searcher.state.tradeoff, metrics.rows, start_epoch, resume_path)

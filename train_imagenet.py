@@ -898,15 +898,14 @@ def fit(args, context, root):
         if args.resume:
             carry_best_weights(args)
     logger = utils.run_logger(context, args.save, "train")
-    start_epoch, best = 0, dict(top1=-1.0, epoch=0, ema_top1=-1.0)
+    start_epoch, best, checkpoint = 0, dict(top1=-1.0, epoch=0, ema_top1=-1.0), None
     if args.resume:
         checkpoint = utils.load_checkpoint(args.resume, what="--resume")
         with utils.damaged_checkpoint_refused(args.resume):
             # Before the setup is logged: a refused resume adds nothing to the kept run's log.txt.
             start_epoch, best = restore(training, checkpoint, context, num_classes, images, logger)
-    metrics = (utils.MetricsFile(os.path.join(args.save, METRICS_FILE), start_epoch, resumed_in_place=bool(
-        args.resume) and utils.same_folder(args.resume, args.save), row_digest=checkpoint.get("metrics_row_sha256")
-        if args.resume else None) if context.is_main else None)
+    metrics = (utils.run_metrics_file(os.path.join(args.save, METRICS_FILE), start_epoch, args.resume or None,
+                                      checkpoint) if context.is_main else None)
     if context.is_main:
         log_setup(logger, args, context, training, num_classes, train_loader, val_loader)
     if args.resume:

@@ -1269,6 +1269,16 @@ class MetricsFile:
         write_json_lines(self.path, self.rows)
 
 
+def run_metrics_file(path, start_epoch, resume_path=None, checkpoint=None):
+    """The MetricsFile of a run starting after `start_epoch`, resumed from
+    `resume_path` (its loaded `checkpoint`) or not: one resumed in its own
+    folder must find its record there, ending with the row its checkpoint
+    vouches for."""
+    in_place = resume_path is not None and same_folder(resume_path, os.path.dirname(path))
+    row_digest = checkpoint.get("metrics_row_sha256") if checkpoint is not None else None
+    return MetricsFile(path, start_epoch, resumed_in_place=in_place, row_digest=row_digest)
+
+
 def same_folder(file_path, folder):
     """Whether `file_path` lies directly in `folder` (a run resumed from its
     own checkpoint)."""
