@@ -25,7 +25,7 @@ import model_train
 import operations
 from latency_predictor import (DEFAULT_LUT, FIT_HOLDOUT_ARCHS, FIT_SEED, FIT_TRAIN_ARCHS, MIN_NETWORK_COST,
                                MLPPredictor, TablePredictor, additive_totals, arch_indices, arch_to_text, base_metadata,
-                               check_calibration_scale, check_table, check_table_path,
+                               check_calibration_scale, check_table, check_table_path, describe_range,
                                entries_from_values, fit_additive, fixed_probes, layer_keys, layer_probes,
                                load_predictor, load_table, new_table, rounded_value, sample_architectures,
                                table_predictor, text_to_arch, write_table)
@@ -294,7 +294,7 @@ def run_build(args):
     metadata = table["metadata"]
     low, high = TablePredictor(table, os.path.basename(args.out)).feasible_range()
     print(f"built in {metadata['build_seconds']:.0f} s; fixed part {table['fixed']['value']:.3f} ms; "
-          f"range {low:.2f}-{high:.2f} ms")
+          f"range {describe_range(low, high, 'ms')}")
     if metadata["noise"]["reference"]:
         print(f"noise: reference {metadata['noise']['reference']} {metadata['noise']['reference_median_ms']:.2f} ms, "
               f"jitter {metadata['noise']['reference_jitter_pct']:.1f}%, "

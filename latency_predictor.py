@@ -86,6 +86,9 @@ MAX_ENTRY = 1e6  # no op costs a million ms, mJ or M; sums of such entries stay 
 # a thousand FLOPs or parameters) on any device; a table or a measurement
 # that says so holds a unit or typing error.
 MIN_NETWORK_COST = 1e-3
+# The network a measured latency table times once per round while it is
+# built (its drift and jitter), whose median the table records.
+REFERENCE_NETWORK = "LightNet-24ms"
 SUM_TOLERANCE = 1e-4  # fixed components must add up to the fixed value (rounding slack)
 # The authors' MLP: one-hot of layers 1..21 (147) -> 128 -> 64 -> 1, ReLU.
 MLP_HIDDEN = (128, 64)
@@ -294,6 +297,7 @@ def check_table(table, where):
     _check_fixed(table.get("fixed"), metadata["num_classes"], where)
     _check_entry_set(table.get("entries"), [key for row in layer_keys() for key in row], where)
     _check_reachable_range(table, where)
+    _check_reference_level(table, where)
 
 
 # The cheapest and the dearest architecture a table allows differ by at least
@@ -331,10 +335,36 @@ def _check_reachable_range(table, where):
         _refuse_costs_too_close(lowest, highest, unit, where, "its calibration offset dwarfs what the ops add")
 
 
+def _check_reference_level(table, where):
+    """A measured latency table records the median time of its reference
+    network, timed together with the entries; validation and the closed loop
+    put later timings on the table's level through it. That network is in
+    the search space, so the table's own cost of it must be of the same size
+    (within the range a calibration allows), or every rescaled timing is off
+    by the same factor."""
+    metadata = table["metadata"]
+    noise = metadata.get("noise") or {}
+    median = noise.get("reference_median_ms")
+    if metadata["metric"] != "latency" or noise.get("reference") != REFERENCE_NETWORK or median is None:
+        return
+    own_cost = TablePredictor(table, where).raw_cost(model_train.LIGHTNETS[REFERENCE_NETWORK])
+    low, high = CALIBRATION_SCALE_RANGE
+    if not low <= median / own_cost <= high:
+        raise UserError(f"{where}: metadata noise reference_median_ms is {median:.4g} ms, but the table's own cost of "
+                        f"{REFERENCE_NETWORK}, timed with it, is {own_cost:.4g} ms; the metadata was edited or "
+                        "damaged: rebuild the table")
+
+
 def _refuse_costs_too_close(lowest, highest, unit, where, why):
     if not highest - lowest > MIN_COST_SPREAD * abs(highest):
         raise UserError(f"{where}: every architecture costs {lowest:.4g} to {highest:.4g} {unit} by this table "
                         f"({why}: under {MIN_COST_SPREAD:.0%} apart), so it cannot guide a search; rebuild it")
+
+
+def describe_range(low, high, unit):
+    """A range of costs with the digits its ends need (four significant):
+    two decimals would print a table of microseconds as "0.00 to 0.01"."""
+    return f"{low:.4g} to {high:.4g} {unit}"
 
 
 def _refuse_implausibly_cheap(lowest, unit, where):

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 import model_train
-from latency_predictor import Probe
+from latency_predictor import REFERENCE_NETWORK, Probe
 from operations import INPUT_SIZE
 from utils import (MAX_BATCH_SIZE, MAX_CLASSES, MAX_SEED, UserError, check_number_rules, progress_bar, resolve_device,
                    run_cli)
@@ -67,7 +67,6 @@ DEFAULT_WARMUP_S = 3.0  # time-based: caches, allocator and CPU clocks settle be
 DEFAULT_CHUNK = 32  # whole networks held in memory at once (about 30 MB each)
 SPREAD_PERCENTILES = (10, 90)  # per-entry spread recorded next to the median
 SPREAD_NAMES = tuple(f"p{percentile}" for percentile in SPREAD_PERCENTILES)
-REFERENCE_NETWORK = "LightNet-24ms"
 DRIFT_BLOCKS = 10  # the reference's median in this many consecutive blocks of rounds gives its drift
 # CPU clocks. "thread" is the CPU time of the calling thread: with one
 # intra-op thread the forward runs on that thread alone, so on an idle core it

@@ -383,7 +383,7 @@ def check_target(predictor, target, option="--target_latency"):
     lowest, highest = predictor.feasible_range()
     if not lowest <= target <= highest:
         raise UserError(f"{option} {target:g} {predictor.unit} is outside what this search space can "
-                        f"reach on {predictor.identifier}: {lowest:.2f} to {highest:.2f} {predictor.unit}")
+                        f"reach on {predictor.identifier}: {latency_predictor.describe_range(lowest, highest, predictor.unit)}")
 
 
 # ----------------------------------------------------------------- schedules

@@ -362,6 +362,15 @@ MALFORMED = {
                                   "the cheapest architecture costs 3.674e-06 ms"),
     "calibrated below zero": (_set("metadata", "calibration", {"scale": 1.0, "offset": -10.0}),
                               "the cheapest architecture costs -6.326 ms"),
+    # Sweep 17 #67: a reference median of 1e-9 ms (positive, so accepted) made the closed loop report the found
+    # network at 0.00 ms (-100% from its target) and exit 0. The median and the entries were timed together.
+    "reference median a billion times too small": (
+        _set("metadata", "noise", {"reference": "LightNet-24ms", "reference_median_ms": 1e-9}),
+        "metadata noise reference_median_ms is 1e-09 ms, but the table's own cost of LightNet-24ms, timed with it, "
+        "is 23.95 ms"),
+    "reference median a hundred times too large": (
+        _set("metadata", "noise", {"reference": "LightNet-24ms", "reference_median_ms": 2394.0}),
+        "reference_median_ms is 2394 ms"),
     "other input size": (_set("metadata", "input_size", [3, 160, 160]), "input_size [3, 160, 160]"),
     "other width": (_set("metadata", "width_mult", 0.5), "width_mult 0.5"),
     "components do not add up": (
@@ -379,6 +388,26 @@ def test_malformed_table_is_refused_with_one_clear_line(case, tmp_path, jetson_t
         lp.load_predictor(path)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value) and path in str(caught.value)
+
+
+def test_a_reference_median_of_the_tables_own_size_loads(tmp_path, jetson_table):
+    table = copy.deepcopy(jetson_table)
+    table["metadata"]["noise"] = {"reference": "LightNet-24ms", "reference_median_ms": 30.0}  # a whole network's time
+    assert lp.load_predictor(write_json(tmp_path / "t.json", table)).cost(model_train.LIGHTNETS["LightNet-24ms"]) > 0
+
+
+def test_a_range_of_microseconds_is_named_with_the_digits_it_needs(tmp_path, jetson_table):
+    """Sweep 17 #65: a target of 0.0009 ms below a table reaching 0.0011-0.0053 ms was refused with the range
+    printed as "0.00 to 0.01 ms", which seems to hold the target."""
+    import search_imagenet
+    table = copy.deepcopy(jetson_table)
+    for entry in [table["fixed"], *table["entries"].values(), *table["fixed"].get("components", {}).values()]:
+        entry["value"] *= 5e-4  # the cheapest network at 0.0018 ms
+    predictor = lp.load_predictor(write_json(tmp_path / "micro.json", table))
+    low, high = predictor.feasible_range()
+    with pytest.raises(UserError) as caught:
+        search_imagenet.check_target(predictor, 0.0009)
+    assert f"{low:.4g} to {high:.4g} ms" in str(caught.value) and f"{low:.4g}".startswith("0.001")
 
 
 def test_corrupt_json_and_missing_file_are_refused(tmp_path):
