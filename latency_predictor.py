@@ -555,7 +555,7 @@ class MLPPredictor:
         self.path = path
         self.sha256 = file_sha256(path)
         self.fingerprint = self.sha256
-        self.identifier = f"mlp:{os.path.basename(path)}@{self.sha256[:12]}"
+        self.identifier = f"mlp:{file_name(path)}@{self.sha256[:12]}"
         self._networks = {(torch.device("cpu"), torch.float32): self.network}
         self._range = None
         self._additive = None
@@ -685,10 +685,17 @@ def _open_predictor(spec):
                     f"(.pth.tar or mlp:PATH), 'flops' or 'params'")
 
 
+def file_name(path):
+    """The name a predictor's file goes by in records (its identifier): the
+    real file's, so that one file reached through a link or another spelling
+    is one predictor to every check that compares them."""
+    return os.path.basename(os.path.realpath(path))
+
+
 def table_predictor(path):
     table = load_table(path)
     calibrated = "+calibrated" if table["metadata"].get("calibration") is not None else ""
-    return TablePredictor(table, f"{os.path.basename(path)}@{operations.search_space_hash()}{calibrated}")
+    return TablePredictor(table, f"{file_name(path)}@{operations.search_space_hash()}{calibrated}")
 
 
 def shipped_cpu_table(cpu_name):

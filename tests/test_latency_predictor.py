@@ -410,6 +410,16 @@ def test_a_range_of_microseconds_is_named_with_the_digits_it_needs(tmp_path, jet
     assert f"{low:.4g} to {high:.4g} ms" in str(caught.value) and f"{low:.4g}".startswith("0.001")
 
 
+def test_one_table_through_a_link_or_another_spelling_is_one_predictor(tmp_path, jetson_table):
+    """Sweep 17 #81: a closed loop rerun with its --lut given through a link was told its finished search was for
+    another table ("intel.json", not "intel_link.json"), and to delete it; a search resumed so, to start anew."""
+    table = write_json(tmp_path / "table.json", jetson_table)
+    (tmp_path / "link.json").symlink_to(table)
+    spellings = [table, str(tmp_path / "link.json"), str(tmp_path / "." / "table.json")]
+    assert {lp.load_predictor(path).identifier for path in spellings} == {lp.load_predictor(table).identifier}
+    assert lp.load_predictor(table).identifier.startswith("table.json@")
+
+
 def test_corrupt_json_and_missing_file_are_refused(tmp_path):
     path = tmp_path / "corrupt.json"
     path.write_text(open(lp.DEFAULT_LUT).read()[:500])
