@@ -993,7 +993,8 @@ def atomic_write(path, binary=False):
         os.chmod(temp_path, 0o666 & ~_current_umask())  # mkstemp's 0600 is too private for results
         os.replace(temp_path, path)
     except BaseException as error:
-        os.unlink(temp_path)
+        with contextlib.suppress(FileNotFoundError):  # a signal may land just after the move
+            os.unlink(temp_path)
         if _is_write_failure(error):
             raise write_failure(path, error) from None
         raise

@@ -391,6 +391,24 @@ def test_an_output_name_too_long_with_its_temporary_name_is_refused_before_the_r
         utils.check_output_file(str(tmp_path / ("y" * 237 + ".onnx")), "--export_onnx")
 
 
+def test_ctrl_c_just_after_the_file_was_moved_into_place_stays_a_ctrl_c(tmp_path, monkeypatch):
+    """Sweep 17 #117: a Ctrl-C landing right after the temporary file had been moved over the old one made
+    the cleanup delete a file no longer there: a FileNotFoundError traceback instead of the run's resume line."""
+    path = tmp_path / "checkpoint.pth.tar"
+    path.write_text("old")
+    replace = os.replace
+
+    def interrupted_after_replacing(source, destination):
+        replace(source, destination)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(utils.os, "replace", interrupted_after_replacing)
+    with pytest.raises(KeyboardInterrupt):
+        with utils.atomic_write(path) as file:
+            file.write("new")
+    assert path.read_text() == "new" and os.listdir(tmp_path) == ["checkpoint.pth.tar"]
+
+
 def test_a_successful_save_removes_temporary_files_a_killed_write_left(tmp_path):
     path = tmp_path / "checkpoint.pth.tar"
     killed = tmp_path / ".checkpoint.pth.tar.tmp-abc123"  # what a SIGKILL mid-write leaves
