@@ -369,6 +369,26 @@ def test_imagenet100_refuses_bad_input(tmp_path, capsys):
         lines = capsys.readouterr().err.strip().splitlines()
         assert stop.value.code == 2 and len(lines) == 1 and message in lines[0], (message, lines)
     assert not [path for path in tmp_path.iterdir() if path.name.endswith(".partial")]
+    # Sweep 17 #150, #152: a class that is a file in train/ was blamed on val/ ("prepare val/ with
+    # preprocess_val_dataset.sh"); a class folder that is a loop of links gave an OSError traceback.
+    fake_imagenet(tmp_path / "odd", 120)
+    shutil.rmtree(tmp_path / "odd" / "train" / "n00000005")
+    (tmp_path / "odd" / "train" / "n00000005").write_text("not a folder")
+    fake_imagenet(tmp_path / "looped", 120)
+    shutil.rmtree(tmp_path / "looped" / "train" / "n00000003")
+    (tmp_path / "looped" / "train" / "n00000003").symlink_to(tmp_path / "looped" / "train" / "n00000003")
+    fake_imagenet(tmp_path / "renamed", 120)
+    (tmp_path / "renamed" / "val" / "n00000007").rename(tmp_path / "renamed" / "val" / ".n00000007")
+    for root, message in (("odd", f"{tmp_path / 'odd' / 'train' / 'n00000005'} is a file, not a class folder as in "
+                                  "val/ (1 such)"),
+                          ("looped", f"{tmp_path / 'looped' / 'train' / 'n00000003'} is a loop of links"),
+                          ("renamed", "hold different class folders (only in train/: n00000007; only in val/: "
+                                      ".n00000007 (hidden))")):
+        with pytest.raises(SystemExit) as stop:
+            run_cli(make_imagenet100.main, make_imagenet100.get_args_parser(),
+                    ["--imagenet", str(tmp_path / root), "--out", str(tmp_path / "e")])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(lines) == 1 and message in lines[0], (message, lines)
     (tmp_path / "full" / "val" / "n00000003").rename(tmp_path / "full" / "val" / "n99999999")
     with pytest.raises(SystemExit):
         run_cli(make_imagenet100.main, make_imagenet100.get_args_parser(),
