@@ -626,12 +626,13 @@ class Searcher:
 
     # ------------------------------------------------------------ checkpoints
 
-    def checkpoint(self, epoch, row):
+    def checkpoint(self, epoch, rows):
         """Everything needed to continue after `epoch` exactly, and the
-        digest of its metrics row (`row`), so that a resume in place can
-        tell its own folder's record from another search's."""
+        digest of the metrics rows up to it (`rows`), so that a resume in
+        place can tell its own folder's record from another search's, or
+        from an edited one."""
         return {
-            "metrics_row_sha256": content_digest(row),
+            "metrics_sha256": content_digest(rows),
             "format": CHECKPOINT_FORMAT,
             "epoch": epoch + 1,
             "state_dict": self.model.state_dict(),
@@ -1260,7 +1261,7 @@ def record_search_epoch(record, searcher, row, stop_here):
     (and, at the warm-up's end, its copy warmup.pth.tar), then the plots."""
     args, epoch = record.args, row["epoch"] - 1
     record.metrics.append(row)
-    save_checkpoint(searcher.checkpoint(epoch, row), os.path.join(args.save, CHECKPOINT_NAME))
+    save_checkpoint(searcher.checkpoint(epoch, record.metrics.rows), os.path.join(args.save, CHECKPOINT_NAME))
     if epoch + 1 == args.freeze_epochs:
         save_checkpoint_again(os.path.join(args.save, CHECKPOINT_NAME), os.path.join(args.save, WARMUP_CHECKPOINT_NAME))
     if record.figures.due(last=epoch + 1 == args.epochs or stop_here):

@@ -673,14 +673,14 @@ def evaluate_model(model, loader, context, progress):
 # ------------------------------------------------------------------ state
 
 
-def checkpoint_state(training, args, num_classes, epoch, record, best, rng_states, images):
-    """Everything needed to continue after `epoch`, and the digest of its
-    metrics row (`record`), so that a resume in place can tell its own
-    folder's record from another run's."""
+def checkpoint_state(training, args, num_classes, epoch, records, best, rng_states, images):
+    """Everything needed to continue after `epoch`, and the digest of the
+    metrics rows up to it (`records`), so that a resume in place can tell
+    its own folder's record from another run's, or from an edited one."""
     state = dict(state_dict=training.model.state_dict(), arch_config=list(args.arch_config),
                  num_classes=num_classes, image_size=args.image_size,
                  eval_crop_ratio=data.eval_crop_ratio(args.augment), epoch=epoch,
-                 metrics_row_sha256=utils.content_digest(record),
+                 metrics_sha256=utils.content_digest(records),
                  optimizer=training.optimizer.state_dict(), scheduler=training.scheduler.state_dict(),
                  scaler=training.scaler.state_dict(), best=dict(best), rng_states=rng_states, args=vars(args),
                  dataset=images)
@@ -1003,7 +1003,7 @@ def record_epoch(run, training, epoch, lr, stats, val, ema_val, rng_states):
                                                ema_val),
                                   os.path.join(args.save, BEST_EMA_FILE))
     run.metrics.append(record)
-    utils.save_checkpoint(checkpoint_state(training, args, num_classes, done, record, best, rng_states, run.images),
+    utils.save_checkpoint(checkpoint_state(training, args, num_classes, done, run.metrics.rows, best, rng_states, run.images),
                           os.path.join(args.save, CHECKPOINT_FILE))
     if run.figures.due(last=done == args.epochs):
         plot_curves(run.metrics.rows, os.path.join(args.save, CURVES_FILE))

@@ -1244,12 +1244,14 @@ class MetricsFile:
     (rows of later epochs were written before an interruption and are about
     to be redone); a fresh run starts empty."""
 
-    def __init__(self, path, resume_epoch=0, resumed_in_place=False, row_digest=None):
+    def __init__(self, path, resume_epoch=0, resumed_in_place=False, digests=None):
         """`resumed_in_place`: the checkpoint is this folder's own, so its
         rows must be here (a run resumed from another folder's checkpoint,
-        such as a shared warm-up, starts its file at that epoch), and its
-        epoch's row must be the one whose content_digest the checkpoint
-        records (`row_digest`; None for a checkpoint that records none)."""
+        such as a shared warm-up, starts its file at that epoch), and they
+        must be the rows whose content_digest the checkpoint records
+        (`digests`: {"rows": digest of every row up to its epoch} or, from
+        checkpoints of earlier versions, {"last_row": that epoch's row's};
+        None or empty for a checkpoint that records neither)."""
         self.path = path
         self.rows = read_json_lines(path, up_to_epoch=resume_epoch) if resume_epoch else []
         if resumed_in_place and resume_epoch and not self.rows:
@@ -1260,10 +1262,17 @@ class MetricsFile:
             raise UserError(f"--resume: the checkpoint records epoch {resume_epoch}, but {path} ends at epoch "
                             f"{self.rows[-1]['epoch']} (each epoch's row is written before its checkpoint): one was "
                             "edited; resume from another checkpoint or start again")
-        if resumed_in_place and row_digest is not None and self.rows and content_digest(self.rows[-1]) != row_digest:
-            raise UserError(f"--resume: the checkpoint is not the one whose epoch {resume_epoch} {path} records "
-                            "(another run's checkpoint put in its place, or one of the two edited); resume from "
-                            "that run's own folder, or start again")
+        if resumed_in_place and self.rows and not self._vouched_for(digests or {}):
+            raise UserError(f"--resume: {path} holds other rows up to epoch {resume_epoch} than the checkpoint "
+                            "records (another run's checkpoint put in its place, or one of the two edited); resume "
+                            "from that run's own folder, or start again")
+
+    def _vouched_for(self, digests):
+        if "rows" in digests:
+            return content_digest(self.rows) == digests["rows"]
+        if "last_row" in digests:
+            return content_digest(self.rows[-1]) == digests["last_row"]
+        return True
 
     def append(self, row):
         self.rows.append(row)
@@ -1273,11 +1282,12 @@ class MetricsFile:
 def run_metrics_file(path, start_epoch, resume_path=None, checkpoint=None):
     """The MetricsFile of a run starting after `start_epoch`, resumed from
     `resume_path` (its loaded `checkpoint`) or not: one resumed in its own
-    folder must find its record there, ending with the row its checkpoint
-    vouches for."""
+    folder must find its record there, the rows its checkpoint vouches
+    for."""
     in_place = resume_path is not None and same_folder(resume_path, os.path.dirname(path))
-    row_digest = checkpoint.get("metrics_row_sha256") if checkpoint is not None else None
-    return MetricsFile(path, start_epoch, resumed_in_place=in_place, row_digest=row_digest)
+    recorded = {"rows": "metrics_sha256", "last_row": "metrics_row_sha256"}  # the second: earlier versions'
+    digests = {kind: checkpoint[key] for kind, key in recorded.items() if key in (checkpoint or {})}
+    return MetricsFile(path, start_epoch, resumed_in_place=in_place, digests=digests)
 
 
 def same_folder(file_path, folder):

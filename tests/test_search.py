@@ -104,8 +104,17 @@ def test_a_stopped_search_resumed_after_its_record_was_edited_is_refused(tiny_da
     other = tmp_path / "other"
     run_search(common[:1] + [str(other)] + common[2:] + TINY_SCHEDULE + ["--stop_after_epoch", "2"])
     checkpoint_path.write_bytes((other / "checkpoint.pth.tar").read_bytes())
-    assert "the checkpoint is not the one whose epoch 2" in resume_refusal(common + ["--resume", str(save)], capsys)
+    assert "holds other rows up to epoch 2 than the checkpoint records" in resume_refusal(
+        common + ["--resume", str(save)], capsys)
     checkpoint_path.write_bytes(kept)
+    # Sweep 17 #96: an earlier row edited (epoch 1's train loss; the checkpoint's epoch's row kept) was carried
+    # on, and the finished search's seal then vouched for it.
+    metrics = (save / "metrics.jsonl").read_text()
+    first, rest = metrics.split("\n", 1)
+    (save / "metrics.jsonl").write_text(json.dumps(dict(json.loads(first), train_loss=0.123)) + "\n" + rest)
+    assert "holds other rows up to epoch 2 than the checkpoint records" in resume_refusal(
+        common + ["--resume", str(save)], capsys)
+    (save / "metrics.jsonl").write_text(metrics)
     (save / "metrics.jsonl").unlink()
     assert "metrics.jsonl is missing or empty (deleted?)" in resume_refusal(common + ["--resume", str(save)], capsys)
     assert not (save / "arch.json").exists()

@@ -185,6 +185,27 @@ def test_frozen_restores_gradients_even_after_an_error():
     assert all(weight.requires_grad for weight in weights)
 
 
+def test_a_resume_in_place_needs_every_row_its_checkpoint_vouches_for(tmp_path):
+    """Sweep 17 #96, #111: with only the checkpoint's epoch's row vouched for, an earlier row edited by hand
+    was carried on (and sealed with the finished search). Checkpoints of earlier versions vouch for the
+    last row only, and still resume."""
+    path = str(tmp_path / "metrics.jsonl")
+    metrics = utils.MetricsFile(path)
+    for epoch in (1, 2, 3):
+        metrics.append({"epoch": epoch, "train_loss": 1.0 / epoch})
+    checkpoint = {"metrics_sha256": utils.content_digest(metrics.rows)}
+    checkpoint_path = str(tmp_path / "checkpoint.pth.tar")
+    assert utils.run_metrics_file(path, 3, checkpoint_path, checkpoint).rows == metrics.rows
+    utils.write_json_lines(path, [dict(metrics.rows[0], train_loss=0.123)] + metrics.rows[1:])
+    with pytest.raises(UserError, match="holds other rows up to epoch 3 than the checkpoint records"):
+        utils.run_metrics_file(path, 3, checkpoint_path, checkpoint)
+    older = {"metrics_row_sha256": utils.content_digest(metrics.rows[-1])}
+    assert len(utils.run_metrics_file(path, 3, checkpoint_path, older).rows) == 3
+    assert len(utils.run_metrics_file(path, 3, str(tmp_path / "elsewhere" / "c.pth.tar"), checkpoint).rows) == 3
+    with pytest.raises(UserError, match="holds other rows up to epoch 2"):  # what epoch 2's checkpoint vouched for
+        utils.run_metrics_file(path, 2, checkpoint_path, {"metrics_sha256": utils.content_digest(metrics.rows[:2])})
+
+
 def test_metrics_file_keeps_rows_up_to_the_resumed_epoch(tmp_path):
     path = tmp_path / "metrics.jsonl"
     metrics = utils.MetricsFile(path)
