@@ -1958,6 +1958,8 @@ def check_output_file(path, option):
     """Refuse, before any long work, an output file that could not be
     written at the end: its folder missing or not writable, or the path a
     folder, device or pipe (a file already there is fine: it is replaced)."""
+    if str(path).endswith(os.sep) or os.path.basename(path) in ("", ".", ".."):
+        raise UserError(f"{option} {path} names a folder, not a file; add the file's name to it")
     refuse_non_file_output(path, f"{option} {path} is")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.exists(folder) and not os.path.isdir(folder):
