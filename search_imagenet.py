@@ -791,7 +791,10 @@ def check_resume_compatible(checkpoint, args, predictor, dataset_fingerprint, pa
         raise UserError(f"--resume: {path} searched on another {checkpoint['predictor']}: the table now at "
                         f"{args.lut or latency_predictor.DEFAULT_LUT} has the same name but other costs; continue with "
                         f"the table it used, or start from its {WARMUP_CHECKPOINT_NAME} for this one")
-    same_target = (saved["target_latency"] == args.target_latency and checkpoint["predictor"] == predictor.identifier
+    # The same costs under another name (a hard link, a copy) are the same predictor to the search.
+    same_predictor = (checkpoint["predictor"] == predictor.identifier
+                      or checkpoint.get("predictor_fingerprint") == predictor.fingerprint)
+    same_target = (saved["target_latency"] == args.target_latency and same_predictor
                    and saved.get("metric", "latency") == args.metric
                    and saved.get("penalty", "lagrange") == args.penalty
                    and saved.get("penalty_weight") == args.penalty_weight)

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -738,3 +739,10 @@ def test_a_search_cannot_continue_in_its_own_folder_for_another_target(tiny_data
     run_search(["--save", str(tmp_path / "search-22ms"), "--target_latency", "22", "--dataset", tiny_dataset,
                 "--num_classes", "3", "--resume", str(save / "checkpoint.pth.tar")] + TINY_SCHEDULE)
     assert json.loads((tmp_path / "search-22ms" / "arch.json").read_text())["target"] == 22
+    # Sweep 17 #236: the same table under another name (a hard link; here a copy) was "another predictor", and
+    # the search in its own folder was told to start anew in another.
+    renamed_table = tmp_path / "the-same-costs.json"
+    shutil.copy(latency_predictor.DEFAULT_LUT, renamed_table)
+    run_search(["--save", str(save), "--target_latency", "24", "--dataset", tiny_dataset, "--num_classes", "3",
+                "--lut", str(renamed_table), "--resume", str(save), "--stop_after_epoch", "2"] + TINY_SCHEDULE)
+    assert [row["epoch"] for row in read_metrics(str(save))] == [1, 2]
