@@ -1802,8 +1802,12 @@ def refuse_non_folder(path, what):
     lacks what it should hold."""
     refuse_link_loop(path, what)
     if os.path.exists(path) and not os.path.isdir(path):
-        kind = "a file" if os.path.isfile(path) else "a pipe, device or socket"
-        raise UserError(f"{what} {path} is {kind}, not a folder; give a folder")
+        raise UserError(f"{what} {path} is {non_folder_kind(path)}, not a folder; give a folder")
+
+
+def non_folder_kind(path):
+    """What a path that exists and is no folder is, in the user's words."""
+    return "a file" if os.path.isfile(path) else "a pipe, device or socket"
 
 
 def path_error_reason(error):

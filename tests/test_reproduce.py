@@ -377,11 +377,21 @@ def test_imagenet100_refuses_bad_input(tmp_path, capsys):
     fake_imagenet(tmp_path / "looped", 120)
     shutil.rmtree(tmp_path / "looped" / "train" / "n00000003")
     (tmp_path / "looped" / "train" / "n00000003").symlink_to(tmp_path / "looped" / "train" / "n00000003")
+    fake_imagenet(tmp_path / "piped", 120)  # sweep 17 #213, #211: a pipe, a link to nothing
+    shutil.rmtree(tmp_path / "piped" / "val" / "n00000002")
+    os.mkfifo(tmp_path / "piped" / "val" / "n00000002")
+    fake_imagenet(tmp_path / "dangling-class", 120)
+    shutil.rmtree(tmp_path / "dangling-class" / "train" / "n00000007")
+    (tmp_path / "dangling-class" / "train" / "n00000007").symlink_to(tmp_path / "moved")
     fake_imagenet(tmp_path / "renamed", 120)
     (tmp_path / "renamed" / "val" / "n00000007").rename(tmp_path / "renamed" / "val" / ".n00000007")
     for root, message in (("odd", f"{tmp_path / 'odd' / 'train' / 'n00000005'} is a file, not a class folder as in "
                                   "val/ (1 such)"),
                           ("looped", f"{tmp_path / 'looped' / 'train' / 'n00000003'} is a loop of links"),
+                          ("piped", f"{tmp_path / 'piped' / 'val' / 'n00000002'} is a pipe, device or socket, not a "
+                                    "class folder as in train/"),
+                          ("dangling-class", f"{tmp_path / 'dangling-class' / 'train' / 'n00000007'} is a link to "
+                                             "nothing"),
                           ("renamed", "hold different class folders (only in train/: n00000007; only in val/: "
                                       ".n00000007 (hidden))")):
         with pytest.raises(SystemExit) as stop:

@@ -46,8 +46,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data import name_class_folders, split_for_architecture  # noqa: E402
-from utils import (UserError, check_seed, path_error_reason, refuse_link_loop, refuse_non_folder,  # noqa: E402
-                   run_cli)
+from utils import (UserError, check_seed, non_folder_kind, path_error_reason, refuse_link_loop,  # noqa: E402
+                   refuse_non_folder, run_cli)
 
 SPLITS = ("train", "val")
 DEFAULT_SEED = 10  # the search's default --seed
@@ -66,6 +66,9 @@ def split_entries(root, split):
     folders, others = [], []
     for entry in os.scandir(path):
         refuse_link_loop(entry.path, "--imagenet:")
+        if entry.is_symlink() and not os.path.exists(entry.path):  # its class would drop out without a word
+            raise UserError(f"--imagenet: {entry.path} is a link to nothing (was the folder it names moved?); "
+                            "point it at its class folder again or remove it")
         (folders if entry.is_dir() else others).append(entry.name)
     return sorted(folders), others
 
@@ -80,9 +83,9 @@ def check_same_classes(root, entries):
                                                        ("val", val_others, "train", train_classes)):
         misplaced = sorted(set(others) & set(other_classes))
         if misplaced:
-            raise UserError(f"--imagenet: {os.path.join(root, split, misplaced[0])} is a file, not a class folder "
-                            f"as in {other_split}/ ({len(misplaced)} such); put the class's images in a folder of "
-                            "that name")
+            path = os.path.join(root, split, misplaced[0])
+            raise UserError(f"--imagenet: {path} is {non_folder_kind(path)}, not a class folder as in {other_split}/ "
+                            f"({len(misplaced)} such); put the class's images in a folder of that name")
     if not val_classes:
         raise UserError(f"--imagenet: {os.path.join(root, 'val')} holds no class folders; sort its images into "
                         "them with preprocess_val_dataset.sh first")
