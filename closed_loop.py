@@ -201,7 +201,7 @@ def check_target(table, target):
     low, high = predictor.feasible_range()
     if not low <= target <= high:
         raise UserError(f"--target_latency {target:g} ms is outside what the table {table} can reach "
-                        f"({lp.describe_range(low, high, 'ms')}); pick a target in that range")
+                        f"({lp.describe_range(low, high, 'ms', target)}); pick a target in that range")
 
 
 def split_build_options(text):

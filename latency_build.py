@@ -25,7 +25,7 @@ import model_train
 import operations
 from latency_predictor import (DEFAULT_LUT, FIT_HOLDOUT_ARCHS, FIT_SEED, FIT_TRAIN_ARCHS, MIN_NETWORK_COST,
                                MLPPredictor, TablePredictor, additive_totals, arch_indices, arch_to_text, base_metadata,
-                               check_calibration_scale, check_table, check_table_path, describe_range,
+                               check_calibration_scale, check_table, check_table_path, describe_range, format_cost,
                                entries_from_values, fit_additive, fixed_probes, layer_keys, layer_probes,
                                load_predictor, load_table, new_table, rounded_value, sample_architectures,
                                table_predictor, text_to_arch, write_table)
@@ -620,7 +620,7 @@ def run_predict(args):
                   f"+ {predictor.offset:.4f}")
     elif args.verbose:
         print("the MLP has no per-layer breakdown; use its additive table for one")
-    print(f"{predictor.identifier}: {total:.3f} {predictor.unit} ({predictor.metric})")
+    print(f"{predictor.identifier}: {format_cost(total, decimals=3)} {predictor.unit} ({predictor.metric})")
 
 
 # -------------------------------------------------------------------- CLI

@@ -361,10 +361,22 @@ def _refuse_costs_too_close(lowest, highest, unit, where, why):
                         f"({why}: under {MIN_COST_SPREAD:.0%} apart), so it cannot guide a search; rebuild it")
 
 
-def describe_range(low, high, unit):
-    """A range of costs with the digits its ends need (four significant):
-    two decimals would print a table of microseconds as "0.00 to 0.01"."""
-    return f"{low:.4g} to {high:.4g} {unit}"
+def format_cost(value, decimals=2):
+    """A cost with `decimals` decimals, or, under 1, that many significant
+    digits plus one: two decimals would print a table of microseconds' 0.0067
+    ms as 0.01, or 0.00."""
+    return f"{value:.{decimals}f}" if abs(value) >= 1 else f"{value:.{decimals + 1}g}"
+
+
+def describe_range(low, high, unit, outside=None):
+    """A range of costs with the digits its ends need: four significant, and
+    more where a value `outside` it would otherwise print as one of its ends
+    (5.15034 below 5.150345 is no target "outside 5.15 to 24.99")."""
+    for digits in range(4, 18):
+        shown_low, shown_high = (float(f"{end:.{digits}g}") for end in (low, high))
+        if outside is None or not shown_low <= outside <= shown_high:
+            break
+    return f"{low:.{digits}g} to {high:.{digits}g} {unit}"
 
 
 def _refuse_implausibly_cheap(lowest, unit, where):

@@ -383,7 +383,7 @@ def check_target(predictor, target, option="--target_latency"):
     lowest, highest = predictor.feasible_range()
     if not lowest <= target <= highest:
         raise UserError(f"{option} {target:g} {predictor.unit} is outside what this search space can "
-                        f"reach on {predictor.identifier}: {latency_predictor.describe_range(lowest, highest, predictor.unit)}")
+                        f"reach on {predictor.identifier}: {latency_predictor.describe_range(lowest, highest, predictor.unit, target)}")
 
 
 # ----------------------------------------------------------------- schedules
@@ -834,7 +834,8 @@ def check_same_dataset(saved, current, path):
 
 
 def describe_cost(predictor, cost, target):
-    return f"{cost:.2f} {predictor.unit} (target {target:g}, {100.0 * (cost / target - 1):+.2f}%)"
+    return (f"{latency_predictor.format_cost(cost)} {predictor.unit} (target {target:g}, "
+            f"{100.0 * (cost / target - 1):+.2f}%)")
 
 
 def cost_record(arch_config, cost, target):

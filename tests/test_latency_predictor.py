@@ -420,6 +420,30 @@ def test_one_table_through_a_link_or_another_spelling_is_one_predictor(tmp_path,
     assert lp.load_predictor(table).identifier.startswith("table.json@")
 
 
+@pytest.mark.parametrize("side", ["below", "above"])
+def test_a_target_just_outside_the_reach_is_printed_outside_it(side):
+    """Sweep 18 #55, #56, #58: 5.15034 ms, just under a table's cheapest 5.150345, was refused as outside
+    "5.15 to 24.99 ms", a range that seems to hold it."""
+    import search_imagenet
+    predictor = lp.load_predictor()
+    low, high = predictor.feasible_range()
+    target = low * (1 - 1e-6) if side == "below" else high * (1 + 1e-6)
+    with pytest.raises(UserError) as caught:
+        search_imagenet.check_target(predictor, target)
+    shown_low, shown_high = (float(text) for text in str(caught.value).rsplit(": ", 1)[1].split(" ms")[0].split(" to "))
+    assert not shown_low <= target <= shown_high, (str(caught.value), target)
+
+
+def test_costs_under_one_keep_their_significant_digits():
+    """Sweep 18 #46, #64: on a table of microseconds, predict printed a cost of 0.006749 ms as 0.007, and the
+    search logged 'predicted: 0.00 ms (target 0.005, -0.67%)'."""
+    import search_imagenet
+    assert (lp.format_cost(0.006749, decimals=3), lp.format_cost(0.004967), lp.format_cost(23.756)) == (
+        "0.006749", "0.00497", "23.76")
+    predictor = lp.load_predictor()
+    assert search_imagenet.describe_cost(predictor, 0.004967, 0.005).startswith("0.00497 ms (target 0.005, -0.66%)")
+
+
 def test_corrupt_json_and_missing_file_are_refused(tmp_path):
     path = tmp_path / "corrupt.json"
     path.write_text(open(lp.DEFAULT_LUT).read()[:500])
