@@ -691,7 +691,8 @@ def get_args_parser():
                         help="CPU latency table to compare with this machine's timings (default: the shipped one "
                              "measured on this CPU model, else the AMD EPYC one)")
     parser.add_argument("--mlp", default=lp.AUTHORS_MLP,
-                        help="the authors' latency MLP, to cross-check the searched networks (default: ../shared/data)")
+                        help="the authors' latency MLP, to cross-check the searched networks (default: "
+                             f"../shared/data/{os.path.basename(lp.AUTHORS_MLP)})")
     parser.add_argument("--search_dataset", default=None,
                         help="run the searches on this dataset with the paper's schedule (default: synthetic demo)")
     parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS), help="targets in ms")
