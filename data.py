@@ -44,7 +44,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from utils import UserError, refuse_link_loop, refuse_running_a_library
+from utils import UserError, non_folder_kind, refuse_link_loop, refuse_running_a_library
 
 # Per-channel statistics of the ImageNet training images, the normalisation the
 # paper and every ImageNet-trained mobile network use.
@@ -198,23 +198,31 @@ def check_image_folder(folder):
                             f"({', '.join(IMG_EXTENSIONS)}): add its images or remove it")
 
 
-def check_same_classes(root, train_classes, val_classes):
+def check_same_classes(root, train_classes, val_classes, option="--dataset"):
     """Raise UserError, naming the folders, unless train/ and val/ hold the
-    same class folders."""
+    same class folders; a class that is a file, a pipe or a link to nothing
+    in one split (a folder in the other) is named for what it is."""
     if train_classes == val_classes:
         return
     only_in = {"train": sorted(set(train_classes) - set(val_classes)),
                "val": sorted(set(val_classes) - set(train_classes))}
+    for split, other in (("train", "val"), ("val", "train")):
+        for name in only_in[other]:
+            path = os.path.join(root, split, name)
+            if os.path.lexists(path):  # there, but not as a folder
+                kind = non_folder_kind(path) if os.path.exists(path) else "a link to nothing"
+                raise UserError(f"{option} {root}: {path} is {kind}, not a class folder as in {other}/; put the "
+                                "class's images in a folder of that name")
     val_by_composed_form = {unicodedata.normalize("NFC", name): name for name in only_in["val"]}
     for name in only_in["train"]:
         in_val = val_by_composed_form.get(unicodedata.normalize("NFC", name))
         if in_val is not None:  # the two print alike, so the list below would give no clue
-            raise UserError(f"--dataset {root}: class folder {name} is spelt with other Unicode characters in "
+            raise UserError(f"{option} {root}: class folder {name} is spelt with other Unicode characters in "
                             f"train/ ({ascii(name)}) than in val/ ({ascii(in_val)}): accents composed in one, "
                             "decomposed in the other, as copies from macOS leave them; rename one so that the two "
                             "match")
     differences = [f"only in {split}/: {name_class_folders(names)}" for split, names in only_in.items() if names]
-    raise UserError(f"--dataset {root}: train/ and val/ hold different class folders ({'; '.join(differences)}); "
+    raise UserError(f"{option} {root}: train/ and val/ hold different class folders ({'; '.join(differences)}); "
                     "both need the same ones (a hidden folder counts as a class too: remove it)")
 
 

@@ -359,6 +359,23 @@ def test_train_and_val_with_different_classes_name_the_folders_hidden_ones_marke
         data.check_same_classes("/data", ["n01", composed], ["n01", decomposed])
 
 
+def test_a_class_that_is_no_folder_in_one_split_is_named_for_what_it_is(tmp_path):
+    """Sweep 18 #134: train/class_02 a file (val/ has the folder) was "only in val/: class_02", though train/
+    holds that name too."""
+    for split in ("train", "val"):
+        (tmp_path / split / "n01").mkdir(parents=True)
+    (tmp_path / "train" / "n02").write_text("not a folder")
+    (tmp_path / "val" / "n02").mkdir()
+    (tmp_path / "val" / "n03").symlink_to(tmp_path / "moved")
+    (tmp_path / "train" / "n03").mkdir()
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'train' / 'n02'} is a file, not a class folder as "
+                                                  "in val/")):
+        data.check_same_classes(str(tmp_path), ["n01"], ["n01", "n02"])
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'val' / 'n03'} is a link to nothing, not a class "
+                                                  "folder as in train/")):
+        data.check_same_classes(str(tmp_path), ["n01", "n03"], ["n01"])
+
+
 def test_a_hidden_folder_in_both_splits_is_refused_not_taken_as_class_0(tmp_path):
     # Sweep 5. Before: .ipynb_checkpoints in train/ and val/ passed the same-classes check, became class 0 and
     # pushed a real class out of --num_classes, without a word.

@@ -45,9 +45,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data import name_class_folders, split_for_architecture  # noqa: E402
-from utils import (UserError, check_seed, non_folder_kind, path_error_reason, refuse_link_loop,  # noqa: E402
-                   refuse_non_folder, run_cli)
+from data import check_same_classes, split_for_architecture  # noqa: E402
+from utils import (UserError, check_seed, path_error_reason, refuse_link_loop, refuse_non_folder,  # noqa: E402
+                   run_cli)
 
 SPLITS = ("train", "val")
 DEFAULT_SEED = 10  # the search's default --seed
@@ -55,45 +55,23 @@ NUM_CLASSES = 100
 RULES = ("first", "spread")
 
 
-def split_entries(root, split):
-    """The class folders of root/split (sorted) and the names of its other
-    entries (files, pipes), a loop of links refused by name."""
+def class_folders(root, split):
+    """The class folders of root/split, sorted; a loop of links or a link to
+    nothing among them refused by name."""
     path = os.path.join(root, split)
     refuse_non_folder(root, "--imagenet:")
     if not os.path.isdir(path):
         raise UserError(f"--imagenet: {path} is not a folder; expected train/ and val/ with one folder per class "
                         "(see preprocess_val_dataset.sh for val/)")
-    folders, others = [], []
+    folders = []
     for entry in os.scandir(path):
         refuse_link_loop(entry.path, "--imagenet:")
         if entry.is_symlink() and not os.path.exists(entry.path):  # its class would drop out without a word
             raise UserError(f"--imagenet: {entry.path} is a link to nothing (was the folder it names moved?); "
                             "point it at its class folder again or remove it")
-        (folders if entry.is_dir() else others).append(entry.name)
-    return sorted(folders), others
-
-
-def check_same_classes(root, entries):
-    """train/ and val/ must hold the same class folders; a class that is a
-    file in one split, or folders only one split has, are named."""
-    (train_classes, train_others), (val_classes, val_others) = (entries[split] for split in SPLITS)
-    if train_classes == val_classes:
-        return
-    for split, others, other_split, other_classes in (("train", train_others, "val", val_classes),
-                                                       ("val", val_others, "train", train_classes)):
-        misplaced = sorted(set(others) & set(other_classes))
-        if misplaced:
-            path = os.path.join(root, split, misplaced[0])
-            raise UserError(f"--imagenet: {path} is {non_folder_kind(path)}, not a class folder as in {other_split}/ "
-                            f"({len(misplaced)} such); put the class's images in a folder of that name")
-    if not val_classes:
-        raise UserError(f"--imagenet: {os.path.join(root, 'val')} holds no class folders; sort its images into "
-                        "them with preprocess_val_dataset.sh first")
-    only_in = [f"only in {split}/: {name_class_folders(sorted(set(mine) - set(theirs)))}"
-               for split, mine, theirs in (("train", train_classes, val_classes), ("val", val_classes, train_classes))
-               if set(mine) - set(theirs)]
-    raise UserError(f"--imagenet: train/ and val/ hold different class folders ({'; '.join(only_in)}); both need "
-                    "the same ones")
+        if entry.is_dir():
+            folders.append(entry.name)
+    return sorted(folders)
 
 
 def choose_classes(classes, rule, count=NUM_CLASSES):
@@ -176,9 +154,11 @@ def get_args_parser():
 
 
 def main(args):
-    entries = {split: split_entries(args.imagenet, split) for split in SPLITS}
-    check_same_classes(args.imagenet, entries)
-    train_classes = entries["train"][0]
+    train_classes, val_classes = (class_folders(args.imagenet, split) for split in SPLITS)
+    if train_classes and not val_classes:
+        raise UserError(f"--imagenet: {os.path.join(args.imagenet, 'val')} holds no class folders; sort its images "
+                        "into them with preprocess_val_dataset.sh first")
+    check_same_classes(args.imagenet, train_classes, val_classes, option="--imagenet")
     if args.arch_split is not None and not 0 < args.arch_split < 1:
         raise UserError(f"--arch_split must be a fraction in (0, 1), e.g. 0.2; got {args.arch_split}")
     if args.seed is not None and args.arch_split is None:
