@@ -190,6 +190,9 @@ def retrain(arch_config, folder, dataset, seed, **recipe_changes):
     beside it (`folder`.log); a finished run is reused, an interrupted one
     started again."""
     recipe = dict(SHORT_RECIPE, **recipe_changes)
+    # The command keys the kept run: one folder or dataset spelt another way (relative, a trailing slash) is
+    # the same run.
+    folder, dataset = os.path.abspath(folder), os.path.abspath(dataset)
     command = retrain_command(arch_config, folder, dataset, seed, recipe)
     records = finished_records(folder, command, recipe["epochs"])
     if records is None:

@@ -47,13 +47,18 @@ def test_the_command_carries_every_recipe_setting():
         assert {name: getattr(args, name) for name in tried} == tried
 
 
-def test_a_finished_run_is_reused_only_for_the_same_command(tmp_path, fake_training):
+def test_a_finished_run_is_reused_only_for_the_same_command(tmp_path, fake_training, monkeypatch):
     folder = str(tmp_path / "net-seed0")
     assert retraining.retrain(ARCH, folder, "data", 0, epochs=3) == 51.0
     assert retraining.retrain(ARCH, folder, "data", 0, epochs=3) == 51.0  # kept
     assert len(fake_training) == 1
     assert retraining.retrain(ARCH, folder, "data", 0, epochs=2) == 52.0  # another recipe: trained again
     assert retraining.retrain(ARCH, folder, "data", 1, epochs=2) == 53.0  # another seed: trained again
+    assert len(fake_training) == 3
+    # Sweep 18 #124: the same --out spelt otherwise (relative, a trailing slash) retrained every kept network.
+    dataset = os.path.abspath("data")  # where the runs above read it
+    monkeypatch.chdir(tmp_path)
+    assert retraining.retrain(ARCH, "net-seed0/", dataset + "/", 1, epochs=2) == 53.0
     assert len(fake_training) == 3
 
 
