@@ -382,8 +382,9 @@ def check_target(predictor, target, option="--target_latency"):
         raise UserError(f"{option} must be a positive number of {predictor.unit}, got {target}")
     lowest, highest = predictor.feasible_range()
     if not lowest <= target <= highest:
+        reach = latency_predictor.describe_range(lowest, highest, predictor.unit, target)
         raise UserError(f"{option} {target:g} {predictor.unit} is outside what this search space can "
-                        f"reach on {predictor.identifier}: {latency_predictor.describe_range(lowest, highest, predictor.unit, target)}")
+                        f"reach on {predictor.identifier}: {reach}")
 
 
 # ----------------------------------------------------------------- schedules

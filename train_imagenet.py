@@ -1003,8 +1003,8 @@ def record_epoch(run, training, epoch, lr, stats, val, ema_val, rng_states):
                                                ema_val),
                                   os.path.join(args.save, BEST_EMA_FILE))
     run.metrics.append(record)
-    utils.save_checkpoint(checkpoint_state(training, args, num_classes, done, run.metrics.rows, best, rng_states, run.images),
-                          os.path.join(args.save, CHECKPOINT_FILE))
+    state = checkpoint_state(training, args, num_classes, done, run.metrics.rows, best, rng_states, run.images)
+    utils.save_checkpoint(state, os.path.join(args.save, CHECKPOINT_FILE))
     if run.figures.due(last=done == args.epochs):
         plot_curves(run.metrics.rows, os.path.join(args.save, CURVES_FILE))
     ema_text = f"  EMA top-1 {ema_val['top1']:.2f}" if ema_val is not None else ""

@@ -510,8 +510,8 @@ CASES = {
                                                       "--export_onnx", "{root}"], "is a folder; give the path of a file"),
     # Sweep 17 #246: a path ending in / was taken as a file in the folder above it; the training ran to its
     # end, then failed at the export with "No such file or directory; free some space".
-    "train: onnx path ends with /": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset", "{data}",
-                                                      "--export_onnx", "{root}/onnx/"],
+    "train: onnx path ends with /": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset",
+                                                      "{data}", "--export_onnx", "{root}/onnx/"],
                                      "/onnx/ names a folder, not a file; add the file's name to it"),
     # numbers the code cannot use, and JSON no file of this project holds
     "search: learning rate 1e308": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--learning_rate",
