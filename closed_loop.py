@@ -148,7 +148,7 @@ def measure_found_in_fresh_processes(table_path, arch_config, processes):
 
 
 def from_target(value, target):
-    return f"{value:.2f} ms ({(value / target - 1) * 100:+.2f}% from the target)"
+    return f"{lp.format_cost(value)} ms ({(value / target - 1) * 100:+.2f}% from the target)"
 
 
 def other_machine_note(table):
@@ -164,7 +164,7 @@ def other_machine_note(table):
 
 def report(target, found, now, scaled, fresh=None, note=None):
     lines = ([note] if note else []) + [
-        f"target {target:g} ms; the table predicts {found['predicted']:.2f} ms for the found network "
+        f"target {target:g} ms; the table predicts {lp.format_cost(found['predicted'])} ms for the found network "
         f"({found['error_percent']:+.2f}%)",
         f"measured end to end now: {from_target(now, target)}"]
     if scaled is not None:
