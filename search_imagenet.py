@@ -341,6 +341,8 @@ NUMBER_RULES = (
     (("pick_among",), lambda value: 0 <= value <= MAX_PICK_AMONG, f"in [0, {MAX_PICK_AMONG}]"),
     (("momentum", "label_smooth"), lambda value: 0 <= value < 1, "in [0, 1)"),
     (("tradeoff",), lambda value: abs(value) <= MAX_TRADEOFF, f"at most {MAX_TRADEOFF:g} in size"),
+    # The fixed penalty's weight stands where lambda does in alpha's loss.
+    (("penalty_weight",), lambda value: value is None or 0 <= value <= MAX_TRADEOFF, f"in [0, {MAX_TRADEOFF:g}]"),
     (("image_size",), lambda value: MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE,
      f"in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] (pixels)"),
 )

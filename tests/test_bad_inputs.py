@@ -513,6 +513,10 @@ CASES = {
     "train: onnx path ends with /": (train_imagenet, ["--arch_config", ARCH_24, "--save", "{out}", "--dataset",
                                                       "{data}", "--export_onnx", "{root}/onnx/"],
                                      "/onnx/ names a folder, not a file; add the file's name to it"),
+    # Sweep 18 #194: the search diverged, and the advice named --tau_decay, --eta or --arch_learning_rate.
+    "search: penalty weight 1e308": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--penalty", "fixed",
+                                                       "--penalty_weight", "1e308"],
+                                     "--penalty_weight must be in [0, 1e+06], got 1e+308"),
     # numbers the code cannot use, and JSON no file of this project holds
     "search: learning rate 1e308": (search_imagenet, ["--save", "{out}", "--dataset", "{data}", "--learning_rate",
                                                       "1e308"], "--learning_rate must be in (0, 10]"),
