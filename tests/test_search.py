@@ -170,7 +170,7 @@ def test_warmup_checkpoint_starts_a_search_for_another_target(finished_search, t
     ("latch word", ["--latch_tolerance", "half"], "--latch_tolerance must be a number such as 0.15 or a share"),
     ("negative clip", ["--grad_clip", "-1"], "--grad_clip must be positive, got -1.0"),
     ("momentum 1", ["--momentum", "1"], "--momentum must be in [0, 1), got 1.0"),
-    ("inf weight", ["--penalty", "fixed", "--penalty_weight", "inf"], "needs a non-negative --penalty_weight"),
+    ("inf weight", ["--penalty", "fixed", "--penalty_weight", "inf"], "--penalty_weight must be in [0, 1e+06], got inf"),
     # Sweep 8. Before: eta rose from 3 to the floor of 5, though --help calls the floor what eta is lowered to.
     ("floor above eta", ["--eta", "3", "--eta_decay", "linear", "--eta_floor", "5"],
      "--eta_floor 5 is above --eta 3"),
