@@ -100,20 +100,15 @@ def build_table(out, build_options):
 
 def search(table, target, out, search_options):
     """The search step; one stopped halfway (Ctrl-C, a lost machine)
-    continues from its own checkpoint."""
+    continues from its own checkpoint, and a kept one is reused only if it
+    was made with this loop's table, target and options."""
     folder = os.path.join(out, "search")
-    arch_path = os.path.join(folder, "arch.json")
-    if not os.path.isfile(arch_path):
+    arguments = ["--lut", table, "--target_latency", str(target)] + search_options
+    if not os.path.isfile(os.path.join(folder, "arch.json")):
         resume = ["--resume", folder] if os.path.isfile(os.path.join(folder, search_imagenet.CHECKPOINT_NAME)) else []
-        run_step([os.path.join(REPO_ROOT, "search_imagenet.py"), "--save", folder, "--lut", table,
-                  "--target_latency", str(target)] + search_options + resume, f"searching for {target:g} ms on it")
-    found = search_imagenet.read_finished_search(folder)[0]
-    # Its plan.json vouches for a kept search; this also covers a folder put together by hand without one.
-    table_name = lp.load_predictor(table).identifier
-    if found["target"] != target or found.get("predictor") != table_name:
-        raise UserError(f"{folder} holds a search for {found['target']:g} ms on {found.get('predictor')}, not this "
-                        f"loop's {target:g} ms on {table_name}; delete it to search again")
-    return found
+        run_step([os.path.join(REPO_ROOT, "search_imagenet.py"), "--save", folder] + arguments + resume,
+                 f"searching for {target:g} ms on it")
+    return search_imagenet.read_finished_search(folder, "delete it to search again", arguments)[0]
 
 
 def measure_found(table_path, arch_config, rounds):

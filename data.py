@@ -817,6 +817,14 @@ def barrier(context):
         torch.distributed.barrier()
 
 
+def synthetic_folder_name(**params):
+    """The name of the folder synthetic_dataset(**params) generates the set
+    into: its parameters spelled out."""
+    meta = synthetic_metadata(**params)
+    return (f"synthetic-v{SYNTHETIC_FORMAT_VERSION}-{meta['kind']}-{meta['num_classes']}classes-"
+            f"{meta['train_per_class']}train-{meta['val_per_class']}val-{meta['image_size']}px-seed{meta['seed']}")
+
+
 def synthetic_dataset(root=None, **params):
     """The path of a ready synthetic dataset with these parameters (those of
     DEFAULT_SYNTHETIC; the ones not given keep its values), generated on first
@@ -824,14 +832,12 @@ def synthetic_dataset(root=None, **params):
     `default_data_dir()`), regenerated if its synthetic.json does not match.
     With several processes (distributed training), call it in one first."""
     meta = synthetic_metadata(**params)
-    name = (f"synthetic-v{SYNTHETIC_FORMAT_VERSION}-{meta['kind']}-{meta['num_classes']}classes-"
-            f"{meta['train_per_class']}train-{meta['val_per_class']}val-{meta['image_size']}px-seed{meta['seed']}")
     base = Path(root if root is not None else default_data_dir())
     # What names the folder: a script's --data_root where it has one, else the variable.
     setting = "--data_root" if root is not None else "LIGHTNAS_DATA"
     if base.exists() and not base.is_dir():
         raise UserError(f"the synthetic dataset's folder {base} is a file; give a folder ({setting})")
-    folder = base / name
+    folder = base / synthetic_folder_name(**params)
     if read_synthetic_metadata(folder) != meta:
         try:
             write_synthetic_dataset(folder, **{key: meta[key] for key in DEFAULT_SYNTHETIC})

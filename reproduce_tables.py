@@ -222,6 +222,13 @@ class SearchJob:
     def done(self):
         return os.path.isfile(os.path.join(self.folder, self.result_file))
 
+    def check_kept(self):
+        """A finished search kept from an earlier run must have been made
+        with this job's options (a warm-up checkpoint is checked by the
+        searches that resume from it)."""
+        if self.result_file == search_imagenet.ARCH_NAME:
+            search_imagenet.read_finished_search(self.folder, arguments=self.arguments)
+
 
 def schedule_arguments(schedule):
     return [item for name, value in schedule.items() if value is not None for item in (f"--{name}", str(value))]
@@ -266,6 +273,7 @@ def run_jobs(jobs, report, log_folder, parallel, threads):
     os.makedirs(log_folder, exist_ok=True)
     for job in jobs:
         if job.done():
+            job.check_kept()
             report(job, None)
 
     def run(job):
@@ -288,7 +296,7 @@ def _without_resume(arguments):
 
 
 def search_result(job):
-    result, metrics = search_imagenet.read_finished_search(job.folder)
+    result, metrics = search_imagenet.read_finished_search(job.folder, arguments=job.arguments)
     result["seconds"] = sum(row["seconds"] for row in metrics
                             if row["epoch"] > result["search"]["freeze_epochs"])
     result["metrics"] = metrics

@@ -51,11 +51,11 @@ from utils import (
     check_regular_file, check_saved_epoch, check_seed, checkpoint_kind, cleanup_distributed, content_digest,
     damaged_checkpoint_refused, describe_saved_run, file_sha256, fill_from_schedule, frozen, init_distributed,
     is_finite_number, launch, load_checkpoint, load_keeping_this_runs_settings, loss_exploded, name_a_few, new_figure,
-    non_finite_entries, optimizer_state_mismatch, progress_bar, read_json, read_json_lines,
+    non_finite_entries, optimizer_state_mismatch, parse_forwarded_arguments, progress_bar, read_json, read_json_lines,
     refuse_files_of_others_or_earlier_runs, refuse_save_inside_dataset, resolve_device_type, resumable_at, rng_states,
     run_cli, run_folder_lock, run_logger, run_metrics_file, same_kind_of_value, save_checkpoint,
-    save_checkpoint_again, save_figure, schedule_position_mismatch, seed_everything, set_rng_states, settings_mismatch, share_cpu_threads,
-    state_dict_mismatch, write_json,
+    save_checkpoint_again, save_figure, schedule_position_mismatch, seed_everything, set_rng_states, setting_value,
+    settings_mismatch, share_cpu_threads, state_dict_mismatch, write_json,
 )
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -957,6 +957,15 @@ def describe_pick(pick, predictor, target):
             f"in the band; {describe_cost(predictor, chosen['predicted'], target)} (--pick_among)")
 
 
+# The settings that decide what a search finds, recorded in its arch.json: a
+# composite tool reuses a kept search only where they are the ones it asks for.
+SEARCH_SETTINGS = (
+    "epochs", "freeze_epochs", "seed", "dataset", "num_classes", "image_size", "tradeoff_learning_rate",
+    "penalty", "penalty_weight", "eta", "eta_decay", "eta_floor", "eta_layers", "eta_pooling", "strided_skips",
+    "hold_lambda", "learning_rate", "arch_learning_rate", "arch_weight_decay", "augment", "arch_split_from_train",
+    "latch", "latch_tolerance", "latch_epochs", "land_within", "strict", "pick_among", "skip_majority")
+
+
 def write_arch_json(args, searcher, predictor, train_set, arch_set):
     model = searcher.model
     arch_config = model.derive()
@@ -967,12 +976,7 @@ def write_arch_json(args, searcher, predictor, train_set, arch_set):
         "metric": predictor.metric,
         "unit": predictor.unit,
         "predictor": predictor.identifier,
-        "search": {name: getattr(args, name) for name in (
-            "epochs", "freeze_epochs", "seed", "dataset", "num_classes", "image_size", "tradeoff_learning_rate",
-            "penalty", "penalty_weight", "eta", "eta_decay", "eta_floor", "eta_layers", "eta_pooling", "strided_skips",
-            "hold_lambda",
-            "learning_rate", "arch_learning_rate", "arch_weight_decay", "augment", "arch_split_from_train",
-            "latch", "latch_tolerance", "latch_epochs", "land_within", "strict", "pick_among", "skip_majority")},
+        "search": {name: getattr(args, name) for name in SEARCH_SETTINGS},
         "tradeoff_final": searcher.state.tradeoff,
     }
     band = constraint.landing_band(args.target_latency, args.land_within, args.strict)
@@ -1007,11 +1011,14 @@ def search_seal(result, rows, settings):
                            "metrics": rows, "args": settings})
 
 
-def read_finished_search(folder, remedy="delete that folder to run its search again"):
+def read_finished_search(folder, remedy="delete that folder to run its search again", arguments=None):
     """(arch.json, metrics.jsonl rows) of a finished search, checked to be
     what write_arch_json and the epochs wrote: a folder kept by a composite
     tool (closed_loop.py, reproduce_tables.py, the benchmarks) whose files
-    were cut short or edited is named in one line, with `remedy`."""
+    were cut short or edited is named in one line, with `remedy`. With
+    `arguments` (the options the tool runs this script with), a search made
+    with other settings is refused too: the tool's plan.json guards its
+    reruns, but only the search's own sealed record says how it was made."""
     def refuse(problem):
         raise UserError(f"{folder} is not a finished search ({problem}); {remedy}")
 
@@ -1050,10 +1057,10 @@ def read_finished_search(folder, remedy="delete that folder to run its search ag
     if [row["epoch"] for row in rows] != list(range(first, settings["epochs"] + 1)):
         refuse(f"its {METRICS_NAME} does not hold epochs {first} to {settings['epochs']} once each, in order")
     try:
-        arguments = read_json(os.path.join(folder, ARGS_NAME), "the file")
+        saved_arguments = read_json(os.path.join(folder, ARGS_NAME), "the file")
     except UserError as error:
         refuse(str(error))
-    if written.get("seal") != search_seal(written, rows, arguments):
+    if written.get("seal") != search_seal(written, rows, saved_arguments):
         refuse(f"its {ARCH_NAME}, {METRICS_NAME} and {ARGS_NAME} are not the ones the search wrote: edited since, or "
                "written by a version of this project before arch.json carried their seal")
     if last.get("target") != result["target"]:
@@ -1064,7 +1071,37 @@ def read_finished_search(folder, remedy="delete that folder to run its search ag
     fault = recorded_cost_fault(folder, result, last)
     if fault:
         refuse(fault)
+    differences = [] if arguments is None else settings_differences(result, arguments)
+    if differences:
+        named = "; ".join(differences[:3]) + ("; ..." if len(differences) > 3 else "")
+        raise UserError(f"{folder} holds a search made with other settings than this run's ({named}); {remedy}")
     return result, rows
+
+
+def settings_differences(result, arguments):
+    """How the finished search `result` (its arch.json) differs from the
+    one `arguments` (this script's options) run: its target, latency table
+    and SEARCH_SETTINGS, each as "--name kept there, asked here"; empty if
+    none."""
+    wanted = parse_forwarded_arguments(get_args_parser(), arguments, "the search's options")
+    resolve_schedule(wanted)
+    table = latency_predictor.load_predictor(wanted.lut, metric=wanted.metric).identifier
+    pairs = [("target_latency", result["target"], wanted.target_latency), ("lut", result.get("predictor"), table)]
+    recorded = result["search"]
+    pairs += [(name, recorded.get(name, "(not recorded)"), getattr(wanted, name)) for name in SEARCH_SETTINGS]
+    return [f"--{name} {kept} there, {asked} here" for name, kept, asked in pairs
+            if not same_setting(name, kept, asked)]
+
+
+def same_setting(name, kept, asked):
+    """Whether a kept search's setting is the one asked for: a dataset as
+    the place it leads to, the demo's synthetic set by its folder's name
+    (LIGHTNAS_DATA may put it elsewhere now)."""
+    if name != "dataset" or not isinstance(kept, str):
+        return kept == asked
+    if asked is None:
+        return os.path.basename(kept) == data.synthetic_folder_name(**DEMO_DATASET)
+    return setting_value(name, kept) == setting_value(name, asked)
 
 
 def recorded_cost_fault(folder, result, last_row):

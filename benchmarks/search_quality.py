@@ -273,10 +273,9 @@ def scale_search_arguments(scale):
 
 
 def run_searches(args):
-    """Each search's arch.json and folder; finished ones are reused."""
+    """Each search's arch.json and folder; finished ones are reused if they
+    were made with this run's options."""
     jobs = search_jobs(args)
-    for job in jobs:
-        check_finished_search(job, args)
 
     def report(job, seconds):
         kept = "kept from an earlier run" if seconds is None else f"done in {seconds:.0f} s"
@@ -284,16 +283,8 @@ def run_searches(args):
 
     print(f"running {len(jobs)} search(es) for {args.target:g} ms ...", flush=True)
     reproduce_tables.run_jobs(jobs, report, os.path.join(args.out, "logs"), args.jobs, threads=1)
-    return [(search_imagenet.read_finished_search(job.folder)[0], job.folder) for job in jobs]
-
-
-def check_finished_search(job, args):
-    """A kept search must be the one asked for: same target."""
-    if os.path.isfile(os.path.join(job.folder, "arch.json")):
-        target = search_imagenet.read_finished_search(job.folder)[0]["target"]
-        if target != args.target:
-            raise UserError(f"{job.folder} holds a search for {target} ms, not {args.target:g}; "
-                            "choose another --out or remove it")
+    return [(search_imagenet.read_finished_search(job.folder, arguments=job.arguments)[0], job.folder)
+            for job in jobs]
 
 
 # ------------------------------------------------------------ architectures

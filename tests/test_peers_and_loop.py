@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 
 import closed_loop
+import data
 import latency_build
 import latency_predictor as lp
 import latency_timing
 import model_train
 import peers
+import search_imagenet
 import utils
 from utils import UserError, run_cli
 
@@ -86,19 +88,23 @@ def test_closed_loop_searches_on_the_table_and_measures_the_result(fitted_table,
     assert f"architecture: {found}" in report and f"table: {os.path.abspath(fitted_table)}" in report
 
 
-def test_closed_loop_reuses_a_kept_search_only_for_its_own_target_and_table(tmp_path, seal_search):
+def test_closed_loop_reuses_a_kept_search_only_for_its_own_target_table_and_options(tmp_path, seal_search):
     # Sweep 13: a finished 15 ms search in --out without plan.json (deleted, or the folder put together by hand)
     # was reused for --target_latency 17, its error against 15 ms reported as the error against 17.
     jetson = lp.load_predictor()
     arch_config = model_train.LIGHTNETS["LightNet-24ms"]
     cost = jetson.cost(arch_config)
+    defaults = search_imagenet.resolve_schedule(search_imagenet.get_args_parser().parse_args([]))
+    settings = {name: getattr(defaults, name) for name in search_imagenet.SEARCH_SETTINGS}
+    settings["dataset"] = str(tmp_path / "data" / data.synthetic_folder_name(**search_imagenet.DEMO_DATASET))
     folder = tmp_path / "loop" / "search"
     folder.mkdir(parents=True)
     (folder / "arch.json").write_text(json.dumps({
         "arch_config": arch_config, "predicted": cost, "error_percent": 100.0 * (cost / 24.0 - 1.0), "target": 24.0,
-        "predictor": jetson.identifier, "search": {"epochs": 1, "freeze_epochs": 1, "seed": 0}}))
-    (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "seconds": 2.0, "val_top1": 40.0, "target": 24.0,
-                                                      "probabilities": [[1 / 7] * 7] * 21}) + "\n")
+        "predictor": jetson.identifier, "search": settings}))
+    (folder / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": epoch, "seconds": 2.0, "val_top1": 40.0, "target": 24.0,
+                    "probabilities": [[1 / 7] * 7] * 21}) + "\n" for epoch in range(1, defaults.epochs + 1)))
     (folder / "args.json").write_text(json.dumps({"lut": None, "metric": None}))
     seal_search(folder)
     # Without plan.json nothing says under which settings the folder's steps were made.
@@ -106,12 +112,17 @@ def test_closed_loop_reuses_a_kept_search_only_for_its_own_target_and_table(tmp_
                                         "unknown; choose another --out, or delete it to start over"):
         closed_loop.main(closed_loop.get_args_parser().parse_args(
             ["--out", str(tmp_path / "loop"), "--target_latency", "20", "--lut", lp.CPU_LUT]))
-    # The search step itself compares a kept search's target and table with its own (a plan.json edited to the
-    # new target, or one of an older version of the loop).
-    with pytest.raises(UserError, match=r"search holds a search for 24 ms on jetson_agx_xavier_b8.json@\w+, not this "
-                                        r"loop's 20 ms on cpu_amd_epyc_b1_t1.json@\w+\+calibrated; delete it to "
-                                        "search again"):
+    # The search step itself compares a kept search's target, table and options with its own (a plan.json edited
+    # to the new ones and sealed again, or one of an older version of the loop).
+    with pytest.raises(UserError, match=r"search holds a search made with other settings than this run's "
+                                        r"\(--target_latency 24.0 there, 20.0 here; --lut jetson_agx_xavier_b8.json@\w+ "
+                                        r"there, cpu_amd_epyc_b1_t1.json@\w+\+calibrated here\); delete it to search "
+                                        "again"):
         closed_loop.search(lp.CPU_LUT, 20.0, str(tmp_path / "loop"), [])
+    # Sweep 18: plan.json's epochs edited and sealed again let a search of other epochs pass as this loop's.
+    with pytest.raises(UserError, match=rf"\(--epochs {defaults.epochs} there, 4 here\)"):
+        closed_loop.search(lp.DEFAULT_LUT, 24.0, str(tmp_path / "loop"), ["--epochs", "4"])
+    assert closed_loop.search(lp.DEFAULT_LUT, 24.0, str(tmp_path / "loop"), [])["predicted"] == cost
 
 
 def test_closed_loop_refuses_a_gpu_table_on_a_machine_without_one(tmp_path, monkeypatch):

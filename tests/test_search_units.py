@@ -515,6 +515,24 @@ def test_a_finished_search_is_read_with_its_rows(tmp_path, write_finished_search
     assert [row["epoch"] for row in search_imagenet.read_finished_search(shared)[1]] == [2]
 
 
+def test_composite_tools_keep_a_finished_search_only_for_the_options_that_made_it(tmp_path, write_finished_search,
+                                                                                monkeypatch):
+    # Sweep 18: plan.json's epochs edited and sealed again; landing.py then reported a kept 1-epoch search as
+    # one of the epochs asked for. The search's own sealed arch.json now decides, before any other job runs.
+    import reproduce_tables
+
+    folder = write_finished_search(tmp_path / "search", FINISHED_ARCH, [FINISHED_ROW])
+    ran = []
+    monkeypatch.setattr(reproduce_tables.retraining, "run_logged", lambda command, *rest: ran.append(command))
+    kept = reproduce_tables.SearchJob("kept", folder, ["--target_latency", "24", "--epochs", "4"], "arch.json")
+    other = reproduce_tables.SearchJob("new", str(tmp_path / "new"), ["--target_latency", "24"], "arch.json")
+    with pytest.raises(utils.UserError, match=rf"^{folder} holds a search made with other settings than this run's "
+                                              r"\(--epochs 1 there, 4 here; --freeze_epochs 1 there, \d+ here; .*\); "
+                                              "delete that folder to run its search again$"):
+        reproduce_tables.run_jobs([kept, other], lambda *_: None, str(tmp_path / "logs"), 1, 1)
+    assert ran == []
+
+
 def test_a_kept_searchs_cost_is_checked_against_its_table_where_that_can_be_opened(tmp_path, write_finished_search,
                                                                                    seal_search):
     # Sweep 11. Before: screen, closed_loop and landing reported an arch.json's predicted cost as written: edited
