@@ -165,6 +165,13 @@ class ImageFolderOnce(datasets.ImageFolder):
         return samples
 
 
+def links_to_nothing(folder):
+    """The sorted names of the entries of `folder` that are links to nothing.
+    A link to a class folder that is gone (a moved ImageNet, as
+    tools/make_imagenet100.py links it) would drop its class without a word."""
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_symlink() and not os.path.exists(entry.path))
+
+
 def check_image_folder(folder):
     """Raise UserError unless `folder` holds class sub-folders that each hold an image."""
     for path in (folder.parent, folder):
@@ -176,9 +183,7 @@ def check_image_folder(folder):
     try:
         # Same rule as ImageFolder: every sub-folder, hidden or not, is a class.
         class_folders = sorted(entry for entry in folder.iterdir() if entry.is_dir())
-        # A link to a folder that is gone (a moved ImageNet, as tools/make_imagenet100.py links it) would
-        # drop its class without a word.
-        broken = sorted(entry.name for entry in folder.iterdir() if entry.is_symlink() and not entry.exists())
+        broken = links_to_nothing(folder)
     except OSError as error:
         raise UserError(f"cannot read dataset folder {folder} ({error})") from error
     if broken:

@@ -45,7 +45,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data import check_same_classes, split_for_architecture  # noqa: E402
+from data import check_same_classes, links_to_nothing, split_for_architecture  # noqa: E402
 from utils import (UserError, check_seed, path_error_reason, refuse_link_loop, refuse_non_folder,  # noqa: E402
                    run_cli)
 
@@ -66,11 +66,12 @@ def class_folders(root, split):
     folders = []
     for entry in os.scandir(path):
         refuse_link_loop(entry.path, "--imagenet:")
-        if entry.is_symlink() and not os.path.exists(entry.path):  # its class would drop out without a word
-            raise UserError(f"--imagenet: {entry.path} is a link to nothing (was the folder it names moved?); "
-                            "point it at its class folder again or remove it")
         if entry.is_dir():
             folders.append(entry.name)
+    broken = links_to_nothing(path)
+    if broken:
+        raise UserError(f"--imagenet: {os.path.join(path, broken[0])} is a link to nothing (was the folder it names "
+                        "moved?); point it at its class folder again or remove it")
     return sorted(folders)
 
 
