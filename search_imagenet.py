@@ -957,8 +957,8 @@ def describe_pick(pick, predictor, target):
             f"in the band; {describe_cost(predictor, chosen['predicted'], target)} (--pick_among)")
 
 
-# The settings that decide what a search finds, recorded in its arch.json: a
-# composite tool reuses a kept search only where they are the ones it asks for.
+# The settings that decide what a search finds most, recorded in its arch.json
+# for the tools that report it (args.json holds every option).
 SEARCH_SETTINGS = (
     "epochs", "freeze_epochs", "seed", "dataset", "num_classes", "image_size", "tradeoff_learning_rate",
     "penalty", "penalty_weight", "eta", "eta_decay", "eta_floor", "eta_layers", "eta_pooling", "strided_skips",
@@ -1063,6 +1063,8 @@ def read_finished_search(folder, remedy="delete that folder to run its search ag
     if written.get("seal") != search_seal(written, rows, saved_arguments):
         refuse(f"its {ARCH_NAME}, {METRICS_NAME} and {ARGS_NAME} are not the ones the search wrote: edited since, or "
                "written by a version of this project before arch.json carried their seal")
+    if not isinstance(saved_arguments, dict):
+        refuse(f"its {ARGS_NAME} is not the search's options (a JSON object)")
     if last.get("target") != result["target"]:
         refuse(f"its {ARCH_NAME} names target {result['target']:g}, its last epoch {last.get('target')}")
     if not math.isclose(result["error_percent"], 100.0 * (result["predicted"] / result["target"] - 1.0),
@@ -1071,24 +1073,31 @@ def read_finished_search(folder, remedy="delete that folder to run its search ag
     fault = recorded_cost_fault(folder, result, last)
     if fault:
         refuse(fault)
-    differences = [] if arguments is None else settings_differences(result, arguments)
+    differences = [] if arguments is None else settings_differences(result, saved_arguments, arguments)
     if differences:
         named = "; ".join(differences[:3]) + ("; ..." if len(differences) > 3 else "")
         raise UserError(f"{folder} holds a search made with other settings than this run's ({named}); {remedy}")
     return result, rows
 
 
-def settings_differences(result, arguments):
-    """How the finished search `result` (its arch.json) differs from the
-    one `arguments` (this script's options) run: its target, latency table
-    and SEARCH_SETTINGS, each as "--name kept there, asked here"; empty if
-    none."""
+# Options that say where and how a search runs, not what it finds: a kept
+# search is reused whatever they were.
+RUN_ONLY_OPTIONS = frozenset({"save", "resume", "stop_after_epoch", "workers", "gpus", "visible", "device",
+                              "device_type"})
+
+
+def settings_differences(result, saved_arguments, arguments):
+    """How the finished search `result` (its arch.json; `saved_arguments`:
+    its args.json) differs from the one `arguments` (this script's options)
+    run: its latency table (by its costs, whatever path names it) and every
+    other option but RUN_ONLY_OPTIONS, each as "--name kept there, asked
+    here"; empty if none."""
     wanted = parse_forwarded_arguments(get_args_parser(), arguments, "the search's options")
     resolve_schedule(wanted)
     table = latency_predictor.load_predictor(wanted.lut, metric=wanted.metric).identifier
-    pairs = [("target_latency", result["target"], wanted.target_latency), ("lut", result.get("predictor"), table)]
-    recorded = result["search"]
-    pairs += [(name, recorded.get(name, "(not recorded)"), getattr(wanted, name)) for name in SEARCH_SETTINGS]
+    pairs = [("lut", result.get("predictor"), table)]
+    pairs += [(name, saved_arguments.get(name, "(not recorded)"), value) for name, value in vars(wanted).items()
+              if name not in RUN_ONLY_OPTIONS | {"lut"}]
     return [f"--{name} {kept} there, {asked} here" for name, kept, asked in pairs
             if not same_setting(name, kept, asked)]
 

@@ -1845,8 +1845,18 @@ def check_run_plan(out, plan, tool):
         if previous != plan:
             changed = sorted(key for key in set(plan) | set(previous) if previous.get(key) != plan.get(key))
             raise UserError(f"--out {out} holds a run with other settings ({', '.join(changed)}); "
-                            "choose another --out, or delete it to start over")
+                            f"{earlier_settings_remedy(previous, changed)}")
     write_sealed_json(path, {"tool": tool, **plan})
+
+
+def earlier_settings_remedy(previous, changed):
+    """The way out of a rerun with other settings; where a file option
+    changed (another path, perhaps to a copy of the same table), the path
+    the run was made with, to give again and continue it."""
+    earlier = [f"--{key} {previous[key]}" for key in changed
+               if key in PATH_OPTIONS and isinstance(previous.get(key), str)]
+    again = f"it was made with {', '.join(earlier)}: give that to continue it, " if earlier else ""
+    return f"{again}choose another --out, or delete it to start over"
 
 
 def read_plan(path, option):

@@ -69,6 +69,18 @@ def seal_search():
     return seal
 
 
+@pytest.fixture(scope="session")
+def search_arguments():
+    """search_arguments(*options): the args.json a search started with
+    these search_imagenet.py options writes (its schedule filled in), for a
+    search folder made by hand."""
+    import search_imagenet
+
+    def arguments(*options):
+        return vars(search_imagenet.resolve_schedule(search_imagenet.get_args_parser().parse_args(list(options))))
+    return arguments
+
+
 # Every test gets TIMEOUT_S (pytest.ini); one marked slow, which runs a
 # script end to end (several searches, a benchmark, torchrun), gets
 # SLOW_TIMEOUT_S. `-m "not slow"` leaves them out for a quick pass.

@@ -88,7 +88,8 @@ def test_closed_loop_searches_on_the_table_and_measures_the_result(fitted_table,
     assert f"architecture: {found}" in report and f"table: {os.path.abspath(fitted_table)}" in report
 
 
-def test_closed_loop_reuses_a_kept_search_only_for_its_own_target_table_and_options(tmp_path, seal_search):
+def test_closed_loop_reuses_a_kept_search_only_for_its_own_target_table_and_options(tmp_path, seal_search,
+                                                                                     search_arguments):
     # Sweep 13: a finished 15 ms search in --out without plan.json (deleted, or the folder put together by hand)
     # was reused for --target_latency 17, its error against 15 ms reported as the error against 17.
     jetson = lp.load_predictor()
@@ -105,7 +106,8 @@ def test_closed_loop_reuses_a_kept_search_only_for_its_own_target_table_and_opti
     (folder / "metrics.jsonl").write_text("".join(
         json.dumps({"epoch": epoch, "seconds": 2.0, "val_top1": 40.0, "target": 24.0,
                     "probabilities": [[1 / 7] * 7] * 21}) + "\n" for epoch in range(1, defaults.epochs + 1)))
-    (folder / "args.json").write_text(json.dumps({"lut": None, "metric": None}))
+    saved = search_arguments("--target_latency", "24")
+    (folder / "args.json").write_text(json.dumps(dict(saved, dataset=settings["dataset"])))
     seal_search(folder)
     # Without plan.json nothing says under which settings the folder's steps were made.
     with pytest.raises(UserError, match=r"loop holds files but no plan.json, so the settings that made them are "
@@ -115,9 +117,9 @@ def test_closed_loop_reuses_a_kept_search_only_for_its_own_target_table_and_opti
     # The search step itself compares a kept search's target, table and options with its own (a plan.json edited
     # to the new ones and sealed again, or one of an older version of the loop).
     with pytest.raises(UserError, match=r"search holds a search made with other settings than this run's "
-                                        r"\(--target_latency 24.0 there, 20.0 here; --lut jetson_agx_xavier_b8.json@\w+ "
-                                        r"there, cpu_amd_epyc_b1_t1.json@\w+\+calibrated here\); delete it to search "
-                                        "again"):
+                                        r"\(--lut jetson_agx_xavier_b8.json@\w+ there, cpu_amd_epyc_b1_t1.json@\w+"
+                                        r"\+calibrated here; --target_latency 24.0 there, 20.0 here\); delete it to "
+                                        "search again"):
         closed_loop.search(lp.CPU_LUT, 20.0, str(tmp_path / "loop"), [])
     # Sweep 18: plan.json's epochs edited and sealed again let a search of other epochs pass as this loop's.
     with pytest.raises(UserError, match=rf"\(--epochs {defaults.epochs} there, 4 here\)"):
@@ -204,6 +206,13 @@ def test_closed_loop_reuses_steps_only_for_its_own_settings_and_continues_its_se
         closed_loop.main(closed_loop.get_args_parser().parse_args(["--out", str(out), "--lut", str(tmp_path / "link.json"),
                                                                    "--target_latency", "20", "--", "--epochs", "3"]))
     assert steps[-1][-2:] == ["--resume", str(out / "search")]
+    # Sweep 19 #124, #128: a hard link to the table, or a copy of it, is another file; the refusal offered only to
+    # delete the work. It names the path the run was made with.
+    os.link(table, tmp_path / "hard.json")
+    with pytest.raises(UserError, match=re.escape(f"holds a run with other settings (lut); it was made with --lut "
+                                                  f"{table}: give that to continue it, choose another --out")):
+        closed_loop.main(closed_loop.get_args_parser().parse_args(["--out", str(out), "--lut", str(tmp_path / "hard.json"),
+                                                                   "--target_latency", "20", "--", "--epochs", "3"]))
     for other, changed in ((["--target_latency", "21", "--", "--epochs", "3"], "target_latency"),
                            (["--target_latency", "20", "--", "--epochs", "4"], "search_options")):
         with pytest.raises(UserError, match=rf"holds a run with other settings \({changed}\)"):

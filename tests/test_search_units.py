@@ -443,19 +443,20 @@ def test_path_top1_recomputes_batchnorm_for_the_path_and_leaves_the_supernet_as_
 
 
 @pytest.fixture
-def write_finished_search(seal_search):
+def write_finished_search(seal_search, search_arguments):
     """write(folder, arch_json, metrics_lines): a finished search's files,
-    sealed (args.json: the default table)."""
+    sealed (args.json: a 1-epoch search for 24 ms on the default table)."""
     def write(folder, arch_json, metrics_lines):
         folder.mkdir()
         (folder / "arch.json").write_text(arch_json)
         (folder / "metrics.jsonl").write_text("".join(line + "\n" for line in metrics_lines))
-        (folder / "args.json").write_text(json.dumps({"lut": None, "metric": None}))
+        (folder / "args.json").write_text(json.dumps(search_arguments(*FINISHED_OPTIONS)))
         seal_search(folder)
         return str(folder)
     return write
 
 
+FINISHED_OPTIONS = ("--target_latency", "24", "--epochs", "1", "--freeze_epochs", "1", "--seed", "0")
 FINISHED_COST = latency_predictor.load_predictor().cost(model_train.LIGHTNETS["LightNet-24ms"])
 FINISHED_ARCH = json.dumps({"arch_config": model_train.LIGHTNETS["LightNet-24ms"], "predicted": FINISHED_COST,
                             "error_percent": 100.0 * (FINISHED_COST / 24.0 - 1.0), "target": 24.0,
@@ -524,12 +525,22 @@ def test_composite_tools_keep_a_finished_search_only_for_the_options_that_made_i
     folder = write_finished_search(tmp_path / "search", FINISHED_ARCH, [FINISHED_ROW])
     ran = []
     monkeypatch.setattr(reproduce_tables.retraining, "run_logged", lambda command, *rest: ran.append(command))
-    kept = reproduce_tables.SearchJob("kept", folder, ["--target_latency", "24", "--epochs", "4"], "arch.json")
     other = reproduce_tables.SearchJob("new", str(tmp_path / "new"), ["--target_latency", "24"], "arch.json")
-    with pytest.raises(utils.UserError, match=rf"^{folder} holds a search made with other settings than this run's "
-                                              r"\(--epochs 1 there, 4 here; --freeze_epochs 1 there, \d+ here; .*\); "
-                                              "delete that folder to run its search again$"):
-        reproduce_tables.run_jobs([kept, other], lambda *_: None, str(tmp_path / "logs"), 1, 1)
+    for changed, message in (
+            (["--epochs", "4"], "--epochs 1 there, 4 here"),
+            (["--target_latency", "25"], "--target_latency 24.0 there, 25.0 here"),
+            # Sweep 19: options outside arch.json's summary (the weights' optimizer, the temperature) count too.
+            (["--momentum", "0.5", "--tau_max", "4"], "--momentum 0.9 there, 0.5 here; --tau_max 5.0 there, 4.0 here"),
+            (["--lut", latency_predictor.CPU_LUT], r"--lut jetson_agx_xavier_b8.json@\w+ there, cpu_amd_epyc")):
+        kept = reproduce_tables.SearchJob("kept", folder, list(FINISHED_OPTIONS) + changed, "arch.json")
+        with pytest.raises(utils.UserError, match=rf"^{folder} holds a search made with other settings than this "
+                                                  rf"run's \({message}.*\); delete that folder to run its search again$"):
+            reproduce_tables.run_jobs([kept, other], lambda *_: None, str(tmp_path / "logs"), 1, 1)
+    assert ran == []
+    # The same options in another order, and options that only say how it runs: kept.
+    kept = reproduce_tables.SearchJob("kept", folder, ["--seed", "0", "--workers", "0"] + list(FINISHED_OPTIONS),
+                                      "arch.json")
+    reproduce_tables.run_jobs([kept], lambda *_: None, str(tmp_path / "logs"), 1, 1)
     assert ran == []
 
 
@@ -561,7 +572,7 @@ def test_a_kept_searchs_cost_is_checked_against_its_table_where_that_can_be_open
         f'"error_percent": {100.0 * (FINISHED_COST / 24.0 - 1.0)}', '"error_percent": 0.0')),
     ("arch.json", lambda text: text.replace('"seed": 0', '"seed": 1')),
     ("metrics.jsonl", lambda text: text.replace('"val_top1": 40.0', '"val_top1": 90.0')),
-    ("args.json", lambda text: text.replace('"metric": null', '"metric": null, "eta": 0')),
+    ("args.json", lambda text: text.replace('"metric": null', '"metric": null, "note": 0')),
     ("arch.json", lambda text: text[:text.index(', "seal"')] + "}"),  # unsealed: an older version's
 ])
 def test_a_kept_search_edited_consistently_is_refused_by_its_seal(name, edit, tmp_path, write_finished_search):
