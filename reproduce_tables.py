@@ -475,7 +475,11 @@ def authors_mlp(path):
     None when the default file is absent (said once, and the column says
     so); a --mlp given by the user must exist."""
     if os.path.isfile(path):
-        return lp.load_predictor(path)
+        predictor = lp.load_predictor(path)
+        if not isinstance(predictor, lp.MLPPredictor):  # a table would cross-check the searches against itself
+            raise UserError(f"--mlp {path} is not the authors' latency MLP (it reads as {predictor.identifier}); "
+                            "give their lightnas_jetson_latency_mlp.pth.tar")
+        return predictor
     if os.path.abspath(path) != os.path.abspath(lp.AUTHORS_MLP) or os.path.lexists(path):
         check_regular_file(path, "--mlp")  # names what is there instead (a folder, a socket, a broken link)
         raise UserError(f"--mlp {path} not found; give the authors' lightnas_jetson_latency_mlp.pth.tar")

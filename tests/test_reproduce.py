@@ -494,6 +494,11 @@ def test_a_missing_authors_mlp_is_said_and_marked_an_explicit_one_refused(tmp_pa
     assert "the authors' MLP is not at" in capsys.readouterr().out
     with pytest.raises(reproduce_tables.UserError, match="--mlp .*elsewhere.pth.tar not found"):
         reproduce_tables.authors_mlp(str(tmp_path / "elsewhere.pth.tar"))
+    # Sweep 19 #169: a latency table given as --mlp was taken, and the column would have cross-checked the
+    # searches against the table's own costs.
+    with pytest.raises(reproduce_tables.UserError, match=r"--mlp .*jetson_agx_xavier_b8.json is not the authors' "
+                                                         r"latency MLP \(it reads as jetson_agx_xavier_b8.json@\w+\)"):
+        reproduce_tables.authors_mlp(reproduce_tables.lp.DEFAULT_LUT)
     row = {"target_ms": 24.0, "lightnas_ms": 23.9, "lightnas_error_percent": -0.4, "lightnas_mlp_ms": None,
            "lightnas_retrained_top1": None, "lightnas_within": True, "baseline_searches": 2, "baseline_grid_size": 5,
            "baseline_closest_ms": 24.1, "baseline_closest_error_percent": 0.4, "baseline_closest_w": 0.5,
