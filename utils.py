@@ -1037,8 +1037,18 @@ def write_failure(path, error):
     if isinstance(error, OSError) and error.errno == errno.EFBIG and limit != resource.RLIM_INFINITY:
         return UserError(f"cannot write {path}: {reason}{kept}: the file would pass this shell's size limit "
                          f"({limit} bytes, `ulimit -f`); raise the limit, then run again")
-    return UserError(f"cannot write {path}: {reason}{kept}; free some space or choose a writable folder, then run "
-                     "again")
+    return UserError(f"cannot write {path}: {reason}{kept}; {write_remedy(error)}, then run again")
+
+
+def write_remedy(error):
+    """What to do about a failed write: room for a full disk, another place
+    for one that takes no writes (read-only, not permitted), else either."""
+    errors = getattr(error, "errno", None)
+    if errors in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space"
+    if errors in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "choose a writable folder"
+    return "free some space or choose a writable folder"
 
 
 def _current_umask():

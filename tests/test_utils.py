@@ -615,7 +615,18 @@ def test_a_full_disk_is_one_line_and_the_earlier_file_stays(tmp_path, monkeypatc
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(json_module, "dump", no_space)
-    with pytest.raises(utils.UserError, match="cannot write .*log.json: No space left on device; free some space"):
+    with pytest.raises(utils.UserError, match="cannot write .*log.json: No space left on device; free some space, "
+                                              "then run again"):
+        utils.write_json(tmp_path / "log.json", {"a": 1})
+    monkeypatch.undo()
+
+    def read_only(*arguments, **options):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    # Sweep 19 #228: a read-only place was also told to free some space.
+    monkeypatch.setattr(json_module, "dump", read_only)
+    with pytest.raises(utils.UserError, match="cannot write .*log.json: Read-only file system; choose a writable "
+                                              "folder, then run again"):
         utils.write_json(tmp_path / "log.json", {"a": 1})
     monkeypatch.undo()
     assert sorted(entry.name for entry in tmp_path.iterdir()) == ["checkpoint.pth.tar"]

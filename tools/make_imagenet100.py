@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data import check_same_classes, links_to_nothing, split_for_architecture  # noqa: E402
 from utils import (UserError, check_seed, path_error_reason, refuse_link_loop, refuse_non_folder,  # noqa: E402
-                   run_cli)
+                   run_cli, write_remedy)
 
 SPLITS = ("train", "val")
 DEFAULT_SEED = 10  # the search's default --seed
@@ -109,8 +109,7 @@ def build_subset(imagenet, out, classes, arch_split=None, seed=0):
     except BaseException as error:  # a full or read-only disk, Ctrl-C: no half-built subset stays
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(error, OSError):
-            fix = ("choose a shorter --out" if error.errno == errno.ENAMETOOLONG
-                   else "free some space or choose a writable folder")
+            fix = "choose a shorter --out" if error.errno == errno.ENAMETOOLONG else write_remedy(error)
             raise UserError(f"--out {out}: cannot build the subset there ({path_error_reason(error)}); {fix}") from None
         raise
 
