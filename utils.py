@@ -659,15 +659,17 @@ def refuse_outputs_that_are_not_files(folder, names):
 
 
 def refuse_save_inside_dataset(save, dataset):
-    """A run's folder inside its dataset: its figures (PNG files) would be
-    read as images of a class by this run or the next."""
+    """A run's folder inside its dataset: in train/ or val/ its figures (PNG
+    files) would be read as images of a class by this run or the next, and
+    a dataset is no place for runs anywhere else either (copied, shared or
+    linked as a whole, it would carry them)."""
     if dataset is None:
         return
     inside = os.path.realpath(save)
     root = os.path.realpath(dataset)
     if os.path.commonpath([inside, root]) == root:
-        raise UserError(f"--save {save} is inside --dataset {dataset}: the run's figures would be read as images; "
-                        "choose a folder outside it")
+        raise UserError(f"--save {save} is inside --dataset {dataset}: keep runs out of the dataset (in its train/ "
+                        "or val/ the run's figures would be read as images); choose a folder outside it")
 
 
 def refuse_files_of_others_or_earlier_runs(folder, kind, outputs, results):
