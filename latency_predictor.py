@@ -386,10 +386,10 @@ def describe_range(low, high, unit, outside=None):
     return f"{low:.{digits}g} to {high:.{digits}g} {unit}"
 
 
-def _refuse_implausibly_cheap(lowest, unit, where):
+def _refuse_implausibly_cheap(lowest, unit, where, kind="table", remedy="rebuild it"):
     if not lowest >= MIN_NETWORK_COST:
-        raise UserError(f"{where}: the cheapest architecture costs {lowest:.4g} {unit} by this table; "
-                        "no device has that, so the table is broken: rebuild it")
+        raise UserError(f"{where}: the cheapest architecture costs {lowest:.4g} {unit} by this {kind}; "
+                        f"no device has that, so the {kind} is broken: {remedy}")
 
 
 def load_table(path):
@@ -554,6 +554,25 @@ class LatencyMLP(nn.Module):
         return self.pred(encodings).squeeze(-1)
 
 
+MLP_REMEDY = "give the authors' file again"
+MLP_PROBES = 64  # random architectures an MLP is tried on when loaded
+
+
+def _check_mlp_outputs(network, path):
+    """A damaged MLP (weights edited to NaN, a bias shifted far below 0) is
+    refused when loaded: its weights must be finite and its latencies for a
+    fixed sample of architectures plausible (feasible_range checks its
+    cheapest once a search asks for it)."""
+    damaged = [name for name, tensor in network.state_dict().items() if not torch.isfinite(tensor).all()]
+    if damaged:
+        raise UserError(f"latency MLP {path}: its weights {', '.join(damaged)} hold NaN or infinite values; "
+                        f"{MLP_REMEDY}")
+    encodings = torch.from_numpy(one_hot(sample_architectures(MLP_PROBES, FIT_SEED)).reshape(MLP_PROBES, -1))
+    with torch.no_grad():
+        lowest = float(network(encodings).min())
+    _refuse_implausibly_cheap(lowest, METRIC_UNITS["latency"], f"latency MLP {path}", "MLP", MLP_REMEDY)
+
+
 class MLPPredictor:
     """The authors' MLP behind the predictor API (latency in ms, Jetson AGX
     Xavier, batch 8). `expected_cost` is the MLP applied to the flattened
@@ -572,6 +591,7 @@ class MLPPredictor:
                             f"pred.0/2/4 weights of shapes 128x147, 64x128, 1x64)") from None
         self.network = network.eval().requires_grad_(False)
         self.path = path
+        _check_mlp_outputs(self.network, path)
         self.sha256 = file_sha256(path)
         self.fingerprint = self.sha256
         self.identifier = f"mlp:{file_name(path)}@{self.sha256[:12]}"
@@ -619,8 +639,9 @@ class MLPPredictor:
         deterministically; computed once)."""
         if self._range is None:
             _, layer_costs = self.additive_form()
-            self._range = (self._local_extreme(layer_costs.argmin(axis=1), sign=-1.0),
-                           self._local_extreme(layer_costs.argmax(axis=1), sign=1.0))
+            low = self._local_extreme(layer_costs.argmin(axis=1), sign=-1.0)
+            _refuse_implausibly_cheap(low, self.unit, f"latency MLP {self.path}", "MLP", MLP_REMEDY)
+            self._range = (low, self._local_extreme(layer_costs.argmax(axis=1), sign=1.0))
         return self._range
 
     def _local_extreme(self, indices, sign):
@@ -630,6 +651,9 @@ class MLPPredictor:
             layers, ops = np.divmod(np.arange(len(neighbours)), NUM_OPS)
             neighbours[np.arange(len(neighbours)), layers] = ops
             values = sign * self.costs(neighbours)
+            if not np.isfinite(values).all():  # NaN would never compare better: the walk would not end
+                raise UserError(f"latency MLP {self.path}: it predicts non-finite latencies for some architectures; "
+                                "give the authors' file again")
             choice = int(values.argmax())
             if values[choice] <= best:
                 return float(sign * best)

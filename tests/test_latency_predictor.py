@@ -685,3 +685,32 @@ def test_running_the_predictor_library_names_the_builders_command():
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip() == ("error: latency_predictor.py is the tables' library; their commands run from "
                                      "latency_build.py: python3 latency_build.py predict --arch_config LightNet-24ms")
+
+
+def damaged_mlp(tmp_path, name, damage):
+    """The authors' MLP saved to tmp_path/name after `damage(state_dict)`."""
+    state_dict = torch.load(MLP_PATH, weights_only=True)
+    damage(state_dict)
+    torch.save(state_dict, tmp_path / name)
+    return str(tmp_path / name)
+
+
+@needs_mlp
+def test_a_damaged_mlp_is_refused_before_it_predicts(tmp_path):
+    # Sweep 19 #292, #293, #296, #297. Before: an MLP with one NaN weight predicted "nan ms" with exit 0 and hung
+    # the search's range walk (NaN never compares better); one whose last bias was shifted by -1000 predicted
+    # -976 ms, and the search blamed the target ("outside ... -994.7 to -960.9 ms").
+    nan_weight = damaged_mlp(tmp_path, "nan.pth.tar", lambda weights: weights["pred.0.weight"][0, 0].fill_(math.nan))
+    with pytest.raises(UserError, match=r"latency MLP .*nan.pth.tar: its weights pred.0.weight hold NaN or infinite "
+                                        r"values; give the authors' file again"):
+        lp.load_predictor(nan_weight)
+    shifted = damaged_mlp(tmp_path, "negative.pth.tar", lambda weights: weights["pred.4.bias"].sub_(1000.0))
+    with pytest.raises(UserError, match=r"latency MLP .*negative.pth.tar: the cheapest architecture costs -9\d\d(\.\d+)? ms "
+                                        r"by this MLP; no device has that, so the MLP is broken"):
+        lp.load_predictor(shifted)
+    # Shifted less, its sample of architectures still costs more than 0, but its cheapest does not: refused when
+    # the search asks for its range.
+    edge = lp.load_predictor(damaged_mlp(tmp_path, "edge.pth.tar", lambda weights: weights["pred.4.bias"].sub_(12.0)))
+    with pytest.raises(UserError, match=r"the cheapest architecture costs -\d+(\.\d+)? ms by this MLP"):
+        edge.feasible_range()
+    assert lp.load_predictor(MLP_PATH).feasible_range()[0] > 1.0  # the authors' own
