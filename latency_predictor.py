@@ -289,9 +289,11 @@ def check_table(table, where):
     search space; every problem is one UserError line."""
     if not isinstance(table, dict) or table.get("format") != TABLE_FORMAT:
         raise UserError(f"{where}: not a LightNAS cost table (no \"format\": \"{TABLE_FORMAT}\")")
-    if table.get("format_version") != TABLE_FORMAT_VERSION:
-        raise UserError(f"{where}: format version {table.get('format_version')!r}, "
-                        f"this code reads {TABLE_FORMAT_VERSION}")
+    version = table.get("format_version")
+    if version != TABLE_FORMAT_VERSION or isinstance(version, bool):
+        written = f"the string {json.dumps(version)}" if isinstance(version, str) else json.dumps(version)
+        raise UserError(f"{where}: \"format_version\" is {written}; this code reads the number "
+                        f"{TABLE_FORMAT_VERSION} (a table written by another version, or edited: rebuild it)")
     metadata = table.get("metadata")
     _check_metadata(metadata, where)
     _check_fixed(table.get("fixed"), metadata["num_classes"], where)
@@ -569,8 +571,19 @@ def _check_mlp_outputs(network, path):
                         f"{MLP_REMEDY}")
     encodings = torch.from_numpy(one_hot(sample_architectures(MLP_PROBES, FIT_SEED)).reshape(MLP_PROBES, -1))
     with torch.no_grad():
-        lowest = float(network(encodings).min())
-    _refuse_implausibly_cheap(lowest, METRIC_UNITS["latency"], f"latency MLP {path}", "MLP", MLP_REMEDY)
+        latencies = network(encodings)
+    _refuse_implausible_mlp_range(float(latencies.min()), float(latencies.max()), path)
+
+
+def _refuse_implausible_mlp_range(lowest, highest, path):
+    """An MLP's latencies must be ones a device could have: the cheapest at
+    least MIN_NETWORK_COST, the dearest at most MAX_ENTRY (a table's bound
+    for one op: a million ms)."""
+    where, unit = f"latency MLP {path}", METRIC_UNITS["latency"]
+    _refuse_implausibly_cheap(lowest, unit, where, "MLP", MLP_REMEDY)
+    if not highest <= MAX_ENTRY:
+        raise UserError(f"{where}: an architecture costs {highest:.4g} {unit} by this MLP (at most {MAX_ENTRY:g} is "
+                        f"plausible); the MLP is broken: {MLP_REMEDY}")
 
 
 class MLPPredictor:
@@ -639,9 +652,10 @@ class MLPPredictor:
         deterministically; computed once)."""
         if self._range is None:
             _, layer_costs = self.additive_form()
-            low = self._local_extreme(layer_costs.argmin(axis=1), sign=-1.0)
-            _refuse_implausibly_cheap(low, self.unit, f"latency MLP {self.path}", "MLP", MLP_REMEDY)
-            self._range = (low, self._local_extreme(layer_costs.argmax(axis=1), sign=1.0))
+            extremes = (self._local_extreme(layer_costs.argmin(axis=1), sign=-1.0),
+                        self._local_extreme(layer_costs.argmax(axis=1), sign=1.0))
+            _refuse_implausible_mlp_range(*extremes, self.path)
+            self._range = extremes
         return self._range
 
     def _local_extreme(self, indices, sign):

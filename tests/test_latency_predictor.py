@@ -330,7 +330,9 @@ MALFORMED = {
     "negative fixed part": (_set("fixed", {"value": -1.0}), "cannot be negative"),
     "no fixed part": (lambda table: table.pop("fixed"), "'fixed': needs a finite number"),
     "not a table": (_set("format", "something-else"), "not a LightNAS cost table"),
-    "future version": (_set("format_version", 2), "format version 2"),
+    "future version": (_set("format_version", 2), '"format_version" is 2; this code reads the number 1'),
+    # Sweep 20 #10: "format version '1', this code reads 1" did not say the string was the problem.
+    "version as a string": (_set("format_version", "1"), '"format_version" is the string "1"; this code reads the number'),
     "bad calibration": (_set("metadata", "calibration", {"scale": -1.0, "offset": 0.0}), "positive 'scale'"),
     "all zero": (lambda table: [entry.update(value=0.0) for entry in
                                 [table["fixed"], *table["entries"].values(), *table["fixed"].get("components",
@@ -713,4 +715,10 @@ def test_a_damaged_mlp_is_refused_before_it_predicts(tmp_path):
     edge = lp.load_predictor(damaged_mlp(tmp_path, "edge.pth.tar", lambda weights: weights["pred.4.bias"].sub_(12.0)))
     with pytest.raises(UserError, match=r"the cheapest architecture costs -\d+(\.\d+)? ms by this MLP"):
         edge.feasible_range()
+    # Sweep 20 #57, #63, #69: its output layer scaled by a million, it predicted 6.6 hours for LightNet-24ms.
+    scaled = damaged_mlp(tmp_path, "scaled.pth.tar", lambda weights: [weights[name].mul_(1e6)
+                                                                     for name in ("pred.4.weight", "pred.4.bias")])
+    with pytest.raises(UserError, match=r"latency MLP .*scaled.pth.tar: an architecture costs \S+ ms by this MLP "
+                                        r"\(at most 1e\+06 is plausible\); the MLP is broken"):
+        lp.load_predictor(scaled)
     assert lp.load_predictor(MLP_PATH).feasible_range()[0] > 1.0  # the authors' own
