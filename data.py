@@ -176,6 +176,9 @@ def check_image_folder(folder):
     """Raise UserError unless `folder` holds class sub-folders that each hold an image."""
     for path in (folder.parent, folder):
         refuse_link_loop(path, "dataset folder")
+        if path.is_symlink() and not path.exists():
+            raise UserError(f"dataset folder {path} is a link to nothing (was the folder it names moved?); point it "
+                            "at the dataset again")
         if path.exists() and not path.is_dir():
             raise UserError(f"{path} is a file, not a folder: {DATASET_HINT}")
     if not folder.is_dir():

@@ -217,6 +217,13 @@ def test_missing_split_folder_is_a_user_error_naming_it(tmp_path):
         data.image_folder(tmp_path, "train", None)
 
 
+def test_a_dataset_that_is_a_link_to_nothing_is_named_so(tmp_path):
+    # Sweep 20 #99. Before: "dataset folder .../moved/val not found", as if only val/ were missing.
+    (tmp_path / "moved").symlink_to(tmp_path / "gone")
+    with pytest.raises(UserError, match=re.escape(f"dataset folder {tmp_path / 'moved'} is a link to nothing")):
+        data.image_folder(tmp_path / "moved", "val", None)
+
+
 def test_split_folder_without_class_folders_is_a_user_error(tmp_path):
     write_png(tmp_path / "val" / "stray.png")  # images directly in val/, not in class folders
     message = f"dataset folder {tmp_path / 'val'} has no class sub-folders"
