@@ -44,7 +44,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from utils import UserError, non_folder_kind, refuse_link_loop, refuse_running_a_library
+from utils import UserError, non_folder_kind, refuse_link_loop, refuse_link_to_nothing, refuse_running_a_library
 
 # Per-channel statistics of the ImageNet training images, the normalisation the
 # paper and every ImageNet-trained mobile network use.
@@ -176,9 +176,7 @@ def check_image_folder(folder):
     """Raise UserError unless `folder` holds class sub-folders that each hold an image."""
     for path in (folder.parent, folder):
         refuse_link_loop(path, "dataset folder")
-        if path.is_symlink() and not path.exists():
-            raise UserError(f"dataset folder {path} is a link to nothing (was the folder it names moved?); point it "
-                            "at the dataset again")
+        refuse_link_to_nothing(path, "dataset folder")
         if path.exists() and not path.is_dir():
             raise UserError(f"{path} is a file, not a folder: {DATASET_HINT}")
     if not folder.is_dir():

@@ -1808,11 +1808,19 @@ def refuse_link_loop(path, what):
                             "file or folder") from None
 
 
+def refuse_link_to_nothing(path, what):
+    """A link whose target is gone looks missing to os.path.exists; say
+    what it is instead of naming what it should hold."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UserError(f"{what} {path} is a link to nothing (was what it names moved?); point it at it again")
+
+
 def refuse_non_folder(path, what):
     """A path given where a folder belongs that is something else (a file,
     a pipe, a loop of links) is named as such, rather than as a folder that
     lacks what it should hold."""
     refuse_link_loop(path, what)
+    refuse_link_to_nothing(path, what)
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{what} {path} is {non_folder_kind(path)}, not a folder; give a folder")
 

@@ -14,6 +14,7 @@ from torch import nn
 from torchvision import transforms
 
 import data
+import utils
 from utils import UserError
 
 SMALL = dict(num_classes=3, train_per_class=4, val_per_class=2, image_size=24, seed=0)
@@ -222,6 +223,9 @@ def test_a_dataset_that_is_a_link_to_nothing_is_named_so(tmp_path):
     (tmp_path / "moved").symlink_to(tmp_path / "gone")
     with pytest.raises(UserError, match=re.escape(f"dataset folder {tmp_path / 'moved'} is a link to nothing")):
         data.image_folder(tmp_path / "moved", "val", None)
+    # Sweep 20 #104: every folder option says so (before: screen.py's "holds no finished search (no arch.json)").
+    with pytest.raises(UserError, match=re.escape(f"--folders: {tmp_path / 'moved'} is a link to nothing")):
+        utils.refuse_non_folder(str(tmp_path / "moved"), "--folders:")
 
 
 def test_split_folder_without_class_folders_is_a_user_error(tmp_path):
