@@ -841,6 +841,7 @@ def synthetic_dataset(root=None, **params):
     base = Path(root if root is not None else default_data_dir())
     # What names the folder: a script's --data_root where it has one, else the variable.
     setting = "--data_root" if root is not None else "LIGHTNAS_DATA"
+    refuse_link_to_nothing(str(base), setting)  # else "cannot write ... (File exists)"
     if base.exists() and not base.is_dir():
         raise UserError(f"the synthetic dataset's folder {base} is a file; give a folder ({setting})")
     folder = base / synthetic_folder_name(**params)

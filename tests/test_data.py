@@ -223,6 +223,9 @@ def test_a_dataset_that_is_a_link_to_nothing_is_named_so(tmp_path):
     (tmp_path / "moved").symlink_to(tmp_path / "gone")
     with pytest.raises(UserError, match=re.escape(f"dataset folder {tmp_path / 'moved'} is a link to nothing")):
         data.image_folder(tmp_path / "moved", "val", None)
+    # Sweep 20 #142: LIGHTNAS_DATA too (before: "cannot write the synthetic dataset into ... (File exists)").
+    with pytest.raises(UserError, match=re.escape(f"--data_root {tmp_path / 'moved'} is a link to nothing")):
+        data.synthetic_dataset(root=str(tmp_path / "moved"), **SMALL)
     # Sweep 20 #104: every folder option says so (before: screen.py's "holds no finished search (no arch.json)").
     with pytest.raises(UserError, match=re.escape(f"--folders: {tmp_path / 'moved'} is a link to nothing")):
         utils.refuse_non_folder(str(tmp_path / "moved"), "--folders:")
