@@ -1075,8 +1075,8 @@ def read_finished_search(folder, remedy="delete that folder to run its search ag
         refuse(fault)
     differences = [] if arguments is None else settings_differences(result, saved_arguments, arguments)
     if differences:
-        named = "; ".join(differences[:3]) + ("; ..." if len(differences) > 3 else "")
-        raise UserError(f"{folder} holds a search made with other settings than this run's ({named}); {remedy}")
+        raise UserError(f"{folder} holds a search made with other settings than this run's "
+                        f"({name_a_few(differences, separator='; ')}); {remedy}")
     return result, rows
 
 

@@ -869,8 +869,8 @@ def any_process_diverged(diverged, device):
     return bool(all_reduce_sum(torch.tensor([float(diverged)], device=device)).item() > 0)
 
 
-def name_a_few(names, limit=3):
-    return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
+def name_a_few(names, limit=3, separator=", "):
+    return separator.join(names[:limit]) + (" ..." if len(names) > limit else "")
 
 
 # Upper bounds of numeric options, far above any real use and low enough
