@@ -175,6 +175,16 @@ def report(target, found, now, scaled, fresh=None, note=None):
     return lines
 
 
+def check_target_plausible(target):
+    """A target no network on any device costs is refused before the table,
+    which alone says what is reachable, is built for minutes."""
+    if not (target > 0 and target != float("inf")):
+        raise UserError("--target_latency must be a positive number of ms")
+    if not lp.MIN_NETWORK_COST <= target <= lp.MAX_ENTRY:
+        raise UserError(f"--target_latency {target:g} ms is not a latency any network has (no network costs less "
+                        f"than {lp.MIN_NETWORK_COST:g} ms or more than {lp.MAX_ENTRY:g} ms); give the target in ms")
+
+
 def check_target(table, target):
     """A latency table timed on a device here, and a target it can reach."""
     if table in lp.COUNT_METRICS:
@@ -230,8 +240,7 @@ def get_args_parser():
 def main(args):
     retraining.stop_children_on_sigterm()  # SIGTERM ends the loop and the step it runs (run_step stops it)
     continued_by_rerun()
-    if not (args.target_latency > 0 and args.target_latency != float("inf")):
-        raise UserError("--target_latency must be a positive number of ms")
+    check_target_plausible(args.target_latency)
     if not 1 <= args.rounds <= latency_timing.MAX_REPEATS:
         raise UserError(f"--rounds must be in [1, {latency_timing.MAX_REPEATS:,}]")
     if not 0 <= args.fresh_processes <= MAX_FRESH_PROCESSES:  # each a few seconds: 1,000 take over an hour

@@ -35,8 +35,8 @@ from latency_timing import (CLOCKS, CONDITIONS, DEFAULT_CLOCK, DEFAULT_CPU_THREA
                             make_protocol, measure, measure_arch_configs, noise_report, reference_level,
                             TIMING_NUMBER_RULES, session_statistics, time_in_fresh_processes, time_networks)
 from operations import LAYOUT, NUM_LAYERS, NUM_OPS, NUM_SEARCHABLE_LAYERS
-from utils import (UserError, check_number_rules, new_figure, open_for_reading, output_folder, resolve_device,
-                   run_cli, save_figure, write_csv)
+from utils import (UserError, check_number_rules, file_identity, new_figure, open_for_reading, output_folder,
+                   refuse_files_given_twice, resolve_device, run_cli, save_figure, write_csv)
 
 # Authors' measurement set-up (their README and release).
 JETSON_BATCH_SIZE = 8
@@ -576,14 +576,8 @@ def calibrate_table(table, indices, measured, sources):
 def check_calibration_files(measurements, out):
     """Each measurements file once (one given twice would count its rows
     twice), and the table never written over one of them."""
-    seen = {}
-    for path in measurements:
-        key = os.path.realpath(path)
-        if key in seen:
-            also = "" if seen[key] == path else f" (also as {seen[key]})"
-            raise UserError(f"--measurements: {path} is given twice{also}; give each file once")
-        seen[key] = path
-    if os.path.realpath(out) in seen:
+    refuse_files_given_twice(measurements, "--measurements")
+    if file_identity(out) in {file_identity(path) for path in measurements}:
         raise UserError(f"--out {out} is one of the --measurements files; write the table to another path")
 
 

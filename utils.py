@@ -869,6 +869,25 @@ def any_process_diverged(diverged, device):
     return bool(all_reduce_sum(torch.tensor([float(diverged)], device=device)).item() > 0)
 
 
+def file_identity(path):
+    """What makes two paths one file: its device and inode when it exists
+    (a symbolic or hard link, or a ../ path, leads to the same pair), else
+    its resolved path."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return status.st_dev, status.st_ino
+
+
+def refuse_files_given_twice(paths, option):
+    """Each input file once: one given twice (under any name) would count
+    twice."""
+    repeated = first_repeated(paths, key=file_identity)
+    if repeated is not None:
+        raise UserError(f"{option}: {repeated} is given twice (under this or another name); give each file once")
+
+
 def name_a_few(names, limit=3, separator=", "):
     return separator.join(names[:limit]) + (" ..." if len(names) > limit else "")
 
@@ -1044,11 +1063,12 @@ def write_failure(path, error):
 
 def write_remedy(error):
     """What to do about a failed write: room for a full disk, another place
-    for one that takes no writes (read-only, not permitted), else either."""
+    for one that takes no writes (read-only, not permitted, or a place like
+    /proc where no file can be made), else either."""
     errors = getattr(error, "errno", None)
     if errors in (errno.ENOSPC, errno.EDQUOT):
         return "free some space"
-    if errors in (errno.EROFS, errno.EACCES, errno.EPERM):
+    if errors in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT):
         return "choose a writable folder"
     return "free some space or choose a writable folder"
 
@@ -2018,13 +2038,21 @@ def _check_name_fits(path, folder, option):
                         "(with the temporary name it is written under first); choose a shorter name")
 
 
+# Bytes the writability probe writes: a page, so that a full disk (which
+# still takes an empty file) refuses it too.
+WRITE_PROBE_BYTES = 4096
+
+
 def _check_folder_takes_a_file(folder, option):
+    """A file can be created and filled there: what permission bits do not
+    tell (root, read-only mounts) and a full disk."""
     try:
-        with tempfile.TemporaryFile(dir=folder):  # what permission bits do not tell (root, read-only mounts)
-            pass
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(bytes(WRITE_PROBE_BYTES))
+            probe.flush()
     except OSError as error:
-        raise UserError(f"{option} {folder}: cannot write there ({path_error_reason(error)}); choose a "
-                        "writable folder") from None
+        raise UserError(f"{option} {folder}: cannot write there ({path_error_reason(error)}); "
+                        f"{write_remedy(error)}") from None
 
 
 @contextlib.contextmanager

@@ -149,7 +149,9 @@ def pooled_truth(paths):
     """Several ground-truth files for one target as one: each network
     (matched by architecture) with every retraining of it in any file, for
     ranking networks by their mean (results from other devices or code are
-    pooled as repeats; the sources are kept)."""
+    pooled as repeats; the sources are kept). One file given twice would
+    count each of its retrainings twice, so it is refused."""
+    utils.refuse_files_given_twice(paths, "--truth")
     truths = [load_truth(path) for path in paths]
     targets = {truth["target"] for truth in truths}
     if len(targets) != 1:

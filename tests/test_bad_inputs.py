@@ -116,6 +116,8 @@ def inputs(tmp_path_factory, seal_search):
         file.truncate(65 * 2**20)  # sparse: 65 MiB on paper, nothing on disk
     files["csv"] = root / "measurements.csv"
     files["csv"].write_text("arch,measured_ms\n")
+    files["csv_hard_link"] = root / "measurements-link.csv"
+    os.link(files["csv"], files["csv_hard_link"])
     files["imagenet"] = root / "imagenet"
     (files["imagenet"] / "train").mkdir(parents=True)
     files["deep_json"] = root / "deep.json"
@@ -284,6 +286,8 @@ def inputs(tmp_path_factory, seal_search):
         (files["warmup_only"] / name).write_text("kept\n")
     files["cuda_truth"] = root / "cuda-truth.json"  # a ground truth made on another kind of device
     shutil.copy(REPO_ROOT / "benchmarks" / "ground_truth" / "random_24ms_cuda.json", files["cuda_truth"])
+    files["cuda_truth_link"] = root / "cuda-truth-link.json"
+    os.link(files["cuda_truth"], files["cuda_truth_link"])
     files["screens_fifo"] = root / "screens-fifo"  # screen's results file there as a pipe
     files["screens_fifo"].mkdir()
     os.mkfifo(files["screens_fifo"] / "screens.jsonl")
@@ -1011,6 +1015,17 @@ CASES = {
                                       "search-24-copy twice (a folder or a copy of it)"),
     "reproduce: a target twice": (reproduce_tables, ["--quick", "--targets", "24", "24.0", "--out", "{out}"],
                                   "--targets names 24 ms twice"),
+    # Sweep 20 #194/#196: a truth file given twice, or with a hard link of it, was pooled (each retraining counted
+    # twice); calibrate refused a file given twice only under one name. #175: a target of 1e308 ms was refused
+    # only after a 200-second table build.
+    "screen: a truth file and its hard link": (screen, ["--folders", "{search_24}", "--out", "{out}", "--truth",
+                                                        "{cuda_truth}", "{cuda_truth_link}"], "is given twice"),
+    "calibrate: a file and its hard link": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                                      "cpu_intel_xeon_b1_t1.json"),
+                                                            "--measurements", "{csv}", "{csv_hard_link}", "--out",
+                                                            "{out}.json"], "is given twice"),
+    "closed loop: a target of 1e308 ms": (closed_loop, ["--target_latency", "1e308", "--out", "{out}"],
+                                          "is not a latency any network has"),
     "ground truth: --out another device's truth": (ground_truth, ["--nets", "2", "--seeds", "1", "--out",
                                                                   "{cuda_truth}", "--work", "{out}"],
                                                    "cannot be continued"),

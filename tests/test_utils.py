@@ -3,6 +3,7 @@ help texts and progress bars."""
 
 import argparse
 import contextlib
+import errno
 import importlib.util
 import io
 import json
@@ -410,6 +411,36 @@ def test_an_output_name_too_long_with_its_temporary_name_is_refused_before_the_r
         file.write("{}")
     with pytest.raises(UserError, match="--export_onnx: the file name is 242 bytes long, and at most 241 fit"):
         utils.check_output_file(str(tmp_path / ("y" * 237 + ".onnx")), "--export_onnx")
+
+
+def test_a_full_disk_is_found_before_the_run_not_at_its_end(tmp_path, monkeypatch):
+    """Sweep 20 #114: ground_truth.py --out on a full disk passed the up-front check (a full disk still
+    takes an empty file) and retrained for minutes before the write failed."""
+    made = utils.tempfile.TemporaryFile
+
+    class FullDisk:  # a file the disk holds no byte of
+        def __init__(self, **options):
+            self.file = made(**options)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exception):
+            self.file.close()
+
+        def write(self, data):
+            if data:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(utils.tempfile, "TemporaryFile", FullDisk)
+    full = r"cannot write there \(No space left on device\); free some space$"
+    with pytest.raises(UserError, match=r"^--out .*: " + full):
+        utils.check_output_file(str(tmp_path / "truth.json"), "--out")
+    with pytest.raises(UserError, match=r"^--save .*run: " + full):
+        utils.make_output_folder(str(tmp_path / "run"), "--save")
 
 
 def test_ctrl_c_just_after_the_file_was_moved_into_place_stays_a_ctrl_c(tmp_path, monkeypatch):
