@@ -485,12 +485,25 @@ def plot_validation(measured, raw, calibrated, title, path):
     save_figure(figure, path)
 
 
+def is_number_text(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_csv_rows(path, option):
     """The rows of a CSV as dicts; a file that is no CSV text is a UserError."""
     # utf-8-sig: a CSV saved by a spreadsheet starts with a byte-order mark that would hide the first column
     with open_for_reading(path, option, newline="", encoding="utf-8-sig") as file:
         try:
             reader = csv.DictReader(file)
+            numbers = [name for name in reader.fieldnames or [] if is_number_text(name)]
+            if numbers:  # a file saved without its header line: its first row would name the columns
+                raise UserError(f"{option} {path}: its first line holds {numbers[0]}, a number, where the header "
+                                "should name the columns; put back the header line (arch,measured_ms,... as "
+                                "validate writes it)")
             repeated = sorted({name for name in reader.fieldnames or [] if reader.fieldnames.count(name) > 1})
             if repeated:  # DictReader would keep the last column of the name, silently
                 raise UserError(f"{option} {path}: its header names the column {repeated[0]} twice; keep one")
@@ -536,6 +549,26 @@ def read_measurements(path):
     return indices, measured
 
 
+# A measurement this many times off the others' ratio to the table (a
+# typo, a run disturbed by other work) would pull the whole fit with it;
+# on a real device that ratio varies by tens of percent between networks.
+OUTLIER_RATIO = 5.0
+
+
+def refuse_outlying_measurement(indices, raw, measured):
+    """Name the measurement furthest from the typical measured-to-predicted
+    ratio when it is OUTLIER_RATIO or more times off, instead of letting it
+    skew the fit (whose scale would then blame the units)."""
+    ratios = measured / raw
+    typical = float(np.median(ratios))
+    off = np.maximum(ratios / typical, typical / ratios)
+    worst = int(np.argmax(off))
+    if off[worst] >= OUTLIER_RATIO:
+        raise UserError(f"calibration: architecture {arch_to_text(indices[worst])} measured {measured[worst]:.4g} ms "
+                        f"where the table predicts {raw[worst]:.4g} ms, {off[worst]:.0f} times off the ratio of the "
+                        "other measurements; remove or re-measure that row (nothing was written)")
+
+
 def calibrate_table(table, indices, measured, sources):
     """Fit measured = scale * raw prediction + offset and store it in the
     table's metadata; returns the before/after summaries."""
@@ -547,6 +580,7 @@ def calibrate_table(table, indices, measured, sources):
     if np.ptp(measured) <= 1e-9 * measured.max():
         raise UserError(f"calibration: all {len(measured)} architectures measured {measured[0]:g} ms; latencies that "
                         "do not vary cannot fit a scale (was the same network timed each time?); nothing was written")
+    refuse_outlying_measurement(indices, raw, measured)
     scale, offset = np.polyfit(raw, measured, 1)
     if not scale > 0:
         raise UserError(f"calibration: measured latency does not grow with the prediction (scale {scale:.3f}); "

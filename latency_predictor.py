@@ -38,7 +38,6 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 from typing import NamedTuple
 
 import numpy as np
@@ -49,8 +48,8 @@ import model_train
 import operations
 from operations import (FIXED_FIRST_OP, HEAD_CHANNELS, INPUT_SIZE, LAYOUT, NUM_LAYERS, NUM_OPS,
                         NUM_SEARCHABLE_LAYERS, SEARCHABLE_OPS, SKIP, STEM_CHANNELS, LayerSpec)
-from utils import (MAX_BATCH_SIZE, MAX_CLASSES, USER_ERROR_EXIT_CODE, UserError, file_sha256, is_finite_number,
-                   load_checkpoint, path_error_reason, read_json, write_json)
+from utils import (MAX_BATCH_SIZE, MAX_CLASSES, USER_ERROR_EXIT_CODE, UserError, check_output_file, file_sha256,
+                   is_finite_number, load_checkpoint, path_error_reason, read_json, write_json)
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LUT_DIR = os.path.join(REPO_ROOT, "latency_lut")
@@ -228,11 +227,12 @@ def _check_metadata(metadata, where):
         raise UserError(f"{where}: metadata threads must be a positive integer (or null), got {threads!r}")
     # The entries are keyed by the layout at 224 px and width 1.0; metadata saying otherwise contradicts them.
     if metadata["input_size"] != [3, INPUT_SIZE, INPUT_SIZE]:
-        raise UserError(f"{where}: metadata input_size {metadata['input_size']!r}, but the entries are for "
-                        f"[3, {INPUT_SIZE}, {INPUT_SIZE}]; rebuild the table")
-    if metadata.get("width_mult", 1.0) != 1.0:
-        raise UserError(f"{where}: metadata width_mult {metadata['width_mult']!r}, but the entries are for 1.0; "
-                        "rebuild the table")
+        raise UserError(f"{where}: metadata input_size is {json_value_text(metadata['input_size'])}, but the entries "
+                        f"are for [3, {INPUT_SIZE}, {INPUT_SIZE}]; rebuild the table")
+    width_mult = metadata.get("width_mult", 1.0)
+    if width_mult != 1.0 or isinstance(width_mult, bool):
+        raise UserError(f"{where}: metadata width_mult is {json_value_text(width_mult)}, but the entries are for the "
+                        "number 1.0; rebuild the table")
     _check_recorded_timing(metadata, where)
     calibration = metadata.get("calibration")
     if calibration is not None:
@@ -284,6 +284,13 @@ def _check_fixed(fixed, num_classes, where):
         raise UserError(f"{where}: fixed components add up to {total:g}, not the fixed value {fixed['value']:g}")
 
 
+def json_value_text(value):
+    """A value read from a JSON file as the file writes it, a string named
+    as one: "1.0" and 1.0 print alike otherwise."""
+    text = json.dumps(value)
+    return f"the string {text}" if isinstance(value, str) else text
+
+
 def check_table(table, where):
     """Refuse a table that is not complete, consistent and made for this
     search space; every problem is one UserError line."""
@@ -291,8 +298,7 @@ def check_table(table, where):
         raise UserError(f"{where}: not a LightNAS cost table (no \"format\": \"{TABLE_FORMAT}\")")
     version = table.get("format_version")
     if version != TABLE_FORMAT_VERSION or isinstance(version, bool):
-        written = f"the string {json.dumps(version)}" if isinstance(version, str) else json.dumps(version)
-        raise UserError(f"{where}: \"format_version\" is {written}; this code reads the number "
+        raise UserError(f"{where}: \"format_version\" is {json_value_text(version)}; this code reads the number "
                         f"{TABLE_FORMAT_VERSION} (a table written by another version, or edited: rebuild it)")
     metadata = table.get("metadata")
     _check_metadata(metadata, where)
@@ -364,10 +370,10 @@ def _check_reference_level(table, where):
                         "damaged: rebuild the table")
 
 
-def _refuse_costs_too_close(lowest, highest, unit, where, why):
+def _refuse_costs_too_close(lowest, highest, unit, where, why, kind="table", remedy="rebuild it"):
     if not highest - lowest > MIN_COST_SPREAD * abs(highest):
-        raise UserError(f"{where}: every architecture costs {lowest:.4g} to {highest:.4g} {unit} by this table "
-                        f"({why}: under {MIN_COST_SPREAD:.0%} apart), so it cannot guide a search; rebuild it")
+        raise UserError(f"{where}: every architecture costs {lowest:.4g} to {highest:.4g} {unit} by this {kind} "
+                        f"({why}: under {MIN_COST_SPREAD:.0%} apart), so it cannot guide a search; {remedy}")
 
 
 def format_cost(value, decimals=2):
@@ -408,16 +414,10 @@ def check_table_path(path, replace=True):
     or measured table is replaced only on request)."""
     if os.path.isdir(path):
         raise UserError(f"--out {path} is a folder; give the table's file name, e.g. {path}/my_device.json")
-    if os.path.exists(path) and not os.path.isfile(path):
-        raise UserError(f"--out {path} is not a regular file (a device, pipe or socket); give the table's file name")
     if not replace and os.path.lexists(path):
         raise UserError(f"--out {path} already exists; pass --force to replace it, or choose another --out")
-    try:
-        with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path))):
-            pass
-    except OSError as error:
-        raise UserError(f"--out {path}: cannot write the table ({path_error_reason(error)}); choose a writable "
-                        "path") from None
+    # A device or pipe, a missing or read-only folder, a full disk, a name too long.
+    check_output_file(path, "--out")
 
 
 def write_table(table, path):
@@ -563,8 +563,8 @@ MLP_PROBES = 64  # random architectures an MLP is tried on when loaded
 def _check_mlp_outputs(network, path):
     """A damaged MLP (weights edited to NaN, a bias shifted far below 0) is
     refused when loaded: its weights must be finite and its latencies for a
-    fixed sample of architectures plausible (feasible_range checks its
-    cheapest once a search asks for it)."""
+    fixed sample of architectures plausible and spread apart (feasible_range
+    checks its cheapest once a search asks for it)."""
     damaged = [name for name, tensor in network.state_dict().items() if not torch.isfinite(tensor).all()]
     if damaged:
         raise UserError(f"latency MLP {path}: its weights {', '.join(damaged)} hold NaN or infinite values; "
@@ -572,7 +572,12 @@ def _check_mlp_outputs(network, path):
     encodings = torch.from_numpy(one_hot(sample_architectures(MLP_PROBES, FIT_SEED)).reshape(MLP_PROBES, -1))
     with torch.no_grad():
         latencies = network(encodings)
-    _refuse_implausible_mlp_range(float(latencies.min()), float(latencies.max()), path)
+    lowest, highest = float(latencies.min()), float(latencies.max())
+    _refuse_implausible_mlp_range(lowest, highest, path)
+    # The authors' MLP spreads these probes over several ms; a bias shifted far up flattens them.
+    _refuse_costs_too_close(lowest, highest, METRIC_UNITS["latency"], f"latency MLP {path}",
+                            f"over {MLP_PROBES} sampled architectures", kind="MLP",
+                            remedy=f"the MLP is broken: {MLP_REMEDY}")
 
 
 def _refuse_implausible_mlp_range(lowest, highest, path):

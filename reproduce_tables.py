@@ -50,6 +50,7 @@ import platform
 import re
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -269,7 +270,9 @@ def run_jobs(jobs, report, log_folder, parallel, threads):
     a time, each limited to `threads` CPU threads (several single-threaded
     searches use a small CPU far better than one search on all cores);
     `report(job, seconds)` after each, seconds None for one kept from an
-    earlier run. A failure stops the others and raises its UserError."""
+    earlier run. Every kept job is checked to have been made with its
+    options before any job starts; readers of the results rely on that. A
+    failure stops the others and raises its UserError."""
     os.makedirs(log_folder, exist_ok=True)
     for job in jobs:
         if job.done():
@@ -296,7 +299,9 @@ def _without_resume(arguments):
 
 
 def search_result(job):
-    result, metrics = search_imagenet.read_finished_search(job.folder, arguments=job.arguments)
+    """A job's finished search (run_jobs has checked that a kept one was
+    made with the job's options) with its search seconds and metrics."""
+    result, metrics = search_imagenet.read_finished_search(job.folder)
     result["seconds"] = sum(row["seconds"] for row in metrics
                             if row["epoch"] > result["search"]["freeze_epochs"])
     result["metrics"] = metrics
@@ -819,6 +824,9 @@ def main(args):
                         f"{cpu_table.metadata['device'].get('name')}; Table 1 compares it with timings on this CPU: "
                         "give a CPU latency table (latency_build.py build)")
     mlp = authors_mlp(args.mlp)
+    if args.search_dataset:  # checked now, not by the first search after Table 1's timings
+        for split in ("train", "val"):
+            data.check_image_folder(Path(args.search_dataset) / split)
     dataset = args.search_dataset or data.synthetic_dataset(**mode.dataset)
     with tool_folder(args.out, "reproduce_tables.py"):  # left empty by a failure (a full disk, Ctrl-C), it is removed
         warmup, lightnas_jobs, baseline_jobs, settings, common = plan_searches(args, mode, dataset)

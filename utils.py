@@ -147,10 +147,13 @@ def run_cli(main, parser, argv=None):
     except UserError as error:
         print(f"error: {user_error_message(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
-    global _terminated_process, _resumable_checkpoint, _continued_by_rerun
+    global _terminated_process, _resumable_checkpoint, _continued_by_rerun, _stopping_on_signal
     _terminated_process = os.getpid()
-    _resumable_checkpoint, _continued_by_rerun = None, False  # set again by this run (one process may run several)
+    # Set again by this run (one process may run several).
+    _resumable_checkpoint, _continued_by_rerun, _stopping_on_signal = None, False, False
     previous_handlers = {number: signal.signal(number, raise_terminated) for number in signals_to_take_over()}
+    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, raise_interrupt):
+        previous_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, raise_interrupt)
     try:
         check_thread_setting()
         check_plotting_setting()
@@ -187,8 +190,9 @@ def run_cli(main, parser, argv=None):
         stop_if_a_peer_was_lost(error)
         raise
     finally:
-        for number, handler in previous_handlers.items():
-            signal.signal(number, handler)
+        if not _stopping_on_signal:  # a process stopping on a signal keeps ignoring them to its end
+            for number, handler in previous_handlers.items():
+                signal.signal(number, handler)
 
 
 def print_any_path():
@@ -300,7 +304,32 @@ def raise_terminated(signum, frame):
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
+    ignore_further_stops()
     raise Terminated()
+
+
+def raise_interrupt(signum, frame):
+    """Ctrl-C as the KeyboardInterrupt Python raises by default, except
+    that the run, now stopping, ignores a second one (see
+    ignore_further_stops). A forked child raises it as before."""
+    if os.getpid() == _terminated_process:
+        ignore_further_stops()
+    raise KeyboardInterrupt
+
+
+_stopping_on_signal = False  # set by the first stop signal a run_cli process receives
+
+
+def ignore_further_stops():
+    """From the first stop signal on, the process is ending; a second one
+    would cut its cleanup short (a KeyboardInterrupt inside a progress bar's
+    __del__ at exit is a traceback). `timeout -s INT` sends two: one to the
+    process and one to its process group. SIGKILL still ends it."""
+    global _stopping_on_signal
+    _stopping_on_signal = True
+    for number in (signal.SIGINT,) + STOPPING_SIGNALS:
+        if signal.getsignal(number) in (raise_interrupt, raise_terminated):
+            signal.signal(number, signal.SIG_IGN)
 
 
 # Set by a script once it knows where its checkpoint goes (resumable_at):
@@ -658,18 +687,18 @@ def refuse_outputs_that_are_not_files(folder, names):
                         "file (a folder, a pipe or a broken link); remove it")
 
 
-def refuse_save_inside_dataset(save, dataset):
-    """A run's folder inside its dataset: in train/ or val/ its figures (PNG
-    files) would be read as images of a class by this run or the next, and
-    a dataset is no place for runs anywhere else either (copied, shared or
-    linked as a whole, it would carry them)."""
+def refuse_save_inside_dataset(save, dataset, options=("--save", "--dataset")):
+    """An output folder inside a dataset: in train/ or val/ it would be read
+    as a class (a run's figures as its images) by this run or the next, and
+    a dataset is no place for outputs anywhere else either (copied, shared
+    or linked as a whole, it would carry them). `options` name the two."""
     if dataset is None:
         return
     inside = os.path.realpath(save)
     root = os.path.realpath(dataset)
     if os.path.commonpath([inside, root]) == root:
-        raise UserError(f"--save {save} is inside --dataset {dataset}: keep runs out of the dataset (in its train/ "
-                        "or val/ the run's figures would be read as images); choose a folder outside it")
+        raise UserError(f"{options[0]} {save} is inside {options[1]} {dataset}: keep it out of the dataset (in its "
+                        "train/ or val/ it would be read as a class of images); choose a folder outside it")
 
 
 def refuse_files_of_others_or_earlier_runs(folder, kind, outputs, results):
@@ -1828,11 +1857,12 @@ def refuse_link_loop(path, what):
                             "file or folder") from None
 
 
-def refuse_link_to_nothing(path, what):
-    """A link whose target is gone looks missing to os.path.exists; say
-    what it is instead of naming what it should hold."""
+def refuse_link_to_nothing(path, what, remedy="point it at it again"):
+    """A link whose target is gone (or a loop of links) looks missing to
+    os.path.exists; say what it is instead of naming what it should hold."""
+    refuse_link_loop(path, what)
     if os.path.islink(path) and not os.path.exists(path):
-        raise UserError(f"{what} {path} is a link to nothing (was what it names moved?); point it at it again")
+        raise UserError(f"{what} {path} is a link to nothing (was what it names moved?); {remedy}")
 
 
 def refuse_non_folder(path, what):
@@ -1921,15 +1951,30 @@ def make_output_folder(path, option="--out"):
     """Create the folder a command writes into (fine if it exists) and make
     sure a file can be written there, before any long work starts; a path
     that cannot be one (a file, under a file, read-only, /proc) is a UserError."""
-    refuse_link_loop(path, option)
+    refuse_link_to_nothing(path, option, f"create the folder it names, or choose another {option}")
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{option} {path} is a file, not a folder; choose another {option}")
+    created = _first_missing_folder(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
         raise UserError(f"{option} {path}: cannot write there ({path_error_reason(error)}); choose a "
                         "writable folder") from None
-    _check_folder_takes_a_file(path, option)
+    try:
+        _check_folder_takes_a_file(path, option)
+    except UserError:
+        if created is not None:  # the folders made here on a full disk are not left behind empty
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _first_missing_folder(path):
+    """The outermost folder of `path` that does not exist yet (None when
+    `path` exists): what os.makedirs(path) would create."""
+    path, missing = os.path.abspath(path), None
+    while not os.path.lexists(path):
+        path, missing = os.path.dirname(path), path
+    return missing
 
 
 @contextlib.contextmanager
@@ -2014,14 +2059,26 @@ def check_output_file(path, option):
     folder, device or pipe (a file already there is fine: it is replaced)."""
     if str(path).endswith(os.sep) or os.path.basename(path) in ("", ".", ".."):
         raise UserError(f"{option} {path} names a folder, not a file; add the file's name to it")
+    refuse_link_loop(path, option)
     refuse_non_file_output(path, f"{option} {path} is")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{option}: {folder} is a file, not a folder; choose another path")
     if not os.path.isdir(folder):
-        raise UserError(f"{option}: folder {folder} does not exist; create it or choose another path")
+        _refuse_missing_output_folder(folder, option)
     _check_folder_takes_a_file(folder, option)
     _check_name_fits(path, folder, option)
+
+
+def _refuse_missing_output_folder(folder, option):
+    """A missing folder for an output file: under a file, or where no folder
+    can be made (/proc), that is the problem; else the folder is to create."""
+    existing = os.path.dirname(_first_missing_folder(folder))
+    if not os.path.isdir(existing):
+        raise UserError(f"{option} {folder}: cannot write there (a part of the path is a file, not a folder); "
+                        "choose another path")
+    _check_folder_takes_a_file(existing, option)
+    raise UserError(f"{option}: folder {folder} does not exist; create it or choose another path")
 
 
 def _check_name_fits(path, folder, option):

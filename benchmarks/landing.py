@@ -98,7 +98,7 @@ def plan(args):
 
 def run_summary(job, variant, seed, target):
     """One finished search: what it landed and how much its supernet learned."""
-    result, rows = search_imagenet.read_finished_search(job.folder, arguments=job.arguments)
+    result, rows = search_imagenet.read_finished_search(job.folder)
     last = rows[-1]
     latched = [row["epoch"] for row in rows if row.get("latched")]
     return {

@@ -283,7 +283,7 @@ def run_searches(args):
 
     print(f"running {len(jobs)} search(es) for {args.target:g} ms ...", flush=True)
     reproduce_tables.run_jobs(jobs, report, os.path.join(args.out, "logs"), args.jobs, threads=1)
-    return [(search_imagenet.read_finished_search(job.folder, arguments=job.arguments)[0], job.folder)
+    return [(search_imagenet.read_finished_search(job.folder)[0], job.folder)
             for job in jobs]
 
 

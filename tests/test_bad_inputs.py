@@ -147,6 +147,12 @@ def inputs(tmp_path_factory, seal_search):
     files["seconds_csv"].write_text("arch,measured_ms\n" + "".join(
         f"{arch},{intel.raw_cost(arch.split()) / 1000 * (1 + 0.01 * number):.6f}\n"
         for number, arch in enumerate(archs)))
+    files["outlier_csv"] = root / "outlier.csv"  # one measurement typed 100 times too large
+    files["outlier_csv"].write_text("arch,measured_ms\n" + "".join(
+        f"{arch},{intel.raw_cost(arch.split()) * (1 + 0.01 * number) * (100 if number == 3 else 1):.6f}\n"
+        for number, arch in enumerate(archs)))
+    files["headless_csv"] = root / "headless.csv"  # the good rows, the header line lost
+    files["headless_csv"].write_text("".join(f"{arch},{intel.raw_cost(arch.split()):.6f}\n" for arch in archs))
     calibrated = json.loads(shipped)
     calibrated["metadata"]["calibration"] = {"scale": 1e200, "offset": 0.0}
     wordy = json.loads(shipped)
@@ -158,6 +164,8 @@ def inputs(tmp_path_factory, seal_search):
     files["repeated_key"] = root / "repeated-key.json"
     files["repeated_key"].write_text(json.dumps({"arch_config": model_train.LIGHTNETS[ARCH_24]})[:-1]
                                      + ', "arch_config": ["MBK3E1"]}')
+    files["dead_link"] = root / "dead-link"  # a link to a folder that is gone
+    files["dead_link"].symlink_to(root / "gone")
     files["dangling_class"] = root / "dangling-class"  # a class folder linked to a dataset that moved
     shutil.copytree(files["data"], files["dangling_class"])
     for split in ("train", "val"):
@@ -640,6 +648,32 @@ CASES = {
                                                           "--out_dir", "{link_loop}"],
                                           "loop-a is a loop of links"),
     # Sweep 15 #182, #184: named as a folder that lacks train/ ("pipe.json/train is not a folder") or arch.json.
+    # Sweep 21 #199, #205: the subset was made inside the source set, where it became one more class folder.
+    "imagenet100: --out inside the source": (make_imagenet100, ["--imagenet", "{data}", "--out", "{data}/train/sub100"],
+                                             "is inside --imagenet"),
+    # Sweep 21 #45: one measurement typed 100 times too large was blamed on the units ("seconds for
+    # milliseconds?"). #49: a CSV saved without its header line: "its header names the column 20.9446 twice".
+    "calibrate: one outlying measurement": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                                      "cpu_intel_xeon_b1_t1.json"),
+                                                            "--measurements", "{outlier_csv}", "--out", "{out}.json"],
+                                            "ms, 99 times off the ratio of the other measurements; remove or re-measure"),
+    "calibrate: no header line": (latency_build, ["calibrate", "--lut", str(REPO_ROOT / "latency_lut" /
+                                                                            "cpu_intel_xeon_b1_t1.json"),
+                                                  "--measurements", "{headless_csv}", "--out", "{out}.json"],
+                                  "a number, where the header should name the columns"),
+    # Sweep 21 #96, #243, #245, #250, #252: an output folder given as a link to nothing was "cannot write there (a
+    # part of the path is a file, not a folder)".
+    "train: --save a link to nothing": (train_imagenet, ["--save", "{dead_link}", "--dataset", "{data}",
+                                                         "--arch_config", ARCH_24],
+                                        "is a link to nothing (was what it names moved?); create the folder it names"),
+    "closed loop: --out a link to nothing": (closed_loop, ["--target_latency", "24", "--out", "{dead_link}"],
+                                             "is a link to nothing"),
+    "reproduce: --out a link to nothing": (reproduce_tables, ["--quick", "--out", "{dead_link}"],
+                                           "is a link to nothing"),
+    # Sweep 21 #237: --search_dataset a link to nothing was found by the first search, after Table 1's timings.
+    "reproduce: --search_dataset a link to nothing": (reproduce_tables, ["--quick", "--out", "{out}",
+                                                                         "--search_dataset", "{dead_link}"],
+                                                      "is a link to nothing"),
     "imagenet100: a pipe": (make_imagenet100, ["--imagenet", "{fifo}", "--out", "{out}"],
                             "pipe.json is a pipe, device or socket, not a folder"),
     "screen: folders a pipe": (screen, ["--folders", "{fifo}"], "pipe.json is a pipe, device or socket, not a folder"),

@@ -333,6 +333,9 @@ MALFORMED = {
     "future version": (_set("format_version", 2), '"format_version" is 2; this code reads the number 1'),
     # Sweep 20 #10: "format version '1', this code reads 1" did not say the string was the problem.
     "version as a string": (_set("format_version", "1"), '"format_version" is the string "1"; this code reads the number'),
+    # Sweep 21 #12: "metadata width_mult '1.0', but the entries are for 1.0" read as 1.0 against 1.0.
+    "width as a string": (_set("metadata", "width_mult", "1.0"), 'metadata width_mult is the string "1.0", but the entries '
+                                                                 "are for the number 1.0"),
     "bad calibration": (_set("metadata", "calibration", {"scale": -1.0, "offset": 0.0}), "positive 'scale'"),
     "all zero": (lambda table: [entry.update(value=0.0) for entry in
                                 [table["fixed"], *table["entries"].values(), *table["fixed"].get("components",
@@ -381,8 +384,8 @@ MALFORMED = {
     "reference median three times its cost": (
         _set("metadata", "noise", {"reference": "LightNet-24ms", "reference_median_ms": 72.0}),
         "reference_median_ms is 72 ms"),
-    "other input size": (_set("metadata", "input_size", [3, 160, 160]), "input_size [3, 160, 160]"),
-    "other width": (_set("metadata", "width_mult", 0.5), "width_mult 0.5"),
+    "other input size": (_set("metadata", "input_size", [3, 160, 160]), "input_size is [3, 160, 160]"),
+    "other width": (_set("metadata", "width_mult", 0.5), "width_mult is 0.5"),
     "components do not add up": (
         _set("fixed", "components", {key: {"value": 1.0} for key in lp.fixed_keys(1000)}), "add up to 4"),
 }
@@ -721,4 +724,11 @@ def test_a_damaged_mlp_is_refused_before_it_predicts(tmp_path):
     with pytest.raises(UserError, match=r"latency MLP .*scaled.pth.tar: an architecture costs \S+ ms by this MLP "
                                         r"\(at most 1e\+06 is plausible\); the MLP is broken"):
         lp.load_predictor(scaled)
+    # Sweep 21 #55, #64, #65: its output bias raised by 1e4, every network cost 10,004-10,039 ms: a search
+    # "landed" on any of them and from-mlp wrote a table that predict then refused.
+    flat = damaged_mlp(tmp_path, "flat.pth.tar", lambda weights: weights["pred.4.bias"].add_(1e4))
+    with pytest.raises(UserError, match=r"latency MLP .*flat.pth.tar: every architecture costs \S+ to \S+ ms by this "
+                                        r"MLP \(over 64 sampled architectures: under 1% apart\), so it cannot guide a "
+                                        r"search; the MLP is broken"):
+        lp.load_predictor(flat)
     assert lp.load_predictor(MLP_PATH).feasible_range()[0] > 1.0  # the authors' own

@@ -439,8 +439,18 @@ def test_a_full_disk_is_found_before_the_run_not_at_its_end(tmp_path, monkeypatc
     full = r"cannot write there \(No space left on device\); free some space$"
     with pytest.raises(UserError, match=r"^--out .*: " + full):
         utils.check_output_file(str(tmp_path / "truth.json"), "--out")
-    with pytest.raises(UserError, match=r"^--save .*run: " + full):
-        utils.make_output_folder(str(tmp_path / "run"), "--save")
+    with pytest.raises(UserError, match=r"^--save .*deep: " + full):
+        utils.make_output_folder(str(tmp_path / "run" / "deep"), "--save")
+    # Sweep 21 #109-#115: the folders made for the run were left behind, empty.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_link_loop_is_named_as_a_loop_not_as_a_link_to_nothing(tmp_path):
+    # Sweep 21 #175: LIGHTNAS_DATA given a loop of two links was "a link to nothing (was what it names moved?)".
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(UserError, match="a is a loop of links"):
+        utils.refuse_link_to_nothing(str(tmp_path / "a"), "LIGHTNAS_DATA")
 
 
 def test_ctrl_c_just_after_the_file_was_moved_into_place_stays_a_ctrl_c(tmp_path, monkeypatch):
@@ -933,6 +943,26 @@ def test_a_path_the_terminal_cannot_show_is_escaped_not_a_crash():
                             env={**os.environ, "PYTHONIOENCODING": "ascii"}, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"wrote caf\\xe9.json\n"
+
+
+def test_a_second_ctrl_c_while_the_run_stops_is_ignored_not_a_traceback():
+    """Sweep 21 #228: `timeout -s INT` signals the process and then its process group, so a run got two
+    SIGINTs; the second landed in a progress bar's __del__ as the interpreter exited, and printed "Exception
+    ignored in ... KeyboardInterrupt" with a traceback after the run's one line."""
+    program = ("import argparse, os, signal, time, utils\n"
+               "class Bar:\n"
+               "    def __del__(self):  # run at exit, as a progress bar's is\n"
+               "        os.kill(os.getpid(), signal.SIGINT)\n"
+               "        time.sleep(0.2)\n"
+               "def main(args):\n"
+               "    main.bar = Bar()\n"
+               "    os.kill(os.getpid(), signal.SIGINT)\n"
+               "    time.sleep(5)\n"
+               "utils.run_cli(main, argparse.ArgumentParser(), [])\n")
+    result = subprocess.run([sys.executable, "-c", program], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 128 + signal.SIGINT
+    assert result.stderr.strip() == "interrupted", result.stderr
 
 
 def test_an_allocation_the_machine_cannot_make_is_one_line(capsys):

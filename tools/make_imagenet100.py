@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data import check_same_classes, links_to_nothing, split_for_architecture  # noqa: E402
 from utils import (UserError, check_seed, path_error_reason, refuse_link_loop, refuse_non_folder,  # noqa: E402
-                   run_cli, write_remedy)
+                   refuse_save_inside_dataset, run_cli, write_remedy)
 
 SPLITS = ("train", "val")
 DEFAULT_SEED = 10  # the search's default --seed
@@ -167,6 +167,7 @@ def main(args):
     check_seed(args.seed)
     if os.path.lexists(args.out):  # a link to nowhere too: the subset would be renamed onto it
         raise UserError(f"--out {args.out} already exists; remove it or choose another folder")
+    refuse_save_inside_dataset(args.out, args.imagenet, options=("--out", "--imagenet"))
     classes = choose_classes(train_classes, args.rule)
     build_subset(args.imagenet, args.out, classes, args.arch_split, args.seed)
     split = ("" if args.arch_split is None else
