@@ -204,6 +204,19 @@ def check_image_folder(folder):
                             f"({', '.join(IMG_EXTENSIONS)}): add its images or remove it")
 
 
+def check_dataset_layout(root, option="--dataset"):
+    """train/ and val/ of `root` each hold class folders with images, the
+    same classes in both: what a run checks before its first epoch, for
+    tools that only hand the dataset on to their runs (without listing
+    every image)."""
+    classes = {}
+    for split in ("train", "val"):
+        folder = Path(root) / split
+        check_image_folder(folder)
+        classes[split] = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+    check_same_classes(root, classes["train"], classes["val"], option=option)
+
+
 def check_same_classes(root, train_classes, val_classes, option="--dataset"):
     """Raise UserError, naming the folders, unless train/ and val/ hold the
     same class folders; a class that is a file, a pipe or a link to nothing

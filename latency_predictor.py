@@ -414,10 +414,11 @@ def check_table_path(path, replace=True):
     or measured table is replaced only on request)."""
     if os.path.isdir(path):
         raise UserError(f"--out {path} is a folder; give the table's file name, e.g. {path}/my_device.json")
+    # A link loop or a link to nothing, a device or pipe, a missing or read-only folder, a full disk, a name
+    # too long: each named for what it is, before "already exists" (which --force would not mend).
+    check_output_file(path, "--out")
     if not replace and os.path.lexists(path):
         raise UserError(f"--out {path} already exists; pass --force to replace it, or choose another --out")
-    # A device or pipe, a missing or read-only folder, a full disk, a name too long.
-    check_output_file(path, "--out")
 
 
 def write_table(table, path):

@@ -50,7 +50,6 @@ import platform
 import re
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -825,8 +824,7 @@ def main(args):
                         "give a CPU latency table (latency_build.py build)")
     mlp = authors_mlp(args.mlp)
     if args.search_dataset:  # checked now, not by the first search after Table 1's timings
-        for split in ("train", "val"):
-            data.check_image_folder(Path(args.search_dataset) / split)
+        data.check_dataset_layout(args.search_dataset, "--search_dataset")
     dataset = args.search_dataset or data.synthetic_dataset(**mode.dataset)
     with tool_folder(args.out, "reproduce_tables.py"):  # left empty by a failure (a full disk, Ctrl-C), it is removed
         warmup, lightnas_jobs, baseline_jobs, settings, common = plan_searches(args, mode, dataset)

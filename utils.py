@@ -2059,7 +2059,7 @@ def check_output_file(path, option):
     folder, device or pipe (a file already there is fine: it is replaced)."""
     if str(path).endswith(os.sep) or os.path.basename(path) in ("", ".", ".."):
         raise UserError(f"{option} {path} names a folder, not a file; add the file's name to it")
-    refuse_link_loop(path, option)
+    refuse_link_to_nothing(path, option, "remove the link or choose another path")  # a loop too
     refuse_non_file_output(path, f"{option} {path} is")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.exists(folder) and not os.path.isdir(folder):

@@ -74,6 +74,10 @@ def inputs(tmp_path_factory, seal_search):
                                                          val_per_class=2, image_size=32, seed=0)
     first_class = sorted((files["broken_image"] / "train").iterdir())[0]
     (first_class / "broken.png").write_bytes(b"not a png")  # found only when the run reads it
+    files["renamed_val_class"] = root / "renamed-val-class"  # val/ names one class otherwise than train/
+    shutil.copytree(files["data"], files["renamed_val_class"])
+    first_val_class = sorted((files["renamed_val_class"] / "val").iterdir())[0]
+    first_val_class.rename(first_val_class.with_name("renamed"))
     files["empty_dir"] = root / "empty"
     files["empty_dir"].mkdir()
     files["no_val"] = root / "no-val"
@@ -674,6 +678,17 @@ CASES = {
     "reproduce: --search_dataset a link to nothing": (reproduce_tables, ["--quick", "--out", "{out}",
                                                                          "--search_dataset", "{dead_link}"],
                                                       "is a link to nothing"),
+    # Sweep 22 #238: train/ and val/ with different classes was found by the first search, after Table 1's
+    # timings. #141: ground_truth.py --out a link to nothing retrained before it would write. #147/#148: build
+    # --out a loop of links was "already exists; pass --force", which --force did not mend.
+    "reproduce: --search_dataset with other val classes": (reproduce_tables, ["--quick", "--out", "{out}",
+                                                                              "--search_dataset",
+                                                                              "{renamed_val_class}"],
+                                                           "train/ and val/ hold different class folders"),
+    "ground truth: --out a link to nothing": (ground_truth, ["--nets", "2", "--seeds", "1", "--out", "{dead_link}",
+                                                             "--work", "{out}"],
+                                              "is a link to nothing (was what it names moved?); remove the link"),
+    "build: --out a loop of links": (latency_build, ["build", "--out", "{link_loop}"], "is a loop of links"),
     "imagenet100: a pipe": (make_imagenet100, ["--imagenet", "{fifo}", "--out", "{out}"],
                             "pipe.json is a pipe, device or socket, not a folder"),
     "screen: folders a pipe": (screen, ["--folders", "{fifo}"], "pipe.json is a pipe, device or socket, not a folder"),
